@@ -1,0 +1,173 @@
+// util.h — the few checking wrappers every program here uses.
+//
+// Bad input must end in one line on stderr naming the file and the problem, and exit
+// status 1: never a crash, never silently wrong numbers. These wrappers are how.
+// Files are written atomically: to "path.tmp", then renamed over "path", so a reader
+// (or a crash in the middle) sees either the old file or the new one, never half of one.
+#ifndef UTIL_H
+#define UTIL_H
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+// die("%s: not a model file", path) prints "error: <message>" and exits 1.
+// Atomic writers register their temp file, so that dying mid-write leaves nothing behind.
+static char g_tmp_to_remove[4096];
+
+static void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+static void die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("error: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    if (g_tmp_to_remove[0]) remove(g_tmp_to_remove);
+    exit(1);
+}
+
+static void *malloc_or_die(size_t n, const char *what) {
+    void *p = malloc(n ? n : 1);
+    if (!p) die("out of memory allocating %zu bytes for %s", n, what);
+    return p;
+}
+
+static void *calloc_or_die(size_t count, size_t size, const char *what) {
+    void *p = calloc(count ? count : 1, size ? size : 1);
+    if (!p) die("out of memory allocating %zu x %zu bytes for %s", count, size, what);
+    return p;
+}
+
+static FILE *fopen_or_die(const char *path, const char *mode) {
+    FILE *f = fopen(path, mode);
+    if (!f) die("%s: cannot open (%s)", path, strerror(errno));
+    return f;
+}
+
+// Reads exactly n bytes or dies naming the file: a short read means a truncated file.
+static void fread_exact(void *dst, size_t n, FILE *f, const char *path) {
+    if (n && fread(dst, 1, n, f) != n)
+        die("%s: truncated file (wanted %zu more bytes)", path, n);
+}
+
+static void fwrite_or_die(const void *src, size_t n, FILE *f, const char *path) {
+    if (n && fwrite(src, 1, n, f) != n) die("%s: write failed (%s)", path, strerror(errno));
+}
+
+static int64_t file_size_or_die(FILE *f, const char *path) {
+    if (fseek(f, 0, SEEK_END) != 0) die("%s: cannot seek (%s)", path, strerror(errno));
+    long n = ftell(f);
+    if (n < 0) die("%s: cannot tell size (%s)", path, strerror(errno));
+    if (fseek(f, 0, SEEK_SET) != 0) die("%s: cannot seek (%s)", path, strerror(errno));
+    return (int64_t)n;
+}
+
+// Whole file into memory, NUL-terminated (so text parsers may rely on it).
+static char *read_file_or_die(const char *path, size_t *len) {
+    FILE *f = fopen_or_die(path, "rb");
+    int64_t n = file_size_or_die(f, path);
+    char *buf = malloc_or_die((size_t)n + 1, path);
+    fread_exact(buf, (size_t)n, f, path);
+    fclose(f);
+    buf[n] = 0;
+    if (len) *len = (size_t)n;
+    return buf;
+}
+
+static int file_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+// ----------------------------------------------------------------------------
+// Atomic file writing: open "path.tmp", write, then commit = flush + fsync-free close +
+// rename. Any die() in between removes the temp file.
+
+typedef struct {
+    FILE *f;
+    char path[4096];
+    char tmp[4096];
+} AtomicFile;
+
+static void atomic_open(AtomicFile *a, const char *path) {
+    if (strlen(path) + 5 > sizeof a->path) die("%s: path too long", path);
+    snprintf(a->path, sizeof a->path, "%s", path);
+    snprintf(a->tmp, sizeof a->tmp, "%s.tmp", path);
+    a->f = fopen(a->tmp, "wb");
+    if (!a->f) die("%s: cannot create (%s)", a->tmp, strerror(errno));
+    snprintf(g_tmp_to_remove, sizeof g_tmp_to_remove, "%s", a->tmp);
+}
+
+static void atomic_write(AtomicFile *a, const void *src, size_t n) {
+    fwrite_or_die(src, n, a->f, a->tmp);
+}
+
+static void atomic_commit(AtomicFile *a) {
+    if (fflush(a->f) != 0 || ferror(a->f)) die("%s: write failed (%s)", a->tmp, strerror(errno));
+    if (fclose(a->f) != 0) die("%s: close failed (%s)", a->tmp, strerror(errno));
+    a->f = NULL;
+    if (rename(a->tmp, a->path) != 0) die("%s: cannot rename into place (%s)", a->path, strerror(errno));
+    g_tmp_to_remove[0] = 0;
+}
+
+// ----------------------------------------------------------------------------
+// 16-bit floats. bf16 is the top half of an fp32 (same exponent range); fp16 has a 5-bit
+// exponent. Hugging Face checkpoints come in both; we compute in fp32.
+
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+// Round to nearest, ties to even (what torch does in .to(torch.bfloat16)); NaN stays NaN.
+static inline uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}
+
+static inline float fp16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+    uint32_t u;
+    if (exp == 0x1f) u = sign | 0x7f800000u | (man << 13);            // inf / nan
+    else if (exp != 0) u = sign | ((exp + 112) << 23) | (man << 13);  // normal
+    else if (man == 0) u = sign;                                      // zero
+    else {                                                            // subnormal: normalise
+        int e = -1;
+        do { man <<= 1; e++; } while (!(man & 0x400));
+        u = sign | ((uint32_t)(112 - e) << 23) | ((man & 0x3ff) << 13);
+    }
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+// Round to nearest even; overflow goes to inf, tiny values to subnormals or zero.
+static inline uint16_t f32_to_fp16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint32_t sign = (u >> 16) & 0x8000;
+    uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00);            // nan
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00);           // >= 65520 rounds to inf
+    if (a < 0x38800000u) {                                            // below 2^-14: subnormal
+        float af;
+        memcpy(&af, &a, 4);
+        // subnormal step is 2^-24; nearbyintf rounds half to even in the default mode
+        return (uint16_t)(sign | (uint32_t)nearbyintf(af * 16777216.0f));
+    }
+    uint32_t r = a + 0xfffu + ((a >> 13) & 1);                        // round mantissa to 10 bits
+    return (uint16_t)(sign | ((r - 0x38000000u) >> 13));
+}
+
+#endif
