@@ -1,0 +1,1162 @@
+/*
+ * train.c — train, quantize and evaluate a Llama in plain C.
+ *
+ * This file is the whole model and the training program, in the order the data flows:
+ *   1. named shapes (--init) and random initialisation
+ *   2. the Model: parameters, gradients, AdamW state and activations, each one contiguous
+ *      buffer carved by a table
+ *   3. layers, each forward beside its backward: embedding, RMSNorm, matmul, RoPE,
+ *      attention, SwiGLU, residual, cross-entropy
+ *   4. the model forward and backward
+ *   5. the optimizer: AdamW, learning-rate schedule, gradient clipping
+ *   6. data: token files
+ *   7. evaluation: perplexity
+ *   8. the training loop, the command line and main
+ *
+ * The model file format and the tensor table live in model.h (shared with convert.c).
+ * All math is fp32. Layouts are Hugging Face's, so the numbers can be compared with
+ * transformers' LlamaForCausalLM one to one (test_reference).
+ */
+#include <time.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#include "model.h"
+
+// ============================================================================================
+// 1. Named shapes and random initialisation
+//
+// `./train --init NAME -o random.bin` writes a randomly initialised model of a known shape:
+// the "random baseline" of the papers, and what the benchmarks run on (real weights cannot be
+// downloaded on the test machines).
+
+typedef struct {
+    const char *name;
+    int dim, hidden_dim, n_layers, n_heads, n_kv_heads, head_dim, vocab_size, max_seq_len, tied;
+    float rope_theta, rms_norm_eps;
+    int rope_scaling;  // ROPE_LLAMA3 shapes scale by factor 32, low 1, high 4, original 8192
+    int bos_id, eos_id;
+} NamedShape;
+
+static const NamedShape SHAPES[] = {
+    // a byte-level model of ~200k parameters: the demo's teacher and the tests' model
+    {"tiny", 64, 176, 4, 8, 4, 8, 256, 256, 1, 10000.0f, 1e-5f, ROPE_NONE, -1, -1},
+    // ~110M parameters: the CPU benchmark's shape
+    {"bench-100m", 768, 2048, 12, 12, 4, 64, 32000, 1024, 1, 10000.0f, 1e-5f, ROPE_NONE, 1, 2},
+    {"tinyllama-1.1b", 2048, 5632, 22, 32, 4, 64, 32000, 2048, 0, 10000.0f, 1e-5f, ROPE_NONE, 1, 2},
+    {"llama-3.2-1b", 2048, 8192, 16, 32, 8, 64, 128256, 131072, 1, 500000.0f, 1e-5f, ROPE_LLAMA3, 128000, 128001},
+    {"llama-3.2-3b", 3072, 8192, 28, 24, 8, 128, 128256, 131072, 1, 500000.0f, 1e-5f, ROPE_LLAMA3, 128000, 128001},
+    {"llama-2-7b", 4096, 11008, 32, 32, 32, 128, 32000, 4096, 0, 10000.0f, 1e-5f, ROPE_NONE, 1, 2},
+};
+#define N_SHAPES ((int)(sizeof SHAPES / sizeof SHAPES[0]))
+
+static ModelHeader shape_header(const char *name) {
+    for (int i = 0; i < N_SHAPES; i++) {
+        const NamedShape *s = &SHAPES[i];
+        if (strcmp(s->name, name) != 0) continue;
+        ModelHeader c = header_defaults();
+        c.dim = s->dim; c.hidden_dim = s->hidden_dim; c.n_layers = s->n_layers;
+        c.n_heads = s->n_heads; c.n_kv_heads = s->n_kv_heads; c.head_dim = s->head_dim;
+        c.vocab_size = s->vocab_size; c.max_seq_len = s->max_seq_len; c.tied = s->tied;
+        c.rope_theta = s->rope_theta; c.rms_norm_eps = s->rms_norm_eps;
+        c.bos_id = s->bos_id; c.eos_id = s->eos_id;
+        if (s->rope_scaling == ROPE_LLAMA3) {
+            c.rope_scaling = ROPE_LLAMA3; c.rope_factor = 32.0f;
+            c.rope_low_freq_factor = 1.0f; c.rope_high_freq_factor = 4.0f;
+            c.rope_original_max_pos = 8192;
+        }
+        return c;
+    }
+    fprintf(stderr, "error: unknown shape '%s'; known:", name);
+    for (int i = 0; i < N_SHAPES; i++) fprintf(stderr, " %s", SHAPES[i].name);
+    fputc('\n', stderr);
+    exit(1);
+}
+
+// A small, fast, seedable generator (xorshift64*), so runs are reproducible everywhere.
+typedef struct { uint64_t s; } Rng;
+static uint64_t rng_u64(Rng *r) {
+    r->s ^= r->s >> 12; r->s ^= r->s << 25; r->s ^= r->s >> 27;
+    return r->s * 0x2545F4914F6CDD1DULL;
+}
+static float rng_uniform(Rng *r) { return (float)((rng_u64(r) >> 40) * (1.0 / 16777216.0)); }
+static float rng_normal(Rng *r) {  // Box-Muller
+    float u1 = rng_uniform(r), u2 = rng_uniform(r);
+    if (u1 < 1e-7f) u1 = 1e-7f;
+    return sqrtf(-2.0f * logf(u1)) * cosf(6.2831853f * u2);
+}
+static Rng rng_seeded(uint64_t seed) { Rng r = {seed * 0x9E3779B97F4A7C15ULL + 0x1234567ULL}; rng_u64(&r); return r; }
+
+// Hugging Face's LlamaPreTrainedModel init: every linear and the embedding ~ N(0, 0.02²),
+// norm weights = 1.
+static void init_params(const ModelHeader *c, float *params, uint64_t seed) {
+    int64_t sizes[N_TENSORS];
+    tensor_sizes(c, sizes);
+    Rng r = rng_seeded(seed);
+    float *p = params;
+    for (int t = 0; t < N_TENSORS; t++) {
+        int is_norm = t == T_ATTN_NORM || t == T_MLP_NORM || t == T_FINAL_NORM;
+        for (int64_t i = 0; i < sizes[t]; i++) p[i] = is_norm ? 1.0f : 0.02f * rng_normal(&r);
+        p += sizes[t];
+    }
+}
+
+// ============================================================================================
+// 2. The Model
+//
+// Parameters, gradients and AdamW m, v: four buffers of n_params floats, each carved by
+// model.h's tensor table. Activations: one buffer carved by the table below. During training
+// every layer keeps its own activations for the backward pass; for inference (eval, generate)
+// all layers share one slot, so memory does not grow with depth.
+
+enum {  // activations; shapes for B sequences of T tokens. Per-layer ones are marked (L).
+    A_RESID,      // (L+1) [B,T,D]   the residual stream entering layer l (l = L: after the last)
+    A_XN1,        // (L) [B,T,D]     RMSNorm before attention
+    A_RSTD1,      // (L) [B,T]       1/rms of that norm, kept for its backward
+    A_Q,          // (L) [B,T,H*hd]  queries, after RoPE
+    A_K,          // (L) [B,T,KV*hd] keys, after RoPE
+    A_V,          // (L) [B,T,KV*hd] values
+    A_ATT,        // (L) [B,T,H*hd]  attention output, before the output projection
+    A_LSE,        // (L) [B,H,T]     log-sum-exp of each attention row (the softmax is recomputed)
+    A_RESID_MID,  // (L) [B,T,D]     residual after attention
+    A_XN2,        // (L) [B,T,D]     RMSNorm before the MLP
+    A_RSTD2,      // (L) [B,T]
+    A_GATE,       // (L) [B,T,F]     x W_gate^T
+    A_UP,         // (L) [B,T,F]     x W_up^T
+    A_HMID,       // (L) [B,T,F]     silu(gate) * up
+    A_XNF,        // [B,T,D]         final RMSNorm
+    A_RSTDF,      // [B,T]
+    A_LOGITS,     // [B,T,V]
+    A_PROJ,       // [B,T,D]         scratch: output of wo and wdown before the residual add
+    A_SCORES,     // [B,H,T]         scratch: one row of attention scores per (b, h)
+    // gradients of activations (training only)
+    A_DRESID,     // [B,T,D]         flows down the residual stream
+    A_DXN,        // [B,T,D]
+    A_DQ, A_DK, A_DV, A_DATT,
+    A_DGATE, A_DUP, A_DHMID,
+    A_DLOGITS,    // [B,T,V]
+    N_ACTS
+};
+
+typedef struct Model {
+    ModelHeader cfg;
+    int64_t n_params;
+    int64_t slice[N_TENSORS];   // elements of one layer's slice of each tensor
+    float *params, *grads, *adam_m, *adam_v;
+    float *params_t[N_TENSORS], *grads_t[N_TENSORS], *m_t[N_TENSORS], *v_t[N_TENSORS];
+    // activations
+    int B, T, training;         // what the activation buffer is sized for
+    float *acts;
+    float *act[N_ACTS];
+    int64_t act_layer_stride[N_ACTS];  // 0: shared by all layers
+    float *rope_cos, *rope_sin;        // [T, hd/2]
+    float *logits;                     // = act[A_LOGITS]
+    int *inputs, *targets;             // [B,T] copies of the last forward's tokens
+    int has_targets;
+    float loss;
+    int64_t step;                      // optimizer steps taken (AdamW bias correction)
+} Model;
+
+static void model_setup(Model *m, const ModelHeader *c, float *params) {
+    memset(m, 0, sizeof *m);
+    m->cfg = *c;
+    int64_t sizes[N_TENSORS];
+    m->n_params = tensor_sizes(c, sizes);
+    for (int t = 0; t < N_TENSORS; t++) {
+        int64_t r, k;
+        tensor_slice_shape(c, t, &r, &k);
+        m->slice[t] = r * k;
+    }
+    m->params = params;
+    tensor_carve(c, m->params, m->params_t);
+}
+
+static void model_load_file(Model *m, const char *path) {
+    ModelHeader c;
+    float *p = model_load(path, &c);
+    model_setup(m, &c, p);
+}
+
+// Gradients and AdamW moments appear only when training asks for them.
+static void model_alloc_training(Model *m) {
+    if (m->grads) return;
+    m->grads = calloc_or_die((size_t)m->n_params, sizeof(float), "gradients");
+    m->adam_m = calloc_or_die((size_t)m->n_params, sizeof(float), "AdamW m");
+    m->adam_v = calloc_or_die((size_t)m->n_params, sizeof(float), "AdamW v");
+    tensor_carve(&m->cfg, m->grads, m->grads_t);
+    tensor_carve(&m->cfg, m->adam_m, m->m_t);
+    tensor_carve(&m->cfg, m->adam_v, m->v_t);
+}
+
+static void model_free(Model *m) {
+    free(m->params); free(m->grads); free(m->adam_m); free(m->adam_v);
+    free(m->acts); free(m->rope_cos); free(m->rope_sin); free(m->inputs); free(m->targets);
+    memset(m, 0, sizeof *m);
+}
+
+// The tensor slice of layer l (tensors that are not per layer ignore l).
+static float *layer_tensor(float *const ptrs[N_TENSORS], const Model *m, int t, int l) {
+    return ptrs[t] + (tensor_is_per_layer(t) ? (int64_t)l * m->slice[t] : 0);
+}
+
+// The LM head: its own tensor, or the embedding when tied.
+static int lm_head_tensor(const Model *m) { return m->cfg.tied ? T_EMBED : T_LM_HEAD; }
+
+// RoPE tables for positions 0..T-1, in Hugging Face's frequencies (with Llama-3 scaling):
+//   inv_freq[i] = theta^(-2i/hd),  angle(t, i) = t * inv_freq[i],  i < hd/2.
+// Llama-3 ("rope_type": "llama3") keeps high frequencies (wavelength < original/high_factor),
+// divides low ones (wavelength > original/low_factor) by `factor`, and blends in between:
+//   s = (original/wavelength - low) / (high - low),  f = (1 - s) f/factor + s f.
+static void rope_tables(float *cosv, float *sinv, const ModelHeader *c, int T) {
+    int half = c->head_dim / 2;
+    for (int i = 0; i < half; i++) {
+        // HF computes inv_freq in fp32: 1 / theta^(2i/hd)
+        float inv = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)c->head_dim);
+        if (c->rope_scaling == ROPE_LLAMA3) {
+            float orig = (float)c->rope_original_max_pos, lo = c->rope_low_freq_factor,
+                  hi = c->rope_high_freq_factor, factor = c->rope_factor;
+            float wavelen = 2.0f * (float)M_PI / inv;
+            float lo_wavelen = orig / lo, hi_wavelen = orig / hi;
+            if (wavelen > lo_wavelen) inv = inv / factor;
+            else if (wavelen >= hi_wavelen) {
+                float s = (orig / wavelen - lo) / (hi - lo);
+                inv = (1.0f - s) * inv / factor + s * inv;
+            }
+        }
+        for (int t = 0; t < T; t++) {
+            float angle = (float)t * inv;
+            cosv[t * half + i] = cosf(angle);
+            sinv[t * half + i] = sinf(angle);
+        }
+    }
+}
+
+// Sizes the activation buffer for B x T (re-carving only when the shape or the mode changes).
+static void model_alloc_acts(Model *m, int B, int T, int training) {
+    if (m->acts && B == m->B && T == m->T && training == m->training) return;
+    const ModelHeader *c = &m->cfg;
+    int64_t BT = (int64_t)B * T, D = c->dim, F = c->hidden_dim, V = c->vocab_size, L = c->n_layers;
+    int64_t Hq = (int64_t)c->n_heads * c->head_dim, Hkv = (int64_t)c->n_kv_heads * c->head_dim;
+    int64_t H = c->n_heads;
+    int64_t size[N_ACTS] = {
+        [A_RESID] = BT * D, [A_XN1] = BT * D, [A_RSTD1] = BT, [A_Q] = BT * Hq,
+        [A_K] = BT * Hkv, [A_V] = BT * Hkv, [A_ATT] = BT * Hq, [A_LSE] = B * H * T,
+        [A_RESID_MID] = BT * D, [A_XN2] = BT * D, [A_RSTD2] = BT, [A_GATE] = BT * F,
+        [A_UP] = BT * F, [A_HMID] = BT * F, [A_XNF] = BT * D, [A_RSTDF] = BT,
+        [A_LOGITS] = BT * V, [A_PROJ] = BT * D, [A_SCORES] = B * H * T,
+    };
+    if (training) {
+        size[A_DRESID] = BT * D; size[A_DXN] = BT * D; size[A_DQ] = BT * Hq;
+        size[A_DK] = BT * Hkv; size[A_DV] = BT * Hkv; size[A_DATT] = BT * Hq;
+        size[A_DGATE] = BT * F; size[A_DUP] = BT * F; size[A_DHMID] = BT * F;
+        size[A_DLOGITS] = BT * V;
+    }
+    int64_t total = 0, count[N_ACTS];
+    for (int a = 0; a < N_ACTS; a++) {
+        int per_layer = a >= A_RESID && a <= A_HMID;
+        count[a] = per_layer && training ? (a == A_RESID ? L + 1 : L) : 1;
+        m->act_layer_stride[a] = per_layer && training ? size[a] : 0;
+        total += count[a] * size[a];
+    }
+    free(m->acts);
+    m->acts = malloc_or_die((size_t)total * sizeof(float), "activations");
+    float *p = m->acts;
+    for (int a = 0; a < N_ACTS; a++) { m->act[a] = size[a] ? p : NULL; p += count[a] * size[a]; }
+    m->logits = m->act[A_LOGITS];
+    m->B = B; m->T = T; m->training = training;
+    free(m->rope_cos); free(m->rope_sin); free(m->inputs); free(m->targets);
+    m->rope_cos = malloc_or_die((size_t)T * c->head_dim / 2 * sizeof(float), "rope");
+    m->rope_sin = malloc_or_die((size_t)T * c->head_dim / 2 * sizeof(float), "rope");
+    rope_tables(m->rope_cos, m->rope_sin, c, T);
+    m->inputs = malloc_or_die((size_t)BT * sizeof(int), "inputs");
+    m->targets = malloc_or_die((size_t)BT * sizeof(int), "targets");
+}
+
+// Activation a of layer l.
+static float *act_l(const Model *m, int a, int l) { return m->act[a] + (int64_t)l * m->act_layer_stride[a]; }
+
+// ============================================================================================
+// 3. Layers
+//
+// Each op is a forward/backward pair: outputs first, then inputs, then sizes. Shapes are given
+// in brackets in memory order; N stands for B*T rows. Backward functions ACCUMULATE (+=) into
+// every gradient they write (of parameters and of inputs alike); model_backward zeroes them.
+
+// --- embedding: x[N,D] = E[tok[n], :] -----------------------------------------------------
+static void embedding_forward(float *x, const int *tok, const float *E, int N, int D) {
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) memcpy(x + (int64_t)n * D, E + (int64_t)tok[n] * D, (size_t)D * sizeof(float));
+}
+
+// dE[tok[n], :] += dx[n, :]. Two rows may share a token, so this runs serially.
+static void embedding_backward(float *dE, const float *dx, const int *tok, int N, int D) {
+    for (int n = 0; n < N; n++) {
+        float *row = dE + (int64_t)tok[n] * D;
+        const float *g = dx + (int64_t)n * D;
+        for (int i = 0; i < D; i++) row[i] += g[i];
+    }
+}
+
+// --- RMSNorm: y[N,C] = x / sqrt(mean(x^2) + eps) * w[C] ------------------------------------
+// rstd[N] = 1/sqrt(mean(x^2) + eps) is kept for the backward.
+static void rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int N, int C, float eps) {
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const float *xr = x + (int64_t)n * C;
+        float *yr = y + (int64_t)n * C;
+        float ss = 0.0f;
+        for (int i = 0; i < C; i++) ss += xr[i] * xr[i];
+        float r = 1.0f / sqrtf(ss / C + eps);
+        rstd[n] = r;
+        for (int i = 0; i < C; i++) yr[i] = w[i] * (xr[i] * r);
+    }
+}
+
+// With g = dy * w:  dx = r * g - x * r^3 * mean(g * x),   dw += sum_n dy * x * r.
+static void rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, const float *w,
+                             const float *rstd, int N, int C) {
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const float *xr = x + (int64_t)n * C, *dyr = dy + (int64_t)n * C;
+        float *dxr = dx + (int64_t)n * C;
+        float r = rstd[n], dot = 0.0f;
+        for (int i = 0; i < C; i++) dot += dyr[i] * w[i] * xr[i];
+        float k = r * r * r * dot / C;
+        for (int i = 0; i < C; i++) dxr[i] += r * dyr[i] * w[i] - k * xr[i];
+    }
+    // dw reduces over rows: parallel over columns instead, so no two threads share a sum
+    #pragma omp parallel for
+    for (int i = 0; i < C; i++) {
+        float s = 0.0f;
+        for (int n = 0; n < N; n++) s += dy[(int64_t)n * C + i] * x[(int64_t)n * C + i] * rstd[n];
+        dw[i] += s;
+    }
+}
+
+// --- matmul: out[N,O] = x[N,I] W[O,I]^T ----------------------------------------------------
+// Every linear layer. The kernel computes a 4x4 tile of outputs at a time, each as 8-lane
+// partial sums along I that the compiler keeps in vector registers, so each loaded x and W
+// value is used four times; OpenMP splits the tiles across threads.
+#define MM_TN 4
+#define MM_TO 4
+#define MM_LANES 8
+static void matmul_tile(float *out, const float *x, const float *w, int n0, int tn, int o0, int to, int I, int O) {
+    float acc[MM_TN][MM_TO][MM_LANES] = {{{0}}};
+    int I8 = I - I % MM_LANES;
+    const float *xr[MM_TN], *wr[MM_TO];
+    for (int a = 0; a < MM_TN; a++) xr[a] = x + (int64_t)(n0 + (a < tn ? a : 0)) * I;
+    for (int b = 0; b < MM_TO; b++) wr[b] = w + (int64_t)(o0 + (b < to ? b : 0)) * I;
+    for (int k = 0; k < I8; k += MM_LANES)
+        for (int a = 0; a < MM_TN; a++)
+            for (int b = 0; b < MM_TO; b++)
+                for (int e = 0; e < MM_LANES; e++) acc[a][b][e] += xr[a][k + e] * wr[b][k + e];
+    for (int a = 0; a < tn; a++)
+        for (int b = 0; b < to; b++) {
+            float s = 0.0f;
+            for (int e = 0; e < MM_LANES; e++) s += acc[a][b][e];
+            for (int k = I8; k < I; k++) s += xr[a][k] * wr[b][k];
+            out[(int64_t)(n0 + a) * O + o0 + b] = s;
+        }
+}
+
+static void matmul_forward(float *out, const float *x, const float *w, int N, int I, int O) {
+    int tiles_n = (N + MM_TN - 1) / MM_TN, tiles_o = (O + MM_TO - 1) / MM_TO;
+    #pragma omp parallel for schedule(static)
+    for (int64_t tile = 0; tile < (int64_t)tiles_n * tiles_o; tile++) {
+        int n0 = (int)(tile / tiles_o) * MM_TN, o0 = (int)(tile % tiles_o) * MM_TO;
+        int tn = N - n0 < MM_TN ? N - n0 : MM_TN, to = O - o0 < MM_TO ? O - o0 : MM_TO;
+        matmul_tile(out, x, w, n0, tn, o0, to, I, O);
+    }
+}
+
+// dx[N,I] += dout[N,O] W[O,I];   dW[O,I] += dout[N,O]^T x[N,I].
+// Rows of dx are independent (parallel over n); rows of dW too (parallel over o). Each
+// inner loop is an axpy along I, contiguous in memory.
+static void matmul_backward(float *dx, float *dw, const float *dout, const float *x, const float *w,
+                            int N, int I, int O) {
+    if (dx) {
+        #pragma omp parallel for schedule(static)
+        for (int n0 = 0; n0 < N; n0 += MM_TN) {
+            int tn = N - n0 < MM_TN ? N - n0 : MM_TN;
+            for (int o = 0; o < O; o++) {
+                const float *wr = w + (int64_t)o * I;
+                for (int a = 0; a < tn; a++) {
+                    float g = dout[(int64_t)(n0 + a) * O + o];
+                    float *dxr = dx + (int64_t)(n0 + a) * I;
+                    for (int k = 0; k < I; k++) dxr[k] += g * wr[k];
+                }
+            }
+        }
+    }
+    if (dw) {
+        #pragma omp parallel for schedule(static)
+        for (int o0 = 0; o0 < O; o0 += MM_TO) {
+            int to = O - o0 < MM_TO ? O - o0 : MM_TO;
+            for (int n = 0; n < N; n++) {
+                const float *xr = x + (int64_t)n * I;
+                for (int b = 0; b < to; b++) {
+                    float g = dout[(int64_t)n * O + o0 + b];
+                    float *dwr = dw + (int64_t)(o0 + b) * I;
+                    for (int k = 0; k < I; k++) dwr[k] += g * xr[k];
+                }
+            }
+        }
+    }
+}
+
+// --- RoPE (Hugging Face "rotate half" layout), in place on x[B,T,NH,hd] ---------------------
+// For each head, element i pairs with i + hd/2 (i < hd/2), rotated by angle(t, i):
+//   x'[i] = x[i] cos - x[i+hd/2] sin,   x'[i+hd/2] = x[i+hd/2] cos + x[i] sin.
+// A rotation's backward is the rotation by the opposite angle (sin -> -sin).
+static void rope_rotate(float *x, const float *cosv, const float *sinv, int B, int T, int NH, int hd, float sign) {
+    int half = hd / 2;
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            const float *cr = cosv + (int64_t)t * half, *sr = sinv + (int64_t)t * half;
+            for (int h = 0; h < NH; h++) {
+                float *v = x + (((int64_t)b * T + t) * NH + h) * hd;
+                for (int i = 0; i < half; i++) {
+                    float a = v[i], c = v[i + half], s = sign * sr[i];
+                    v[i] = a * cr[i] - c * s;
+                    v[i + half] = c * cr[i] + a * s;
+                }
+            }
+        }
+}
+static void rope_forward(float *x, const float *cosv, const float *sinv, int B, int T, int NH, int hd) {
+    rope_rotate(x, cosv, sinv, B, T, NH, hd, 1.0f);
+}
+// dx = R(-angle) dx', in place: the gradient buffer enters as dL/dx' and leaves as dL/dx.
+static void rope_backward(float *dx, const float *cosv, const float *sinv, int B, int T, int NH, int hd) {
+    rope_rotate(dx, cosv, sinv, B, T, NH, hd, -1.0f);
+}
+
+// --- causal grouped-query attention ----------------------------------------------------------
+// q[B,T,H,hd], k,v[B,T,KV,hd] -> out[B,T,H,hd]; query head h reads kv head h / (H/KV).
+//   s_tj = q_t . k_j / sqrt(hd)  for j <= t,   p_tj = softmax_j(s_tj),   out_t = sum_j p_tj v_j.
+// Only lse[B,H,T] = log sum_j exp(s_tj) is stored: the backward recomputes p_tj = exp(s_tj - lse_t)
+// instead of keeping a [T,T] matrix per head (the idea of FlashAttention, Dao et al. 2022).
+// Thread mapping: one (b, h) pair per iteration; scores[B,H,T] gives each its own row.
+static void attention_forward(float *out, float *lse, float *scores, const float *q, const float *k,
+                              const float *v, int B, int T, int H, int KV, int hd) {
+    int group = H / KV;
+    float scale = 1.0f / sqrtf((float)hd);
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+            float *s = scores + ((int64_t)b * H + h) * T;
+            int kvh = h / group;
+            for (int t = 0; t < T; t++) {
+                const float *qt = q + (((int64_t)b * T + t) * H + h) * hd;
+                float mx = -INFINITY;
+                for (int j = 0; j <= t; j++) {
+                    const float *kj = k + (((int64_t)b * T + j) * KV + kvh) * hd;
+                    float d = 0.0f;
+                    for (int i = 0; i < hd; i++) d += qt[i] * kj[i];
+                    s[j] = d * scale;
+                    if (s[j] > mx) mx = s[j];
+                }
+                float sum = 0.0f;
+                for (int j = 0; j <= t; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
+                float *ot = out + (((int64_t)b * T + t) * H + h) * hd;
+                for (int i = 0; i < hd; i++) ot[i] = 0.0f;
+                for (int j = 0; j <= t; j++) {
+                    const float *vj = v + (((int64_t)b * T + j) * KV + kvh) * hd;
+                    float p = s[j] / sum;
+                    for (int i = 0; i < hd; i++) ot[i] += p * vj[i];
+                }
+                lse[((int64_t)b * H + h) * T + t] = mx + logf(sum);
+            }
+        }
+}
+
+// With dO the gradient of out and Delta_t = dO_t . out_t (= sum_j p_tj dO_t . v_j):
+//   dv_j += sum_t p_tj dO_t,   ds_tj = p_tj (dO_t . v_j - Delta_t),
+//   dq_t += scale sum_j ds_tj k_j,   dk_j += scale sum_t ds_tj q_t.
+// Thread mapping: one (b, kv head) per iteration, so that the dk and dv rows a thread adds to
+// belong to it alone; it loops over the query heads of its group.
+static void attention_backward(float *dq, float *dk, float *dv, float *scores, const float *dout,
+                               const float *q, const float *k, const float *v, const float *out,
+                               const float *lse, int B, int T, int H, int KV, int hd) {
+    int group = H / KV;
+    float scale = 1.0f / sqrtf((float)hd);
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int kvh = 0; kvh < KV; kvh++) {
+            float *p = scores + ((int64_t)b * H + kvh * group) * T;  // the row of this group's first head
+            for (int h = kvh * group; h < (kvh + 1) * group; h++)
+                for (int t = 0; t < T; t++) {
+                    int64_t qi = (((int64_t)b * T + t) * H + h) * hd;
+                    const float *qt = q + qi, *dot = dout + qi, *ot = out + qi;
+                    float *dqt = dq + qi;
+                    float L = lse[((int64_t)b * H + h) * T + t], delta = 0.0f;
+                    for (int i = 0; i < hd; i++) delta += dot[i] * ot[i];
+                    for (int j = 0; j <= t; j++) {
+                        const float *kj = k + (((int64_t)b * T + j) * KV + kvh) * hd;
+                        float d = 0.0f;
+                        for (int i = 0; i < hd; i++) d += qt[i] * kj[i];
+                        p[j] = expf(d * scale - L);
+                    }
+                    for (int j = 0; j <= t; j++) {
+                        int64_t kvi = (((int64_t)b * T + j) * KV + kvh) * hd;
+                        const float *kj = k + kvi, *vj = v + kvi;
+                        float *dkj = dk + kvi, *dvj = dv + kvi;
+                        float dp = 0.0f;
+                        for (int i = 0; i < hd; i++) dp += dot[i] * vj[i];
+                        float ds = p[j] * (dp - delta) * scale;
+                        for (int i = 0; i < hd; i++) {
+                            dvj[i] += p[j] * dot[i];
+                            dqt[i] += ds * kj[i];
+                            dkj[i] += ds * qt[i];
+                        }
+                    }
+                }
+        }
+}
+
+// --- SwiGLU: h[N,F] = silu(g) * u, silu(g) = g * sigmoid(g) ---------------------------------
+static void swiglu_forward(float *h, const float *g, const float *u, int64_t n) {
+    #pragma omp parallel for
+    for (int64_t i = 0; i < n; i++) h[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+// dg += dh * u * sigmoid(g) * (1 + g * (1 - sigmoid(g))),   du += dh * silu(g).
+static void swiglu_backward(float *dg, float *du, const float *dh, const float *g, const float *u, int64_t n) {
+    #pragma omp parallel for
+    for (int64_t i = 0; i < n; i++) {
+        float sg = 1.0f / (1.0f + expf(-g[i]));
+        dg[i] += dh[i] * u[i] * sg * (1.0f + g[i] * (1.0f - sg));
+        du[i] += dh[i] * g[i] * sg;
+    }
+}
+
+// --- residual: y[N,D] = a + b (its backward passes dy to both inputs unchanged) -------------
+static void residual_forward(float *y, const float *a, const float *b, int64_t n) {
+    #pragma omp parallel for
+    for (int64_t i = 0; i < n; i++) y[i] = a[i] + b[i];
+}
+
+// --- cross-entropy: loss = mean over rows with target >= 0 of -log softmax(logits)[target] --
+// logits[N,V], targets[N] (-1 = ignored). Computed with the max subtracted (log-sum-exp).
+static float crossentropy_forward(const float *logits, const int *targets, int N, int V) {
+    double sum = 0.0;
+    int count = 0;
+    #pragma omp parallel for reduction(+ : sum, count)
+    for (int n = 0; n < N; n++) {
+        if (targets[n] < 0) continue;
+        const float *z = logits + (int64_t)n * V;
+        float mx = z[0];
+        for (int i = 1; i < V; i++) mx = z[i] > mx ? z[i] : mx;
+        double s = 0.0;
+        for (int i = 0; i < V; i++) s += exp((double)(z[i] - mx));
+        sum += log(s) + mx - z[targets[n]];
+        count++;
+    }
+    return count ? (float)(sum / count) : 0.0f;
+}
+
+// dlogits += scale * (softmax(logits) - onehot(target)) / count, for rows with a target.
+static void crossentropy_backward(float *dlogits, const float *logits, const int *targets, int N, int V, float scale) {
+    int count = 0;
+    for (int n = 0; n < N; n++) count += targets[n] >= 0;
+    if (!count) return;
+    float k = scale / count;
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        if (targets[n] < 0) continue;
+        const float *z = logits + (int64_t)n * V;
+        float *dz = dlogits + (int64_t)n * V;
+        float mx = z[0];
+        for (int i = 1; i < V; i++) mx = z[i] > mx ? z[i] : mx;
+        float s = 0.0f;
+        for (int i = 0; i < V; i++) s += expf(z[i] - mx);
+        for (int i = 0; i < V; i++) dz[i] += k * expf(z[i] - mx) / s;
+        dz[targets[n]] -= k;
+    }
+}
+
+// ============================================================================================
+// 4. The model forward and backward
+//
+// One layer:  h = x + Wo attn(rope(Wq rms1(x)), rope(Wk rms1(x)), Wv rms1(x))
+//             x' = h + Wdown (silu(Wgate rms2(h)) * Wup rms2(h))
+// then logits = W_head rms_f(x_L). inputs/targets are [B,T]; targets may be NULL (no loss) and
+// -1 marks positions without a target. Returns the mean cross-entropy over the targets.
+
+static float model_forward(Model *m, const int *inputs, const int *targets, int B, int T) {
+    const ModelHeader *c = &m->cfg;
+    if (T > c->max_seq_len) die("sequence length %d exceeds the model's context %d", T, c->max_seq_len);
+    model_alloc_acts(m, B, T, m->grads != NULL);
+    int N = B * T, D = c->dim, F = c->hidden_dim, V = c->vocab_size, H = c->n_heads,
+        KV = c->n_kv_heads, hd = c->head_dim;
+    int Hq = H * hd, Hkv = KV * hd;
+    for (int i = 0; i < N; i++) {
+        if (inputs[i] < 0 || inputs[i] >= V) die("token id %d out of range [0, %d)", inputs[i], V);
+        if (targets && targets[i] >= V) die("target id %d out of range [0, %d)", targets[i], V);
+    }
+    memcpy(m->inputs, inputs, (size_t)N * sizeof(int));
+    m->has_targets = targets != NULL;
+    if (targets) memcpy(m->targets, targets, (size_t)N * sizeof(int));
+
+    embedding_forward(act_l(m, A_RESID, 0), inputs, m->params_t[T_EMBED], N, D);
+    for (int l = 0; l < c->n_layers; l++) {
+        float *x = act_l(m, A_RESID, l), *xn1 = act_l(m, A_XN1, l), *q = act_l(m, A_Q, l),
+              *k = act_l(m, A_K, l), *v = act_l(m, A_V, l), *att = act_l(m, A_ATT, l),
+              *mid = act_l(m, A_RESID_MID, l), *xn2 = act_l(m, A_XN2, l),
+              *gate = act_l(m, A_GATE, l), *up = act_l(m, A_UP, l), *hmid = act_l(m, A_HMID, l);
+        float *proj = m->act[A_PROJ];
+        // attention block
+        rmsnorm_forward(xn1, act_l(m, A_RSTD1, l), x, layer_tensor(m->params_t, m, T_ATTN_NORM, l), N, D, c->rms_norm_eps);
+        matmul_forward(q, xn1, layer_tensor(m->params_t, m, T_WQ, l), N, D, Hq);
+        matmul_forward(k, xn1, layer_tensor(m->params_t, m, T_WK, l), N, D, Hkv);
+        matmul_forward(v, xn1, layer_tensor(m->params_t, m, T_WV, l), N, D, Hkv);
+        rope_forward(q, m->rope_cos, m->rope_sin, B, T, H, hd);
+        rope_forward(k, m->rope_cos, m->rope_sin, B, T, KV, hd);
+        attention_forward(att, act_l(m, A_LSE, l), m->act[A_SCORES], q, k, v, B, T, H, KV, hd);
+        matmul_forward(proj, att, layer_tensor(m->params_t, m, T_WO, l), N, Hq, D);
+        residual_forward(mid, x, proj, (int64_t)N * D);
+        // MLP block
+        rmsnorm_forward(xn2, act_l(m, A_RSTD2, l), mid, layer_tensor(m->params_t, m, T_MLP_NORM, l), N, D, c->rms_norm_eps);
+        matmul_forward(gate, xn2, layer_tensor(m->params_t, m, T_WGATE, l), N, D, F);
+        matmul_forward(up, xn2, layer_tensor(m->params_t, m, T_WUP, l), N, D, F);
+        swiglu_forward(hmid, gate, up, (int64_t)N * F);
+        matmul_forward(proj, hmid, layer_tensor(m->params_t, m, T_WDOWN, l), N, F, D);
+        residual_forward(act_l(m, A_RESID, l + 1), mid, proj, (int64_t)N * D);
+    }
+    rmsnorm_forward(m->act[A_XNF], m->act[A_RSTDF], act_l(m, A_RESID, c->n_layers), m->params_t[T_FINAL_NORM], N, D, c->rms_norm_eps);
+    matmul_forward(m->logits, m->act[A_XNF], m->params_t[lm_head_tensor(m)], N, D, V);
+    m->loss = targets ? crossentropy_forward(m->logits, targets, N, V) : 0.0f;
+    return m->loss;
+}
+
+static void model_zero_grad(Model *m) {
+    if (m->grads) memset(m->grads, 0, (size_t)m->n_params * sizeof(float));
+}
+
+static void zero_act(Model *m, int a, int64_t n) { memset(m->act[a], 0, (size_t)n * sizeof(float)); }
+
+// Backward of the last model_forward (which must have had targets), given dL/dlogits in
+// act[A_DLOGITS]. Parameter gradients accumulate into m->grads.
+static void model_backward_from_dlogits(Model *m) {
+    const ModelHeader *c = &m->cfg;
+    int B = m->B, T = m->T, N = B * T, D = c->dim, F = c->hidden_dim, V = c->vocab_size,
+        H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim, Hq = H * hd, Hkv = KV * hd;
+    float *dres = m->act[A_DRESID], *dxn = m->act[A_DXN];
+    int head = lm_head_tensor(m);
+    // head and final norm
+    zero_act(m, A_DXN, (int64_t)N * D);
+    matmul_backward(dxn, m->grads_t[head], m->act[A_DLOGITS], m->act[A_XNF], m->params_t[head], N, D, V);
+    zero_act(m, A_DRESID, (int64_t)N * D);
+    rmsnorm_backward(dres, m->grads_t[T_FINAL_NORM], dxn, act_l(m, A_RESID, c->n_layers),
+                     m->params_t[T_FINAL_NORM], m->act[A_RSTDF], N, D);
+    for (int l = c->n_layers - 1; l >= 0; l--) {
+        float *x = act_l(m, A_RESID, l), *xn1 = act_l(m, A_XN1, l), *q = act_l(m, A_Q, l),
+              *k = act_l(m, A_K, l), *v = act_l(m, A_V, l), *att = act_l(m, A_ATT, l),
+              *mid = act_l(m, A_RESID_MID, l), *xn2 = act_l(m, A_XN2, l),
+              *gate = act_l(m, A_GATE, l), *up = act_l(m, A_UP, l), *hmid = act_l(m, A_HMID, l);
+        // MLP block: dres holds dL/dx'; the residual passes it to h unchanged
+        zero_act(m, A_DHMID, (int64_t)N * F);
+        matmul_backward(m->act[A_DHMID], layer_tensor(m->grads_t, m, T_WDOWN, l), dres, hmid,
+                        layer_tensor(m->params_t, m, T_WDOWN, l), N, F, D);
+        zero_act(m, A_DGATE, (int64_t)N * F);
+        zero_act(m, A_DUP, (int64_t)N * F);
+        swiglu_backward(m->act[A_DGATE], m->act[A_DUP], m->act[A_DHMID], gate, up, (int64_t)N * F);
+        zero_act(m, A_DXN, (int64_t)N * D);
+        matmul_backward(dxn, layer_tensor(m->grads_t, m, T_WGATE, l), m->act[A_DGATE], xn2,
+                        layer_tensor(m->params_t, m, T_WGATE, l), N, D, F);
+        matmul_backward(dxn, layer_tensor(m->grads_t, m, T_WUP, l), m->act[A_DUP], xn2,
+                        layer_tensor(m->params_t, m, T_WUP, l), N, D, F);
+        rmsnorm_backward(dres, layer_tensor(m->grads_t, m, T_MLP_NORM, l), dxn, mid,
+                         layer_tensor(m->params_t, m, T_MLP_NORM, l), act_l(m, A_RSTD2, l), N, D);
+        // attention block: dres now holds dL/dh, which the residual passes to x
+        zero_act(m, A_DATT, (int64_t)N * Hq);
+        matmul_backward(m->act[A_DATT], layer_tensor(m->grads_t, m, T_WO, l), dres, att,
+                        layer_tensor(m->params_t, m, T_WO, l), N, Hq, D);
+        zero_act(m, A_DQ, (int64_t)N * Hq);
+        zero_act(m, A_DK, (int64_t)N * Hkv);
+        zero_act(m, A_DV, (int64_t)N * Hkv);
+        attention_backward(m->act[A_DQ], m->act[A_DK], m->act[A_DV], m->act[A_SCORES], m->act[A_DATT],
+                           q, k, v, att, act_l(m, A_LSE, l), B, T, H, KV, hd);
+        rope_backward(m->act[A_DQ], m->rope_cos, m->rope_sin, B, T, H, hd);
+        rope_backward(m->act[A_DK], m->rope_cos, m->rope_sin, B, T, KV, hd);
+        zero_act(m, A_DXN, (int64_t)N * D);
+        matmul_backward(dxn, layer_tensor(m->grads_t, m, T_WQ, l), m->act[A_DQ], xn1,
+                        layer_tensor(m->params_t, m, T_WQ, l), N, D, Hq);
+        matmul_backward(dxn, layer_tensor(m->grads_t, m, T_WK, l), m->act[A_DK], xn1,
+                        layer_tensor(m->params_t, m, T_WK, l), N, D, Hkv);
+        matmul_backward(dxn, layer_tensor(m->grads_t, m, T_WV, l), m->act[A_DV], xn1,
+                        layer_tensor(m->params_t, m, T_WV, l), N, D, Hkv);
+        rmsnorm_backward(dres, layer_tensor(m->grads_t, m, T_ATTN_NORM, l), dxn, x,
+                         layer_tensor(m->params_t, m, T_ATTN_NORM, l), act_l(m, A_RSTD1, l), N, D);
+    }
+    embedding_backward(m->grads_t[T_EMBED], dres, m->inputs, N, D);
+}
+
+// Backward of the mean cross-entropy of the last forward, times loss_scale (1/micro-batches
+// when accumulating gradients).
+static void model_backward_scaled(Model *m, float loss_scale) {
+    if (!m->grads || !m->training) die("model_backward: the model was not set up for training");
+    if (!m->has_targets) die("model_backward: the last forward had no targets");
+    int N = m->B * m->T, V = m->cfg.vocab_size;
+    zero_act(m, A_DLOGITS, (int64_t)N * V);
+    crossentropy_backward(m->act[A_DLOGITS], m->logits, m->targets, N, V, loss_scale);
+    model_backward_from_dlogits(m);
+}
+
+static void model_backward(Model *m) { model_backward_scaled(m, 1.0f); }
+
+// ============================================================================================
+// 5. The optimizer
+//
+// AdamW (Loshchilov & Hutter 2019), with decoupled weight decay applied to matrices only
+// (norm weights are not decayed):
+//   m = b1 m + (1 - b1) g,  v = b2 v + (1 - b2) g^2,
+//   p -= lr * ( m / (1 - b1^t) / (sqrt(v / (1 - b2^t)) + eps) + wd p ).
+
+typedef struct {
+    float lr, min_lr, beta1, beta2, eps, weight_decay, grad_clip;
+    int warmup, schedule;  // SCHED_*
+} OptConfig;
+
+enum { SCHED_CONSTANT, SCHED_COSINE };
+
+// Learning rate at `step` (0-based) of `total`: linear warmup over `warmup` steps, then either
+// constant or a cosine decay from lr to min_lr at the last step.
+static float lr_at(const OptConfig *o, int64_t step, int64_t total) {
+    if (o->warmup > 0 && step < o->warmup) return o->lr * (float)(step + 1) / (float)o->warmup;
+    if (o->schedule == SCHED_CONSTANT || total <= o->warmup + 1) return o->lr;
+    double progress = (double)(step - o->warmup) / (double)(total - o->warmup - 1);
+    return o->min_lr + (o->lr - o->min_lr) * 0.5f * (1.0f + (float)cos(M_PI * progress));
+}
+
+// Global L2 norm of all gradients; if it exceeds `clip` (> 0), scale them down to it.
+// Returns the norm before clipping.
+static float clip_grad_norm(Model *m, float clip) {
+    double ss = 0.0;
+    #pragma omp parallel for reduction(+ : ss)
+    for (int64_t i = 0; i < m->n_params; i++) ss += (double)m->grads[i] * m->grads[i];
+    float norm = (float)sqrt(ss);
+    if (clip > 0 && norm > clip) {
+        float k = clip / norm;
+        #pragma omp parallel for
+        for (int64_t i = 0; i < m->n_params; i++) m->grads[i] *= k;
+    }
+    return norm;
+}
+
+static void adamw_update(Model *m, const OptConfig *o, float lr) {
+    m->step++;
+    float bc1 = 1.0f - powf(o->beta1, (float)m->step), bc2 = 1.0f - powf(o->beta2, (float)m->step);
+    for (int t = 0; t < N_TENSORS; t++) {
+        int64_t r, k, n = m->slice[t] * (tensor_is_per_layer(t) ? m->cfg.n_layers : 1);
+        tensor_slice_shape(&m->cfg, t, &r, &k);
+        float wd = r > 1 ? o->weight_decay : 0.0f;
+        float *p = m->params_t[t], *g = m->grads_t[t], *mm = m->m_t[t], *vv = m->v_t[t];
+        if (!p) continue;
+        #pragma omp parallel for
+        for (int64_t i = 0; i < n; i++) {
+            mm[i] = o->beta1 * mm[i] + (1.0f - o->beta1) * g[i];
+            vv[i] = o->beta2 * vv[i] + (1.0f - o->beta2) * g[i] * g[i];
+            float mhat = mm[i] / bc1, vhat = vv[i] / bc2;
+            p[i] -= lr * (mhat / (sqrtf(vhat) + o->eps) + wd * p[i]);
+        }
+    }
+}
+
+// ============================================================================================
+// 6. Data: token files
+//
+// A `.ids` file is whitespace-separated decimal token ids (any number per line). Training takes
+// random windows of T+1 tokens from the stream: inputs are the first T, targets the last T.
+
+typedef struct {
+    int *ids;
+    int64_t n;
+} TokenStream;
+
+static TokenStream load_ids(const char *path, int vocab_size) {
+    size_t len;
+    char *text = read_file_or_die(path, &len);
+    TokenStream s = {NULL, 0};
+    int64_t cap = 1024;
+    s.ids = malloc_or_die((size_t)cap * sizeof(int), path);
+    const char *p = text;
+    int line = 1;
+    for (;;) {
+        while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') line += *p++ == '\n';
+        if (!*p) break;
+        if (*p < '0' || *p > '9') die("%s: line %d: expected a token id, found '%c'", path, line, *p);
+        long long v = 0;
+        while (*p >= '0' && *p <= '9') {
+            v = v * 10 + (*p++ - '0');
+            if (v > 1000000000LL) die("%s: line %d: token id too large", path, line);
+        }
+        if (*p && *p != ' ' && *p != '\t' && *p != '\n' && *p != '\r')
+            die("%s: line %d: expected a token id, found '%c'", path, line, *p);
+        if (v >= vocab_size) die("%s: line %d: token id %lld out of the model's vocabulary (%d)", path, line, v, vocab_size);
+        if (s.n == cap) { cap *= 2; s.ids = realloc(s.ids, (size_t)cap * sizeof(int)); if (!s.ids) die("%s: out of memory", path); }
+        s.ids[s.n++] = (int)v;
+    }
+    free(text);
+    if (s.n == 0) die("%s: no token ids in the file", path);
+    return s;
+}
+
+// Fills inputs/targets [B,T] with B random windows of the stream.
+static void sample_batch(int *inputs, int *targets, const TokenStream *s, int B, int T, Rng *rng) {
+    for (int b = 0; b < B; b++) {
+        int64_t start = (int64_t)(rng_u64(rng) % (uint64_t)(s->n - T));
+        for (int t = 0; t < T; t++) {
+            inputs[b * T + t] = s->ids[start + t];
+            targets[b * T + t] = s->ids[start + t + 1];
+        }
+    }
+}
+
+// ============================================================================================
+// 7. Evaluation: perplexity
+//
+// As GPTQ and BitDistiller compute WikiText-2 perplexity: the token stream is cut into
+// floor(n/T) non-overlapping windows of T tokens (the remainder is dropped); each window is run
+// on its own from position 0; its loss is the mean cross-entropy of predicting its tokens
+// 1..T-1; ppl = exp(mean of the window losses).
+
+typedef struct { double ppl, mean_loss; int64_t windows; } PplResult;
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void format_eta(char *buf, size_t n, double seconds) {
+    int s = (int)(seconds + 0.5);
+    snprintf(buf, n, "%d:%02d:%02d", s / 3600, s / 60 % 60, s % 60);
+}
+
+static PplResult eval_ppl(Model *m, const TokenStream *s, int T, int B) {
+    int64_t windows = s->n / T;
+    if (windows == 0) die("perplexity: the file has %lld tokens, fewer than one window of %d", (long long)s->n, T);
+    int *inputs = malloc_or_die((size_t)B * T * sizeof(int), "eval inputs");
+    int *targets = malloc_or_die((size_t)B * T * sizeof(int), "eval targets");
+    double sum = 0.0, t0 = now_seconds();
+    for (int64_t w0 = 0; w0 < windows; w0 += B) {
+        int nb = windows - w0 < B ? (int)(windows - w0) : B;
+        for (int b = 0; b < nb; b++) {
+            const int *win = s->ids + (w0 + b) * T;
+            for (int t = 0; t < T; t++) {
+                inputs[b * T + t] = win[t];
+                targets[b * T + t] = t + 1 < T ? win[t + 1] : -1;
+            }
+        }
+        // one forward per window group; the loss of each window is its own mean
+        model_forward(m, inputs, NULL, nb, T);
+        for (int b = 0; b < nb; b++)
+            sum += crossentropy_forward(m->logits + (int64_t)b * T * m->cfg.vocab_size, targets + b * T, T, m->cfg.vocab_size);
+        int64_t done = w0 + nb, every = windows / 10 > 0 ? windows / 10 : 1;
+        if (done % every < nb || done == windows) {  // about ten progress lines
+            double el = now_seconds() - t0, tps = (double)done * T / (el > 0 ? el : 1e-9);
+            char eta[32];
+            format_eta(eta, sizeof eta, (double)(windows - done) * T / tps);
+            printf("ppl: window %lld/%lld | running ppl %.3f | %.0f tok/s | ETA %s\n", (long long)done,
+                   (long long)windows, exp(sum / done), tps, eta);
+            fflush(stdout);
+        }
+    }
+    free(inputs); free(targets);
+    PplResult r = {exp(sum / windows), sum / windows, windows};
+    return r;
+}
+
+// ============================================================================================
+// 8. The training loop, the command line and main
+
+typedef struct {
+    // model
+    const char *model_path, *init_shape, *out_path;
+    int out_dtype;
+    uint64_t seed;
+    // training
+    const char *train_tokens, *log_path;
+    int steps, batch, micro_batch, seq, save_every;
+    OptConfig opt;
+    // evaluation
+    const char *eval_ppl;
+    int eval_T, eval_batch;
+    // other
+    int threads, bench;
+} Args;
+
+static void usage(void) {
+    printf(
+        "usage: ./train [options]\n"
+        "\n"
+        "Model:\n"
+        "  -m FILE               model to load (.bin, see model.h)\n"
+        "  --init SHAPE          start from random weights of a named shape:\n"
+        "                        tiny, bench-100m, tinyllama-1.1b, llama-3.2-1b, llama-3.2-3b, llama-2-7b\n"
+        "  --seed N              seed of initialisation and data sampling [42]\n"
+        "  -o FILE               write the resulting model here (atomically) [none]\n"
+        "  --dtype f32|bf16      dtype of the written model [f32]\n"
+        "\n"
+        "Training (full precision, cross-entropy on a token file):\n"
+        "  --train-tokens FILE   .ids file (whitespace-separated token ids) to train on\n"
+        "  --steps N             optimizer steps [100]\n"
+        "  --batch N             sequences per optimizer step [16]\n"
+        "  --micro-batch N       sequences per forward/backward; batch/micro-batch steps are\n"
+        "                        accumulated [4]\n"
+        "  --seq N               tokens per sequence [min(1024, model context)]\n"
+        "  --lr F                peak learning rate [2e-5]\n"
+        "  --min-lr F            final learning rate of the cosine schedule [0]\n"
+        "  --schedule S          constant | cosine (after warmup) [constant]\n"
+        "  --warmup N            linear warmup steps [0]\n"
+        "  --weight-decay F      AdamW decoupled weight decay, matrices only [0]\n"
+        "  --beta1 F --beta2 F   AdamW betas [0.9, 0.999]\n"
+        "  --adam-eps F          AdamW epsilon [1e-8]\n"
+        "  --grad-clip F         clip the global gradient norm to F, 0 = off [1.0]\n"
+        "  --save-every N        also write -o every N steps [0 = only at the end]\n"
+        "  --log FILE            JSONL log of every step [none]\n"
+        "\n"
+        "Evaluation:\n"
+        "  --eval-ppl FILE       perplexity on a .ids file (non-overlapping windows)\n"
+        "  -T N                  window length [min(2048, model context)]\n"
+        "  --eval-batch N        windows per forward [1]\n"
+        "\n"
+        "Other:\n"
+        "  --threads N           OpenMP threads [all cores]\n"
+        "  --bench               time full training steps on random tokens (--micro-batch x --seq,\n"
+        "                        --steps timed) and report tokens/s and GFLOP/s\n"
+        "  -h, --help            this text\n"
+        "\n"
+        "The last line of stdout is one JSON object with the results.\n");
+}
+
+static int parse_int(const char *flag, const char *v) {
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (errno || *end || end == v || x < -2147483647L || x > 2147483647L) die("%s: expected an integer, got '%s'", flag, v);
+    return (int)x;
+}
+
+static float parse_float(const char *flag, const char *v) {
+    char *end;
+    errno = 0;
+    float x = strtof(v, &end);
+    if (errno || *end || end == v || !isfinite(x)) die("%s: expected a number, got '%s'", flag, v);
+    return x;
+}
+
+static Args parse_args(int argc, char **argv) {
+    Args a;
+    memset(&a, 0, sizeof a);
+    a.seed = 42; a.steps = 100; a.batch = 16; a.micro_batch = 4; a.eval_batch = 1;
+    a.opt = (OptConfig){.lr = 2e-5f, .min_lr = 0.0f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f,
+                        .weight_decay = 0.0f, .grad_clip = 1.0f, .warmup = 0, .schedule = SCHED_CONSTANT};
+    for (int i = 1; i < argc; i++) {
+        const char *f = argv[i];
+        if (!strcmp(f, "-h") || !strcmp(f, "--help")) { usage(); exit(0); }
+        if (!strcmp(f, "--bench")) { a.bench = 1; continue; }
+        if (i + 1 >= argc) die("%s: missing value (see ./train --help)", f);
+        const char *v = argv[++i];
+        if (!strcmp(f, "-m")) a.model_path = v;
+        else if (!strcmp(f, "--init")) a.init_shape = v;
+        else if (!strcmp(f, "--seed")) a.seed = (uint64_t)parse_int(f, v);
+        else if (!strcmp(f, "-o")) a.out_path = v;
+        else if (!strcmp(f, "--dtype")) {
+            if (!strcmp(v, "f32")) a.out_dtype = DTYPE_F32;
+            else if (!strcmp(v, "bf16")) a.out_dtype = DTYPE_BF16;
+            else die("--dtype: expected f32 or bf16, got '%s'", v);
+        }
+        else if (!strcmp(f, "--train-tokens")) a.train_tokens = v;
+        else if (!strcmp(f, "--steps")) a.steps = parse_int(f, v);
+        else if (!strcmp(f, "--batch")) a.batch = parse_int(f, v);
+        else if (!strcmp(f, "--micro-batch")) a.micro_batch = parse_int(f, v);
+        else if (!strcmp(f, "--seq")) a.seq = parse_int(f, v);
+        else if (!strcmp(f, "--lr")) a.opt.lr = parse_float(f, v);
+        else if (!strcmp(f, "--min-lr")) a.opt.min_lr = parse_float(f, v);
+        else if (!strcmp(f, "--schedule")) {
+            if (!strcmp(v, "constant")) a.opt.schedule = SCHED_CONSTANT;
+            else if (!strcmp(v, "cosine")) a.opt.schedule = SCHED_COSINE;
+            else die("--schedule: expected constant or cosine, got '%s'", v);
+        }
+        else if (!strcmp(f, "--warmup")) a.opt.warmup = parse_int(f, v);
+        else if (!strcmp(f, "--weight-decay")) a.opt.weight_decay = parse_float(f, v);
+        else if (!strcmp(f, "--beta1")) a.opt.beta1 = parse_float(f, v);
+        else if (!strcmp(f, "--beta2")) a.opt.beta2 = parse_float(f, v);
+        else if (!strcmp(f, "--adam-eps")) a.opt.eps = parse_float(f, v);
+        else if (!strcmp(f, "--grad-clip")) a.opt.grad_clip = parse_float(f, v);
+        else if (!strcmp(f, "--save-every")) a.save_every = parse_int(f, v);
+        else if (!strcmp(f, "--log")) a.log_path = v;
+        else if (!strcmp(f, "--eval-ppl")) a.eval_ppl = v;
+        else if (!strcmp(f, "-T")) a.eval_T = parse_int(f, v);
+        else if (!strcmp(f, "--eval-batch")) a.eval_batch = parse_int(f, v);
+        else if (!strcmp(f, "--threads")) a.threads = parse_int(f, v);
+        else die("unknown flag '%s' (see ./train --help)", f);
+    }
+    if (!a.model_path == !a.init_shape) die("give exactly one of -m FILE or --init SHAPE (see ./train --help)");
+    if (a.steps < 1) die("--steps must be at least 1");
+    if (a.micro_batch < 1 || a.batch < 1) die("--batch and --micro-batch must be at least 1");
+    if (a.batch % a.micro_batch) die("--batch (%d) must be a multiple of --micro-batch (%d)", a.batch, a.micro_batch);
+    if (a.seq < 0 || a.eval_T < 0 || a.eval_batch < 1 || a.save_every < 0) die("--seq, -T, --eval-batch and --save-every must be positive");
+    if (!(a.opt.lr >= 0) || !(a.opt.beta1 >= 0 && a.opt.beta1 < 1) || !(a.opt.beta2 >= 0 && a.opt.beta2 < 1) || !(a.opt.eps > 0))
+        die("--lr must be >= 0, betas in [0, 1), --adam-eps > 0");
+    if (a.threads < 0) die("--threads must be positive");
+    return a;
+}
+
+// Floating-point operations of one training step per token: 6 per matmul weight (forward 2,
+// backward 4) plus causal attention, whose two products cost 2*T*H*hd per token forward, as
+// Kaplan et al. 2020 and PaLM's MFU count it.
+static double train_flops_per_token(const Model *m, int T) {
+    const ModelHeader *c = &m->cfg;
+    double matmul = (double)m->n_params - (double)c->vocab_size * c->dim * (c->tied ? 0 : 1)
+                  - (double)c->dim * (2 * c->n_layers + 1);  // the embedding lookup and norms are no matmuls
+    return 6.0 * matmul + 6.0 * c->n_layers * (double)c->n_heads * c->head_dim * T;
+}
+
+typedef struct { float final_loss, tokens_per_s; } TrainResult;
+
+static TrainResult train_loop(Model *m, const Args *a, const TokenStream *data, int T) {
+    if (data->n <= T) die("%s: %lld tokens, need more than --seq %d", a->train_tokens, (long long)data->n, T);
+    model_alloc_training(m);
+    FILE *log = a->log_path ? fopen_or_die(a->log_path, "w") : NULL;
+    int B = a->micro_batch, accum = a->batch / a->micro_batch;
+    int *inputs = malloc_or_die((size_t)B * T * sizeof(int), "inputs");
+    int *targets = malloc_or_die((size_t)B * T * sizeof(int), "targets");
+    Rng rng = rng_seeded(a->seed + 1);
+    double t0 = now_seconds();
+    TrainResult r = {0, 0};
+    printf("training: %d steps x %d sequences x %d tokens (%d micro-batches of %d), lr %g\n",
+           a->steps, a->batch, T, accum, B, a->opt.lr);
+    for (int step = 0; step < a->steps; step++) {
+        double ts = now_seconds();
+        model_zero_grad(m);
+        float loss = 0.0f;
+        for (int micro = 0; micro < accum; micro++) {
+            sample_batch(inputs, targets, data, B, T, &rng);
+            loss += model_forward(m, inputs, targets, B, T) / accum;
+            model_backward_scaled(m, 1.0f / accum);
+        }
+        if (!isfinite(loss)) die("step %d: loss is %f; stopping (the last written model is intact)", step + 1, loss);
+        float norm = clip_grad_norm(m, a->opt.grad_clip);
+        float lr = lr_at(&a->opt, step, a->steps);
+        adamw_update(m, &a->opt, lr);
+        double now = now_seconds(), dt = now - ts;
+        float tps = (float)((double)a->batch * T / dt);
+        char eta[32];
+        format_eta(eta, sizeof eta, (now - t0) / (step + 1) * (a->steps - step - 1));
+        printf("step %4d/%d | loss %.4f | lr %.3g | grad norm %.3f | %.0f tok/s | ETA %s\n",
+               step + 1, a->steps, loss, lr, norm, tps, eta);
+        fflush(stdout);
+        if (log) {
+            fprintf(log, "{\"step\": %d, \"loss\": %.6f, \"lr\": %g, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f}\n",
+                    step + 1, loss, lr, norm, tps);
+            fflush(log);
+        }
+        if (a->out_path && a->save_every && (step + 1) % a->save_every == 0 && step + 1 < a->steps) {
+            ModelHeader c = m->cfg;
+            c.dtype = a->out_dtype;
+            model_save(a->out_path, &c, m->params);
+        }
+        r.final_loss = loss;
+    }
+    r.tokens_per_s = (float)((double)a->steps * a->batch * T / (now_seconds() - t0));
+    if (log) fclose(log);
+    free(inputs); free(targets);
+    return r;
+}
+
+// --bench: full training steps (forward, backward, AdamW) on random tokens.
+static void bench(Model *m, const Args *a, int T, char *json, size_t n) {
+    model_alloc_training(m);
+    int B = a->micro_batch, V = m->cfg.vocab_size;
+    int *inputs = malloc_or_die((size_t)B * T * sizeof(int), "inputs");
+    int *targets = malloc_or_die((size_t)B * T * sizeof(int), "targets");
+    Rng rng = rng_seeded(a->seed);
+    for (int i = 0; i < B * T; i++) { inputs[i] = (int)(rng_u64(&rng) % V); targets[i] = (int)(rng_u64(&rng) % V); }
+    double best = 1e30;
+    for (int s = 0; s <= a->steps; s++) {  // step 0 warms up (page faults, caches)
+        double t0 = now_seconds();
+        model_zero_grad(m);
+        model_forward(m, inputs, targets, B, T);
+        model_backward(m);
+        adamw_update(m, &a->opt, a->opt.lr);
+        double dt = now_seconds() - t0;
+        if (s > 0 && dt < best) best = dt;
+        printf("bench step %d/%d: %.3f s%s\n", s, a->steps, dt, s == 0 ? " (warm-up)" : "");
+        fflush(stdout);
+    }
+    double tps = B * T / best, gflops = tps * train_flops_per_token(m, T) / 1e9;
+    printf("bench: %lld params, %d x %d tokens per step, best %.3f s: %.0f tokens/s, %.1f GFLOP/s\n",
+           (long long)m->n_params, B, T, best, tps, gflops);
+    snprintf(json, n, "\"bench\": {\"params\": %lld, \"batch\": %d, \"seq\": %d, \"step_s\": %.4f, \"tokens_per_s\": %.1f, \"gflops\": %.2f}",
+             (long long)m->n_params, B, T, best, tps, gflops);
+    free(inputs); free(targets);
+}
+
+#ifndef TRAIN_NO_MAIN
+int main(int argc, char **argv) {
+    Args a = parse_args(argc, argv);
+#ifdef _OPENMP
+    if (a.threads) omp_set_num_threads(a.threads);
+#endif
+    // the model: loaded, or random of a named shape
+    Model m;
+    if (a.model_path) {
+        model_load_file(&m, a.model_path);
+    } else {
+        ModelHeader c = shape_header(a.init_shape);
+        float *p = malloc_or_die((size_t)tensor_sizes(&c, (int64_t[N_TENSORS]){0}) * sizeof(float), "parameters");
+        init_params(&c, p, a.seed);
+        model_setup(&m, &c, p);
+    }
+    const ModelHeader *c = &m.cfg;
+    printf("model: dim %d, hidden %d, layers %d, heads %d (kv %d, head_dim %d), vocab %d, context %d, %s, %lld parameters\n",
+           c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim, c->vocab_size,
+           c->max_seq_len, c->tied ? "tied" : "untied", (long long)m.n_params);
+
+    // results accumulate into one JSON object, printed last
+    char json[4096] = "", part[1024];
+#define JSON_ADD(...) do { snprintf(part, sizeof part, __VA_ARGS__); \
+        if (json[0]) strncat(json, ", ", sizeof json - strlen(json) - 1); \
+        strncat(json, part, sizeof json - strlen(json) - 1); } while (0)
+    JSON_ADD("\"params\": %lld", (long long)m.n_params);
+
+    int T = a.seq ? a.seq : (c->max_seq_len < 1024 ? c->max_seq_len : 1024);
+    if (T > c->max_seq_len) die("--seq %d exceeds the model's context %d", T, c->max_seq_len);
+    if (a.bench) {
+        bench(&m, &a, T, part, sizeof part);
+        char b[1024];
+        snprintf(b, sizeof b, "%s", part);
+        JSON_ADD("%s", b);
+    }
+    if (a.train_tokens) {
+        TokenStream data = load_ids(a.train_tokens, c->vocab_size);
+        TrainResult r = train_loop(&m, &a, &data, T);
+        JSON_ADD("\"train\": {\"steps\": %d, \"final_loss\": %.6f, \"tokens_per_s\": %.1f}", a.steps, r.final_loss, r.tokens_per_s);
+        free(data.ids);
+    }
+    if (a.out_path) {  // written before evaluation, so a long evaluation cannot lose the training
+        ModelHeader out = m.cfg;
+        out.dtype = a.out_dtype;
+        model_save(a.out_path, &out, m.params);
+        printf("wrote %s\n", a.out_path);
+        JSON_ADD("\"out\": \"%s\"", a.out_path);
+    }
+    if (a.eval_ppl) {
+        int Te = a.eval_T ? a.eval_T : (c->max_seq_len < 2048 ? c->max_seq_len : 2048);
+        if (Te > c->max_seq_len) die("-T %d exceeds the model's context %d", Te, c->max_seq_len);
+        if (Te < 2) die("-T must be at least 2");
+        TokenStream s = load_ids(a.eval_ppl, c->vocab_size);
+        PplResult r = eval_ppl(&m, &s, Te, a.eval_batch);
+        printf("perplexity of %s: %.4f (%lld windows of %d tokens)\n", a.eval_ppl, r.ppl, (long long)r.windows, Te);
+        JSON_ADD("\"ppl\": %.6f, \"loss\": %.6f, \"windows\": %lld, \"T\": %d", r.ppl, r.mean_loss, (long long)r.windows, Te);
+        free(s.ids);
+    }
+    printf("{%s}\n", json);
+    model_free(&m);
+    return 0;
+}
+#endif
