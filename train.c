@@ -835,9 +835,9 @@ static void format_eta(char *buf, size_t n, double seconds) {
     snprintf(buf, n, "%d:%02d:%02d", s / 3600, s / 60 % 60, s % 60);
 }
 
-static PplResult eval_ppl(Model *m, const TokenStream *s, int T, int B) {
+static PplResult eval_ppl(Model *m, const TokenStream *s, int T, int B, const char *path) {
     int64_t windows = s->n / T;
-    if (windows == 0) die("perplexity: the file has %lld tokens, fewer than one window of %d", (long long)s->n, T);
+    if (windows == 0) die("%s: %lld tokens, fewer than one perplexity window of %d", path, (long long)s->n, T);
     int *inputs = malloc_or_die((size_t)B * T * sizeof(int), "eval inputs");
     int *targets = malloc_or_die((size_t)B * T * sizeof(int), "eval targets");
     double sum = 0.0, t0 = now_seconds();
@@ -1150,7 +1150,7 @@ int main(int argc, char **argv) {
         if (Te > c->max_seq_len) die("-T %d exceeds the model's context %d", Te, c->max_seq_len);
         if (Te < 2) die("-T must be at least 2");
         TokenStream s = load_ids(a.eval_ppl, c->vocab_size);
-        PplResult r = eval_ppl(&m, &s, Te, a.eval_batch);
+        PplResult r = eval_ppl(&m, &s, Te, a.eval_batch, a.eval_ppl);
         printf("perplexity of %s: %.4f (%lld windows of %d tokens)\n", a.eval_ppl, r.ppl, (long long)r.windows, Te);
         JSON_ADD("\"ppl\": %.6f, \"loss\": %.6f, \"windows\": %lld, \"T\": %d", r.ppl, r.mean_loss, (long long)r.windows, Te);
         free(s.ids);
