@@ -129,6 +129,7 @@ enum {  // activations; shapes for B sequences of T tokens. Per-layer ones are m
     A_LOGITS,     // [B,T,V]
     A_PROJ,       // [B,T,D]         scratch: output of wo and wdown before the residual add
     A_SCORES,     // [B,H,T]         scratch: one row of attention scores per (b, h)
+    A_MMT,        // scratch for matmul's transposes: the largest W^T, or dout^T [O, B*T]
     // gradients of activations (training only)
     A_DRESID,     // [B,T,D]         flows down the residual stream
     A_DXN,        // [B,T,D]
@@ -245,6 +246,12 @@ static void model_alloc_acts(Model *m, int B, int T, int training) {
         [A_UP] = BT * F, [A_HMID] = BT * F, [A_XNF] = BT * D, [A_RSTDF] = BT,
         [A_LOGITS] = BT * V, [A_PROJ] = BT * D, [A_SCORES] = B * H * T,
     };
+    int64_t widest = V > F ? V : F;  // the widest output of any linear (D and H*hd too)
+    if (D > widest) widest = D;
+    if (Hq > widest) widest = Hq;
+    int64_t largest_w = V * D > F * D ? V * D : F * D;
+    if (Hq * D > largest_w) largest_w = Hq * D;
+    size[A_MMT] = largest_w > BT * widest ? largest_w : BT * widest;
     if (training) {
         size[A_DRESID] = BT * D; size[A_DXN] = BT * D; size[A_DQ] = BT * Hq;
         size[A_DK] = BT * Hkv; size[A_DV] = BT * Hkv; size[A_DATT] = BT * Hq;
@@ -334,73 +341,51 @@ static void rmsnorm_backward(float *dx, float *dw, const float *dy, const float 
 }
 
 // --- matmul: out[N,O] = x[N,I] W[O,I]^T ----------------------------------------------------
-// Every linear layer. The kernel computes a 4x4 tile of outputs at a time, each as 8-lane
-// partial sums along I that the compiler keeps in vector registers, so each loaded x and W
-// value is used four times; OpenMP splits the tiles across threads.
-#define MM_TN 4
-#define MM_TO 4
-#define MM_LANES 8
-static void matmul_tile(float *out, const float *x, const float *w, int n0, int tn, int o0, int to, int I, int O) {
-    float acc[MM_TN][MM_TO][MM_LANES] = {{{0}}};
-    int I8 = I - I % MM_LANES;
-    const float *xr[MM_TN], *wr[MM_TO];
-    for (int a = 0; a < MM_TN; a++) xr[a] = x + (int64_t)(n0 + (a < tn ? a : 0)) * I;
-    for (int b = 0; b < MM_TO; b++) wr[b] = w + (int64_t)(o0 + (b < to ? b : 0)) * I;
-    for (int k = 0; k < I8; k += MM_LANES)
-        for (int a = 0; a < MM_TN; a++)
-            for (int b = 0; b < MM_TO; b++)
-                for (int e = 0; e < MM_LANES; e++) acc[a][b][e] += xr[a][k + e] * wr[b][k + e];
-    for (int a = 0; a < tn; a++)
-        for (int b = 0; b < to; b++) {
-            float s = 0.0f;
-            for (int e = 0; e < MM_LANES; e++) s += acc[a][b][e];
-            for (int k = I8; k < I; k++) s += xr[a][k] * wr[b][k];
-            out[(int64_t)(n0 + a) * O + o0 + b] = s;
-        }
-}
-
-static void matmul_forward(float *out, const float *x, const float *w, int N, int I, int O) {
-    int tiles_n = (N + MM_TN - 1) / MM_TN, tiles_o = (O + MM_TO - 1) / MM_TO;
+// Every linear layer. All three products of a linear (forward, dx, dW) are computed in one
+// form, a sum of scaled contiguous rows, which compilers turn into vector FMAs reliably:
+//   C[n,:] += sum_k A[n,k] Bm[k,:]          (C[M,J], A[M,K], Bm[K,J])
+// Four rows of C share each row of Bm they read; OpenMP splits the rows of C.
+#define MM_ROWS 4
+static void rows_accumulate(float *C, const float *A, const float *Bm, int M, int K, int J) {
     #pragma omp parallel for schedule(static)
-    for (int64_t tile = 0; tile < (int64_t)tiles_n * tiles_o; tile++) {
-        int n0 = (int)(tile / tiles_o) * MM_TN, o0 = (int)(tile % tiles_o) * MM_TO;
-        int tn = N - n0 < MM_TN ? N - n0 : MM_TN, to = O - o0 < MM_TO ? O - o0 : MM_TO;
-        matmul_tile(out, x, w, n0, tn, o0, to, I, O);
+    for (int m0 = 0; m0 < M; m0 += MM_ROWS) {
+        int tm = M - m0 < MM_ROWS ? M - m0 : MM_ROWS;
+        for (int k = 0; k < K; k++) {
+            const float *b = Bm + (int64_t)k * J;
+            for (int a = 0; a < tm; a++) {
+                float av = A[(int64_t)(m0 + a) * K + k];
+                float *c = C + (int64_t)(m0 + a) * J;
+                for (int j = 0; j < J; j++) c[j] += av * b[j];
+            }
+        }
     }
 }
 
-// dx[N,I] += dout[N,O] W[O,I];   dW[O,I] += dout[N,O]^T x[N,I].
-// Rows of dx are independent (parallel over n); rows of dW too (parallel over o). Each
-// inner loop is an axpy along I, contiguous in memory.
-static void matmul_backward(float *dx, float *dw, const float *dout, const float *x, const float *w,
-                            int N, int I, int O) {
-    if (dx) {
-        #pragma omp parallel for schedule(static)
-        for (int n0 = 0; n0 < N; n0 += MM_TN) {
-            int tn = N - n0 < MM_TN ? N - n0 : MM_TN;
-            for (int o = 0; o < O; o++) {
-                const float *wr = w + (int64_t)o * I;
-                for (int a = 0; a < tn; a++) {
-                    float g = dout[(int64_t)(n0 + a) * O + o];
-                    float *dxr = dx + (int64_t)(n0 + a) * I;
-                    for (int k = 0; k < I; k++) dxr[k] += g * wr[k];
-                }
-            }
-        }
-    }
+// wt[K,M] = a[M,K]^T, in cache-sized blocks.
+static void transpose(float *wt, const float *a, int M, int K) {
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int m0 = 0; m0 < M; m0 += 32)
+        for (int k0 = 0; k0 < K; k0 += 32)
+            for (int m = m0; m < m0 + 32 && m < M; m++)
+                for (int k = k0; k < k0 + 32 && k < K; k++) wt[(int64_t)k * M + m] = a[(int64_t)m * K + k];
+}
+
+// out = x W^T: W is first transposed into scratch wt[I,O] (O*I copies, negligible beside the
+// N*O*I multiply-adds), then out[n,:] = sum_i x[n,i] wt[i,:].
+static void matmul_forward(float *out, float *wt, const float *x, const float *w, int N, int I, int O) {
+    transpose(wt, w, O, I);
+    memset(out, 0, (size_t)N * O * sizeof(float));
+    rows_accumulate(out, x, wt, N, I, O);
+}
+
+// dx[N,I] += dout[N,O] W[O,I];   dW[O,I] += dout[N,O]^T x[N,I] (dout transposed into the
+// scratch dt[O,N] first, so both are rows_accumulate).
+static void matmul_backward(float *dx, float *dw, float *dt, const float *dout, const float *x,
+                            const float *w, int N, int I, int O) {
+    if (dx) rows_accumulate(dx, dout, w, N, O, I);
     if (dw) {
-        #pragma omp parallel for schedule(static)
-        for (int o0 = 0; o0 < O; o0 += MM_TO) {
-            int to = O - o0 < MM_TO ? O - o0 : MM_TO;
-            for (int n = 0; n < N; n++) {
-                const float *xr = x + (int64_t)n * I;
-                for (int b = 0; b < to; b++) {
-                    float g = dout[(int64_t)n * O + o0 + b];
-                    float *dwr = dw + (int64_t)(o0 + b) * I;
-                    for (int k = 0; k < I; k++) dwr[k] += g * xr[k];
-                }
-            }
-        }
+        transpose(dt, dout, N, O);
+        rows_accumulate(dw, dt, x, O, N, I);
     }
 }
 
@@ -608,24 +593,24 @@ static float model_forward(Model *m, const int *inputs, const int *targets, int 
         float *proj = m->act[A_PROJ];
         // attention block
         rmsnorm_forward(xn1, act_l(m, A_RSTD1, l), x, layer_tensor(m->params_t, m, T_ATTN_NORM, l), N, D, c->rms_norm_eps);
-        matmul_forward(q, xn1, layer_tensor(m->params_t, m, T_WQ, l), N, D, Hq);
-        matmul_forward(k, xn1, layer_tensor(m->params_t, m, T_WK, l), N, D, Hkv);
-        matmul_forward(v, xn1, layer_tensor(m->params_t, m, T_WV, l), N, D, Hkv);
+        matmul_forward(q, m->act[A_MMT], xn1, layer_tensor(m->params_t, m, T_WQ, l), N, D, Hq);
+        matmul_forward(k, m->act[A_MMT], xn1, layer_tensor(m->params_t, m, T_WK, l), N, D, Hkv);
+        matmul_forward(v, m->act[A_MMT], xn1, layer_tensor(m->params_t, m, T_WV, l), N, D, Hkv);
         rope_forward(q, m->rope_cos, m->rope_sin, B, T, H, hd);
         rope_forward(k, m->rope_cos, m->rope_sin, B, T, KV, hd);
         attention_forward(att, act_l(m, A_LSE, l), m->act[A_SCORES], q, k, v, B, T, H, KV, hd);
-        matmul_forward(proj, att, layer_tensor(m->params_t, m, T_WO, l), N, Hq, D);
+        matmul_forward(proj, m->act[A_MMT], att, layer_tensor(m->params_t, m, T_WO, l), N, Hq, D);
         residual_forward(mid, x, proj, (int64_t)N * D);
         // MLP block
         rmsnorm_forward(xn2, act_l(m, A_RSTD2, l), mid, layer_tensor(m->params_t, m, T_MLP_NORM, l), N, D, c->rms_norm_eps);
-        matmul_forward(gate, xn2, layer_tensor(m->params_t, m, T_WGATE, l), N, D, F);
-        matmul_forward(up, xn2, layer_tensor(m->params_t, m, T_WUP, l), N, D, F);
+        matmul_forward(gate, m->act[A_MMT], xn2, layer_tensor(m->params_t, m, T_WGATE, l), N, D, F);
+        matmul_forward(up, m->act[A_MMT], xn2, layer_tensor(m->params_t, m, T_WUP, l), N, D, F);
         swiglu_forward(hmid, gate, up, (int64_t)N * F);
-        matmul_forward(proj, hmid, layer_tensor(m->params_t, m, T_WDOWN, l), N, F, D);
+        matmul_forward(proj, m->act[A_MMT], hmid, layer_tensor(m->params_t, m, T_WDOWN, l), N, F, D);
         residual_forward(act_l(m, A_RESID, l + 1), mid, proj, (int64_t)N * D);
     }
     rmsnorm_forward(m->act[A_XNF], m->act[A_RSTDF], act_l(m, A_RESID, c->n_layers), m->params_t[T_FINAL_NORM], N, D, c->rms_norm_eps);
-    matmul_forward(m->logits, m->act[A_XNF], m->params_t[lm_head_tensor(m)], N, D, V);
+    matmul_forward(m->logits, m->act[A_MMT], m->act[A_XNF], m->params_t[lm_head_tensor(m)], N, D, V);
     m->loss = targets ? crossentropy_forward(m->logits, targets, N, V) : 0.0f;
     return m->loss;
 }
@@ -646,7 +631,7 @@ static void model_backward_from_dlogits(Model *m) {
     int head = lm_head_tensor(m);
     // head and final norm
     zero_act(m, A_DXN, (int64_t)N * D);
-    matmul_backward(dxn, m->grads_t[head], m->act[A_DLOGITS], m->act[A_XNF], m->params_t[head], N, D, V);
+    matmul_backward(dxn, m->grads_t[head], m->act[A_MMT], m->act[A_DLOGITS], m->act[A_XNF], m->params_t[head], N, D, V);
     zero_act(m, A_DRESID, (int64_t)N * D);
     rmsnorm_backward(dres, m->grads_t[T_FINAL_NORM], dxn, act_l(m, A_RESID, c->n_layers),
                      m->params_t[T_FINAL_NORM], m->act[A_RSTDF], N, D);
@@ -657,21 +642,21 @@ static void model_backward_from_dlogits(Model *m) {
               *gate = act_l(m, A_GATE, l), *up = act_l(m, A_UP, l), *hmid = act_l(m, A_HMID, l);
         // MLP block: dres holds dL/dx'; the residual passes it to h unchanged
         zero_act(m, A_DHMID, (int64_t)N * F);
-        matmul_backward(m->act[A_DHMID], layer_tensor(m->grads_t, m, T_WDOWN, l), dres, hmid,
+        matmul_backward(m->act[A_DHMID], layer_tensor(m->grads_t, m, T_WDOWN, l), m->act[A_MMT], dres, hmid,
                         layer_tensor(m->params_t, m, T_WDOWN, l), N, F, D);
         zero_act(m, A_DGATE, (int64_t)N * F);
         zero_act(m, A_DUP, (int64_t)N * F);
         swiglu_backward(m->act[A_DGATE], m->act[A_DUP], m->act[A_DHMID], gate, up, (int64_t)N * F);
         zero_act(m, A_DXN, (int64_t)N * D);
-        matmul_backward(dxn, layer_tensor(m->grads_t, m, T_WGATE, l), m->act[A_DGATE], xn2,
+        matmul_backward(dxn, layer_tensor(m->grads_t, m, T_WGATE, l), m->act[A_MMT], m->act[A_DGATE], xn2,
                         layer_tensor(m->params_t, m, T_WGATE, l), N, D, F);
-        matmul_backward(dxn, layer_tensor(m->grads_t, m, T_WUP, l), m->act[A_DUP], xn2,
+        matmul_backward(dxn, layer_tensor(m->grads_t, m, T_WUP, l), m->act[A_MMT], m->act[A_DUP], xn2,
                         layer_tensor(m->params_t, m, T_WUP, l), N, D, F);
         rmsnorm_backward(dres, layer_tensor(m->grads_t, m, T_MLP_NORM, l), dxn, mid,
                          layer_tensor(m->params_t, m, T_MLP_NORM, l), act_l(m, A_RSTD2, l), N, D);
         // attention block: dres now holds dL/dh, which the residual passes to x
         zero_act(m, A_DATT, (int64_t)N * Hq);
-        matmul_backward(m->act[A_DATT], layer_tensor(m->grads_t, m, T_WO, l), dres, att,
+        matmul_backward(m->act[A_DATT], layer_tensor(m->grads_t, m, T_WO, l), m->act[A_MMT], dres, att,
                         layer_tensor(m->params_t, m, T_WO, l), N, Hq, D);
         zero_act(m, A_DQ, (int64_t)N * Hq);
         zero_act(m, A_DK, (int64_t)N * Hkv);
@@ -681,11 +666,11 @@ static void model_backward_from_dlogits(Model *m) {
         rope_backward(m->act[A_DQ], m->rope_cos, m->rope_sin, B, T, H, hd);
         rope_backward(m->act[A_DK], m->rope_cos, m->rope_sin, B, T, KV, hd);
         zero_act(m, A_DXN, (int64_t)N * D);
-        matmul_backward(dxn, layer_tensor(m->grads_t, m, T_WQ, l), m->act[A_DQ], xn1,
+        matmul_backward(dxn, layer_tensor(m->grads_t, m, T_WQ, l), m->act[A_MMT], m->act[A_DQ], xn1,
                         layer_tensor(m->params_t, m, T_WQ, l), N, D, Hq);
-        matmul_backward(dxn, layer_tensor(m->grads_t, m, T_WK, l), m->act[A_DK], xn1,
+        matmul_backward(dxn, layer_tensor(m->grads_t, m, T_WK, l), m->act[A_MMT], m->act[A_DK], xn1,
                         layer_tensor(m->params_t, m, T_WK, l), N, D, Hkv);
-        matmul_backward(dxn, layer_tensor(m->grads_t, m, T_WV, l), m->act[A_DV], xn1,
+        matmul_backward(dxn, layer_tensor(m->grads_t, m, T_WV, l), m->act[A_MMT], m->act[A_DV], xn1,
                         layer_tensor(m->params_t, m, T_WV, l), N, D, Hkv);
         rmsnorm_backward(dres, layer_tensor(m->grads_t, m, T_ATTN_NORM, l), dxn, x,
                          layer_tensor(m->params_t, m, T_ATTN_NORM, l), act_l(m, A_RSTD1, l), N, D);
