@@ -1,0 +1,138 @@
+// test_model.c — model behaviours beyond single gradients:
+//   1. decoding with the KV cache gives the full forward's logits at every position
+//      (GQA, Llama-3 RoPE scaling, prompts of different lengths in one batch);
+//   2. sampling: temperature 0 is argmax; top_p keeps only the nucleus; frequencies follow
+//      the softmax;
+//   3. the learning-rate schedule: warmup, cosine end points;
+//   4. gradient accumulation: two micro-batches of 1 equal one batch of 2.
+#define TRAIN_NO_MAIN
+#include "train.c"
+
+static int failures = 0;
+static void expect(int ok, const char *what, double value) {
+    printf("  %-62s %12.3e  %s\n", what, value, ok ? "ok" : "FAIL");
+    failures += !ok;
+}
+
+static Model random_model(int kv, int rope) {
+    ModelHeader c = header_defaults();
+    c.dim = 32; c.hidden_dim = 48; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = kv; c.head_dim = 8;
+    c.vocab_size = 50; c.max_seq_len = 32; c.tied = 0;
+    if (rope) {
+        c.rope_scaling = ROPE_LLAMA3; c.rope_theta = 500000.0f; c.rope_factor = 8.0f;
+        c.rope_low_freq_factor = 1.0f; c.rope_high_freq_factor = 4.0f; c.rope_original_max_pos = 8;
+    }
+    float *p = malloc_or_die((size_t)tensor_sizes(&c, (int64_t[N_TENSORS]){0}) * sizeof(float), "p");
+    init_params(&c, p, 7);
+    Rng r = rng_seeded(3);
+    for (int64_t i = 0; i < tensor_sizes(&c, (int64_t[N_TENSORS]){0}); i++) p[i] += 0.1f * rng_normal(&r);
+    Model m;
+    model_setup(&m, &c, p);
+    return m;
+}
+
+static void test_kv_cache(int kv_heads, int rope) {
+    Model m = random_model(kv_heads, rope);
+    int B = 3, T = 12, V = m.cfg.vocab_size;
+    int ids[3 * 12];
+    Rng r = rng_seeded(11);
+    for (int i = 0; i < B * T; i++) ids[i] = (int)(rng_u64(&r) % V);
+    model_forward(&m, ids, NULL, B, T);
+    float *full = malloc_or_die((size_t)B * T * V * sizeof(float), "full");
+    memcpy(full, m.logits, (size_t)B * T * V * sizeof(float));
+    KVCache kv;
+    kv_alloc(&kv, &m, B, T);
+    double worst = 0.0;
+    for (int pos = 0; pos < T; pos++) {
+        int tok[3];
+        for (int b = 0; b < B; b++) tok[b] = ids[b * T + pos];
+        model_decode_step(&m, &kv, tok, pos);
+        for (int b = 0; b < B; b++)
+            for (int i = 0; i < V; i++)
+                worst = fmax(worst, fabs(m.logits[b * V + i] - full[((int64_t)b * T + pos) * V + i]));
+    }
+    char what[128];
+    snprintf(what, sizeof what, "KV-cache decode = full forward (kv heads %d%s), max |diff|", kv_heads, rope ? ", llama3 rope" : "");
+    expect(worst < 1e-4, what, worst);
+    kv_free(&kv);
+
+    // greedy generation from prompts of different lengths equals greedy decoding one by one
+    int p0[] = {1, 2, 3, 4, 5}, p1[] = {7}, p2[] = {9, 8, 7};
+    int *prompts[3] = {p0, p1, p2}, plen[3] = {5, 1, 3};
+    int o0[8], o1[8], o2[8], *outs[3] = {o0, o1, o2}, olen[3];
+    Rng g = rng_seeded(1);
+    m.cfg.eos_id = -1;
+    generate(&m, prompts, plen, 3, 6, 0.0f, 1.0f, &g, outs, olen);
+    int mismatch = 0;
+    for (int b = 0; b < 3; b++) {  // reference: full forward over the growing sequence, argmax
+        int seq[32], n = plen[b];
+        memcpy(seq, prompts[b], (size_t)n * sizeof(int));
+        for (int s = 0; s < 6; s++) {
+            model_forward(&m, seq, NULL, 1, n);
+            const float *z = m.logits + (int64_t)(n - 1) * V;
+            int best = 0;
+            for (int i = 1; i < V; i++) best = z[i] > z[best] ? i : best;
+            seq[n++] = best;
+            mismatch += olen[b] != 6 || outs[b][s] != best;
+        }
+    }
+    snprintf(what, sizeof what, "batched greedy generation = one-by-one full forwards (mismatches)");
+    expect(mismatch == 0, what, mismatch);
+    free(full);
+    model_free(&m);
+}
+
+static void test_sampling(void) {
+    float z[5] = {1.0f, 3.0f, 2.0f, -1.0f, 2.9f}, probs[5];
+    int order[5];
+    Rng r = rng_seeded(5);
+    expect(sample_token(z, 5, 0.0f, 1.0f, &r, probs, order) == 1, "temperature 0 picks the argmax", 0);
+    // softmax(z) = [.0533, .3940, .1449, .0072, .3565]: top_p 0.5 keeps {1, 4} only
+    int outside = 0, counts[5] = {0};
+    for (int i = 0; i < 20000; i++) { int t = sample_token(z, 5, 1.0f, 0.5f, &r, probs, order); outside += t != 1 && t != 4; }
+    expect(outside == 0, "top_p 0.5 samples only the two most likely tokens", outside);
+    for (int i = 0; i < 100000; i++) counts[sample_token(z, 5, 1.0f, 1.0f, &r, probs, order)]++;
+    double mx = z[1], s = 0, worst = 0;
+    for (int i = 0; i < 5; i++) s += exp(z[i] - mx);
+    for (int i = 0; i < 5; i++) worst = fmax(worst, fabs(counts[i] / 100000.0 - exp(z[i] - mx) / s));
+    expect(worst < 0.01, "sampled frequencies follow softmax (max |freq - p|)", worst);
+}
+
+static void test_schedule(void) {
+    OptConfig o = {.lr = 1.0f, .min_lr = 0.1f, .warmup = 4, .schedule = SCHED_COSINE};
+    expect(fabsf(lr_at(&o, 0, 20) - 0.25f) < 1e-6f, "warmup: step 0 of 4 has lr/4", lr_at(&o, 0, 20));
+    expect(fabsf(lr_at(&o, 4, 20) - 1.0f) < 1e-6f, "cosine starts at lr after warmup", lr_at(&o, 4, 20));
+    expect(fabsf(lr_at(&o, 19, 20) - 0.1f) < 1e-6f, "cosine ends at min_lr on the last step", lr_at(&o, 19, 20));
+    expect(fabsf(lr_at(&o, 12, 21) - 0.55f) < 1e-6f, "cosine midpoint is (lr + min_lr)/2", lr_at(&o, 12, 21));
+}
+
+static void test_accumulation(void) {
+    Model m = random_model(2, 0);
+    model_alloc_training(&m);
+    int T = 8, V = m.cfg.vocab_size, in[16], tg[16];
+    Rng r = rng_seeded(2);
+    for (int i = 0; i < 16; i++) { in[i] = (int)(rng_u64(&r) % V); tg[i] = (int)(rng_u64(&r) % V); }
+    model_zero_grad(&m);
+    model_forward(&m, in, tg, 2, T);
+    model_backward(&m);
+    float *g2 = malloc_or_die((size_t)m.n_params * sizeof(float), "g");
+    memcpy(g2, m.grads, (size_t)m.n_params * sizeof(float));
+    model_zero_grad(&m);
+    for (int b = 0; b < 2; b++) { model_forward(&m, in + b * T, tg + b * T, 1, T); model_backward_scaled(&m, 0.5f); }
+    double worst = 0, mx = 0;
+    for (int64_t i = 0; i < m.n_params; i++) { worst = fmax(worst, fabs(g2[i] - m.grads[i])); mx = fmax(mx, fabs(g2[i])); }
+    expect(worst / mx < 1e-5, "2 micro-batches x 1/2 = one batch of 2 (rel. grad diff)", worst / mx);
+    free(g2);
+    model_free(&m);
+}
+
+int main(void) {
+    printf("model behaviours:\n");
+    test_kv_cache(4, 0);
+    test_kv_cache(2, 1);
+    test_sampling();
+    test_schedule();
+    test_accumulation();
+    printf("%s: %d failure(s)\n", failures ? "FAILED" : "passed", failures);
+    return failures ? 1 : 0;
+}
