@@ -31,11 +31,18 @@
 //   import and export copy bytes and never transpose. q and k rows are in Hugging Face's
 //   "rotate half" RoPE order (the first hd/2 rows of a head pair with the second hd/2).
 //
+//   Quantized models (quant_method != 0) store the LATENT fp32 weights in the table, and after
+//   it the learned scales of the quantizers that have them (sign: alpha[out], beta[out];
+//   onebit: h[out], g[in]) of each linear tensor, in table order (wq wk wv wo wgate wup wdown):
+//   p0 of every layer, then p1 of every layer. The other quantizers' scales are functions of
+//   the weights and are not stored.
+//
 // The file ends right after the last tensor: the loader checks the size exactly.
 // ---------------------------------------------------------------------------------------
 #ifndef MODEL_H
 #define MODEL_H
 
+#include "quant.h"
 #include "util.h"
 
 #define MODEL_MAGIC 0x4d4c4442u  // the bytes "BDLM" read as a little-endian uint32
@@ -64,7 +71,9 @@ typedef struct {
     float rope_factor, rope_low_freq_factor, rope_high_freq_factor;
     int32_t rope_original_max_pos;
     int32_t bos_id, eos_id; // -1 when unknown
-    int32_t reserved[256 - 21];  // zeros; later state (quantization, tokenizer) goes here
+    int32_t quant_method;   // QUANT_NONE (full precision) or the quantizer of the linears (quant.h)
+    int32_t quant_bits, quant_group;
+    int32_t reserved[256 - 24];  // zeros; later state (tokenizer) goes here
 } ModelHeader;
 
 _Static_assert(sizeof(ModelHeader) == HEADER_BYTES, "ModelHeader must be 1024 bytes");
@@ -143,6 +152,31 @@ static void tensor_carve(const ModelHeader *c, float *base, float *ptrs[N_TENSOR
     }
 }
 
+// The seven linear weights of a layer: the only tensors that are quantized.
+static int tensor_is_linear(int t) { return t == T_WQ || t == T_WK || t == T_WV || t == T_WO ||
+                                            t == T_WGATE || t == T_WUP || t == T_WDOWN; }
+
+static QuantSpec header_quant(const ModelHeader *c) {
+    QuantSpec s = {c->quant_method, c->quant_bits, c->quant_group};
+    return s;
+}
+
+static int quant_is_learned(int method) { return method == QUANT_SIGN || method == QUANT_ONEBIT; }
+
+// Floats of the learned quantizer scales stored after the table (0 unless sign or onebit).
+static int64_t quant_learned_floats(const ModelHeader *c) {
+    if (!quant_is_learned(c->quant_method)) return 0;
+    int64_t total = 0;
+    for (int t = 0; t < N_TENSORS; t++) {
+        if (!tensor_is_linear(t)) continue;
+        int64_t rows, cols, n0, n1;
+        tensor_slice_shape(c, t, &rows, &cols);
+        quant_param_sizes(&n0, &n1, header_quant(c), (int)rows, (int)cols);
+        total += (n0 + n1) * c->n_layers;
+    }
+    return total;
+}
+
 // ---------------------------------------------------------------------------------------
 // Validation: a header is checked before a single size computed from it is trusted.
 // Returns NULL when valid, else a short description of the first problem.
@@ -171,6 +205,16 @@ static const char *header_problem(const ModelHeader *c) {
                "original_max_position_embeddings > 0";
     for (size_t i = 0; i < sizeof c->reserved / sizeof c->reserved[0]; i++)
         if (c->reserved[i] != 0) return "reserved header fields are not zero (newer file?)";
+    if (c->quant_method != QUANT_NONE) {
+        QuantSpec q = header_quant(c);
+        int ins[3] = {c->dim, c->n_heads * c->head_dim, c->hidden_dim};  // every linear's input width
+        for (int i = 0; i < 3; i++) {
+            QuantSpec t = q;
+            const char *why = quant_spec_check(&t, ins[i]);
+            if (why) return why;
+            if (t.method != q.method || t.bits != q.bits) return "inconsistent quantization fields";
+        }
+    }
     return NULL;
 }
 
@@ -189,7 +233,8 @@ static ModelHeader header_defaults(void) {
 // ---------------------------------------------------------------------------------------
 // Reading and writing whole models. Weights in memory are always fp32.
 
-// Reads the header and all tensors; returns the fp32 parameter buffer (caller frees).
+// Reads the header and all tensors (and learned quantizer scales); returns the fp32 parameter
+// buffer (caller frees).
 static float *model_load(const char *path, ModelHeader *c) {
     FILE *f = fopen_or_die(path, "rb");
     int64_t fsize = file_size_or_die(f, path);
@@ -198,7 +243,7 @@ static float *model_load(const char *path, ModelHeader *c) {
     const char *why = header_problem(c);
     if (why) die("%s: %s", path, why);
     int64_t sizes[N_TENSORS];
-    int64_t n = tensor_sizes(c, sizes);
+    int64_t n = tensor_sizes(c, sizes) + quant_learned_floats(c);
     int64_t esize = c->dtype == DTYPE_BF16 ? 2 : 4;
     int64_t want = HEADER_BYTES + n * esize;
     if (fsize < want) die("%s: truncated file (%lld bytes, the header implies %lld)", path, (long long)fsize, (long long)want);
@@ -227,7 +272,7 @@ static void model_save(const char *path, const ModelHeader *c, const float *para
     const char *why = header_problem(c);
     if (why) die("%s: refusing to write an invalid header: %s", path, why);
     int64_t sizes[N_TENSORS];
-    int64_t n = tensor_sizes(c, sizes);
+    int64_t n = tensor_sizes(c, sizes) + quant_learned_floats(c);
     AtomicFile a;
     atomic_open(&a, path);
     atomic_write(&a, c, sizeof *c);

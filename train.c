@@ -8,11 +8,12 @@
  *   3. layers, each forward beside its backward: embedding, RMSNorm, matmul, RoPE,
  *      attention, SwiGLU, residual, cross-entropy
  *   4. the model forward and backward
- *   5. the optimizer: AdamW, learning-rate schedule, gradient clipping
- *   6. data: token files
- *   7. evaluation: perplexity
- *   8. generation: KV cache and sampling
- *   9. the training loop, the command line and main
+ *   5. quantized linears: fake quantization, straight-through backward, flip-flops
+ *   6. the optimizer: AdamW, learning-rate schedule, gradient clipping
+ *   7. data: token files
+ *   8. evaluation: perplexity
+ *   9. generation: KV cache and sampling
+ *  10. the training loop, the command line and main
  *
  * The model file format and the tensor table live in model.h (shared with convert.c).
  * All math is fp32. Layouts are Hugging Face's, so the numbers can be compared with
@@ -41,7 +42,7 @@ typedef struct {
 
 static const NamedShape SHAPES[] = {
     // a byte-level model of ~200k parameters: the demo's teacher and the tests' model
-    {"tiny", 64, 176, 4, 8, 4, 8, 256, 256, 1, 10000.0f, 1e-5f, ROPE_NONE, -1, -1},
+    {"tiny", 64, 192, 4, 8, 4, 8, 256, 256, 1, 10000.0f, 1e-5f, ROPE_NONE, -1, -1},
     // ~110M parameters: the CPU benchmark's shape
     {"bench-100m", 768, 2048, 12, 12, 4, 64, 32000, 1024, 1, 10000.0f, 1e-5f, ROPE_NONE, 1, 2},
     {"tinyllama-1.1b", 2048, 5632, 22, 32, 4, 64, 32000, 2048, 0, 10000.0f, 1e-5f, ROPE_NONE, 1, 2},
@@ -142,10 +143,25 @@ enum {  // activations; shapes for B sequences of T tokens. Per-layer ones are m
 
 typedef struct Model {
     ModelHeader cfg;
-    int64_t n_params;
+    int64_t n_params;           // the table's tensors, then the learned quantizer scales (if any)
+    int64_t n_table;            // the table's tensors alone
     int64_t slice[N_TENSORS];   // elements of one layer's slice of each tensor
     float *params, *grads, *adam_m, *adam_v;
     float *params_t[N_TENSORS], *grads_t[N_TENSORS], *m_t[N_TENSORS], *v_t[N_TENSORS];
+    // What the forward multiplies by and where the backward puts the gradient of it: for a
+    // full-precision model the parameters themselves; for a quantized one, the linears point
+    // at their fake-quantized copies wq / dwq (section 5), everything else at the parameters.
+    float *fwd_t[N_TENSORS], *dfwd_t[N_TENSORS];
+    // quantization (section 5); quant.method == QUANT_NONE for a full-precision model
+    QuantSpec quant;
+    float *wq, *dwq;                   // fake-quantized linears and dL/d(them), table layout
+    uint8_t *codes, *codes_prev;       // integer code of every linear weight, now and before
+    float *qstate;                     // scales that are functions of W (int, nf, ternary)
+    float *qp0[N_TENSORS], *qp1[N_TENSORS];  // per tensor: layer 0's p0, p1 (quant.h's table)
+    int64_t qn0[N_TENSORS], qn1[N_TENSORS];  // their sizes per layer
+    int quant_stale;                   // the latent weights changed since the last quantization
+    int codes_valid;                   // codes_prev holds a previous quantization's codes
+    int64_t flips[N_TENSORS], flips_total, n_codes;  // codes changed by the last quantization
     // activations
     int B, T, training;         // what the activation buffer is sized for
     float *acts;
@@ -159,11 +175,15 @@ typedef struct Model {
     int64_t step;                      // optimizer steps taken (AdamW bias correction)
 } Model;
 
+static void model_quant_setup(Model *m, int init_learned);
+
+// Takes ownership of params (the table's tensors, then any learned quantizer scales).
 static void model_setup(Model *m, const ModelHeader *c, float *params) {
     memset(m, 0, sizeof *m);
     m->cfg = *c;
     int64_t sizes[N_TENSORS];
-    m->n_params = tensor_sizes(c, sizes);
+    m->n_table = tensor_sizes(c, sizes);
+    m->n_params = m->n_table + quant_learned_floats(c);
     for (int t = 0; t < N_TENSORS; t++) {
         int64_t r, k;
         tensor_slice_shape(c, t, &r, &k);
@@ -171,6 +191,9 @@ static void model_setup(Model *m, const ModelHeader *c, float *params) {
     }
     m->params = params;
     tensor_carve(c, m->params, m->params_t);
+    memcpy(m->fwd_t, m->params_t, sizeof m->fwd_t);
+    m->quant = header_quant(c);
+    if (m->quant.method != QUANT_NONE) model_quant_setup(m, 0);
 }
 
 static void model_load_file(Model *m, const char *path) {
@@ -188,10 +211,12 @@ static void model_alloc_training(Model *m) {
     tensor_carve(&m->cfg, m->grads, m->grads_t);
     tensor_carve(&m->cfg, m->adam_m, m->m_t);
     tensor_carve(&m->cfg, m->adam_v, m->v_t);
+    for (int t = 0; t < N_TENSORS; t++) m->dfwd_t[t] = tensor_is_linear(t) && m->dwq ? m->dfwd_t[t] : m->grads_t[t];
 }
 
 static void model_free(Model *m) {
     free(m->params); free(m->grads); free(m->adam_m); free(m->adam_v);
+    free(m->wq); free(m->dwq); free(m->codes); free(m->codes_prev); free(m->qstate);
     free(m->acts); free(m->rope_cos); free(m->rope_sin); free(m->inputs); free(m->targets);
     memset(m, 0, sizeof *m);
 }
@@ -570,8 +595,11 @@ static void crossentropy_backward(float *dlogits, const float *logits, const int
 // then logits = W_head rms_f(x_L). inputs/targets are [B,T]; targets may be NULL (no loss) and
 // -1 marks positions without a target. Returns the mean cross-entropy over the targets.
 
+static void model_quantize(Model *m);
+
 static float model_forward(Model *m, const int *inputs, const int *targets, int B, int T) {
     const ModelHeader *c = &m->cfg;
+    if (m->quant_stale) model_quantize(m);
     if (T > c->max_seq_len) die("sequence length %d exceeds the model's context %d", T, c->max_seq_len);
     model_alloc_acts(m, B, T, m->grads != NULL);
     int N = B * T, D = c->dim, F = c->hidden_dim, V = c->vocab_size, H = c->n_heads,
@@ -585,7 +613,7 @@ static float model_forward(Model *m, const int *inputs, const int *targets, int 
     m->has_targets = targets != NULL;
     if (targets) memcpy(m->targets, targets, (size_t)N * sizeof(int));
 
-    embedding_forward(act_l(m, A_RESID, 0), inputs, m->params_t[T_EMBED], N, D);
+    embedding_forward(act_l(m, A_RESID, 0), inputs, m->fwd_t[T_EMBED], N, D);
     for (int l = 0; l < c->n_layers; l++) {
         float *x = act_l(m, A_RESID, l), *xn1 = act_l(m, A_XN1, l), *q = act_l(m, A_Q, l),
               *k = act_l(m, A_K, l), *v = act_l(m, A_V, l), *att = act_l(m, A_ATT, l),
@@ -593,25 +621,25 @@ static float model_forward(Model *m, const int *inputs, const int *targets, int 
               *gate = act_l(m, A_GATE, l), *up = act_l(m, A_UP, l), *hmid = act_l(m, A_HMID, l);
         float *proj = m->act[A_PROJ];
         // attention block
-        rmsnorm_forward(xn1, act_l(m, A_RSTD1, l), x, layer_tensor(m->params_t, m, T_ATTN_NORM, l), N, D, c->rms_norm_eps);
-        matmul_forward(q, m->act[A_MMT], xn1, layer_tensor(m->params_t, m, T_WQ, l), N, D, Hq);
-        matmul_forward(k, m->act[A_MMT], xn1, layer_tensor(m->params_t, m, T_WK, l), N, D, Hkv);
-        matmul_forward(v, m->act[A_MMT], xn1, layer_tensor(m->params_t, m, T_WV, l), N, D, Hkv);
+        rmsnorm_forward(xn1, act_l(m, A_RSTD1, l), x, layer_tensor(m->fwd_t, m, T_ATTN_NORM, l), N, D, c->rms_norm_eps);
+        matmul_forward(q, m->act[A_MMT], xn1, layer_tensor(m->fwd_t, m, T_WQ, l), N, D, Hq);
+        matmul_forward(k, m->act[A_MMT], xn1, layer_tensor(m->fwd_t, m, T_WK, l), N, D, Hkv);
+        matmul_forward(v, m->act[A_MMT], xn1, layer_tensor(m->fwd_t, m, T_WV, l), N, D, Hkv);
         rope_forward(q, m->rope_cos, m->rope_sin, B, T, H, hd);
         rope_forward(k, m->rope_cos, m->rope_sin, B, T, KV, hd);
         attention_forward(att, act_l(m, A_LSE, l), m->act[A_SCORES], q, k, v, B, T, H, KV, hd);
-        matmul_forward(proj, m->act[A_MMT], att, layer_tensor(m->params_t, m, T_WO, l), N, Hq, D);
+        matmul_forward(proj, m->act[A_MMT], att, layer_tensor(m->fwd_t, m, T_WO, l), N, Hq, D);
         residual_forward(mid, x, proj, (int64_t)N * D);
         // MLP block
-        rmsnorm_forward(xn2, act_l(m, A_RSTD2, l), mid, layer_tensor(m->params_t, m, T_MLP_NORM, l), N, D, c->rms_norm_eps);
-        matmul_forward(gate, m->act[A_MMT], xn2, layer_tensor(m->params_t, m, T_WGATE, l), N, D, F);
-        matmul_forward(up, m->act[A_MMT], xn2, layer_tensor(m->params_t, m, T_WUP, l), N, D, F);
+        rmsnorm_forward(xn2, act_l(m, A_RSTD2, l), mid, layer_tensor(m->fwd_t, m, T_MLP_NORM, l), N, D, c->rms_norm_eps);
+        matmul_forward(gate, m->act[A_MMT], xn2, layer_tensor(m->fwd_t, m, T_WGATE, l), N, D, F);
+        matmul_forward(up, m->act[A_MMT], xn2, layer_tensor(m->fwd_t, m, T_WUP, l), N, D, F);
         swiglu_forward(hmid, gate, up, (int64_t)N * F);
-        matmul_forward(proj, m->act[A_MMT], hmid, layer_tensor(m->params_t, m, T_WDOWN, l), N, F, D);
+        matmul_forward(proj, m->act[A_MMT], hmid, layer_tensor(m->fwd_t, m, T_WDOWN, l), N, F, D);
         residual_forward(act_l(m, A_RESID, l + 1), mid, proj, (int64_t)N * D);
     }
-    rmsnorm_forward(m->act[A_XNF], m->act[A_RSTDF], act_l(m, A_RESID, c->n_layers), m->params_t[T_FINAL_NORM], N, D, c->rms_norm_eps);
-    matmul_forward(m->logits, m->act[A_MMT], m->act[A_XNF], m->params_t[lm_head_tensor(m)], N, D, V);
+    rmsnorm_forward(m->act[A_XNF], m->act[A_RSTDF], act_l(m, A_RESID, c->n_layers), m->fwd_t[T_FINAL_NORM], N, D, c->rms_norm_eps);
+    matmul_forward(m->logits, m->act[A_MMT], m->act[A_XNF], m->fwd_t[lm_head_tensor(m)], N, D, V);
     m->loss = targets ? crossentropy_forward(m->logits, targets, N, V) : 0.0f;
     return m->loss;
 }
@@ -624,6 +652,8 @@ static void zero_act(Model *m, int a, int64_t n) { memset(m->act[a], 0, (size_t)
 
 // Backward of the last model_forward (which must have had targets), given dL/dlogits in
 // act[A_DLOGITS]. Parameter gradients accumulate into m->grads.
+static void model_quant_backward(Model *m);
+
 static void model_backward_from_dlogits(Model *m) {
     const ModelHeader *c = &m->cfg;
     int B = m->B, T = m->T, N = B * T, D = c->dim, F = c->hidden_dim, V = c->vocab_size,
@@ -632,10 +662,10 @@ static void model_backward_from_dlogits(Model *m) {
     int head = lm_head_tensor(m);
     // head and final norm
     zero_act(m, A_DXN, (int64_t)N * D);
-    matmul_backward(dxn, m->grads_t[head], m->act[A_MMT], m->act[A_DLOGITS], m->act[A_XNF], m->params_t[head], N, D, V);
+    matmul_backward(dxn, m->dfwd_t[head], m->act[A_MMT], m->act[A_DLOGITS], m->act[A_XNF], m->fwd_t[head], N, D, V);
     zero_act(m, A_DRESID, (int64_t)N * D);
-    rmsnorm_backward(dres, m->grads_t[T_FINAL_NORM], dxn, act_l(m, A_RESID, c->n_layers),
-                     m->params_t[T_FINAL_NORM], m->act[A_RSTDF], N, D);
+    rmsnorm_backward(dres, m->dfwd_t[T_FINAL_NORM], dxn, act_l(m, A_RESID, c->n_layers),
+                     m->fwd_t[T_FINAL_NORM], m->act[A_RSTDF], N, D);
     for (int l = c->n_layers - 1; l >= 0; l--) {
         float *x = act_l(m, A_RESID, l), *xn1 = act_l(m, A_XN1, l), *q = act_l(m, A_Q, l),
               *k = act_l(m, A_K, l), *v = act_l(m, A_V, l), *att = act_l(m, A_ATT, l),
@@ -643,22 +673,22 @@ static void model_backward_from_dlogits(Model *m) {
               *gate = act_l(m, A_GATE, l), *up = act_l(m, A_UP, l), *hmid = act_l(m, A_HMID, l);
         // MLP block: dres holds dL/dx'; the residual passes it to h unchanged
         zero_act(m, A_DHMID, (int64_t)N * F);
-        matmul_backward(m->act[A_DHMID], layer_tensor(m->grads_t, m, T_WDOWN, l), m->act[A_MMT], dres, hmid,
-                        layer_tensor(m->params_t, m, T_WDOWN, l), N, F, D);
+        matmul_backward(m->act[A_DHMID], layer_tensor(m->dfwd_t, m, T_WDOWN, l), m->act[A_MMT], dres, hmid,
+                        layer_tensor(m->fwd_t, m, T_WDOWN, l), N, F, D);
         zero_act(m, A_DGATE, (int64_t)N * F);
         zero_act(m, A_DUP, (int64_t)N * F);
         swiglu_backward(m->act[A_DGATE], m->act[A_DUP], m->act[A_DHMID], gate, up, (int64_t)N * F);
         zero_act(m, A_DXN, (int64_t)N * D);
-        matmul_backward(dxn, layer_tensor(m->grads_t, m, T_WGATE, l), m->act[A_MMT], m->act[A_DGATE], xn2,
-                        layer_tensor(m->params_t, m, T_WGATE, l), N, D, F);
-        matmul_backward(dxn, layer_tensor(m->grads_t, m, T_WUP, l), m->act[A_MMT], m->act[A_DUP], xn2,
-                        layer_tensor(m->params_t, m, T_WUP, l), N, D, F);
-        rmsnorm_backward(dres, layer_tensor(m->grads_t, m, T_MLP_NORM, l), dxn, mid,
-                         layer_tensor(m->params_t, m, T_MLP_NORM, l), act_l(m, A_RSTD2, l), N, D);
+        matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WGATE, l), m->act[A_MMT], m->act[A_DGATE], xn2,
+                        layer_tensor(m->fwd_t, m, T_WGATE, l), N, D, F);
+        matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WUP, l), m->act[A_MMT], m->act[A_DUP], xn2,
+                        layer_tensor(m->fwd_t, m, T_WUP, l), N, D, F);
+        rmsnorm_backward(dres, layer_tensor(m->dfwd_t, m, T_MLP_NORM, l), dxn, mid,
+                         layer_tensor(m->fwd_t, m, T_MLP_NORM, l), act_l(m, A_RSTD2, l), N, D);
         // attention block: dres now holds dL/dh, which the residual passes to x
         zero_act(m, A_DATT, (int64_t)N * Hq);
-        matmul_backward(m->act[A_DATT], layer_tensor(m->grads_t, m, T_WO, l), m->act[A_MMT], dres, att,
-                        layer_tensor(m->params_t, m, T_WO, l), N, Hq, D);
+        matmul_backward(m->act[A_DATT], layer_tensor(m->dfwd_t, m, T_WO, l), m->act[A_MMT], dres, att,
+                        layer_tensor(m->fwd_t, m, T_WO, l), N, Hq, D);
         zero_act(m, A_DQ, (int64_t)N * Hq);
         zero_act(m, A_DK, (int64_t)N * Hkv);
         zero_act(m, A_DV, (int64_t)N * Hkv);
@@ -667,16 +697,17 @@ static void model_backward_from_dlogits(Model *m) {
         rope_backward(m->act[A_DQ], m->rope_cos, m->rope_sin, B, T, H, hd);
         rope_backward(m->act[A_DK], m->rope_cos, m->rope_sin, B, T, KV, hd);
         zero_act(m, A_DXN, (int64_t)N * D);
-        matmul_backward(dxn, layer_tensor(m->grads_t, m, T_WQ, l), m->act[A_MMT], m->act[A_DQ], xn1,
-                        layer_tensor(m->params_t, m, T_WQ, l), N, D, Hq);
-        matmul_backward(dxn, layer_tensor(m->grads_t, m, T_WK, l), m->act[A_MMT], m->act[A_DK], xn1,
-                        layer_tensor(m->params_t, m, T_WK, l), N, D, Hkv);
-        matmul_backward(dxn, layer_tensor(m->grads_t, m, T_WV, l), m->act[A_MMT], m->act[A_DV], xn1,
-                        layer_tensor(m->params_t, m, T_WV, l), N, D, Hkv);
-        rmsnorm_backward(dres, layer_tensor(m->grads_t, m, T_ATTN_NORM, l), dxn, x,
-                         layer_tensor(m->params_t, m, T_ATTN_NORM, l), act_l(m, A_RSTD1, l), N, D);
+        matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WQ, l), m->act[A_MMT], m->act[A_DQ], xn1,
+                        layer_tensor(m->fwd_t, m, T_WQ, l), N, D, Hq);
+        matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WK, l), m->act[A_MMT], m->act[A_DK], xn1,
+                        layer_tensor(m->fwd_t, m, T_WK, l), N, D, Hkv);
+        matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WV, l), m->act[A_MMT], m->act[A_DV], xn1,
+                        layer_tensor(m->fwd_t, m, T_WV, l), N, D, Hkv);
+        rmsnorm_backward(dres, layer_tensor(m->dfwd_t, m, T_ATTN_NORM, l), dxn, x,
+                         layer_tensor(m->fwd_t, m, T_ATTN_NORM, l), act_l(m, A_RSTD1, l), N, D);
     }
-    embedding_backward(m->grads_t[T_EMBED], dres, m->inputs, N, D);
+    embedding_backward(m->dfwd_t[T_EMBED], dres, m->inputs, N, D);
+    if (m->quant.method != QUANT_NONE) model_quant_backward(m);
 }
 
 // Backward of the mean cross-entropy of the last forward, times loss_scale (1/micro-batches
@@ -693,7 +724,131 @@ static void model_backward_scaled(Model *m, float loss_scale) {
 static void model_backward(Model *m) { model_backward_scaled(m, 1.0f); }
 
 // ============================================================================================
-// 5. The optimizer
+// 5. Quantized linears
+//
+// Quantization-aware training keeps full-precision LATENT weights W as the trained parameters.
+// Before a forward, each of the seven linears of every layer is replaced by its fake-quantized
+// copy W^ = Q(W) (quant.h: INT-Asym, NF3/NF4, sign, OneBit, ternary); the forward and backward
+// above run on W^ unchanged, through the fwd_t / dfwd_t tables. The backward's dL/dW^ is then
+// mapped back by quant_backward: straight through to W (the straight-through estimator,
+// Bengio et al. 2013, as BitDistiller trains), and exactly to the learned scales of sign
+// (FBI-LLM, Ma et al. 2024) and OneBit (Xu et al. 2024). Embeddings, norms and the LM head stay
+// full precision.
+
+// Rows and columns of one layer's slice of linear tensor t.
+static void linear_shape(const Model *m, int t, int *out, int *in) {
+    int64_t r, k;
+    tensor_slice_shape(&m->cfg, t, &r, &k);
+    *out = (int)r;
+    *in = (int)k;
+}
+
+// Points fwd_t/dfwd_t of the linears at wq/dwq, and qp0/qp1 at their scales: the learned ones
+// in the parameter buffer after the table (so AdamW trains them like any weight), the others
+// in qstate. init_learned: initialise sign/onebit scales from the weights (a new student).
+static void model_quant_setup(Model *m, int init_learned) {
+    const QuantSpec q = m->quant;
+    int L = m->cfg.n_layers;
+    int64_t n_lin = 0, n_derived = 0;
+    for (int t = 0; t < N_TENSORS; t++) {
+        if (!tensor_is_linear(t)) continue;
+        int out, in;
+        linear_shape(m, t, &out, &in);
+        quant_param_sizes(&m->qn0[t], &m->qn1[t], q, out, in);
+        n_lin += m->slice[t] * L;
+        if (!quant_is_learned(q.method)) n_derived += (m->qn0[t] + m->qn1[t]) * L;
+    }
+    m->n_codes = n_lin;
+    m->wq = malloc_or_die((size_t)n_lin * sizeof(float), "quantized weights");
+    m->dwq = calloc_or_die((size_t)n_lin, sizeof(float), "quantized weight gradients");
+    m->codes = calloc_or_die((size_t)n_lin, 1, "codes");
+    m->codes_prev = calloc_or_die((size_t)n_lin, 1, "codes");
+    m->qstate = calloc_or_die((size_t)n_derived, sizeof(float), "quantizer scales");
+    float *w = m->wq, *dw = m->dwq, *learned = m->params + m->n_table, *derived = m->qstate;
+    for (int t = 0; t < N_TENSORS; t++) {
+        if (!tensor_is_linear(t)) continue;
+        m->fwd_t[t] = w; m->dfwd_t[t] = dw;
+        w += m->slice[t] * L; dw += m->slice[t] * L;
+        float **p = quant_is_learned(q.method) ? &learned : &derived;
+        m->qp0[t] = *p; *p += m->qn0[t] * L;
+        m->qp1[t] = *p; *p += m->qn1[t] * L;
+    }
+    if (init_learned && quant_is_learned(q.method))
+        for (int t = 0; t < N_TENSORS; t++) {
+            if (!tensor_is_linear(t)) continue;
+            int out, in;
+            linear_shape(m, t, &out, &in);
+            for (int l = 0; l < L; l++) {
+                int rc = quant_init_params(m->qp0[t] + l * m->qn0[t], m->qp1[t] + l * m->qn1[t],
+                                           layer_tensor(m->params_t, m, t, l), q, out, in);
+                if (rc) die("%s of layer %d: %s", TENSOR_NAMES[t], l, quant_error_string(rc));
+            }
+        }
+    m->quant_stale = 1;
+}
+
+// Turns a full-precision model into a quantized student (before any training buffers exist).
+static void model_apply_quant(Model *m, QuantSpec q) {
+    if (m->grads) die("internal error: quantization must be chosen before training starts");
+    ModelHeader c = m->cfg;
+    c.quant_method = q.method; c.quant_bits = q.bits; c.quant_group = q.group;
+    const char *why = header_problem(&c);
+    if (why) die("quantization %s: %s", quant_method_name(q.method), why);
+    m->cfg = c;
+    m->quant = q;
+    m->n_params = m->n_table + quant_learned_floats(&c);
+    m->params = realloc(m->params, (size_t)m->n_params * sizeof(float));
+    if (!m->params) die("out of memory for quantizer scales");
+    tensor_carve(&c, m->params, m->params_t);
+    memcpy(m->fwd_t, m->params_t, sizeof m->fwd_t);
+    model_quant_setup(m, 1);
+}
+
+// W^ = Q(W) for every linear; counts the codes that changed since the last call (flip-flops,
+// the instability of QAT the seed study monitors).
+static void model_quantize(Model *m) {
+    uint8_t *tmp = m->codes_prev; m->codes_prev = m->codes; m->codes = tmp;
+    m->flips_total = 0;
+    for (int t = 0; t < N_TENSORS; t++) {
+        if (!tensor_is_linear(t)) continue;
+        int out, in;
+        linear_shape(m, t, &out, &in);
+        int64_t base = layer_tensor(m->fwd_t, m, t, 0) - m->wq;  // where t's codes start
+        m->flips[t] = 0;
+        for (int l = 0; l < m->cfg.n_layers; l++) {
+            uint8_t *codes = m->codes + base + (int64_t)l * m->slice[t];
+            int rc = quant_forward(layer_tensor(m->fwd_t, m, t, l), codes, m->qp0[t] + l * m->qn0[t],
+                                   m->qp1[t] + l * m->qn1[t], layer_tensor(m->params_t, m, t, l), m->quant, out, in);
+            if (rc) die("%s of layer %d: %s", TENSOR_NAMES[t], l, quant_error_string(rc));
+            if (m->codes_valid) m->flips[t] += count_flips(m->codes_prev + base + (int64_t)l * m->slice[t], codes, m->slice[t]);
+        }
+        m->flips_total += m->flips[t];
+    }
+    m->codes_valid = 1;
+    m->quant_stale = 0;
+}
+
+// After a backward: dL/dW += STE(dL/dW^) and the learned scales' exact gradients; then clears
+// dwq for the next backward (it holds one backward's gradient, not an accumulation).
+static void model_quant_backward(Model *m) {
+    int learned = quant_is_learned(m->quant.method);
+    for (int t = 0; t < N_TENSORS; t++) {
+        if (!tensor_is_linear(t)) continue;
+        int out, in;
+        linear_shape(m, t, &out, &in);
+        #pragma omp parallel for if (!learned)
+        for (int l = 0; l < m->cfg.n_layers; l++) {
+            float *p0 = m->qp0[t] + l * m->qn0[t], *p1 = m->qp1[t] + l * m->qn1[t];
+            float *dp0 = learned ? m->grads + (p0 - m->params) : NULL, *dp1 = learned ? m->grads + (p1 - m->params) : NULL;
+            quant_backward(layer_tensor(m->grads_t, m, t, l), dp0, dp1, layer_tensor(m->dfwd_t, m, t, l),
+                           layer_tensor(m->params_t, m, t, l), p0, p1, m->quant, out, in);
+        }
+    }
+    memset(m->dwq, 0, (size_t)m->n_codes * sizeof(float));
+}
+
+// ============================================================================================
+// 6. The optimizer
 //
 // AdamW (Loshchilov & Hutter 2019), with decoupled weight decay applied to matrices only
 // (norm weights are not decayed):
@@ -731,27 +886,36 @@ static float clip_grad_norm(Model *m, float clip) {
     return norm;
 }
 
+// One span of parameters with its gradients and moments.
+static void adamw_span(float *p, const float *g, float *mm, float *vv, int64_t n, const OptConfig *o,
+                       float lr, float wd, float bc1, float bc2) {
+    #pragma omp parallel for
+    for (int64_t i = 0; i < n; i++) {
+        mm[i] = o->beta1 * mm[i] + (1.0f - o->beta1) * g[i];
+        vv[i] = o->beta2 * vv[i] + (1.0f - o->beta2) * g[i] * g[i];
+        float mhat = mm[i] / bc1, vhat = vv[i] / bc2;
+        p[i] -= lr * (mhat / (sqrtf(vhat) + o->eps) + wd * p[i]);
+    }
+}
+
+// The table's tensors (matrices decayed, norm weights not), then the learned quantizer scales
+// (not decayed). The latent weights changed, so the next forward quantizes again.
 static void adamw_update(Model *m, const OptConfig *o, float lr) {
     m->step++;
     float bc1 = 1.0f - powf(o->beta1, (float)m->step), bc2 = 1.0f - powf(o->beta2, (float)m->step);
     for (int t = 0; t < N_TENSORS; t++) {
+        if (!m->params_t[t]) continue;
         int64_t r, k, n = m->slice[t] * (tensor_is_per_layer(t) ? m->cfg.n_layers : 1);
         tensor_slice_shape(&m->cfg, t, &r, &k);
-        float wd = r > 1 ? o->weight_decay : 0.0f;
-        float *p = m->params_t[t], *g = m->grads_t[t], *mm = m->m_t[t], *vv = m->v_t[t];
-        if (!p) continue;
-        #pragma omp parallel for
-        for (int64_t i = 0; i < n; i++) {
-            mm[i] = o->beta1 * mm[i] + (1.0f - o->beta1) * g[i];
-            vv[i] = o->beta2 * vv[i] + (1.0f - o->beta2) * g[i] * g[i];
-            float mhat = mm[i] / bc1, vhat = vv[i] / bc2;
-            p[i] -= lr * (mhat / (sqrtf(vhat) + o->eps) + wd * p[i]);
-        }
+        adamw_span(m->params_t[t], m->grads_t[t], m->m_t[t], m->v_t[t], n, o, lr, r > 1 ? o->weight_decay : 0.0f, bc1, bc2);
     }
+    int64_t tail = m->n_table;
+    adamw_span(m->params + tail, m->grads + tail, m->adam_m + tail, m->adam_v + tail, m->n_params - tail, o, lr, 0.0f, bc1, bc2);
+    if (m->quant.method != QUANT_NONE) m->quant_stale = 1;
 }
 
 // ============================================================================================
-// 6. Data: token files
+// 7. Data: token files
 //
 // A `.ids` file is whitespace-separated decimal token ids (any number per line). Training takes
 // random windows of T+1 tokens from the stream: inputs are the first T, targets the last T.
@@ -801,7 +965,7 @@ static void sample_batch(int *inputs, int *targets, const TokenStream *s, int B,
 }
 
 // ============================================================================================
-// 7. Evaluation: perplexity
+// 8. Evaluation: perplexity
 //
 // As GPTQ and BitDistiller compute WikiText-2 perplexity: the token stream is cut into
 // floor(n/T) non-overlapping windows of T tokens (the remainder is dropped); each window is run
@@ -856,7 +1020,7 @@ static PplResult eval_ppl(Model *m, const TokenStream *s, int T, int B, const ch
 }
 
 // ============================================================================================
-// 8. Generation: a KV cache and sampling
+// 9. Generation: a KV cache and sampling
 //
 // To continue a text, each new token needs attention over all earlier ones; their keys and
 // values do not change, so they are kept (the KV cache) and each step runs the model on one
@@ -919,6 +1083,7 @@ static void model_decode_step(Model *m, KVCache *kv, const int *tokens, int pos)
     int B = kv->B, D = c->dim, F = c->hidden_dim, V = c->vocab_size, H = c->n_heads,
         KV = c->n_kv_heads, hd = c->head_dim, Hq = H * hd, Hkv = KV * hd, half = hd / 2;
     if (pos >= kv->T) die("generation: position %d beyond the cache (%d)", pos, kv->T);
+    if (m->quant_stale) model_quantize(m);
     model_alloc_acts(m, B, 1, 0);  // inference activations for B rows of one position
     for (int b = 0; b < B; b++)
         if (tokens[b] < 0 || tokens[b] >= V) die("token id %d out of range [0, %d)", tokens[b], V);
@@ -926,13 +1091,13 @@ static void model_decode_step(Model *m, KVCache *kv, const int *tokens, int pos)
           *v = m->act[A_V], *att = m->act[A_ATT], *mid = m->act[A_RESID_MID], *proj = m->act[A_PROJ],
           *gate = m->act[A_GATE], *up = m->act[A_UP], *hmid = m->act[A_HMID], *mmt = m->act[A_MMT];
     const float *cosp = kv->cosv + (int64_t)pos * half, *sinp = kv->sinv + (int64_t)pos * half;
-    embedding_forward(x, tokens, m->params_t[T_EMBED], B, D);
+    embedding_forward(x, tokens, m->fwd_t[T_EMBED], B, D);
     for (int l = 0; l < c->n_layers; l++) {
         float *kc = kv->k + (int64_t)l * B * kv->T * Hkv, *vc = kv->v + (int64_t)l * B * kv->T * Hkv;
-        rmsnorm_forward(xn, m->act[A_RSTD1], x, layer_tensor(m->params_t, m, T_ATTN_NORM, l), B, D, c->rms_norm_eps);
-        matmul_forward(q, mmt, xn, layer_tensor(m->params_t, m, T_WQ, l), B, D, Hq);
-        matmul_forward(k, mmt, xn, layer_tensor(m->params_t, m, T_WK, l), B, D, Hkv);
-        matmul_forward(v, mmt, xn, layer_tensor(m->params_t, m, T_WV, l), B, D, Hkv);
+        rmsnorm_forward(xn, m->act[A_RSTD1], x, layer_tensor(m->fwd_t, m, T_ATTN_NORM, l), B, D, c->rms_norm_eps);
+        matmul_forward(q, mmt, xn, layer_tensor(m->fwd_t, m, T_WQ, l), B, D, Hq);
+        matmul_forward(k, mmt, xn, layer_tensor(m->fwd_t, m, T_WK, l), B, D, Hkv);
+        matmul_forward(v, mmt, xn, layer_tensor(m->fwd_t, m, T_WV, l), B, D, Hkv);
         rope_forward(q, cosp, sinp, B, 1, H, hd);
         rope_forward(k, cosp, sinp, B, 1, KV, hd);
         for (int b = 0; b < B; b++) {
@@ -940,17 +1105,17 @@ static void model_decode_step(Model *m, KVCache *kv, const int *tokens, int pos)
             memcpy(vc + ((int64_t)b * kv->T + pos) * Hkv, v + (int64_t)b * Hkv, (size_t)Hkv * sizeof(float));
         }
         attention_decode(att, m->act[A_SCORES], q, kc, vc, B, kv->T, pos, H, KV, hd);
-        matmul_forward(proj, mmt, att, layer_tensor(m->params_t, m, T_WO, l), B, Hq, D);
+        matmul_forward(proj, mmt, att, layer_tensor(m->fwd_t, m, T_WO, l), B, Hq, D);
         residual_forward(mid, x, proj, (int64_t)B * D);
-        rmsnorm_forward(xn, m->act[A_RSTD2], mid, layer_tensor(m->params_t, m, T_MLP_NORM, l), B, D, c->rms_norm_eps);
-        matmul_forward(gate, mmt, xn, layer_tensor(m->params_t, m, T_WGATE, l), B, D, F);
-        matmul_forward(up, mmt, xn, layer_tensor(m->params_t, m, T_WUP, l), B, D, F);
+        rmsnorm_forward(xn, m->act[A_RSTD2], mid, layer_tensor(m->fwd_t, m, T_MLP_NORM, l), B, D, c->rms_norm_eps);
+        matmul_forward(gate, mmt, xn, layer_tensor(m->fwd_t, m, T_WGATE, l), B, D, F);
+        matmul_forward(up, mmt, xn, layer_tensor(m->fwd_t, m, T_WUP, l), B, D, F);
         swiglu_forward(hmid, gate, up, (int64_t)B * F);
-        matmul_forward(proj, mmt, hmid, layer_tensor(m->params_t, m, T_WDOWN, l), B, F, D);
+        matmul_forward(proj, mmt, hmid, layer_tensor(m->fwd_t, m, T_WDOWN, l), B, F, D);
         residual_forward(x, mid, proj, (int64_t)B * D);
     }
-    rmsnorm_forward(m->act[A_XNF], m->act[A_RSTDF], x, m->params_t[T_FINAL_NORM], B, D, c->rms_norm_eps);
-    matmul_forward(m->logits, mmt, m->act[A_XNF], m->params_t[lm_head_tensor(m)], B, D, V);
+    rmsnorm_forward(m->act[A_XNF], m->act[A_RSTDF], x, m->fwd_t[T_FINAL_NORM], B, D, c->rms_norm_eps);
+    matmul_forward(m->logits, mmt, m->act[A_XNF], m->fwd_t[lm_head_tensor(m)], B, D, V);
 }
 
 // Samples from softmax(z / temperature) restricted to the smallest set of tokens whose
@@ -1018,7 +1183,7 @@ static void generate(Model *m, int *const *prompts, const int *prompt_len, int B
 }
 
 // ============================================================================================
-// 9. The training loop, the command line and main
+// 10. The training loop, the command line and main
 
 typedef struct {
     // model
@@ -1032,6 +1197,9 @@ typedef struct {
     // evaluation
     const char *eval_ppl;
     int eval_T, eval_batch;
+    // quantization
+    QuantSpec quant;
+    int quant_given;
     // other
     int threads, bench;
 } Args;
@@ -1048,7 +1216,13 @@ static void usage(void) {
         "  -o FILE               write the resulting model here (atomically) [none]\n"
         "  --dtype f32|bf16      dtype of the written model [f32]\n"
         "\n"
-        "Training (full precision, cross-entropy on a token file):\n"
+        "Quantization (of the seven linears of every layer; training and evaluation):\n"
+        "  -b BITS               bits per weight; 16 = full precision [16]\n"
+        "  -g GROUP              weights per group along the input dimension, -1 = whole row [128]\n"
+        "  -q METHOD             int | nf3 | nf4 | sign | onebit | ternary [int]; nf3, nf4, sign,\n"
+        "                        onebit and ternary imply their bit width\n"
+        "\n"
+        "Training (cross-entropy on a token file; a quantized model trains its latent weights):\n"
         "  --train-tokens FILE   .ids file (whitespace-separated token ids) to train on\n"
         "  --steps N             optimizer steps [100]\n"
         "  --batch N             sequences per optimizer step [16]\n"
@@ -1100,6 +1274,7 @@ static Args parse_args(int argc, char **argv) {
     Args a;
     memset(&a, 0, sizeof a);
     a.seed = 42; a.steps = 100; a.batch = 16; a.micro_batch = 4; a.eval_batch = 1;
+    a.quant = (QuantSpec){QUANT_INT, 0, 128};
     a.opt = (OptConfig){.lr = 2e-5f, .min_lr = 0.0f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f,
                         .weight_decay = 0.0f, .grad_clip = 1.0f, .warmup = 0, .schedule = SCHED_CONSTANT};
     for (int i = 1; i < argc; i++) {
@@ -1141,6 +1316,13 @@ static Args parse_args(int argc, char **argv) {
         else if (!strcmp(f, "-T")) a.eval_T = parse_int(f, v);
         else if (!strcmp(f, "--eval-batch")) a.eval_batch = parse_int(f, v);
         else if (!strcmp(f, "--threads")) a.threads = parse_int(f, v);
+        else if (!strcmp(f, "-b")) { a.quant.bits = parse_int(f, v); a.quant_given = 1; }
+        else if (!strcmp(f, "-g")) { a.quant.group = parse_int(f, v); a.quant_given = 1; }
+        else if (!strcmp(f, "-q")) {
+            a.quant.method = quant_method_from_name(v);
+            if (a.quant.method < 0) die("-q: unknown quantizer '%s' (int, nf3, nf4, sign, onebit, ternary)", v);
+            a.quant_given = 1;
+        }
         else die("unknown flag '%s' (see ./train --help)", f);
     }
     if (!a.model_path == !a.init_shape) die("give exactly one of -m FILE or --init SHAPE (see ./train --help)");
@@ -1151,6 +1333,11 @@ static Args parse_args(int argc, char **argv) {
     if (!(a.opt.lr >= 0) || !(a.opt.beta1 >= 0 && a.opt.beta1 < 1) || !(a.opt.beta2 >= 0 && a.opt.beta2 < 1) || !(a.opt.eps > 0))
         die("--lr must be >= 0, betas in [0, 1), --adam-eps > 0");
     if (a.threads < 0) die("--threads must be positive");
+    if (a.quant_given) {  // int without -b means "not quantized" (-b 16)
+        if (a.quant.method == QUANT_INT && a.quant.bits == 0) a.quant.bits = 16;
+        const char *why = quant_spec_check(&a.quant, 0);
+        if (why) die("-q %s -b %d: %s", quant_method_name(a.quant.method), a.quant.bits, why);
+    }
     return a;
 }
 
@@ -1191,16 +1378,31 @@ static TrainResult train_loop(Model *m, const Args *a, const TokenStream *data, 
         float norm = clip_grad_norm(m, a->opt.grad_clip);
         float lr = lr_at(&a->opt, step, a->steps);
         adamw_update(m, &a->opt, lr);
+        // a quantized student: quantize now, to log how many codes the update flipped
+        double flip = 0.0;
+        char flip_s[48] = "";
+        if (m->quant.method != QUANT_NONE) {
+            model_quantize(m);
+            flip = (double)m->flips_total / m->n_codes;
+            snprintf(flip_s, sizeof flip_s, " | flips %.4f%%", 100.0 * flip);
+        }
         double now = now_seconds(), dt = now - ts;
         float tps = (float)((double)a->batch * T / dt);
         char eta[32];
         format_eta(eta, sizeof eta, (now - t0) / (step + 1) * (a->steps - step - 1));
-        printf("step %4d/%d | loss %.4f | lr %.3g | grad norm %.3f | %.0f tok/s | ETA %s\n",
-               step + 1, a->steps, loss, lr, norm, tps, eta);
+        printf("step %4d/%d | loss %.4f | lr %.3g | grad norm %.3f%s | %.0f tok/s | ETA %s\n",
+               step + 1, a->steps, loss, lr, norm, flip_s, tps, eta);
         fflush(stdout);
         if (log) {
-            fprintf(log, "{\"step\": %d, \"loss\": %.6f, \"lr\": %g, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f}\n",
+            fprintf(log, "{\"step\": %d, \"loss\": %.6f, \"lr\": %g, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f",
                     step + 1, loss, lr, norm, tps);
+            if (m->quant.method != QUANT_NONE) {  // per tensor too, for plots
+                fprintf(log, ", \"flip_rate\": %.8f", flip);
+                for (int t = 0; t < N_TENSORS; t++)
+                    if (tensor_is_linear(t))
+                        fprintf(log, ", \"flips_%s\": %lld", TENSOR_NAMES[t], (long long)m->flips[t]);
+            }
+            fprintf(log, "}\n");
             fflush(log);
         }
         if (a->out_path && a->save_every && (step + 1) % a->save_every == 0 && step + 1 < a->steps) {
@@ -1274,7 +1476,17 @@ int main(int argc, char **argv) {
         init_params(&c, p, a.seed);
         model_setup(&m, &c, p);
     }
+    if (a.quant_given && a.quant.method != QUANT_NONE) {
+        QuantSpec have = m.quant;
+        if (have.method == QUANT_NONE) model_apply_quant(&m, a.quant);
+        else if (have.method != a.quant.method || have.bits != a.quant.bits || have.group != a.quant.group)
+            die("%s: the model is already quantized (-q %s -b %d -g %d); drop the quantization flags",
+                a.model_path, quant_method_name(have.method), have.bits, have.group);
+    }
     const ModelHeader *c = &m.cfg;
+    if (m.quant.method != QUANT_NONE)
+        printf("quantization: %s, %d bits, group %d, on the 7 linears of every layer\n",
+               quant_method_name(m.quant.method), m.quant.bits, quant_group_len(m.quant, c->dim));
     printf("model: dim %d, hidden %d, layers %d, heads %d (kv %d, head_dim %d), vocab %d, context %d, %s, %lld parameters\n",
            c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim, c->vocab_size,
            c->max_seq_len, c->tied ? "tied" : "untied", (long long)m.n_params);

@@ -115,7 +115,7 @@ expect_error "kv heads not dividing" "heads/config.json: n_kv_heads does not div
 mk rope; cfg "$tmp/hf/config.json" "$tmp/rope/config.json" "c['rope_scaling']={'rope_type':'yarn','factor':4.0}"
 expect_error "unsupported rope type" "rope/config.json: rope type \"yarn\"" ./convert "$tmp/rope" "$tmp/out.bin"
 mk shape; cfg "$tmp/hf/config.json" "$tmp/shape/config.json" "c['intermediate_size']=180"
-expect_error "shape mismatch" "tensor 'model.layers.0.mlp.gate_proj.weight' has shape \[176, 64\], config.json implies \[180, 64\]" ./convert "$tmp/shape" "$tmp/out.bin"
+expect_error "shape mismatch" "tensor 'model.layers.0.mlp.gate_proj.weight' has shape \[192, 64\], config.json implies \[180, 64\]" ./convert "$tmp/shape" "$tmp/out.bin"
 mk missing; st drop "$tmp/hf/model.safetensors" "$tmp/missing/model.safetensors" model.layers.2.self_attn.v_proj.weight
 expect_error "missing tensor" "tensor 'model.layers.2.self_attn.v_proj.weight' not found" ./convert "$tmp/missing" "$tmp/out.bin"
 mk untied; cfg "$tmp/hf/config.json" "$tmp/untied/config.json" "c['tie_word_embeddings']=False"

@@ -22,7 +22,7 @@ expect_error() {
 }
 
 ./train --init tiny -o "$tmp/m.bin" > "$tmp/init.out" || bad "--init tiny"
-tail -n 1 "$tmp/init.out" | grep -q '^{"params": 201280' && ok "--init tiny prints its JSON line" || bad "--init JSON line"
+tail -n 1 "$tmp/init.out" | grep -q '^{"params": 213568' && ok "--init tiny prints its JSON line" || bad "--init JSON line"
 ./train --help | grep -q -- '--eval-ppl FILE' && ok "--help lists the flags" || bad "--help"
 
 # bad command lines
