@@ -42,10 +42,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifndef QD
 #ifdef __CUDACC__
 #define QD __host__ __device__
 #else
 #define QD
+#endif
 #endif
 
 // ---------------------------------------------------------------------------------------------

@@ -5,46 +5,53 @@
 #                       Generates a small corpus, pretrains a `tiny` byte-level Llama on it (the
 #                       teacher later issues quantize and distil), reports its perplexity next
 #                       to the random model's, and writes out/demo/teacher.bin.
+#   ./run.sh corpus DIR  only the demo corpus (DIR/train.ids, DIR/valid.ids).
 #
 # Environment: DEMO_STEPS (training steps, default 400), OUT (output folder, default out/demo).
 set -euo pipefail
 cd "$(dirname "$0")"
+
+# A corpus with structure a small model can learn: sentences of a tiny stochastic grammar,
+# seeded, so every run sees the same text. Tokens are bytes (vocab 256): DIR/train.ids (90%),
+# DIR/valid.ids (10%), and the text in DIR/corpus.txt.
+corpus() {
+    local out=$1
+    mkdir -p "$out"
+    [ -s "$out/train.ids" ] && return 0
+    echo "== generating the demo corpus"
+    awk -v seed=7 -v n=6000 '
+    function pick(list,   a, k) { k = split(list, a, " "); return a[int(rand() * k) + 1] }
+    BEGIN {
+        srand(seed)
+        names = "Tim Lily Sam Mia Ben Zoe Max Amy"
+        animals = "cat dog bird fish frog duck"
+        adjs = "big small red happy sleepy little kind"
+        places = "park garden house river forest school"
+        verbs = "saw found liked helped followed"
+        for (i = 0; i < n; i++) {
+            who = pick(names); pet = pick(animals); adj = pick(adjs); where = pick(places)
+            r = rand()
+            if (r < 0.4)      s = who " " pick(verbs) " a " adj " " pet " in the " where "."
+            else if (r < 0.7) s = "The " pet " was " adj ". " who " was " pick("glad sad happy") "."
+            else              s = who " went to the " where " with the " pet ". They played all day."
+            print s
+        }
+    }' > "$out/corpus.txt"
+    # bytes -> decimal ids; the last tenth is held out for perplexity
+    od -An -v -tu1 "$out/corpus.txt" | tr -s ' ' '\n' | sed '/^$/d' > "$out/all.ids"
+    local n; n=$(wc -l < "$out/all.ids")
+    head -n $((n * 9 / 10)) "$out/all.ids" > "$out/train.ids"
+    tail -n $((n - n * 9 / 10)) "$out/all.ids" > "$out/valid.ids"
+    rm "$out/all.ids"
+    echo "corpus: $(wc -c < "$out/corpus.txt") bytes, $(wc -l < "$out/train.ids") train and $(wc -l < "$out/valid.ids") validation tokens"
+}
 
 demo() {
     local out=${OUT:-out/demo} steps=${DEMO_STEPS:-400}
     mkdir -p "$out"
     make -s train
 
-    # 1. A corpus with structure a small model can learn: sentences of a tiny stochastic
-    #    grammar, seeded, so every run sees the same text. Tokens are bytes (vocab 256).
-    if [ ! -s "$out/train.ids" ]; then
-        echo "== generating the demo corpus"
-        awk -v seed=7 -v n=6000 '
-        function pick(list,   a, k) { k = split(list, a, " "); return a[int(rand() * k) + 1] }
-        BEGIN {
-            srand(seed)
-            names = "Tim Lily Sam Mia Ben Zoe Max Amy"
-            animals = "cat dog bird fish frog duck"
-            adjs = "big small red happy sleepy little kind"
-            places = "park garden house river forest school"
-            verbs = "saw found liked helped followed"
-            for (i = 0; i < n; i++) {
-                who = pick(names); pet = pick(animals); adj = pick(adjs); where = pick(places)
-                r = rand()
-                if (r < 0.4)      s = who " " pick(verbs) " a " adj " " pet " in the " where "."
-                else if (r < 0.7) s = "The " pet " was " adj ". " who " was " pick("glad sad happy") "."
-                else              s = who " went to the " where " with the " pet ". They played all day."
-                print s
-            }
-        }' > "$out/corpus.txt"
-        # bytes -> decimal ids; the last tenth is held out for perplexity
-        od -An -v -tu1 "$out/corpus.txt" | tr -s ' ' '\n' | sed '/^$/d' > "$out/all.ids"
-        local n; n=$(wc -l < "$out/all.ids")
-        head -n $((n * 9 / 10)) "$out/all.ids" > "$out/train.ids"
-        tail -n $((n - n * 9 / 10)) "$out/all.ids" > "$out/valid.ids"
-        rm "$out/all.ids"
-        echo "corpus: $(wc -c < "$out/corpus.txt") bytes, $(wc -l < "$out/train.ids") train and $(wc -l < "$out/valid.ids") validation tokens"
-    fi
+    corpus "$out"
 
     # 2. The teacher: a tiny Llama pretrained with cross-entropy.
     echo "== pretraining the tiny teacher ($steps steps)"
@@ -67,6 +74,7 @@ demo() {
 
 case "${1:-demo}" in
     demo) demo ;;
+    corpus) corpus "${2:?usage: ./run.sh corpus DIR}" ;;
     -h|--help) sed -n '2,12p' "$0" ;;
     *) echo "error: unknown command '$1' (try ./run.sh --help)" >&2; exit 1 ;;
 esac

@@ -129,7 +129,11 @@ static void ce_b(Check *c) { crossentropy_backward(c->dx[0], c->x[0], c->tok, c-
 
 static Model g_model;
 static int g_inputs[64], g_targets[64];
-static void model_f(Check *c) { c->y[0] = model_forward(&g_model, g_inputs, g_targets, c->B, c->T); }
+static void model_f(Check *c) {
+    // a perturbed learned scale changes W^: quantize again (a no-op for a full-precision model)
+    if (g_model.quant.method != QUANT_NONE) g_model.quant_stale = 1;
+    c->y[0] = model_forward(&g_model, g_inputs, g_targets, c->B, c->T);
+}
 static void model_b(Check *c) { model_backward_scaled(&g_model, c->r[0]); }
 
 static void check_model(const char *name, ModelHeader cfg, int B, int T) {
@@ -171,6 +175,85 @@ static ModelHeader small_config(int tied, int kv, int rope) {
         c.rope_low_freq_factor = 1.0f; c.rope_high_freq_factor = 4.0f; c.rope_original_max_pos = 4;
     }
     return c;
+}
+
+// --- quantized models ------------------------------------------------------------------------
+// The learned scales of sign (alpha, beta per row) and onebit (h per row, g per column) enter
+// W^ smoothly, so finite differences check their gradients through the whole model.
+static void random_model_params(const ModelHeader *cfg, int B, int T) {
+    float *p = malloc_or_die((size_t)tensor_sizes(cfg, (int64_t[N_TENSORS]){0}) * sizeof(float), "params");
+    model_setup(&g_model, cfg, p);
+    for (int64_t i = 0; i < g_model.n_params; i++) p[i] = 0.3f * rng_normal(&g_rng);
+    for (int i = 0; i < B * T; i++) {
+        g_inputs[i] = (int)(rng_u64(&g_rng) % cfg->vocab_size);
+        g_targets[i] = i % T == T - 1 ? -1 : (int)(rng_u64(&g_rng) % cfg->vocab_size);
+    }
+}
+
+static void check_learned_scales(const char *name, int method, int B, int T) {
+    ModelHeader cfg = small_config(0, 2, 0);
+    random_model_params(&cfg, B, T);
+    model_apply_quant(&g_model, (QuantSpec){method, 0, -1});
+    model_alloc_training(&g_model);
+    float loss = 0, r = 1.0f;
+    Check c = {.name = name, .y = &loss, .r = &r, .n_y = 1, .forward = model_f, .backward = model_b, .B = B, .T = T};
+    c.n_inputs = 1;
+    c.input_names[0] = method == QUANT_SIGN ? "alpha,beta" : "h,g";
+    c.x[0] = g_model.params + g_model.n_table;
+    c.dx[0] = g_model.grads + g_model.n_table;
+    c.n[0] = g_model.n_params - g_model.n_table;
+    check(&c, 1e-2f, 96, 2e-2, 0);
+    model_free(&g_model);
+}
+
+// The straight-through rule, checked directly: a quantized model's gradient of its latent
+// linear weights must be what quant.h's backward makes of dL/dW^, where dL/dW^ is the gradient
+// of a full-precision model whose weights ARE W^. For int and ternary that is dL/dW^ itself;
+// for sign it is dL/dW^ * alpha_row on |w| <= 1 and 0 elsewhere (quant.h's hardtanh STE).
+static void check_ste(const char *name, QuantSpec q) {
+    ModelHeader cfg = small_config(0, 2, 0);
+    int B = 2, T = 6;
+    random_model_params(&cfg, B, T);
+    for (int64_t i = 0; i < g_model.n_params; i++) g_model.params[i] *= 4.0f;  // some |w| > 1
+    model_apply_quant(&g_model, q);
+    model_alloc_training(&g_model);
+    model_zero_grad(&g_model);
+    model_forward(&g_model, g_inputs, g_targets, B, T);
+    model_backward(&g_model);
+    // the same network in full precision, with W^ as its weights
+    Model fp;
+    float *p = malloc_or_die((size_t)g_model.n_table * sizeof(float), "params");
+    memcpy(p, g_model.params, (size_t)g_model.n_table * sizeof(float));
+    ModelHeader fc = cfg;
+    model_setup(&fp, &fc, p);
+    for (int t = 0; t < N_TENSORS; t++)
+        if (tensor_is_linear(t)) memcpy(fp.params_t[t], g_model.fwd_t[t], (size_t)(g_model.slice[t] * cfg.n_layers) * sizeof(float));
+    model_alloc_training(&fp);
+    model_zero_grad(&fp);
+    model_forward(&fp, g_inputs, g_targets, B, T);
+    model_backward(&fp);
+    double worst = 0, mx = 0;
+    for (int t = 0; t < N_TENSORS; t++) {
+        int64_t n = g_model.slice[t] * (tensor_is_per_layer(t) ? cfg.n_layers : 1);
+        int64_t rows, cols;
+        tensor_slice_shape(&cfg, t, &rows, &cols);
+        for (int64_t i = 0; i < n; i++) {
+            double want = fp.grads_t[t][i];
+            if (tensor_is_linear(t) && q.method == QUANT_SIGN) {
+                int64_t row = i / cols;  // rows of all layers are consecutive: row index over layers
+                int l = (int)(row / rows);
+                float alpha = g_model.qp0[t][l * g_model.qn0[t] + row % rows];
+                want = fabsf(g_model.params_t[t][i]) <= 1.0f ? want * alpha : 0.0;
+            }
+            worst = fmax(worst, fabs(g_model.grads_t[t][i] - want));
+            mx = fmax(mx, fabs(want));
+        }
+    }
+    int bad = worst > 1e-6 * mx;
+    printf("  %-22s %-10s %8s  %.2e  %s\n", name, "latent W", "all", worst / mx, bad ? "FAIL" : "ok");
+    g_failures += bad;
+    model_free(&fp);
+    model_free(&g_model);
 }
 
 int main(void) {
@@ -280,6 +363,12 @@ int main(void) {
     check_model("model (untied, GQA)", small_config(0, 2, 0), 2, 6);
     check_model("model (tied, MHA)", small_config(1, 4, 0), 2, 6);
     check_model("model (llama3 rope)", small_config(0, 1, 1), 1, 8);
+    // quantized models: learned scales by finite differences, the STE rule directly
+    check_learned_scales("model, sign scales", QUANT_SIGN, 2, 6);
+    check_learned_scales("model, onebit scales", QUANT_ONEBIT, 2, 6);
+    check_ste("STE, int 2-bit g=8", (QuantSpec){QUANT_INT, 2, 8});
+    check_ste("STE, ternary", (QuantSpec){QUANT_TERNARY, 2, -1});
+    check_ste("STE, sign (hardtanh)", (QuantSpec){QUANT_SIGN, 1, -1});
 
     printf("%s: %d check(s) beyond tolerance %.0e\n", g_failures ? "FAILED" : "passed", g_failures, tol);
     return g_failures ? 1 : 0;

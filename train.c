@@ -790,6 +790,8 @@ static void model_quant_setup(Model *m, int init_learned) {
 // Turns a full-precision model into a quantized student (before any training buffers exist).
 static void model_apply_quant(Model *m, QuantSpec q) {
     if (m->grads) die("internal error: quantization must be chosen before training starts");
+    const char *bad = quant_spec_check(&q, 0);  // fills in the width sign, onebit... imply
+    if (bad) die("quantization %s: %s", quant_method_name(q.method), bad);
     ModelHeader c = m->cfg;
     c.quant_method = q.method; c.quant_bits = q.bits; c.quant_group = q.group;
     const char *why = header_problem(&c);

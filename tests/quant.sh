@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Quantization through the command line, on a small teacher trained here on the demo corpus:
+#  - round-to-nearest evaluation (-q/-b/-g with --eval-ppl) for every quantizer; more bits,
+#    lower perplexity (int 4 <= int 3 <= int 2 < int 1);
+#  - QAT: a 2-bit student trained from the teacher beats its RTN perplexity; the step log has
+#    the flip-flop rate; the written student reloads with its quantization and the same ppl;
+#  - bad flags and a second quantization of a quantized model: one clear line, exit 1.
+set -u
+cd "$(dirname "$0")/.."
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+fails=0
+ok() { printf '  ok    %s\n' "$1"; }
+bad() { printf '  FAIL  %s\n' "$1"; fails=$((fails + 1)); }
+ppl() { tail -n 1 | sed 's/.*"ppl": \([0-9.e+-]*\).*/\1/'; }
+expect_error() {
+    local name=$1 pattern=$2; shift 2
+    "$@" > /dev/null 2> "$tmp/stderr"
+    local rc=$?
+    if [ $rc -eq 1 ] && [ "$(wc -l < "$tmp/stderr")" -eq 1 ] && grep -q "^error: .*$pattern" "$tmp/stderr"; then
+        ok "$name: $(cat "$tmp/stderr")"
+    else bad "$name (exit $rc: $(cat "$tmp/stderr"))"; fi
+}
+
+./run.sh corpus "$tmp/c" > /dev/null
+./train --init tiny --seed 1 --train-tokens "$tmp/c/train.ids" --steps 150 --batch 8 --micro-batch 8 --seq 128 \
+    --lr 3e-3 --schedule cosine --warmup 10 --min-lr 3e-4 -o "$tmp/teacher.bin" > /dev/null || bad "teacher training"
+head -n 6400 "$tmp/c/valid.ids" > "$tmp/v.ids"
+ev() { ./train -m "$1" --eval-ppl "$tmp/v.ids" -T 128 --eval-batch 8 "${@:2}" | ppl; }
+fp=$(ev "$tmp/teacher.bin")
+declare -A r
+for spec in "int 4" "int 3" "int 2" "int 1" "nf3 3" "nf4 4" "sign 1" "onebit 1" "ternary 2"; do
+    set -- $spec
+    r[$1$2]=$(ev "$tmp/teacher.bin" -q "$1" -b "$2" -g 64)
+done
+printf '  RTN ppl: fp %s | int4 %s int3 %s int2 %s int1 %s | nf3 %s nf4 %s | sign %s onebit %s ternary %s\n' \
+    "$fp" "${r[int4]}" "${r[int3]}" "${r[int2]}" "${r[int1]}" "${r[nf33]}" "${r[nf44]}" "${r[sign1]}" "${r[onebit1]}" "${r[ternary2]}"
+awk -v f="$fp" -v a="${r[int4]}" -v b="${r[int3]}" -v c="${r[int2]}" -v d="${r[int1]}" \
+    'BEGIN { exit !(f <= a * 1.01 && a <= b * 1.01 && b <= c * 1.01 && c < d) }' \
+    && ok "RTN: fp <= int4 <= int3 <= int2 < int1" || bad "RTN ordering"
+for k in nf33 nf44 sign1 onebit1 ternary2; do
+    awk -v x="${r[$k]}" 'BEGIN { exit !(x > 1 && x < 1e6) }' && ok "RTN $k evaluates (ppl ${r[$k]})" || bad "RTN $k: ${r[$k]}"
+done
+
+# QAT at 2 bits, cross-entropy on the corpus, from the teacher's weights
+./train -m "$tmp/teacher.bin" -q int -b 2 -g 64 --train-tokens "$tmp/c/train.ids" --steps 40 --batch 8 --micro-batch 8 \
+    --seq 128 --lr 1e-3 --log "$tmp/qat.jsonl" -o "$tmp/s2.bin" > "$tmp/qat.out" || bad "QAT run"
+grep -q '| flips [0-9.]*%' "$tmp/qat.out" && ok "step lines show the flip-flop rate" || bad "no flip rate in the log"
+grep -q '"flip_rate": [0-9.]*, "flips_wq": [0-9]*' "$tmp/qat.jsonl" && ok "JSONL log has flip_rate and per-tensor flips" || bad "JSONL flips"
+q2=$(ev "$tmp/s2.bin")
+awk -v q="$q2" -v r="${r[int2]}" 'BEGIN { exit !(q < r) }' && ok "QAT 2-bit ppl $q2 < RTN 2-bit ppl ${r[int2]}" || bad "QAT $q2 vs RTN ${r[int2]}"
+./train -m "$tmp/s2.bin" --eval-ppl "$tmp/v.ids" -T 128 | grep -q '^quantization: int, 2 bits, group 64' \
+    && ok "the student reloads as int 2-bit g64" || bad "student reload"
+q2b=$(ev "$tmp/s2.bin")
+[ "$q2" = "$q2b" ] && ok "reloaded student gives the same ppl" || bad "reload ppl $q2 vs $q2b"
+# learned scales survive the file: a sign student written and read back evaluates identically
+./train -m "$tmp/teacher.bin" -q sign --train-tokens "$tmp/c/train.ids" --steps 3 --batch 2 --micro-batch 2 --seq 64 \
+    --lr 1e-3 -o "$tmp/sign.bin" --eval-ppl "$tmp/v.ids" -T 128 --eval-batch 8 > "$tmp/sign.out"
+a=$(ppl < "$tmp/sign.out"); b=$(ev "$tmp/sign.bin")
+[ "$a" = "$b" ] && ok "sign student (learned alpha, beta) round-trips through its file" || bad "sign reload $a vs $b"
+
+expect_error "int at 5 bits" "int supports 1, 2, 3, 4 or 8 bits" ./train -m "$tmp/teacher.bin" -q int -b 5
+expect_error "nf3 at 2 bits" "nf3 is a 3-bit quantizer" ./train -m "$tmp/teacher.bin" -q nf3 -b 2
+expect_error "unknown quantizer" "unknown quantizer 'int9'" ./train -m "$tmp/teacher.bin" -q int9 -b 2
+expect_error "group not dividing" "group size does not divide" ./train -m "$tmp/teacher.bin" -q int -b 2 -g 48
+expect_error "quantizing a quantized model" "s2.bin: the model is already quantized" ./train -m "$tmp/s2.bin" -q int -b 3
+
+echo "quant: $fails failure(s)"
+[ $fails -eq 0 ]
