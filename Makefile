@@ -1,6 +1,7 @@
 # bitdistill.c — build and test.
 #   make train        the CPU trainer (OpenMP when the compiler has it)
 #   make convert      Hugging Face / llama2.c import and export
+#   make tokenize     ./tokenize TOKENIZER "text": token ids as JSON
 #   make test         every test program and test script; ends with "N passed, M failed"
 #   make bench        CPU training-step throughput (tokens/s, GFLOP/s)
 #   make train_cu     the GPU build (needs nvcc)
@@ -18,7 +19,7 @@ HEADERS = $(wildcard *.h)
 TEST_PROGRAMS = $(patsubst %.c,%,$(wildcard test_*.c))
 TEST_SCRIPTS = $(sort $(wildcard tests/*.sh))
 
-all: train convert $(TEST_PROGRAMS)
+all: train convert tokenize $(TEST_PROGRAMS)
 
 train: train.c $(HEADERS)
 	$(CC) $(CFLAGS) -o $@ train.c $(LDLIBS)
@@ -26,10 +27,13 @@ train: train.c $(HEADERS)
 convert: convert.c $(HEADERS)
 	$(CC) $(CFLAGS) -o $@ convert.c $(LDLIBS)
 
+tokenize: tokenizer.c $(HEADERS)
+	$(CC) $(CFLAGS) -DTOKENIZER_MAIN -o $@ tokenizer.c $(LDLIBS)
+
 test_%: test_%.c $(HEADERS) $(wildcard train.c convert.c tokenizer.c)
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
 
-test: train convert $(TEST_PROGRAMS)
+test: train convert tokenize $(TEST_PROGRAMS)
 	@./dev/run_tests.sh $(addprefix ./,$(TEST_PROGRAMS)) $(TEST_SCRIPTS)
 
 bench: train
@@ -39,6 +43,6 @@ train_cu: train.cu $(HEADERS)
 	$(NVCC) -O3 -arch=native -o $@ train.cu -lcublas -lcublasLt
 
 clean:
-	rm -f train convert train_cu $(TEST_PROGRAMS)
+	rm -f train convert tokenize train_cu $(TEST_PROGRAMS)
 
 .PHONY: all test bench clean

@@ -75,6 +75,18 @@ static ModelHeader shape_header(const char *name) {
     exit(1);
 }
 
+// Wall-clock seconds, for progress lines and ETAs.
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void format_eta(char *buf, size_t n, double seconds) {
+    int s = (int)(seconds + 0.5);
+    snprintf(buf, n, "%d:%02d:%02d", s / 3600, s / 60 % 60, s % 60);
+}
+
 // A small, fast, seedable generator (xorshift64*), so runs are reproducible everywhere.
 typedef struct { uint64_t s; } Rng;
 static uint64_t rng_u64(Rng *r) {
@@ -595,6 +607,35 @@ static void crossentropy_backward(float *dlogits, const float *logits, const int
 // then logits = W_head rms_f(x_L). inputs/targets are [B,T]; targets may be NULL (no loss) and
 // -1 marks positions without a target. Returns the mean cross-entropy over the targets.
 
+// Layer l on the residual stream act[A_RESID] of layer l, writing that of layer l+1.
+static void layer_forward(Model *m, int l, int B, int T) {
+    const ModelHeader *c = &m->cfg;
+    int N = B * T, D = c->dim, F = c->hidden_dim, H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim;
+    int Hq = H * hd, Hkv = KV * hd;
+    float *x = act_l(m, A_RESID, l), *xn1 = act_l(m, A_XN1, l), *q = act_l(m, A_Q, l),
+          *k = act_l(m, A_K, l), *v = act_l(m, A_V, l), *att = act_l(m, A_ATT, l),
+          *mid = act_l(m, A_RESID_MID, l), *xn2 = act_l(m, A_XN2, l),
+          *gate = act_l(m, A_GATE, l), *up = act_l(m, A_UP, l), *hmid = act_l(m, A_HMID, l);
+    float *proj = m->act[A_PROJ];
+    // attention block
+    rmsnorm_forward(xn1, act_l(m, A_RSTD1, l), x, layer_tensor(m->fwd_t, m, T_ATTN_NORM, l), N, D, c->rms_norm_eps);
+    matmul_forward(q, m->act[A_MMT], xn1, layer_tensor(m->fwd_t, m, T_WQ, l), N, D, Hq);
+    matmul_forward(k, m->act[A_MMT], xn1, layer_tensor(m->fwd_t, m, T_WK, l), N, D, Hkv);
+    matmul_forward(v, m->act[A_MMT], xn1, layer_tensor(m->fwd_t, m, T_WV, l), N, D, Hkv);
+    rope_forward(q, m->rope_cos, m->rope_sin, B, T, H, hd);
+    rope_forward(k, m->rope_cos, m->rope_sin, B, T, KV, hd);
+    attention_forward(att, act_l(m, A_LSE, l), m->act[A_SCORES], q, k, v, B, T, H, KV, hd);
+    matmul_forward(proj, m->act[A_MMT], att, layer_tensor(m->fwd_t, m, T_WO, l), N, Hq, D);
+    residual_forward(mid, x, proj, (int64_t)N * D);
+    // MLP block
+    rmsnorm_forward(xn2, act_l(m, A_RSTD2, l), mid, layer_tensor(m->fwd_t, m, T_MLP_NORM, l), N, D, c->rms_norm_eps);
+    matmul_forward(gate, m->act[A_MMT], xn2, layer_tensor(m->fwd_t, m, T_WGATE, l), N, D, F);
+    matmul_forward(up, m->act[A_MMT], xn2, layer_tensor(m->fwd_t, m, T_WUP, l), N, D, F);
+    swiglu_forward(hmid, gate, up, (int64_t)N * F);
+    matmul_forward(proj, m->act[A_MMT], hmid, layer_tensor(m->fwd_t, m, T_WDOWN, l), N, F, D);
+    residual_forward(act_l(m, A_RESID, l + 1), mid, proj, (int64_t)N * D);
+}
+
 static void model_quantize(Model *m);
 
 static float model_forward(Model *m, const int *inputs, const int *targets, int B, int T) {
@@ -602,9 +643,7 @@ static float model_forward(Model *m, const int *inputs, const int *targets, int 
     if (m->quant_stale) model_quantize(m);
     if (T > c->max_seq_len) die("sequence length %d exceeds the model's context %d", T, c->max_seq_len);
     model_alloc_acts(m, B, T, m->grads != NULL);
-    int N = B * T, D = c->dim, F = c->hidden_dim, V = c->vocab_size, H = c->n_heads,
-        KV = c->n_kv_heads, hd = c->head_dim;
-    int Hq = H * hd, Hkv = KV * hd;
+    int N = B * T, D = c->dim, V = c->vocab_size;
     for (int i = 0; i < N; i++) {
         if (inputs[i] < 0 || inputs[i] >= V) die("token id %d out of range [0, %d)", inputs[i], V);
         if (targets && targets[i] >= V) die("target id %d out of range [0, %d)", targets[i], V);
@@ -614,30 +653,7 @@ static float model_forward(Model *m, const int *inputs, const int *targets, int 
     if (targets) memcpy(m->targets, targets, (size_t)N * sizeof(int));
 
     embedding_forward(act_l(m, A_RESID, 0), inputs, m->fwd_t[T_EMBED], N, D);
-    for (int l = 0; l < c->n_layers; l++) {
-        float *x = act_l(m, A_RESID, l), *xn1 = act_l(m, A_XN1, l), *q = act_l(m, A_Q, l),
-              *k = act_l(m, A_K, l), *v = act_l(m, A_V, l), *att = act_l(m, A_ATT, l),
-              *mid = act_l(m, A_RESID_MID, l), *xn2 = act_l(m, A_XN2, l),
-              *gate = act_l(m, A_GATE, l), *up = act_l(m, A_UP, l), *hmid = act_l(m, A_HMID, l);
-        float *proj = m->act[A_PROJ];
-        // attention block
-        rmsnorm_forward(xn1, act_l(m, A_RSTD1, l), x, layer_tensor(m->fwd_t, m, T_ATTN_NORM, l), N, D, c->rms_norm_eps);
-        matmul_forward(q, m->act[A_MMT], xn1, layer_tensor(m->fwd_t, m, T_WQ, l), N, D, Hq);
-        matmul_forward(k, m->act[A_MMT], xn1, layer_tensor(m->fwd_t, m, T_WK, l), N, D, Hkv);
-        matmul_forward(v, m->act[A_MMT], xn1, layer_tensor(m->fwd_t, m, T_WV, l), N, D, Hkv);
-        rope_forward(q, m->rope_cos, m->rope_sin, B, T, H, hd);
-        rope_forward(k, m->rope_cos, m->rope_sin, B, T, KV, hd);
-        attention_forward(att, act_l(m, A_LSE, l), m->act[A_SCORES], q, k, v, B, T, H, KV, hd);
-        matmul_forward(proj, m->act[A_MMT], att, layer_tensor(m->fwd_t, m, T_WO, l), N, Hq, D);
-        residual_forward(mid, x, proj, (int64_t)N * D);
-        // MLP block
-        rmsnorm_forward(xn2, act_l(m, A_RSTD2, l), mid, layer_tensor(m->fwd_t, m, T_MLP_NORM, l), N, D, c->rms_norm_eps);
-        matmul_forward(gate, m->act[A_MMT], xn2, layer_tensor(m->fwd_t, m, T_WGATE, l), N, D, F);
-        matmul_forward(up, m->act[A_MMT], xn2, layer_tensor(m->fwd_t, m, T_WUP, l), N, D, F);
-        swiglu_forward(hmid, gate, up, (int64_t)N * F);
-        matmul_forward(proj, m->act[A_MMT], hmid, layer_tensor(m->fwd_t, m, T_WDOWN, l), N, F, D);
-        residual_forward(act_l(m, A_RESID, l + 1), mid, proj, (int64_t)N * D);
-    }
+    for (int l = 0; l < c->n_layers; l++) layer_forward(m, l, B, T);
     rmsnorm_forward(m->act[A_XNF], m->act[A_RSTDF], act_l(m, A_RESID, c->n_layers), m->fwd_t[T_FINAL_NORM], N, D, c->rms_norm_eps);
     matmul_forward(m->logits, m->act[A_MMT], m->act[A_XNF], m->fwd_t[lm_head_tensor(m)], N, D, V);
     m->loss = targets ? crossentropy_forward(m->logits, targets, N, V) : 0.0f;
@@ -849,6 +865,66 @@ static void model_quant_backward(Model *m) {
     memset(m->dwq, 0, (size_t)m->n_codes * sizeof(float));
 }
 
+// The asymmetric clipping search that initialises the student (BitDistiller, Du et al. 2024).
+// Layer by layer, the full-precision model runs on calibration tokens and each linear's input X
+// is captured; clip_search_asym (quant.h) then picks, per group, how far to pull in its max and
+// min so that the LAYER OUTPUT X w changes least when the clipped weights are quantized, and the
+// weights are replaced by the clipped ones. The next layer sees this layer's output after
+// clipping. q and k are left alone: attention logits are too sensitive to clip (BitDistiller).
+// n_sample of the B*T positions (evenly spaced) are used for the error. Returns the summed
+// squared-error of round-to-nearest and of the clipped weights over all searched groups.
+typedef struct { double err_rtn, err_clipped; int64_t groups; } ClipResult;
+
+static ClipResult clip_model(Model *m, QuantSpec q, const int *tokens, int B, int T, int n_sample) {
+    if (m->quant.method != QUANT_NONE) die("--clip needs a full-precision model");
+    const ModelHeader *c = &m->cfg;
+    int N = B * T, D = c->dim;
+    model_alloc_acts(m, B, T, 0);
+    if (n_sample > N) n_sample = N;
+    static const int targets[5] = {T_WV, T_WO, T_WGATE, T_WUP, T_WDOWN};
+    static const int inputs[5] = {A_XN1, A_ATT, A_XN2, A_XN2, A_HMID};
+    int widest = D > c->hidden_dim ? D : c->hidden_dim;
+    if (c->n_heads * c->head_dim > widest) widest = c->n_heads * c->head_dim;
+    float *saved = malloc_or_die((size_t)N * D * sizeof(float), "clip: residual");
+    float *x = malloc_or_die((size_t)n_sample * widest * sizeof(float), "clip: inputs");
+    ClipResult r = {0, 0, 0};
+    double t0 = now_seconds();
+    embedding_forward(act_l(m, A_RESID, 0), tokens, m->fwd_t[T_EMBED], N, D);
+    for (int l = 0; l < c->n_layers; l++) {
+        memcpy(saved, act_l(m, A_RESID, 0), (size_t)N * D * sizeof(float));
+        layer_forward(m, l, B, T);  // inference activations: this layer's inputs stay captured
+        double before = 0, after = 0;
+        for (int i = 0; i < 5; i++) {
+            int t = targets[i], out, in;
+            linear_shape(m, t, &out, &in);
+            const float *src = act_l(m, inputs[i], l);
+            for (int k = 0; k < n_sample; k++)  // evenly spaced positions
+                memcpy(x + (int64_t)k * in, src + (int64_t)((int64_t)k * N / n_sample) * in, (size_t)in * sizeof(float));
+            int64_t groups = (int64_t)out * (in / quant_group_len(q, in));
+            float *w = layer_tensor(m->params_t, m, t, l);
+            float *wclip = malloc_or_die((size_t)out * in * sizeof(float), "clip: weights");
+            float *e0 = malloc_or_die((size_t)groups * sizeof(float), "clip: errors");
+            float *e1 = malloc_or_die((size_t)groups * sizeof(float), "clip: errors");
+            int rc = clip_search_asym(wclip, e0, e1, w, x, q, out, in, n_sample);
+            if (rc) die("--clip: %s of layer %d: %s", TENSOR_NAMES[t], l, quant_error_string(rc));
+            for (int64_t g = 0; g < groups; g++) { before += e0[g]; after += e1[g]; }
+            r.groups += groups;
+            memcpy(w, wclip, (size_t)out * in * sizeof(float));
+            free(wclip); free(e0); free(e1);
+        }
+        // this layer's output with its clipped weights: the next layer's input
+        memcpy(act_l(m, A_RESID, 0), saved, (size_t)N * D * sizeof(float));
+        layer_forward(m, l, B, T);
+        r.err_rtn += before;
+        r.err_clipped += after;
+        printf("clip: layer %2d/%d | output error of RTN %.4g -> clipped %.4g (%.1f%% lower) | %.1f s\n", l + 1,
+               c->n_layers, before, after, before > 0 ? 100.0 * (before - after) / before : 0.0, now_seconds() - t0);
+        fflush(stdout);
+    }
+    free(saved); free(x);
+    return r;
+}
+
 // ============================================================================================
 // 6. The optimizer
 //
@@ -975,17 +1051,6 @@ static void sample_batch(int *inputs, int *targets, const TokenStream *s, int B,
 // 1..T-1; ppl = exp(mean of the window losses).
 
 typedef struct { double ppl, mean_loss; int64_t windows; } PplResult;
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static void format_eta(char *buf, size_t n, double seconds) {
-    int s = (int)(seconds + 0.5);
-    snprintf(buf, n, "%d:%02d:%02d", s / 3600, s / 60 % 60, s % 60);
-}
 
 static PplResult eval_ppl(Model *m, const TokenStream *s, int T, int B, const char *path) {
     int64_t windows = s->n / T;
@@ -1202,6 +1267,8 @@ typedef struct {
     // quantization
     QuantSpec quant;
     int quant_given;
+    int clip, calib_seqs, calib_len, clip_tokens;
+    const char *calib;
     // other
     int threads, bench;
 } Args;
@@ -1223,6 +1290,12 @@ static void usage(void) {
         "  -g GROUP              weights per group along the input dimension, -1 = whole row [128]\n"
         "  -q METHOD             int | nf3 | nf4 | sign | onebit | ternary [int]; nf3, nf4, sign,\n"
         "                        onebit and ternary imply their bit width\n"
+        "  --clip                asymmetric clipping search (BitDistiller): write to -o the full-\n"
+        "                        precision weights clipped for -q/-b/-g (int, nf3, nf4)\n"
+        "  --calib FILE          .ids calibration tokens for --clip\n"
+        "  --calib-seqs N        calibration sequences [128, or what the file holds]\n"
+        "  --calib-len N         tokens per calibration sequence [min(1024, context)]\n"
+        "  --clip-tokens N       positions sampled for each linear's error [512]\n"
         "\n"
         "Training (cross-entropy on a token file; a quantized model trains its latent weights):\n"
         "  --train-tokens FILE   .ids file (whitespace-separated token ids) to train on\n"
@@ -1277,12 +1350,14 @@ static Args parse_args(int argc, char **argv) {
     memset(&a, 0, sizeof a);
     a.seed = 42; a.steps = 100; a.batch = 16; a.micro_batch = 4; a.eval_batch = 1;
     a.quant = (QuantSpec){QUANT_INT, 0, 128};
+    a.calib_seqs = 128; a.clip_tokens = 512;
     a.opt = (OptConfig){.lr = 2e-5f, .min_lr = 0.0f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f,
                         .weight_decay = 0.0f, .grad_clip = 1.0f, .warmup = 0, .schedule = SCHED_CONSTANT};
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         if (!strcmp(f, "-h") || !strcmp(f, "--help")) { usage(); exit(0); }
         if (!strcmp(f, "--bench")) { a.bench = 1; continue; }
+        if (!strcmp(f, "--clip")) { a.clip = 1; continue; }
         if (i + 1 >= argc) die("%s: missing value (see ./train --help)", f);
         const char *v = argv[++i];
         if (!strcmp(f, "-m")) a.model_path = v;
@@ -1318,6 +1393,10 @@ static Args parse_args(int argc, char **argv) {
         else if (!strcmp(f, "-T")) a.eval_T = parse_int(f, v);
         else if (!strcmp(f, "--eval-batch")) a.eval_batch = parse_int(f, v);
         else if (!strcmp(f, "--threads")) a.threads = parse_int(f, v);
+        else if (!strcmp(f, "--calib")) a.calib = v;
+        else if (!strcmp(f, "--calib-seqs")) a.calib_seqs = parse_int(f, v);
+        else if (!strcmp(f, "--calib-len")) a.calib_len = parse_int(f, v);
+        else if (!strcmp(f, "--clip-tokens")) a.clip_tokens = parse_int(f, v);
         else if (!strcmp(f, "-b")) { a.quant.bits = parse_int(f, v); a.quant_given = 1; }
         else if (!strcmp(f, "-g")) { a.quant.group = parse_int(f, v); a.quant_given = 1; }
         else if (!strcmp(f, "-q")) {
@@ -1335,6 +1414,9 @@ static Args parse_args(int argc, char **argv) {
     if (!(a.opt.lr >= 0) || !(a.opt.beta1 >= 0 && a.opt.beta1 < 1) || !(a.opt.beta2 >= 0 && a.opt.beta2 < 1) || !(a.opt.eps > 0))
         die("--lr must be >= 0, betas in [0, 1), --adam-eps > 0");
     if (a.threads < 0) die("--threads must be positive");
+    if (a.clip && (!a.calib || !a.out_path || !a.quant_given))
+        die("--clip needs --calib FILE, -o OUT and the quantization it prepares for (-q/-b/-g)");
+    if (a.calib_seqs < 1 || a.calib_len < 0 || a.clip_tokens < 1) die("--calib-seqs, --calib-len and --clip-tokens must be positive");
     if (a.quant_given) {  // int without -b means "not quantized" (-b 16)
         if (a.quant.method == QUANT_INT && a.quant.bits == 0) a.quant.bits = 16;
         const char *why = quant_spec_check(&a.quant, 0);
@@ -1478,7 +1560,9 @@ int main(int argc, char **argv) {
         init_params(&c, p, a.seed);
         model_setup(&m, &c, p);
     }
-    if (a.quant_given && a.quant.method != QUANT_NONE) {
+    if (a.clip && a.quant.method != QUANT_INT && a.quant.method != QUANT_NF3 && a.quant.method != QUANT_NF4)
+        die("--clip searches per-group ranges: use -q int, nf3 or nf4");
+    if (a.quant_given && a.quant.method != QUANT_NONE && !a.clip) {
         QuantSpec have = m.quant;
         if (have.method == QUANT_NONE) model_apply_quant(&m, a.quant);
         else if (have.method != a.quant.method || have.bits != a.quant.bits || have.group != a.quant.group)
@@ -1513,6 +1597,26 @@ int main(int argc, char **argv) {
         TrainResult r = train_loop(&m, &a, &data, T);
         JSON_ADD("\"train\": {\"steps\": %d, \"final_loss\": %.6f, \"tokens_per_s\": %.1f}", a.steps, r.final_loss, r.tokens_per_s);
         free(data.ids);
+    }
+    if (a.clip) {
+        ModelHeader probe = m.cfg;  // the spec must fit every linear of this model
+        probe.quant_method = a.quant.method; probe.quant_bits = a.quant.bits; probe.quant_group = a.quant.group;
+        const char *why = header_problem(&probe);
+        if (why) die("--clip with -q %s -b %d -g %d: %s", quant_method_name(a.quant.method), a.quant.bits, a.quant.group, why);
+        TokenStream s = load_ids(a.calib, c->vocab_size);
+        int Tc = a.calib_len ? a.calib_len : (c->max_seq_len < 1024 ? c->max_seq_len : 1024);
+        if (Tc > c->max_seq_len) die("--calib-len %d exceeds the model's context %d", Tc, c->max_seq_len);
+        int Bc = (int)(s.n / Tc) < a.calib_seqs ? (int)(s.n / Tc) : a.calib_seqs;
+        if (Bc < 1) die("%s: %lld tokens, fewer than one calibration sequence of %d", a.calib, (long long)s.n, Tc);
+        printf("clip: %d calibration sequences x %d tokens from %s, %d positions per linear, -q %s -b %d -g %d\n",
+               Bc, Tc, a.calib, a.clip_tokens < Bc * Tc ? a.clip_tokens : Bc * Tc, quant_method_name(a.quant.method),
+               a.quant.bits, a.quant.group);
+        ClipResult r = clip_model(&m, a.quant, s.ids, Bc, Tc, a.clip_tokens);
+        printf("clip: %lld groups searched; total output error of RTN %.6g -> clipped %.6g\n", (long long)r.groups,
+               r.err_rtn, r.err_clipped);
+        JSON_ADD("\"clip\": {\"groups\": %lld, \"err_rtn\": %.8g, \"err_clipped\": %.8g, \"seqs\": %d, \"len\": %d}",
+                 (long long)r.groups, r.err_rtn, r.err_clipped, Bc, Tc);
+        free(s.ids);
     }
     if (a.out_path) {  // written before evaluation, so a long evaluation cannot lose the training
         ModelHeader out = m.cfg;
