@@ -58,6 +58,19 @@ q2b=$(ev "$tmp/s2.bin")
 a=$(ppl < "$tmp/sign.out"); b=$(ev "$tmp/sign.bin")
 [ "$a" = "$b" ] && ok "sign student (learned alpha, beta) round-trips through its file" || bad "sign reload $a vs $b"
 
+# clipping search: lowers the layer-output error of 2-bit RTN, writes a full-precision model
+./train -m "$tmp/teacher.bin" --clip --calib "$tmp/c/train.ids" --calib-seqs 8 --calib-len 128 -q int -b 2 -g 64 \
+    -o "$tmp/clipped.bin" > "$tmp/clip.out" || bad "--clip run"
+er=$(tail -n 1 "$tmp/clip.out" | sed 's/.*"err_rtn": \([0-9.e+-]*\).*/\1/')
+ec=$(tail -n 1 "$tmp/clip.out" | sed 's/.*"err_clipped": \([0-9.e+-]*\).*/\1/')
+awk -v r="$er" -v c="$ec" 'BEGIN { exit !(c < r) }' && ok "clipping lowers the output error ($er -> $ec)" || bad "clip error $er -> $ec"
+grep -c '^clip: layer' "$tmp/clip.out" | grep -qx 4 && ok "clipping reports every layer" || bad "clip layer lines"
+./train -m "$tmp/clipped.bin" --eval-ppl "$tmp/v.ids" -T 128 | grep -q '^quantization' && bad "clipped model should be full precision" || ok "the clipped model is full precision"
+rc=$(ev "$tmp/clipped.bin" -q int -b 2 -g 64)
+printf '  (2-bit RTN ppl: plain %s, clipped %s)\n' "${r[int2]}" "$rc"
+expect_error "--clip with sign" "use -q int, nf3 or nf4" ./train -m "$tmp/teacher.bin" --clip --calib "$tmp/c/train.ids" -q sign -o "$tmp/x.bin"
+expect_error "--clip without --calib" "--clip needs --calib" ./train -m "$tmp/teacher.bin" --clip -q int -b 2 -o "$tmp/x.bin"
+
 expect_error "int at 5 bits" "int supports 1, 2, 3, 4 or 8 bits" ./train -m "$tmp/teacher.bin" -q int -b 5
 expect_error "nf3 at 2 bits" "nf3 is a 3-bit quantizer" ./train -m "$tmp/teacher.bin" -q nf3 -b 2
 expect_error "unknown quantizer" "unknown quantizer 'int9'" ./train -m "$tmp/teacher.bin" -q int9 -b 2
