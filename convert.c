@@ -7,6 +7,16 @@
 // Hugging Face folders: config.json, and model.safetensors or model.safetensors.index.json with
 // its shards; tensors F32, BF16 or F16. config.json may be in the classic form (rope_theta,
 // rope_scaling, torch_dtype) or the transformers >= 5 form (rope_parameters, dtype).
+//
+// Decisions worth knowing:
+//   - model_type must be "llama"; `architectures`, when present, must list LlamaForCausalLM.
+//   - A tied model (tie_word_embeddings true) takes its LM head from the embedding. If the
+//     checkpoint also holds lm_head.weight, it is ignored, as transformers' tie_weights()
+//     ignores it too.
+//   - Tensors the table does not name (rotary_emb.inv_freq, ...) are ignored.
+//   - The .bin keeps 16-bit checkpoints (BF16 or F16 tensors) as bf16, others as f32, unless
+//     --dtype says otherwise. --to-hf writes the .bin's dtype.
+//   - Nothing is written until every input has been validated; outputs are written atomically.
 #include "model.h"
 #include "safetensors.h"
 
@@ -27,21 +37,41 @@ static void join_path(char *out, size_t n, const char *dir, const char *name) {
 // ---------------------------------------------------------------------------------------------
 // config.json -> ModelHeader
 
+// A field that is present must have the right type: a wrong one is an error, not a default.
 static int config_int(const Json *cfg, const char *key, int dflt, const char *path, int required) {
     const Json *v = json_get(cfg, key);
     if (!v || v->type == JSON_NULL) {
         if (required) die("%s: missing \"%s\"", path, key);
         return dflt;
     }
-    if (v->type != JSON_NUMBER || v->number != (double)(int)v->number) die("%s: \"%s\" must be an integer", path, key);
+    if (v->type != JSON_NUMBER || !(v->number >= -2147483648.0 && v->number <= 2147483647.0) ||
+        v->number != (double)(int)v->number)
+        die("%s: \"%s\" must be an integer", path, key);
     return (int)v->number;
 }
 
-// bos/eos ids may be an integer, a list (the first is taken) or null.
-static int config_token_id(const Json *cfg, const char *key) {
+static double config_number(const Json *cfg, const char *key, double dflt, const char *path) {
     const Json *v = json_get(cfg, key);
-    if (v && v->type == JSON_ARRAY && v->n > 0) v = &v->items[0];
-    return v && v->type == JSON_NUMBER ? (int)v->number : -1;
+    if (!v || v->type == JSON_NULL) return dflt;
+    if (v->type != JSON_NUMBER) die("%s: \"%s\" must be a number", path, key);
+    return v->number;
+}
+
+static int config_bool(const Json *cfg, const char *key, int dflt, const char *path) {
+    const Json *v = json_get(cfg, key);
+    if (!v || v->type == JSON_NULL) return dflt;
+    if (v->type != JSON_BOOL) die("%s: \"%s\" must be true or false", path, key);
+    return (int)v->number;
+}
+
+// bos/eos ids may be an integer, a list (the first is taken) or null (-1: unknown).
+static int config_token_id(const Json *cfg, const char *key, const char *path) {
+    const Json *v = json_get(cfg, key);
+    if (v && v->type == JSON_ARRAY) v = v->n > 0 ? &v->items[0] : NULL;
+    if (!v || v->type == JSON_NULL) return -1;
+    if (v->type != JSON_NUMBER || !(v->number >= 0 && v->number <= 2147483647.0) || v->number != (double)(int)v->number)
+        die("%s: \"%s\" must be a token id, a list of them, or null", path, key);
+    return (int)v->number;
 }
 
 static const char *config_dtype(const Json *cfg) {
@@ -70,9 +100,8 @@ static ModelHeader read_config(const char *dir) {
             found |= arch->items[i].type == JSON_STRING && !strcmp(arch->items[i].string, "LlamaForCausalLM");
         if (!found) die("%s: architectures does not include LlamaForCausalLM", path);
     }
-    const Json *b1 = json_get(cfg, "attention_bias"), *b2 = json_get(cfg, "mlp_bias");
-    if ((b1 && b1->type == JSON_BOOL && b1->number) || (b2 && b2->type == JSON_BOOL && b2->number))
-        die("%s: attention_bias / mlp_bias are not supported", path);
+    if (config_bool(cfg, "attention_bias", 0, path)) die("%s: attention_bias true is not supported", path);
+    if (config_bool(cfg, "mlp_bias", 0, path)) die("%s: mlp_bias true is not supported", path);
     const char *act = json_get_string(cfg, "hidden_act");
     if (act && strcmp(act, "silu") != 0) die("%s: hidden_act \"%s\", only silu is supported", path, act);
 
@@ -85,27 +114,30 @@ static ModelHeader read_config(const char *dir) {
     c.vocab_size = config_int(cfg, "vocab_size", 0, path, 1);
     c.max_seq_len = config_int(cfg, "max_position_embeddings", 2048, path, 0);
     if (c.n_heads <= 0) die("%s: num_attention_heads must be positive", path);
+    if (!json_get(cfg, "head_dim") && c.dim % c.n_heads != 0)
+        die("%s: hidden_size %d is not a multiple of num_attention_heads %d (and no head_dim given)", path, c.dim, c.n_heads);
     c.head_dim = config_int(cfg, "head_dim", c.dim / c.n_heads, path, 0);
-    const Json *tie = json_get(cfg, "tie_word_embeddings");
-    c.tied = tie && tie->type == JSON_BOOL && tie->number;
-    c.rms_norm_eps = (float)json_get_number(cfg, "rms_norm_eps", 1e-6);
-    c.bos_id = config_token_id(cfg, "bos_token_id");
-    c.eos_id = config_token_id(cfg, "eos_token_id");
+    c.tied = config_bool(cfg, "tie_word_embeddings", 0, path);
+    c.rms_norm_eps = (float)config_number(cfg, "rms_norm_eps", 1e-6, path);
+    c.bos_id = config_token_id(cfg, "bos_token_id", path);
+    c.eos_id = config_token_id(cfg, "eos_token_id", path);
 
     // RoPE: classic (rope_theta + rope_scaling) or transformers >= 5 (rope_parameters)
     const Json *rp = json_get(cfg, "rope_parameters");
     const Json *scaling = rp && rp->type == JSON_OBJECT ? rp : json_get(cfg, "rope_scaling");
-    c.rope_theta = (float)json_get_number(rp && rp->type == JSON_OBJECT ? rp : cfg, "rope_theta",
-                                          json_get_number(cfg, "rope_theta", 10000.0));
+    if (rp && rp->type != JSON_OBJECT && rp->type != JSON_NULL) die("%s: rope_parameters must be an object or null", path);
+    c.rope_theta = (float)config_number(rp && rp->type == JSON_OBJECT ? rp : cfg, "rope_theta",
+                                        config_number(cfg, "rope_theta", 10000.0, path), path);
     if (scaling && scaling->type == JSON_OBJECT) {
         const char *rt = json_get_string(scaling, "rope_type");
-        if (!rt) rt = json_get_string(scaling, "type");
+        if (!rt) rt = json_get_string(scaling, "type");  // the older spelling
+        if (!rt && scaling != rp) die("%s: rope_scaling has no rope_type", path);
         if (rt && !strcmp(rt, "llama3")) {
             c.rope_scaling = ROPE_LLAMA3;
-            c.rope_factor = (float)json_get_number(scaling, "factor", 0);
-            c.rope_low_freq_factor = (float)json_get_number(scaling, "low_freq_factor", 0);
-            c.rope_high_freq_factor = (float)json_get_number(scaling, "high_freq_factor", 0);
-            c.rope_original_max_pos = (int)json_get_number(scaling, "original_max_position_embeddings", 0);
+            c.rope_factor = (float)config_number(scaling, "factor", 0, path);
+            c.rope_low_freq_factor = (float)config_number(scaling, "low_freq_factor", 0, path);
+            c.rope_high_freq_factor = (float)config_number(scaling, "high_freq_factor", 0, path);
+            c.rope_original_max_pos = config_int(scaling, "original_max_position_embeddings", 0, path, 0);
         } else if (rt && strcmp(rt, "default") != 0) {
             die("%s: rope type \"%s\" is not supported (only default and llama3)", path, rt);
         }
@@ -123,50 +155,69 @@ static ModelHeader read_config(const char *dir) {
 // ---------------------------------------------------------------------------------------------
 // Hugging Face weights -> parameter buffer
 
+// The weights of a folder: one model.safetensors, or the shards an index names. With an index,
+// its weight_map says which shard holds each tensor, and that is where it is looked up.
 typedef struct {
     int n;
     SafeTensors files[MAX_SHARDS];
+    Json *index;                 // model.safetensors.index.json, NULL for a single file
+    const Json *weight_map;      // tensor name -> shard file name
+    char index_path[4096];
 } Shards;
+
+static int shard_named(const Shards *s, const char *file) {
+    for (int k = 0; k < s->n; k++) {
+        const char *base = strrchr(s->files[k].path, '/');
+        if (!strcmp(base ? base + 1 : s->files[k].path, file)) return k;
+    }
+    return -1;
+}
 
 static void open_shards(Shards *s, const char *dir) {
     char path[4096];
-    s->n = 0;
     join_path(path, sizeof path, dir, "model.safetensors");
     if (file_exists(path)) { st_open(&s->files[s->n++], path); return; }
-    join_path(path, sizeof path, dir, "model.safetensors.index.json");
-    if (!file_exists(path)) die("%s: no model.safetensors or model.safetensors.index.json", dir);
+    join_path(s->index_path, sizeof s->index_path, dir, "model.safetensors.index.json");
+    if (!file_exists(s->index_path)) die("%s: no model.safetensors or model.safetensors.index.json", dir);
     size_t len;
-    char *text = read_file_or_die(path, &len);
+    char *text = read_file_or_die(s->index_path, &len);
     char err[256];
-    Json *idx = json_parse(text, len, err, sizeof err);
+    s->index = json_parse(text, len, err, sizeof err);
     free(text);
-    if (!idx) die("%s: malformed JSON: %s", path, err);
-    const Json *map = json_get(idx, "weight_map");
-    if (!map || map->type != JSON_OBJECT) die("%s: no weight_map object", path);
-    for (int i = 0; i < map->n; i++) {
-        const Json *f = &map->items[i];
-        if (f->type != JSON_STRING || strchr(f->string, '/') || !strcmp(f->string, "..") || !f->string[0])
-            die("%s: weight_map entry for '%s' is not a plain file name", path, map->keys[i]);
-        int seen = 0;
-        for (int k = 0; k < s->n && !seen; k++) {
-            const char *base = strrchr(s->files[k].path, '/');
-            seen = !strcmp(base ? base + 1 : s->files[k].path, f->string);
-        }
-        if (seen) continue;
-        if (s->n == MAX_SHARDS) die("%s: more than %d shards", path, MAX_SHARDS);
+    if (!s->index) die("%s: malformed JSON: %s", s->index_path, err);
+    s->weight_map = json_get(s->index, "weight_map");
+    if (!s->weight_map || s->weight_map->type != JSON_OBJECT) die("%s: no weight_map object", s->index_path);
+    for (int i = 0; i < s->weight_map->n; i++) {
+        const Json *f = &s->weight_map->items[i];
+        // shard names are plain file names inside the folder, never paths out of it
+        if (f->type != JSON_STRING || strchr(f->string, '/') || !strcmp(f->string, "..") || !f->string[0] ||
+            strlen(f->string) != f->string_len)
+            die("%s: weight_map entry for '%s' is not a plain file name", s->index_path, s->weight_map->keys[i]);
+        if (shard_named(s, f->string) >= 0) continue;
+        if (s->n == MAX_SHARDS) die("%s: more than %d shards", s->index_path, MAX_SHARDS);
         char shard[4096];
         join_path(shard, sizeof shard, dir, f->string);
         st_open(&s->files[s->n++], shard);
     }
-    json_free(idx);
 }
 
+static void close_shards(Shards *s) {
+    for (int i = 0; i < s->n; i++) st_close(&s->files[i]);
+    json_free(s->index);
+}
+
+// The tensor called `name` and the file holding it, or NULL if the checkpoint has none.
 static const StTensor *find_tensor(const Shards *s, const char *name, const SafeTensors **file) {
-    for (int i = 0; i < s->n; i++) {
-        const StTensor *t = st_find(&s->files[i], name);
-        if (t) { *file = &s->files[i]; return t; }
+    if (!s->index) {
+        *file = &s->files[0];
+        return st_find(&s->files[0], name);
     }
-    return NULL;
+    const char *shard = json_get_string(s->weight_map, name);
+    if (!shard) return NULL;
+    *file = &s->files[shard_named(s, shard)];
+    const StTensor *t = st_find(*file, name);
+    if (!t) die("%s: weight_map puts '%s' in %s, which does not hold it", s->index_path, name, shard);
+    return t;
 }
 
 // Reads every tensor of the table, checking each shape against the config.
@@ -189,7 +240,7 @@ static float *read_hf_weights(const char *dir, ModelHeader *c) {
             snprintf(name, sizeof name, TENSOR_HF_NAMES[t], l);
             const SafeTensors *file;
             const StTensor *st = find_tensor(s, name, &file);
-            if (!st) die("%s: tensor '%s' not found", dir, name);
+            if (!st) die("%s: tensor '%s' not found", s->index ? s->index_path : s->files[0].path, name);
             int is_vec = rows == 1 && t != T_EMBED && t != T_LM_HEAD;
             int ok = is_vec ? st->ndim == 1 && st->shape[0] == cols
                             : st->ndim == 2 && st->shape[0] == rows && st->shape[1] == cols;
@@ -201,10 +252,13 @@ static float *read_hf_weights(const char *dir, ModelHeader *c) {
                 die("%s: tensor '%s' has shape [%s], config.json implies [%lld, %lld]", file->path, name, found, (long long)rows, (long long)cols);
             }
             sixteen |= st->dtype == ST_BF16 || st->dtype == ST_F16;
-            st_read_f32(file, st, ptrs[t] + (int64_t)l * rows * cols);
+            float *dst = ptrs[t] + (int64_t)l * rows * cols;
+            st_read_f32(file, st, dst);
+            for (int64_t i = 0; i < rows * cols; i++)
+                if (!isfinite(dst[i])) die("%s: tensor '%s' has a NaN or Inf at element %lld", file->path, name, (long long)i);
         }
     }
-    for (int i = 0; i < s->n; i++) st_close(&s->files[i]);
+    close_shards(s);
     free(s);
     c->dtype = sixteen ? DTYPE_BF16 : DTYPE_F32;
     return params;
@@ -216,8 +270,6 @@ static void import_hf(const char *dir, const char *out, int dtype) {
     if (dtype >= 0) c.dtype = dtype;
     int64_t sizes[N_TENSORS];
     int64_t n = tensor_sizes(&c, sizes);
-    for (int64_t i = 0; i < n; i++)
-        if (!isfinite(params[i])) die("%s: weight %lld is NaN or Inf", dir, (long long)i);
     model_save(out, &c, params);
     printf("wrote %s: %lld parameters, %s, dim %d, %d layers, %d heads (%d kv), vocab %d%s\n", out, (long long)n,
            c.dtype == DTYPE_BF16 ? "bf16" : "f32", c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size,
@@ -229,44 +281,62 @@ static void import_hf(const char *dir, const char *out, int dtype) {
 // ---------------------------------------------------------------------------------------------
 // .bin -> Hugging Face folder
 
+// The shortest decimal that reads back as the same float ("1e-05", not "9.99999975e-06"), so
+// config.json looks like the ones on the hub and the round trip .bin -> HF -> .bin is exact.
+static void float_str(char *out, size_t n, float x) {
+    for (int digits = 6; digits <= 9; digits++) {
+        snprintf(out, n, "%.*g", digits, x);
+        if (strtof(out, NULL) == x) break;
+    }
+    if (!strpbrk(out, ".en")) snprintf(out + strlen(out), n - strlen(out), ".0");  // keep it a float in JSON readers
+}
+
+// config.json in the classic form, which transformers 4.x and 5.x both read.
+static int hf_config_text(char *cfg, size_t size, const ModelHeader *c, int stored_dtype) {
+    char rope[512] = "null", eps[32], theta[32], f1[32], f2[32], f3[32];
+    float_str(eps, sizeof eps, c->rms_norm_eps);
+    float_str(theta, sizeof theta, c->rope_theta);
+    if (c->rope_scaling == ROPE_LLAMA3) {
+        float_str(f1, sizeof f1, c->rope_factor);
+        float_str(f2, sizeof f2, c->rope_low_freq_factor);
+        float_str(f3, sizeof f3, c->rope_high_freq_factor);
+        snprintf(rope, sizeof rope, "{\"rope_type\": \"llama3\", \"factor\": %s, \"low_freq_factor\": %s, "
+                 "\"high_freq_factor\": %s, \"original_max_position_embeddings\": %d}", f1, f2, f3, c->rope_original_max_pos);
+    }
+    char bos[16] = "null", eos[16] = "null";
+    if (c->bos_id >= 0) snprintf(bos, sizeof bos, "%d", c->bos_id);
+    if (c->eos_id >= 0) snprintf(eos, sizeof eos, "%d", c->eos_id);
+    int n = snprintf(cfg, size,
+        "{\n  \"architectures\": [\"LlamaForCausalLM\"],\n  \"model_type\": \"llama\",\n"
+        "  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n  \"num_hidden_layers\": %d,\n"
+        "  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n  \"head_dim\": %d,\n"
+        "  \"vocab_size\": %d,\n  \"max_position_embeddings\": %d,\n  \"rms_norm_eps\": %s,\n"
+        "  \"rope_theta\": %s,\n  \"rope_scaling\": %s,\n  \"tie_word_embeddings\": %s,\n"
+        "  \"bos_token_id\": %s,\n  \"eos_token_id\": %s,\n  \"torch_dtype\": \"%s\",\n"
+        "  \"hidden_act\": \"silu\",\n  \"attention_bias\": false,\n  \"mlp_bias\": false,\n"
+        "  \"initializer_range\": 0.02\n}\n",
+        c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim, c->vocab_size, c->max_seq_len,
+        eps, theta, rope, c->tied ? "true" : "false", bos, eos, stored_dtype == DTYPE_BF16 ? "bfloat16" : "float32");
+    if (n < 0 || (size_t)n >= size) die("config.json text too long");
+    return n;
+}
+
 static void export_hf(const char *in, const char *dir) {
-    // the stored dtype decides the safetensors dtype
+    // the stored dtype decides the safetensors dtype; model_load validates the whole file first
     FILE *f = fopen_or_die(in, "rb");
     ModelHeader stored;
     if (fread(&stored, sizeof stored, 1, f) != 1) die("%s: truncated file (smaller than the header)", in);
     fclose(f);
     ModelHeader c;
     float *params = model_load(in, &c);
+    // A quantized model stores latent weights; exporting them would silently drop the
+    // quantization, so only full-precision models go out.
+    if (c.quant_method != QUANT_NONE)
+        die("%s: a quantized model (%s, %d bits): --to-hf exports full-precision models only", in,
+            quant_method_name(c.quant_method), c.quant_bits);
     if (mkdir(dir, 0755) != 0 && errno != EEXIST) die("%s: cannot create folder (%s)", dir, strerror(errno));
 
-    char path[4096];
-    join_path(path, sizeof path, dir, "config.json");
-    char cfg[4096], rope[512] = "null";
-    if (c.rope_scaling == ROPE_LLAMA3)
-        snprintf(rope, sizeof rope, "{\"rope_type\": \"llama3\", \"factor\": %.9g, \"low_freq_factor\": %.9g, "
-                 "\"high_freq_factor\": %.9g, \"original_max_position_embeddings\": %d}",
-                 c.rope_factor, c.rope_low_freq_factor, c.rope_high_freq_factor, c.rope_original_max_pos);
-    char bos[16] = "null", eos[16] = "null";
-    if (c.bos_id >= 0) snprintf(bos, sizeof bos, "%d", c.bos_id);
-    if (c.eos_id >= 0) snprintf(eos, sizeof eos, "%d", c.eos_id);
-    int n = snprintf(cfg, sizeof cfg,
-        "{\n  \"architectures\": [\"LlamaForCausalLM\"],\n  \"model_type\": \"llama\",\n"
-        "  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n  \"num_hidden_layers\": %d,\n"
-        "  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n  \"head_dim\": %d,\n"
-        "  \"vocab_size\": %d,\n  \"max_position_embeddings\": %d,\n  \"rms_norm_eps\": %.9g,\n"
-        "  \"rope_theta\": %.9g,\n  \"rope_scaling\": %s,\n  \"tie_word_embeddings\": %s,\n"
-        "  \"bos_token_id\": %s,\n  \"eos_token_id\": %s,\n  \"torch_dtype\": \"%s\",\n"
-        "  \"hidden_act\": \"silu\",\n  \"attention_bias\": false,\n  \"mlp_bias\": false,\n"
-        "  \"initializer_range\": 0.02\n}\n",
-        c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab_size, c.max_seq_len,
-        c.rms_norm_eps, c.rope_theta, rope, c.tied ? "true" : "false", bos, eos,
-        stored.dtype == DTYPE_BF16 ? "bfloat16" : "float32");
-    AtomicFile a;
-    atomic_open(&a, path);
-    atomic_write(&a, cfg, (size_t)n);
-    atomic_commit(&a);
-
-    // one safetensors entry per table tensor and layer
+    // one safetensors entry per table tensor and layer, under its Hugging Face name
     float *ptrs[N_TENSORS];
     tensor_carve(&c, params, ptrs);
     int cap = N_TENSORS * c.n_layers, count = 0;
@@ -275,7 +345,7 @@ static void export_hf(const char *in, const char *dir) {
     int64_t (*shapes)[ST_MAX_DIMS] = calloc_or_die((size_t)cap, sizeof *shapes, "shapes");
     int *ndims = calloc_or_die((size_t)cap, sizeof(int), "ndims");
     for (int t = 0; t < N_TENSORS; t++) {
-        if (!ptrs[t]) continue;
+        if (!ptrs[t]) continue;  // lm_head of a tied model
         int64_t rows, cols;
         tensor_slice_shape(&c, t, &rows, &cols);
         int layers = tensor_is_per_layer(t) ? c.n_layers : 1, is_vec = rows == 1 && t != T_EMBED && t != T_LM_HEAD;
@@ -289,10 +359,21 @@ static void export_hf(const char *in, const char *dir) {
             count++;
         }
     }
+    char path[4096];
     join_path(path, sizeof path, dir, "model.safetensors");
     st_write(path, count, (const char *const *)names, data, (const int64_t(*)[ST_MAX_DIMS])shapes, ndims,
              stored.dtype == DTYPE_BF16 ? ST_BF16 : ST_F32);
-    printf("wrote %s/config.json and %s/model.safetensors (%d tensors)\n", dir, dir, count);
+
+    // config.json last: a folder with a config.json is a complete one
+    char cfg[4096];
+    int n = hf_config_text(cfg, sizeof cfg, &c, stored.dtype);
+    join_path(path, sizeof path, dir, "config.json");
+    AtomicFile a;
+    atomic_open(&a, path);
+    atomic_write(&a, cfg, (size_t)n);
+    atomic_commit(&a);
+    printf("wrote %s/model.safetensors (%d tensors, %s) and %s/config.json\n", dir, count,
+           stored.dtype == DTYPE_BF16 ? "BF16" : "F32", dir);
     printf("{\"out\": \"%s\", \"tensors\": %d}\n", dir, count);
     for (int i = 0; i < count; i++) free(names[i]);
     free(names); free(data); free(shapes); free(ndims); free(params);
@@ -333,10 +414,13 @@ static void import_llama2c(const char *in, const char *out) {
     fread_exact(h, sizeof h, f, in);
     ModelHeader c = header_defaults();
     c.dim = h[0]; c.hidden_dim = h[1]; c.n_layers = h[2]; c.n_heads = h[3]; c.n_kv_heads = h[4];
-    c.vocab_size = h[5] < 0 ? -h[5] : h[5]; c.max_seq_len = h[6];
+    c.vocab_size = h[5] == INT32_MIN ? 0 : h[5] < 0 ? -h[5] : h[5]; c.max_seq_len = h[6];
     c.tied = h[5] > 0;
     c.bos_id = 1; c.eos_id = 2;
-    if (c.n_heads <= 0 || c.dim <= 0 || c.dim % c.n_heads) die("%s: dim %d is not a multiple of n_heads %d", in, c.dim, c.n_heads);
+    const char *field[7] = {"dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len"};
+    for (int i = 0; i < 7; i++)
+        if (h[i] == 0 || (h[i] < 0 && i != 5)) die("%s: llama2.c header: %s = %d, must be positive", in, field[i], h[i]);
+    if (c.dim % c.n_heads) die("%s: llama2.c header: dim %d is not a multiple of n_heads %d", in, c.dim, c.n_heads);
     c.head_dim = c.dim / c.n_heads;
     const char *why = header_problem(&c);
     if (why) die("%s: %s", in, why);
@@ -371,18 +455,27 @@ static void import_llama2c(const char *in, const char *out) {
 }
 
 int main(int argc, char **argv) {
-    if (argc >= 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) { usage(); return 0; }
-    if (argc == 4 && !strcmp(argv[1], "--to-hf")) { export_hf(argv[2], argv[3]); return 0; }
-    if (argc == 4 && !strcmp(argv[1], "--from-llama2c")) { import_llama2c(argv[2], argv[3]); return 0; }
-    int dtype = -1;
-    if (argc == 5 && !strcmp(argv[3], "--dtype")) {
-        if (!strcmp(argv[4], "f32")) dtype = DTYPE_F32;
-        else if (!strcmp(argv[4], "bf16")) dtype = DTYPE_BF16;
-        else die("--dtype: expected f32 or bf16, got '%s'", argv[4]);
-    } else if (argc != 3 || argv[1][0] == '-') {
-        usage();
-        die("bad arguments (see ./convert --help)");
+    const char *pos[3];
+    int npos = 0, dtype = -1, mode = 0;  // mode 0: HF import, 1: --to-hf, 2: --from-llama2c
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(); return 0; }
+        else if (!strcmp(a, "--to-hf")) mode = 1;
+        else if (!strcmp(a, "--from-llama2c")) mode = 2;
+        else if (!strcmp(a, "--dtype")) {
+            if (i + 1 >= argc) die("--dtype: needs a value (f32 or bf16)");
+            const char *v = argv[++i];
+            if (!strcmp(v, "f32")) dtype = DTYPE_F32;
+            else if (!strcmp(v, "bf16")) dtype = DTYPE_BF16;
+            else die("--dtype: expected f32 or bf16, got '%s'", v);
+        } else if (a[0] == '-' && a[1]) die("unknown flag '%s' (see ./convert --help)", a);
+        else if (npos == 2) die("too many arguments: '%s' (see ./convert --help)", a);
+        else pos[npos++] = a;
     }
-    import_hf(argv[1], argv[2], dtype);
+    if (npos != 2) die("expected two paths, got %d (see ./convert --help)", npos);
+    if (dtype >= 0 && mode != 0) die("--dtype applies to Hugging Face imports only");
+    if (mode == 1) export_hf(pos[0], pos[1]);
+    else if (mode == 2) import_llama2c(pos[0], pos[1]);
+    else import_hf(pos[0], pos[1], dtype);
     return 0;
 }

@@ -1,9 +1,19 @@
 // json.h — a small, strict JSON reader (RFC 8259) for config.json, safetensors headers,
 // tokenizer.json and data files.
 //
-// json_parse builds a tree; it never reads past `len`, limits nesting depth, and reports the
-// first error as "line L, column C: what". Strings are decoded to UTF-8 (\uXXXX escapes with
-// surrogate pairs included) and NUL-terminated; string_len counts their bytes.
+// json_parse builds a tree; it never reads past `len`, limits nesting depth (JSON_MAX_DEPTH),
+// and reports the first error as "line L, column C: what" (columns count bytes). Strict means:
+// no comments, no trailing commas, no single quotes, no leading zeros or bare '.5', no NaN, raw
+// text must be valid UTF-8, and control characters inside strings must be escaped. Strings are
+// decoded to UTF-8 (\uXXXX escapes with surrogate pairs included) and NUL-terminated;
+// string_len counts their bytes (a "\u0000" escape puts a 0 byte inside). Duplicate keys are
+// kept; json_get returns the first.
+//
+//   char err[256];
+//   Json *cfg = json_parse(text, len, err, sizeof err);
+//   if (!cfg) die("%s: malformed JSON: %s", path, err);
+//   int dim = (int)json_get_number(cfg, "hidden_size", 0);
+//   json_free(cfg);
 #ifndef JSON_H
 #define JSON_H
 
@@ -19,7 +29,7 @@ typedef struct Json {
     JsonType type;
     double number;       // JSON_NUMBER, and JSON_BOOL as 0/1
     char *string;        // JSON_STRING: UTF-8, NUL-terminated
-    size_t string_len;
+    size_t string_len;   // its length in bytes (may hold \0)
     int n;               // JSON_ARRAY / JSON_OBJECT: number of items
     struct Json *items;  // the elements of an array, or the values of an object
     char **keys;         // JSON_OBJECT: the keys
@@ -28,9 +38,8 @@ typedef struct Json {
 #define JSON_MAX_DEPTH 256
 
 typedef struct {
-    const char *s, *end;
-    char *err;
-    size_t errlen;
+    const char *s, *end;  // the next byte to read, and one past the last
+    char msg[160];        // the first error, without its position
     int failed;
 } JsonParser;
 
@@ -40,7 +49,7 @@ static void json_fail(JsonParser *p, const char *fmt, ...) {
     p->failed = 1;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(p->err, p->errlen, fmt, ap);
+    vsnprintf(p->msg, sizeof p->msg, fmt, ap);
     va_end(ap);
 }
 
@@ -94,21 +103,48 @@ static size_t json_utf8(char *o, unsigned cp) {
     return 4;
 }
 
+// Length of the valid UTF-8 sequence at s (RFC 3629: no overlong forms, no surrogates, nothing
+// above U+10FFFF), or 0 if the bytes there are not one.
+static int json_utf8_valid(const unsigned char *s, const unsigned char *end) {
+    unsigned c = s[0];
+    int n = c < 0x80 ? 1 : c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+    if (n <= 1 || end - s < n) return n == 1;
+    unsigned lo = 0x80, hi = 0xbf;  // the allowed range of the second byte
+    if (c == 0xe0) lo = 0xa0;       // overlong
+    if (c == 0xed) hi = 0x9f;       // UTF-16 surrogates
+    if (c == 0xf0) lo = 0x90;       // overlong
+    if (c == 0xf4) hi = 0x8f;       // above U+10FFFF
+    if (s[1] < lo || s[1] > hi) return 0;
+    for (int i = 2; i < n; i++)
+        if (s[i] < 0x80 || s[i] > 0xbf) return 0;
+    return n;
+}
+
 // Parses a string starting at the opening quote; the decoded text is never longer than the
-// source, so one allocation of the source length suffices.
+// source (an escape is at least as long as what it stands for), so one allocation of the
+// source length suffices.
 static char *json_string(JsonParser *p, size_t *len) {
     p->s++;  // opening quote
     const char *q = p->s;
     while (q < p->end && *q != '"') q += (*q == '\\' && q + 1 < p->end) ? 2 : 1;
     if (q >= p->end) { json_fail(p, "unterminated string"); return NULL; }
+    // from here on the closing quote at q bounds every read below
     char *out = (char *)malloc((size_t)(q - p->s) + 1), *o = out;
     if (!out) { json_fail(p, "out of memory"); return NULL; }
     while (*p->s != '"') {
         unsigned char c = (unsigned char)*p->s;
-        if (c < 0x20) { json_fail(p, "control character in string"); free(out); return NULL; }
+        if (c < 0x20) { json_fail(p, "control character 0x%02x in string (must be escaped)", c); free(out); return NULL; }
+        if (c >= 0x80) {  // raw UTF-8: copied as is once validated
+            int n = json_utf8_valid((const unsigned char *)p->s, (const unsigned char *)q);
+            if (!n) { json_fail(p, "invalid UTF-8 byte 0x%02x in string", c); free(out); return NULL; }
+            memcpy(o, p->s, (size_t)n);
+            o += n;
+            p->s += n;
+            continue;
+        }
         if (c != '\\') { *o++ = (char)c; p->s++; continue; }
         p->s++;
-        char e = *p->s++;
+        unsigned char e = (unsigned char)*p->s++;
         switch (e) {
         case '"': *o++ = '"'; break;
         case '\\': *o++ = '\\'; break;
@@ -134,7 +170,12 @@ static char *json_string(JsonParser *p, size_t *len) {
             o += json_utf8(o, cp);
             break;
         }
-        default: json_fail(p, "bad escape \\%c", e); free(out); return NULL;
+        default:
+            p->s--;  // point the error at the offending character
+            if (e > 0x20 && e < 0x7f) json_fail(p, "bad escape \\%c", e);
+            else json_fail(p, "bad escape: backslash followed by byte 0x%02x", e);
+            free(out);
+            return NULL;
         }
     }
     p->s++;  // closing quote
@@ -194,8 +235,10 @@ static int json_number(JsonParser *p, Json *j) {
     const char *q = p->s;
     if (q < p->end && *q == '-') q++;
     if (q >= p->end || *q < '0' || *q > '9') { json_fail(p, "bad number"); return 0; }
-    if (*q == '0') q++;
-    else while (q < p->end && *q >= '0' && *q <= '9') q++;
+    if (*q == '0') {
+        q++;
+        if (q < p->end && *q >= '0' && *q <= '9') { json_fail(p, "bad number (leading zero)"); return 0; }
+    } else while (q < p->end && *q >= '0' && *q <= '9') q++;
     if (q < p->end && *q == '.') {
         q++;
         if (q >= p->end || *q < '0' || *q > '9') { json_fail(p, "bad number"); return 0; }
@@ -207,20 +250,23 @@ static int json_number(JsonParser *p, Json *j) {
         if (q >= p->end || *q < '0' || *q > '9') { json_fail(p, "bad number"); return 0; }
         while (q < p->end && *q >= '0' && *q <= '9') q++;
     }
-    char buf[64];
+    // strtod needs a terminated copy (the text need not be NUL-terminated); digits beyond
+    // what a double holds are legal JSON, so long numbers get a heap copy
+    char buf[64], *copy = buf;
     size_t n = (size_t)(q - p->s);
-    if (n >= sizeof buf) { json_fail(p, "number too long"); return 0; }
-    memcpy(buf, p->s, n);
-    buf[n] = 0;
+    if (n >= sizeof buf && !(copy = (char *)malloc(n + 1))) { json_fail(p, "out of memory"); return 0; }
+    memcpy(copy, p->s, n);
+    copy[n] = 0;
     j->type = JSON_NUMBER;
-    j->number = strtod(buf, NULL);
+    j->number = strtod(copy, NULL);  // out of range: +-HUGE_VAL or 0, as strtod rounds
+    if (copy != buf) free(copy);
     p->s = q;
     return 1;
 }
 
 static int json_literal(JsonParser *p, const char *word) {
     size_t n = strlen(word);
-    if ((size_t)(p->end - p->s) < n || memcmp(p->s, word, n) != 0) { json_fail(p, "unexpected character"); return 0; }
+    if ((size_t)(p->end - p->s) < n || memcmp(p->s, word, n) != 0) { json_fail(p, "expected '%s'", word); return 0; }
     p->s += n;
     return 1;
 }
@@ -236,15 +282,20 @@ static int json_value(JsonParser *p, Json *j, int depth) {
     case 't': j->type = JSON_BOOL; j->number = 1; return json_literal(p, "true");
     case 'f': j->type = JSON_BOOL; j->number = 0; return json_literal(p, "false");
     case 'n': j->type = JSON_NULL; return json_literal(p, "null");
-    default: return json_number(p, j);
+    default:
+        if (*p->s == '-' || (*p->s >= '0' && *p->s <= '9')) return json_number(p, j);
+        if (*p->s > 0x20 && *p->s < 0x7f) json_fail(p, "unexpected character '%c'", *p->s);
+        else json_fail(p, "unexpected byte 0x%02x", (unsigned char)*p->s);
+        return 0;
     }
 }
 
 // Parses text[0..len). Returns NULL on error, with "line L, column C: what" in err.
 static Json *json_parse(const char *text, size_t len, char *err, size_t errlen) {
-    JsonParser p = {text, text + len, err, errlen, 0};
+    JsonParser p = {text, text + len, "", 0};
+    if (len >= 3 && !memcmp(text, "\xef\xbb\xbf", 3)) p.s += 3;  // a UTF-8 byte order mark may be ignored (RFC 8259 8.1)
     Json *j = (Json *)calloc(1, sizeof(Json));
-    if (!j) { snprintf(err, errlen, "out of memory"); return NULL; }
+    if (!j) { if (errlen) snprintf(err, errlen, "out of memory"); return NULL; }
     if (json_value(&p, j, 0)) {
         json_ws(&p);
         if (p.s < p.end) json_fail(&p, "trailing characters after the JSON value");
@@ -254,9 +305,7 @@ static Json *json_parse(const char *text, size_t len, char *err, size_t errlen) 
         for (const char *c = text; c < p.s && c < p.end; c++) {
             if (*c == '\n') { line++; col = 1; } else col++;
         }
-        char what[200];
-        snprintf(what, sizeof what, "%s", err);
-        snprintf(err, errlen, "line %d, column %d: %.200s", line, col, what);
+        if (errlen) snprintf(err, errlen, "line %d, column %d: %s", line, col, p.msg);
         json_free(j);
         return NULL;
     }
@@ -279,6 +328,17 @@ static double json_get_number(const Json *obj, const char *key, double dflt) {
 static const char *json_get_string(const Json *obj, const char *key) {
     const Json *v = json_get(obj, key);
     return v && v->type == JSON_STRING ? v->string : NULL;
+}
+
+static int json_get_bool(const Json *obj, const char *key, int dflt) {
+    const Json *v = json_get(obj, key);
+    return v && v->type == JSON_BOOL ? (int)v->number : dflt;
+}
+
+// The i-th element of an array (or value of an object), NULL when out of range.
+static const Json *json_at(const Json *arr, int i) {
+    if (!arr || (arr->type != JSON_ARRAY && arr->type != JSON_OBJECT) || i < 0 || i >= arr->n) return NULL;
+    return &arr->items[i];
 }
 
 #endif
