@@ -4,9 +4,13 @@
 //   2. sampling: temperature 0 is argmax; top_p keeps only the nucleus; frequencies follow
 //      the softmax;
 //   3. the learning-rate schedule: warmup, cosine end points;
-//   4. gradient accumulation: two micro-batches of 1 equal one batch of 2.
+//   4. gradient accumulation: two micro-batches of 1 equal one batch of 2;
+//   5. packed models: export then load gives, bit for bit, the weights quant_dequantize makes
+//      of the model's own codes with its scales rounded to fp16, for every quantizer, and
+//      stays within fp16 rounding of the fake-quantized W^.
 #define TRAIN_NO_MAIN
 #include "train.c"
+#include <unistd.h>  // close
 
 static int failures = 0;
 static void expect(int ok, const char *what, double value) {
@@ -126,6 +130,56 @@ static void test_accumulation(void) {
     model_free(&m);
 }
 
+
+static void test_packed(QuantSpec q, const char *name) {
+    Model m = random_model(2, 0);
+    model_apply_quant(&m, q);
+    model_quantize(&m);
+    char path[] = "/tmp/test_model_packed.XXXXXX";
+    int fd = mkstemp(path);
+    if (fd < 0) die("mkstemp failed");
+    close(fd);
+    export_packed(&m, path, DTYPE_F32);
+    Model back;
+    load_packed(&back, path);
+    remove(path);
+    double exact_diff = 0, fq_rel = 0, other = 0;
+    for (int t = 0; t < N_TENSORS; t++) {
+        if (!m.params_t[t]) continue;
+        int64_t n = m.slice[t] * (tensor_is_per_layer(t) ? m.cfg.n_layers : 1);
+        if (!tensor_is_linear(t)) {
+            for (int64_t i = 0; i < n; i++) other = fmax(other, fabs(m.params_t[t][i] - back.params_t[t][i]));
+            continue;
+        }
+        int out, in;
+        linear_shape(&m, t, &out, &in);
+        int64_t base = layer_tensor(m.fwd_t, &m, t, 0) - m.wq;
+        float *want = malloc_or_die((size_t)m.slice[t] * sizeof(float), "w");
+        float *p0 = malloc_or_die((size_t)(m.qn0[t] + 1) * sizeof(float), "p0"), *p1 = malloc_or_die((size_t)(m.qn1[t] + 1) * sizeof(float), "p1");
+        for (int l = 0; l < m.cfg.n_layers; l++) {
+            for (int64_t i = 0; i < m.qn0[t]; i++) p0[i] = fp16_to_f32(f32_to_fp16(m.qp0[t][l * m.qn0[t] + i]));
+            for (int64_t i = 0; i < m.qn1[t]; i++) p1[i] = fp16_to_f32(f32_to_fp16(m.qp1[t][l * m.qn1[t] + i]));
+            quant_dequantize(want, m.codes + base + l * m.slice[t], p0, p1, m.quant, out, in);
+            const float *got = layer_tensor(back.params_t, &back, t, l), *fq = layer_tensor(m.fwd_t, &m, t, l);
+            double mx = 0, d = 0;
+            for (int64_t i = 0; i < m.slice[t]; i++) {
+                exact_diff = fmax(exact_diff, fabs(got[i] - want[i]));
+                d = fmax(d, fabs(got[i] - fq[i]));
+                mx = fmax(mx, fabs(fq[i]));
+            }
+            fq_rel = fmax(fq_rel, d / mx);
+        }
+        free(want); free(p0); free(p1);
+    }
+    char what[128];
+    snprintf(what, sizeof what, "packed %-8s: loaded = dequantize(codes, fp16 scales) exactly", name);
+    expect(exact_diff == 0.0 && other == 0.0, what, exact_diff + other);
+    snprintf(what, sizeof what, "packed %-8s: loaded vs fake-quantized W^ (fp16 scales)", name);
+    expect(fq_rel < 2e-3, what, fq_rel);
+    model_free(&back);
+    model_free(&m);
+}
+
 int main(void) {
     printf("model behaviours:\n");
     test_kv_cache(4, 0);
@@ -133,6 +187,13 @@ int main(void) {
     test_sampling();
     test_schedule();
     test_accumulation();
+    test_packed((QuantSpec){QUANT_INT, 2, 8}, "int2");
+    test_packed((QuantSpec){QUANT_INT, 3, 16}, "int3");
+    test_packed((QuantSpec){QUANT_NF3, 3, 8}, "nf3");
+    test_packed((QuantSpec){QUANT_NF4, 4, -1}, "nf4");
+    test_packed((QuantSpec){QUANT_SIGN, 1, -1}, "sign");
+    test_packed((QuantSpec){QUANT_ONEBIT, 1, -1}, "onebit");
+    test_packed((QuantSpec){QUANT_TERNARY, 2, -1}, "ternary");
     printf("%s: %d failure(s)\n", failures ? "FAILED" : "passed", failures);
     return failures ? 1 : 0;
 }

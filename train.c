@@ -1693,7 +1693,6 @@ static void load_packed(Model *m, const char *path) {
     for (int64_t i = 0; i < m->n_table; i++)
         if (!isfinite(m->params[i])) die("%s: weight %lld is NaN or Inf", path, (long long)i);
     m->quant = (QuantSpec){QUANT_NONE, 16, 0};
-    printf("packed model %s: %s %d-bit, dequantized to full precision\n", path, quant_method_name(q.method), q.bits);
     free(packed); free(codes); free(h16); free(p0); free(p1);
 }
 
@@ -1703,8 +1702,12 @@ static void model_open(Model *m, const char *path) {
     uint32_t magic = 0;
     size_t got = fread(&magic, 4, 1, f);
     fclose(f);
-    if (got == 1 && magic == PACKED_MAGIC) load_packed(m, path);
-    else model_load_file(m, path);
+    if (got == 1 && magic == PACKED_MAGIC) {
+        load_packed(m, path);
+        printf("packed model %s: dequantized to full precision\n", path);
+    } else {
+        model_load_file(m, path);
+    }
 }
 
 #ifndef TRAIN_NO_MAIN

@@ -71,6 +71,16 @@ printf '  (2-bit RTN ppl: plain %s, clipped %s)\n' "${r[int2]}" "$rc"
 expect_error "--clip with sign" "use -q int, nf3 or nf4" ./train -m "$tmp/teacher.bin" --clip --calib "$tmp/c/train.ids" -q sign -o "$tmp/x.bin"
 expect_error "--clip without --calib" "--clip needs --calib" ./train -m "$tmp/teacher.bin" --clip -q int -b 2 -o "$tmp/x.bin"
 
+# packed low-bit files: size, reload, bad files
+./train -m "$tmp/s2.bin" --export-packed "$tmp/s2.qbin" > "$tmp/pack.out" || bad "--export-packed"
+grep -q 'the linears take 2.500 bits per weight' "$tmp/pack.out" && ok "int2 g64 packs to 2.5 bits per linear weight" || bad "bits per weight: $(grep wrote "$tmp/pack.out")"
+qp=$(ev "$tmp/s2.qbin")
+awk -v a="$qp" -v b="$q2" 'BEGIN { d = (a - b) / b; exit !(d < 1e-3 && d > -1e-3) }' && ok "packed student ppl $qp = fake-quantized $q2 (fp16 scales)" || bad "packed ppl $qp vs $q2"
+head -c 3000 "$tmp/s2.qbin" > "$tmp/trunc.qbin"
+expect_error "truncated .qbin" "trunc.qbin: .* bytes, but its header implies" ./train -m "$tmp/trunc.qbin" --eval-ppl "$tmp/v.ids"
+expect_error "packing a full-precision model" "--export-packed needs a quantized model" ./train -m "$tmp/teacher.bin" --export-packed "$tmp/x.qbin"
+[ ! -e "$tmp/x.qbin" ] && [ ! -e "$tmp/x.qbin.tmp" ] && ok "no packed file left after the error" || bad "packed file left behind"
+
 expect_error "int at 5 bits" "int supports 1, 2, 3, 4 or 8 bits" ./train -m "$tmp/teacher.bin" -q int -b 5
 expect_error "nf3 at 2 bits" "nf3 is a 3-bit quantizer" ./train -m "$tmp/teacher.bin" -q nf3 -b 2
 expect_error "unknown quantizer" "unknown quantizer 'int9'" ./train -m "$tmp/teacher.bin" -q int9 -b 2
