@@ -81,6 +81,13 @@ expect_error "truncated .qbin" "trunc.qbin: .* bytes, but its header implies" ./
 expect_error "packing a full-precision model" "--export-packed needs a quantized model" ./train -m "$tmp/teacher.bin" --export-packed "$tmp/x.qbin"
 [ ! -e "$tmp/x.qbin" ] && [ ! -e "$tmp/x.qbin.tmp" ] && ok "no packed file left after the error" || bad "packed file left behind"
 
+# histograms of one layer: CSV (64 bins per linear), SVG, code entropy at most the bit width
+./train -m "$tmp/s2.bin" --histogram 1 --histogram-out "$tmp/h" > "$tmp/hist.out" || bad "--histogram"
+[ "$(grep -c '^wq,' "$tmp/h.csv")" -eq 64 ] && grep -q '^<svg' "$tmp/h.svg" && ok "histogram CSV (64 bins) and SVG written" || bad "histogram files"
+awk '/codes [0-9.]+ of 2 bits/ { for (i = 1; i <= NF; i++) if ($i == "codes") { e = $(i + 1); if (e > 2 || e < 1) bad = 1; n++ } }
+     END { exit !(n == 7 && !bad) }' "$tmp/hist.out" && ok "7 code entropies in (1, 2] bits" || bad "code entropies: $(cat "$tmp/hist.out")"
+expect_error "histogram layer out of range" "layer 9 out of range" ./train -m "$tmp/s2.bin" --histogram 9 --histogram-out "$tmp/h9"
+
 expect_error "int at 5 bits" "int supports 1, 2, 3, 4 or 8 bits" ./train -m "$tmp/teacher.bin" -q int -b 5
 expect_error "nf3 at 2 bits" "nf3 is a 3-bit quantizer" ./train -m "$tmp/teacher.bin" -q nf3 -b 2
 expect_error "unknown quantizer" "unknown quantizer 'int9'" ./train -m "$tmp/teacher.bin" -q int9 -b 2
