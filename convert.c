@@ -321,6 +321,37 @@ static int hf_config_text(char *cfg, size_t size, const ModelHeader *c, int stor
     return n;
 }
 
+// A quantized model stores LATENT weights. It goes to Hugging Face as what it computes: each
+// linear replaced by its fake-quantized W^ = Q(W) (quant.h), in full precision, so that any
+// Llama runtime or lm-evaluation-harness runs the quantized model (its real low-bit storage is
+// train's --export-packed). The learned scales of sign / onebit follow the table in params
+// (model.h: per linear tensor, p0 of every layer, then p1 of every layer).
+static void bake_quantized_weights(const ModelHeader *c, float *params, const char *path) {
+    QuantSpec q = header_quant(c);
+    float *ptrs[N_TENSORS];
+    tensor_carve(c, params, ptrs);
+    int64_t sizes[N_TENSORS];
+    float *learned = params + tensor_sizes(c, sizes);
+    for (int t = 0; t < N_TENSORS; t++) {
+        if (!tensor_is_linear(t)) continue;
+        int64_t rows, cols, n0, n1;
+        tensor_slice_shape(c, t, &rows, &cols);
+        quant_param_sizes(&n0, &n1, q, (int)rows, (int)cols);
+        float *wq = malloc_or_die((size_t)(rows * cols) * sizeof(float), "quantized weights");
+        float *s0 = malloc_or_die((size_t)(n0 + 1) * sizeof(float), "scales"), *s1 = malloc_or_die((size_t)(n1 + 1) * sizeof(float), "scales");
+        for (int l = 0; l < c->n_layers; l++) {
+            float *w = ptrs[t] + (int64_t)l * rows * cols;
+            float *p0 = quant_is_learned(q.method) ? learned + (int64_t)l * n0 : s0;
+            float *p1 = quant_is_learned(q.method) ? learned + (int64_t)c->n_layers * n0 + (int64_t)l * n1 : s1;
+            int rc = quant_forward(wq, NULL, p0, p1, w, q, (int)rows, (int)cols);
+            if (rc) die("%s: %s of layer %d: %s", path, TENSOR_NAMES[t], l, quant_error_string(rc));
+            memcpy(w, wq, (size_t)(rows * cols) * sizeof(float));
+        }
+        if (quant_is_learned(q.method)) learned += (int64_t)c->n_layers * (n0 + n1);
+        free(wq); free(s0); free(s1);
+    }
+}
+
 static void export_hf(const char *in, const char *dir) {
     // the stored dtype decides the safetensors dtype; model_load validates the whole file first
     FILE *f = fopen_or_die(in, "rb");
@@ -329,11 +360,12 @@ static void export_hf(const char *in, const char *dir) {
     fclose(f);
     ModelHeader c;
     float *params = model_load(in, &c);
-    // A quantized model stores latent weights; exporting them would silently drop the
-    // quantization, so only full-precision models go out.
-    if (c.quant_method != QUANT_NONE)
-        die("%s: a quantized model (%s, %d bits): --to-hf exports full-precision models only", in,
-            quant_method_name(c.quant_method), c.quant_bits);
+    if (c.quant_method != QUANT_NONE) {
+        bake_quantized_weights(&c, params, in);
+        printf("%s: quantized (%s, %d bits): exporting each linear's fake-quantized weights W^\n", in,
+               quant_method_name(c.quant_method), c.quant_bits);
+        c.quant_method = QUANT_NONE; c.quant_bits = 0; c.quant_group = 0;
+    }
     if (mkdir(dir, 0755) != 0 && errno != EEXIST) die("%s: cannot create folder (%s)", dir, strerror(errno));
 
     // one safetensors entry per table tensor and layer, under its Hugging Face name

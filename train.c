@@ -174,6 +174,7 @@ typedef struct Model {
     int quant_stale;                   // the latent weights changed since the last quantization
     int codes_valid;                   // codes_prev holds a previous quantization's codes
     int64_t flips[N_TENSORS], flips_total, n_codes;  // codes changed by the last quantization
+    int64_t *flips_layer;              // the same per layer [L]
     // activations
     int B, T, training;         // what the activation buffer is sized for
     float *acts;
@@ -228,7 +229,7 @@ static void model_alloc_training(Model *m) {
 
 static void model_free(Model *m) {
     free(m->params); free(m->grads); free(m->adam_m); free(m->adam_v);
-    free(m->wq); free(m->dwq); free(m->codes); free(m->codes_prev); free(m->qstate);
+    free(m->wq); free(m->dwq); free(m->codes); free(m->codes_prev); free(m->qstate); free(m->flips_layer);
     free(m->acts); free(m->rope_cos); free(m->rope_sin); free(m->inputs); free(m->targets);
     memset(m, 0, sizeof *m);
 }
@@ -780,6 +781,7 @@ static void model_quant_setup(Model *m, int init_learned) {
     m->codes = calloc_or_die((size_t)n_lin, 1, "codes");
     m->codes_prev = calloc_or_die((size_t)n_lin, 1, "codes");
     m->qstate = calloc_or_die((size_t)n_derived, sizeof(float), "quantizer scales");
+    m->flips_layer = calloc_or_die((size_t)L, sizeof(int64_t), "flips");
     float *w = m->wq, *dw = m->dwq, *learned = m->params + m->n_table, *derived = m->qstate;
     for (int t = 0; t < N_TENSORS; t++) {
         if (!tensor_is_linear(t)) continue;
@@ -827,6 +829,7 @@ static void model_apply_quant(Model *m, QuantSpec q) {
 static void model_quantize(Model *m) {
     uint8_t *tmp = m->codes_prev; m->codes_prev = m->codes; m->codes = tmp;
     m->flips_total = 0;
+    memset(m->flips_layer, 0, (size_t)m->cfg.n_layers * sizeof(int64_t));
     for (int t = 0; t < N_TENSORS; t++) {
         if (!tensor_is_linear(t)) continue;
         int out, in;
@@ -838,7 +841,10 @@ static void model_quantize(Model *m) {
             int rc = quant_forward(layer_tensor(m->fwd_t, m, t, l), codes, m->qp0[t] + l * m->qn0[t],
                                    m->qp1[t] + l * m->qn1[t], layer_tensor(m->params_t, m, t, l), m->quant, out, in);
             if (rc) die("%s of layer %d: %s", TENSOR_NAMES[t], l, quant_error_string(rc));
-            if (m->codes_valid) m->flips[t] += count_flips(m->codes_prev + base + (int64_t)l * m->slice[t], codes, m->slice[t]);
+            if (!m->codes_valid) continue;
+            int64_t f = count_flips(m->codes_prev + base + (int64_t)l * m->slice[t], codes, m->slice[t]);
+            m->flips[t] += f;
+            m->flips_layer[l] += f;
         }
         m->flips_total += m->flips[t];
     }
@@ -1494,6 +1500,11 @@ static TrainResult train_loop(Model *m, const Args *a, const TokenStream *data, 
                 for (int t = 0; t < N_TENSORS; t++)
                     if (tensor_is_linear(t))
                         fprintf(log, ", \"flips_%s\": %lld", TENSOR_NAMES[t], (long long)m->flips[t]);
+                fprintf(log, ", \"flip_rate_layer\": [");  // per layer: flipped / codes of that layer
+                int64_t per_layer = m->n_codes / m->cfg.n_layers;
+                for (int l = 0; l < m->cfg.n_layers; l++)
+                    fprintf(log, "%s%.8f", l ? ", " : "", (double)m->flips_layer[l] / per_layer);
+                fprintf(log, "]");
             }
             fprintf(log, "}\n");
             fflush(log);

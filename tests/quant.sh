@@ -45,7 +45,12 @@ done
 ./train -m "$tmp/teacher.bin" -q int -b 2 -g 64 --train-tokens "$tmp/c/train.ids" --steps 40 --batch 8 --micro-batch 8 \
     --seq 128 --lr 1e-3 --log "$tmp/qat.jsonl" -o "$tmp/s2.bin" > "$tmp/qat.out" || bad "QAT run"
 grep -q '| flips [0-9.]*%' "$tmp/qat.out" && ok "step lines show the flip-flop rate" || bad "no flip rate in the log"
-grep -q '"flip_rate": [0-9.]*, "flips_wq": [0-9]*' "$tmp/qat.jsonl" && ok "JSONL log has flip_rate and per-tensor flips" || bad "JSONL flips"
+grep -q '"flip_rate": [0-9.]*, "flips_wq": [0-9]*.*"flip_rate_layer": \[[0-9.]*, [0-9.]*, [0-9.]*, [0-9.]*\]' "$tmp/qat.jsonl" \
+    && ok "JSONL log has the flip rate in total, per tensor and per layer" || bad "JSONL flips"
+# the total is the codes-weighted mean of the per-layer rates
+tail -n 1 "$tmp/qat.jsonl" | sed 's/.*"flip_rate": \([0-9.]*\),.*"flip_rate_layer": \[\(.*\)\].*/\1 \2/; s/,//g' \
+    | awk '{ s = 0; for (i = 2; i <= NF; i++) s += $i; d = s / (NF - 1) - $1; exit !(d < 1e-6 && d > -1e-6 && $1 > 0) }' \
+    && ok "total flip rate = mean of the per-layer rates, and > 0" || bad "flip rates inconsistent: $(tail -n 1 "$tmp/qat.jsonl")"
 q2=$(ev "$tmp/s2.bin")
 awk -v q="$q2" -v r="${r[int2]}" 'BEGIN { exit !(q < r) }' && ok "QAT 2-bit ppl $q2 < RTN 2-bit ppl ${r[int2]}" || bad "QAT $q2 vs RTN ${r[int2]}"
 ./train -m "$tmp/s2.bin" --eval-ppl "$tmp/v.ids" -T 128 | grep -q '^quantization: int, 2 bits, group 64' \
@@ -80,6 +85,14 @@ head -c 3000 "$tmp/s2.qbin" > "$tmp/trunc.qbin"
 expect_error "truncated .qbin" "trunc.qbin: .* bytes, but its header implies" ./train -m "$tmp/trunc.qbin" --eval-ppl "$tmp/v.ids"
 expect_error "packing a full-precision model" "--export-packed needs a quantized model" ./train -m "$tmp/teacher.bin" --export-packed "$tmp/x.qbin"
 [ ! -e "$tmp/x.qbin" ] && [ ! -e "$tmp/x.qbin.tmp" ] && ok "no packed file left after the error" || bad "packed file left behind"
+
+# a quantized student exported to Hugging Face carries W^: importing it back gives a
+# full-precision model with exactly the student's perplexity
+./convert --to-hf "$tmp/s2.bin" "$tmp/s2hf" > /dev/null && ./convert "$tmp/s2hf" "$tmp/s2back.bin" > /dev/null || bad "--to-hf of a student"
+./convert --to-hf "$tmp/sign.bin" "$tmp/signhf" > /dev/null && ./convert "$tmp/signhf" "$tmp/signback.bin" > /dev/null || bad "--to-hf of a sign student"
+qb=$(ev "$tmp/s2back.bin"); sb=$(ev "$tmp/signback.bin")
+[ "$qb" = "$q2" ] && ok "--to-hf of the int2 student: same ppl in full precision ($qb)" || bad "--to-hf int2: $qb vs $q2"
+[ "$sb" = "$b" ] && ok "--to-hf of the sign student (learned scales): same ppl ($sb)" || bad "--to-hf sign: $sb vs $b"
 
 # histograms of one layer: CSV (64 bins per linear), SVG, code entropy at most the bit width
 ./train -m "$tmp/s2.bin" --histogram 1 --histogram-out "$tmp/h" > "$tmp/hist.out" || bad "--histogram"
