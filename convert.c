@@ -19,6 +19,7 @@
 //   - Nothing is written until every input has been validated; outputs are written atomically.
 #include "model.h"
 #include "safetensors.h"
+#include "tokenizer.c"
 
 #define MAX_SHARDS 256
 
@@ -264,13 +265,50 @@ static float *read_hf_weights(const char *dir, ModelHeader *c) {
     return params;
 }
 
+// The model's tokenizer goes beside the model as OUT.tokenizer, where ./train finds it: the
+// checkpoint's tokenizer.model (SentencePiece, or tiktoken ranks) if present, else its
+// tokenizer.json. find_tokenizer loads it once before anything is written, so an unsupported
+// one is refused with nothing left behind; NULL when the folder has none.
+static const char *find_tokenizer(const char *dir, int vocab_size, char *src, size_t cap) {
+    static const char *const names[] = {"tokenizer.model", "tokenizer.json"};
+    for (int i = 0; i < 2; i++) {
+        join_path(src, cap, dir, names[i]);
+        if (!file_exists(src)) continue;
+        Tokenizer t;
+        tokenizer_load(&t, src);
+        if (t.n_vocab > vocab_size) die("%s: %d tokens, more than the model's vocabulary (%d)", src, t.n_vocab, vocab_size);
+        tokenizer_free(&t);
+        return src;
+    }
+    return NULL;
+}
+
+static void copy_file_atomic(const char *src, const char *dst) {
+    size_t len;
+    char *bytes = read_file_or_die(src, &len);
+    AtomicFile a;
+    atomic_open(&a, dst);
+    atomic_write(&a, bytes, len);
+    atomic_commit(&a);
+    free(bytes);
+}
+
 static void import_hf(const char *dir, const char *out, int dtype) {
     ModelHeader c = read_config(dir);
     float *params = read_hf_weights(dir, &c);
     if (dtype >= 0) c.dtype = dtype;
     int64_t sizes[N_TENSORS];
     int64_t n = tensor_sizes(&c, sizes);
+    char tok_src[4096], tok_dst[4096];
+    const char *tok = find_tokenizer(dir, c.vocab_size, tok_src, sizeof tok_src);
+    if ((size_t)snprintf(tok_dst, sizeof tok_dst, "%s.tokenizer", out) >= sizeof tok_dst) die("%s: path too long", out);
     model_save(out, &c, params);
+    if (tok) {
+        copy_file_atomic(tok, tok_dst);
+        printf("wrote %s (from %s)\n", tok_dst, tok);
+    } else {
+        printf("(no tokenizer.model or tokenizer.json in %s)\n", dir);
+    }
     printf("wrote %s: %lld parameters, %s, dim %d, %d layers, %d heads (%d kv), vocab %d%s\n", out, (long long)n,
            c.dtype == DTYPE_BF16 ? "bf16" : "f32", c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size,
            c.rope_scaling == ROPE_LLAMA3 ? ", llama3 rope scaling" : "");

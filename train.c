@@ -24,6 +24,7 @@
 #include <omp.h>
 #endif
 #include "model.h"
+#include "tokenizer.c"
 
 // ============================================================================================
 // 1. Named shapes and random initialisation
@@ -1037,6 +1038,31 @@ static TokenStream load_ids(const char *path, int vocab_size) {
     return s;
 }
 
+static int has_suffix(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+// A token file: `.ids` as above, or any other file as UTF-8 text, tokenized once with BOS by
+// the model's tokenizer (tok; NULL when the model has none).
+static TokenStream load_tokens(const char *path, const Tokenizer *tok, int vocab_size) {
+    if (has_suffix(path, ".ids")) return load_ids(path, vocab_size);
+    if (!tok) die("%s: a text file needs the model's tokenizer (--tokenizer FILE, or MODEL.tokenizer beside the model); "
+                  "token ids go in a .ids file", path);
+    size_t len;
+    char *text = read_file_or_die(path, &len);
+    TokenStream s;
+    int64_t cap = 3 * (int64_t)len + 2;
+    if (cap > INT32_MAX) die("%s: too large to tokenize at once (%zu bytes)", path, len);
+    s.ids = malloc_or_die((size_t)cap * sizeof(int), path);
+    s.n = tokenizer_encode(tok, text, len, TOK_ADD_BOS, s.ids, (int)cap);
+    free(text);
+    for (int64_t i = 0; i < s.n; i++)
+        if (s.ids[i] >= vocab_size) die("%s: the tokenizer made id %d, outside the model's vocabulary (%d)", path, s.ids[i], vocab_size);
+    printf("tokenized %s: %zu bytes -> %lld tokens\n", path, len, (long long)s.n);
+    return s;
+}
+
 // Fills inputs/targets [B,T] with B random windows of the stream.
 static void sample_batch(int *inputs, int *targets, const TokenStream *s, int B, int T, Rng *rng) {
     for (int b = 0; b < B; b++) {
@@ -1260,7 +1286,8 @@ static void generate(Model *m, int *const *prompts, const int *prompt_len, int B
 
 typedef struct {
     // model
-    const char *model_path, *init_shape, *out_path;
+    const char *model_path, *init_shape, *out_path, *tokenizer_path;
+    int init_vocab;
     int out_dtype;
     uint64_t seed;
     // training
@@ -1288,9 +1315,12 @@ static void usage(void) {
         "  -m FILE               model to load (.bin, see model.h)\n"
         "  --init SHAPE          start from random weights of a named shape:\n"
         "                        tiny, bench-100m, tinyllama-1.1b, llama-3.2-1b, llama-3.2-3b, llama-2-7b\n"
+        "  --vocab N             with --init: this vocabulary size instead of the shape's\n"
         "  --seed N              seed of initialisation and data sampling [42]\n"
         "  -o FILE               write the resulting model here (atomically) [none]\n"
         "  --dtype f32|bf16      dtype of the written model [f32]\n"
+        "  --tokenizer FILE      tokenizer.model / tokenizer.json / tokenizer.bin for text files\n"
+        "                        [MODEL.tokenizer beside -m, if present]\n"
         "\n"
         "Quantization (of the seven linears of every layer; training and evaluation):\n"
         "  -b BITS               bits per weight; 16 = full precision [16]\n"
@@ -1299,7 +1329,7 @@ static void usage(void) {
         "                        onebit and ternary imply their bit width\n"
         "  --clip                asymmetric clipping search (BitDistiller): write to -o the full-\n"
         "                        precision weights clipped for -q/-b/-g (int, nf3, nf4)\n"
-        "  --calib FILE          .ids calibration tokens for --clip\n"
+        "  --calib FILE          calibration tokens for --clip (.ids or text)\n"
         "  --calib-seqs N        calibration sequences [128, or what the file holds]\n"
         "  --calib-len N         tokens per calibration sequence [min(1024, context)]\n"
         "  --clip-tokens N       positions sampled for each linear's error [512]\n"
@@ -1310,7 +1340,7 @@ static void usage(void) {
         "  --histogram-out P     file prefix for --histogram [histogram_layerL]\n"
         "\n"
         "Training (cross-entropy on a token file; a quantized model trains its latent weights):\n"
-        "  --train-tokens FILE   .ids file (whitespace-separated token ids) to train on\n"
+        "  --train-tokens FILE   token file to train on: .ids (whitespace-separated ids) or text\n"
         "  --steps N             optimizer steps [100]\n"
         "  --batch N             sequences per optimizer step [16]\n"
         "  --micro-batch N       sequences per forward/backward; batch/micro-batch steps are\n"
@@ -1328,7 +1358,7 @@ static void usage(void) {
         "  --log FILE            JSONL log of every step [none]\n"
         "\n"
         "Evaluation:\n"
-        "  --eval-ppl FILE       perplexity on a .ids file (non-overlapping windows)\n"
+        "  --eval-ppl FILE       perplexity on a .ids or text file (non-overlapping windows)\n"
         "  -T N                  window length [min(2048, model context)]\n"
         "  --eval-batch N        windows per forward [1]\n"
         "\n"
@@ -1374,8 +1404,10 @@ static Args parse_args(int argc, char **argv) {
         const char *v = argv[++i];
         if (!strcmp(f, "-m")) a.model_path = v;
         else if (!strcmp(f, "--init")) a.init_shape = v;
+        else if (!strcmp(f, "--vocab")) a.init_vocab = parse_int(f, v);
         else if (!strcmp(f, "--seed")) a.seed = (uint64_t)parse_int(f, v);
         else if (!strcmp(f, "-o")) a.out_path = v;
+        else if (!strcmp(f, "--tokenizer")) a.tokenizer_path = v;
         else if (!strcmp(f, "--dtype")) {
             if (!strcmp(v, "f32")) a.out_dtype = DTYPE_F32;
             else if (!strcmp(v, "bf16")) a.out_dtype = DTYPE_BF16;
@@ -1422,6 +1454,8 @@ static Args parse_args(int argc, char **argv) {
         else die("unknown flag '%s' (see ./train --help)", f);
     }
     if (!a.model_path == !a.init_shape) die("give exactly one of -m FILE or --init SHAPE (see ./train --help)");
+    if (a.init_vocab && (!a.init_shape || a.init_vocab < 2 || a.init_vocab > (1 << 22)))
+        die("--vocab N needs --init and 2 <= N <= 4194304");
     if (a.steps < 1) die("--steps must be at least 1");
     if (a.micro_batch < 1 || a.batch < 1) die("--batch and --micro-batch must be at least 1");
     if (a.batch % a.micro_batch) die("--batch (%d) must be a multiple of --micro-batch (%d)", a.batch, a.micro_batch);
@@ -1826,6 +1860,7 @@ int main(int argc, char **argv) {
         model_open(&m, a.model_path);
     } else {
         ModelHeader c = shape_header(a.init_shape);
+        if (a.init_vocab) c.vocab_size = a.init_vocab;
         float *p = malloc_or_die((size_t)tensor_sizes(&c, (int64_t[N_TENSORS]){0}) * sizeof(float), "parameters");
         init_params(&c, p, a.seed);
         model_setup(&m, &c, p);
@@ -1838,6 +1873,18 @@ int main(int argc, char **argv) {
         else if (have.method != a.quant.method || have.bits != a.quant.bits || have.group != a.quant.group)
             die("%s: the model is already quantized (-q %s -b %d -g %d); drop the quantization flags",
                 a.model_path, quant_method_name(have.method), have.bits, have.group);
+    }
+    // the tokenizer, for text files: --tokenizer, or MODEL.tokenizer beside the model
+    Tokenizer tokenizer, *tok = NULL;
+    char sibling[4096];
+    snprintf(sibling, sizeof sibling, "%s.tokenizer", a.model_path ? a.model_path : "");
+    const char *tok_path = a.tokenizer_path ? a.tokenizer_path : (a.model_path && file_exists(sibling) ? sibling : NULL);
+    if (tok_path) {
+        tokenizer_load(&tokenizer, tok_path);
+        if (tokenizer.n_vocab > m.cfg.vocab_size)
+            die("%s: the tokenizer has %d tokens, the model's vocabulary only %d", tok_path, tokenizer.n_vocab, m.cfg.vocab_size);
+        tok = &tokenizer;
+        printf("tokenizer: %s (%d tokens)\n", tok_path, tokenizer.n_vocab);
     }
     const ModelHeader *c = &m.cfg;
     if (m.quant.method != QUANT_NONE)
@@ -1862,7 +1909,7 @@ int main(int argc, char **argv) {
         JSON_ADD("%s", b);
     }
     if (a.train_tokens) {
-        TokenStream data = load_ids(a.train_tokens, c->vocab_size);
+        TokenStream data = load_tokens(a.train_tokens, tok, c->vocab_size);
         TrainResult r = train_loop(&m, &a, &data, T);
         JSON_ADD("\"train\": {\"steps\": %d, \"final_loss\": %.6f, \"tokens_per_s\": %.1f}", a.steps, r.final_loss, r.tokens_per_s);
         free(data.ids);
@@ -1872,7 +1919,7 @@ int main(int argc, char **argv) {
         probe.quant_method = a.quant.method; probe.quant_bits = a.quant.bits; probe.quant_group = a.quant.group;
         const char *why = header_problem(&probe);
         if (why) die("--clip with -q %s -b %d -g %d: %s", quant_method_name(a.quant.method), a.quant.bits, a.quant.group, why);
-        TokenStream s = load_ids(a.calib, c->vocab_size);
+        TokenStream s = load_tokens(a.calib, tok, c->vocab_size);
         int Tc = a.calib_len ? a.calib_len : (c->max_seq_len < 1024 ? c->max_seq_len : 1024);
         if (Tc > c->max_seq_len) die("--calib-len %d exceeds the model's context %d", Tc, c->max_seq_len);
         int Bc = (int)(s.n / Tc) < a.calib_seqs ? (int)(s.n / Tc) : a.calib_seqs;
@@ -1916,13 +1963,14 @@ int main(int argc, char **argv) {
         int Te = a.eval_T ? a.eval_T : (c->max_seq_len < 2048 ? c->max_seq_len : 2048);
         if (Te > c->max_seq_len) die("-T %d exceeds the model's context %d", Te, c->max_seq_len);
         if (Te < 2) die("-T must be at least 2");
-        TokenStream s = load_ids(a.eval_ppl, c->vocab_size);
+        TokenStream s = load_tokens(a.eval_ppl, tok, c->vocab_size);
         PplResult r = eval_ppl(&m, &s, Te, a.eval_batch, a.eval_ppl);
         printf("perplexity of %s: %.4f (%lld windows of %d tokens)\n", a.eval_ppl, r.ppl, (long long)r.windows, Te);
         JSON_ADD("\"ppl\": %.6f, \"loss\": %.6f, \"windows\": %lld, \"T\": %d", r.ppl, r.mean_loss, (long long)r.windows, Te);
         free(s.ids);
     }
     printf("{%s}\n", json);
+    if (tok) tokenizer_free(tok);
     model_free(&m);
     return 0;
 }
