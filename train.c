@@ -8,12 +8,15 @@
  *   3. layers, each forward beside its backward: embedding, RMSNorm, matmul, RoPE,
  *      attention, SwiGLU, residual, cross-entropy
  *   4. the model forward and backward
- *   5. quantized linears: fake quantization, straight-through backward, flip-flops
- *   6. the optimizer: AdamW, learning-rate schedule, gradient clipping
- *   7. data: token files
- *   8. evaluation: perplexity
- *   9. generation: KV cache and sampling
- *  10. the training loop, the command line and main
+ *   5. quantized linears: fake quantization, straight-through backward, clipping, flip-flops
+ *   6. distillation: the teacher, the losses of loss.h, the teacher's confidence gamma
+ *   7. the optimizer: AdamW, learning-rate schedule, gradient clipping
+ *   8. data: token files
+ *   9. evaluation: perplexity
+ *  10. generation: KV cache and sampling
+ *  11. the training loop, the command line and main
+ *  12. packed low-bit models
+ *  13. weight histograms
  *
  * The model file format and the tensor table live in model.h (shared with convert.c).
  * All math is fp32. Layouts are Hugging Face's, so the numbers can be compared with
@@ -23,6 +26,7 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#include "loss.h"
 #include "model.h"
 #include "tokenizer.c"
 
@@ -933,7 +937,60 @@ static ClipResult clip_model(Model *m, QuantSpec q, const int *tokens, int B, in
 }
 
 // ============================================================================================
-// 6. The optimizer
+// 6. Distillation
+//
+// The quantized student learns to match its full-precision teacher's next-token distribution
+// (BitDistiller, Du et al. 2024): per position, a loss between the student's logits z_s and the
+// teacher's z_t from loss.h (CE, forward or reverse KL, CAKLD, CAKLD + CE with temperature,
+// Wasserstein), summed over the real positions of a sequence and averaged over sequences. The
+// teacher only runs forward; its logits never need gradients.
+//
+// CAKLD = gamma KL(P_S || P_T) + (1 - gamma) KL(P_T || P_S) weighs mode-seeking reverse KL by the
+// teacher's confidence gamma, the mean over real positions of max_v P_T(v), measured once on the
+// first batches of the training data (gamma_accumulate; padding excluded unless asked).
+
+typedef struct {
+    DistillLoss loss;
+    float *scratch;     // rows of distill_loss_scratch_floats() (Wasserstein only)
+    int scratch_rows;
+} Distiller;
+
+static void distiller_init(Distiller *d, DistillLoss loss, int V, int Vt) {
+    d->loss = loss;
+    d->scratch_rows = 1;
+#ifdef _OPENMP
+    d->scratch_rows = omp_get_max_threads();
+#endif
+    size_t row = distill_loss_scratch_floats(loss.kind, V, Vt);
+    d->scratch = row ? malloc_or_die(row * d->scratch_rows * sizeof(float), "loss scratch") : NULL;
+}
+
+// One micro-batch: teacher forward, student forward, the loss into the student's dL/dlogits
+// (times `scale`, 1/micro-batches when accumulating), student backward. Returns the loss.
+static double distill_step(Model *student, Model *teacher, const Distiller *d, const int *inputs,
+                           const int *targets, int B, int T, float scale) {
+    const float *zt = NULL;
+    int Vt = student->cfg.vocab_size;
+    if (d->loss.kind != LOSS_CE) {
+        model_forward(teacher, inputs, NULL, B, T);
+        zt = teacher->logits;
+        Vt = teacher->cfg.vocab_size;
+    }
+    model_forward(student, inputs, NULL, B, T);
+    int64_t n = (int64_t)B * T * student->cfg.vocab_size;
+    float *dz = student->act[A_DLOGITS];
+    double loss = distill_loss_batch(dz, d->scratch, d->scratch_rows, student->logits, zt, targets, B, T,
+                                     student->cfg.vocab_size, Vt, d->loss);
+    if (scale != 1.0f) {
+        #pragma omp parallel for
+        for (int64_t i = 0; i < n; i++) dz[i] *= scale;
+    }
+    model_backward_from_dlogits(student);
+    return loss;
+}
+
+// ============================================================================================
+// 7. The optimizer
 //
 // AdamW (Loshchilov & Hutter 2019), with decoupled weight decay applied to matrices only
 // (norm weights are not decayed):
@@ -959,9 +1016,18 @@ static float lr_at(const OptConfig *o, int64_t step, int64_t total) {
 // Global L2 norm of all gradients; if it exceeds `clip` (> 0), scale them down to it.
 // Returns the norm before clipping.
 static float clip_grad_norm(Model *m, float clip) {
+    // a fixed number of chunks summed in a fixed order: the same norm whatever the thread
+    // count and scheduling, which a resumed run needs to be bit-identical
+    enum { CHUNKS = 64 };
+    double part[CHUNKS];
+    #pragma omp parallel for schedule(static)
+    for (int c = 0; c < CHUNKS; c++) {
+        double ss = 0.0;
+        for (int64_t i = m->n_params * c / CHUNKS; i < m->n_params * (c + 1) / CHUNKS; i++) ss += (double)m->grads[i] * m->grads[i];
+        part[c] = ss;
+    }
     double ss = 0.0;
-    #pragma omp parallel for reduction(+ : ss)
-    for (int64_t i = 0; i < m->n_params; i++) ss += (double)m->grads[i] * m->grads[i];
+    for (int c = 0; c < CHUNKS; c++) ss += part[c];
     float norm = (float)sqrt(ss);
     if (clip > 0 && norm > clip) {
         float k = clip / norm;
@@ -1000,7 +1066,7 @@ static void adamw_update(Model *m, const OptConfig *o, float lr) {
 }
 
 // ============================================================================================
-// 7. Data: token files
+// 8. Data: token files
 //
 // A `.ids` file is whitespace-separated decimal token ids (any number per line). Training takes
 // random windows of T+1 tokens from the stream: inputs are the first T, targets the last T.
@@ -1075,7 +1141,7 @@ static void sample_batch(int *inputs, int *targets, const TokenStream *s, int B,
 }
 
 // ============================================================================================
-// 8. Evaluation: perplexity
+// 9. Evaluation: perplexity
 //
 // As GPTQ and BitDistiller compute WikiText-2 perplexity: the token stream is cut into
 // floor(n/T) non-overlapping windows of T tokens (the remainder is dropped); each window is run
@@ -1119,7 +1185,7 @@ static PplResult eval_ppl(Model *m, const TokenStream *s, int T, int B, const ch
 }
 
 // ============================================================================================
-// 9. Generation: a KV cache and sampling
+// 10. Generation: a KV cache and sampling
 //
 // To continue a text, each new token needs attention over all earlier ones; their keys and
 // values do not change, so they are kept (the KV cache) and each step runs the model on one
@@ -1282,7 +1348,7 @@ static void generate(Model *m, int *const *prompts, const int *prompt_len, int B
 }
 
 // ============================================================================================
-// 10. The training loop, the command line and main
+// 11. The training loop, the command line and main
 
 typedef struct {
     // model
@@ -1294,6 +1360,10 @@ typedef struct {
     const char *train_tokens, *log_path;
     int steps, batch, micro_batch, seq, save_every;
     OptConfig opt;
+    // distillation
+    const char *teacher_path, *clip_init, *resume, *ckpt;
+    int loss_kind, loss_given, gamma_batches, gamma_include_pad, stop_after, inject_nan;
+    float gamma, temperature;
     // evaluation
     const char *eval_ppl;
     int eval_T, eval_batch;
@@ -1354,8 +1424,24 @@ static void usage(void) {
         "  --beta1 F --beta2 F   AdamW betas [0.9, 0.999]\n"
         "  --adam-eps F          AdamW epsilon [1e-8]\n"
         "  --grad-clip F         clip the global gradient norm to F, 0 = off [1.0]\n"
-        "  --save-every N        also write -o every N steps [0 = only at the end]\n"
+        "  --save-every N        write the checkpoint every N steps [0 = only at the end]\n"
         "  --log FILE            JSONL log of every step [none]\n"
+        "\n"
+        "Distillation (a quantized student learns from its full-precision teacher):\n"
+        "  -t FILE               teacher [the -m model itself: self-distillation]; its vocabulary\n"
+        "                        must equal the student's unless --loss wasserstein\n"
+        "  --clip-init FILE      the student's initial weights (from --clip) [the -m model]\n"
+        "  --loss L              ce | fkl | rkl | cakld | cakld_ce | wasserstein [cakld]; used whenever\n"
+        "                        the model is quantized or -t is given\n"
+        "  --gamma F             CAKLD's teacher confidence [measured on the data]\n"
+        "  --gamma-batches N     micro-batches to measure gamma on [20]\n"
+        "  --gamma-include-pad   average over padding too (BitDistiller's original code)\n"
+        "  --temperature F       cakld_ce's temperature [20]\n"
+        "  --ckpt FILE           checkpoint (weights, AdamW state, data position, RNG) written every\n"
+        "                        --save-every steps and at the end [OUT.ckpt with -o]\n"
+        "  --resume FILE         continue from a checkpoint, bit-identical to an uninterrupted run\n"
+        "  --stop-after N        stop after step N as if interrupted (for tests of --resume)\n"
+        "  --inject-nan N        fault injection for tests: poison a weight before step N\n"
         "\n"
         "Evaluation:\n"
         "  --eval-ppl FILE       perplexity on a .ids or text file (non-overlapping windows)\n"
@@ -1393,6 +1479,7 @@ static Args parse_args(int argc, char **argv) {
     a.seed = 42; a.steps = 100; a.batch = 16; a.micro_batch = 4; a.eval_batch = 1;
     a.quant = (QuantSpec){QUANT_INT, 0, 128};
     a.calib_seqs = 128; a.clip_tokens = 512; a.histogram = -1;
+    a.loss_kind = LOSS_CAKLD; a.gamma = -1.0f; a.gamma_batches = 20; a.temperature = 20.0f;
     a.opt = (OptConfig){.lr = 2e-5f, .min_lr = 0.0f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f,
                         .weight_decay = 0.0f, .grad_clip = 1.0f, .warmup = 0, .schedule = SCHED_CONSTANT};
     for (int i = 1; i < argc; i++) {
@@ -1400,6 +1487,7 @@ static Args parse_args(int argc, char **argv) {
         if (!strcmp(f, "-h") || !strcmp(f, "--help")) { usage(); exit(0); }
         if (!strcmp(f, "--bench")) { a.bench = 1; continue; }
         if (!strcmp(f, "--clip")) { a.clip = 1; continue; }
+        if (!strcmp(f, "--gamma-include-pad")) { a.gamma_include_pad = 1; continue; }
         if (i + 1 >= argc) die("%s: missing value (see ./train --help)", f);
         const char *v = argv[++i];
         if (!strcmp(f, "-m")) a.model_path = v;
@@ -1438,6 +1526,20 @@ static Args parse_args(int argc, char **argv) {
         else if (!strcmp(f, "--eval-batch")) a.eval_batch = parse_int(f, v);
         else if (!strcmp(f, "--threads")) a.threads = parse_int(f, v);
         else if (!strcmp(f, "--calib")) a.calib = v;
+        else if (!strcmp(f, "-t")) a.teacher_path = v;
+        else if (!strcmp(f, "--clip-init")) a.clip_init = v;
+        else if (!strcmp(f, "--loss")) {
+            a.loss_kind = loss_from_name(v);
+            if (a.loss_kind < 0) die("--loss: unknown loss '%s' (ce, fkl, rkl, cakld, cakld_ce, wasserstein)", v);
+            a.loss_given = 1;
+        }
+        else if (!strcmp(f, "--gamma")) a.gamma = parse_float(f, v);
+        else if (!strcmp(f, "--gamma-batches")) a.gamma_batches = parse_int(f, v);
+        else if (!strcmp(f, "--temperature")) a.temperature = parse_float(f, v);
+        else if (!strcmp(f, "--ckpt")) a.ckpt = v;
+        else if (!strcmp(f, "--resume")) a.resume = v;
+        else if (!strcmp(f, "--stop-after")) a.stop_after = parse_int(f, v);
+        else if (!strcmp(f, "--inject-nan")) a.inject_nan = parse_int(f, v);
         else if (!strcmp(f, "--export-packed")) a.export_packed = v;
         else if (!strcmp(f, "--histogram")) a.histogram = parse_int(f, v);
         else if (!strcmp(f, "--histogram-out")) a.histogram_out = v;
@@ -1463,6 +1565,9 @@ static Args parse_args(int argc, char **argv) {
     if (!(a.opt.lr >= 0) || !(a.opt.beta1 >= 0 && a.opt.beta1 < 1) || !(a.opt.beta2 >= 0 && a.opt.beta2 < 1) || !(a.opt.eps > 0))
         die("--lr must be >= 0, betas in [0, 1), --adam-eps > 0");
     if (a.threads < 0) die("--threads must be positive");
+    if (a.gamma != -1.0f && !(a.gamma >= 0.0f && a.gamma <= 1.0f)) die("--gamma must be in [0, 1]");
+    if (!(a.temperature > 0)) die("--temperature must be positive");
+    if (a.gamma_batches < 1 || a.stop_after < 0) die("--gamma-batches must be positive, --stop-after not negative");
     if (a.clip && (!a.calib || !a.out_path || !a.quant_given))
         die("--clip needs --calib FILE, -o OUT and the quantization it prepares for (-q/-b/-g)");
     if (a.calib_seqs < 1 || a.calib_len < 0 || a.clip_tokens < 1) die("--calib-seqs, --calib-len and --clip-tokens must be positive");
@@ -1486,71 +1591,173 @@ static double train_flops_per_token(const Model *m, int T) {
 
 typedef struct { float final_loss, tokens_per_s; } TrainResult;
 
-static TrainResult train_loop(Model *m, const Args *a, const TokenStream *data, int T) {
+// Everything a resumed run needs besides the weights and AdamW moments: with it, training N
+// steps straight and training k steps, stopping, then resuming to N give the same bits.
+typedef struct {
+    int64_t step;          // optimizer steps done
+    int64_t micro_batches; // micro-batches consumed (the data position)
+    uint64_t rng;          // the data sampler's state
+    double gamma;          // the teacher's confidence (measured once, before step 1)
+    int32_t batch, micro_batch, seq, loss_kind;  // must match on resume
+} TrainState;
+
+// ---------------------------------------------------------------------------------------------
+// Checkpoints (magic "BDLC"): the student's ModelHeader, TrainState, then params (table and
+// learned scales), AdamW m and v, all fp32. Written atomically, so a kill at any moment leaves
+// the previous checkpoint or the new one, never half of one.
+
+#define CKPT_MAGIC 0x434c4442u  // "BDLC"
+
+static void checkpoint_save(const char *path, const Model *m, const TrainState *st) {
+    uint32_t magic = CKPT_MAGIC, version = 1;
+    ModelHeader h = m->cfg;
+    h.dtype = DTYPE_F32;
+    AtomicFile a;
+    atomic_open(&a, path);
+    atomic_write(&a, &magic, 4);
+    atomic_write(&a, &version, 4);
+    atomic_write(&a, &h, sizeof h);
+    atomic_write(&a, st, sizeof *st);
+    atomic_write(&a, m->params, (size_t)m->n_params * sizeof(float));
+    atomic_write(&a, m->adam_m, (size_t)m->n_params * sizeof(float));
+    atomic_write(&a, m->adam_v, (size_t)m->n_params * sizeof(float));
+    atomic_commit(&a);
+}
+
+// Restores a checkpoint into a student set up the same way (same model, same quantizer).
+static void checkpoint_load(const char *path, Model *m, TrainState *st) {
+    FILE *f = fopen_or_die(path, "rb");
+    int64_t fsize = file_size_or_die(f, path);
+    uint32_t magic = 0, version = 0;
+    ModelHeader h;
+    if (fsize < 8 + (int64_t)sizeof h + (int64_t)sizeof *st) die("%s: truncated checkpoint", path);
+    fread_exact(&magic, 4, f, path);
+    fread_exact(&version, 4, f, path);
+    if (magic != CKPT_MAGIC) die("%s: not a checkpoint (bad magic)", path);
+    if (version != 1) die("%s: unsupported checkpoint version %u", path, version);
+    fread_exact(&h, sizeof h, f, path);
+    ModelHeader want = m->cfg;
+    h.dtype = want.dtype = DTYPE_F32;
+    if (memcmp(&h, &want, sizeof h) != 0)
+        die("%s: a checkpoint of another model or quantizer (dim %d, %d layers, vocab %d, -q %s -b %d -g %d)", path,
+            h.dim, h.n_layers, h.vocab_size, quant_method_name(h.quant_method), h.quant_bits, h.quant_group);
+    int64_t want_size = 8 + (int64_t)sizeof h + (int64_t)sizeof *st + 3 * m->n_params * 4;
+    if (fsize != want_size) die("%s: %lld bytes, expected %lld", path, (long long)fsize, (long long)want_size);
+    TrainState saved;
+    fread_exact(&saved, sizeof saved, f, path);
+    if (saved.batch != st->batch || saved.micro_batch != st->micro_batch || saved.seq != st->seq || saved.loss_kind != st->loss_kind)
+        die("%s: saved with --batch %d --micro-batch %d --seq %d --loss %s; resume with the same settings", path,
+            saved.batch, saved.micro_batch, saved.seq, saved.loss_kind >= 0 && saved.loss_kind < N_LOSSES ? LOSS_NAMES[saved.loss_kind] : "?");
+    model_alloc_training(m);
+    fread_exact(m->params, (size_t)m->n_params * 4, f, path);
+    fread_exact(m->adam_m, (size_t)m->n_params * 4, f, path);
+    fread_exact(m->adam_v, (size_t)m->n_params * 4, f, path);
+    fclose(f);
+    for (int64_t i = 0; i < m->n_params; i++)
+        if (!isfinite(m->params[i]) || !isfinite(m->adam_m[i]) || !isfinite(m->adam_v[i]))
+            die("%s: NaN or Inf in the saved state", path);
+    *st = saved;
+    m->step = st->step;
+    if (m->quant.method != QUANT_NONE) m->quant_stale = 1;
+}
+
+// One line of the JSONL log: the step's numbers and, for a student, its flip-flops.
+static void log_step(FILE *log, const Model *m, int64_t step, double loss, float lr, float norm, float tps, double gamma) {
+    fprintf(log, "{\"step\": %lld, \"loss\": %.6f, \"lr\": %g, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f",
+            (long long)step, loss, lr, norm, tps);
+    if (gamma >= 0) fprintf(log, ", \"gamma\": %.6f", gamma);
+    if (m->quant.method != QUANT_NONE) {  // per tensor and per layer too, for plots
+        fprintf(log, ", \"flip_rate\": %.8f", (double)m->flips_total / m->n_codes);
+        for (int t = 0; t < N_TENSORS; t++)
+            if (tensor_is_linear(t)) fprintf(log, ", \"flips_%s\": %lld", TENSOR_NAMES[t], (long long)m->flips[t]);
+        fprintf(log, ", \"flip_rate_layer\": [");  // per layer: flipped / codes of that layer
+        int64_t per_layer = m->n_codes / m->cfg.n_layers;
+        for (int l = 0; l < m->cfg.n_layers; l++) fprintf(log, "%s%.8f", l ? ", " : "", (double)m->flips_layer[l] / per_layer);
+        fprintf(log, "]");
+    }
+    fprintf(log, "}\n");
+    fflush(log);
+}
+
+// The teacher's confidence gamma over the first n_batches micro-batches (their positions with a
+// target, or all of them with include_pad), sampled with a copy of the data RNG so that
+// training then sees the same batches it would have without this measurement.
+static double measure_gamma(Model *teacher, const TokenStream *data, TrainState st, int B, int T, int n_batches, int include_pad) {
+    int *inputs = malloc_or_die((size_t)B * T * sizeof(int), "inputs"), *targets = malloc_or_die((size_t)B * T * sizeof(int), "targets");
+    Rng rng = {st.rng};
+    double sum = 0;
+    long long count = 0;
+    for (int i = 0; i < n_batches; i++) {
+        sample_batch(inputs, targets, data, B, T, &rng);
+        model_forward(teacher, inputs, NULL, B, T);
+        gamma_accumulate(&sum, &count, teacher->logits, targets, B, T, teacher->cfg.vocab_size, include_pad);
+    }
+    free(inputs); free(targets);
+    return count ? sum / count : 0.0;
+}
+
+// Trains m from st->step to a->steps (or --stop-after): with d, distillation from the teacher
+// with d's loss (loss.h; the teacher is unused by --loss ce); without, cross-entropy averaged
+// over tokens (full-precision pretraining). Checkpoints every --save-every
+// steps and at the end when a checkpoint path is given.
+static TrainResult train_loop(Model *m, Model *teacher, Distiller *d, const Args *a, const TokenStream *data, int T,
+                              TrainState *st, const char *ckpt) {
     if (data->n <= T) die("%s: %lld tokens, need more than --seq %d", a->train_tokens, (long long)data->n, T);
     model_alloc_training(m);
-    FILE *log = a->log_path ? fopen_or_die(a->log_path, "w") : NULL;
+    FILE *log = a->log_path ? fopen_or_die(a->log_path, st->step ? "a" : "w") : NULL;
     int B = a->micro_batch, accum = a->batch / a->micro_batch;
     int *inputs = malloc_or_die((size_t)B * T * sizeof(int), "inputs");
     int *targets = malloc_or_die((size_t)B * T * sizeof(int), "targets");
-    Rng rng = rng_seeded(a->seed + 1);
+    int64_t first = st->step, last = a->stop_after && a->stop_after < a->steps ? a->stop_after : a->steps;
     double t0 = now_seconds();
     TrainResult r = {0, 0};
-    printf("training: %d steps x %d sequences x %d tokens (%d micro-batches of %d), lr %g\n",
-           a->steps, a->batch, T, accum, B, a->opt.lr);
-    for (int step = 0; step < a->steps; step++) {
+    printf("training: steps %lld..%d of %d, %d sequences x %d tokens (%d micro-batches of %d), lr %g, %s\n",
+           (long long)st->step + 1, (int)last, a->steps, a->batch, T, accum, B, a->opt.lr,
+           d ? LOSS_NAMES[d->loss.kind] : "cross-entropy (mean over tokens)");
+    for (int64_t step = st->step; step < last; step++) {
         double ts = now_seconds();
+        if (a->inject_nan == step + 1) m->params_t[T_FINAL_NORM][0] = NAN;  // every logit becomes NaN
         model_zero_grad(m);
-        float loss = 0.0f;
+        double loss = 0.0;
+        Rng rng = {st->rng};
         for (int micro = 0; micro < accum; micro++) {
             sample_batch(inputs, targets, data, B, T, &rng);
-            loss += model_forward(m, inputs, targets, B, T) / accum;
-            model_backward_scaled(m, 1.0f / accum);
+            if (d) {
+                loss += distill_step(m, teacher, d, inputs, targets, B, T, 1.0f / accum) / accum;
+            } else {
+                loss += model_forward(m, inputs, targets, B, T) / accum;
+                model_backward_scaled(m, 1.0f / accum);
+            }
         }
-        if (!isfinite(loss)) die("step %d: loss is %f; stopping (the last written model is intact)", step + 1, loss);
+        if (!isfinite(loss))
+            die("step %lld: the loss is %f; stopping, the last checkpoint%s is intact", (long long)step + 1, loss, ckpt ? "" : " (none)");
         float norm = clip_grad_norm(m, a->opt.grad_clip);
         float lr = lr_at(&a->opt, step, a->steps);
         adamw_update(m, &a->opt, lr);
-        // a quantized student: quantize now, to log how many codes the update flipped
-        double flip = 0.0;
+        for (int64_t i = 0; i < m->n_params; i++)  // nothing non-finite may reach a checkpoint
+            if (!isfinite(m->params[i]))
+                die("step %lld: a weight became NaN or Inf (lower --lr?); stopping, the last checkpoint%s is intact",
+                    (long long)step + 1, ckpt ? "" : " (none)");
+        st->rng = rng.s;
+        st->micro_batches += accum;
+        st->step = step + 1;
         char flip_s[48] = "";
-        if (m->quant.method != QUANT_NONE) {
+        if (m->quant.method != QUANT_NONE) {  // quantize now, to log how many codes the update flipped
             model_quantize(m);
-            flip = (double)m->flips_total / m->n_codes;
-            snprintf(flip_s, sizeof flip_s, " | flips %.4f%%", 100.0 * flip);
+            snprintf(flip_s, sizeof flip_s, " | flips %.4f%%", 100.0 * m->flips_total / m->n_codes);
         }
-        double now = now_seconds(), dt = now - ts;
-        float tps = (float)((double)a->batch * T / dt);
+        double now = now_seconds();
+        float tps = (float)((double)a->batch * T / (now - ts));
         char eta[32];
-        format_eta(eta, sizeof eta, (now - t0) / (step + 1) * (a->steps - step - 1));
-        printf("step %4d/%d | loss %.4f | lr %.3g | grad norm %.3f%s | %.0f tok/s | ETA %s\n",
-               step + 1, a->steps, loss, lr, norm, flip_s, tps, eta);
+        format_eta(eta, sizeof eta, (now - t0) / (double)(step + 1 - first) * (double)(last - step - 1));
+        printf("step %4lld/%d | loss %.4f | lr %.3g | grad norm %.3f%s | %.0f tok/s | ETA %s\n",
+               (long long)step + 1, a->steps, loss, lr, norm, flip_s, tps, eta);
         fflush(stdout);
-        if (log) {
-            fprintf(log, "{\"step\": %d, \"loss\": %.6f, \"lr\": %g, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f",
-                    step + 1, loss, lr, norm, tps);
-            if (m->quant.method != QUANT_NONE) {  // per tensor too, for plots
-                fprintf(log, ", \"flip_rate\": %.8f", flip);
-                for (int t = 0; t < N_TENSORS; t++)
-                    if (tensor_is_linear(t))
-                        fprintf(log, ", \"flips_%s\": %lld", TENSOR_NAMES[t], (long long)m->flips[t]);
-                fprintf(log, ", \"flip_rate_layer\": [");  // per layer: flipped / codes of that layer
-                int64_t per_layer = m->n_codes / m->cfg.n_layers;
-                for (int l = 0; l < m->cfg.n_layers; l++)
-                    fprintf(log, "%s%.8f", l ? ", " : "", (double)m->flips_layer[l] / per_layer);
-                fprintf(log, "]");
-            }
-            fprintf(log, "}\n");
-            fflush(log);
-        }
-        if (a->out_path && a->save_every && (step + 1) % a->save_every == 0 && step + 1 < a->steps) {
-            ModelHeader c = m->cfg;
-            c.dtype = a->out_dtype;
-            model_save(a->out_path, &c, m->params);
-        }
-        r.final_loss = loss;
+        if (log) log_step(log, m, step + 1, loss, lr, norm, tps, d ? st->gamma : -1.0);
+        if (ckpt && ((a->save_every && st->step % a->save_every == 0) || st->step == last)) checkpoint_save(ckpt, m, st);
+        r.final_loss = (float)loss;
     }
-    r.tokens_per_s = (float)((double)a->steps * a->batch * T / (now_seconds() - t0));
+    r.tokens_per_s = (float)((double)(last - first) * a->batch * T / (now_seconds() - t0));
     if (log) fclose(log);
     free(inputs); free(targets);
     return r;
@@ -1599,7 +1806,7 @@ static void bench(Model *m, const Args *a, int T, char *json, size_t n) {
 }
 
 // ============================================================================================
-// 11. Packed low-bit models
+// 12. Packed low-bit models
 //
 // `--export-packed out.qbin` stores what a quantized model really is: for each linear of each
 // layer its integer codes at their bit width (quant.h's packer: 1-bit 8 per byte, 2-bit 4 per
@@ -1762,7 +1969,7 @@ static void model_open(Model *m, const char *path) {
 }
 
 // ============================================================================================
-// 12. Weight histograms
+// 13. Weight histograms
 //
 // `--histogram L` shows what quantization does to the weights of layer L: for each of its seven
 // linears, the histogram of the latent FP weights and of W^ over the same 64 bins (CSV), the
@@ -1867,6 +2074,35 @@ int main(int argc, char **argv) {
     }
     if (a.clip && a.quant.method != QUANT_INT && a.quant.method != QUANT_NF3 && a.quant.method != QUANT_NF4)
         die("--clip searches per-group ranges: use -q int, nf3 or nf4");
+    // Distillation: whenever training a quantized student, or a teacher or loss is named. The
+    // teacher is -t, or the full-precision -m model itself (self-distillation), taken before the
+    // student is changed by --clip-init or quantization.
+    int will_quantize = (a.quant_given && a.quant.method != QUANT_NONE && !a.clip) || m.quant.method != QUANT_NONE;
+    int distill = a.train_tokens && (will_quantize || a.teacher_path || a.loss_given);
+    Model teacher_model, *teacher = NULL;
+    if (distill && a.loss_kind != LOSS_CE) {
+        if (a.teacher_path) {
+            model_open(&teacher_model, a.teacher_path);
+        } else {
+            float *copy = malloc_or_die((size_t)m.n_params * sizeof(float), "teacher");
+            memcpy(copy, m.params, (size_t)m.n_params * sizeof(float));
+            model_setup(&teacher_model, &m.cfg, copy);
+        }
+        teacher = &teacher_model;
+        if (teacher->cfg.vocab_size != m.cfg.vocab_size && a.loss_kind != LOSS_WASSERSTEIN)
+            die("%s: the teacher's vocabulary (%d) differs from the student's (%d); only --loss wasserstein works across vocabularies",
+                a.teacher_path ? a.teacher_path : "teacher", teacher->cfg.vocab_size, m.cfg.vocab_size);
+    }
+    if (a.clip_init) {  // the student starts from clipped weights of the same model
+        ModelHeader cc;
+        float *cp = model_load(a.clip_init, &cc);
+        ModelHeader want = m.cfg;
+        cc.dtype = want.dtype = DTYPE_F32;
+        if (memcmp(&cc, &want, sizeof cc) != 0) die("%s: --clip-init must be a full-precision model of the same shape as -m", a.clip_init);
+        memcpy(m.params, cp, (size_t)m.n_table * sizeof(float));
+        free(cp);
+        printf("student initialised from %s\n", a.clip_init);
+    }
     if (a.quant_given && a.quant.method != QUANT_NONE && !a.clip) {
         QuantSpec have = m.quant;
         if (have.method == QUANT_NONE) model_apply_quant(&m, a.quant);
@@ -1910,8 +2146,34 @@ int main(int argc, char **argv) {
     }
     if (a.train_tokens) {
         TokenStream data = load_tokens(a.train_tokens, tok, c->vocab_size);
-        TrainResult r = train_loop(&m, &a, &data, T);
-        JSON_ADD("\"train\": {\"steps\": %d, \"final_loss\": %.6f, \"tokens_per_s\": %.1f}", a.steps, r.final_loss, r.tokens_per_s);
+        TrainState st = {0, 0, rng_seeded(a.seed + 1).s, -1.0, a.batch, a.micro_batch, T, distill ? a.loss_kind : -1};
+        Distiller d = {{LOSS_CE, 0, 1}, NULL, 1};
+        char ckpt[4096] = "";
+        if (a.ckpt) snprintf(ckpt, sizeof ckpt, "%s", a.ckpt);
+        else if (a.out_path) snprintf(ckpt, sizeof ckpt, "%.4000s.ckpt", a.out_path);
+        if (a.resume) {
+            checkpoint_load(a.resume, &m, &st);
+            printf("resumed from %s at step %lld\n", a.resume, (long long)st.step);
+        }
+        if (distill) {
+            if (st.gamma < 0) {  // measured once; a resumed run keeps the saved value
+                int uses_gamma = a.loss_kind == LOSS_CAKLD || a.loss_kind == LOSS_CAKLD_CE;
+                if (a.gamma >= 0) st.gamma = a.gamma;
+                else if (uses_gamma && teacher) st.gamma = measure_gamma(teacher, &data, st, a.micro_batch, T, a.gamma_batches, a.gamma_include_pad);
+                else st.gamma = 0.0;
+            }
+            printf("distillation: %s, teacher %s, gamma %.4f%s\n", LOSS_NAMES[a.loss_kind],
+                   a.teacher_path ? a.teacher_path : "= the full-precision model (self-distillation)", st.gamma,
+                   a.gamma >= 0 ? " (given)" : a.gamma_include_pad ? " (measured, padding included)" : " (measured on real tokens)");
+            DistillLoss dl = {(LossKind)a.loss_kind, (float)st.gamma, a.temperature};
+            distiller_init(&d, dl, m.cfg.vocab_size, teacher ? teacher->cfg.vocab_size : m.cfg.vocab_size);
+        }
+        TrainResult r = train_loop(&m, distill ? teacher : NULL, distill ? &d : NULL, &a, &data, T, &st, ckpt[0] ? ckpt : NULL);
+        JSON_ADD("\"train\": {\"steps\": %lld, \"final_loss\": %.6f, \"tokens_per_s\": %.1f%s}", (long long)st.step, r.final_loss,
+                 r.tokens_per_s, distill ? ", \"distill\": true" : "");
+        if (distill) JSON_ADD("\"gamma\": %.6f, \"loss_kind\": \"%s\"", st.gamma, LOSS_NAMES[a.loss_kind]);
+        if (ckpt[0]) JSON_ADD("\"ckpt\": \"%s\"", ckpt);
+        free(d.scratch);
         free(data.ids);
     }
     if (a.clip) {
@@ -1971,6 +2233,7 @@ int main(int argc, char **argv) {
     }
     printf("{%s}\n", json);
     if (tok) tokenizer_free(tok);
+    if (teacher) model_free(teacher);
     model_free(&m);
     return 0;
 }
