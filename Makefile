@@ -21,16 +21,16 @@ TEST_SCRIPTS = $(sort $(wildcard tests/*.sh))
 
 all: train convert tokenize $(TEST_PROGRAMS)
 
-train: train.c $(HEADERS)
+train: train.c tokenizer.c eval.c $(wildcard data.c) $(HEADERS)
 	$(CC) $(CFLAGS) -o $@ train.c $(LDLIBS)
 
-convert: convert.c $(HEADERS)
+convert: convert.c tokenizer.c $(HEADERS)
 	$(CC) $(CFLAGS) -o $@ convert.c $(LDLIBS)
 
 tokenize: tokenizer.c $(HEADERS)
 	$(CC) $(CFLAGS) -DTOKENIZER_MAIN -o $@ tokenizer.c $(LDLIBS)
 
-test_%: test_%.c $(HEADERS) $(wildcard train.c convert.c tokenizer.c)
+test_%: test_%.c $(HEADERS) $(wildcard train.c convert.c tokenizer.c eval.c data.c)
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
 
 test: train convert tokenize $(TEST_PROGRAMS)

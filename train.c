@@ -1347,6 +1347,10 @@ static void generate(Model *m, int *const *prompts, const int *prompt_len, int B
     kv_free(&kv);
 }
 
+// Zero-shot multiple-choice evaluation (PIQA, HellaSwag, WinoGrande, ARC) and WikiText-2, scored
+// as lm-evaluation-harness does: eval.c.
+#include "eval.c"
+
 // ============================================================================================
 // 11. The training loop, the command line and main
 
@@ -1365,7 +1369,8 @@ typedef struct {
     int loss_kind, loss_given, gamma_batches, gamma_include_pad, stop_after, inject_nan;
     float gamma, temperature;
     // evaluation
-    const char *eval_ppl;
+    const char *eval_ppl, *eval_qa, *data_dir;
+    int limit, qa_no_bos;
     int eval_T, eval_batch;
     // quantization
     QuantSpec quant;
@@ -1447,6 +1452,12 @@ static void usage(void) {
         "  --eval-ppl FILE       perplexity on a .ids or text file (non-overlapping windows)\n"
         "  -T N                  window length [min(2048, model context)]\n"
         "  --eval-batch N        windows per forward [1]\n"
+        "                        (--eval-ppl wikitext2:DIR: WikiText-2's wiki.test.raw, joined as GPTQ)\n"
+        "  --eval-qa TASKS       zero-shot accuracy, comma-separated: piqa, hellaswag, winogrande,\n"
+        "                        arc_easy, arc_challenge (files under --data)\n"
+        "  --data DIR            folder of the task files (see README)\n"
+        "  --limit N             at most N items per task [all]\n"
+        "  --qa-no-bos           score without BOS (lm-evaluation-harness before v0.4.10)\n"
         "\n"
         "Other:\n"
         "  --threads N           OpenMP threads [all cores]\n"
@@ -1488,6 +1499,7 @@ static Args parse_args(int argc, char **argv) {
         if (!strcmp(f, "--bench")) { a.bench = 1; continue; }
         if (!strcmp(f, "--clip")) { a.clip = 1; continue; }
         if (!strcmp(f, "--gamma-include-pad")) { a.gamma_include_pad = 1; continue; }
+        if (!strcmp(f, "--qa-no-bos")) { a.qa_no_bos = 1; continue; }
         if (i + 1 >= argc) die("%s: missing value (see ./train --help)", f);
         const char *v = argv[++i];
         if (!strcmp(f, "-m")) a.model_path = v;
@@ -1524,6 +1536,9 @@ static Args parse_args(int argc, char **argv) {
         else if (!strcmp(f, "--eval-ppl")) a.eval_ppl = v;
         else if (!strcmp(f, "-T")) a.eval_T = parse_int(f, v);
         else if (!strcmp(f, "--eval-batch")) a.eval_batch = parse_int(f, v);
+        else if (!strcmp(f, "--eval-qa")) a.eval_qa = v;
+        else if (!strcmp(f, "--data")) a.data_dir = v;
+        else if (!strcmp(f, "--limit")) a.limit = parse_int(f, v);
         else if (!strcmp(f, "--threads")) a.threads = parse_int(f, v);
         else if (!strcmp(f, "--calib")) a.calib = v;
         else if (!strcmp(f, "-t")) a.teacher_path = v;
@@ -1568,6 +1583,8 @@ static Args parse_args(int argc, char **argv) {
     if (a.gamma != -1.0f && !(a.gamma >= 0.0f && a.gamma <= 1.0f)) die("--gamma must be in [0, 1]");
     if (!(a.temperature > 0)) die("--temperature must be positive");
     if (a.gamma_batches < 1 || a.stop_after < 0) die("--gamma-batches must be positive, --stop-after not negative");
+    if (a.eval_qa && !a.data_dir) die("--eval-qa needs --data DIR (the task files)");
+    if (a.limit < 0) die("--limit must not be negative");
     if (a.clip && (!a.calib || !a.out_path || !a.quant_given))
         die("--clip needs --calib FILE, -o OUT and the quantization it prepares for (-q/-b/-g)");
     if (a.calib_seqs < 1 || a.calib_len < 0 || a.clip_tokens < 1) die("--calib-seqs, --calib-len and --clip-tokens must be positive");
@@ -2225,11 +2242,27 @@ int main(int argc, char **argv) {
         int Te = a.eval_T ? a.eval_T : (c->max_seq_len < 2048 ? c->max_seq_len : 2048);
         if (Te > c->max_seq_len) die("-T %d exceeds the model's context %d", Te, c->max_seq_len);
         if (Te < 2) die("-T must be at least 2");
-        TokenStream s = load_tokens(a.eval_ppl, tok, c->vocab_size);
+        TokenStream s;
+        if (!strncmp(a.eval_ppl, "wikitext2:", 10)) {
+            if (!tok) die("%s: WikiText-2 needs the model's tokenizer (--tokenizer FILE)", a.eval_ppl);
+            s.ids = wikitext2_tokens(tok, a.eval_ppl + 10, &s.n);
+            for (int64_t i = 0; i < s.n; i++)
+                if (s.ids[i] >= c->vocab_size) die("%s: token id %d outside the model's vocabulary", a.eval_ppl, s.ids[i]);
+        } else {
+            s = load_tokens(a.eval_ppl, tok, c->vocab_size);
+        }
         PplResult r = eval_ppl(&m, &s, Te, a.eval_batch, a.eval_ppl);
         printf("perplexity of %s: %.4f (%lld windows of %d tokens)\n", a.eval_ppl, r.ppl, (long long)r.windows, Te);
         JSON_ADD("\"ppl\": %.6f, \"loss\": %.6f, \"windows\": %lld, \"T\": %d", r.ppl, r.mean_loss, (long long)r.windows, Te);
         free(s.ids);
+    }
+    if (a.eval_qa) {
+        if (!tok) die("--eval-qa needs the model's tokenizer (--tokenizer FILE, or MODEL.tokenizer beside the model)");
+        eval_qa_add_bos = !a.qa_no_bos;
+        char qa[4096];
+        eval_qa(&m, tok, a.eval_qa, a.data_dir, a.limit, qa, sizeof qa);
+        if (json[0]) strncat(json, ", ", sizeof json - strlen(json) - 1);
+        strncat(json, qa, sizeof json - strlen(json) - 1);
     }
     printf("{%s}\n", json);
     if (tok) tokenizer_free(tok);
