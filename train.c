@@ -1196,6 +1196,7 @@ typedef struct {
     int B, T;             // sequences, positions the cache holds
     float *k, *v;         // [L, B, T, KV*hd]
     float *cosv, *sinv;   // RoPE tables for positions 0..T-1, [T, hd/2]
+    float *scores;        // [B, H, T] attention scratch (the activations hold one position only)
 } KVCache;
 
 static void kv_alloc(KVCache *kv, const Model *m, int B, int T) {
@@ -1206,10 +1207,11 @@ static void kv_alloc(KVCache *kv, const Model *m, int B, int T) {
     kv->v = malloc_or_die((size_t)n * sizeof(float), "KV cache");
     kv->cosv = malloc_or_die((size_t)T * c->head_dim / 2 * sizeof(float), "rope");
     kv->sinv = malloc_or_die((size_t)T * c->head_dim / 2 * sizeof(float), "rope");
+    kv->scores = malloc_or_die((size_t)B * c->n_heads * T * sizeof(float), "attention scores");
     rope_tables(kv->cosv, kv->sinv, c, T);
 }
 
-static void kv_free(KVCache *kv) { free(kv->k); free(kv->v); free(kv->cosv); free(kv->sinv); }
+static void kv_free(KVCache *kv) { free(kv->k); free(kv->v); free(kv->cosv); free(kv->sinv); free(kv->scores); }
 
 // One query per (b, h) at position pos against the cached keys/values 0..pos:
 // out[B,H,hd] = sum_j softmax_j(q . k_j / sqrt(hd)) v_j, with scores[B,H,T] as scratch.
@@ -1269,7 +1271,7 @@ static void model_decode_step(Model *m, KVCache *kv, const int *tokens, int pos)
             memcpy(kc + ((int64_t)b * kv->T + pos) * Hkv, k + (int64_t)b * Hkv, (size_t)Hkv * sizeof(float));
             memcpy(vc + ((int64_t)b * kv->T + pos) * Hkv, v + (int64_t)b * Hkv, (size_t)Hkv * sizeof(float));
         }
-        attention_decode(att, m->act[A_SCORES], q, kc, vc, B, kv->T, pos, H, KV, hd);
+        attention_decode(att, kv->scores, q, kc, vc, B, kv->T, pos, H, KV, hd);
         matmul_forward(proj, mmt, att, layer_tensor(m->fwd_t, m, T_WO, l), B, Hq, D);
         residual_forward(mid, x, proj, (int64_t)B * D);
         rmsnorm_forward(xn, m->act[A_RSTD2], mid, layer_tensor(m->fwd_t, m, T_MLP_NORM, l), B, D, c->rms_norm_eps);
