@@ -21,7 +21,7 @@ TEST_SCRIPTS = $(sort $(wildcard tests/*.sh))
 
 all: train convert tokenize $(TEST_PROGRAMS)
 
-train: train.c tokenizer.c eval.c $(wildcard data.c) $(HEADERS)
+train: train.c tokenizer.c eval.c data.c $(HEADERS)
 	$(CC) $(CFLAGS) -o $@ train.c $(LDLIBS)
 
 convert: convert.c tokenizer.c $(HEADERS)

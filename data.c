@@ -527,8 +527,9 @@ static void format_bar(char *buf, int width, double frac) {
 // EOS; the prompt ids are BOS + tokenize(prompt), as Hugging Face's tokenizer makes them.
 // Prompts in a batch are decoded together (generate() above: one KV cache, one position per
 // step). A prompt that leaves no room for a new token in the teacher's context is skipped.
-void generate_data(Model *teacher, const Tokenizer *tok, const Prompts *p, int batch, int max_new,
-                   float temperature, float top_p, uint64_t seed, const char *out_path) {
+// Returns the number of new tokens written.
+int64_t generate_data(Model *teacher, const Tokenizer *tok, const Prompts *p, int batch, int max_new,
+                      float temperature, float top_p, uint64_t seed, const char *out_path) {
     if (!tok) die("%s: generating data needs the teacher's tokenizer (--tokenizer FILE)", out_path);
     if (batch < 1 || max_new < 1) die("%s: batch (%d) and max_new (%d) must be at least 1", out_path, batch, max_new);
     if (!(temperature >= 0.0f) || !(top_p > 0.0f && top_p <= 1.0f)) die("%s: temperature must be >= 0 and top_p in (0, 1]", out_path);
@@ -596,6 +597,28 @@ void generate_data(Model *teacher, const Tokenizer *tok, const Prompts *p, int b
     for (int i = 0; i < p->n; i++) free(ids[i]);
     for (int b = 0; b < batch; b++) free(out[b]);
     free(ids); free(len); free(use); free(bp); free(bl); free(out); free(out_len); free(line.s);
+    return n_new;
+}
+
+// --generate TEXT: the model's continuation of one text (BOS + tokenize(text)), appended to
+// *out as UTF-8; returns the number of new tokens. Stops at the tokenizer's EOS.
+int generate_text(Model *m, const Tokenizer *tok, const char *text, int max_new, float temperature, float top_p,
+                  uint64_t seed, Buf *out) {
+    if (!tok) die("--generate needs the model's tokenizer (--tokenizer FILE, or MODEL.tokenizer beside the model)");
+    size_t n = strlen(text);
+    int *ids = malloc_or_die((3 * n + 2) * sizeof(int), "prompt ids"), *new_ids = malloc_or_die((size_t)max_new * sizeof(int), "new tokens");
+    int len = tokenizer_encode(tok, text, n, TOK_ADD_BOS, ids, (int)(3 * n + 2)), n_new = 0;
+    if (len < 1 || len >= m->cfg.max_seq_len) die("--generate: the text takes %d tokens, the model's context is %d", len, m->cfg.max_seq_len);
+    int model_eos = m->cfg.eos_id;
+    if (tok->eos_id >= 0) m->cfg.eos_id = tok->eos_id;
+    Rng rng = rng_seeded(seed);
+    generate(m, (int *const[]){ids}, &len, 1, max_new, temperature, top_p, &rng, (int *[]){new_ids}, &n_new);
+    m->cfg.eos_id = model_eos;
+    size_t rlen;
+    char *resp = response_text(tok, ids, len, new_ids, n_new, &rlen);
+    buf_put(out, resp, rlen);
+    free(resp); free(ids); free(new_ids);
+    return n_new;
 }
 
 #endif

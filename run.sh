@@ -3,11 +3,17 @@
 #
 #   ./run.sh            the built-in demo: no download, a few minutes on 2 cores.
 #                       Generates a small corpus, pretrains a `tiny` byte-level Llama on it (the
-#                       teacher later issues quantize and distil), reports its perplexity next
-#                       to the random model's, and writes out/demo/teacher.bin.
+#                       teacher), lets it generate the distillation data, then the method at 3,
+#                       2, 1 bits and ternary: clipping search, QAT with CAKLD self-distillation
+#                       on that data; prints the perplexity table of FP, round-to-nearest and
+#                       QAT models and one JSON line with it.
 #   ./run.sh corpus DIR  only the demo corpus (DIR/train.ids, DIR/valid.ids).
+#   ./run.sh tokenizer FILE  only the demo's byte-level tokenizer (token id = byte value).
+#   ./run.sh pipeline HF_DIR [BITS] [DATA_DIR]  the whole method on a downloaded model (below).
 #
-# Environment: DEMO_STEPS (training steps, default 400), OUT (output folder, default out/demo).
+# Environment: DEMO_STEPS (teacher steps, default 400), DEMO_PROMPTS (generated examples, default
+# 320), DEMO_EPOCHS (each student's epochs over them, default 4), OUT (output folder, default
+# out/demo).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -46,6 +52,26 @@ corpus() {
     echo "corpus: $(wc -c < "$out/corpus.txt") bytes, $(wc -l < "$out/train.ids") train and $(wc -l < "$out/valid.ids") validation tokens"
 }
 
+# The demo model's tokenizer: byte-level BPE (tokenizer.json, Llama-3's pre-tokenizer) with the
+# 256 bytes as its vocabulary, token id = byte value, no merges and no BOS/EOS, so text and the
+# byte ids of the corpus are the same tokens. Byte b is written as GPT-2's printable stand-in:
+# itself for 33..126, 161..172, 174..255, else U+0100 + (its rank among the others).
+demo_tokenizer() {
+    awk 'BEGIN {
+        printf "{\"version\": \"1.0\", \"normalizer\": null, \"added_tokens\": [],\n"
+        printf "\"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Split\", \"pattern\": {\"Regex\": "
+        printf "\"(?i:%cs|%ct|%cre|%cve|%cm|%cll|%cd)|[^\\\\r\\\\n\\\\p{L}\\\\p{N}]?\\\\p{L}+|\\\\p{N}{1,3}| ?[^\\\\s\\\\p{L}\\\\p{N}]+[\\\\r\\\\n]*|\\\\s*[\\\\r\\\\n]+|\\\\s+(?!\\\\S)|\\\\s+\"}, ", 39, 39, 39, 39, 39, 39, 39
+        printf "\"behavior\": \"Isolated\", \"invert\": false}, {\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"use_regex\": false}]},\n"
+        printf "\"decoder\": {\"type\": \"ByteLevel\"},\n\"model\": {\"type\": \"BPE\", \"ignore_merges\": true, \"merges\": [], \"vocab\": {"
+        n = 0
+        for (b = 0; b < 256; b++) {
+            cp = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174 ? b : 256 + n++
+            printf "%s\"\\u%04x\": %d", b ? ", " : "", cp, b
+        }
+        printf "}}}\n"
+    }' > "$1"
+}
+
 demo() {
     local out=${OUT:-out/demo} steps=${DEMO_STEPS:-400}
     mkdir -p "$out"
@@ -53,28 +79,112 @@ demo() {
 
     corpus "$out"
 
-    # 2. The teacher: a tiny Llama pretrained with cross-entropy.
+    # 2. The teacher: a tiny Llama pretrained with cross-entropy on the byte stream.
     echo "== pretraining the tiny teacher ($steps steps)"
     ./train --init tiny --seed 1 --train-tokens "$out/train.ids" --steps "$steps" --batch 8 \
         --micro-batch 8 --seq 128 --lr 3e-3 --min-lr 3e-4 --schedule cosine --warmup 20 \
         --log "$out/teacher.jsonl" -o "$out/teacher.bin" | tee "$out/teacher.log" | awk 'NR % 50 == 1 || /^\{/'
+    demo_tokenizer "$out/teacher.bin.tokenizer"
 
-    # 3. Perplexity of the random model and of the teacher on held-out text.
-    echo "== perplexity on held-out text (windows of 128 bytes)"
-    local rand_json teacher_json
-    rand_json=$(./train --init tiny --seed 1 --eval-ppl "$out/valid.ids" -T 128 --eval-batch 8 | tail -n 1)
-    teacher_json=$(./train -m "$out/teacher.bin" --eval-ppl "$out/valid.ids" -T 128 --eval-batch 8 | tail -n 1)
-    local rp tp
-    rp=$(sed 's/.*"ppl": \([0-9.]*\).*/\1/' <<< "$rand_json")
-    tp=$(sed 's/.*"ppl": \([0-9.]*\).*/\1/' <<< "$teacher_json")
-    printf '\n| model            | ppl       |\n|------------------|-----------|\n'
-    printf '| random init      | %9.3f |\n| FP teacher       | %9.3f |\n\n' "$rp" "$tp"
-    echo "{\"random_ppl\": $rp, \"fp\": $tp, \"teacher\": \"$out/teacher.bin\"}"
+    # 3. The teacher writes the students' training data (BitDistiller's self-generated data):
+    #    it continues the first three words of sentences of the training text.
+    echo "== the teacher generates the distillation data"
+    awk 'NR % 7 == 0 && n++ < 600 { print $1, $2, $3 }' "$out/corpus.txt" > "$out/prompts.txt"
+    ./train -m "$out/teacher.bin" --generate-data --prompts "text:$out/prompts.txt" --n "${DEMO_PROMPTS:-320}" \
+        --max-new 120 --gen-batch 32 --temperature 0.7 --seed 3 -o "$out/generated.jsonl" | grep -E '^generate: wrote|^\{'
+    head -n 2 "$out/generated.jsonl"
+
+    # 4. The method, at 3, 2 and 1 bits (INT-Asym, groups of 64) and ternary: the clipping search
+    #    initialises each student from the teacher, which then teaches it on its own data
+    #    (self-distillation, CAKLD, gamma measured on the data). Round-to-nearest of the teacher
+    #    is the baseline the papers compare against.
+    local epochs=${DEMO_EPOCHS:-4}
+    ev() { ./train -m "$1" --eval-ppl "$out/valid.ids" -T 128 --eval-batch 8 "${@:2}" | tail -n 1 | sed 's/.*"ppl": \([0-9.e+-]*\).*/\1/'; }
+    local fp rp
+    fp=$(ev "$out/teacher.bin")
+    rp=$(./train --init tiny --seed 1 --eval-ppl "$out/valid.ids" -T 128 --eval-batch 8 | tail -n 1 | sed 's/.*"ppl": \([0-9.e+-]*\).*/\1/')
+    declare -A rtn qat
+    for name in 3 2 1 ternary; do
+        local q=(-q int -b "$name" -g 64)
+        [ "$name" = ternary ] && q=(-q ternary)
+        rtn[$name]=$(ev "$out/teacher.bin" "${q[@]}")
+        local init=()
+        if [ "$name" != ternary ]; then  # ternary has no per-group range to clip
+            echo "== clipping search for ${q[*]}"
+            ./train -m "$out/teacher.bin" --clip --calib "$out/train.ids" --calib-seqs 16 --calib-len 128 "${q[@]}" \
+                -o "$out/clipped_$name.bin" | grep -E '^clip: [0-9]+ groups'
+            init=(--clip-init "$out/clipped_$name.bin")
+        fi
+        echo "== QAT with CAKLD self-distillation on the generated data, ${q[*]} ($epochs epochs)"
+        ./train -m "$out/teacher.bin" "${init[@]}" "${q[@]}" --data "$out/generated.jsonl" --epochs "$epochs" \
+            --batch 8 --micro-batch 8 --seq 128 --lr 1e-3 --eval-every 20 --log "$out/qat_$name.jsonl" \
+            -o "$out/student_$name.bin" | awk '/^distillation|^data: [0-9]+ epochs|eval loss/'
+        qat[$name]=$(ev "$out/student_$name.bin")
+    done
+
+    # 5. The table, as the papers print it: perplexity on held-out text (windows of 128 bytes).
+    printf '\n| model            | bits    | ppl (RTN) | ppl (QAT) |\n|------------------|---------|-----------|-----------|\n'
+    printf '| random init      | 16      | %9.3f |           |\n' "$rp"
+    printf '| FP teacher       | 16      | %9.3f |           |\n' "$fp"
+    for name in 3 2 1; do printf '| INT-Asym g64     | %-7s | %9.3f | %9.3f |\n' "$name" "${rtn[$name]}" "${qat[$name]}"; done
+    printf '| ternary (b1.58)  | 1.58    | %9.3f | %9.3f |\n\n' "${rtn[ternary]}" "${qat[ternary]}"
+    echo "{\"random\": $rp, \"fp\": $fp, \"rtn\": {\"3\": ${rtn[3]}, \"2\": ${rtn[2]}, \"1\": ${rtn[1]}, \"ternary\": ${rtn[ternary]}}, \"qat\": {\"3\": ${qat[3]}, \"2\": ${qat[2]}, \"1\": ${qat[1]}, \"ternary\": ${qat[ternary]}}}"
+}
+
+# The real pipeline on a downloaded Hugging Face Llama (TinyLlama-1.1B in the seed study), each
+# step skipped when its output exists, so an interrupted run continues where it stopped:
+#   convert -> clipping search -> the teacher generates data (WikiText-2 + Alpaca prompts)
+#   -> QAT with CAKLD -> WikiText-2 perplexity and the five zero-shot tasks -> packed and HF export.
+# DATA_DIR holds wikitext-2-raw/wiki.{train,test}.raw, alpaca_data_cleaned.json and the task
+# folders --eval-qa reads (piqa/, hellaswag/, winogrande/, ARC-Easy/, ARC-Challenge/; see README).
+# Environment (defaults are the papers' settings): OUT (out/NAME), GROUP (128), QUANT (int),
+# LR (2e-5), EPOCHS (4), BATCH (16), MICRO_BATCH (4), SEQ (1024), N_WIKI (3000), N_ALPACA (5000),
+# MAX_NEW (1024), GEN_BATCH (16), CALIB_SEQS (128), PPL_T (2048), TASKS (all five), LIMIT (all).
+pipeline() {
+    local hf=${1:?usage: ./run.sh pipeline HF_DIR [bits] [data dir]} bits=${2:-2} data=${3:-data}
+    local out=${OUT:-out/$(basename "$hf")} g=${GROUP:-128} q=${QUANT:-int}
+    local quant=(-q "$q" -b "$bits" -g "$g")
+    mkdir -p "$out"
+    make -s train convert
+    step() { if [ -s "$1" ]; then echo "== $2: $1 exists, skipped"; return 1; fi; echo "== $2"; }
+    local model=$out/model.bin student=$out/student_${q}${bits}_g$g.bin
+    if step "$model" "convert $hf"; then ./convert "$hf" "$model"; fi
+    if step "$out/clipped_${q}${bits}_g$g.bin" "clipping search (${quant[*]})"; then
+        ./train -m "$model" --clip --calib "$data/wikitext-2-raw/wiki.train.raw" --calib-seqs "${CALIB_SEQS:-128}" \
+            "${quant[@]}" -o "$out/clipped_${q}${bits}_g$g.bin"
+    fi
+    if step "$out/generated.jsonl" "the teacher generates its training data"; then
+        ./train -m "$model" --generate-data --max-new "${MAX_NEW:-1024}" --gen-batch "${GEN_BATCH:-16}" --temperature 0.7 \
+            --prompts "wikitext:$data/wikitext-2-raw/wiki.train.raw=${N_WIKI:-3000},alpaca:$data/alpaca_data_cleaned.json=${N_ALPACA:-5000}" \
+            -o "$out/generated.jsonl"
+    fi
+    if step "$student" "QAT with CAKLD self-distillation (${quant[*]})"; then
+        ./train -m "$model" --clip-init "$out/clipped_${q}${bits}_g$g.bin" "${quant[@]}" --data "$out/generated.jsonl" \
+            --epochs "${EPOCHS:-4}" --lr "${LR:-2e-5}" --batch "${BATCH:-16}" --micro-batch "${MICRO_BATCH:-4}" \
+            --seq "${SEQ:-1024}" --save-every 50 --log "$out/train.jsonl" -o "$student"
+    fi
+    local limit=(); [ -n "${LIMIT:-}" ] && limit=(--limit "$LIMIT")
+    echo "== evaluation of the full-precision model and the student"
+    for m in "$model" "$student"; do
+        ./train -m "$m" --eval-ppl "wikitext2:$data/wikitext-2-raw" -T "${PPL_T:-2048}" | tail -n 1 > "$m.ppl.json"
+        ./train -m "$m" --eval-qa "${TASKS:-piqa,hellaswag,winogrande,arc_easy,arc_challenge}" --data "$data" "${limit[@]}" \
+            | tee "$m.qa.log" | tail -n 1 > "$m.qa.json"
+        grep '^|' "$m.qa.log" || true
+    done
+    if step "${student%.bin}.qbin" "packed low-bit export"; then ./train -m "$student" --export-packed "${student%.bin}.qbin" | tail -n 1; fi
+    if step "$out/hf_student/config.json" "Hugging Face export"; then ./convert --to-hf "$student" "$out/hf_student"; fi
+    local fp_ppl st_ppl
+    fp_ppl=$(sed 's/.*"ppl": \([0-9.e+-]*\).*/\1/' "$model.ppl.json")
+    st_ppl=$(sed 's/.*"ppl": \([0-9.e+-]*\).*/\1/' "$student.ppl.json")
+    printf '\n| model | WikiText-2 ppl |\n|---|---|\n| FP | %s |\n| %s-bit %s g%s (QAT) | %s |\n\n' "$fp_ppl" "$bits" "$q" "$g" "$st_ppl"
+    echo "{\"fp\": {\"ppl\": $fp_ppl, \"qa\": $(sed 's/.*"qa": \({.*}\)}$/\1/' "$model.qa.json")}, \"student\": {\"path\": \"$student\", \"ppl\": $st_ppl, \"qa\": $(sed 's/.*"qa": \({.*}\)}$/\1/' "$student.qa.json")}}"
 }
 
 case "${1:-demo}" in
     demo) demo ;;
     corpus) corpus "${2:?usage: ./run.sh corpus DIR}" ;;
-    -h|--help) sed -n '2,12p' "$0" ;;
+    tokenizer) demo_tokenizer "${2:?usage: ./run.sh tokenizer FILE}" ;;
+    pipeline) shift; pipeline "$@" ;;
+    -h|--help) sed -n '2,16p' "$0" ;;
     *) echo "error: unknown command '$1' (try ./run.sh --help)" >&2; exit 1 ;;
 esac

@@ -1353,6 +1353,10 @@ static void generate(Model *m, int *const *prompts, const int *prompt_len, int B
 // as lm-evaluation-harness does: eval.c.
 #include "eval.c"
 
+// The data of a distillation run: JSONL examples (batches with loss masks, the train/eval split)
+// and the teacher's own generated data (BitDistiller's self-generated data): data.c.
+#include "data.c"
+
 // ============================================================================================
 // 11. The training loop, the command line and main
 
@@ -1363,15 +1367,20 @@ typedef struct {
     int out_dtype;
     uint64_t seed;
     // training
-    const char *train_tokens, *log_path;
-    int steps, batch, micro_batch, seq, save_every;
+    const char *train_tokens, *data, *log_path;
+    int steps, steps_given, epochs, batch, micro_batch, seq, save_every, eval_every, mask_prompt;
     OptConfig opt;
     // distillation
     const char *teacher_path, *clip_init, *resume, *ckpt;
     int loss_kind, loss_given, gamma_batches, gamma_include_pad, stop_after, inject_nan;
     float gamma, temperature;
+    int temperature_given;
+    // teacher-generated data and --generate
+    int generate_data, n_prompts, max_new, gen_batch;
+    const char *prompts, *generate_prompt;
+    float top_p;
     // evaluation
-    const char *eval_ppl, *eval_qa, *data_dir;
+    const char *eval_ppl, *eval_qa;
     int limit, qa_no_bos;
     int eval_T, eval_batch;
     // quantization
@@ -1416,9 +1425,15 @@ static void usage(void) {
         "                        quantized weights\n"
         "  --histogram-out P     file prefix for --histogram [histogram_layerL]\n"
         "\n"
-        "Training (cross-entropy on a token file; a quantized model trains its latent weights):\n"
-        "  --train-tokens FILE   token file to train on: .ids (whitespace-separated ids) or text\n"
-        "  --steps N             optimizer steps [100]\n"
+        "Training data (one of the two; a quantized model trains its latent weights):\n"
+        "  --data FILE           JSONL examples: [[\"prompt\", \"response\"]], {\"prompt\", \"response\"}\n"
+        "                        or {\"text\"}; right-padded to --seq; the first fifth is held out\n"
+        "  --train-tokens FILE   a token stream (.ids or text): random windows of --seq tokens\n"
+        "  --epochs N            passes over --data's training split [4]\n"
+        "  --steps N             optimizer steps [100; with --data: what --epochs takes]\n"
+        "  --mask-prompt         with --data: no loss on prompt tokens (the ablation; BitDistiller\n"
+        "                        trains on every real token)\n"
+        "  --eval-every N        with --data: the held-out loss every N steps [0 = at the end]\n"
         "  --batch N             sequences per optimizer step [16]\n"
         "  --micro-batch N       sequences per forward/backward; batch/micro-batch steps are\n"
         "                        accumulated [4]\n"
@@ -1443,12 +1458,25 @@ static void usage(void) {
         "  --gamma F             CAKLD's teacher confidence [measured on the data]\n"
         "  --gamma-batches N     micro-batches to measure gamma on [20]\n"
         "  --gamma-include-pad   average over padding too (BitDistiller's original code)\n"
-        "  --temperature F       cakld_ce's temperature [20]\n"
+        "  --temperature F       cakld_ce's temperature [20]; when generating, the sampling\n"
+        "                        temperature [0.7, BitDistiller's]\n"
         "  --ckpt FILE           checkpoint (weights, AdamW state, data position, RNG) written every\n"
         "                        --save-every steps and at the end [OUT.ckpt with -o]\n"
         "  --resume FILE         continue from a checkpoint, bit-identical to an uninterrupted run\n"
         "  --stop-after N        stop after step N as if interrupted (for tests of --resume)\n"
         "  --inject-nan N        fault injection for tests: poison a weight before step N\n"
+        "\n"
+        "Teacher-generated data and generation (with the -m model, on its tokenizer):\n"
+        "  --generate-data       continue --prompts with the model; write [[\"prompt\", \"response\"]]\n"
+        "                        lines to -o (the --data format)\n"
+        "  --prompts SPEC        prompt sources: wikitext:FILE, alpaca:FILE, text:FILE, or a mix\n"
+        "                        \"wikitext:W=600,alpaca:A=400\" (counts optional; see README)\n"
+        "  --n N                 prompts in all [every prompt of the sources]\n"
+        "  --max-new N, -n N     new tokens per response, at most [1024]\n"
+        "  --top-p F             nucleus sampling [1.0]\n"
+        "  --gen-batch N         prompts decoded together [16]\n"
+        "  --generate TEXT       print the model's continuation of TEXT (--max-new, --temperature,\n"
+        "                        --top-p, --seed)\n"
         "\n"
         "Evaluation:\n"
         "  --eval-ppl FILE       perplexity on a .ids or text file (non-overlapping windows)\n"
@@ -1457,7 +1485,7 @@ static void usage(void) {
         "                        (--eval-ppl wikitext2:DIR: WikiText-2's wiki.test.raw, joined as GPTQ)\n"
         "  --eval-qa TASKS       zero-shot accuracy, comma-separated: piqa, hellaswag, winogrande,\n"
         "                        arc_easy, arc_challenge (files under --data)\n"
-        "  --data DIR            folder of the task files (see README)\n"
+        "  --data DIR            with --eval-qa: the folder of the task files (see README)\n"
         "  --limit N             at most N items per task [all]\n"
         "  --qa-no-bos           score without BOS (lm-evaluation-harness before v0.4.10)\n"
         "\n"
@@ -1486,10 +1514,19 @@ static float parse_float(const char *flag, const char *v) {
     return x;
 }
 
+static int is_directory(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+// --data names the training examples, or with --eval-qa the folder of the task files.
+static const char *train_data_path(const Args *a) { return a->data && !a->eval_qa ? a->data : NULL; }
+
 static Args parse_args(int argc, char **argv) {
     Args a;
     memset(&a, 0, sizeof a);
-    a.seed = 42; a.steps = 100; a.batch = 16; a.micro_batch = 4; a.eval_batch = 1;
+    a.seed = 42; a.steps = 100; a.epochs = 4; a.batch = 16; a.micro_batch = 4; a.eval_batch = 1;
+    a.max_new = 1024; a.top_p = 1.0f; a.gen_batch = 16;
     a.quant = (QuantSpec){QUANT_INT, 0, 128};
     a.calib_seqs = 128; a.clip_tokens = 512; a.histogram = -1;
     a.loss_kind = LOSS_CAKLD; a.gamma = -1.0f; a.gamma_batches = 20; a.temperature = 20.0f;
@@ -1502,6 +1539,8 @@ static Args parse_args(int argc, char **argv) {
         if (!strcmp(f, "--clip")) { a.clip = 1; continue; }
         if (!strcmp(f, "--gamma-include-pad")) { a.gamma_include_pad = 1; continue; }
         if (!strcmp(f, "--qa-no-bos")) { a.qa_no_bos = 1; continue; }
+        if (!strcmp(f, "--mask-prompt")) { a.mask_prompt = 1; continue; }
+        if (!strcmp(f, "--generate-data")) { a.generate_data = 1; continue; }
         if (i + 1 >= argc) die("%s: missing value (see ./train --help)", f);
         const char *v = argv[++i];
         if (!strcmp(f, "-m")) a.model_path = v;
@@ -1516,7 +1555,15 @@ static Args parse_args(int argc, char **argv) {
             else die("--dtype: expected f32 or bf16, got '%s'", v);
         }
         else if (!strcmp(f, "--train-tokens")) a.train_tokens = v;
-        else if (!strcmp(f, "--steps")) a.steps = parse_int(f, v);
+        else if (!strcmp(f, "--steps")) { a.steps = parse_int(f, v); a.steps_given = 1; }
+        else if (!strcmp(f, "--epochs")) a.epochs = parse_int(f, v);
+        else if (!strcmp(f, "--eval-every")) a.eval_every = parse_int(f, v);
+        else if (!strcmp(f, "--prompts")) a.prompts = v;
+        else if (!strcmp(f, "--n")) a.n_prompts = parse_int(f, v);
+        else if (!strcmp(f, "--max-new") || !strcmp(f, "-n")) a.max_new = parse_int(f, v);
+        else if (!strcmp(f, "--top-p")) a.top_p = parse_float(f, v);
+        else if (!strcmp(f, "--gen-batch")) a.gen_batch = parse_int(f, v);
+        else if (!strcmp(f, "--generate")) a.generate_prompt = v;
         else if (!strcmp(f, "--batch")) a.batch = parse_int(f, v);
         else if (!strcmp(f, "--micro-batch")) a.micro_batch = parse_int(f, v);
         else if (!strcmp(f, "--seq")) a.seq = parse_int(f, v);
@@ -1539,7 +1586,7 @@ static Args parse_args(int argc, char **argv) {
         else if (!strcmp(f, "-T")) a.eval_T = parse_int(f, v);
         else if (!strcmp(f, "--eval-batch")) a.eval_batch = parse_int(f, v);
         else if (!strcmp(f, "--eval-qa")) a.eval_qa = v;
-        else if (!strcmp(f, "--data")) a.data_dir = v;
+        else if (!strcmp(f, "--data")) a.data = v;
         else if (!strcmp(f, "--limit")) a.limit = parse_int(f, v);
         else if (!strcmp(f, "--threads")) a.threads = parse_int(f, v);
         else if (!strcmp(f, "--calib")) a.calib = v;
@@ -1552,7 +1599,7 @@ static Args parse_args(int argc, char **argv) {
         }
         else if (!strcmp(f, "--gamma")) a.gamma = parse_float(f, v);
         else if (!strcmp(f, "--gamma-batches")) a.gamma_batches = parse_int(f, v);
-        else if (!strcmp(f, "--temperature")) a.temperature = parse_float(f, v);
+        else if (!strcmp(f, "--temperature")) { a.temperature = parse_float(f, v); a.temperature_given = 1; }
         else if (!strcmp(f, "--ckpt")) a.ckpt = v;
         else if (!strcmp(f, "--resume")) a.resume = v;
         else if (!strcmp(f, "--stop-after")) a.stop_after = parse_int(f, v);
@@ -1583,9 +1630,22 @@ static Args parse_args(int argc, char **argv) {
         die("--lr must be >= 0, betas in [0, 1), --adam-eps > 0");
     if (a.threads < 0) die("--threads must be positive");
     if (a.gamma != -1.0f && !(a.gamma >= 0.0f && a.gamma <= 1.0f)) die("--gamma must be in [0, 1]");
-    if (!(a.temperature > 0)) die("--temperature must be positive");
+    if (a.temperature_given && !(a.temperature >= 0)) die("--temperature must not be negative");
+    if (!a.temperature_given && (a.generate_data || a.generate_prompt)) a.temperature = 0.7f;  // BitDistiller's sampling
+    if (!a.generate_data && !a.generate_prompt && !(a.temperature > 0)) die("--temperature must be positive");
+    if (a.epochs < 1 || a.eval_every < 0) die("--epochs must be at least 1, --eval-every not negative");
+    if (a.max_new < 1 || a.gen_batch < 1 || a.n_prompts < 0) die("--max-new and --gen-batch must be at least 1, --n not negative");
+    if (!(a.top_p > 0.0f && a.top_p <= 1.0f)) die("--top-p must be in (0, 1]");
+    if (a.train_tokens && a.data && !a.eval_qa) die("give one training data source: --data FILE.jsonl or --train-tokens FILE");
+    if (a.generate_data && (!a.prompts || !a.out_path)) die("--generate-data needs --prompts SPEC and -o OUT.jsonl");
+    if (a.generate_data && (a.train_tokens || (a.data && !a.eval_qa) || a.clip || a.generate_prompt))
+        die("--generate-data writes data: train, clip or --generate in a separate command");
+    if (a.prompts && !a.generate_data) die("--prompts is for --generate-data");
     if (a.gamma_batches < 1 || a.stop_after < 0) die("--gamma-batches must be positive, --stop-after not negative");
-    if (a.eval_qa && !a.data_dir) die("--eval-qa needs --data DIR (the task files)");
+    if (a.eval_qa && !a.data) die("--eval-qa needs --data DIR (the task files)");
+    if (a.eval_qa && a.data && !is_directory(a.data))
+        die("%s: --eval-qa reads its task files from a folder (--data DIR); train on a JSONL file in a separate command", a.data);
+    if (a.mask_prompt && !(a.data && !a.eval_qa)) die("--mask-prompt needs --data FILE.jsonl");
     if (a.limit < 0) die("--limit must not be negative");
     if (a.clip && (!a.calib || !a.out_path || !a.quant_given))
         die("--clip needs --calib FILE, -o OUT and the quantization it prepares for (-q/-b/-g)");
@@ -1608,7 +1668,7 @@ static double train_flops_per_token(const Model *m, int T) {
     return 6.0 * matmul + 6.0 * c->n_layers * (double)c->n_heads * c->head_dim * T;
 }
 
-typedef struct { float final_loss, tokens_per_s; } TrainResult;
+typedef struct { float final_loss, tokens_per_s, eval_loss; } TrainResult;  // eval_loss -1: none
 
 // Everything a resumed run needs besides the weights and AdamW moments: with it, training N
 // steps straight and training k steps, stopping, then resuming to N give the same bits.
@@ -1681,9 +1741,11 @@ static void checkpoint_load(const char *path, Model *m, TrainState *st) {
 }
 
 // One line of the JSONL log: the step's numbers and, for a student, its flip-flops.
-static void log_step(FILE *log, const Model *m, int64_t step, double loss, float lr, float norm, float tps, double gamma) {
+static void log_step(FILE *log, const Model *m, int64_t step, double loss, double eval_loss, float lr, float norm, float tps,
+                     double gamma) {
     fprintf(log, "{\"step\": %lld, \"loss\": %.6f, \"lr\": %g, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f",
             (long long)step, loss, lr, norm, tps);
+    if (eval_loss >= 0) fprintf(log, ", \"eval_loss\": %.6f", eval_loss);
     if (gamma >= 0) fprintf(log, ", \"gamma\": %.6f", gamma);
     if (m->quant.method != QUANT_NONE) {  // per tensor and per layer too, for plots
         fprintf(log, ", \"flip_rate\": %.8f", (double)m->flips_total / m->n_codes);
@@ -1698,16 +1760,56 @@ static void log_step(FILE *log, const Model *m, int64_t step, double loss, float
     fflush(log);
 }
 
-// The teacher's confidence gamma over the first n_batches micro-batches (their positions with a
-// target, or all of them with include_pad), sampled with a copy of the data RNG so that
-// training then sees the same batches it would have without this measurement.
-static double measure_gamma(Model *teacher, const TokenStream *data, TrainState st, int B, int T, int n_batches, int include_pad) {
+// ---------------------------------------------------------------------------------------------
+// Where training batches come from: random windows of a token stream (--train-tokens, for
+// pretraining), or the examples of a JSONL file (--data, as BitDistiller trains), every epoch in
+// a new order. Micro-batch k of a run is a function of k and the sampler's state alone, so a
+// resumed run, knowing how many micro-batches were consumed, sees the same batches.
+
+typedef struct {
+    const TokenStream *stream;  // one of the two
+    const Dataset *examples;
+    int mask_prompt;            // examples: no loss on prompt tokens
+    uint64_t seed;              // examples: the epoch orders' seed
+    int *order, order_epoch;    // examples: the order of epoch order_epoch (-1: none yet)
+    int *idx;                   // [B] the examples of one micro-batch
+} Batches;
+
+static Batches batches_of_stream(const TokenStream *s) { return (Batches){s, NULL, 0, 0, NULL, -1, NULL}; }
+
+static Batches batches_of_examples(const Dataset *d, int mask_prompt, uint64_t seed, int B) {
+    Batches b = {NULL, d, mask_prompt, seed, malloc_or_die((size_t)d->n * sizeof(int), "epoch order"), -1,
+                 malloc_or_die((size_t)B * sizeof(int), "batch")};
+    return b;
+}
+
+static void batches_free(Batches *b) { free(b->order); free(b->idx); }
+
+// Micro-batch k of the run into inputs/targets [B,T]: B windows drawn with rng from a stream;
+// or examples kB .. kB+B-1 of the sequence (epoch 0's order, then epoch 1's, ...).
+static void next_batch(Batches *src, int64_t k, Rng *rng, int *inputs, int *targets, int B, int T) {
+    if (src->stream) { sample_batch(inputs, targets, src->stream, B, T, rng); return; }
+    const Dataset *d = src->examples;
+    for (int b = 0; b < B; b++) {
+        int64_t pos = k * B + b;
+        int epoch = (int)(pos / d->n);
+        if (epoch != src->order_epoch) { dataset_epoch_order(d, src->seed, epoch, src->order); src->order_epoch = epoch; }
+        src->idx[b] = src->order[pos % d->n];
+    }
+    dataset_batch(d, src->idx, B, src->mask_prompt, inputs, targets);
+}
+
+// The teacher's confidence gamma over the first n_batches micro-batches of the run (their
+// positions with a target, or all of them with include_pad: BitDistiller's original average,
+// padding included), drawn with a copy of the sampler's state so that training then sees the
+// same batches it would have without this measurement.
+static double measure_gamma(Model *teacher, Batches *data, TrainState st, int B, int T, int n_batches, int include_pad) {
     int *inputs = malloc_or_die((size_t)B * T * sizeof(int), "inputs"), *targets = malloc_or_die((size_t)B * T * sizeof(int), "targets");
     Rng rng = {st.rng};
     double sum = 0;
     long long count = 0;
     for (int i = 0; i < n_batches; i++) {
-        sample_batch(inputs, targets, data, B, T, &rng);
+        next_batch(data, st.micro_batches + i, &rng, inputs, targets, B, T);
         model_forward(teacher, inputs, NULL, B, T);
         gamma_accumulate(&sum, &count, teacher->logits, targets, B, T, teacher->cfg.vocab_size, include_pad);
     }
@@ -1715,23 +1817,52 @@ static double measure_gamma(Model *teacher, const TokenStream *data, TrainState 
     return count ? sum / count : 0.0;
 }
 
-// Trains m from st->step to a->steps (or --stop-after): with d, distillation from the teacher
+// The training loss on the held-out examples, without gradients: d's loss (summed over a
+// sequence's positions, averaged over sequences), or without d the cross-entropy averaged over
+// tokens, the reductions train_loop uses.
+static double eval_split_loss(Model *m, Model *teacher, const Distiller *d, const Dataset *ev, int B, int *inputs, int *targets) {
+    int T = ev->seq, *idx = malloc_or_die((size_t)B * sizeof(int), "eval batch");
+    double sum = 0.0;
+    int64_t tokens = 0;
+    for (int i0 = 0; i0 < ev->n; i0 += B) {
+        int nb = ev->n - i0 < B ? ev->n - i0 : B;
+        for (int b = 0; b < nb; b++) idx[b] = i0 + b;
+        dataset_batch(ev, idx, nb, 0, inputs, targets);
+        if (d) {
+            const float *zt = NULL;
+            int Vt = m->cfg.vocab_size;
+            if (d->loss.kind != LOSS_CE) { model_forward(teacher, inputs, NULL, nb, T); zt = teacher->logits; Vt = teacher->cfg.vocab_size; }
+            model_forward(m, inputs, NULL, nb, T);
+            sum += nb * distill_loss_batch(m->act[A_DLOGITS], d->scratch, d->scratch_rows, m->logits, zt, targets, nb, T,
+                                           m->cfg.vocab_size, Vt, d->loss);
+        } else {
+            int64_t n = 0;
+            for (int i = 0; i < nb * T; i++) n += targets[i] >= 0;
+            if (n) sum += (double)model_forward(m, inputs, targets, nb, T) * n;
+            tokens += n;
+        }
+    }
+    free(idx);
+    return d ? sum / ev->n : sum / (tokens ? tokens : 1);
+}
+
+// Trains m from st->step to steps (or --stop-after): with d, distillation from the teacher
 // with d's loss (loss.h; the teacher is unused by --loss ce); without, cross-entropy averaged
-// over tokens (full-precision pretraining). Checkpoints every --save-every
-// steps and at the end when a checkpoint path is given.
-static TrainResult train_loop(Model *m, Model *teacher, Distiller *d, const Args *a, const TokenStream *data, int T,
-                              TrainState *st, const char *ckpt) {
-    if (data->n <= T) die("%s: %lld tokens, need more than --seq %d", a->train_tokens, (long long)data->n, T);
+// over tokens (full-precision pretraining). With held-out examples (ev), their loss every
+// --eval-every steps and at the end. Checkpoints every --save-every steps and at the end when a
+// checkpoint path is given.
+static TrainResult train_loop(Model *m, Model *teacher, Distiller *d, const Args *a, Batches *data, const Dataset *ev,
+                              int steps, int T, TrainState *st, const char *ckpt) {
     model_alloc_training(m);
     FILE *log = a->log_path ? fopen_or_die(a->log_path, st->step ? "a" : "w") : NULL;
     int B = a->micro_batch, accum = a->batch / a->micro_batch;
     int *inputs = malloc_or_die((size_t)B * T * sizeof(int), "inputs");
     int *targets = malloc_or_die((size_t)B * T * sizeof(int), "targets");
-    int64_t first = st->step, last = a->stop_after && a->stop_after < a->steps ? a->stop_after : a->steps;
+    int64_t first = st->step, last = a->stop_after && a->stop_after < steps ? a->stop_after : steps;
     double t0 = now_seconds();
-    TrainResult r = {0, 0};
+    TrainResult r = {0, 0, -1};
     printf("training: steps %lld..%d of %d, %d sequences x %d tokens (%d micro-batches of %d), lr %g, %s\n",
-           (long long)st->step + 1, (int)last, a->steps, a->batch, T, accum, B, a->opt.lr,
+           (long long)st->step + 1, (int)last, steps, a->batch, T, accum, B, a->opt.lr,
            d ? LOSS_NAMES[d->loss.kind] : "cross-entropy (mean over tokens)");
     for (int64_t step = st->step; step < last; step++) {
         double ts = now_seconds();
@@ -1740,7 +1871,7 @@ static TrainResult train_loop(Model *m, Model *teacher, Distiller *d, const Args
         double loss = 0.0;
         Rng rng = {st->rng};
         for (int micro = 0; micro < accum; micro++) {
-            sample_batch(inputs, targets, data, B, T, &rng);
+            next_batch(data, st->micro_batches + micro, &rng, inputs, targets, B, T);
             if (d) {
                 loss += distill_step(m, teacher, d, inputs, targets, B, T, 1.0f / accum) / accum;
             } else {
@@ -1751,7 +1882,7 @@ static TrainResult train_loop(Model *m, Model *teacher, Distiller *d, const Args
         if (!isfinite(loss))
             die("step %lld: the loss is %f; stopping, the last checkpoint%s is intact", (long long)step + 1, loss, ckpt ? "" : " (none)");
         float norm = clip_grad_norm(m, a->opt.grad_clip);
-        float lr = lr_at(&a->opt, step, a->steps);
+        float lr = lr_at(&a->opt, step, steps);
         adamw_update(m, &a->opt, lr);
         for (int64_t i = 0; i < m->n_params; i++)  // nothing non-finite may reach a checkpoint
             if (!isfinite(m->params[i]))
@@ -1760,19 +1891,27 @@ static TrainResult train_loop(Model *m, Model *teacher, Distiller *d, const Args
         st->rng = rng.s;
         st->micro_batches += accum;
         st->step = step + 1;
-        char flip_s[48] = "";
+        char flip_s[48] = "", gamma_s[32] = "", eval_s[48] = "";
         if (m->quant.method != QUANT_NONE) {  // quantize now, to log how many codes the update flipped
             model_quantize(m);
             snprintf(flip_s, sizeof flip_s, " | flips %.4f%%", 100.0 * m->flips_total / m->n_codes);
         }
+        if (d) snprintf(gamma_s, sizeof gamma_s, " | gamma %.3f", st->gamma);
+        double eval_loss = -1.0;
+        if (ev && ev->n && ((a->eval_every && st->step % a->eval_every == 0) || st->step == steps)) {
+            eval_loss = eval_split_loss(m, teacher, d, ev, B, inputs, targets);
+            snprintf(eval_s, sizeof eval_s, " | eval loss %.4f", eval_loss);
+            r.eval_loss = (float)eval_loss;
+        }
         double now = now_seconds();
         float tps = (float)((double)a->batch * T / (now - ts));
-        char eta[32];
+        char eta[32], bar[40];
         format_eta(eta, sizeof eta, (now - t0) / (double)(step + 1 - first) * (double)(last - step - 1));
-        printf("step %4lld/%d | loss %.4f | lr %.3g | grad norm %.3f%s | %.0f tok/s | ETA %s\n",
-               (long long)step + 1, a->steps, loss, lr, norm, flip_s, tps, eta);
+        format_bar(bar, 20, (double)(step + 1) / steps);
+        printf("step %4lld/%d %s | loss %.4f%s%s | lr %.3g | grad norm %.3f%s | %.0f tok/s | ETA %s\n",
+               (long long)step + 1, steps, bar, loss, eval_s, gamma_s, lr, norm, flip_s, tps, eta);
         fflush(stdout);
-        if (log) log_step(log, m, step + 1, loss, lr, norm, tps, d ? st->gamma : -1.0);
+        if (log) log_step(log, m, step + 1, loss, eval_loss, lr, norm, tps, d ? st->gamma : -1.0);
         if (ckpt && ((a->save_every && st->step % a->save_every == 0) || st->step == last)) checkpoint_save(ckpt, m, st);
         r.final_loss = (float)loss;
     }
@@ -2097,7 +2236,8 @@ int main(int argc, char **argv) {
     // teacher is -t, or the full-precision -m model itself (self-distillation), taken before the
     // student is changed by --clip-init or quantization.
     int will_quantize = (a.quant_given && a.quant.method != QUANT_NONE && !a.clip) || m.quant.method != QUANT_NONE;
-    int distill = a.train_tokens && (will_quantize || a.teacher_path || a.loss_given);
+    const char *train_path = a.train_tokens ? a.train_tokens : train_data_path(&a);
+    int distill = train_path && (will_quantize || a.teacher_path || a.loss_given);
     Model teacher_model, *teacher = NULL;
     if (distill && a.loss_kind != LOSS_CE) {
         if (a.teacher_path) {
@@ -2163,8 +2303,47 @@ int main(int argc, char **argv) {
         bench(&m, &a, T, b, sizeof b);
         JSON_ADD("%s", b);
     }
-    if (a.train_tokens) {
-        TokenStream data = load_tokens(a.train_tokens, tok, c->vocab_size);
+    if (a.generate_data) {  // the teacher writes the training data (BitDistiller's self-generated data)
+        Prompts p;
+        prompts_load(&p, a.prompts, a.n_prompts, a.seed);
+        double t0 = now_seconds();
+        int64_t n_new = generate_data(&m, tok, &p, a.gen_batch, a.max_new, a.temperature, a.top_p, a.seed, a.out_path);
+        double el = now_seconds() - t0;
+        JSON_ADD("\"generated\": {\"path\": \"%s\", \"prompts\": %d, \"new_tokens\": %lld, \"tokens_per_s\": %.1f, "
+                 "\"temperature\": %g, \"top_p\": %g}", a.out_path, p.n, (long long)n_new, n_new / (el > 0 ? el : 1e-9),
+                 a.temperature, a.top_p);
+        prompts_free(&p);
+    }
+    if (a.generate_prompt) {
+        Buf text = {NULL, 0, 0};
+        int n_new = generate_text(&m, tok, a.generate_prompt, a.max_new, a.temperature, a.top_p, a.seed, &text);
+        printf("%s%.*s\n", a.generate_prompt, (int)text.n, text.s);
+        Buf js = {NULL, 0, 0};
+        json_put_string(&js, text.s ? text.s : "", text.n);
+        JSON_ADD("\"generated\": %.*s, \"new_tokens\": %d", (int)(js.n < 6000 ? js.n : 0), js.s ? js.s : "", n_new);
+        free(text.s); free(js.s);
+    }
+    if (train_path) {
+        // the data: a token stream, or JSONL examples split into training and held-out fifths
+        TokenStream stream = {NULL, 0};
+        Dataset all, train_set, eval_set;
+        Batches batches;
+        int steps = a.steps;
+        if (a.train_tokens) {
+            stream = load_tokens(a.train_tokens, tok, c->vocab_size);
+            if (stream.n <= T) die("%s: %lld tokens, need more than --seq %d", a.train_tokens, (long long)stream.n, T);
+            batches = batches_of_stream(&stream);
+        } else {
+            dataset_load(&all, train_path, tok, T, c->vocab_size);
+            dataset_split(&all, &train_set, &eval_set);
+            dataset_free(&all);
+            if (train_set.n == 0) die("%s: no training examples", train_path);
+            printf("data: %d training and %d held-out examples (BitDistiller's split: the first fifth is held out)%s\n",
+                   train_set.n, eval_set.n, a.mask_prompt ? "; no loss on prompt tokens" : "");
+            batches = batches_of_examples(&train_set, a.mask_prompt, a.seed, a.micro_batch);
+            if (!a.steps_given) steps = (int)(((int64_t)a.epochs * train_set.n + a.batch - 1) / a.batch);
+            printf("data: %d epochs of %d examples in batches of %d: %d steps\n", a.epochs, train_set.n, a.batch, steps);
+        }
         TrainState st = {0, 0, rng_seeded(a.seed + 1).s, -1.0, a.batch, a.micro_batch, T, distill ? a.loss_kind : -1};
         Distiller d = {{LOSS_CE, 0, 1}, NULL, 1};
         char ckpt[4096] = "";
@@ -2178,7 +2357,7 @@ int main(int argc, char **argv) {
             if (st.gamma < 0) {  // measured once; a resumed run keeps the saved value
                 int uses_gamma = a.loss_kind == LOSS_CAKLD || a.loss_kind == LOSS_CAKLD_CE;
                 if (a.gamma >= 0) st.gamma = a.gamma;
-                else if (uses_gamma && teacher) st.gamma = measure_gamma(teacher, &data, st, a.micro_batch, T, a.gamma_batches, a.gamma_include_pad);
+                else if (uses_gamma && teacher) st.gamma = measure_gamma(teacher, &batches, st, a.micro_batch, T, a.gamma_batches, a.gamma_include_pad);
                 else st.gamma = 0.0;
             }
             printf("distillation: %s, teacher %s, gamma %.4f%s\n", LOSS_NAMES[a.loss_kind],
@@ -2187,13 +2366,17 @@ int main(int argc, char **argv) {
             DistillLoss dl = {(LossKind)a.loss_kind, (float)st.gamma, a.temperature};
             distiller_init(&d, dl, m.cfg.vocab_size, teacher ? teacher->cfg.vocab_size : m.cfg.vocab_size);
         }
-        TrainResult r = train_loop(&m, distill ? teacher : NULL, distill ? &d : NULL, &a, &data, T, &st, ckpt[0] ? ckpt : NULL);
+        TrainResult r = train_loop(&m, distill ? teacher : NULL, distill ? &d : NULL, &a, &batches,
+                                   a.train_tokens ? NULL : &eval_set, steps, T, &st, ckpt[0] ? ckpt : NULL);
         JSON_ADD("\"train\": {\"steps\": %lld, \"final_loss\": %.6f, \"tokens_per_s\": %.1f%s}", (long long)st.step, r.final_loss,
                  r.tokens_per_s, distill ? ", \"distill\": true" : "");
+        if (r.eval_loss >= 0) JSON_ADD("\"eval_loss\": %.6f", r.eval_loss);
         if (distill) JSON_ADD("\"gamma\": %.6f, \"loss_kind\": \"%s\"", st.gamma, LOSS_NAMES[a.loss_kind]);
         if (ckpt[0]) JSON_ADD("\"ckpt\": \"%s\"", ckpt);
         free(d.scratch);
-        free(data.ids);
+        batches_free(&batches);
+        if (a.train_tokens) free(stream.ids);
+        else { dataset_free(&train_set); dataset_free(&eval_set); }
     }
     if (a.clip) {
         ModelHeader probe = m.cfg;  // the spec must fit every linear of this model
@@ -2215,11 +2398,22 @@ int main(int argc, char **argv) {
                  (long long)r.groups, r.err_rtn, r.err_clipped, Bc, Tc);
         free(s.ids);
     }
-    if (a.out_path) {  // written before evaluation, so a long evaluation cannot lose the training
+    if (a.out_path && !a.generate_data) {  // written before evaluation, so a long evaluation cannot lose the training
         ModelHeader out = m.cfg;
         out.dtype = a.out_dtype;
         model_save(a.out_path, &out, m.params);
         printf("wrote %s\n", a.out_path);
+        char out_tok[4096];  // the tokenizer goes along, so that ./train -m OUT needs nothing else
+        snprintf(out_tok, sizeof out_tok, "%.4000s.tokenizer", a.out_path);
+        if (tok_path && strcmp(tok_path, out_tok)) {
+            size_t len;
+            char *bytes = read_file_or_die(tok_path, &len);
+            AtomicFile af;
+            atomic_open(&af, out_tok);
+            atomic_write(&af, bytes, len);
+            atomic_commit(&af);
+            free(bytes);
+        }
         JSON_ADD("\"out\": \"%s\"", a.out_path);
     }
     if (a.export_packed) {
@@ -2262,7 +2456,7 @@ int main(int argc, char **argv) {
         if (!tok) die("--eval-qa needs the model's tokenizer (--tokenizer FILE, or MODEL.tokenizer beside the model)");
         eval_qa_add_bos = !a.qa_no_bos;
         char qa[4096];
-        eval_qa(&m, tok, a.eval_qa, a.data_dir, a.limit, qa, sizeof qa);
+        eval_qa(&m, tok, a.eval_qa, a.data, a.limit, qa, sizeof qa);
         if (json[0]) strncat(json, ", ", sizeof json - strlen(json) - 1);
         strncat(json, qa, sizeof json - strlen(json) - 1);
     }
