@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# dev/test_cu.sh — `make test_cu`, on a machine with a GPU: train_cu against train.
+#  1. build/cuda_parity (tests/cuda_parity.cu): forward, every gradient, every quantizer bit for
+#     bit, every loss, gamma, AdamW, TF32, kernel by kernel against train.c's own functions;
+#  2. the command line, on a tiny teacher trained here by ./train: a 2-bit QAT distillation run by
+#     both programs (loss curves step by step, gamma, the JSON result line, the quantized weights
+#     after the run), perplexity of the result, every loss and quantizer for a few steps, resume,
+#     and the faults (no GPU, out of GPU memory).
+# Prints each comparison with its error; ends with "N passed, M failed"; exit 1 on a failure.
+set -u
+cd "$(dirname "$0")/.."
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+pass=0 fail=0
+ok() { printf '  ok    %s\n' "$1"; pass=$((pass + 1)); }
+bad() { printf '  FAIL  %s\n' "$1"; fail=$((fail + 1)); }
+field() { tail -n 1 | sed "s/.*\"$1\": \([0-9.e+-]*\).*/\1/"; }
+losses() { sed -n 's/^step .* | loss \([0-9.e+-]*\) | .*/\1/p' "$1"; }
+# max relative difference of two columns of numbers
+maxrel() { paste "$1" "$2" | awk 'BEGIN { m = 0; n = 0 } { n++; d = ($1 - $2) / ($2 == 0 ? 1 : $2); d = d < 0 ? -d : d; if (d > m) m = d }
+                                  END { if (n == 0) print "nan"; else printf "%.3e", m }'; }
+within() { awk -v e="$1" -v t="$2" 'BEGIN { exit !(e ~ /^[0-9]/ && e + 0 <= t + 0) }'; }
+# relative difference of two numbers; "nan" when one is missing
+rel() { awk -v a="$1" -v b="$2" 'BEGIN { if (a !~ /^-?[0-9]/ || b !~ /^-?[0-9]/) { print "nan"; exit } d = (a - b) / (b == 0 ? 1 : b); printf "%.3e", d < 0 ? -d : d }'; }
+# curve ID "WHAT" TOL ARGS...: the loss curves (the JSONL logs, 6 digits) of ./train and of
+# ./train_cu --matmul fp32 on the same ARGS, step by step
+jlosses() { sed -n 's/^{"step": [0-9]*, "loss": \([0-9.e+-]*\),.*/\1/p' "$1"; }
+curve() {
+    local id=$1 name=$2 tol=$3; shift 3
+    ./train "$@" --log "$tmp/$id.cpu.jsonl" > "$tmp/$id.cpu" || bad "$name: ./train failed"
+    ./train_cu --matmul fp32 "$@" --log "$tmp/$id.gpu.jsonl" > "$tmp/$id.gpu" || bad "$name: ./train_cu failed"
+    [ -n "${OUT:-}" ] && cp "$tmp/$id.cpu" "$tmp/$id.gpu" "$OUT/"
+    jlosses "$tmp/$id.cpu.jsonl" > "$tmp/l1"; jlosses "$tmp/$id.gpu.jsonl" > "$tmp/l2"
+    echo "  $name: loss per step, train | train_cu:"
+    paste "$tmp/l1" "$tmp/l2" | awk '{ printf "    %2d: %s | %s\n", NR, $1, $2 }'
+    local n1 n2 e
+    n1=$(wc -l < "$tmp/l1"); n2=$(wc -l < "$tmp/l2")
+    [ "$n1" -gt 0 ] && [ "$n1" -eq "$n2" ] || { bad "$name: $n1 vs $n2 step lines"; return; }
+    e=$(maxrel "$tmp/l2" "$tmp/l1")
+    within "$e" "$tol" && ok "$name: max relative difference of the loss curves $e (tolerance $tol)" || bad "$name: loss curves differ by $e"
+}
+
+echo "== kernels and layers against train.c (build/cuda_parity)"
+./build/cuda_parity | tee "$tmp/parity.out"
+read -r p f < <(tail -n 1 "$tmp/parity.out" | awk '{ print $1, $3 }')
+pass=$((pass + ${p:-0})); fail=$((fail + ${f:-1}))
+
+echo "== the command line"
+./run.sh corpus "$tmp/c" > /dev/null
+head -n 6400 "$tmp/c/valid.ids" > "$tmp/v.ids"
+./train --init tiny --seed 1 --train-tokens "$tmp/c/train.ids" --steps 80 --batch 8 --micro-batch 8 --seq 128 \
+    --lr 3e-3 --schedule cosine --warmup 10 --min-lr 3e-4 -o "$tmp/teacher.bin" > /dev/null || bad "teacher training (./train)"
+
+# (a) full-precision training: no codes to flip, so the curves agree to fp32 summation order
+curve pre "fp32 pretraining, 15 steps (cosine, warmup, weight decay, clipping, 2 micro-batches)" 1e-4 \
+    --init tiny --seed 3 --train-tokens "$tmp/c/train.ids" --steps 15 --batch 8 --micro-batch 4 --seq 128 --lr 3e-3 \
+    --schedule cosine --warmup 3 --weight-decay 0.01
+curve kd "fp32 distillation from -t, cakld, 10 steps" 1e-4 --init tiny --seed 4 -t "$tmp/teacher.bin" --loss cakld \
+    --train-tokens "$tmp/c/train.ids" --steps 10 --batch 8 --micro-batch 4 --seq 128 --lr 1e-3
+# (b) 2-bit QAT: identical up to the first code that rounds the other way; at a small learning rate
+# few codes move per step, so the curves stay close
+curve qat "2-bit QAT self-distillation, lr 1e-5, 10 steps" 1e-3 -m "$tmp/teacher.bin" -q int -b 2 -g 64 \
+    --train-tokens "$tmp/c/train.ids" --steps 10 --batch 8 --micro-batch 4 --seq 128 --lr 1e-5
+args=(-m "$tmp/teacher.bin" -q int -b 2 -g 64 --train-tokens "$tmp/c/train.ids" --steps 20 --batch 8 --micro-batch 4
+      --seq 128 --lr 1e-3 --schedule cosine --warmup 3 --weight-decay 0.01)
+./train "${args[@]}" -o "$tmp/cpu.bin" --log "$tmp/cpu.jsonl" > "$tmp/cpu.out" || bad "QAT run (./train)"
+./train_cu --matmul fp32 "${args[@]}" -o "$tmp/gpu.bin" --log "$tmp/gpu.jsonl" > "$tmp/gpu.out" || bad "QAT run (./train_cu --matmul fp32)"
+./train_cu "${args[@]}" -o "$tmp/tf32.bin" > "$tmp/tf32.out" || bad "QAT run (./train_cu, tf32)"
+[ -n "${OUT:-}" ] && cp "$tmp/cpu.out" "$tmp/gpu.out" "$tmp/tf32.out" "$OUT/"
+losses "$tmp/cpu.out" > "$tmp/l.cpu"; losses "$tmp/gpu.out" > "$tmp/l.gpu"; losses "$tmp/tf32.out" > "$tmp/l.tf32"
+echo "  2-bit QAT, lr 1e-3, 20 steps (step: train | train_cu fp32 | train_cu tf32); codes flip at"
+echo "  rounding boundaries, after which the runs are two different (equally valid) trajectories:"
+paste "$tmp/l.cpu" "$tmp/l.gpu" "$tmp/l.tf32" | awk -F'\t' '{ printf "    %2d: %s | %s | %s\n", NR, $1, $2, $3 }'
+n=$(wc -l < "$tmp/l.gpu")
+[ "$n" -eq 20 ] && ok "train_cu printed 20 step lines" || bad "train_cu printed $n step lines"
+jlosses "$tmp/cpu.jsonl" | head -n 5 > "$tmp/j.cpu"; jlosses "$tmp/gpu.jsonl" | head -n 5 > "$tmp/j.gpu"
+e=$(maxrel "$tmp/j.gpu" "$tmp/j.cpu")
+within "$e" 1e-3 && ok "2-bit QAT, lr 1e-3, steps 1-5 (JSONL losses): max relative difference $e (tolerance 1e-3)" || bad "QAT steps 1-5: $e"
+e=$(rel "$(head -n 1 "$tmp/l.tf32")" "$(head -n 1 "$tmp/l.cpu")")
+within "$e" 1e-2 && ok "2-bit QAT step 1 with tf32 matmuls: relative difference $e (tolerance 1e-2)" || bad "QAT step 1 tf32: $e"
+mean() { awk '{ s += $1 } END { print s / NR }' "$1"; }
+e=$(rel "$(tail -n 10 "$tmp/l.gpu" | mean /dev/stdin)" "$(tail -n 10 "$tmp/l.cpu" | mean /dev/stdin)")
+within "$e" 0.15 && ok "2-bit QAT, mean loss of steps 11-20: relative difference $e (tolerance 0.15)" || bad "QAT steps 11-20: $e"
+gc=$(field gamma < "$tmp/cpu.out"); gg=$(field gamma < "$tmp/gpu.out")
+e=$(rel "$gg" "$gc")
+within "$e" 1e-5 && ok "gamma measured: train $gc, train_cu $gg (relative $e)" || bad "gamma $gc vs $gg"
+keys() { tail -n 1 "$1" | grep -o '"[a-z_]*":' | tr -d '\n'; }
+[ "$(keys "$tmp/cpu.out")" = "$(keys "$tmp/gpu.out")" ] && ok "the JSON result line has train's keys: $(keys "$tmp/gpu.out")" \
+    || bad "JSON keys differ: $(keys "$tmp/cpu.out") vs $(keys "$tmp/gpu.out")"
+[ -s "$tmp/gpu.bin.ckpt" ] && ok "train_cu wrote the checkpoint gpu.bin.ckpt" || bad "no checkpoint"
+[ "$(wc -l < "$tmp/gpu.jsonl")" -eq 20 ] && grep -q '"flip_rate_layer"' "$tmp/gpu.jsonl" && ok "the JSONL log: 20 lines with flip rates" || bad "JSONL log"
+# the quantized weights after a run: both models packed by ./train (2-bit codes + fp16 scales)
+a4=(-m "$tmp/teacher.bin" -q int -b 2 -g 64 --train-tokens "$tmp/c/train.ids" --steps 5 --batch 8 --micro-batch 4 --seq 128 --lr 1e-5)
+./train "${a4[@]}" -o "$tmp/q1.bin" > /dev/null && ./train_cu --matmul fp32 "${a4[@]}" -o "$tmp/q2.bin" > /dev/null \
+    && ./train -m "$tmp/q1.bin" --export-packed "$tmp/q1.qbin" > /dev/null && ./train -m "$tmp/q2.bin" --export-packed "$tmp/q2.qbin" > /dev/null \
+    || bad "5-step runs and --export-packed"
+sz=$(stat -c %s "$tmp/q1.qbin"); nd=$(cmp -l "$tmp/q1.qbin" "$tmp/q2.qbin" 2>/dev/null | wc -l)
+e=$(awk -v d="$nd" -v s="$sz" 'BEGIN { printf "%.3e", d / s }')
+# (the quantizer itself is bit-exact on equal weights: build/cuda_parity; here the latent weights
+# differ in their last bits after 5 steps, which moves a code on a rounding boundary or an fp16 scale)
+within "$e" 1e-2 && ok "quantized model after 5 QAT steps (lr 1e-5): $nd of $sz packed bytes differ ($e, tolerance 1e-2)" \
+    || bad "quantized model after the run: $nd of $sz bytes differ"
+pc=$(./train -m "$tmp/cpu.bin" --eval-ppl "$tmp/v.ids" -T 128 --eval-batch 8 | field ppl)
+pg=$(./train_cu --matmul fp32 -m "$tmp/cpu.bin" --eval-ppl "$tmp/v.ids" -T 128 --eval-batch 8 | field ppl)
+e=$(rel "$pg" "$pc")
+within "$e" 1e-5 && ok "--eval-ppl of the student: train $pc, train_cu $pg (relative $e)" || bad "ppl $pc vs $pg"
+
+echo "  every loss and quantizer, 3 steps (final loss: train, train_cu fp32):"
+for run in "ce int" "fkl int" "rkl nf3" "cakld_ce nf4" "wasserstein ternary" "cakld sign" "cakld onebit" "cakld ternary"; do
+    set -- $run
+    q=(-q "$2" -g 32); [ "$2" = int ] && q=(-q int -b 3 -g 32)
+    a2=(-m "$tmp/teacher.bin" "${q[@]}" --loss "$1" --train-tokens "$tmp/c/train.ids" --steps 3 --batch 4 --micro-batch 2 --seq 64 --lr 1e-3)
+    lc=$(./train "${a2[@]}" | field final_loss); lg=$(./train_cu --matmul fp32 "${a2[@]}" | field final_loss)
+    e=$(rel "$lg" "$lc")
+    within "$e" 1e-3 && ok "--loss $1 -q $2: $lc vs $lg (relative $e)" || bad "--loss $1 -q $2: $lc vs $lg"
+done
+
+# resume: 10 steps straight against 5, stop, resume to 10 (GPU sums in atomics: close, not bit-equal)
+a3=(-m "$tmp/teacher.bin" -q int -b 2 -g 64 --train-tokens "$tmp/c/train.ids" --steps 10 --batch 4 --micro-batch 2 --seq 64 --lr 1e-3 --matmul fp32)
+l1=$(./train_cu "${a3[@]}" -o "$tmp/r1.bin" | field final_loss)
+./train_cu "${a3[@]}" -o "$tmp/r2.bin" --stop-after 5 > /dev/null
+l2=$(./train_cu "${a3[@]}" -o "$tmp/r2.bin" --resume "$tmp/r2.bin.ckpt" | field final_loss)
+e=$(rel "$l2" "$l1")
+within "$e" 1e-4 && ok "--stop-after 5 then --resume to 10: final loss $l2 vs straight $l1 (relative $e)" || bad "resume $l2 vs $l1"
+
+# faults
+out=$(CUDA_VISIBLE_DEVICES= ./train_cu --init tiny --train-tokens "$tmp/c/train.ids" --steps 1 2>&1); rc=$?
+[ $rc -eq 1 ] && grep -q "no CUDA GPU" <<< "$out" && ok "no GPU: exit 1, '$out'" || bad "no GPU: rc $rc, '$out'"
+out=$(./train_cu --init tinyllama-1.1b --train-tokens "$tmp/c/train.ids" --steps 1 --batch 128 --micro-batch 128 --seq 2048 2>&1 >/dev/null); rc=$?
+[ $rc -eq 1 ] && grep -q "out of GPU memory: .* needs .* GiB" <<< "$out" && ok "out of GPU memory: exit 1, '$out'" || bad "OOM: rc $rc, '$out'"
+
+echo
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The GPU build in CI: `make train_cu` must compile wherever nvcc is (no GPU needed: the
+# Makefile names the architecture), and without a GPU train_cu must say so and exit 1.
+# GPU runs are `make test_cu` (dev/test_cu.sh) on a machine with a GPU; they are skipped here.
+set -u
+cd "$(dirname "$0")/.."
+NVCC=${NVCC:-$(command -v nvcc || ls /usr/local/cuda/bin/nvcc 2>/dev/null)}
+if [ -z "$NVCC" ]; then echo "skipped: no nvcc (CUDA toolkit) on this machine"; exit 0; fi
+fails=0
+ok() { printf '  ok    %s\n' "$1"; }
+bad() { printf '  FAIL  %s\n' "$1"; fails=$((fails + 1)); }
+start=$(date +%s)
+if make -s train_cu NVCC="$NVCC" > /tmp/cuda_build.$$ 2>&1; then ok "make train_cu with $NVCC ($(( $(date +%s) - start )) s)"
+else cat /tmp/cuda_build.$$; bad "make train_cu"; fi
+rm -f /tmp/cuda_build.$$
+[ -x ./train_cu ] || { echo "1 failed"; exit 1; }
+./train_cu --help | grep -q -- "--matmul fp32|tf32" && ./train_cu --help | grep -q -- "--train-tokens" \
+    && ok "train_cu --help lists train's flags and --matmul" || bad "train_cu --help"
+if command -v nvidia-smi > /dev/null && nvidia-smi -L 2>/dev/null | grep -q GPU; then
+    echo "skipped: GPU runs (a GPU is present: run make test_cu)"
+else
+    out=$(./train_cu --init tiny --steps 1 2>&1); rc=$?
+    [ $rc -eq 1 ] && grep -q "^error: no CUDA GPU is available" <<< "$out" && ok "no GPU: exit 1 with '$out'" || bad "no GPU: rc $rc, '$out'"
+    echo "skipped: GPU runs (no GPU here; make test_cu on a GPU machine)"
+fi
+[ "$fails" -eq 0 ]

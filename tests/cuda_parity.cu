@@ -1,0 +1,244 @@
+// tests/cuda_parity.cu — train.cu against train.c, on the same random models and tokens.
+//
+// train.c is the independent reference here: it is tested against finite differences and
+// transformers (test_gradcheck, test_reference). Each check prints what it compared and the
+// error it found:
+//   - forward: logits and loss; backward: the gradient of every tensor (plain fp32 matmuls, so
+//     the only differences are summation orders): relative error max|gpu - cpu| / max|cpu|
+//   - every quantizer of quant.h: the fake-quantized weights and the codes, bit for bit
+//   - quantized backward (STE; sign's and onebit's learned scales): gradients
+//   - every loss of loss.h through distill_step: loss, dL/dlogits, gradients; the teacher's gamma
+//   - AdamW on identical gradients; TF32 matmuls against fp32
+// Ends with "N passed, M failed"; exit 1 on any failure. Needs a GPU.
+#define TRAIN_CU_NO_MAIN
+#include "../train.cu"
+
+static int g_pass, g_fail;
+
+static void check(const char *what, double err, double tol) {
+    int ok = err <= tol;  // NaN fails
+    printf("  %s  %-58s error %.3e (tolerance %.1e)\n", ok ? "ok  " : "FAIL", what, err, tol);
+    ok ? g_pass++ : g_fail++;
+}
+
+static double rel_err(const float *a, const float *b, int64_t n) {
+    double d = 0.0, s = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        double e = fabs((double)a[i] - b[i]);
+        if (!(e <= d)) d = e;  // NaN propagates
+        if (fabs(b[i]) > s) s = fabs(b[i]);
+    }
+    return d / (s > 0 ? s : 1.0);
+}
+
+static float *download(const float *d, int64_t n) {
+    float *h = (float *)malloc((size_t)n * sizeof(float));
+    if (!h) fail("out of host memory");
+    cudaCheck(cudaMemcpy(h, d, (size_t)n * sizeof(float), cudaMemcpyDeviceToHost));
+    return h;
+}
+
+static uint64_t g_rng = 88172645463325252ULL;
+static uint64_t next_u64(void) { g_rng ^= g_rng << 13; g_rng ^= g_rng >> 7; g_rng ^= g_rng << 17; return g_rng; }
+
+static void random_tokens(int *inputs, int *targets, int N, int V, int masked) {
+    for (int i = 0; i < N; i++) {
+        inputs[i] = (int)(next_u64() % V);
+        targets[i] = masked && i % 7 == 3 ? -1 : (int)(next_u64() % V);
+    }
+}
+
+// Gradients of every tensor (and the learned scales) after the backward both just ran.
+static void compare_grads(const char *label, HostModel *h, Model *g, double tol) {
+    float *gg = download(g->grads, g->n_params);
+    const float *gc = host_cpu_grads(h);
+    char what[160];
+    for (int t = 0; t < N_TENSORS; t++) {
+        if (h->offset[t] < 0) continue;
+        int64_t n = h->slice[t] * (h->per_layer[t] ? h->n_layers : 1);
+        snprintf(what, sizeof what, "%s: d%s", label, t == T_EMBED ? "embed" : t == T_LM_HEAD ? "lm_head" :
+                 t == T_WQ ? "wq" : t == T_WK ? "wk" : t == T_WV ? "wv" : t == T_WO ? "wo" : t == T_WGATE ? "wgate" :
+                 t == T_WUP ? "wup" : t == T_WDOWN ? "wdown" : t == T_ATTN_NORM ? "attn_norm" : t == T_MLP_NORM ? "mlp_norm" : "final_norm");
+        check(what, rel_err(gg + h->offset[t], gc + h->offset[t], n), tol);
+    }
+    if (h->n_params > h->n_table) {
+        snprintf(what, sizeof what, "%s: d(learned quantizer scales)", label);
+        check(what, rel_err(gg + h->n_table, gc + h->n_table, h->n_params - h->n_table), tol);
+    }
+    free(gg);
+}
+
+// Forward (logits, loss) and CE backward of a model, CPU against GPU.
+static void test_forward_backward(const char *label, const char *shape, int vocab, int untied, int q, int bits, int group,
+                                  int B, int T) {
+    HostModel h;
+    host_model_init(&h, shape, vocab, untied, 7, q, bits, group);
+    Model g;
+    model_setup(&g, &h, "parameters");
+    model_alloc_training(&g);
+    int N = B * T, V = h.vocab_size;
+    int *inputs = (int *)malloc(N * sizeof(int)), *targets = (int *)malloc(N * sizeof(int));
+    random_tokens(inputs, targets, N, V, 1);
+    printf("%s: %s, %d layers, dim %d, heads %d/%d x %d, vocab %d, %s, -q %s -b %d -g %d, %d x %d tokens\n", label, shape,
+           h.n_layers, h.dim, h.n_heads, h.n_kv_heads, h.head_dim, V, h.tied ? "tied" : "untied", quant_method_name(q), bits,
+           group, B, T);
+    float lc = host_cpu_forward(&h, inputs, targets, B, T);
+    float lg = model_forward(&g, inputs, targets, B, T);
+    char what[160];
+    snprintf(what, sizeof what, "%s: loss (cpu %.6f, gpu %.6f), relative", label, lc, lg);
+    check(what, fabs((double)lc - lg) / fabs((double)lc), 2e-6);
+    float *zg = download(g.logits, (int64_t)N * V);
+    snprintf(what, sizeof what, "%s: logits", label);
+    check(what, rel_err(zg, host_cpu_logits(&h), (int64_t)N * V), 2e-5);
+    host_cpu_backward(&h);
+    model_zero_grad(&g);
+    model_backward_scaled(&g, targets, 1.0f);
+    compare_grads(label, &h, &g, 2e-4);
+    free(zg); free(inputs); free(targets);
+    model_free(&g);
+    host_model_free(&h);
+}
+
+// quant.h on the GPU: the same latent weights must give the same W^ and codes, bit for bit.
+static void test_quantizer(int q, int bits, int group) {
+    HostModel h;
+    host_model_init(&h, "tiny", 0, 0, 11, q, bits, group);
+    Model g;
+    model_setup(&g, &h, "parameters");
+    const uint8_t *cc;
+    const float *wc = host_cpu_quantized(&h, &cc);
+    model_quantize(&g);
+    float *wg = download(g.wq, g.n_codes);
+    uint8_t *cg = (uint8_t *)malloc((size_t)g.n_codes);
+    cudaCheck(cudaMemcpy(cg, g.codes, (size_t)g.n_codes, cudaMemcpyDeviceToHost));
+    int64_t wdiff = 0, cdiff = 0;
+    for (int64_t i = 0; i < g.n_codes; i++) {
+        wdiff += memcmp(&wg[i], &wc[i], sizeof(float)) != 0;
+        cdiff += cg[i] != cc[i];
+    }
+    char what[160];
+    snprintf(what, sizeof what, "quantizer -q %s -b %d -g %d: W^ bits differing (of %lld)", quant_method_name(q), bits, group,
+             (long long)g.n_codes);
+    check(what, (double)wdiff, 0);
+    snprintf(what, sizeof what, "quantizer -q %s -b %d -g %d: codes differing", quant_method_name(q), bits, group);
+    check(what, (double)cdiff, 0);
+    free(wg); free(cg);
+    model_free(&g);
+    host_model_free(&h);
+}
+
+// distill_step with every loss: student int 2-bit, teacher its full-precision self.
+static void test_distill(int loss_kind) {
+    HostModel hs, ht;
+    host_model_init(&hs, "tiny", 0, 0, 5, QUANT_INT, 2, 32);
+    host_model_init(&ht, "tiny", 0, 0, 5, QUANT_NONE, 0, 0);
+    Model gs, gt;
+    model_setup(&gs, &hs, "parameters");
+    model_setup(&gt, &ht, "teacher");
+    model_alloc_training(&gs);
+    int B = 2, T = 48, N = B * T, V = hs.vocab_size;
+    int *inputs = (int *)malloc(N * sizeof(int)), *targets = (int *)malloc(N * sizeof(int));
+    random_tokens(inputs, targets, N, V, 1);
+    float gamma = 0.3f, tau = 2.0f;
+    double lc = host_cpu_distill_step(&hs, &ht, loss_kind, gamma, tau, inputs, targets, B, T);
+    Distiller d;
+    DistillLoss dl = {(LossKind)loss_kind, gamma, tau};
+    distiller_init(&d, dl, V, V, N);
+    model_zero_grad(&gs);
+    double lg = distill_step(&gs, &gt, &d, inputs, targets, B, T, 1.0f);
+    char what[160];
+    snprintf(what, sizeof what, "distill %s: loss (cpu %.6f, gpu %.6f), relative", LOSS_NAMES[loss_kind], lc, lg);
+    check(what, fabs(lc - lg) / fabs(lc), 1e-5);
+    float *dz = download(gs.act[A_DLOGITS], (int64_t)N * V);
+    snprintf(what, sizeof what, "distill %s: dL/dlogits", LOSS_NAMES[loss_kind]);
+    check(what, rel_err(dz, host_cpu_dlogits(&hs), (int64_t)N * V), 1e-4);
+    snprintf(what, sizeof what, "distill %s", LOSS_NAMES[loss_kind]);
+    compare_grads(what, &hs, &gs, 2e-4);
+    if (loss_kind == LOSS_CAKLD) {  // gamma of the teacher's logits of this batch
+        host_cpu_forward(&ht, inputs, NULL, B, T);
+        double gc = host_cpu_gamma(&ht, targets, B, T), sum = 0;
+        long long count = 0;
+        model_forward(&gt, inputs, NULL, B, T);
+        gamma_accumulate(&sum, &count, &gt, targets, B, T, 0);
+        snprintf(what, sizeof what, "teacher gamma (cpu %.6f, gpu %.6f)", gc, sum / count);
+        check(what, fabs(gc - sum / count), 1e-6);
+    }
+    free(dz); free(inputs); free(targets); free(d.host_rows); gpu_free(d.scratch);
+    model_free(&gs); model_free(&gt);
+    host_model_free(&hs); host_model_free(&ht);
+}
+
+// AdamW on identical gradients: the CPU's gradients are copied to the GPU first.
+static void test_adamw(void) {
+    HostModel h;
+    host_model_init(&h, "tiny", 0, 0, 3, QUANT_SIGN, 1, 0);
+    Model g;
+    model_setup(&g, &h, "parameters");
+    model_alloc_training(&g);
+    int B = 2, T = 32, N = B * T;
+    int *inputs = (int *)malloc(N * sizeof(int)), *targets = (int *)malloc(N * sizeof(int));
+    random_tokens(inputs, targets, N, h.vocab_size, 0);
+    for (int step = 0; step < 3; step++) {
+        host_cpu_forward(&h, inputs, targets, B, T);
+        host_cpu_backward(&h);
+        cudaCheck(cudaMemcpy(g.grads, host_cpu_grads(&h), (size_t)g.n_params * sizeof(float), cudaMemcpyHostToDevice));
+        host_cpu_adamw(&h, 1e-3f);
+        OptConfig o = {1e-3f, 0.9f, 0.999f, 1e-8f, 0.1f, 0.0f};
+        adamw_update(&g, &o, 1e-3f);
+    }
+    float *pg = download(g.params, g.n_params);
+    check("AdamW, 3 steps on the same gradients: parameters (sign scales too)", rel_err(pg, h.params, g.n_params), 1e-6);
+    free(pg); free(inputs); free(targets);
+    model_free(&g);
+    host_model_free(&h);
+}
+
+int main(void) {
+    gpu_init();
+    g_compute = CUBLAS_COMPUTE_32F;
+    for (int gemm = 1; gemm >= 0; gemm--) {  // both attention paths: cuBLAS with [T,T] scores, the fused kernel
+        g_attention_gemm = gemm;
+        printf("\nforward and backward, fp32 matmuls, --attention %s\n", gemm ? "gemm" : "fused");
+        test_forward_backward(gemm ? "tiny" : "tiny, fused", "tiny", 0, 0, QUANT_NONE, 16, 0, 2, 64);
+        test_forward_backward(gemm ? "tiny untied" : "tiny untied, fused", "tiny", 0, 1, QUANT_NONE, 16, 0, 3, 77);
+        test_forward_backward(gemm ? "bench-100m" : "bench-100m, fused", "bench-100m", 512, 0, QUANT_NONE, 16, 0, 2, 150);
+    }
+    g_attention_gemm = 1;
+    printf("\nquantizers: W^ = Q(W) of the same latent weights\n");
+    int specs[][3] = {{QUANT_INT, 1, 32}, {QUANT_INT, 2, 32}, {QUANT_INT, 3, 64}, {QUANT_INT, 4, -1}, {QUANT_INT, 8, 32},
+                      {QUANT_NF3, 3, 32}, {QUANT_NF4, 4, 64}, {QUANT_SIGN, 1, 0}, {QUANT_ONEBIT, 1, 0}, {QUANT_TERNARY, 2, 0}};
+    for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++) test_quantizer(specs[i][0], specs[i][1], specs[i][2]);
+    printf("\nquantized forward and backward (straight-through; learned scales)\n");
+    test_forward_backward("int2", "tiny", 0, 0, QUANT_INT, 2, 32, 2, 64);
+    test_forward_backward("nf3", "tiny", 0, 0, QUANT_NF3, 3, 32, 2, 64);
+    test_forward_backward("ternary", "tiny", 0, 0, QUANT_TERNARY, 2, 0, 2, 64);
+    test_forward_backward("sign", "tiny", 0, 0, QUANT_SIGN, 1, 0, 2, 64);
+    test_forward_backward("onebit", "tiny", 0, 0, QUANT_ONEBIT, 1, 0, 2, 64);
+    printf("\ndistillation losses (loss.h), student int2 g32, teacher its fp32 self\n");
+    for (int k = 0; k < N_LOSSES; k++) test_distill(k);
+    printf("\noptimizer\n");
+    test_adamw();
+    printf("\nTF32 matmuls against fp32 (the default --matmul tf32)\n");
+    {
+        HostModel h;
+        host_model_init(&h, "bench-100m", 512, 0, 9, QUANT_NONE, 16, 0);
+        Model g;
+        model_setup(&g, &h, "parameters");
+        int B = 1, T = 128, N = B * T;
+        int *inputs = (int *)malloc(N * sizeof(int)), *targets = (int *)malloc(N * sizeof(int));
+        random_tokens(inputs, targets, N, h.vocab_size, 0);
+        float lc = host_cpu_forward(&h, inputs, targets, B, T);
+        g_compute = CUBLAS_COMPUTE_32F_FAST_TF32;
+        float lg = model_forward(&g, inputs, targets, B, T);
+        float *zg = download(g.logits, (int64_t)N * h.vocab_size);
+        char what[160];
+        snprintf(what, sizeof what, "bench-100m tf32: loss (cpu %.6f, gpu %.6f), relative", lc, lg);
+        check(what, fabs((double)lc - lg) / lc, 1e-3);
+        check("bench-100m tf32: logits", rel_err(zg, host_cpu_logits(&h), (int64_t)N * h.vocab_size), 2e-2);
+        free(zg); free(inputs); free(targets);
+        model_free(&g);
+        host_model_free(&h);
+    }
+    printf("\n%d passed, %d failed\n", g_pass, g_fail);
+    return g_fail ? 1 : 0;
+}

@@ -1,0 +1,1814 @@
+/*
+ * train.cu — the GPU mirror of train.c: the same model, quantized linears, distillation losses,
+ * optimizer and training loop, on one NVIDIA GPU.
+ *
+ * Read it beside train.c: the sections, the names and the argument orders are the same. A
+ * layer `rmsnorm_forward` on the CPU is a launcher `rmsnorm_forward` here, whose kernel is
+ * `rmsnorm_forward_kernel`. What is not about the model (the command line, loading and saving
+ * models, token files, checkpoints, the JSONL log) is train.c's own code, compiled as C in
+ * train_cu_host.c and reached through train_cu.h, so both programs read and write the same bytes
+ * and take the same flags (plus two: --matmul fp32|tf32, --attention gemm|fused).
+ *
+ *   2. the Model on the GPU: parameters, gradients, AdamW state, activations
+ *   3. layers (kernels and launchers), each forward beside its backward
+ *   4. the model forward and backward
+ *   5. quantized linears: quant.h's per-group functions in kernels, straight-through backward
+ *   6. distillation: loss.h's losses, one block per position
+ *   7. the optimizer: AdamW, gradient clipping
+ *   9. evaluation: perplexity
+ *  11. the training loop and main
+ *
+ * Precision: parameters, gradients, AdamW moments and activations are fp32; matmuls run through
+ * cuBLAS with TF32 tensor cores (--matmul tf32, the default) or in plain fp32 (--matmul fp32,
+ * what the parity test compares against train.c). Attention runs as cuBLAS products over a
+ * [T,T] score matrix per head (--attention gemm, the default, on tensor cores), or as this file's
+ * fused kernel (--attention fused: the FlashAttention recurrence, Dao et al. 2022, no [T,T]
+ * matrix stored, but CUDA cores only). bf16 compute is not here yet.
+ */
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "loss.h"
+#include "quant.h"
+#include "train_cu.h"
+
+// ============================================================================================
+// Errors: every CUDA and cuBLAS call is checked, naming file, line and the library's message.
+
+static void fail(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+static void fail(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("error: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(1);
+}
+
+static void cuda_check(cudaError_t e, const char *file, int line) {
+    if (e != cudaSuccess) fail("CUDA at %s:%d: %s (%s)", file, line, cudaGetErrorString(e), cudaGetErrorName(e));
+}
+static void cublas_check(cublasStatus_t s, const char *file, int line) {
+    if (s != CUBLAS_STATUS_SUCCESS) fail("cuBLAS at %s:%d: %s", file, line, cublasGetStatusString(s));
+}
+#define cudaCheck(x) cuda_check((x), __FILE__, __LINE__)
+#define cublasCheck(x) cublas_check((x), __FILE__, __LINE__)
+#define launchCheck() cuda_check(cudaGetLastError(), __FILE__, __LINE__)
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void format_eta(char *buf, size_t n, double seconds) {
+    int s = (int)(seconds + 0.5);
+    snprintf(buf, n, "%d:%02d:%02d", s / 3600, s / 60 % 60, s % 60);
+}
+
+// TRAIN_CU_PROFILE=1: seconds per kind of work, measured by synchronizing around each launcher
+// (slower; for finding where a step's time goes), printed after training.
+enum { PROF_MATMUL, PROF_ATTENTION, PROF_QUANT, PROF_LOSS, PROF_OPTIMIZER, PROF_OTHER, N_PROF };
+static const char *const PROF_NAMES[N_PROF] = {"matmul", "attention", "quantize", "loss", "optimizer", "norms+elementwise"};
+static int g_prof_on;
+static double g_prof[N_PROF];
+struct ProfScope {
+    int cat;
+    double t0;
+    ProfScope(int c) : cat(c), t0(0) { if (g_prof_on) { cudaDeviceSynchronize(); t0 = now_seconds(); } }
+    ~ProfScope() { if (g_prof_on) { cudaDeviceSynchronize(); g_prof[cat] += now_seconds() - t0; } }
+};
+#define PROFILE(cat) ProfScope prof_scope_(cat)
+
+// The memory plan: every device allocation is named and counted, and printed at start-up.
+enum { MEM_PARTS = 16 };
+static struct { const char *what; size_t bytes; } g_mem[MEM_PARTS];
+static size_t g_mem_total, g_mem_peak;  // bytes train_cu allocated; the most the GPU had in use
+
+static void note_peak(void) {
+    size_t free_b = 0, total_b = 0;
+    if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess && total_b - free_b > g_mem_peak) g_mem_peak = total_b - free_b;
+}
+
+static void *gpu_malloc(size_t n, const char *what) {
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, n ? n : 1);
+    if (e == cudaErrorMemoryAllocation) {
+        size_t free_b = 0, total_b = 0;
+        cudaGetLastError();
+        cudaMemGetInfo(&free_b, &total_b);
+        fail("out of GPU memory: %s needs %.3f GiB more, %.3f GiB of the GPU's %.3f GiB are free (train_cu has "
+             "allocated %.3f GiB so far); lower --micro-batch or --seq", what, n / 1073741824.0, free_b / 1073741824.0,
+             total_b / 1073741824.0, g_mem_total / 1073741824.0);
+    }
+    cudaCheck(e);
+    int i = 0;
+    while (i < MEM_PARTS - 1 && g_mem[i].what && strcmp(g_mem[i].what, what) != 0) i++;
+    g_mem[i].what = g_mem[i].what ? g_mem[i].what : what;
+    g_mem[i].bytes += n;
+    g_mem_total += n;
+    note_peak();
+    return p;
+}
+
+static void gpu_free(void *p) { if (p) cudaCheck(cudaFree(p)); }
+
+static void print_memory_plan(void) {
+    printf("GPU memory plan:");
+    for (int i = 0; i < MEM_PARTS && g_mem[i].what; i++) printf(" %s %.1f MiB |", g_mem[i].what, g_mem[i].bytes / 1048576.0);
+    size_t free_b = 0, total_b = 0;
+    cudaCheck(cudaMemGetInfo(&free_b, &total_b));
+    printf(" total %.1f MiB of %.1f MiB\n", g_mem_total / 1048576.0, total_b / 1048576.0);
+}
+
+// ============================================================================================
+// 2. The Model on the GPU
+//
+// The same four buffers of n_params floats as train.c (parameters, gradients, AdamW m and v),
+// carved by model.h's table at the offsets train.c computed; the same activation table.
+
+enum {  // activations, as train.c's (without its matmul scratch, which cuBLAS does not need)
+    A_RESID, A_XN1, A_RSTD1, A_Q, A_K, A_V, A_ATT, A_LSE, A_RESID_MID, A_XN2, A_RSTD2,
+    A_GATE, A_UP, A_HMID, A_XNF, A_RSTDF, A_LOGITS, A_PROJ,
+    A_DELTA,      // [B,H,T]  attention backward: dO_t . O_t per row (train.c recomputes it per row)
+    A_SCORES,     // [B,H,T,T] --attention gemm: scores, then probabilities (one layer at a time)
+    A_DSCORES,    // [B,H,T,T] --attention gemm, training: dL/dP, then dL/dS
+    A_DRESID, A_DXN, A_DQ, A_DK, A_DV, A_DATT, A_DGATE, A_DUP, A_DHMID, A_DLOGITS,
+    N_ACTS
+};
+
+typedef struct {
+    HostModel *h;               // shape and table, as train.c set them up
+    int64_t n_params, n_table, slice[N_TENSORS];
+    float *params, *grads, *adam_m, *adam_v;
+    float *params_t[N_TENSORS], *grads_t[N_TENSORS], *m_t[N_TENSORS], *v_t[N_TENSORS];
+    float *fwd_t[N_TENSORS], *dfwd_t[N_TENSORS];
+    // quantization (section 5)
+    QuantSpec quant;
+    float *wq, *dwq;
+    uint8_t *codes, *codes_prev;
+    float *qstate;
+    float *qp0[N_TENSORS], *qp1[N_TENSORS];
+    int64_t qn0[N_TENSORS], qn1[N_TENSORS];
+    int quant_stale, codes_valid;
+    int64_t flips[N_TENSORS], flips_total, n_codes;
+    int64_t *flips_layer;                    // host [L]
+    unsigned long long *d_flips;             // device [N_TENSORS * L]
+    // activations
+    int B, T, training;
+    float *acts, *act[N_ACTS];
+    int64_t act_layer_stride[N_ACTS];
+    float *rope_cos, *rope_sin;
+    float *logits;
+    int *inputs, *targets;                   // device [B,T]
+    double *rows;                            // device [B*T]: one number per position (losses, gamma)
+    double *d_sum;                           // device scratch for reductions
+    int *d_bad;
+    float loss;
+    int64_t step;
+} Model;
+
+static cublasHandle_t g_cublas;
+static cublasComputeType_t g_compute = CUBLAS_COMPUTE_32F_FAST_TF32;
+static int g_attention_gemm = 1;  // --attention gemm (cuBLAS, [T,T] scores) or fused (this file's kernel)
+
+static float *layer_tensor(float *const ptrs[N_TENSORS], const Model *m, int t, int l) {
+    return ptrs[t] + (m->h->per_layer[t] ? (int64_t)l * m->slice[t] : 0);
+}
+static int lm_head_tensor(const Model *m) { return m->h->tied ? T_EMBED : T_LM_HEAD; }
+static float *act_l(const Model *m, int a, int l) { return m->act[a] + (int64_t)l * m->act_layer_stride[a]; }
+
+static void carve(const Model *m, float *base, float *ptrs[N_TENSORS]) {
+    for (int t = 0; t < N_TENSORS; t++) ptrs[t] = m->h->offset[t] >= 0 ? base + m->h->offset[t] : NULL;
+}
+
+static void model_quant_setup(Model *m);
+
+// Copies train.c's parameters to the GPU (the host keeps its copy for writing files).
+static void model_setup(Model *m, HostModel *h, const char *what) {
+    memset(m, 0, sizeof *m);
+    m->h = h;
+    m->n_params = h->n_params;
+    m->n_table = h->n_table;
+    for (int t = 0; t < N_TENSORS; t++) m->slice[t] = h->slice[t];
+    m->params = (float *)gpu_malloc((size_t)m->n_params * sizeof(float), what);
+    cudaCheck(cudaMemcpy(m->params, h->params, (size_t)m->n_params * sizeof(float), cudaMemcpyHostToDevice));
+    carve(m, m->params, m->params_t);
+    memcpy(m->fwd_t, m->params_t, sizeof m->fwd_t);
+    m->quant.method = h->quant_method; m->quant.bits = h->quant_bits; m->quant.group = h->quant_group;
+    m->rows = NULL;
+    m->d_sum = (double *)gpu_malloc(64 * sizeof(double), "scratch");
+    m->d_bad = (int *)gpu_malloc(sizeof(int), "scratch");
+    if (m->quant.method != QUANT_NONE) model_quant_setup(m);
+}
+
+static void model_alloc_training(Model *m) {
+    if (m->grads) return;
+    size_t n = (size_t)m->n_params * sizeof(float);
+    m->grads = (float *)gpu_malloc(n, "gradients");
+    m->adam_m = (float *)gpu_malloc(n, "AdamW m, v");
+    m->adam_v = (float *)gpu_malloc(n, "AdamW m, v");
+    cudaCheck(cudaMemset(m->grads, 0, n));
+    cudaCheck(cudaMemset(m->adam_m, 0, n));
+    cudaCheck(cudaMemset(m->adam_v, 0, n));
+    carve(m, m->grads, m->grads_t);
+    carve(m, m->adam_m, m->m_t);
+    carve(m, m->adam_v, m->v_t);
+    for (int t = 0; t < N_TENSORS; t++) m->dfwd_t[t] = m->h->is_linear[t] && m->dwq ? m->dfwd_t[t] : m->grads_t[t];
+}
+
+// Parameters (and AdamW moments) between the host's buffers and the GPU's.
+static void model_download(Model *m, int with_adam) {
+    size_t n = (size_t)m->n_params * sizeof(float);
+    cudaCheck(cudaMemcpy(m->h->params, m->params, n, cudaMemcpyDeviceToHost));
+    if (with_adam && m->grads) {
+        host_alloc_training(m->h);
+        cudaCheck(cudaMemcpy(m->h->adam_m, m->adam_m, n, cudaMemcpyDeviceToHost));
+        cudaCheck(cudaMemcpy(m->h->adam_v, m->adam_v, n, cudaMemcpyDeviceToHost));
+    }
+}
+
+static void model_upload(Model *m, int with_adam) {
+    size_t n = (size_t)m->n_params * sizeof(float);
+    cudaCheck(cudaMemcpy(m->params, m->h->params, n, cudaMemcpyHostToDevice));
+    if (with_adam) {
+        model_alloc_training(m);
+        cudaCheck(cudaMemcpy(m->adam_m, m->h->adam_m, n, cudaMemcpyHostToDevice));
+        cudaCheck(cudaMemcpy(m->adam_v, m->h->adam_v, n, cudaMemcpyHostToDevice));
+    }
+    if (m->quant.method != QUANT_NONE) m->quant_stale = 1;
+}
+
+// Sizes the activations for B x T (as train.c: per layer when training, one shared slot otherwise).
+static void model_alloc_acts(Model *m, int B, int T, int training) {
+    if (m->acts && B == m->B && T == m->T && training == m->training) return;
+    const HostModel *c = m->h;
+    int64_t BT = (int64_t)B * T, D = c->dim, F = c->hidden_dim, V = c->vocab_size, L = c->n_layers;
+    int64_t Hq = (int64_t)c->n_heads * c->head_dim, Hkv = (int64_t)c->n_kv_heads * c->head_dim, H = c->n_heads;
+    int64_t size[N_ACTS] = {0};
+    size[A_RESID] = BT * D; size[A_XN1] = BT * D; size[A_RSTD1] = BT; size[A_Q] = BT * Hq;
+    size[A_K] = BT * Hkv; size[A_V] = BT * Hkv; size[A_ATT] = BT * Hq; size[A_LSE] = B * H * T;
+    size[A_RESID_MID] = BT * D; size[A_XN2] = BT * D; size[A_RSTD2] = BT; size[A_GATE] = BT * F;
+    size[A_UP] = BT * F; size[A_HMID] = BT * F; size[A_XNF] = BT * D; size[A_RSTDF] = BT;
+    size[A_LOGITS] = BT * V; size[A_PROJ] = BT * D;
+    if (g_attention_gemm) size[A_SCORES] = B * H * T * T;
+    if (training && g_attention_gemm) size[A_DSCORES] = B * H * T * T;
+    if (training) {
+        size[A_DELTA] = B * H * T;
+        size[A_DRESID] = BT * D; size[A_DXN] = BT * D; size[A_DQ] = BT * Hq;
+        size[A_DK] = BT * Hkv; size[A_DV] = BT * Hkv; size[A_DATT] = BT * Hq;
+        size[A_DGATE] = BT * F; size[A_DUP] = BT * F; size[A_DHMID] = BT * F;
+        size[A_DLOGITS] = BT * V;
+    }
+    int64_t total = 0, count[N_ACTS];
+    for (int a = 0; a < N_ACTS; a++) {
+        int per_layer = a >= A_RESID && a <= A_HMID;
+        count[a] = per_layer && training ? (a == A_RESID ? L + 1 : L) : 1;
+        m->act_layer_stride[a] = per_layer && training ? size[a] : 0;
+        total += count[a] * size[a];
+    }
+    gpu_free(m->acts); gpu_free(m->rope_cos); gpu_free(m->rope_sin);
+    gpu_free(m->inputs); gpu_free(m->targets); gpu_free(m->rows);
+    m->acts = (float *)gpu_malloc((size_t)total * sizeof(float), "activations");
+    float *p = m->acts;
+    for (int a = 0; a < N_ACTS; a++) { m->act[a] = size[a] ? p : NULL; p += count[a] * size[a]; }
+    m->logits = m->act[A_LOGITS];
+    m->B = B; m->T = T; m->training = training;
+    size_t half = (size_t)T * c->head_dim / 2;
+    float *cs = (float *)malloc(2 * half * sizeof(float));
+    if (!cs) fail("out of host memory for the RoPE tables");
+    host_rope_tables(cs, cs + half, c, T);
+    m->rope_cos = (float *)gpu_malloc(half * sizeof(float), "activations");
+    m->rope_sin = (float *)gpu_malloc(half * sizeof(float), "activations");
+    cudaCheck(cudaMemcpy(m->rope_cos, cs, half * sizeof(float), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(m->rope_sin, cs + half, half * sizeof(float), cudaMemcpyHostToDevice));
+    free(cs);
+    m->inputs = (int *)gpu_malloc((size_t)BT * sizeof(int), "activations");
+    m->targets = (int *)gpu_malloc((size_t)BT * sizeof(int), "activations");
+    m->rows = (double *)gpu_malloc((size_t)BT * sizeof(double), "activations");
+}
+
+static void model_free(Model *m) {
+    gpu_free(m->params); gpu_free(m->grads); gpu_free(m->adam_m); gpu_free(m->adam_v);
+    gpu_free(m->wq); gpu_free(m->dwq); gpu_free(m->codes); gpu_free(m->codes_prev); gpu_free(m->qstate);
+    gpu_free(m->d_flips); free(m->flips_layer);
+    gpu_free(m->acts); gpu_free(m->rope_cos); gpu_free(m->rope_sin); gpu_free(m->inputs); gpu_free(m->targets);
+    gpu_free(m->rows); gpu_free(m->d_sum); gpu_free(m->d_bad);
+    memset(m, 0, sizeof *m);
+}
+
+// ============================================================================================
+// 3. Layers
+//
+// Launchers take train.c's arguments (outputs first, then inputs, then sizes) and, like train.c's
+// layers, ACCUMULATE (+=) into every gradient they write; the model backward zeroes them.
+
+static int blocks_for(int64_t n, int threads) { return (int)((n + threads - 1) / threads); }
+
+// Warp and block reductions. Thread mapping of the block ones: every thread of the block passes
+// its partial value, every thread gets the total; at most 1024 threads.
+__device__ static inline float warp_sum(float x) {
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+__device__ static inline double warp_sum_d(double x) {
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+__device__ static inline float warp_max(float x) {
+    for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+    return x;
+}
+__device__ static double block_sum_d(double x) {
+    __shared__ double part[32];
+    __syncthreads();  // part may still be read by a previous call
+    x = warp_sum_d(x);
+    int w = threadIdx.x / 32, lane = threadIdx.x % 32, nw = (blockDim.x + 31) / 32;
+    if (lane == 0) part[w] = x;
+    __syncthreads();
+    x = lane < nw ? part[lane] : 0.0;
+    return warp_sum_d(x);
+}
+__device__ static float block_max(float x) {
+    __shared__ float part[32];
+    __syncthreads();
+    x = warp_max(x);
+    int w = threadIdx.x / 32, lane = threadIdx.x % 32, nw = (blockDim.x + 31) / 32;
+    if (lane == 0) part[w] = x;
+    __syncthreads();
+    x = lane < nw ? part[lane] : -INFINITY;
+    return warp_max(x);
+}
+__device__ static float block_sum(float x) {
+    __shared__ float part[32];
+    __syncthreads();
+    x = warp_sum(x);
+    int w = threadIdx.x / 32, lane = threadIdx.x % 32, nw = (blockDim.x + 31) / 32;
+    if (lane == 0) part[w] = x;
+    __syncthreads();
+    x = lane < nw ? part[lane] : 0.0f;
+    return warp_sum(x);
+}
+
+// --- embedding: x[N,D] = E[tok[n], :] -----------------------------------------------------
+// Thread mapping: one thread per element of x.
+__global__ static void embedding_forward_kernel(float *x, const int *tok, const float *E, int N, int D) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < (int64_t)N * D) x[i] = E[(int64_t)tok[i / D] * D + i % D];
+}
+static void embedding_forward(float *x, const int *tok, const float *E, int N, int D) {
+    PROFILE(PROF_OTHER);
+    embedding_forward_kernel<<<blocks_for((int64_t)N * D, 256), 256>>>(x, tok, E, N, D);
+    launchCheck();
+}
+
+// dE[tok[n], :] += dx[n, :]. Thread mapping: one thread per element of dx; rows that share a
+// token meet in atomicAdd (train.c runs this serially for the same reason).
+__global__ static void embedding_backward_kernel(float *dE, const float *dx, const int *tok, int N, int D) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < (int64_t)N * D) atomicAdd(&dE[(int64_t)tok[i / D] * D + i % D], dx[i]);
+}
+static void embedding_backward(float *dE, const float *dx, const int *tok, int N, int D) {
+    PROFILE(PROF_OTHER);
+    embedding_backward_kernel<<<blocks_for((int64_t)N * D, 256), 256>>>(dE, dx, tok, N, D);
+    launchCheck();
+}
+
+// --- RMSNorm: y[N,C] = x / sqrt(mean(x^2) + eps) * w[C] ------------------------------------
+// Thread mapping: one warp per row; its lanes stride over the C columns.
+__global__ static void rmsnorm_forward_kernel(float *y, float *rstd, const float *x, const float *w, int N, int C, float eps) {
+    int n = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (n >= N) return;
+    const float *xr = x + (int64_t)n * C;
+    float *yr = y + (int64_t)n * C;
+    float ss = 0.0f;
+    for (int i = lane; i < C; i += 32) ss += xr[i] * xr[i];
+    ss = warp_sum(ss);
+    float r = 1.0f / sqrtf(ss / C + eps);
+    if (lane == 0) rstd[n] = r;
+    for (int i = lane; i < C; i += 32) yr[i] = w[i] * (xr[i] * r);
+}
+static void rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int N, int C, float eps) {
+    PROFILE(PROF_OTHER);
+    rmsnorm_forward_kernel<<<blocks_for(N, 8), 256>>>(y, rstd, x, w, N, C, eps);
+    launchCheck();
+}
+
+// With g = dy * w:  dx = r * g - x * r^3 * mean(g * x),   dw += sum_n dy * x * r.
+// dx: one warp per row. dw: a thread per column sums a chunk of RMS_ROWS rows, then atomicAdd.
+#define RMS_ROWS 256
+__global__ static void rmsnorm_backward_kernel(float *dx, const float *dy, const float *x, const float *w,
+                                               const float *rstd, int N, int C) {
+    int n = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (n >= N) return;
+    const float *xr = x + (int64_t)n * C, *dyr = dy + (int64_t)n * C;
+    float *dxr = dx + (int64_t)n * C;
+    float r = rstd[n], dot = 0.0f;
+    for (int i = lane; i < C; i += 32) dot += dyr[i] * w[i] * xr[i];
+    dot = warp_sum(dot);
+    float k = r * r * r * dot / C;
+    for (int i = lane; i < C; i += 32) dxr[i] += r * dyr[i] * w[i] - k * xr[i];
+}
+__global__ static void rmsnorm_backward_dw_kernel(float *dw, const float *dy, const float *x, const float *rstd, int N, int C) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= C) return;
+    int n0 = blockIdx.y * RMS_ROWS, n1 = min(N, n0 + RMS_ROWS);
+    float s = 0.0f;
+    for (int n = n0; n < n1; n++) s += dy[(int64_t)n * C + i] * x[(int64_t)n * C + i] * rstd[n];
+    atomicAdd(&dw[i], s);
+}
+static void rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, const float *w,
+                             const float *rstd, int N, int C) {
+    PROFILE(PROF_OTHER);
+    rmsnorm_backward_kernel<<<blocks_for(N, 8), 256>>>(dx, dy, x, w, rstd, N, C);
+    launchCheck();
+    dim3 grid(blocks_for(C, 128), blocks_for(N, RMS_ROWS));
+    rmsnorm_backward_dw_kernel<<<grid, 128>>>(dw, dy, x, rstd, N, C);
+    launchCheck();
+}
+
+// --- matmul: out[N,O] = x[N,I] W[O,I]^T ----------------------------------------------------
+// cuBLAS is column-major: a row-major [R,C] matrix is its column-major transpose [C,R], so
+//   out^T[O,N] = W[O,I] x^T[I,N],   dx^T[I,N] += W^T[I,O] dout^T[O,N],   dW^T[I,O] += x^T[I,N] dout[N,O].
+static void gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float *A, int lda,
+                 const float *B, int ldb, float beta, float *C, int ldc) {
+    const float alpha = 1.0f;
+    cublasCheck(cublasGemmEx(g_cublas, ta, tb, m, n, k, &alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb, &beta, C,
+                             CUDA_R_32F, ldc, g_compute, CUBLAS_GEMM_DEFAULT));
+}
+static void matmul_forward(float *out, const float *x, const float *w, int N, int I, int O) {
+    PROFILE(PROF_MATMUL);
+    gemm(CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, w, I, x, I, 0.0f, out, O);
+}
+static void matmul_backward(float *dx, float *dw, const float *dout, const float *x, const float *w, int N, int I, int O) {
+    PROFILE(PROF_MATMUL);
+    if (dx) gemm(CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, w, I, dout, O, 1.0f, dx, I);
+    if (dw) gemm(CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, x, I, dout, O, 1.0f, dw, I);
+}
+
+// --- RoPE (rotate half), in place on x[B,T,NH,hd] -------------------------------------------
+//   x'[i] = x[i] cos - x[i+hd/2] sin,   x'[i+hd/2] = x[i+hd/2] cos + x[i] sin;  backward: sin -> -sin.
+// Thread mapping: one thread per rotated pair (b, t, head, i < hd/2).
+__global__ static void rope_rotate_kernel(float *x, const float *cosv, const float *sinv, int B, int T, int NH, int hd, float sign) {
+    int half = hd / 2;
+    int64_t p = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (p >= (int64_t)B * T * NH * half) return;
+    int i = (int)(p % half);
+    int64_t row = p / half;  // (b, t, head)
+    int t = (int)(row / NH % T);
+    float *v = x + row * hd;
+    float a = v[i], c = v[i + half], cr = cosv[(int64_t)t * half + i], s = sign * sinv[(int64_t)t * half + i];
+    v[i] = a * cr - c * s;
+    v[i + half] = c * cr + a * s;
+}
+static void rope_forward(float *x, const float *cosv, const float *sinv, int B, int T, int NH, int hd) {
+    PROFILE(PROF_OTHER);
+    rope_rotate_kernel<<<blocks_for((int64_t)B * T * NH * (hd / 2), 256), 256>>>(x, cosv, sinv, B, T, NH, hd, 1.0f);
+    launchCheck();
+}
+static void rope_backward(float *dx, const float *cosv, const float *sinv, int B, int T, int NH, int hd) {
+    PROFILE(PROF_OTHER);
+    rope_rotate_kernel<<<blocks_for((int64_t)B * T * NH * (hd / 2), 256), 256>>>(dx, cosv, sinv, B, T, NH, hd, -1.0f);
+    launchCheck();
+}
+
+// --- causal grouped-query attention ----------------------------------------------------------
+// q[B,T,H,hd], k,v[B,T,KV,hd] -> out[B,T,H,hd], lse[B,H,T]; query head h reads kv head h/(H/KV).
+//   s_tj = q_t . k_j / sqrt(hd) (j <= t),  p_tj = softmax_j,  out_t = sum_j p_tj v_j.
+// The softmax is computed online over tiles of ATT_KT keys (FlashAttention's recurrence, Dao et
+// al. 2022): a running max m and sum l, rescaled by exp(m_old - m_new) whenever the max grows.
+// Thread mapping: a block owns ATT_Q consecutive queries of one (b, h), one warp per query. The
+// block loads each tile of ATT_KT keys and values into shared memory together (rows padded to
+// hd + 1 floats, so that lane j reading row j hits its own bank); for the scores, lane j takes
+// key j of the tile; for the output, a lane owns dims lane, lane + 32, ...
+#define ATT_MAX_HD 256
+#define ATT_Q 8
+#define ATT_KT 32
+
+static void attention_shared(const void *kernel, size_t bytes) {
+    if (bytes > 48 * 1024) cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+}
+
+// tile rows j0.. j0+ATT_KT-1 of a [B,T,NH,hd] tensor (head hh) into a padded shared tile; zeros past T
+__device__ static void load_tile(float *tile, const float *x, int b, int j0, int T, int NH, int hh, int hd) {
+    int P = hd + 1;
+    for (int e = threadIdx.x; e < ATT_KT * hd; e += blockDim.x) {
+        int jj = e / hd, i = e % hd, j = j0 + jj;
+        tile[jj * P + i] = j < T ? x[(((int64_t)b * T + j) * NH + hh) * hd + i] : 0.0f;
+    }
+}
+
+__global__ static void attention_forward_kernel(float *out, float *lse, const float *q, const float *k, const float *v,
+                                                int B, int T, int H, int KV, int hd) {
+    extern __shared__ float sm[];
+    int P = hd + 1, warp = threadIdx.x / 32, lane = threadIdx.x % 32, tiles = (T + ATT_Q - 1) / ATT_Q;
+    float *qs = sm + warp * hd, *ks = sm + ATT_Q * hd, *vs = ks + ATT_KT * P;
+    int bh = blockIdx.x / tiles, t = (blockIdx.x % tiles) * ATT_Q + warp, b = bh / H, h = bh % H, kvh = h / (H / KV);
+    int tmax = min(T - 1, (blockIdx.x % tiles) * ATT_Q + ATT_Q - 1);
+    int active = t < T;
+    float scale = 1.0f / sqrtf((float)hd);
+    if (active) for (int i = lane; i < hd; i += 32) qs[i] = q[(((int64_t)b * T + t) * H + h) * hd + i];
+    float o[ATT_MAX_HD / 32];
+#pragma unroll
+    for (int r = 0; r < ATT_MAX_HD / 32; r++) o[r] = 0.0f;
+    float mx = -INFINITY, sum = 0.0f;
+    for (int j0 = 0; j0 <= tmax; j0 += ATT_KT) {
+        __syncthreads();  // the previous tile is consumed
+        load_tile(ks, k, b, j0, T, KV, kvh, hd);
+        load_tile(vs, v, b, j0, T, KV, kvh, hd);
+        __syncthreads();
+        if (!active || j0 > t) continue;
+        int j = j0 + lane;
+        float s = -INFINITY;
+        if (j <= t) {
+            float d = 0.0f;
+            for (int i = 0; i < hd; i++) d += qs[i] * ks[lane * P + i];
+            s = d * scale;
+        }
+        float nmx = fmaxf(mx, warp_max(s));
+        float p = j <= t ? expf(s - nmx) : 0.0f, corr = expf(mx - nmx);
+        sum = sum * corr + warp_sum(p);
+        int n = min(ATT_KT, t - j0 + 1);
+#pragma unroll
+        for (int r = 0; r < ATT_MAX_HD / 32; r++) o[r] *= corr;
+        for (int jj = 0; jj < n; jj++) {
+            float pj = __shfl_sync(0xffffffffu, p, jj);
+#pragma unroll
+            for (int r = 0; r < ATT_MAX_HD / 32; r++)
+                if (lane + 32 * r < hd) o[r] += pj * vs[jj * P + lane + 32 * r];
+        }
+        mx = nmx;
+    }
+    if (!active) return;
+    float *ot = out + (((int64_t)b * T + t) * H + h) * hd;
+#pragma unroll
+    for (int r = 0; r < ATT_MAX_HD / 32; r++)
+        if (lane + 32 * r < hd) ot[lane + 32 * r] = o[r] / sum;
+    if (lane == 0) lse[((int64_t)b * H + h) * T + t] = mx + logf(sum);
+}
+static void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                              int B, int T, int H, int KV, int hd) {
+    PROFILE(PROF_ATTENTION);
+    size_t bytes = (size_t)(ATT_Q * hd + 2 * ATT_KT * (hd + 1)) * sizeof(float);
+    attention_shared((const void *)attention_forward_kernel, bytes);
+    int blocks = B * H * ((T + ATT_Q - 1) / ATT_Q);
+    attention_forward_kernel<<<blocks, 32 * ATT_Q, bytes>>>(out, lse, q, k, v, B, T, H, KV, hd);
+    launchCheck();
+}
+
+// With dO the gradient of out, Delta_t = dO_t . out_t and p_tj = exp(s_tj - lse_t) recomputed:
+//   ds_tj = p_tj (dO_t . v_j - Delta_t),  dq_t += scale sum_j ds_tj k_j,
+//   dk_j += scale sum_t ds_tj q_t,  dv_j += sum_t p_tj dO_t.
+// Two kernels, so that no two warps add to the same row:
+//   dq: as the forward, a block owns ATT_Q queries of one (b, h), one warp per query, and walks
+//       tiles of keys and values in shared memory; it also stores Delta_t for the second kernel.
+//   dk, dv: a block owns ATT_Q consecutive keys of one (b, kv head), one warp per key, and walks
+//       the query heads of its group and tiles of ATT_KT queries t >= j (q, dO, lse, Delta in
+//       shared memory); lanes over queries for the scores, over dims for dk and dv.
+__global__ static void attention_backward_dq_kernel(float *dq, float *delta, const float *dout, const float *q,
+                                                    const float *k, const float *v, const float *out, const float *lse,
+                                                    int B, int T, int H, int KV, int hd) {
+    extern __shared__ float sm[];
+    int P = hd + 1, warp = threadIdx.x / 32, lane = threadIdx.x % 32, tiles = (T + ATT_Q - 1) / ATT_Q;
+    float *qs = sm + warp * hd, *dos = sm + ATT_Q * hd + warp * hd, *ks = sm + 2 * ATT_Q * hd, *vs = ks + ATT_KT * P;
+    int bh = blockIdx.x / tiles, t = (blockIdx.x % tiles) * ATT_Q + warp, b = bh / H, h = bh % H, kvh = h / (H / KV);
+    int tmax = min(T - 1, (blockIdx.x % tiles) * ATT_Q + ATT_Q - 1);
+    int active = t < T;
+    float scale = 1.0f / sqrtf((float)hd);
+    int64_t qi = (((int64_t)b * T + t) * H + h) * hd, li = ((int64_t)b * H + h) * T + t;
+    float dl = 0.0f, L = 0.0f;
+    if (active) {
+        for (int i = lane; i < hd; i += 32) { qs[i] = q[qi + i]; dos[i] = dout[qi + i]; dl += dout[qi + i] * out[qi + i]; }
+        dl = warp_sum(dl);
+        L = lse[li];
+        if (lane == 0) delta[li] = dl;
+    }
+    float acc[ATT_MAX_HD / 32];
+#pragma unroll
+    for (int r = 0; r < ATT_MAX_HD / 32; r++) acc[r] = 0.0f;
+    for (int j0 = 0; j0 <= tmax; j0 += ATT_KT) {
+        __syncthreads();
+        load_tile(ks, k, b, j0, T, KV, kvh, hd);
+        load_tile(vs, v, b, j0, T, KV, kvh, hd);
+        __syncthreads();
+        if (!active || j0 > t) continue;
+        int j = j0 + lane;
+        float ds = 0.0f;
+        if (j <= t) {
+            float d = 0.0f, dp = 0.0f;
+            for (int i = 0; i < hd; i++) { d += qs[i] * ks[lane * P + i]; dp += dos[i] * vs[lane * P + i]; }
+            float p = expf(d * scale - L);
+            ds = p * (dp - dl) * scale;
+        }
+        int n = min(ATT_KT, t - j0 + 1);
+        for (int jj = 0; jj < n; jj++) {
+            float dsj = __shfl_sync(0xffffffffu, ds, jj);
+#pragma unroll
+            for (int r = 0; r < ATT_MAX_HD / 32; r++)
+                if (lane + 32 * r < hd) acc[r] += dsj * ks[jj * P + lane + 32 * r];
+        }
+    }
+    if (!active) return;
+#pragma unroll
+    for (int r = 0; r < ATT_MAX_HD / 32; r++)
+        if (lane + 32 * r < hd) dq[qi + lane + 32 * r] += acc[r];
+}
+
+__global__ static void attention_backward_dkv_kernel(float *dk, float *dv, const float *delta, const float *dout,
+                                                     const float *q, const float *k, const float *v, const float *lse,
+                                                     int B, int T, int H, int KV, int hd) {
+    extern __shared__ float sm[];
+    int P = hd + 1, warp = threadIdx.x / 32, lane = threadIdx.x % 32, tiles = (T + ATT_Q - 1) / ATT_Q;
+    float *ks = sm + warp * hd, *vs = sm + ATT_Q * hd + warp * hd, *qt = sm + 2 * ATT_Q * hd, *dot = qt + ATT_KT * P,
+          *lt = dot + ATT_KT * P, *dlt = lt + ATT_KT;
+    int bk = blockIdx.x / tiles, jt0 = (blockIdx.x % tiles) * ATT_Q, j = jt0 + warp, b = bk / KV, kvh = bk % KV;
+    int group = H / KV, active = j < T;
+    float scale = 1.0f / sqrtf((float)hd);
+    int64_t kvi = (((int64_t)b * T + j) * KV + kvh) * hd;
+    if (active) for (int i = lane; i < hd; i += 32) { ks[i] = k[kvi + i]; vs[i] = v[kvi + i]; }
+    float ak[ATT_MAX_HD / 32], av[ATT_MAX_HD / 32];
+#pragma unroll
+    for (int r = 0; r < ATT_MAX_HD / 32; r++) { ak[r] = 0.0f; av[r] = 0.0f; }
+    for (int h = kvh * group; h < (kvh + 1) * group; h++)
+        for (int t0 = jt0; t0 < T; t0 += ATT_KT) {
+            __syncthreads();
+            load_tile(qt, q, b, t0, T, H, h, hd);
+            load_tile(dot, dout, b, t0, T, H, h, hd);
+            for (int e = threadIdx.x; e < ATT_KT; e += blockDim.x) {
+                int tt = t0 + e;
+                lt[e] = tt < T ? lse[((int64_t)b * H + h) * T + tt] : 0.0f;
+                dlt[e] = tt < T ? delta[((int64_t)b * H + h) * T + tt] : 0.0f;
+            }
+            __syncthreads();
+            if (!active) continue;
+            int t = t0 + lane;
+            float p = 0.0f, ds = 0.0f;
+            if (t < T && t >= j) {
+                float d = 0.0f, dp = 0.0f;
+                for (int i = 0; i < hd; i++) { d += qt[lane * P + i] * ks[i]; dp += dot[lane * P + i] * vs[i]; }
+                p = expf(d * scale - lt[lane]);
+                ds = p * (dp - dlt[lane]) * scale;
+            }
+            int n = min(ATT_KT, T - t0);
+            for (int tt = 0; tt < n; tt++) {
+                float pt = __shfl_sync(0xffffffffu, p, tt), dst = __shfl_sync(0xffffffffu, ds, tt);
+#pragma unroll
+                for (int r = 0; r < ATT_MAX_HD / 32; r++)
+                    if (lane + 32 * r < hd) {
+                        av[r] += pt * dot[tt * P + lane + 32 * r];
+                        ak[r] += dst * qt[tt * P + lane + 32 * r];
+                    }
+            }
+        }
+    if (!active) return;
+#pragma unroll
+    for (int r = 0; r < ATT_MAX_HD / 32; r++)
+        if (lane + 32 * r < hd) { dk[kvi + lane + 32 * r] += ak[r]; dv[kvi + lane + 32 * r] += av[r]; }
+}
+
+static void attention_backward(float *dq, float *dk, float *dv, float *delta, const float *dout, const float *q,
+                               const float *k, const float *v, const float *out, const float *lse,
+                               int B, int T, int H, int KV, int hd) {
+    PROFILE(PROF_ATTENTION);
+    int tiles = (T + ATT_Q - 1) / ATT_Q;
+    size_t bytes = (size_t)(2 * ATT_Q * hd + 2 * ATT_KT * (hd + 1)) * sizeof(float);
+    attention_shared((const void *)attention_backward_dq_kernel, bytes);
+    attention_backward_dq_kernel<<<B * H * tiles, 32 * ATT_Q, bytes>>>(dq, delta, dout, q, k, v, out, lse, B, T, H, KV, hd);
+    launchCheck();
+    bytes += 2 * ATT_KT * sizeof(float);
+    attention_shared((const void *)attention_backward_dkv_kernel, bytes);
+    attention_backward_dkv_kernel<<<B * KV * tiles, 32 * ATT_Q, bytes>>>(dk, dv, delta, dout, q, k, v, lse, B, T, H, KV, hd);
+    launchCheck();
+}
+
+// The same attention through cuBLAS (--attention gemm, the default): per (b, h) the [T,T]
+// score matrix is materialised, so the products run on tensor cores (TF32) at the price of
+// B*H*T*T floats of scratch (two such buffers when training); the causal softmax and its
+// backward are kernels. Each product is one strided-batched call over the B sequences per query
+// head h (its kv head h/(H/KV)); per head, so that the heads of a group add to dk, dv in turn.
+//   S = scale Q K^T,  P = softmax(S) causal,  O = P V;
+//   dP = dO V^T,  dS = P (dP - Delta),  dQ += scale dS K,  dK += scale dS^T Q,  dV += P^T dO.
+static void gemm_batched(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha,
+                         const float *A, int lda, int64_t sa, const float *Bm, int ldb, int64_t sb, float beta,
+                         float *C, int ldc, int64_t sc, int batch) {
+    cublasCheck(cublasGemmStridedBatchedEx(g_cublas, ta, tb, m, n, k, &alpha, A, CUDA_R_32F, lda, sa, Bm, CUDA_R_32F, ldb, sb,
+                                           &beta, C, CUDA_R_32F, ldc, sc, batch, g_compute, CUBLAS_GEMM_DEFAULT));
+}
+
+// row-major X[t][j] (+)= alpha sum_i A_t[i] Bm_j[i] for every head: A rows [T, hd] with stride
+// lda, Bm rows likewise; X [T,T] of head h. (S = Q K^T and dP = dO V^T.)
+static void attn_rows_dot(float *X, const float *A, int lda, const float *Bm, int ldb, float alpha,
+                          int B, int T, int H, int KV, int hd) {
+    for (int h = 0; h < H; h++)
+        gemm_batched(CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, alpha, Bm + (int64_t)(h / (H / KV)) * hd, ldb, (int64_t)T * ldb,
+                     A + (int64_t)h * hd, lda, (int64_t)T * lda, 0.0f, X + (int64_t)h * T * T, T, (int64_t)H * T * T, B);
+}
+// row-major Y_t (+)= alpha sum_j X[t][j] Bm_j: Y rows [T, hd] (stride ldy), Bm rows (stride ldb).
+// (O = P V and dQ += scale dS K.)
+static void attn_mix(float *Y, int ldy, const float *X, const float *Bm, int ldb, int bm_per_kv, float alpha, float beta,
+                     int B, int T, int H, int KV, int hd) {
+    for (int h = 0; h < H; h++) {
+        int hb = bm_per_kv ? h / (H / KV) : h;
+        gemm_batched(CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, alpha, Bm + (int64_t)hb * hd, ldb, (int64_t)T * ldb,
+                     X + (int64_t)h * T * T, T, (int64_t)H * T * T, beta, Y + (int64_t)h * hd, ldy, (int64_t)T * ldy, B);
+    }
+}
+// row-major Y_j += alpha sum_t X[t][j] A_t: Y rows of the kv heads. (dK += scale dS^T Q, dV += P^T dO.)
+static void attn_mix_t(float *Y, const float *X, const float *A, float alpha, int B, int T, int H, int KV, int hd) {
+    for (int h = 0; h < H; h++)
+        gemm_batched(CUBLAS_OP_N, CUBLAS_OP_T, hd, T, T, alpha, A + (int64_t)h * hd, H * hd, (int64_t)T * H * hd,
+                     X + (int64_t)h * T * T, T, (int64_t)H * T * T, 1.0f, Y + (int64_t)(h / (H / KV)) * hd, KV * hd,
+                     (int64_t)T * KV * hd, B);
+}
+
+// Causal softmax in place on S[B,H,T,T]: row t keeps j <= t, lse[b,h,t] = log sum_j exp(s_tj).
+// Thread mapping: one warp per row (b, h, t); lanes stride over its columns.
+__global__ static void softmax_causal_kernel(float *S, float *lse, int64_t rows, int T) {
+    int64_t row = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    int t = (int)(row % T);
+    float *s = S + row * T;
+    float mx = -INFINITY;
+    for (int j = lane; j <= t; j += 32) mx = fmaxf(mx, s[j]);
+    mx = warp_max(mx);
+    float sum = 0.0f;
+    for (int j = lane; j <= t; j += 32) sum += expf(s[j] - mx);
+    sum = warp_sum(sum);
+    float L = mx + logf(sum);
+    for (int j = lane; j < T; j += 32) s[j] = j <= t ? expf(s[j] - L) : 0.0f;
+    if (lane == 0) lse[row] = L;
+}
+// dS = P (dP - Delta_t) in place of dP, Delta_t = dO_t . O_t; P = exp(S - lse) recomputed in place
+// of S. Thread mapping: one warp per row (b, h, t).
+__global__ static void softmax_causal_backward_kernel(float *dS, float *S, const float *lse, const float *dout,
+                                                      const float *out, int B, int T, int H, int hd) {
+    int64_t row = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;  // (b, h, t)
+    int lane = threadIdx.x % 32;
+    if (row >= (int64_t)B * H * T) return;
+    int t = (int)(row % T), h = (int)(row / T % H), b = (int)(row / ((int64_t)T * H));
+    int64_t qi = (((int64_t)b * T + t) * H + h) * hd;
+    float dl = 0.0f;
+    for (int i = lane; i < hd; i += 32) dl += dout[qi + i] * out[qi + i];
+    dl = warp_sum(dl);
+    float L = lse[row], *s = S + row * T, *ds = dS + row * T;
+    for (int j = lane; j < T; j += 32) {
+        float p = j <= t ? expf(s[j] - L) : 0.0f;
+        s[j] = p;
+        ds[j] = p * (ds[j] - dl);
+    }
+}
+
+static void attention_forward_gemm(float *out, float *lse, float *S, const float *q, const float *k, const float *v,
+                                   int B, int T, int H, int KV, int hd) {
+    PROFILE(PROF_ATTENTION);
+    float scale = 1.0f / sqrtf((float)hd);
+    attn_rows_dot(S, q, H * hd, k, KV * hd, scale, B, T, H, KV, hd);
+    int64_t rows = (int64_t)B * H * T;
+    softmax_causal_kernel<<<blocks_for(rows, 8), 256>>>(S, lse, rows, T);
+    launchCheck();
+    attn_mix(out, H * hd, S, v, KV * hd, 1, 1.0f, 0.0f, B, T, H, KV, hd);
+}
+
+static void attention_backward_gemm(float *dq, float *dk, float *dv, float *S, float *dS, const float *dout, const float *q,
+                                    const float *k, const float *v, const float *out, const float *lse,
+                                    int B, int T, int H, int KV, int hd) {
+    PROFILE(PROF_ATTENTION);
+    float scale = 1.0f / sqrtf((float)hd);
+    attn_rows_dot(S, q, H * hd, k, KV * hd, scale, B, T, H, KV, hd);      // S again
+    attn_rows_dot(dS, dout, H * hd, v, KV * hd, 1.0f, B, T, H, KV, hd);    // dP
+    softmax_causal_backward_kernel<<<blocks_for((int64_t)B * H * T, 8), 256>>>(dS, S, lse, dout, out, B, T, H, hd);
+    launchCheck();
+    attn_mix(dq, H * hd, dS, k, KV * hd, 1, scale, 1.0f, B, T, H, KV, hd);
+    attn_mix_t(dk, dS, q, scale, B, T, H, KV, hd);
+    attn_mix_t(dv, S, dout, 1.0f, B, T, H, KV, hd);
+}
+
+// --- SwiGLU: h[N,F] = silu(g) * u ----------------------------------------------------------
+// Thread mapping (both): one thread per element.
+__global__ static void swiglu_forward_kernel(float *h, const float *g, const float *u, int64_t n) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) h[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+static void swiglu_forward(float *h, const float *g, const float *u, int64_t n) {
+    PROFILE(PROF_OTHER);
+    swiglu_forward_kernel<<<blocks_for(n, 256), 256>>>(h, g, u, n);
+    launchCheck();
+}
+// dg += dh * u * sigmoid(g) * (1 + g * (1 - sigmoid(g))),   du += dh * silu(g).
+__global__ static void swiglu_backward_kernel(float *dg, float *du, const float *dh, const float *g, const float *u, int64_t n) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float sg = 1.0f / (1.0f + expf(-g[i]));
+    dg[i] += dh[i] * u[i] * sg * (1.0f + g[i] * (1.0f - sg));
+    du[i] += dh[i] * g[i] * sg;
+}
+static void swiglu_backward(float *dg, float *du, const float *dh, const float *g, const float *u, int64_t n) {
+    PROFILE(PROF_OTHER);
+    swiglu_backward_kernel<<<blocks_for(n, 256), 256>>>(dg, du, dh, g, u, n);
+    launchCheck();
+}
+
+// --- residual: y = a + b. Thread mapping: one thread per element. ----------------------------
+__global__ static void residual_forward_kernel(float *y, const float *a, const float *b, int64_t n) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = a[i] + b[i];
+}
+static void residual_forward(float *y, const float *a, const float *b, int64_t n) {
+    PROFILE(PROF_OTHER);
+    residual_forward_kernel<<<blocks_for(n, 256), 256>>>(y, a, b, n);
+    launchCheck();
+}
+
+// --- cross-entropy over rows with target >= 0 ----------------------------------------------
+// Forward: rows[n] = log sum_v exp(z_v - max) + max - z[target] (0 for rows without a target);
+// the host averages. Backward: dlogits += k (softmax(z) - onehot(target)), k = scale / count.
+// Thread mapping (both): one block per row; its threads stride over the V logits.
+__global__ static void crossentropy_forward_kernel(double *rows, const float *logits, const int *targets, int N, int V) {
+    int n = blockIdx.x;
+    if (targets[n] < 0) { if (threadIdx.x == 0) rows[n] = 0.0; return; }
+    const float *z = logits + (int64_t)n * V;
+    float mx = -INFINITY;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) mx = fmaxf(mx, z[i]);
+    mx = block_max(mx);
+    double s = 0.0;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) s += exp((double)(z[i] - mx));
+    s = block_sum_d(s);
+    if (threadIdx.x == 0) rows[n] = log(s) + mx - z[targets[n]];
+}
+__global__ static void crossentropy_backward_kernel(float *dlogits, const float *logits, const int *targets, int N, int V, float k) {
+    int n = blockIdx.x;
+    if (targets[n] < 0) return;
+    const float *z = logits + (int64_t)n * V;
+    float *dz = dlogits + (int64_t)n * V;
+    float mx = -INFINITY;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) mx = fmaxf(mx, z[i]);
+    mx = block_max(mx);
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) s += expf(z[i] - mx);
+    s = block_sum(s);
+    for (int i = threadIdx.x; i < V; i += blockDim.x) dz[i] += k * expf(z[i] - mx) / s - (i == targets[n] ? k : 0.0f);
+}
+
+// Row losses back on the host; the mean over rows with a target (targets: the host's copy).
+static double rows_mean(const Model *m, const int *targets, int N, double *host_rows) {
+    cudaCheck(cudaMemcpy(host_rows, m->rows, (size_t)N * sizeof(double), cudaMemcpyDeviceToHost));
+    double sum = 0.0;
+    int count = 0;
+    for (int n = 0; n < N; n++) if (targets[n] >= 0) { sum += host_rows[n]; count++; }
+    return count ? sum / count : 0.0;
+}
+
+static float crossentropy_forward(Model *m, const float *logits, const int *d_targets, const int *targets, int N, int V) {
+    PROFILE(PROF_LOSS);
+    crossentropy_forward_kernel<<<N, 256>>>(m->rows, logits, d_targets, N, V);
+    launchCheck();
+    double *h = (double *)malloc((size_t)N * sizeof(double));
+    if (!h) fail("out of host memory");
+    float loss = (float)rows_mean(m, targets, N, h);
+    free(h);
+    return loss;
+}
+
+static void crossentropy_backward(float *dlogits, const float *logits, const int *d_targets, const int *targets, int N, int V, float scale) {
+    PROFILE(PROF_LOSS);
+    int count = 0;
+    for (int n = 0; n < N; n++) count += targets[n] >= 0;
+    if (!count) return;
+    crossentropy_backward_kernel<<<N, 256>>>(dlogits, logits, d_targets, N, V, scale / count);
+    launchCheck();
+}
+
+// ============================================================================================
+// 4. The model forward and backward (train.c's, layer for layer)
+
+static void layer_forward(Model *m, int l, int B, int T) {
+    const HostModel *c = m->h;
+    int N = B * T, D = c->dim, F = c->hidden_dim, H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim;
+    int Hq = H * hd, Hkv = KV * hd;
+    float *x = act_l(m, A_RESID, l), *xn1 = act_l(m, A_XN1, l), *q = act_l(m, A_Q, l),
+          *k = act_l(m, A_K, l), *v = act_l(m, A_V, l), *att = act_l(m, A_ATT, l),
+          *mid = act_l(m, A_RESID_MID, l), *xn2 = act_l(m, A_XN2, l),
+          *gate = act_l(m, A_GATE, l), *up = act_l(m, A_UP, l), *hmid = act_l(m, A_HMID, l);
+    float *proj = m->act[A_PROJ];
+    // attention block
+    rmsnorm_forward(xn1, act_l(m, A_RSTD1, l), x, layer_tensor(m->fwd_t, m, T_ATTN_NORM, l), N, D, c->rms_norm_eps);
+    matmul_forward(q, xn1, layer_tensor(m->fwd_t, m, T_WQ, l), N, D, Hq);
+    matmul_forward(k, xn1, layer_tensor(m->fwd_t, m, T_WK, l), N, D, Hkv);
+    matmul_forward(v, xn1, layer_tensor(m->fwd_t, m, T_WV, l), N, D, Hkv);
+    rope_forward(q, m->rope_cos, m->rope_sin, B, T, H, hd);
+    rope_forward(k, m->rope_cos, m->rope_sin, B, T, KV, hd);
+    if (g_attention_gemm) attention_forward_gemm(att, act_l(m, A_LSE, l), m->act[A_SCORES], q, k, v, B, T, H, KV, hd);
+    else attention_forward(att, act_l(m, A_LSE, l), q, k, v, B, T, H, KV, hd);
+    matmul_forward(proj, att, layer_tensor(m->fwd_t, m, T_WO, l), N, Hq, D);
+    residual_forward(mid, x, proj, (int64_t)N * D);
+    // MLP block
+    rmsnorm_forward(xn2, act_l(m, A_RSTD2, l), mid, layer_tensor(m->fwd_t, m, T_MLP_NORM, l), N, D, c->rms_norm_eps);
+    matmul_forward(gate, xn2, layer_tensor(m->fwd_t, m, T_WGATE, l), N, D, F);
+    matmul_forward(up, xn2, layer_tensor(m->fwd_t, m, T_WUP, l), N, D, F);
+    swiglu_forward(hmid, gate, up, (int64_t)N * F);
+    matmul_forward(proj, hmid, layer_tensor(m->fwd_t, m, T_WDOWN, l), N, F, D);
+    residual_forward(act_l(m, A_RESID, l + 1), mid, proj, (int64_t)N * D);
+}
+
+static void model_quantize(Model *m);
+
+// inputs/targets are the host's [B,T]; targets may be NULL (no loss). Returns the mean CE.
+static float model_forward(Model *m, const int *inputs, const int *targets, int B, int T) {
+    const HostModel *c = m->h;
+    if (m->quant_stale) model_quantize(m);
+    if (T > c->max_seq_len) fail("sequence length %d exceeds the model's context %d", T, c->max_seq_len);
+    if (c->head_dim > ATT_MAX_HD) fail("head_dim %d: train_cu's attention kernel takes at most %d", c->head_dim, ATT_MAX_HD);
+    model_alloc_acts(m, B, T, m->grads != NULL);
+    int N = B * T, D = c->dim, V = c->vocab_size;
+    for (int i = 0; i < N; i++) {
+        if (inputs[i] < 0 || inputs[i] >= V) fail("token id %d out of range [0, %d)", inputs[i], V);
+        if (targets && targets[i] >= V) fail("target id %d out of range [0, %d)", targets[i], V);
+    }
+    cudaCheck(cudaMemcpy(m->inputs, inputs, (size_t)N * sizeof(int), cudaMemcpyHostToDevice));
+    if (targets) cudaCheck(cudaMemcpy(m->targets, targets, (size_t)N * sizeof(int), cudaMemcpyHostToDevice));
+
+    embedding_forward(act_l(m, A_RESID, 0), m->inputs, m->fwd_t[T_EMBED], N, D);
+    for (int l = 0; l < c->n_layers; l++) layer_forward(m, l, B, T);
+    rmsnorm_forward(m->act[A_XNF], m->act[A_RSTDF], act_l(m, A_RESID, c->n_layers), m->fwd_t[T_FINAL_NORM], N, D, c->rms_norm_eps);
+    matmul_forward(m->logits, m->act[A_XNF], m->fwd_t[lm_head_tensor(m)], N, D, V);
+    m->loss = targets ? crossentropy_forward(m, m->logits, m->targets, targets, N, V) : 0.0f;
+    return m->loss;
+}
+
+static void model_zero_grad(Model *m) {
+    if (m->grads) cudaCheck(cudaMemsetAsync(m->grads, 0, (size_t)m->n_params * sizeof(float)));
+}
+
+static void zero_act(Model *m, int a, int64_t n) { cudaCheck(cudaMemsetAsync(m->act[a], 0, (size_t)n * sizeof(float))); }
+
+static void model_quant_backward(Model *m);
+
+// Backward of the last model_forward, given dL/dlogits in act[A_DLOGITS].
+static void model_backward_from_dlogits(Model *m) {
+    const HostModel *c = m->h;
+    int B = m->B, T = m->T, N = B * T, D = c->dim, F = c->hidden_dim, V = c->vocab_size,
+        H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim, Hq = H * hd, Hkv = KV * hd;
+    float *dres = m->act[A_DRESID], *dxn = m->act[A_DXN];
+    int head = lm_head_tensor(m);
+    // head and final norm
+    zero_act(m, A_DXN, (int64_t)N * D);
+    matmul_backward(dxn, m->dfwd_t[head], m->act[A_DLOGITS], m->act[A_XNF], m->fwd_t[head], N, D, V);
+    zero_act(m, A_DRESID, (int64_t)N * D);
+    rmsnorm_backward(dres, m->dfwd_t[T_FINAL_NORM], dxn, act_l(m, A_RESID, c->n_layers),
+                     m->fwd_t[T_FINAL_NORM], m->act[A_RSTDF], N, D);
+    for (int l = c->n_layers - 1; l >= 0; l--) {
+        float *x = act_l(m, A_RESID, l), *xn1 = act_l(m, A_XN1, l), *q = act_l(m, A_Q, l),
+              *k = act_l(m, A_K, l), *v = act_l(m, A_V, l), *att = act_l(m, A_ATT, l),
+              *mid = act_l(m, A_RESID_MID, l), *xn2 = act_l(m, A_XN2, l),
+              *gate = act_l(m, A_GATE, l), *up = act_l(m, A_UP, l), *hmid = act_l(m, A_HMID, l);
+        // MLP block: dres holds dL/dx'
+        zero_act(m, A_DHMID, (int64_t)N * F);
+        matmul_backward(m->act[A_DHMID], layer_tensor(m->dfwd_t, m, T_WDOWN, l), dres, hmid,
+                        layer_tensor(m->fwd_t, m, T_WDOWN, l), N, F, D);
+        zero_act(m, A_DGATE, (int64_t)N * F);
+        zero_act(m, A_DUP, (int64_t)N * F);
+        swiglu_backward(m->act[A_DGATE], m->act[A_DUP], m->act[A_DHMID], gate, up, (int64_t)N * F);
+        zero_act(m, A_DXN, (int64_t)N * D);
+        matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WGATE, l), m->act[A_DGATE], xn2,
+                        layer_tensor(m->fwd_t, m, T_WGATE, l), N, D, F);
+        matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WUP, l), m->act[A_DUP], xn2,
+                        layer_tensor(m->fwd_t, m, T_WUP, l), N, D, F);
+        rmsnorm_backward(dres, layer_tensor(m->dfwd_t, m, T_MLP_NORM, l), dxn, mid,
+                         layer_tensor(m->fwd_t, m, T_MLP_NORM, l), act_l(m, A_RSTD2, l), N, D);
+        // attention block: dres now holds dL/dh
+        zero_act(m, A_DATT, (int64_t)N * Hq);
+        matmul_backward(m->act[A_DATT], layer_tensor(m->dfwd_t, m, T_WO, l), dres, att,
+                        layer_tensor(m->fwd_t, m, T_WO, l), N, Hq, D);
+        zero_act(m, A_DQ, (int64_t)N * Hq);
+        zero_act(m, A_DK, (int64_t)N * Hkv);
+        zero_act(m, A_DV, (int64_t)N * Hkv);
+        if (g_attention_gemm)
+            attention_backward_gemm(m->act[A_DQ], m->act[A_DK], m->act[A_DV], m->act[A_SCORES], m->act[A_DSCORES],
+                                    m->act[A_DATT], q, k, v, att, act_l(m, A_LSE, l), B, T, H, KV, hd);
+        else
+            attention_backward(m->act[A_DQ], m->act[A_DK], m->act[A_DV], m->act[A_DELTA], m->act[A_DATT],
+                               q, k, v, att, act_l(m, A_LSE, l), B, T, H, KV, hd);
+        rope_backward(m->act[A_DQ], m->rope_cos, m->rope_sin, B, T, H, hd);
+        rope_backward(m->act[A_DK], m->rope_cos, m->rope_sin, B, T, KV, hd);
+        zero_act(m, A_DXN, (int64_t)N * D);
+        matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WQ, l), m->act[A_DQ], xn1,
+                        layer_tensor(m->fwd_t, m, T_WQ, l), N, D, Hq);
+        matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WK, l), m->act[A_DK], xn1,
+                        layer_tensor(m->fwd_t, m, T_WK, l), N, D, Hkv);
+        matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WV, l), m->act[A_DV], xn1,
+                        layer_tensor(m->fwd_t, m, T_WV, l), N, D, Hkv);
+        rmsnorm_backward(dres, layer_tensor(m->dfwd_t, m, T_ATTN_NORM, l), dxn, x,
+                         layer_tensor(m->fwd_t, m, T_ATTN_NORM, l), act_l(m, A_RSTD1, l), N, D);
+    }
+    embedding_backward(m->dfwd_t[T_EMBED], dres, m->inputs, N, D);
+    if (m->quant.method != QUANT_NONE) model_quant_backward(m);
+}
+
+// Backward of the mean CE of the last forward (which had targets, the host's copy), times loss_scale.
+static void model_backward_scaled(Model *m, const int *targets, float loss_scale) {
+    int N = m->B * m->T, V = m->h->vocab_size;
+    zero_act(m, A_DLOGITS, (int64_t)N * V);
+    crossentropy_backward(m->act[A_DLOGITS], m->logits, m->targets, targets, N, V, loss_scale);
+    model_backward_from_dlogits(m);
+}
+
+// ============================================================================================
+// 5. Quantized linears
+//
+// As train.c: before a forward, each of the seven linears of every layer is replaced by its
+// fake-quantized copy W^ = Q(W), computed by quant.h's own per-group and per-element functions
+// (marked QD, so the same code runs here); the backward maps dL/dW^ to W straight through (STE)
+// and exactly to the learned scales of sign and onebit. Layout: wq, dwq, codes in table order.
+
+// sign and onebit train their scales (they live in the parameters); the others derive them.
+static int quant_is_learned_method(int method) { return method == QUANT_SIGN || method == QUANT_ONEBIT; }
+
+static void model_quant_setup(Model *m) {
+    const QuantSpec q = m->quant;
+    int L = m->h->n_layers;
+    int64_t n_lin = 0, n_derived = 0;
+    for (int t = 0; t < N_TENSORS; t++) {
+        if (!m->h->is_linear[t]) continue;
+        quant_param_sizes(&m->qn0[t], &m->qn1[t], q, m->h->rows[t], m->h->cols[t]);
+        n_lin += m->slice[t] * L;
+        if (!quant_is_learned_method(q.method)) n_derived += (m->qn0[t] + m->qn1[t]) * L;
+    }
+    m->n_codes = n_lin;
+    m->wq = (float *)gpu_malloc((size_t)n_lin * sizeof(float), "quantized weights");
+    m->dwq = (float *)gpu_malloc((size_t)n_lin * sizeof(float), "quantized weight gradients");
+    m->codes = (uint8_t *)gpu_malloc((size_t)n_lin, "codes");
+    m->codes_prev = (uint8_t *)gpu_malloc((size_t)n_lin, "codes");
+    m->qstate = (float *)gpu_malloc((size_t)(n_derived ? n_derived : 1) * sizeof(float), "quantized weights");
+    m->d_flips = (unsigned long long *)gpu_malloc(N_TENSORS * L * sizeof(unsigned long long), "scratch");
+    m->flips_layer = (int64_t *)calloc((size_t)L, sizeof(int64_t));
+    cudaCheck(cudaMemset(m->dwq, 0, (size_t)n_lin * sizeof(float)));
+    cudaCheck(cudaMemset(m->codes, 0, (size_t)n_lin));
+    float *w = m->wq, *dw = m->dwq, *learned = m->params + m->n_table, *derived = m->qstate;
+    for (int t = 0; t < N_TENSORS; t++) {
+        if (!m->h->is_linear[t]) continue;
+        m->fwd_t[t] = w; m->dfwd_t[t] = dw;
+        w += m->slice[t] * L; dw += m->slice[t] * L;
+        float **p = quant_is_learned_method(q.method) ? &learned : &derived;
+        m->qp0[t] = *p; *p += m->qn0[t] * L;
+        m->qp1[t] = *p; *p += m->qn1[t] * L;
+    }
+    m->quant_stale = 1;
+}
+
+// int and nf: thread mapping, one warp per group of g weights (groups tile memory, across
+// layers too, so one launch covers a tensor of every layer), its lanes over the weights. The
+// group's min and max are exact whatever the order, and every weight then goes through quant.h's
+// own int_asym_params/_code/_value (nf_asym_code/_value), so W^ is int_asym_group's bit for bit.
+// *bad is set on NaN or Inf.
+__global__ static void quantize_group_kernel(float *wq, uint8_t *codes, float *p0, float *p1, const float *w,
+                                             int64_t n_groups, int g, int method, int bits, int *bad) {
+    int64_t k = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (k >= n_groups) return;
+    const float *wk = w + k * g;
+    float mn = INFINITY, mx = -INFINITY;
+    int ok = 1;
+    for (int j = lane; j < g; j += 32) {
+        ok &= isfinite(wk[j]) != 0;
+        mn = fminf(mn, wk[j]);
+        mx = fmaxf(mx, wk[j]);
+    }
+    mx = warp_max(mx);
+    mn = -warp_max(-mn);
+    ok = __all_sync(0xffffffffu, ok);
+    float a, b;
+    if (method == QUANT_INT) int_asym_params(&a, &b, mn, mx, bits);
+    else { a = fabsf(mx); b = fabsf(mn); }
+    for (int j = lane; j < g; j += 32) {
+        int q = method == QUANT_INT ? int_asym_code(wk[j], a, b, bits) : nf_asym_code(wk[j], a, b, bits);
+        codes[k * g + j] = (uint8_t)q;
+        wq[k * g + j] = method == QUANT_INT ? int_asym_value(q, a, b) : nf_asym_value(q, a, b, bits);
+    }
+    if (lane == 0) {
+        p0[k] = a;
+        p1[k] = b;
+        if (!ok) *bad = 1;
+    }
+}
+
+// sign and onebit: thread mapping, one thread per weight (of every layer); row = i / in.
+__global__ static void quantize_binary_kernel(float *wq, uint8_t *codes, const float *w, const float *p0, const float *p1,
+                                              int64_t n, int out, int in, int method, int *bad) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    if (!isfinite(w[i])) *bad = 1;
+    int c = sign_code(w[i]);
+    int64_t row = i / in;                       // over all layers: p0 holds `out` floats per layer
+    int64_t col = (i / ((int64_t)out * in)) * in + i % in;  // onebit's g: `in` floats per layer
+    codes[i] = (uint8_t)c;
+    wq[i] = method == QUANT_SIGN ? sign_value(c, p0[row], p1[row]) : onebit_value(c, p0[row], p1[col]);
+}
+
+// ternary: gamma = mean |W| per layer (sums in double), then one thread per weight.
+// Thread mapping of the sum: blockIdx.y is the layer; threads stride over its weights.
+__global__ static void absmean_sum_kernel(double *sums, const float *w, int64_t n, int *bad) {
+    const float *wl = w + (int64_t)blockIdx.y * n;
+    double s = 0.0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        if (!isfinite(wl[i])) *bad = 1;
+        s += fabsf(wl[i]);
+    }
+    s = block_sum_d(s);
+    if (threadIdx.x == 0) atomicAdd(&sums[blockIdx.y], s);
+}
+__global__ static void ternary_kernel(float *wq, uint8_t *codes, float *gammas, const float *w, const double *sums,
+                                      int64_t n, int L) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n * L) return;
+    int l = (int)(i / n);
+    float gamma = (float)(sums[l] / (double)n), div = gamma + 1e-5f;
+    int c = (int)clampf(round_even(w[i] / div), -1.0f, 1.0f) + 1;
+    codes[i] = (uint8_t)c;
+    wq[i] = ternary_value(c, gamma);
+    if (i % n == 0) gammas[l] = gamma;
+}
+
+// Codes that changed since the previous quantization, per layer.
+// Thread mapping: blockIdx.y is the layer; threads stride over its codes.
+__global__ static void count_flips_kernel(unsigned long long *flips, const uint8_t *before, const uint8_t *after, int64_t n) {
+    const uint8_t *b = before + (int64_t)blockIdx.y * n, *a = after + (int64_t)blockIdx.y * n;
+    unsigned long long f = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) f += b[i] != a[i];
+    f = (unsigned long long)block_sum_d((double)f);
+    if (threadIdx.x == 0) atomicAdd(&flips[blockIdx.y], f);
+}
+
+static void model_quantize(Model *m) {
+    PROFILE(PROF_QUANT);
+    uint8_t *tmp = m->codes_prev; m->codes_prev = m->codes; m->codes = tmp;
+    const QuantSpec q = m->quant;
+    int L = m->h->n_layers;
+    cudaCheck(cudaMemsetAsync(m->d_bad, 0, sizeof(int)));
+    cudaCheck(cudaMemsetAsync(m->d_flips, 0, N_TENSORS * L * sizeof(unsigned long long)));
+    for (int t = 0; t < N_TENSORS; t++) {
+        if (!m->h->is_linear[t]) continue;
+        int out = m->h->rows[t], in = m->h->cols[t];
+        int64_t n = m->slice[t], base = m->fwd_t[t] - m->wq;
+        uint8_t *codes = m->codes + base;
+        if (q.method == QUANT_INT || q.method == QUANT_NF3 || q.method == QUANT_NF4) {
+            int g = quant_group_len(q, in);
+            int64_t groups = n * L / g;
+            quantize_group_kernel<<<blocks_for(groups, 8), 256>>>(m->fwd_t[t], codes, m->qp0[t], m->qp1[t], m->params_t[t],
+                                                                  groups, g, q.method, q.bits, m->d_bad);
+        } else if (q.method == QUANT_SIGN || q.method == QUANT_ONEBIT) {
+            quantize_binary_kernel<<<blocks_for(n * L, 256), 256>>>(m->fwd_t[t], codes, m->params_t[t], m->qp0[t], m->qp1[t],
+                                                                  n * L, out, in, q.method, m->d_bad);
+        } else if (q.method == QUANT_TERNARY) {
+            cudaCheck(cudaMemsetAsync(m->d_sum, 0, (size_t)L * sizeof(double)));
+            if (L > 64) fail("ternary on the GPU: at most 64 layers");
+            dim3 grid(blocks_for(n, 256) < 256 ? blocks_for(n, 256) : 256, L);
+            absmean_sum_kernel<<<grid, 256>>>(m->d_sum, m->params_t[t], n, m->d_bad);
+            launchCheck();
+            ternary_kernel<<<blocks_for(n * L, 256), 256>>>(m->fwd_t[t], codes, m->qp0[t], m->params_t[t], m->d_sum, n, L);
+        }
+        launchCheck();
+        if (m->codes_valid) {
+            dim3 grid(blocks_for(n, 256) < 256 ? blocks_for(n, 256) : 256, L);
+            count_flips_kernel<<<grid, 256>>>(m->d_flips + (int64_t)t * L, m->codes_prev + base, codes, n);
+            launchCheck();
+        }
+    }
+    int bad = 0;
+    cudaCheck(cudaMemcpy(&bad, m->d_bad, sizeof(int), cudaMemcpyDeviceToHost));
+    if (bad) fail("a linear weight is NaN or Inf: %s", quant_error_string(QUANT_ERR_NONFINITE));
+    m->flips_total = 0;
+    memset(m->flips_layer, 0, (size_t)L * sizeof(int64_t));
+    if (m->codes_valid) {
+        unsigned long long f[N_TENSORS * 64 * 16];
+        if (N_TENSORS * L > (int)(sizeof f / sizeof f[0])) fail("too many layers for the flip counters");
+        cudaCheck(cudaMemcpy(f, m->d_flips, N_TENSORS * L * sizeof(unsigned long long), cudaMemcpyDeviceToHost));
+        for (int t = 0; t < N_TENSORS; t++) {
+            m->flips[t] = 0;
+            if (!m->h->is_linear[t]) continue;
+            for (int l = 0; l < L; l++) { m->flips[t] += f[t * L + l]; m->flips_layer[l] += f[t * L + l]; }
+            m->flips_total += m->flips[t];
+        }
+    }
+    m->codes_valid = 1;
+    m->quant_stale = 0;
+}
+
+// STE: dw += dwq. Thread mapping: one thread per weight.
+__global__ static void ste_backward_kernel(float *dw, const float *dwq, int64_t n) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dw[i] += dwq[i];
+}
+// sign: dalpha[r] += sum_j dwq sign(w), dbeta[r] += sum_j dwq, dw += dwq alpha 1{|w| <= 1}.
+// onebit's row part: dh[r] += sum_j dwq sign(w) g[j], dw += dwq h g 1{|w| <= 1}.
+// Thread mapping: one block per row (of every layer); threads stride over its `in` weights.
+__global__ static void binary_backward_rows_kernel(float *dw, float *dp0, float *dp1, const float *dwq, const float *w,
+                                                   const float *p0, const float *p1, int out, int in, int method) {
+    int64_t r = blockIdx.x;  // global row; layer = r / out
+    int64_t goff = (r / out) * in;
+    double da = 0.0, db = 0.0;
+    for (int j = threadIdx.x; j < in; j += blockDim.x) {
+        int64_t i = r * in + j;
+        float s = sign_pm1(sign_code(w[i]));
+        if (method == QUANT_SIGN) {
+            da += (double)dwq[i] * s;
+            db += dwq[i];
+            if (fabsf(w[i]) <= 1.0f) dw[i] += dwq[i] * p0[r];
+        } else {
+            da += (double)dwq[i] * s * p1[goff + j];
+            if (fabsf(w[i]) <= 1.0f) dw[i] += dwq[i] * p0[r] * p1[goff + j];
+        }
+    }
+    da = block_sum_d(da);
+    db = block_sum_d(db);
+    if (threadIdx.x == 0) {
+        dp0[r] += (float)da;
+        if (method == QUANT_SIGN) dp1[r] += (float)db;
+    }
+}
+// onebit's column part: dg[j] += sum_i dwq sign(w) h[i]. Thread mapping: one thread per column
+// (of every layer), looping over the rows of its layer.
+__global__ static void onebit_backward_cols_kernel(float *dg, const float *dwq, const float *w, const float *h,
+                                                   int out, int in, int L) {
+    int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= (int64_t)L * in) return;
+    int64_t l = c / in, j = c % in;
+    double acc = 0.0;
+    for (int r = 0; r < out; r++) {
+        int64_t i = (l * out + r) * in + j;
+        acc += (double)dwq[i] * sign_pm1(sign_code(w[i])) * h[l * out + r];
+    }
+    dg[c] += (float)acc;
+}
+
+static void model_quant_backward(Model *m) {
+    PROFILE(PROF_QUANT);
+    int L = m->h->n_layers, method = m->quant.method;
+    for (int t = 0; t < N_TENSORS; t++) {
+        if (!m->h->is_linear[t]) continue;
+        int out = m->h->rows[t], in = m->h->cols[t];
+        int64_t n = m->slice[t] * L;
+        if (method == QUANT_SIGN || method == QUANT_ONEBIT) {
+            float *dp0 = m->grads + (m->qp0[t] - m->params), *dp1 = m->grads + (m->qp1[t] - m->params);
+            binary_backward_rows_kernel<<<out * L, 256>>>(m->grads_t[t], dp0, dp1, m->dfwd_t[t], m->params_t[t],
+                                                          m->qp0[t], m->qp1[t], out, in, method);
+            launchCheck();
+            if (method == QUANT_ONEBIT) {
+                onebit_backward_cols_kernel<<<blocks_for((int64_t)L * in, 128), 128>>>(dp1, m->dfwd_t[t], m->params_t[t],
+                                                                                      m->qp0[t], out, in, L);
+                launchCheck();
+            }
+        } else {
+            ste_backward_kernel<<<blocks_for(n, 256), 256>>>(m->grads_t[t], m->dfwd_t[t], n);
+            launchCheck();
+        }
+    }
+    cudaCheck(cudaMemsetAsync(m->dwq, 0, (size_t)m->n_codes * sizeof(float)));
+}
+
+// ============================================================================================
+// 6. Distillation
+//
+// loss.h's losses, one position per block: the block reduces the log-sum-exps and the two KL
+// sums over the vocabulary in double, exactly the sums of kl_mix_tempered and ce_add, and
+// writes the gradient in place. Wasserstein sorts, so it runs loss.h's wasserstein_loss itself,
+// one thread per position, on a scratch row each.
+
+__device__ static double block_logsumexp_tempered(const float *z, int n, double inv_tau) {
+    float mx = -INFINITY;
+    for (int v = threadIdx.x; v < n; v += blockDim.x) mx = fmaxf(mx, z[v]);
+    mx = block_max(mx);
+    double m = (double)mx * inv_tau, s = 0.0;
+    for (int v = threadIdx.x; v < n; v += blockDim.x) s += exp((double)z[v] * inv_tau - m);
+    return m + log(block_sum_d(s));
+}
+
+// (1 - gamma) KL(P_T^tau || P_S^tau) + gamma KL(P_S^tau || P_T^tau): dzs = scale dL/dzs (kl_mix_tempered).
+__device__ static double block_kl_mix(float *dzs, const float *zs, const float *zt, int V, float gamma, float tau, float scale) {
+    double inv_tau = 1.0 / tau, g = gamma;
+    double lse_s = block_logsumexp_tempered(zs, V, inv_tau), lse_t = block_logsumexp_tempered(zt, V, inv_tau);
+    double fkl = 0.0, rkl = 0.0;
+    for (int v = threadIdx.x; v < V; v += blockDim.x) {
+        double ls = (double)zs[v] * inv_tau - lse_s, lt = (double)zt[v] * inv_tau - lse_t;
+        double ps = exp(ls), pt = exp(lt);
+        fkl += pt * (lt - ls);
+        rkl += ps * (ls - lt);
+    }
+    fkl = block_sum_d(fkl);
+    rkl = block_sum_d(rkl);
+    for (int v = threadIdx.x; v < V; v += blockDim.x) {
+        double ls = (double)zs[v] * inv_tau - lse_s, lt = (double)zt[v] * inv_tau - lse_t;
+        double ps = exp(ls), pt = exp(lt);
+        double d = (1.0 - g) * (ps - pt) + g * ps * ((ls - lt) - rkl);
+        dzs[v] = (float)(scale * d * inv_tau);
+    }
+    return (1.0 - g) * fkl + g * rkl;
+}
+
+// dzs (+)= scale (P_S - onehot(label)); returns -log P_S(label) (ce_add; ce_loss zeroes first).
+__device__ static double block_ce(float *dzs, const float *zs, int label, int V, float scale, int add) {
+    double lse = block_logsumexp_tempered(zs, V, 1.0);
+    __syncthreads();  // block_kl_mix's writes to dzs are done
+    for (int v = threadIdx.x; v < V; v += blockDim.x)
+        dzs[v] = (add ? dzs[v] : 0.0f) + scale * (float)exp((double)zs[v] - lse) - (v == label ? scale : 0.0f);
+    return lse - zs[label];
+}
+
+// Thread mapping: one block per position n; rows[n] gets its loss, dlogits its gradient
+// (times `scale` = 1/B, then times `accum`, as train.c's distill_step scales after the loss).
+__global__ static void distill_loss_kernel(double *rows, float *dlogits, const float *logits, const float *teacher,
+                                           const int *labels, int V, DistillLoss loss, float scale, float accum) {
+    int n = blockIdx.x;
+    float *dz = dlogits + (int64_t)n * V;
+    const float *zs = logits + (int64_t)n * V, *zt = teacher ? teacher + (int64_t)n * V : NULL;
+    int label = labels[n];
+    double l = 0.0;
+    if (label < 0) {
+        for (int v = threadIdx.x; v < V; v += blockDim.x) dz[v] = 0.0f;
+    } else if (label >= V) {
+        l = NAN;
+    } else {
+        switch (loss.kind) {
+        case LOSS_CE: l = block_ce(dz, zs, label, V, scale, 0); break;
+        case LOSS_FKL: l = block_kl_mix(dz, zs, zt, V, 0.0f, 1.0f, scale); break;
+        case LOSS_RKL: l = block_kl_mix(dz, zs, zt, V, 1.0f, 1.0f, scale); break;
+        case LOSS_CAKLD: l = block_kl_mix(dz, zs, zt, V, loss.gamma, 1.0f, scale); break;
+        case LOSS_CAKLD_CE: {
+            float tau = loss.temperature;
+            double kl = block_kl_mix(dz, zs, zt, V, loss.gamma, tau, scale * tau * tau);
+            l = (double)tau * tau * kl + block_ce(dz, zs, label, V, scale, 1);
+            break;
+        }
+        default: l = NAN; break;
+        }
+        if (accum != 1.0f) {
+            __syncthreads();
+            for (int v = threadIdx.x; v < V; v += blockDim.x) dz[v] *= accum;
+        }
+    }
+    if (threadIdx.x == 0) rows[n] = l;
+}
+
+// Thread mapping: one thread per position, running loss.h's wasserstein_loss on scratch row n.
+__global__ static void wasserstein_loss_kernel(double *rows, float *dlogits, float *scratch, const float *logits,
+                                               const float *teacher, const int *labels, int N, int V, int Vt, float scale, float accum) {
+    int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N) return;
+    float *dz = dlogits + (int64_t)n * V;
+    if (labels[n] < 0) {
+        for (int v = 0; v < V; v++) dz[v] = 0.0f;
+        rows[n] = 0.0;
+        return;
+    }
+    int W = V > Vt ? V : Vt;
+    rows[n] = wasserstein_loss(dz, scratch + (int64_t)n * W, logits + (int64_t)n * V, teacher + (int64_t)n * Vt, V, Vt, scale);
+    if (accum != 1.0f) for (int v = 0; v < V; v++) dz[v] *= accum;
+}
+
+typedef struct {
+    DistillLoss loss;
+    float *scratch;  // device [B*T, max(V, Vt)] (Wasserstein only)
+    double *host_rows;
+} Distiller;
+
+static void distiller_init(Distiller *d, DistillLoss loss, int V, int Vt, int N) {
+    d->loss = loss;
+    size_t row = distill_loss_scratch_floats(loss.kind, V, Vt);
+    d->scratch = row ? (float *)gpu_malloc(row * N * sizeof(float), "loss scratch") : NULL;
+    d->host_rows = (double *)malloc((size_t)N * sizeof(double));
+    if (!d->host_rows) fail("out of host memory");
+}
+
+// train.c's distill_loss_batch: sum over a sequence's unmasked positions, mean over sequences.
+static double distill_loss_batch(Model *student, const float *teacher_logits, const Distiller *d, const int *targets,
+                                 int B, int T, int Vt, float accum) {
+    PROFILE(PROF_LOSS);
+    int N = B * T, V = student->h->vocab_size;
+    if (d->loss.kind == LOSS_WASSERSTEIN)
+        wasserstein_loss_kernel<<<blocks_for(N, 64), 64>>>(student->rows, student->act[A_DLOGITS], d->scratch, student->logits,
+                                                           teacher_logits, student->targets, N, V, Vt, 1.0f / B, accum);
+    else
+        distill_loss_kernel<<<N, 256>>>(student->rows, student->act[A_DLOGITS], student->logits, teacher_logits,
+                                        student->targets, V, d->loss, 1.0f / B, accum);
+    launchCheck();
+    cudaCheck(cudaMemcpy(d->host_rows, student->rows, (size_t)N * sizeof(double), cudaMemcpyDeviceToHost));
+    double sum = 0.0;
+    for (int n = 0; n < N; n++) if (targets[n] >= 0) sum += d->host_rows[n];
+    return sum / B;
+}
+
+// One micro-batch: teacher forward, student forward, loss into dL/dlogits (times scale), backward.
+static double distill_step(Model *student, Model *teacher, const Distiller *d, const int *inputs,
+                           const int *targets, int B, int T, float scale) {
+    const float *zt = NULL;
+    int Vt = student->h->vocab_size;
+    if (d->loss.kind != LOSS_CE) {
+        model_forward(teacher, inputs, NULL, B, T);
+        zt = teacher->logits;
+        Vt = teacher->h->vocab_size;
+    }
+    model_forward(student, inputs, NULL, B, T);
+    cudaCheck(cudaMemcpy(student->targets, targets, (size_t)B * T * sizeof(int), cudaMemcpyHostToDevice));
+    double loss = distill_loss_batch(student, zt, d, targets, B, T, Vt, scale);
+    model_backward_from_dlogits(student);
+    return loss;
+}
+
+// gamma_accumulate: rows[n] = max_v P_T(v) = 1 / sum_v exp(zt_v - max zt).
+// Thread mapping: one block per position.
+__global__ static void gamma_rows_kernel(double *rows, const float *teacher, int Vt) {
+    const float *z = teacher + (int64_t)blockIdx.x * Vt;
+    float mx = -INFINITY;
+    for (int v = threadIdx.x; v < Vt; v += blockDim.x) mx = fmaxf(mx, z[v]);
+    mx = block_max(mx);
+    double e = 0.0;
+    for (int v = threadIdx.x; v < Vt; v += blockDim.x) e += exp((double)z[v] - mx);
+    e = block_sum_d(e);
+    if (threadIdx.x == 0) rows[blockIdx.x] = 1.0 / e;
+}
+
+static void gamma_accumulate(double *sum, long long *count, Model *teacher, const int *labels, int B, int T, int include_pad) {
+    int N = B * T;
+    gamma_rows_kernel<<<N, 256>>>(teacher->rows, teacher->logits, teacher->h->vocab_size);
+    launchCheck();
+    double *h = (double *)malloc((size_t)N * sizeof(double));
+    if (!h) fail("out of host memory");
+    cudaCheck(cudaMemcpy(h, teacher->rows, (size_t)N * sizeof(double), cudaMemcpyDeviceToHost));
+    for (int n = 0; n < N; n++) {
+        if (!include_pad && labels[n] < 0) continue;
+        *sum += h[n];
+        (*count)++;
+    }
+    free(h);
+}
+
+// ============================================================================================
+// 7. The optimizer: AdamW (Loshchilov & Hutter 2019), as train.c
+//   m = b1 m + (1 - b1) g,  v = b2 v + (1 - b2) g^2,
+//   p -= lr * ( m / (1 - b1^t) / (sqrt(v / (1 - b2^t)) + eps) + wd p ).
+
+typedef struct {
+    float lr, beta1, beta2, eps, weight_decay, grad_clip;
+} OptConfig;
+
+// Thread mapping (all three): threads stride over the elements; the sum reduces per block in
+// double and adds the block's total with one atomicAdd.
+__global__ static void sum_squares_kernel(double *out, const float *g, int64_t n) {
+    double s = 0.0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        s += (double)g[i] * g[i];
+    s = block_sum_d(s);
+    if (threadIdx.x == 0) atomicAdd(out, s);
+}
+__global__ static void scale_kernel(float *g, int64_t n, float k) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) g[i] *= k;
+}
+__global__ static void count_nonfinite_kernel(int *bad, const float *p, int64_t n) {
+    int b = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) b |= !isfinite(p[i]);
+    if (b) *bad = 1;
+}
+
+// Global L2 norm of the gradients; above clip (> 0), scaled down to it. Returns the norm before.
+static float clip_grad_norm(Model *m, float clip) {
+    PROFILE(PROF_OPTIMIZER);
+    cudaCheck(cudaMemsetAsync(m->d_sum, 0, sizeof(double)));
+    sum_squares_kernel<<<1024, 256>>>(m->d_sum, m->grads, m->n_params);
+    launchCheck();
+    double ss;
+    cudaCheck(cudaMemcpy(&ss, m->d_sum, sizeof ss, cudaMemcpyDeviceToHost));
+    float norm = (float)sqrt(ss);
+    if (clip > 0 && norm > clip) {
+        scale_kernel<<<1024, 256>>>(m->grads, m->n_params, clip / norm);
+        launchCheck();
+    }
+    return norm;
+}
+
+// Thread mapping: one thread per parameter of the span.
+__global__ static void adamw_span_kernel(float *p, const float *g, float *mm, float *vv, int64_t n, float beta1, float beta2,
+                                         float eps, float lr, float wd, float bc1, float bc2) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    mm[i] = beta1 * mm[i] + (1.0f - beta1) * g[i];
+    vv[i] = beta2 * vv[i] + (1.0f - beta2) * g[i] * g[i];
+    float mhat = mm[i] / bc1, vhat = vv[i] / bc2;
+    p[i] -= lr * (mhat / (sqrtf(vhat) + eps) + wd * p[i]);
+}
+static void adamw_span(float *p, const float *g, float *mm, float *vv, int64_t n, const OptConfig *o, float lr, float wd,
+                       float bc1, float bc2) {
+    if (n <= 0) return;
+    adamw_span_kernel<<<blocks_for(n, 256), 256>>>(p, g, mm, vv, n, o->beta1, o->beta2, o->eps, lr, wd, bc1, bc2);
+    launchCheck();
+}
+
+// The table's tensors (matrices decayed, norm weights not), then the learned quantizer scales.
+static void adamw_update(Model *m, const OptConfig *o, float lr) {
+    PROFILE(PROF_OPTIMIZER);
+    m->step++;
+    float bc1 = 1.0f - powf(o->beta1, (float)m->step), bc2 = 1.0f - powf(o->beta2, (float)m->step);
+    for (int t = 0; t < N_TENSORS; t++) {
+        if (!m->params_t[t]) continue;
+        int64_t n = m->slice[t] * (m->h->per_layer[t] ? m->h->n_layers : 1);
+        adamw_span(m->params_t[t], m->grads_t[t], m->m_t[t], m->v_t[t], n, o, lr, m->h->rows[t] > 1 ? o->weight_decay : 0.0f, bc1, bc2);
+    }
+    int64_t tail = m->n_table;
+    adamw_span(m->params + tail, m->grads + tail, m->adam_m + tail, m->adam_v + tail, m->n_params - tail, o, lr, 0.0f, bc1, bc2);
+    if (m->quant.method != QUANT_NONE) m->quant_stale = 1;
+}
+
+static int params_finite(Model *m) {
+    cudaCheck(cudaMemsetAsync(m->d_bad, 0, sizeof(int)));
+    count_nonfinite_kernel<<<1024, 256>>>(m->d_bad, m->params, m->n_params);
+    launchCheck();
+    int bad;
+    cudaCheck(cudaMemcpy(&bad, m->d_bad, sizeof bad, cudaMemcpyDeviceToHost));
+    return !bad;
+}
+
+// ============================================================================================
+// 9. Evaluation: perplexity, as train.c's eval_ppl (non-overlapping windows of T tokens; each
+// window's loss is the mean CE of predicting its tokens 1..T-1; ppl = exp(mean of the windows)).
+
+typedef struct { double ppl, mean_loss; int64_t windows; } PplResult;
+
+static PplResult eval_ppl(Model *m, const int *ids, int64_t n_ids, int T, int B, const char *path) {
+    int64_t windows = n_ids / T;
+    if (windows == 0) fail("%s: %lld tokens, fewer than one perplexity window of %d", path, (long long)n_ids, T);
+    int *inputs = (int *)malloc((size_t)B * T * sizeof(int)), *targets = (int *)malloc((size_t)B * T * sizeof(int));
+    double *rows = (double *)malloc((size_t)B * T * sizeof(double));
+    if (!inputs || !targets || !rows) fail("out of host memory");
+    double sum = 0.0, t0 = now_seconds();
+    for (int64_t w0 = 0; w0 < windows; w0 += B) {
+        int nb = windows - w0 < B ? (int)(windows - w0) : B;
+        for (int b = 0; b < nb; b++) {
+            const int *win = ids + (w0 + b) * T;
+            for (int t = 0; t < T; t++) {
+                inputs[b * T + t] = win[t];
+                targets[b * T + t] = t + 1 < T ? win[t + 1] : -1;
+            }
+        }
+        model_forward(m, inputs, NULL, nb, T);
+        cudaCheck(cudaMemcpy(m->targets, targets, (size_t)nb * T * sizeof(int), cudaMemcpyHostToDevice));
+        crossentropy_forward_kernel<<<nb * T, 256>>>(m->rows, m->logits, m->targets, nb * T, m->h->vocab_size);
+        launchCheck();
+        cudaCheck(cudaMemcpy(rows, m->rows, (size_t)nb * T * sizeof(double), cudaMemcpyDeviceToHost));
+        for (int b = 0; b < nb; b++) {  // each window's own mean, as a float (train.c's crossentropy_forward)
+            double s = 0.0;
+            int count = 0;
+            for (int t = 0; t < T; t++) if (targets[b * T + t] >= 0) { s += rows[b * T + t]; count++; }
+            sum += count ? (float)(s / count) : 0.0f;
+        }
+        int64_t done = w0 + nb, every = windows / 10 > 0 ? windows / 10 : 1;
+        if (done % every < nb || done == windows) {
+            double el = now_seconds() - t0, tps = (double)done * T / (el > 0 ? el : 1e-9);
+            char eta[32];
+            format_eta(eta, sizeof eta, (double)(windows - done) * T / tps);
+            printf("ppl: window %lld/%lld | running ppl %.3f | %.0f tok/s | ETA %s\n", (long long)done,
+                   (long long)windows, exp(sum / done), tps, eta);
+            fflush(stdout);
+        }
+    }
+    free(inputs); free(targets); free(rows);
+    PplResult r = {exp(sum / windows), sum / windows, windows};
+    return r;
+}
+
+// ============================================================================================
+// 11. The training loop and main
+
+typedef struct { float final_loss, tokens_per_s; } TrainResult;
+
+// The teacher's confidence over the first n_batches micro-batches (a copy of the data RNG).
+static double measure_gamma(Model *teacher, HostTrainState st, int B, int T, int n_batches, int include_pad) {
+    int *inputs = (int *)malloc((size_t)B * T * sizeof(int)), *targets = (int *)malloc((size_t)B * T * sizeof(int));
+    if (!inputs || !targets) fail("out of host memory");
+    uint64_t rng = st.rng;
+    double sum = 0;
+    long long count = 0;
+    for (int i = 0; i < n_batches; i++) {
+        host_sample_batch(inputs, targets, &rng, B, T);
+        model_forward(teacher, inputs, NULL, B, T);
+        gamma_accumulate(&sum, &count, teacher, targets, B, T, include_pad);
+    }
+    free(inputs); free(targets);
+    return count ? sum / count : 0.0;
+}
+
+static void checkpoint_save(Model *m, const HostTrainState *st) {
+    model_download(m, 1);
+    host_checkpoint_save(m->h, st);
+}
+
+static TrainResult train_loop(Model *m, Model *teacher, Distiller *d, const HostArgs *a, const OptConfig *opt,
+                              int T, HostTrainState *st) {
+    model_alloc_training(m);
+    int B = a->micro_batch, accum = a->batch / a->micro_batch;
+    int *inputs = (int *)malloc((size_t)B * T * sizeof(int)), *targets = (int *)malloc((size_t)B * T * sizeof(int));
+    if (!inputs || !targets) fail("out of host memory");
+    const char *ckpt = a->ckpt[0] ? a->ckpt : NULL;
+    int64_t first = st->step, last = a->stop_after && a->stop_after < a->steps ? a->stop_after : a->steps;
+    double t0 = now_seconds();
+    TrainResult r = {0, 0};
+    printf("training: steps %lld..%d of %d, %d sequences x %d tokens (%d micro-batches of %d), lr %g, %s\n",
+           (long long)st->step + 1, (int)last, a->steps, a->batch, T, accum, B, a->lr,
+           d ? LOSS_NAMES[d->loss.kind] : "cross-entropy (mean over tokens)");
+    for (int64_t step = st->step; step < last; step++) {
+        double ts = now_seconds();
+        if (a->inject_nan == step + 1) {  // every logit becomes NaN
+            float nan = NAN;
+            cudaCheck(cudaMemcpy(m->params_t[T_FINAL_NORM], &nan, sizeof nan, cudaMemcpyHostToDevice));
+        }
+        model_zero_grad(m);
+        double loss = 0.0;
+        uint64_t rng = st->rng;
+        for (int micro = 0; micro < accum; micro++) {
+            host_sample_batch(inputs, targets, &rng, B, T);
+            if (d) {
+                loss += distill_step(m, teacher, d, inputs, targets, B, T, 1.0f / accum) / accum;
+            } else {
+                loss += model_forward(m, inputs, targets, B, T) / accum;
+                model_backward_scaled(m, targets, 1.0f / accum);
+            }
+        }
+        if (!isfinite(loss))
+            fail("step %lld: the loss is %f; stopping, the last checkpoint%s is intact", (long long)step + 1, loss, ckpt ? "" : " (none)");
+        float norm = clip_grad_norm(m, opt->grad_clip);
+        float lr = host_lr_at(step);
+        adamw_update(m, opt, lr);
+        if (!params_finite(m))
+            fail("step %lld: a weight became NaN or Inf (lower --lr?); stopping, the last checkpoint%s is intact",
+                 (long long)step + 1, ckpt ? "" : " (none)");
+        st->rng = rng;
+        st->micro_batches += accum;
+        st->step = step + 1;
+        char flip_s[48] = "";
+        if (m->quant.method != QUANT_NONE) {
+            model_quantize(m);
+            snprintf(flip_s, sizeof flip_s, " | flips %.4f%%", 100.0 * m->flips_total / m->n_codes);
+        }
+        cudaCheck(cudaDeviceSynchronize());
+        double now = now_seconds();
+        float tps = (float)((double)a->batch * T / (now - ts));
+        char eta[32];
+        format_eta(eta, sizeof eta, (now - t0) / (double)(step + 1 - first) * (double)(last - step - 1));
+        printf("step %4lld/%d | loss %.4f | lr %.3g | grad norm %.3f%s | %.0f tok/s | ETA %s\n",
+               (long long)step + 1, a->steps, loss, lr, norm, flip_s, tps, eta);
+        fflush(stdout);
+        host_log_step(m->h, step + 1, loss, lr, norm, tps, d ? st->gamma : -1.0, m->flips, m->flips_layer, m->flips_total);
+        if (ckpt && ((a->save_every && st->step % a->save_every == 0) || st->step == last)) checkpoint_save(m, st);
+        r.final_loss = (float)loss;
+    }
+    cudaCheck(cudaDeviceSynchronize());
+    r.tokens_per_s = (float)((double)(last - first) * a->batch * T / (now_seconds() - t0));
+    if (g_prof_on) {
+        printf("profile (TRAIN_CU_PROFILE, seconds over %lld steps):", (long long)(last - first));
+        for (int i = 0; i < N_PROF; i++) printf(" %s %.3f |", PROF_NAMES[i], g_prof[i]);
+        printf(" total %.3f\n", now_seconds() - t0);
+    }
+    free(inputs); free(targets);
+    return r;
+}
+
+// No GPU: one clear line and exit 1 (before any model is loaded).
+static void gpu_init(void) {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0)
+        fail("no CUDA GPU is available (%s); train_cu needs an NVIDIA GPU and driver; ./train runs on the CPU",
+             e != cudaSuccess ? cudaGetErrorString(e) : "no devices");
+    cudaDeviceProp p;
+    cudaCheck(cudaGetDeviceProperties(&p, 0));
+    printf("GPU: %s, %.1f GiB, compute capability %d.%d, %d multiprocessors\n", p.name, p.totalGlobalMem / 1073741824.0,
+           p.major, p.minor, p.multiProcessorCount);
+    cublasCheck(cublasCreate(&g_cublas));
+    const char *prof = getenv("TRAIN_CU_PROFILE");
+    g_prof_on = prof && *prof && strcmp(prof, "0") != 0;
+}
+
+// train_cu's one flag of its own, taken out before train.c's parser sees the rest.
+static void parse_gpu_flags(int *argc, char **argv) {
+    int o = 1;
+    for (int i = 1; i < *argc; i++) {
+        if (!strcmp(argv[i], "--matmul")) {
+            if (i + 1 >= *argc) fail("--matmul: missing value (fp32 or tf32)");
+            const char *v = argv[++i];
+            if (!strcmp(v, "fp32")) g_compute = CUBLAS_COMPUTE_32F;
+            else if (!strcmp(v, "tf32")) g_compute = CUBLAS_COMPUTE_32F_FAST_TF32;
+            else fail("--matmul: expected fp32 or tf32, got '%s'", v);
+            continue;
+        }
+        if (!strcmp(argv[i], "--attention")) {
+            if (i + 1 >= *argc) fail("--attention: missing value (gemm or fused)");
+            const char *v = argv[++i];
+            if (!strcmp(v, "gemm")) g_attention_gemm = 1;
+            else if (!strcmp(v, "fused")) g_attention_gemm = 0;
+            else fail("--attention: expected gemm or fused, got '%s'", v);
+            continue;
+        }
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help"))
+            printf("train_cu: the GPU build of ./train. It takes ./train's flags below (not yet: --data, --generate-data,\n"
+                   "--generate, --clip, --eval-qa, --export-packed, --histogram, --bench) and two of its own:\n"
+                   "  --matmul fp32|tf32    matmul precision: tf32 tensor cores or plain fp32 [tf32]\n"
+                   "  --attention gemm|fused  attention through cuBLAS with [T,T] scores per head (fast),\n"
+                   "                        or the fused kernel (no [T,T] memory) [gemm]\n\n");
+        argv[o++] = argv[i];
+    }
+    *argc = o;
+    argv[o] = NULL;
+}
+
+#ifndef TRAIN_CU_NO_MAIN
+int main(int argc, char **argv) {
+    parse_gpu_flags(&argc, argv);
+    int help = 0;
+    for (int i = 1; i < argc; i++) help |= !strcmp(argv[i], "-h") || !strcmp(argv[i], "--help");
+    if (!help) gpu_init();
+    HostArgs a;
+    HostModel hs, ht;
+    HostTrainState st;
+    host_setup(argc, argv, &a, &hs, &ht, &st);
+    Model m, teacher_model, *teacher = NULL;
+    model_setup(&m, &hs, "parameters");
+    if (ht.cpu) {
+        model_setup(&teacher_model, &ht, "teacher");
+        teacher = &teacher_model;
+    }
+    int T = a.seq;
+    char part[1024];
+    if (a.train_tokens) {
+        Distiller d = {{LOSS_CE, 0, 1}, NULL, NULL};
+        if (a.resume) {
+            host_resume(&hs, &st);
+            model_upload(&m, 1);
+            m.step = st.step;
+        }
+        if (a.distill) {
+            if (st.gamma < 0) {
+                int uses_gamma = a.loss_kind == LOSS_CAKLD || a.loss_kind == LOSS_CAKLD_CE;
+                if (a.gamma_given >= 0) st.gamma = a.gamma_given;
+                else if (uses_gamma && teacher) st.gamma = measure_gamma(teacher, st, a.micro_batch, T, a.gamma_batches, a.gamma_include_pad);
+                else st.gamma = 0.0;
+            }
+            printf("distillation: %s, teacher %s, gamma %.4f%s\n", LOSS_NAMES[a.loss_kind],
+                   a.teacher_path ? a.teacher_path : "= the full-precision model (self-distillation)", st.gamma,
+                   a.gamma_given >= 0 ? " (given)" : a.gamma_include_pad ? " (measured, padding included)" : " (measured on real tokens)");
+            DistillLoss dl = {(LossKind)a.loss_kind, (float)st.gamma, a.temperature};
+            distiller_init(&d, dl, hs.vocab_size, teacher ? ht.vocab_size : hs.vocab_size, a.micro_batch * T);
+        }
+        OptConfig opt = {a.lr, a.beta1, a.beta2, a.eps, a.weight_decay, a.grad_clip};
+        model_alloc_training(&m);
+        model_alloc_acts(&m, a.micro_batch, T, 1);
+        if (teacher) model_alloc_acts(teacher, a.micro_batch, T, 0);
+        print_memory_plan();
+        TrainResult r = train_loop(&m, a.distill ? teacher : NULL, a.distill ? &d : NULL, &a, &opt, T, &st);
+        snprintf(part, sizeof part, "\"train\": {\"steps\": %lld, \"final_loss\": %.6f, \"tokens_per_s\": %.1f%s}",
+                 (long long)st.step, r.final_loss, r.tokens_per_s, a.distill ? ", \"distill\": true" : "");
+        host_json_add(part);
+        if (a.distill) {
+            snprintf(part, sizeof part, "\"gamma\": %.6f, \"loss_kind\": \"%s\"", st.gamma, LOSS_NAMES[a.loss_kind]);
+            host_json_add(part);
+        }
+        if (a.ckpt[0]) {
+            snprintf(part, sizeof part, "\"ckpt\": \"%s\"", a.ckpt);
+            host_json_add(part);
+        }
+        gpu_free(d.scratch);
+        free(d.host_rows);
+    }
+    if (a.out_path) {
+        model_download(&m, 0);
+        host_write_model(&hs);
+        snprintf(part, sizeof part, "\"out\": \"%s\"", a.out_path);
+        host_json_add(part);
+    }
+    if (a.eval_ppl) {
+        int Te = a.eval_T ? a.eval_T : (hs.max_seq_len < 2048 ? hs.max_seq_len : 2048);
+        if (Te > hs.max_seq_len) fail("-T %d exceeds the model's context %d", Te, hs.max_seq_len);
+        if (Te < 2) fail("-T must be at least 2");
+        int64_t n;
+        int *ids = host_load_eval_tokens(&hs, &n);
+        PplResult r = eval_ppl(&m, ids, n, Te, a.eval_batch, a.eval_ppl);
+        printf("perplexity of %s: %.4f (%lld windows of %d tokens)\n", a.eval_ppl, r.ppl, (long long)r.windows, Te);
+        snprintf(part, sizeof part, "\"ppl\": %.6f, \"loss\": %.6f, \"windows\": %lld, \"T\": %d", r.ppl, r.mean_loss,
+                 (long long)r.windows, Te);
+        host_json_add(part);
+        host_free(ids);
+    }
+    note_peak();
+    printf("GPU memory: peak %.1f MiB in use on the device (cudaMemGetInfo, CUDA context and cuBLAS included)\n",
+           g_mem_peak / 1048576.0);
+    host_finish();
+    if (teacher) model_free(teacher);
+    model_free(&m);
+    cublasDestroy(g_cublas);
+    return 0;
+}
+#endif

@@ -1,0 +1,111 @@
+// train_cu.h — what the GPU program (train.cu, C++) takes from the CPU program (train.c, C).
+//
+// train.cu does not re-implement loading, saving, argument parsing, data or checkpoints: those
+// are train.c's own functions, compiled as C in train_cu_host.c (which includes train.c with
+// -DTRAIN_NO_MAIN) and reached through the plain structs and extern "C" functions below. So both
+// programs read the same files, take the same flags and write the same bytes, and train.c stays C.
+// The host side owns every CPU buffer; train.cu owns every GPU buffer.
+#ifndef TRAIN_CU_H
+#define TRAIN_CU_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#ifndef MODEL_H  // model.h's tensor table (train.c's side sees model.h itself; these must agree)
+enum {
+    T_EMBED, T_ATTN_NORM, T_WQ, T_WK, T_WV, T_WO, T_MLP_NORM,
+    T_WGATE, T_WUP, T_WDOWN, T_FINAL_NORM, T_LM_HEAD, N_TENSORS
+};
+#endif
+#define HM_TENSORS 12
+
+// One model as train.c set it up: its shape, where each tensor lives in the fp32 parameter
+// buffer, and the quantizer of its linears.
+typedef struct {
+    int dim, hidden_dim, n_layers, n_heads, n_kv_heads, head_dim, vocab_size, max_seq_len, tied;
+    float rms_norm_eps;
+    int quant_method, quant_bits, quant_group;   // quant.h's QuantSpec
+    int64_t n_params, n_table;                   // all floats; the table's tensors alone
+    int64_t offset[HM_TENSORS];                  // first float of each tensor (-1: absent)
+    int64_t slice[HM_TENSORS];                   // floats of one layer's slice
+    int rows[HM_TENSORS], cols[HM_TENSORS];      // one slice's shape ([out, in] for linears)
+    int per_layer[HM_TENSORS], is_linear[HM_TENSORS];
+    float *params;      // the host's parameters (n_params floats): read at upload, written at download
+    float *adam_m, *adam_v;  // the host's AdamW moments (after hm_alloc_training), for checkpoints
+    void *cpu;          // train.c's Model
+} HostModel;
+
+// The settings of a run: train.c's parse_args, flattened.
+typedef struct {
+    const char *train_tokens, *eval_ppl, *out_path, *log_path, *resume, *teacher_path;
+    int steps, batch, micro_batch, seq, save_every, stop_after, inject_nan;
+    float lr, min_lr, beta1, beta2, eps, weight_decay, grad_clip;
+    int warmup, schedule;
+    int distill, loss_kind, gamma_batches, gamma_include_pad;
+    float gamma_given, temperature;   // gamma_given < 0: measure it
+    int eval_T, eval_batch;
+    char ckpt[4096];                  // "" when no checkpoint is written
+} HostArgs;
+
+// What a resumed run needs (train.c's TrainState).
+typedef struct {
+    int64_t step, micro_batches;
+    uint64_t rng;
+    double gamma;
+} HostTrainState;
+
+// Parses argv with train.c's parse_args, builds the student (and the teacher when distilling)
+// exactly as ./train does, loads the training tokens, prints ./train's start-up lines, and
+// begins the JSON result line. Flags train_cu cannot do yet end in an error naming them.
+void host_setup(int argc, char **argv, HostArgs *a, HostModel *student, HostModel *teacher,
+                HostTrainState *st);
+// B random windows of the training tokens (train.c's sample_batch) with the RNG state *rng.
+void host_sample_batch(int *inputs, int *targets, uint64_t *rng, int B, int T);
+float host_lr_at(int64_t step);
+// RoPE tables [T, hd/2] of model m (train.c's rope_tables, Llama-3 scaling included).
+void host_rope_tables(float *cosv, float *sinv, const HostModel *m, int T);
+// Allocates the host's gradient and AdamW buffers (for checkpoints) and fills adam_m, adam_v.
+void host_alloc_training(HostModel *m);
+// Resumes from --resume into m->params, adam_m, adam_v and *st (train.c's checkpoint_load).
+void host_resume(HostModel *m, HostTrainState *st);
+void host_checkpoint_save(const HostModel *m, const HostTrainState *st);
+// The JSONL log line of a step (train.c's log_step); flips [N_TENSORS], flips_layer [L].
+void host_log_step(HostModel *m, int64_t step, double loss, float lr, float norm, float tps, double gamma,
+                   const int64_t *flips, const int64_t *flips_layer, int64_t flips_total);
+// Appends "key": value text to the JSON result line; host_finish prints it.
+void host_json_add(const char *text);
+// -o: writes m->params as ./train would (atomically, --dtype).
+void host_write_model(const HostModel *m);
+// --eval-ppl's tokens (caller frees with host_free).
+int *host_load_eval_tokens(const HostModel *m, int64_t *n);
+void host_free(void *p);
+void host_finish(void);
+
+// For the parity test (test_cuda.cu): train.c's own model on the CPU.
+// A random model of a named shape (vocab 0: the shape's; untied: give it its own LM head), then
+// quantized (q_method QUANT_NONE: not), with training buffers.
+void host_model_init(HostModel *m, const char *shape, int vocab, int untied, uint64_t seed, int q_method, int q_bits,
+                     int q_group);
+float host_cpu_forward(HostModel *m, const int *inputs, const int *targets, int B, int T);
+const float *host_cpu_logits(const HostModel *m);
+const float *host_cpu_grads(const HostModel *m);
+// Zeroes the gradients, runs the CPU backward of the mean CE of the last forward.
+void host_cpu_backward(HostModel *m);
+// Distillation micro-batch on the CPU (train.c's distill_step, after zeroing the gradients).
+double host_cpu_distill_step(HostModel *student, HostModel *teacher, int loss_kind, float gamma, float temperature,
+                             const int *inputs, const int *targets, int B, int T);
+const float *host_cpu_dlogits(const HostModel *m);
+// The CPU's fake-quantized linears (train.c's wq, table layout) and codes, after quantizing now.
+const float *host_cpu_quantized(HostModel *m, const uint8_t **codes);
+void host_cpu_adamw(HostModel *m, float lr);
+double host_cpu_gamma(HostModel *teacher, const int *targets, int B, int T);
+void host_model_free(HostModel *m);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

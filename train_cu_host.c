@@ -1,0 +1,330 @@
+// train_cu_host.c — train.c's host side for the GPU program: train.c itself, compiled as C
+// without its main, behind the small interface of train_cu.h. Nothing here computes the model:
+// it parses the command line, builds and loads models, samples data, writes models, logs and
+// checkpoints, all with train.c's own functions, so that ./train_cu reads and writes exactly
+// what ./train does.
+#define TRAIN_NO_MAIN
+#include "train.c"
+#include "train_cu.h"
+
+_Static_assert(N_TENSORS == HM_TENSORS, "train_cu.h's tensor table must match model.h's");
+
+static Args g_args;
+static TokenStream g_data;
+static Tokenizer g_tokenizer, *g_tok;
+static char g_json[16384];
+
+// Copies the Model's shape and table into the flat view train.cu uses.
+static void host_view(HostModel *h, Model *m) {
+    const ModelHeader *c = &m->cfg;
+    memset(h, 0, sizeof *h);
+    h->dim = c->dim; h->hidden_dim = c->hidden_dim; h->n_layers = c->n_layers; h->n_heads = c->n_heads;
+    h->n_kv_heads = c->n_kv_heads; h->head_dim = c->head_dim; h->vocab_size = c->vocab_size;
+    h->max_seq_len = c->max_seq_len; h->tied = c->tied; h->rms_norm_eps = c->rms_norm_eps;
+    h->quant_method = m->quant.method; h->quant_bits = m->quant.bits; h->quant_group = m->quant.group;
+    h->n_params = m->n_params; h->n_table = m->n_table;
+    for (int t = 0; t < N_TENSORS; t++) {
+        int64_t r, k;
+        tensor_slice_shape(c, t, &r, &k);
+        h->offset[t] = m->params_t[t] ? m->params_t[t] - m->params : -1;
+        h->slice[t] = m->slice[t];
+        h->rows[t] = (int)r; h->cols[t] = (int)k;
+        h->per_layer[t] = tensor_is_per_layer(t);
+        h->is_linear[t] = tensor_is_linear(t);
+    }
+    h->params = m->params;
+    h->adam_m = m->adam_m; h->adam_v = m->adam_v;
+    h->cpu = m;
+}
+
+void host_json_add(const char *text) {
+    if (g_json[0]) strncat(g_json, ", ", sizeof g_json - strlen(g_json) - 1);
+    strncat(g_json, text, sizeof g_json - strlen(g_json) - 1);
+}
+
+// main() of train.c up to the training loop, for the modes train_cu runs.
+void host_setup(int argc, char **argv, HostArgs *ha, HostModel *student, HostModel *teacher, HostTrainState *hs) {
+    Args a = parse_args(argc, argv);
+    g_args = a;
+    const char *unsupported = a.clip ? "--clip" : a.eval_qa ? "--eval-qa" : a.export_packed ? "--export-packed"
+                            : a.histogram >= 0 ? "--histogram" : a.bench ? "--bench" : train_data_path(&a) ? "--data"
+                            : a.generate_data ? "--generate-data" : a.generate_prompt ? "--generate" : NULL;
+    if (unsupported) die("%s is not in train_cu yet: use ./train for it", unsupported);
+    if (!a.train_tokens && !a.eval_ppl && !a.out_path) die("nothing to do: give --train-tokens, --eval-ppl or -o (see --help)");
+    static Model m, teacher_model;
+    if (a.model_path) {
+        model_open(&m, a.model_path);
+    } else {
+        if (!a.init_shape) die("give a model: -m FILE or --init SHAPE");
+        ModelHeader c = shape_header(a.init_shape);
+        if (a.init_vocab) c.vocab_size = a.init_vocab;
+        int64_t sizes[N_TENSORS];
+        float *p = malloc_or_die((size_t)tensor_sizes(&c, sizes) * sizeof(float), "parameters");
+        init_params(&c, p, a.seed);
+        model_setup(&m, &c, p);
+    }
+    int will_quantize = (a.quant_given && a.quant.method != QUANT_NONE) || m.quant.method != QUANT_NONE;
+    int distill = a.train_tokens && (will_quantize || a.teacher_path || a.loss_given);
+    memset(teacher, 0, sizeof *teacher);
+    if (distill && a.loss_kind != LOSS_CE) {
+        if (a.teacher_path) {
+            model_open(&teacher_model, a.teacher_path);
+        } else {
+            float *copy = malloc_or_die((size_t)m.n_params * sizeof(float), "teacher");
+            memcpy(copy, m.params, (size_t)m.n_params * sizeof(float));
+            model_setup(&teacher_model, &m.cfg, copy);
+        }
+        if (teacher_model.cfg.vocab_size != m.cfg.vocab_size && a.loss_kind != LOSS_WASSERSTEIN)
+            die("%s: the teacher's vocabulary (%d) differs from the student's (%d); only --loss wasserstein works across vocabularies",
+                a.teacher_path ? a.teacher_path : "teacher", teacher_model.cfg.vocab_size, m.cfg.vocab_size);
+        host_view(teacher, &teacher_model);
+    }
+    if (a.clip_init) {
+        ModelHeader cc;
+        float *cp = model_load(a.clip_init, &cc);
+        ModelHeader want = m.cfg;
+        cc.dtype = want.dtype = DTYPE_F32;
+        if (memcmp(&cc, &want, sizeof cc) != 0) die("%s: --clip-init must be a full-precision model of the same shape as -m", a.clip_init);
+        memcpy(m.params, cp, (size_t)m.n_table * sizeof(float));
+        free(cp);
+        printf("student initialised from %s\n", a.clip_init);
+    }
+    if (a.quant_given && a.quant.method != QUANT_NONE) {
+        QuantSpec have = m.quant;
+        if (have.method == QUANT_NONE) model_apply_quant(&m, a.quant);
+        else if (have.method != a.quant.method || have.bits != a.quant.bits || have.group != a.quant.group)
+            die("%s: the model is already quantized (-q %s -b %d -g %d); drop the quantization flags",
+                a.model_path, quant_method_name(have.method), have.bits, have.group);
+    }
+    char sibling[4096];
+    snprintf(sibling, sizeof sibling, "%s.tokenizer", a.model_path ? a.model_path : "");
+    const char *tok_path = a.tokenizer_path ? a.tokenizer_path : (a.model_path && file_exists(sibling) ? sibling : NULL);
+    if (tok_path) {
+        tokenizer_load(&g_tokenizer, tok_path);
+        if (g_tokenizer.n_vocab > m.cfg.vocab_size)
+            die("%s: the tokenizer has %d tokens, the model's vocabulary only %d", tok_path, g_tokenizer.n_vocab, m.cfg.vocab_size);
+        g_tok = &g_tokenizer;
+        printf("tokenizer: %s (%d tokens)\n", tok_path, g_tokenizer.n_vocab);
+    }
+    const ModelHeader *c = &m.cfg;
+    if (m.quant.method != QUANT_NONE)
+        printf("quantization: %s, %d bits, group %d, on the 7 linears of every layer\n",
+               quant_method_name(m.quant.method), m.quant.bits, quant_group_len(m.quant, c->dim));
+    printf("model: dim %d, hidden %d, layers %d, heads %d (kv %d, head_dim %d), vocab %d, context %d, %s, %lld parameters\n",
+           c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim, c->vocab_size,
+           c->max_seq_len, c->tied ? "tied" : "untied", (long long)m.n_params);
+    char part[256];
+    snprintf(part, sizeof part, "\"params\": %lld", (long long)m.n_params);
+    host_json_add(part);
+    host_view(student, &m);
+
+    memset(ha, 0, sizeof *ha);
+    int T = a.seq ? a.seq : (c->max_seq_len < 1024 ? c->max_seq_len : 1024);
+    if (T > c->max_seq_len) die("--seq %d exceeds the model's context %d", T, c->max_seq_len);
+    ha->train_tokens = a.train_tokens; ha->eval_ppl = a.eval_ppl; ha->out_path = a.out_path;
+    ha->log_path = a.log_path; ha->resume = a.resume; ha->teacher_path = a.teacher_path;
+    ha->steps = a.steps; ha->batch = a.batch; ha->micro_batch = a.micro_batch; ha->seq = T;
+    ha->save_every = a.save_every; ha->stop_after = a.stop_after; ha->inject_nan = a.inject_nan;
+    ha->lr = a.opt.lr; ha->min_lr = a.opt.min_lr; ha->beta1 = a.opt.beta1; ha->beta2 = a.opt.beta2;
+    ha->eps = a.opt.eps; ha->weight_decay = a.opt.weight_decay; ha->grad_clip = a.opt.grad_clip;
+    ha->warmup = a.opt.warmup; ha->schedule = a.opt.schedule;
+    ha->distill = distill; ha->loss_kind = a.loss_kind; ha->gamma_batches = a.gamma_batches;
+    ha->gamma_include_pad = a.gamma_include_pad; ha->gamma_given = a.gamma; ha->temperature = a.temperature;
+    ha->eval_T = a.eval_T; ha->eval_batch = a.eval_batch;
+    if (a.train_tokens) {
+        if (a.ckpt) snprintf(ha->ckpt, sizeof ha->ckpt, "%s", a.ckpt);
+        else if (a.out_path) snprintf(ha->ckpt, sizeof ha->ckpt, "%.4000s.ckpt", a.out_path);
+        g_data = load_tokens(a.train_tokens, g_tok, c->vocab_size);
+        if (g_data.n <= T) die("%s: %lld tokens, need more than --seq %d", a.train_tokens, (long long)g_data.n, T);
+    }
+    memset(hs, 0, sizeof *hs);
+    hs->rng = rng_seeded(a.seed + 1).s;
+    hs->gamma = -1.0;
+}
+
+void host_sample_batch(int *inputs, int *targets, uint64_t *rng, int B, int T) {
+    Rng r = {*rng};
+    sample_batch(inputs, targets, &g_data, B, T, &r);
+    *rng = r.s;
+}
+
+float host_lr_at(int64_t step) { return lr_at(&g_args.opt, step, g_args.steps); }
+
+void host_rope_tables(float *cosv, float *sinv, const HostModel *m, int T) {
+    rope_tables(cosv, sinv, &((Model *)m->cpu)->cfg, T);
+}
+
+void host_alloc_training(HostModel *h) {
+    Model *m = (Model *)h->cpu;
+    model_alloc_training(m);
+    h->adam_m = m->adam_m; h->adam_v = m->adam_v;
+}
+
+// The TrainState train.c writes: its main's T and loss kind (fields by name, so that a field
+// train.c adds stays zero here rather than shifting the others).
+static TrainState host_full_state(const HostModel *h, const HostTrainState *hs, int distill) {
+    const ModelHeader *c = &((Model *)h->cpu)->cfg;
+    TrainState st;
+    memset(&st, 0, sizeof st);
+    st.step = hs->step; st.micro_batches = hs->micro_batches; st.rng = hs->rng; st.gamma = hs->gamma;
+    st.batch = g_args.batch; st.micro_batch = g_args.micro_batch;
+    st.seq = g_args.seq ? g_args.seq : (c->max_seq_len < 1024 ? c->max_seq_len : 1024);
+    st.loss_kind = distill ? g_args.loss_kind : -1;
+    return st;
+}
+
+static int host_distill(const HostModel *h) {
+    const Model *m = (const Model *)h->cpu;
+    int will_quantize = m->quant.method != QUANT_NONE || (g_args.quant_given && g_args.quant.method != QUANT_NONE);
+    return g_args.train_tokens && (will_quantize || g_args.teacher_path || g_args.loss_given);
+}
+
+void host_resume(HostModel *h, HostTrainState *hs) {
+    Model *m = (Model *)h->cpu;
+    TrainState st = host_full_state(h, hs, host_distill(h));
+    checkpoint_load(g_args.resume, m, &st);
+    hs->step = st.step; hs->micro_batches = st.micro_batches; hs->rng = st.rng; hs->gamma = st.gamma;
+    h->params = m->params; h->adam_m = m->adam_m; h->adam_v = m->adam_v;
+    printf("resumed from %s at step %lld\n", g_args.resume, (long long)st.step);
+}
+
+void host_checkpoint_save(const HostModel *h, const HostTrainState *hs) {
+    TrainState st = host_full_state(h, hs, host_distill(h));
+    char ckpt[4096] = "";
+    if (g_args.ckpt) snprintf(ckpt, sizeof ckpt, "%s", g_args.ckpt);
+    else if (g_args.out_path) snprintf(ckpt, sizeof ckpt, "%.4000s.ckpt", g_args.out_path);
+    if (ckpt[0]) checkpoint_save(ckpt, (const Model *)h->cpu, &st);
+}
+
+static FILE *g_log;
+
+// One line of the JSONL log, in train.c's log_step format (written here rather than by calling
+// log_step, whose arguments change as train.c grows): the step's numbers and the flip-flops.
+void host_log_step(HostModel *h, int64_t step, double loss, float lr, float norm, float tps, double gamma,
+                   const int64_t *flips, const int64_t *flips_layer, int64_t flips_total) {
+    if (!g_args.log_path) return;
+    Model *m = (Model *)h->cpu;
+    if (!g_log) g_log = fopen_or_die(g_args.log_path, g_args.resume ? "a" : "w");
+    fprintf(g_log, "{\"step\": %lld, \"loss\": %.6f, \"lr\": %g, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f",
+            (long long)step, loss, lr, norm, tps);
+    if (gamma >= 0) fprintf(g_log, ", \"gamma\": %.6f", gamma);
+    if (m->quant.method != QUANT_NONE) {
+        int64_t n_codes = 0;
+        for (int t = 0; t < N_TENSORS; t++) if (tensor_is_linear(t)) n_codes += m->slice[t] * m->cfg.n_layers;
+        fprintf(g_log, ", \"flip_rate\": %.8f", (double)flips_total / n_codes);
+        for (int t = 0; t < N_TENSORS; t++)
+            if (tensor_is_linear(t)) fprintf(g_log, ", \"flips_%s\": %lld", TENSOR_NAMES[t], (long long)flips[t]);
+        fprintf(g_log, ", \"flip_rate_layer\": [");
+        int64_t per_layer = n_codes / m->cfg.n_layers;
+        for (int l = 0; l < m->cfg.n_layers; l++) fprintf(g_log, "%s%.8f", l ? ", " : "", (double)flips_layer[l] / per_layer);
+        fprintf(g_log, "]");
+    }
+    fprintf(g_log, "}\n");
+    fflush(g_log);
+}
+
+void host_write_model(const HostModel *h) {
+    const Model *m = (const Model *)h->cpu;
+    ModelHeader out = m->cfg;
+    out.dtype = g_args.out_dtype;
+    model_save(g_args.out_path, &out, m->params);
+    printf("wrote %s\n", g_args.out_path);
+}
+
+int *host_load_eval_tokens(const HostModel *h, int64_t *n) {
+    TokenStream s;
+    int V = ((const Model *)h->cpu)->cfg.vocab_size;
+    if (!strncmp(g_args.eval_ppl, "wikitext2:", 10)) {
+        if (!g_tok) die("%s: WikiText-2 needs the model's tokenizer (--tokenizer FILE)", g_args.eval_ppl);
+        s.ids = wikitext2_tokens(g_tok, g_args.eval_ppl + 10, &s.n);
+        for (int64_t i = 0; i < s.n; i++)
+            if (s.ids[i] >= V) die("%s: token id %d outside the model's vocabulary", g_args.eval_ppl, s.ids[i]);
+    } else {
+        s = load_tokens(g_args.eval_ppl, g_tok, V);
+    }
+    *n = s.n;
+    return s.ids;
+}
+
+void host_free(void *p) { free(p); }
+
+void host_finish(void) {
+    if (g_log) fclose(g_log);
+    printf("{%s}\n", g_json);
+    fflush(stdout);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The CPU model for the parity test.
+
+void host_model_init(HostModel *h, const char *shape, int vocab, int untied, uint64_t seed, int q_method, int q_bits,
+                     int q_group) {
+    Model *m = calloc_or_die(1, sizeof(Model), "model");
+    ModelHeader c = shape_header(shape);
+    if (vocab) c.vocab_size = vocab;
+    if (untied) c.tied = 0;
+    int64_t sizes[N_TENSORS];
+    float *p = malloc_or_die((size_t)tensor_sizes(&c, sizes) * sizeof(float), "parameters");
+    init_params(&c, p, seed);
+    model_setup(m, &c, p);
+    if (q_method != QUANT_NONE) {
+        QuantSpec q = {q_method, q_bits, q_group};
+        model_apply_quant(m, q);
+    }
+    model_alloc_training(m);
+    host_view(h, m);
+}
+
+float host_cpu_forward(HostModel *h, const int *inputs, const int *targets, int B, int T) {
+    return model_forward((Model *)h->cpu, inputs, targets, B, T);
+}
+
+const float *host_cpu_logits(const HostModel *h) { return ((const Model *)h->cpu)->logits; }
+const float *host_cpu_grads(const HostModel *h) { return ((const Model *)h->cpu)->grads; }
+const float *host_cpu_dlogits(const HostModel *h) { return ((const Model *)h->cpu)->act[A_DLOGITS]; }
+
+void host_cpu_backward(HostModel *h) {
+    Model *m = (Model *)h->cpu;
+    model_zero_grad(m);
+    model_backward(m);
+}
+
+double host_cpu_distill_step(HostModel *hs, HostModel *ht, int loss_kind, float gamma, float temperature,
+                             const int *inputs, const int *targets, int B, int T) {
+    Model *s = (Model *)hs->cpu, *t = ht ? (Model *)ht->cpu : NULL;
+    Distiller d;
+    DistillLoss dl = {(LossKind)loss_kind, gamma, temperature};
+    distiller_init(&d, dl, s->cfg.vocab_size, t ? t->cfg.vocab_size : s->cfg.vocab_size);
+    model_zero_grad(s);
+    double loss = distill_step(s, t, &d, inputs, targets, B, T, 1.0f);
+    free(d.scratch);
+    return loss;
+}
+
+const float *host_cpu_quantized(HostModel *h, const uint8_t **codes) {
+    Model *m = (Model *)h->cpu;
+    model_quantize(m);
+    *codes = m->codes;
+    return m->wq;
+}
+
+void host_cpu_adamw(HostModel *h, float lr) {
+    OptConfig o = {.lr = lr, .min_lr = 0.0f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f,
+                   .weight_decay = 0.1f, .grad_clip = 0.0f, .warmup = 0, .schedule = SCHED_CONSTANT};
+    adamw_update((Model *)h->cpu, &o, lr);
+}
+
+double host_cpu_gamma(HostModel *h, const int *targets, int B, int T) {
+    Model *m = (Model *)h->cpu;
+    double sum = 0;
+    long long count = 0;
+    gamma_accumulate(&sum, &count, m->logits, targets, B, T, m->cfg.vocab_size, 0);
+    return count ? sum / count : 0.0;
+}
+
+void host_model_free(HostModel *h) {
+    Model *m = (Model *)h->cpu;
+    model_free(m);
+    free(m);
+    memset(h, 0, sizeof *h);
+}
