@@ -65,3 +65,14 @@ clean:
 	rm -f train convert tokenize train_cu $(TEST_PROGRAMS)
 
 .PHONY: all test bench clean test_cu
+
+# Robustness (README "Robustness"):
+#   make test-asan    the test programs and the quick CLI scripts built with AddressSanitizer
+#                     and UndefinedBehaviorSanitizer (any report is fatal), in build/asan/
+SAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+
+test-asan:
+	@SAN_FLAGS="$(SAN_FLAGS)" ./dev/test_asan.sh
+
+.PHONY: test-asan
+
