@@ -76,3 +76,30 @@ test-asan:
 
 .PHONY: test-asan
 
+# Fuzzing (fuzz/):
+#   make fuzz-NAME    one libFuzzer target (fuzz/fuzz_NAME.c) for its budget: 1M runs or 10 min
+#   make fuzz-all     every target, one after the other
+FUZZ_CC ?= clang
+FUZZ_TARGETS = $(patsubst fuzz/fuzz_%.c,%,$(wildcard fuzz/fuzz_*.c))
+FUZZ_DEPS = $(wildcard fuzz/*.h) $(HEADERS) $(wildcard *.c)
+
+build/fuzz/make_seeds: fuzz/make_seeds.c $(FUZZ_DEPS)
+	@mkdir -p build/fuzz
+	$(CC) -O1 -w -o $@ $< -lm
+
+build/fuzz/%: fuzz/fuzz_%.c $(FUZZ_DEPS)
+	@mkdir -p build/fuzz
+	$(FUZZ_CC) $(SAN_FLAGS) -fsanitize=fuzzer -DFUZZING -w -o $@ $< -lm
+
+# the same targets without libFuzzer: fuzz/replay.c feeds them files (tests/fuzz_regressions.sh)
+build/fuzz-replay/%: fuzz/fuzz_%.c fuzz/replay.c $(FUZZ_DEPS)
+	@mkdir -p build/fuzz-replay
+	$(CC) -O1 -g $(REPLAY_FLAGS) -DFUZZING -w -o $@ $< fuzz/replay.c -lm
+
+fuzz-%: build/fuzz/% build/fuzz/make_seeds
+	@./fuzz/run.sh $*
+
+fuzz-all: $(addprefix build/fuzz/,$(FUZZ_TARGETS)) build/fuzz/make_seeds
+	@for t in $(FUZZ_TARGETS); do ./fuzz/run.sh $$t || exit 1; done
+
+.PHONY: fuzz-all

@@ -524,6 +524,7 @@ static void import_llama2c(const char *in, const char *out) {
     free(params);
 }
 
+#ifndef CONVERT_NO_MAIN  // the fuzz targets include this file for its readers
 int main(int argc, char **argv) {
     const char *pos[3];
     int npos = 0, dtype = -1, mode = 0;  // mode 0: HF import, 1: --to-hf, 2: --from-llama2c
@@ -549,3 +550,4 @@ int main(int argc, char **argv) {
     else import_hf(pos[0], pos[1], dtype);
     return 0;
 }
+#endif

@@ -186,12 +186,12 @@ static void vocab_alloc(Tokenizer *t, int n) {
 
 static void vocab_set(Tokenizer *t, Arena *a, int id, const char *s, size_t n, const char *path) {
     if (n > 0xffff) die("%s: token %d is %zu bytes long", path, id, n);
-    if (a->used + n > a->cap) {
+    if (!t->piece_bytes || a->used + n > a->cap) {  // allocated even for an empty first piece
         a->cap = (a->used + n) * 2 + 4096;
         t->piece_bytes = realloc(t->piece_bytes, a->cap);
         if (!t->piece_bytes) die("out of memory for tokenizer pieces");
     }
-    memcpy(t->piece_bytes + a->used, s, n);
+    if (n) memcpy(t->piece_bytes + a->used, s, n);
     t->piece_off[id] = (uint32_t)a->used;
     t->piece_len[id] = (uint32_t)n;
     a->used += n;

@@ -20,10 +20,29 @@
 // Atomic writers register their temp file, so that dying mid-write leaves nothing behind.
 static char g_tmp_to_remove[4096];
 
+// Fuzzing (fuzz/, built with -DFUZZING): a fuzz target feeds one input after another to a
+// reader in the same process, so a rejected input must not exit. The target points
+// g_die_jmp at a setjmp of its own; die() then keeps the message in g_die_msg and jumps
+// back there instead of exiting. This is the only difference of a fuzzing build.
+#ifdef FUZZING
+#include <setjmp.h>
+static jmp_buf *g_die_jmp;
+static char g_die_msg[1024];
+#endif
+
 static void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 static void die(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
+#ifdef FUZZING
+    if (g_die_jmp) {
+        vsnprintf(g_die_msg, sizeof g_die_msg, fmt, ap);
+        va_end(ap);
+        if (g_tmp_to_remove[0]) remove(g_tmp_to_remove);
+        g_tmp_to_remove[0] = 0;
+        longjmp(*g_die_jmp, 1);
+    }
+#endif
     fputs("error: ", stderr);
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
