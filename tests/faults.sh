@@ -50,6 +50,7 @@ RANDOM=$$
 kills=0 resumes=0 steps_at_kill=()
 for attempt in 1 2 3 4 5 6 last; do  # six runs killed at a random moment, then one to the end
     resume=(); [ -f "$ckpt" ] && resume=(--resume "$ckpt") && resumes=$((resumes + 1))
+    : > "$tmp/run.out"
     ./train "${common[@]}" "${resume[@]}" -o "$tmp/killed.bin" > "$tmp/run.out" 2>&1 &
     bgpid=$!
     if [ $attempt != last ]; then
