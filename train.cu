@@ -7,7 +7,7 @@
  * `rmsnorm_forward_kernel`. What is not about the model (the command line, loading and saving
  * models, token files, checkpoints, the JSONL log) is train.c's own code, compiled as C in
  * train_cu_host.c and reached through train_cu.h, so both programs read and write the same bytes
- * and take the same flags (plus two: --matmul fp32|tf32, --attention gemm|fused).
+ * and take the same flags (plus two: --matmul fp32|tf32|bf16, --attention gemm|fused).
  *
  *   2. the Model on the GPU: parameters, gradients, AdamW state, activations
  *   3. layers (kernels and launchers), each forward beside its backward
@@ -18,14 +18,22 @@
  *   9. evaluation: perplexity
  *  11. the training loop and main
  *
- * Precision: parameters, gradients, AdamW moments and activations are fp32; matmuls run through
- * cuBLAS with TF32 tensor cores (--matmul tf32, the default) or in plain fp32 (--matmul fp32,
- * what the parity test compares against train.c). Attention runs as cuBLAS products over a
- * [T,T] score matrix per head (--attention gemm, the default, on tensor cores), or as this file's
- * fused kernel (--attention fused: the FlashAttention recurrence, Dao et al. 2022, no [T,T]
- * matrix stored, but CUDA cores only). bf16 compute is not here yet.
+ * Precision: parameters (the master weights), gradients, AdamW moments and activations are fp32;
+ * matmuls run in bf16 (--matmul bf16, the default), through cuBLAS with TF32 tensor cores
+ * (--matmul tf32), or in plain fp32 (--matmul fp32, what the parity test compares against
+ * train.c). Under bf16:
+ * once per step the forward weights of every matmul (the fake-quantized linears, the LM head) are
+ * cast to bf16 copies, each matmul's activation operand is cast to bf16 just before it, and cuBLAS
+ * multiplies bf16 by bf16 with fp32 accumulation into fp32 outputs, as mixed-precision training
+ * does (Micikevicius et al. 2018); gradients and the master weights stay fp32. Under --matmul
+ * bf16 a full-precision teacher is stored in bf16 alone (its norm gains excepted), half the
+ * memory. Attention runs as cuBLAS products over a [T,T] score matrix per head (--attention gemm,
+ * the default, on tensor cores: TF32 also under --matmul bf16), or as this file's fused kernel
+ * (--attention fused: the FlashAttention recurrence, Dao et al. 2022, no [T,T] matrix stored,
+ * but CUDA cores only).
  */
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -150,6 +158,10 @@ typedef struct {
     float *params, *grads, *adam_m, *adam_v;
     float *params_t[N_TENSORS], *grads_t[N_TENSORS], *m_t[N_TENSORS], *v_t[N_TENSORS];
     float *fwd_t[N_TENSORS], *dfwd_t[N_TENSORS];
+    // --matmul bf16: bf16 copies of the matmul weights (fwd_t's linears and LM head), remade from
+    // fwd_t when bf16_stale; a bf16-only teacher has these alone (fwd_t NULL but for the norms)
+    __nv_bfloat16 *wbf, *wbf_t[N_TENSORS];
+    int bf16_stale, bf16_only;
     // quantization (section 5)
     QuantSpec quant;
     float *wq, *dwq;
@@ -177,6 +189,7 @@ typedef struct {
 
 static cublasHandle_t g_cublas;
 static cublasComputeType_t g_compute = CUBLAS_COMPUTE_32F_FAST_TF32;
+static int g_bf16 = 1;            // --matmul bf16, the default (then g_compute is TF32, for the attention products)
 static int g_attention_gemm = 1;  // --attention gemm (cuBLAS, [T,T] scores) or fused (this file's kernel)
 
 static float *layer_tensor(float *const ptrs[N_TENSORS], const Model *m, int t, int l) {
@@ -190,6 +203,35 @@ static void carve(const Model *m, float *base, float *ptrs[N_TENSORS]) {
 }
 
 static void model_quant_setup(Model *m);
+static void cast_bf16(__nv_bfloat16 *y, const float *x, int64_t n);
+
+static int64_t tensor_numel(const Model *m, int t) { return m->slice[t] * (m->h->per_layer[t] ? m->h->n_layers : 1); }
+static int is_norm_tensor(int t) { return t == T_ATTN_NORM || t == T_MLP_NORM || t == T_FINAL_NORM; }
+// The weights a matmul reads: the seven linears of every layer and the LM head (the embedding when tied).
+static int is_matmul_weight(const Model *m, int t) { return m->h->offset[t] >= 0 && (m->h->is_linear[t] || t == lm_head_tensor(m)); }
+
+// --matmul bf16: room for the bf16 copies of the matmul weights, in table order.
+static void model_bf16_setup(Model *m) {
+    int64_t n = 0;
+    for (int t = 0; t < N_TENSORS; t++) n += is_matmul_weight(m, t) ? tensor_numel(m, t) : 0;
+    m->wbf = (__nv_bfloat16 *)gpu_malloc((size_t)n * sizeof(__nv_bfloat16), "bf16 weights");
+    n = 0;
+    for (int t = 0; t < N_TENSORS; t++) {
+        if (!is_matmul_weight(m, t)) continue;
+        m->wbf_t[t] = m->wbf + n;
+        n += tensor_numel(m, t);
+    }
+    m->bf16_stale = 1;
+}
+
+// W_bf16 = bf16(W) of every matmul weight as the forward uses it (fake-quantized where quantized):
+// once per step, after the update and the quantizer.
+static void model_cast_bf16(Model *m) {
+    if (!m->wbf) model_bf16_setup(m);
+    for (int t = 0; t < N_TENSORS; t++)
+        if (m->wbf_t[t]) cast_bf16(m->wbf_t[t], m->fwd_t[t], tensor_numel(m, t));
+    m->bf16_stale = 0;
+}
 
 // Copies train.c's parameters to the GPU (the host keeps its copy for writing files).
 static void model_setup(Model *m, HostModel *h, const char *what) {
@@ -207,6 +249,51 @@ static void model_setup(Model *m, HostModel *h, const char *what) {
     m->d_sum = (double *)gpu_malloc(64 * sizeof(double), "scratch");
     m->d_bad = (int *)gpu_malloc(sizeof(int), "scratch");
     if (m->quant.method != QUANT_NONE) model_quant_setup(m);
+    if (g_bf16) model_bf16_setup(m);
+}
+
+// The teacher is frozen: under --matmul bf16 a full-precision one is stored in bf16 alone (every
+// tensor but the norm gains, which stay fp32 and are a few thousand floats a layer), half the
+// bytes of fp32; it goes up through a small fp32 staging buffer. Otherwise as the student.
+static void model_setup_teacher(Model *m, HostModel *h) {
+    if (!g_bf16 || h->quant_method != QUANT_NONE || h->n_params != h->n_table) { model_setup(m, h, "teacher"); return; }
+    memset(m, 0, sizeof *m);
+    m->h = h;
+    m->n_params = h->n_params;
+    m->n_table = h->n_table;
+    for (int t = 0; t < N_TENSORS; t++) m->slice[t] = h->slice[t];
+    m->quant.method = QUANT_NONE;
+    int64_t nf = 0, nb = 0, stage_n = (int64_t)1 << 24;
+    for (int t = 0; t < N_TENSORS; t++)
+        if (h->offset[t] >= 0) *(is_norm_tensor(t) ? &nf : &nb) += tensor_numel(m, t);
+    m->params = (float *)gpu_malloc((size_t)nf * sizeof(float), "teacher");
+    m->wbf = (__nv_bfloat16 *)gpu_malloc((size_t)nb * sizeof(__nv_bfloat16), "teacher");
+    float *stage = (float *)gpu_malloc((size_t)stage_n * sizeof(float), "scratch");
+    nf = nb = 0;
+    for (int t = 0; t < N_TENSORS; t++) {
+        if (h->offset[t] < 0) continue;
+        int64_t n = tensor_numel(m, t);
+        const float *src = h->params + h->offset[t];
+        if (is_norm_tensor(t)) {
+            m->params_t[t] = m->params + nf;
+            nf += n;
+            cudaCheck(cudaMemcpy(m->params_t[t], src, (size_t)n * sizeof(float), cudaMemcpyHostToDevice));
+            continue;
+        }
+        m->wbf_t[t] = m->wbf + nb;
+        nb += n;
+        for (int64_t i = 0; i < n; i += stage_n) {
+            int64_t c = n - i < stage_n ? n - i : stage_n;
+            cudaCheck(cudaMemcpy(stage, src + i, (size_t)c * sizeof(float), cudaMemcpyHostToDevice));
+            cast_bf16(m->wbf_t[t] + i, stage, c);
+        }
+    }
+    cudaCheck(cudaDeviceSynchronize());
+    gpu_free(stage);
+    memcpy(m->fwd_t, m->params_t, sizeof m->fwd_t);
+    m->bf16_only = 1;
+    m->d_sum = (double *)gpu_malloc(64 * sizeof(double), "scratch");
+    m->d_bad = (int *)gpu_malloc(sizeof(int), "scratch");
 }
 
 static void model_alloc_training(Model *m) {
@@ -244,7 +331,10 @@ static void model_upload(Model *m, int with_adam) {
         cudaCheck(cudaMemcpy(m->adam_v, m->h->adam_v, n, cudaMemcpyHostToDevice));
     }
     if (m->quant.method != QUANT_NONE) m->quant_stale = 1;
+    m->bf16_stale = 1;
 }
+
+static void bf16_scratch_reserve(int64_t nx, int64_t nd);
 
 // Sizes the activations for B x T (as train.c: per layer when training, one shared slot otherwise).
 static void model_alloc_acts(Model *m, int B, int T, int training) {
@@ -293,11 +383,15 @@ static void model_alloc_acts(Model *m, int B, int T, int training) {
     m->inputs = (int *)gpu_malloc((size_t)BT * sizeof(int), "activations");
     m->targets = (int *)gpu_malloc((size_t)BT * sizeof(int), "activations");
     m->rows = (double *)gpu_malloc((size_t)BT * sizeof(double), "activations");
+    if (g_bf16) {  // the bf16 casts of a matmul's input [BT, I] and output gradient [BT, O]
+        int64_t I = D > F ? D : F, O = V > F ? V : F;
+        bf16_scratch_reserve(BT * (I > Hq ? I : Hq), training ? BT * (O > Hq ? O : Hq) : 0);
+    }
 }
 
 static void model_free(Model *m) {
     gpu_free(m->params); gpu_free(m->grads); gpu_free(m->adam_m); gpu_free(m->adam_v);
-    gpu_free(m->wq); gpu_free(m->dwq); gpu_free(m->codes); gpu_free(m->codes_prev); gpu_free(m->qstate);
+    gpu_free(m->wbf); gpu_free(m->wq); gpu_free(m->dwq); gpu_free(m->codes); gpu_free(m->codes_prev); gpu_free(m->qstate);
     gpu_free(m->d_flips); free(m->flips_layer);
     gpu_free(m->acts); gpu_free(m->rope_cos); gpu_free(m->rope_sin); gpu_free(m->inputs); gpu_free(m->targets);
     gpu_free(m->rows); gpu_free(m->d_sum); gpu_free(m->d_bad);
@@ -357,13 +451,29 @@ __device__ static float block_sum(float x) {
     return warp_sum(x);
 }
 
-// --- embedding: x[N,D] = E[tok[n], :] -----------------------------------------------------
-// Thread mapping: one thread per element of x.
-__global__ static void embedding_forward_kernel(float *x, const int *tok, const float *E, int N, int D) {
+// --- bf16: y[n] = bf16(x[n]), rounded to nearest even (--matmul bf16) ----------------------
+// Thread mapping: one thread per element.
+__global__ static void cast_bf16_kernel(__nv_bfloat16 *y, const float *x, int64_t n) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < (int64_t)N * D) x[i] = E[(int64_t)tok[i / D] * D + i % D];
+    if (i < n) y[i] = __float2bfloat16_rn(x[i]);
 }
-static void embedding_forward(float *x, const int *tok, const float *E, int N, int D) {
+static void cast_bf16(__nv_bfloat16 *y, const float *x, int64_t n) {
+    if (n <= 0) return;
+    cast_bf16_kernel<<<blocks_for(n, 256), 256>>>(y, x, n);
+    launchCheck();
+}
+__device__ static inline float to_float(float x) { return x; }
+__device__ static inline float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+// --- embedding: x[N,D] = E[tok[n], :] -----------------------------------------------------
+// Thread mapping: one thread per element of x. E is fp32, or bf16 for a bf16-only teacher.
+template <typename Et>
+__global__ static void embedding_forward_kernel(float *x, const int *tok, const Et *E, int N, int D) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < (int64_t)N * D) x[i] = to_float(E[(int64_t)tok[i / D] * D + i % D]);
+}
+template <typename Et>
+static void embedding_forward(float *x, const int *tok, const Et *E, int N, int D) {
     PROFILE(PROF_OTHER);
     embedding_forward_kernel<<<blocks_for((int64_t)N * D, 256), 256>>>(x, tok, E, N, D);
     launchCheck();
@@ -437,19 +547,64 @@ static void rmsnorm_backward(float *dx, float *dw, const float *dy, const float 
 // --- matmul: out[N,O] = x[N,I] W[O,I]^T ----------------------------------------------------
 // cuBLAS is column-major: a row-major [R,C] matrix is its column-major transpose [C,R], so
 //   out^T[O,N] = W[O,I] x^T[I,N],   dx^T[I,N] += W^T[I,O] dout^T[O,N],   dW^T[I,O] += x^T[I,N] dout[N,O].
+// Under --matmul bf16 both operands are bf16 (the weight's copy, the other cast just before the
+// call) and the products accumulate in fp32 into the fp32 output: C = A B + beta C.
 static void gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float *A, int lda,
                  const float *B, int ldb, float beta, float *C, int ldc) {
     const float alpha = 1.0f;
     cublasCheck(cublasGemmEx(g_cublas, ta, tb, m, n, k, &alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb, &beta, C,
                              CUDA_R_32F, ldc, g_compute, CUBLAS_GEMM_DEFAULT));
 }
-static void matmul_forward(float *out, const float *x, const float *w, int N, int I, int O) {
-    PROFILE(PROF_MATMUL);
-    gemm(CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, w, I, x, I, 0.0f, out, O);
+static void gemm_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const __nv_bfloat16 *A, int lda,
+                      const __nv_bfloat16 *B, int ldb, float beta, float *C, int ldc) {
+    const float alpha = 1.0f;
+    cublasCheck(cublasGemmEx(g_cublas, ta, tb, m, n, k, &alpha, A, CUDA_R_16BF, lda, B, CUDA_R_16BF, ldb, &beta, C,
+                             CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
-static void matmul_backward(float *dx, float *dw, const float *dout, const float *x, const float *w, int N, int I, int O) {
+
+// The bf16 casts of a matmul's input (x) and of its output gradient (d), reused by every matmul.
+static __nv_bfloat16 *g_bf_x, *g_bf_d;
+static int64_t g_bf_x_n, g_bf_d_n;
+static __nv_bfloat16 *bf16_scratch(__nv_bfloat16 **buf, int64_t *cap, int64_t n) {
+    if (n > *cap) {
+        gpu_free(*buf);
+        *buf = (__nv_bfloat16 *)gpu_malloc((size_t)n * sizeof(__nv_bfloat16), "bf16 activation casts");
+        *cap = n;
+    }
+    return *buf;
+}
+static void bf16_scratch_reserve(int64_t nx, int64_t nd) {
+    bf16_scratch(&g_bf_x, &g_bf_x_n, nx);
+    bf16_scratch(&g_bf_d, &g_bf_d_n, nd);
+}
+static const __nv_bfloat16 *bf16_of(__nv_bfloat16 **buf, int64_t *cap, const float *x, int64_t n) {
+    __nv_bfloat16 *y = bf16_scratch(buf, cap, n);
+    cast_bf16(y, x, n);
+    return y;
+}
+
+// A matmul's weight [O,I]: fp32 (f), and its bf16 copy (h) under --matmul bf16.
+typedef struct { const float *f; const __nv_bfloat16 *h; } Weight;
+static Weight weight(const Model *m, int t, int l) {
+    int64_t off = m->h->per_layer[t] ? (int64_t)l * m->slice[t] : 0;
+    Weight w = {m->fwd_t[t] ? m->fwd_t[t] + off : NULL, m->wbf_t[t] ? m->wbf_t[t] + off : NULL};
+    return w;
+}
+
+static void matmul_forward(float *out, const float *x, Weight w, int N, int I, int O) {
     PROFILE(PROF_MATMUL);
-    if (dx) gemm(CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, w, I, dout, O, 1.0f, dx, I);
+    if (g_bf16) gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, w.h, I, bf16_of(&g_bf_x, &g_bf_x_n, x, (int64_t)N * I), I, 0.0f, out, O);
+    else gemm(CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, w.f, I, x, I, 0.0f, out, O);
+}
+static void matmul_backward(float *dx, float *dw, const float *dout, const float *x, Weight w, int N, int I, int O) {
+    PROFILE(PROF_MATMUL);
+    if (g_bf16) {
+        const __nv_bfloat16 *db = bf16_of(&g_bf_d, &g_bf_d_n, dout, (int64_t)N * O);
+        if (dx) gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, w.h, I, db, O, 1.0f, dx, I);
+        if (dw) gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, bf16_of(&g_bf_x, &g_bf_x_n, x, (int64_t)N * I), I, db, O, 1.0f, dw, I);
+        return;
+    }
+    if (dx) gemm(CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, w.f, I, dout, O, 1.0f, dx, I);
     if (dw) gemm(CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, x, I, dout, O, 1.0f, dw, I);
 }
 
@@ -900,21 +1055,21 @@ static void layer_forward(Model *m, int l, int B, int T) {
     float *proj = m->act[A_PROJ];
     // attention block
     rmsnorm_forward(xn1, act_l(m, A_RSTD1, l), x, layer_tensor(m->fwd_t, m, T_ATTN_NORM, l), N, D, c->rms_norm_eps);
-    matmul_forward(q, xn1, layer_tensor(m->fwd_t, m, T_WQ, l), N, D, Hq);
-    matmul_forward(k, xn1, layer_tensor(m->fwd_t, m, T_WK, l), N, D, Hkv);
-    matmul_forward(v, xn1, layer_tensor(m->fwd_t, m, T_WV, l), N, D, Hkv);
+    matmul_forward(q, xn1, weight(m, T_WQ, l), N, D, Hq);
+    matmul_forward(k, xn1, weight(m, T_WK, l), N, D, Hkv);
+    matmul_forward(v, xn1, weight(m, T_WV, l), N, D, Hkv);
     rope_forward(q, m->rope_cos, m->rope_sin, B, T, H, hd);
     rope_forward(k, m->rope_cos, m->rope_sin, B, T, KV, hd);
     if (g_attention_gemm) attention_forward_gemm(att, act_l(m, A_LSE, l), m->act[A_SCORES], q, k, v, B, T, H, KV, hd);
     else attention_forward(att, act_l(m, A_LSE, l), q, k, v, B, T, H, KV, hd);
-    matmul_forward(proj, att, layer_tensor(m->fwd_t, m, T_WO, l), N, Hq, D);
+    matmul_forward(proj, att, weight(m, T_WO, l), N, Hq, D);
     residual_forward(mid, x, proj, (int64_t)N * D);
     // MLP block
     rmsnorm_forward(xn2, act_l(m, A_RSTD2, l), mid, layer_tensor(m->fwd_t, m, T_MLP_NORM, l), N, D, c->rms_norm_eps);
-    matmul_forward(gate, xn2, layer_tensor(m->fwd_t, m, T_WGATE, l), N, D, F);
-    matmul_forward(up, xn2, layer_tensor(m->fwd_t, m, T_WUP, l), N, D, F);
+    matmul_forward(gate, xn2, weight(m, T_WGATE, l), N, D, F);
+    matmul_forward(up, xn2, weight(m, T_WUP, l), N, D, F);
     swiglu_forward(hmid, gate, up, (int64_t)N * F);
-    matmul_forward(proj, hmid, layer_tensor(m->fwd_t, m, T_WDOWN, l), N, F, D);
+    matmul_forward(proj, hmid, weight(m, T_WDOWN, l), N, F, D);
     residual_forward(act_l(m, A_RESID, l + 1), mid, proj, (int64_t)N * D);
 }
 
@@ -924,6 +1079,8 @@ static void model_quantize(Model *m);
 static float model_forward(Model *m, const int *inputs, const int *targets, int B, int T) {
     const HostModel *c = m->h;
     if (m->quant_stale) model_quantize(m);
+    if (g_bf16 && (m->bf16_stale || !m->wbf)) model_cast_bf16(m);
+    if (!g_bf16 && m->bf16_only) fail("internal: a bf16-only model run without --matmul bf16");
     if (T > c->max_seq_len) fail("sequence length %d exceeds the model's context %d", T, c->max_seq_len);
     if (c->head_dim > ATT_MAX_HD) fail("head_dim %d: train_cu's attention kernel takes at most %d", c->head_dim, ATT_MAX_HD);
     model_alloc_acts(m, B, T, m->grads != NULL);
@@ -935,10 +1092,11 @@ static float model_forward(Model *m, const int *inputs, const int *targets, int 
     cudaCheck(cudaMemcpy(m->inputs, inputs, (size_t)N * sizeof(int), cudaMemcpyHostToDevice));
     if (targets) cudaCheck(cudaMemcpy(m->targets, targets, (size_t)N * sizeof(int), cudaMemcpyHostToDevice));
 
-    embedding_forward(act_l(m, A_RESID, 0), m->inputs, m->fwd_t[T_EMBED], N, D);
+    if (m->fwd_t[T_EMBED]) embedding_forward(act_l(m, A_RESID, 0), m->inputs, m->fwd_t[T_EMBED], N, D);
+    else embedding_forward(act_l(m, A_RESID, 0), m->inputs, m->wbf_t[T_EMBED], N, D);  // a bf16-only teacher
     for (int l = 0; l < c->n_layers; l++) layer_forward(m, l, B, T);
     rmsnorm_forward(m->act[A_XNF], m->act[A_RSTDF], act_l(m, A_RESID, c->n_layers), m->fwd_t[T_FINAL_NORM], N, D, c->rms_norm_eps);
-    matmul_forward(m->logits, m->act[A_XNF], m->fwd_t[lm_head_tensor(m)], N, D, V);
+    matmul_forward(m->logits, m->act[A_XNF], weight(m, lm_head_tensor(m), 0), N, D, V);
     m->loss = targets ? crossentropy_forward(m, m->logits, m->targets, targets, N, V) : 0.0f;
     return m->loss;
 }
@@ -960,7 +1118,7 @@ static void model_backward_from_dlogits(Model *m) {
     int head = lm_head_tensor(m);
     // head and final norm
     zero_act(m, A_DXN, (int64_t)N * D);
-    matmul_backward(dxn, m->dfwd_t[head], m->act[A_DLOGITS], m->act[A_XNF], m->fwd_t[head], N, D, V);
+    matmul_backward(dxn, m->dfwd_t[head], m->act[A_DLOGITS], m->act[A_XNF], weight(m, head, 0), N, D, V);
     zero_act(m, A_DRESID, (int64_t)N * D);
     rmsnorm_backward(dres, m->dfwd_t[T_FINAL_NORM], dxn, act_l(m, A_RESID, c->n_layers),
                      m->fwd_t[T_FINAL_NORM], m->act[A_RSTDF], N, D);
@@ -972,21 +1130,21 @@ static void model_backward_from_dlogits(Model *m) {
         // MLP block: dres holds dL/dx'
         zero_act(m, A_DHMID, (int64_t)N * F);
         matmul_backward(m->act[A_DHMID], layer_tensor(m->dfwd_t, m, T_WDOWN, l), dres, hmid,
-                        layer_tensor(m->fwd_t, m, T_WDOWN, l), N, F, D);
+                        weight(m, T_WDOWN, l), N, F, D);
         zero_act(m, A_DGATE, (int64_t)N * F);
         zero_act(m, A_DUP, (int64_t)N * F);
         swiglu_backward(m->act[A_DGATE], m->act[A_DUP], m->act[A_DHMID], gate, up, (int64_t)N * F);
         zero_act(m, A_DXN, (int64_t)N * D);
         matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WGATE, l), m->act[A_DGATE], xn2,
-                        layer_tensor(m->fwd_t, m, T_WGATE, l), N, D, F);
+                        weight(m, T_WGATE, l), N, D, F);
         matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WUP, l), m->act[A_DUP], xn2,
-                        layer_tensor(m->fwd_t, m, T_WUP, l), N, D, F);
+                        weight(m, T_WUP, l), N, D, F);
         rmsnorm_backward(dres, layer_tensor(m->dfwd_t, m, T_MLP_NORM, l), dxn, mid,
                          layer_tensor(m->fwd_t, m, T_MLP_NORM, l), act_l(m, A_RSTD2, l), N, D);
         // attention block: dres now holds dL/dh
         zero_act(m, A_DATT, (int64_t)N * Hq);
         matmul_backward(m->act[A_DATT], layer_tensor(m->dfwd_t, m, T_WO, l), dres, att,
-                        layer_tensor(m->fwd_t, m, T_WO, l), N, Hq, D);
+                        weight(m, T_WO, l), N, Hq, D);
         zero_act(m, A_DQ, (int64_t)N * Hq);
         zero_act(m, A_DK, (int64_t)N * Hkv);
         zero_act(m, A_DV, (int64_t)N * Hkv);
@@ -1000,11 +1158,11 @@ static void model_backward_from_dlogits(Model *m) {
         rope_backward(m->act[A_DK], m->rope_cos, m->rope_sin, B, T, KV, hd);
         zero_act(m, A_DXN, (int64_t)N * D);
         matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WQ, l), m->act[A_DQ], xn1,
-                        layer_tensor(m->fwd_t, m, T_WQ, l), N, D, Hq);
+                        weight(m, T_WQ, l), N, D, Hq);
         matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WK, l), m->act[A_DK], xn1,
-                        layer_tensor(m->fwd_t, m, T_WK, l), N, D, Hkv);
+                        weight(m, T_WK, l), N, D, Hkv);
         matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WV, l), m->act[A_DV], xn1,
-                        layer_tensor(m->fwd_t, m, T_WV, l), N, D, Hkv);
+                        weight(m, T_WV, l), N, D, Hkv);
         rmsnorm_backward(dres, layer_tensor(m->dfwd_t, m, T_ATTN_NORM, l), dxn, x,
                          layer_tensor(m->fwd_t, m, T_ATTN_NORM, l), act_l(m, A_RSTD1, l), N, D);
     }
@@ -1522,6 +1680,7 @@ static void adamw_update(Model *m, const OptConfig *o, float lr) {
     int64_t tail = m->n_table;
     adamw_span(m->params + tail, m->grads + tail, m->adam_m + tail, m->adam_v + tail, m->n_params - tail, o, lr, 0.0f, bc1, bc2);
     if (m->quant.method != QUANT_NONE) m->quant_stale = 1;
+    m->bf16_stale = 1;
 }
 
 static int params_finite(Model *m) {
@@ -1698,11 +1857,12 @@ static void parse_gpu_flags(int *argc, char **argv) {
     int o = 1;
     for (int i = 1; i < *argc; i++) {
         if (!strcmp(argv[i], "--matmul")) {
-            if (i + 1 >= *argc) fail("--matmul: missing value (fp32 or tf32)");
+            if (i + 1 >= *argc) fail("--matmul: missing value (fp32, tf32 or bf16)");
             const char *v = argv[++i];
+            g_bf16 = !strcmp(v, "bf16");
             if (!strcmp(v, "fp32")) g_compute = CUBLAS_COMPUTE_32F;
-            else if (!strcmp(v, "tf32")) g_compute = CUBLAS_COMPUTE_32F_FAST_TF32;
-            else fail("--matmul: expected fp32 or tf32, got '%s'", v);
+            else if (!strcmp(v, "tf32") || g_bf16) g_compute = CUBLAS_COMPUTE_32F_FAST_TF32;
+            else fail("--matmul: expected fp32, tf32 or bf16, got '%s'", v);
             continue;
         }
         if (!strcmp(argv[i], "--attention")) {
@@ -1716,7 +1876,8 @@ static void parse_gpu_flags(int *argc, char **argv) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help"))
             printf("train_cu: the GPU build of ./train. It takes ./train's flags below (not yet: --data, --generate-data,\n"
                    "--generate, --clip, --eval-qa, --export-packed, --histogram, --bench) and two of its own:\n"
-                   "  --matmul fp32|tf32    matmul precision: tf32 tensor cores or plain fp32 [tf32]\n"
+                   "  --matmul fp32|tf32|bf16  matmul precision: tf32 tensor cores, plain fp32, or bf16 operands\n"
+                   "                        with fp32 accumulation (fp32 master weights; a bf16 teacher) [bf16]\n"
                    "  --attention gemm|fused  attention through cuBLAS with [T,T] scores per head (fast),\n"
                    "                        or the fused kernel (no [T,T] memory) [gemm]\n\n");
         argv[o++] = argv[i];
@@ -1738,7 +1899,7 @@ int main(int argc, char **argv) {
     Model m, teacher_model, *teacher = NULL;
     model_setup(&m, &hs, "parameters");
     if (ht.cpu) {
-        model_setup(&teacher_model, &ht, "teacher");
+        model_setup_teacher(&teacher_model, &ht);
         teacher = &teacher_model;
     }
     int T = a.seq;

@@ -3,13 +3,23 @@
 # train_cu on the tinyllama-1.1b random shape, INT-Asym 2-bit group 128 on the seven linears of
 # every layer, its full-precision self as teacher, CAKLD, AdamW, batch 8 x 1024 tokens; then the
 # PyTorch + transformers reference of the same step (dev/bench_torch.py, eager and torch.compile)
-# unless BENCH_TORCH=0. Prints tokens/s, MFU (FLOPs/token = 8N + 16 L T d, N the matmul
-# parameters with the LM head; 989 TFLOP/s dense bf16 peak) and peak GPU memory of each.
+# unless BENCH_TORCH=0; MATMUL=tf32|fp32 picks train_cu's --matmul (unset: its default, bf16).
+# Prints tokens/s, MFU (FLOPs/token = 8N + 16 L T d, N the matmul parameters with the LM head;
+# 989 TFLOP/s dense bf16 peak) and peak GPU memory of each.
 #
 # Measured on one H200 (nvidia-h200), 2026-12-01, STEPS=5, steady-state steps:
-#   train_cu (fp32 weights and activations, TF32 cuBLAS matmuls, --attention gemm)
-#                                  18,240 tok/s   MFU 16.6%   peak 59,449 MiB (cudaMemGetInfo)
-#   train_cu --attention fused      5,490 tok/s   MFU  5.0%   peak 56,377 MiB
+#   train_cu (the default --matmul bf16: bf16 operands, fp32 accumulation, fp32 master weights,
+#   activations and AdamW; the teacher in bf16 alone; TF32 --attention gemm)
+#                                  22,218 tok/s   MFU 20.2%   peak 59,911 MiB (cudaMemGetInfo)
+#     (plan: teacher 2,098 MiB instead of 4,196; bf16 weight copies 1,973 MiB and activation casts
+#     588 MiB added, so the peak is not lower yet: the fp32 quantized weights, their gradients and
+#     the fp32 activations, 28.6 GiB, are what to cut next)
+#     TRAIN_CU_PROFILE=1, seconds summed over 3 steps: matmul 0.508, attention 0.621, quantize
+#     0.027, loss 0.019, optimizer 0.041, norms+elementwise 0.147 (1.168 in all): attention next
+#   train_cu --matmul tf32 (fp32 weights and activations, TF32 cuBLAS matmuls, --attention gemm)
+#                                  18,310 tok/s   MFU 16.7%   peak 59,449 MiB (18,240 in an earlier run)
+#   train_cu --matmul tf32 --attention fused
+#                                   5,490 tok/s   MFU  5.0%   peak 56,377 MiB
 #   PyTorch eager (bf16 autocast, sdpa attention, fused AdamW)
 #                                  29,386 tok/s (30,563 in an earlier run)   peak 42.4 GiB allocated, 44.5 reserved
 #   torch.compile                  not measured yet (cut by the session's device-time limit)

@@ -5,7 +5,8 @@
 #  2. the command line, on a tiny teacher trained here by ./train: a 2-bit QAT distillation run by
 #     both programs (loss curves step by step, gamma, the JSON result line, the quantized weights
 #     after the run), perplexity of the result, every loss and quantizer for a few steps, resume,
-#     and the faults (no GPU, out of GPU memory).
+#     and the faults (no GPU, out of GPU memory); then --matmul bf16 (bf16 operands, fp32
+#     accumulation and master weights, a bf16 teacher) against ./train at bf16 tolerances.
 # Prints each comparison with its error; ends with "N passed, M failed"; exit 1 on a failure.
 set -u
 cd "$(dirname "$0")/.."
@@ -22,12 +23,12 @@ within() { awk -v e="$1" -v t="$2" 'BEGIN { exit !(e ~ /^[0-9]/ && e + 0 <= t + 
 # relative difference of two numbers; "nan" when one is missing
 rel() { awk -v a="$1" -v b="$2" 'BEGIN { if (a !~ /^-?[0-9]/ || b !~ /^-?[0-9]/) { print "nan"; exit } d = (a - b) / (b == 0 ? 1 : b); printf "%.3e", d < 0 ? -d : d }'; }
 # curve ID "WHAT" TOL ARGS...: the loss curves (the JSONL logs, 6 digits) of ./train and of
-# ./train_cu --matmul fp32 on the same ARGS, step by step
+# ./train_cu --matmul fp32 (or $cu_matmul) on the same ARGS, step by step
 jlosses() { sed -n 's/^{"step": [0-9]*, "loss": \([0-9.e+-]*\),.*/\1/p' "$1"; }
 curve() {
     local id=$1 name=$2 tol=$3; shift 3
     ./train "$@" --log "$tmp/$id.cpu.jsonl" > "$tmp/$id.cpu" || bad "$name: ./train failed"
-    ./train_cu --matmul fp32 "$@" --log "$tmp/$id.gpu.jsonl" > "$tmp/$id.gpu" || bad "$name: ./train_cu failed"
+    ./train_cu --matmul "${cu_matmul:-fp32}" "$@" --log "$tmp/$id.gpu.jsonl" > "$tmp/$id.gpu" || bad "$name: ./train_cu failed"
     [ -n "${OUT:-}" ] && cp "$tmp/$id.cpu" "$tmp/$id.gpu" "$OUT/"
     jlosses "$tmp/$id.cpu.jsonl" > "$tmp/l1"; jlosses "$tmp/$id.gpu.jsonl" > "$tmp/l2"
     echo "  $name: loss per step, train | train_cu:"
@@ -64,12 +65,14 @@ args=(-m "$tmp/teacher.bin" -q int -b 2 -g 64 --train-tokens "$tmp/c/train.ids" 
       --seq 128 --lr 1e-3 --schedule cosine --warmup 3 --weight-decay 0.01)
 ./train "${args[@]}" -o "$tmp/cpu.bin" --log "$tmp/cpu.jsonl" > "$tmp/cpu.out" || bad "QAT run (./train)"
 ./train_cu --matmul fp32 "${args[@]}" -o "$tmp/gpu.bin" --log "$tmp/gpu.jsonl" > "$tmp/gpu.out" || bad "QAT run (./train_cu --matmul fp32)"
-./train_cu "${args[@]}" -o "$tmp/tf32.bin" > "$tmp/tf32.out" || bad "QAT run (./train_cu, tf32)"
-[ -n "${OUT:-}" ] && cp "$tmp/cpu.out" "$tmp/gpu.out" "$tmp/tf32.out" "$OUT/"
+./train_cu --matmul tf32 "${args[@]}" -o "$tmp/tf32.bin" > "$tmp/tf32.out" || bad "QAT run (./train_cu --matmul tf32)"
+./train_cu --matmul bf16 "${args[@]}" -o "$tmp/bf16.bin" > "$tmp/bf16.out" || bad "QAT run (./train_cu --matmul bf16)"
+[ -n "${OUT:-}" ] && cp "$tmp/cpu.out" "$tmp/gpu.out" "$tmp/tf32.out" "$tmp/bf16.out" "$OUT/"
 losses "$tmp/cpu.out" > "$tmp/l.cpu"; losses "$tmp/gpu.out" > "$tmp/l.gpu"; losses "$tmp/tf32.out" > "$tmp/l.tf32"
-echo "  2-bit QAT, lr 1e-3, 20 steps (step: train | train_cu fp32 | train_cu tf32); codes flip at"
+losses "$tmp/bf16.out" > "$tmp/l.bf16"
+echo "  2-bit QAT, lr 1e-3, 20 steps (step: train | train_cu fp32 | train_cu tf32 | train_cu bf16); codes flip at"
 echo "  rounding boundaries, after which the runs are two different (equally valid) trajectories:"
-paste "$tmp/l.cpu" "$tmp/l.gpu" "$tmp/l.tf32" | awk -F'\t' '{ printf "    %2d: %s | %s | %s\n", NR, $1, $2, $3 }'
+paste "$tmp/l.cpu" "$tmp/l.gpu" "$tmp/l.tf32" "$tmp/l.bf16" | awk -F'\t' '{ printf "    %2d: %s | %s | %s | %s\n", NR, $1, $2, $3, $4 }'
 n=$(wc -l < "$tmp/l.gpu")
 [ "$n" -eq 20 ] && ok "train_cu printed 20 step lines" || bad "train_cu printed $n step lines"
 jlosses "$tmp/cpu.jsonl" | head -n 5 > "$tmp/j.cpu"; jlosses "$tmp/gpu.jsonl" | head -n 5 > "$tmp/j.gpu"
@@ -77,9 +80,17 @@ e=$(maxrel "$tmp/j.gpu" "$tmp/j.cpu")
 within "$e" 1e-3 && ok "2-bit QAT, lr 1e-3, steps 1-5 (JSONL losses): max relative difference $e (tolerance 1e-3)" || bad "QAT steps 1-5: $e"
 e=$(rel "$(head -n 1 "$tmp/l.tf32")" "$(head -n 1 "$tmp/l.cpu")")
 within "$e" 1e-2 && ok "2-bit QAT step 1 with tf32 matmuls: relative difference $e (tolerance 1e-2)" || bad "QAT step 1 tf32: $e"
+e=$(rel "$(head -n 1 "$tmp/l.bf16")" "$(head -n 1 "$tmp/l.cpu")")
+within "$e" 1e-2 && ok "2-bit QAT step 1 with bf16 matmuls: relative difference $e (tolerance 1e-2)" || bad "QAT step 1 bf16: $e"
 mean() { awk '{ s += $1 } END { print s / NR }' "$1"; }
 e=$(rel "$(tail -n 10 "$tmp/l.gpu" | mean /dev/stdin)" "$(tail -n 10 "$tmp/l.cpu" | mean /dev/stdin)")
 within "$e" 0.15 && ok "2-bit QAT, mean loss of steps 11-20: relative difference $e (tolerance 0.15)" || bad "QAT steps 11-20: $e"
+# (bf16 leaves the fp32 trajectory at its first flipped code, so late steps are only asked to
+# train as well: a mean loss of steps 11-20 at most 15% above train's; measured 15% below in one
+# run, 6% above in another)
+mb=$(tail -n 10 "$tmp/l.bf16" | mean /dev/stdin); mc=$(tail -n 10 "$tmp/l.cpu" | mean /dev/stdin)
+awk -v b="$mb" -v c="$mc" 'BEGIN { exit !(b ~ /^[0-9]/ && b <= 1.15 * c) }' \
+    && ok "2-bit QAT --matmul bf16, mean loss of steps 11-20: $mb, train's $mc (at most 1.15 x train's)" || bad "QAT bf16 steps 11-20: $mb vs $mc"
 gc=$(field gamma < "$tmp/cpu.out"); gg=$(field gamma < "$tmp/gpu.out")
 e=$(rel "$gg" "$gc")
 within "$e" 1e-5 && ok "gamma measured: train $gc, train_cu $gg (relative $e)" || bad "gamma $gc vs $gg"
@@ -103,8 +114,11 @@ pc=$(./train -m "$tmp/cpu.bin" --eval-ppl "$tmp/v.ids" -T 128 --eval-batch 8 | f
 pg=$(./train_cu --matmul fp32 -m "$tmp/cpu.bin" --eval-ppl "$tmp/v.ids" -T 128 --eval-batch 8 | field ppl)
 e=$(rel "$pg" "$pc")
 within "$e" 1e-5 && ok "--eval-ppl of the student: train $pc, train_cu $pg (relative $e)" || bad "ppl $pc vs $pg"
+pb=$(./train_cu --matmul bf16 -m "$tmp/cpu.bin" --eval-ppl "$tmp/v.ids" -T 128 --eval-batch 8 | field ppl)
+e=$(rel "$pb" "$pc")
+within "$e" 1e-2 && ok "--eval-ppl --matmul bf16: train $pc, train_cu $pb (relative $e, tolerance 1e-2)" || bad "ppl bf16 $pc vs $pb"
 
-echo "  every loss and quantizer, 3 steps (final loss: train, train_cu fp32):"
+echo "  every loss and quantizer, 3 steps (final loss: train, train_cu fp32; step 1: train, train_cu bf16):"
 for run in "ce int" "fkl int" "rkl nf3" "cakld_ce nf4" "wasserstein ternary" "cakld sign" "cakld onebit" "cakld ternary"; do
     set -- $run
     q=(-q "$2" -g 32); [ "$2" = int ] && q=(-q int -b 3 -g 32)
@@ -112,6 +126,11 @@ for run in "ce int" "fkl int" "rkl nf3" "cakld_ce nf4" "wasserstein ternary" "ca
     lc=$(./train "${a2[@]}" | field final_loss); lg=$(./train_cu --matmul fp32 "${a2[@]}" | field final_loss)
     e=$(rel "$lg" "$lc")
     within "$e" 1e-3 && ok "--loss $1 -q $2: $lc vs $lg (relative $e)" || bad "--loss $1 -q $2: $lc vs $lg"
+    # bf16: the loss of step 1 (the forward before any update; after it, flipped codes make the
+    # runs two trajectories: final losses measured up to 4e-2 apart)
+    lc=$(./train "${a2[@]}" | losses /dev/stdin | head -n 1); lb=$(./train_cu --matmul bf16 "${a2[@]}" | losses /dev/stdin | head -n 1)
+    e=$(rel "$lb" "$lc")
+    within "$e" 1e-2 && ok "--loss $1 -q $2 --matmul bf16, step 1: $lc vs $lb (relative $e)" || bad "--loss $1 -q $2 bf16 step 1: $lc vs $lb"
 done
 
 # resume: 10 steps straight against 5, stop, resume to 10 (GPU sums in atomics: close, not bit-equal)
@@ -121,6 +140,18 @@ l1=$(./train_cu "${a3[@]}" -o "$tmp/r1.bin" | field final_loss)
 l2=$(./train_cu "${a3[@]}" -o "$tmp/r2.bin" --resume "$tmp/r2.bin.ckpt" | field final_loss)
 e=$(rel "$l2" "$l1")
 within "$e" 1e-4 && ok "--stop-after 5 then --resume to 10: final loss $l2 vs straight $l1 (relative $e)" || bad "resume $l2 vs $l1"
+
+# --matmul bf16 (bf16 operands, fp32 accumulation, fp32 master weights and AdamW, the teacher in
+# bf16 alone): the loss curves of short runs within bf16's 1e-2 (QAT: 2e-2; its first step, before
+# any update, already differs by 4e-3 on this trained teacher, and flipped codes add to it: 1.0e-2
+# measured over 10 steps)
+cu_matmul=bf16 curve qatbf "2-bit QAT self-distillation, --matmul bf16 (bf16 teacher), lr 1e-5, 10 steps" 2e-2 \
+    -m "$tmp/teacher.bin" -q int -b 2 -g 64 --train-tokens "$tmp/c/train.ids" --steps 10 --batch 8 --micro-batch 4 --seq 128 --lr 1e-5
+cu_matmul=bf16 curve kdbf "full-precision distillation from -t, cakld, --matmul bf16, 10 steps" 1e-2 --init tiny --seed 4 \
+    -t "$tmp/teacher.bin" --loss cakld --train-tokens "$tmp/c/train.ids" --steps 10 --batch 8 --micro-batch 4 --seq 128 --lr 1e-3
+cu_matmul=bf16 curve prebf "fp32-master pretraining, --matmul bf16, 15 steps" 1e-2 \
+    --init tiny --seed 3 --train-tokens "$tmp/c/train.ids" --steps 15 --batch 8 --micro-batch 4 --seq 128 --lr 3e-3 \
+    --schedule cosine --warmup 3 --weight-decay 0.01
 
 # faults
 out=$(CUDA_VISIBLE_DEVICES= ./train_cu --init tiny --train-tokens "$tmp/c/train.ids" --steps 1 2>&1); rc=$?
