@@ -195,6 +195,12 @@ int main(int argc, char **argv) {
     copy_seed("prompts", "alpaca.jsonl", 1, "tests/fixtures/data/alpaca.jsonl");
     copy_seed("prompts", "prompts.txt", 2, "tests/fixtures/data/prompts.txt");
     write_text("prompts", "mix.spec", "\003\040text:a=2,alpaca:b,wikitext:c", 35);
+    // text files (first byte: even SentencePiece, odd BPE)
+    copy_seed("text", "wiki_spm.txt", 0, "tests/fixtures/data/wikitext.raw");
+    copy_seed("text", "prompts_bpe.txt", 1, "tests/fixtures/data/prompts.txt");
+    static const char mixed[] = "\001Hello  world!\n\tcaf\xc3\xa9 \xe4\xbd\xa0\xe5\xa5\xbd \xf0\x9f\x98\x80 \xff <|begin_of_text|>";
+    write_text("text", "mixed_bpe.txt", mixed, sizeof mixed - 1);
+    write_text("text", "mixed_spm.txt", "\000Hello world ab  \xe2\x96\x81 \xc3\xa9\xff\n", 26);
     // evaluation files (first byte: the format; a NUL before a label file)
     static const char *const evals[6] = {"piqa/valid.jsonl", "hellaswag/hellaswag_val.jsonl", "winogrande/dev.jsonl",
                                          "ARC-Easy/ARC-Easy-Test.jsonl", "ARC-Challenge/ARC-Challenge-Test.jsonl",
