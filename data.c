@@ -422,7 +422,8 @@ void prompts_load(Prompts *p, const char *spec, int n_total, uint64_t seed) {
         char *eq = strrchr(colon + 1, '=');
         if (eq && eq[1] && strspn(eq + 1, "0123456789") == strlen(eq + 1)) {
             long c = strtol(eq + 1, NULL, 10);
-            if (c < 1 || c > INT32_MAX / 2) die("%s: count '%s' must be at least 1", spec, eq + 1);
+            if (c < 1 || c > INT32_MAX / 2 - explicit_sum)  // the counts' sum must fit an int too
+                die("%s: count '%s' must be at least 1, and the counts at most %d in all", spec, eq + 1, INT32_MAX / 2);
             count[n_src] = (int)c;
             explicit_sum += (int)c;
             *eq = 0;
@@ -432,7 +433,7 @@ void prompts_load(Prompts *p, const char *spec, int n_total, uint64_t seed) {
     }
     if (n_src == 0) die("prompt source '%s': expected wikitext:PATH, alpaca:PATH or text:PATH", spec);
     // sources without a count share what n_total leaves (all of themselves when n_total <= 0)
-    int left = n_total - explicit_sum;
+    int left = n_total > 0 ? n_total - explicit_sum : 0;
     if (n_free && n_total > 0 && left < n_free)
         die("%s: %d prompts asked in all, %d of them by explicit counts: none left for the sources without one", spec, n_total, explicit_sum);
     for (int i = 0, k = 0; i < n_src; i++)

@@ -1724,6 +1724,9 @@ static void checkpoint_load(const char *path, Model *m, TrainState *st) {
     if (fsize != want_size) die("%s: %lld bytes, expected %lld", path, (long long)fsize, (long long)want_size);
     TrainState saved;
     fread_exact(&saved, sizeof saved, f, path);
+    if (saved.step < 0 || saved.micro_batches < 0 || !(saved.gamma == -1.0 || (saved.gamma >= 0.0 && saved.gamma <= 1.0)))
+        die("%s: corrupt training state (step %lld, %lld micro-batches, gamma %g)", path,
+            (long long)saved.step, (long long)saved.micro_batches, saved.gamma);
     if (saved.batch != st->batch || saved.micro_batch != st->micro_batch || saved.seq != st->seq || saved.loss_kind != st->loss_kind)
         die("%s: saved with --batch %d --micro-batch %d --seq %d --loss %s; resume with the same settings", path,
             saved.batch, saved.micro_batch, saved.seq, saved.loss_kind >= 0 && saved.loss_kind < N_LOSSES ? LOSS_NAMES[saved.loss_kind] : "?");
@@ -2351,6 +2354,7 @@ int main(int argc, char **argv) {
         else if (a.out_path) snprintf(ckpt, sizeof ckpt, "%.4000s.ckpt", a.out_path);
         if (a.resume) {
             checkpoint_load(a.resume, &m, &st);
+            if (st.step > steps) die("%s: saved at step %lld, beyond the run's %d steps", a.resume, (long long)st.step, steps);
             printf("resumed from %s at step %lld\n", a.resume, (long long)st.step);
         }
         if (distill) {

@@ -126,6 +126,10 @@ expect_error "NaN in a checkpoint" "NaN or Inf in the saved state" ./train "${co
 cp "$tmp/straight.bin.ckpt" "$tmp/flip.ckpt"  # a byte of the header's dim
 printf '\x41' | dd of="$tmp/flip.ckpt" bs=1 seek=16 conv=notrunc 2>/dev/null
 expect_error "checkpoint with a changed header" "a checkpoint of another model or quantizer" ./train "${common[@]}" --resume "$tmp/flip.ckpt"
+cp "$tmp/straight.bin.ckpt" "$tmp/step.ckpt"  # the saved step (after magic, version, 1024-byte header) becomes -5
+printf '\xfb\xff\xff\xff\xff\xff\xff\xff' | dd of="$tmp/step.ckpt" bs=1 seek=1032 conv=notrunc 2>/dev/null
+expect_error "checkpoint with a corrupt training state" "corrupt training state (step -5" ./train "${common[@]}" --resume "$tmp/step.ckpt"
+expect_error "checkpoint beyond the run's steps" "beyond the run's 2 steps" ./train "${common[@]}" --steps 2 --resume "$tmp/straight.bin.ckpt"
 
 echo "faults: $fails failure(s)"
 [ $fails -eq 0 ]
