@@ -283,16 +283,6 @@ static const char *find_tokenizer(const char *dir, int vocab_size, char *src, si
     return NULL;
 }
 
-static void copy_file_atomic(const char *src, const char *dst) {
-    size_t len;
-    char *bytes = read_file_or_die(src, &len);
-    AtomicFile a;
-    atomic_open(&a, dst);
-    atomic_write(&a, bytes, len);
-    atomic_commit(&a);
-    free(bytes);
-}
-
 static void import_hf(const char *dir, const char *out, int dtype) {
     ModelHeader c = read_config(dir);
     float *params = read_hf_weights(dir, &c);

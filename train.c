@@ -2409,15 +2409,7 @@ int main(int argc, char **argv) {
         printf("wrote %s\n", a.out_path);
         char out_tok[4096];  // the tokenizer goes along, so that ./train -m OUT needs nothing else
         snprintf(out_tok, sizeof out_tok, "%.4000s.tokenizer", a.out_path);
-        if (tok_path && strcmp(tok_path, out_tok)) {
-            size_t len;
-            char *bytes = read_file_or_die(tok_path, &len);
-            AtomicFile af;
-            atomic_open(&af, out_tok);
-            atomic_write(&af, bytes, len);
-            atomic_commit(&af);
-            free(bytes);
-        }
+        if (tok_path && strcmp(tok_path, out_tok)) copy_file_atomic(tok_path, out_tok);
         JSON_ADD("\"out\": \"%s\"", a.out_path);
     }
     if (a.export_packed) {

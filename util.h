@@ -135,6 +135,17 @@ static void atomic_commit(AtomicFile *a) {
     g_tmp_to_remove[0] = 0;
 }
 
+// A copy of the file src at dst, written atomically like every other output.
+static void copy_file_atomic(const char *src, const char *dst) {
+    size_t len;
+    char *bytes = read_file_or_die(src, &len);
+    AtomicFile a;
+    atomic_open(&a, dst);
+    atomic_write(&a, bytes, len);
+    atomic_commit(&a);
+    free(bytes);
+}
+
 // ----------------------------------------------------------------------------
 // 16-bit floats. bf16 is the top half of an fp32 (same exponent range); fp16 has a 5-bit
 // exponent. Hugging Face checkpoints come in both; we compute in fp32.
