@@ -394,6 +394,9 @@ static void export_hf(const char *in, const char *dir) {
                quant_method_name(c.quant_method), c.quant_bits);
         c.quant_method = QUANT_NONE; c.quant_bits = 0; c.quant_group = 0;
     }
+    if (c.quant_act_bits)  // transformers has no such layer: say what the export leaves out
+        printf("%s: note: trained with %d-bit activations (--act-bits); LlamaForCausalLM will run them in full precision\n",
+               in, c.quant_act_bits);
     if (mkdir(dir, 0755) != 0 && errno != EEXIST) die("%s: cannot create folder (%s)", dir, strerror(errno));
 
     // one safetensors entry per table tensor and layer, under its Hugging Face name

@@ -73,7 +73,9 @@ typedef struct {
     int32_t bos_id, eos_id; // -1 when unknown
     int32_t quant_method;   // QUANT_NONE (full precision) or the quantizer of the linears (quant.h)
     int32_t quant_bits, quant_group;
-    int32_t reserved[256 - 24];  // zeros; later state (tokenizer) goes here
+    int32_t quant_act_bits; // 0, or 8: the inputs of the quantized linears are quantized per token
+                            // (BitNet b1.58's absmax, quant.h act_absmax_quantize)
+    int32_t reserved[256 - 25];  // zeros; later state (tokenizer) goes here
 } ModelHeader;
 
 _Static_assert(sizeof(ModelHeader) == HEADER_BYTES, "ModelHeader must be 1024 bytes");
@@ -205,6 +207,7 @@ static const char *header_problem(const ModelHeader *c) {
                "original_max_position_embeddings > 0";
     for (size_t i = 0; i < sizeof c->reserved / sizeof c->reserved[0]; i++)
         if (c->reserved[i] != 0) return "reserved header fields are not zero (newer file?)";
+    if (c->quant_act_bits != 0 && c->quant_act_bits != 8) return "activation bits must be 0 or 8";
     if (c->quant_method != QUANT_NONE) {
         QuantSpec q = header_quant(c);
         int ins[3] = {c->dim, c->n_heads * c->head_dim, c->hidden_dim};  // every linear's input width

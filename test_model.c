@@ -180,8 +180,78 @@ static void test_packed(QuantSpec q, const char *name) {
     model_free(&m);
 }
 
+// Fraction of the values of rows[n, d] off the per-row 8-bit absmax grid x * 127 / max|x| in Z.
+static double off_grid(const float *x, int n, int d) {
+    int off = 0;
+    for (int t = 0; t < n; t++) {
+        float m = 0.0f;
+        for (int j = 0; j < d; j++) m = fmaxf(m, fabsf(x[t * d + j]));
+        for (int j = 0; j < d; j++) {
+            double k = x[t * d + j] * 127.0 / fmax(m, 1e-5);
+            off += fabs(k - rint(k)) > 1e-3;
+        }
+    }
+    return (double)off / ((double)n * d);
+}
+
+// --act-bits 8 (BitNet's 8-bit activations): the linears read inputs on the per-token grid, the
+// KV-cache path quantizes the same way, and the weight gradient is that of the quantized input
+// (finite differences on the last layer's W_down, where the loss is smooth in the weight).
+static void test_act_quant(void) {
+    Model fp = random_model(2, 0), m = random_model(2, 0);
+    m.cfg.quant_act_bits = 8;
+    int B = 2, T = 10, V = m.cfg.vocab_size, N = B * T, L = m.cfg.n_layers;
+    int ids[20], tg[20];
+    Rng r = rng_seeded(5);
+    for (int i = 0; i < N; i++) { ids[i] = (int)(rng_u64(&r) % V); tg[i] = (int)(rng_u64(&r) % V); }
+    model_forward(&fp, ids, NULL, B, T);
+    model_forward(&m, ids, NULL, B, T);
+    double d = 0.0;
+    for (int i = 0; i < N * V; i++) d = fmax(d, fabs(m.logits[i] - fp.logits[i]));
+    expect(d > 0 && d < 0.05, "act8: logits move by the 8-bit rounding only, max |diff|", d);
+    float *full = malloc_or_die((size_t)N * V * sizeof(float), "full");
+    memcpy(full, m.logits, (size_t)N * V * sizeof(float));
+    KVCache kv;
+    kv_alloc(&kv, &m, B, T);
+    double worst = 0.0;
+    for (int pos = 0; pos < T; pos++) {
+        int tok[2] = {ids[pos], ids[T + pos]};
+        model_decode_step(&m, &kv, tok, pos);
+        for (int b = 0; b < B; b++)
+            for (int i = 0; i < V; i++) worst = fmax(worst, fabs(m.logits[b * V + i] - full[((int64_t)b * T + pos) * V + i]));
+    }
+    expect(worst < 1e-4, "act8: KV-cache decode = full forward, max |diff|", worst);
+    kv_free(&kv);
+    free(full);
+    // training: what the linears read is on the grid; attention's own output is kept for its backward
+    model_alloc_training(&m);
+    model_zero_grad(&m);
+    model_forward(&m, ids, tg, B, T);
+    model_backward(&m);
+    int l = L - 1, D = m.cfg.dim, F = m.cfg.hidden_dim, Hq = m.cfg.n_heads * m.cfg.head_dim;
+    double og = off_grid(act_l(&m, A_XN1, l), N, D) + off_grid(act_l(&m, A_XN2, l), N, D) +
+                off_grid(act_l(&m, A_HMID, l), N, F) + off_grid(act_l(&m, A_ATTQ, l), N, Hq);
+    expect(og == 0.0, "act8: inputs of the linears on the per-token grid (fraction off)", og);
+    double og_att = off_grid(act_l(&m, A_ATT, l), N, Hq);
+    expect(og_att > 0.5, "act8: attention output itself kept unquantized (fraction off the grid)", og_att);
+    float *w = layer_tensor(m.params_t, &m, T_WDOWN, l), *g = layer_tensor(m.grads_t, &m, T_WDOWN, l);
+    double worst_rel = 0.0, gmax = 0.0;
+    for (int i = 0; i < D * F; i++) gmax = fmax(gmax, fabs(g[i]));
+    for (int i = 0; i < D * F; i += 37) {
+        float keep = w[i], eps = 1e-2f;
+        w[i] = keep + eps; double lp = model_forward(&m, ids, tg, B, T);
+        w[i] = keep - eps; double lm = model_forward(&m, ids, tg, B, T);
+        w[i] = keep;
+        worst_rel = fmax(worst_rel, fabs((lp - lm) / (2 * eps) - g[i]) / gmax);
+    }
+    expect(worst_rel < 2e-3, "act8: dL/dW_down (last layer) vs central differences, max err / max|g|", worst_rel);
+    model_free(&fp);
+    model_free(&m);
+}
+
 int main(void) {
     printf("model behaviours:\n");
+    test_act_quant();
     test_kv_cache(4, 0);
     test_kv_cache(2, 1);
     test_sampling();

@@ -143,6 +143,8 @@ enum {  // activations; shapes for B sequences of T tokens. Per-layer ones are m
     A_GATE,       // (L) [B,T,F]     x W_gate^T
     A_UP,         // (L) [B,T,F]     x W_up^T
     A_HMID,       // (L) [B,T,F]     silu(gate) * up
+    A_ATTQ,       // (L) [B,T,H*hd]  with --act-bits 8: att quantized per token (xn1, xn2, hmid
+                  //                 are quantized in place: their backward never reads them)
     A_XNF,        // [B,T,D]         final RMSNorm
     A_RSTDF,      // [B,T]
     A_LOGITS,     // [B,T,V]
@@ -287,7 +289,7 @@ static void model_alloc_acts(Model *m, int B, int T, int training) {
         [A_RESID] = BT * D, [A_XN1] = BT * D, [A_RSTD1] = BT, [A_Q] = BT * Hq,
         [A_K] = BT * Hkv, [A_V] = BT * Hkv, [A_ATT] = BT * Hq, [A_LSE] = B * H * T,
         [A_RESID_MID] = BT * D, [A_XN2] = BT * D, [A_RSTD2] = BT, [A_GATE] = BT * F,
-        [A_UP] = BT * F, [A_HMID] = BT * F, [A_XNF] = BT * D, [A_RSTDF] = BT,
+        [A_UP] = BT * F, [A_HMID] = BT * F, [A_ATTQ] = c->quant_act_bits ? BT * Hq : 0, [A_XNF] = BT * D, [A_RSTDF] = BT,
         [A_LOGITS] = BT * V, [A_PROJ] = BT * D, [A_SCORES] = B * H * T,
     };
     int64_t widest = V > F ? V : F;  // the widest output of any linear (D and H*hd too)
@@ -304,7 +306,7 @@ static void model_alloc_acts(Model *m, int B, int T, int training) {
     }
     int64_t total = 0, count[N_ACTS];
     for (int a = 0; a < N_ACTS; a++) {
-        int per_layer = a >= A_RESID && a <= A_HMID;
+        int per_layer = a >= A_RESID && a <= A_ATTQ;
         count[a] = per_layer && training ? (a == A_RESID ? L + 1 : L) : 1;
         m->act_layer_stride[a] = per_layer && training ? size[a] : 0;
         total += count[a] * size[a];
@@ -613,6 +615,16 @@ static void crossentropy_backward(float *dlogits, const float *logits, const int
 // then logits = W_head rms_f(x_L). inputs/targets are [B,T]; targets may be NULL (no loss) and
 // -1 marks positions without a target. Returns the mean cross-entropy over the targets.
 
+// BitNet b1.58's 8-bit activations (--act-bits 8, Ma et al. 2024): the input x[N, n] of a
+// quantized linear is quantized per token (quant.h act_absmax_quantize) into xq, which may be x
+// itself. Returns what the matmul reads: xq, or x when activations stay full precision. The
+// backward passes dL/dx straight through and computes dL/dW from xq, as the forward used it.
+static const float *act_quant(const Model *m, float *xq, const float *x, int N, int n) {
+    if (!m->cfg.quant_act_bits) return x;
+    if (act_absmax_quantize(xq, x, N, n) != QUANT_OK) die("--act-bits: NaN or Inf in the input of a linear");
+    return xq;
+}
+
 // Layer l on the residual stream act[A_RESID] of layer l, writing that of layer l+1.
 static void layer_forward(Model *m, int l, int B, int T) {
     const ModelHeader *c = &m->cfg;
@@ -625,19 +637,23 @@ static void layer_forward(Model *m, int l, int B, int T) {
     float *proj = m->act[A_PROJ];
     // attention block
     rmsnorm_forward(xn1, act_l(m, A_RSTD1, l), x, layer_tensor(m->fwd_t, m, T_ATTN_NORM, l), N, D, c->rms_norm_eps);
+    act_quant(m, xn1, xn1, N, D);  // in place: rmsnorm_backward reads x, not xn1
     matmul_forward(q, m->act[A_MMT], xn1, layer_tensor(m->fwd_t, m, T_WQ, l), N, D, Hq);
     matmul_forward(k, m->act[A_MMT], xn1, layer_tensor(m->fwd_t, m, T_WK, l), N, D, Hkv);
     matmul_forward(v, m->act[A_MMT], xn1, layer_tensor(m->fwd_t, m, T_WV, l), N, D, Hkv);
     rope_forward(q, m->rope_cos, m->rope_sin, B, T, H, hd);
     rope_forward(k, m->rope_cos, m->rope_sin, B, T, KV, hd);
     attention_forward(att, act_l(m, A_LSE, l), m->act[A_SCORES], q, k, v, B, T, H, KV, hd);
-    matmul_forward(proj, m->act[A_MMT], att, layer_tensor(m->fwd_t, m, T_WO, l), N, Hq, D);
+    const float *att_in = act_quant(m, act_l(m, A_ATTQ, l), att, N, Hq);  // attention_backward reads att
+    matmul_forward(proj, m->act[A_MMT], att_in, layer_tensor(m->fwd_t, m, T_WO, l), N, Hq, D);
     residual_forward(mid, x, proj, (int64_t)N * D);
     // MLP block
     rmsnorm_forward(xn2, act_l(m, A_RSTD2, l), mid, layer_tensor(m->fwd_t, m, T_MLP_NORM, l), N, D, c->rms_norm_eps);
+    act_quant(m, xn2, xn2, N, D);
     matmul_forward(gate, m->act[A_MMT], xn2, layer_tensor(m->fwd_t, m, T_WGATE, l), N, D, F);
     matmul_forward(up, m->act[A_MMT], xn2, layer_tensor(m->fwd_t, m, T_WUP, l), N, D, F);
     swiglu_forward(hmid, gate, up, (int64_t)N * F);
+    act_quant(m, hmid, hmid, N, F);  // swiglu_backward reads gate and up
     matmul_forward(proj, m->act[A_MMT], hmid, layer_tensor(m->fwd_t, m, T_WDOWN, l), N, F, D);
     residual_forward(act_l(m, A_RESID, l + 1), mid, proj, (int64_t)N * D);
 }
@@ -709,8 +725,8 @@ static void model_backward_from_dlogits(Model *m) {
                          layer_tensor(m->fwd_t, m, T_MLP_NORM, l), act_l(m, A_RSTD2, l), N, D);
         // attention block: dres now holds dL/dh, which the residual passes to x
         zero_act(m, A_DATT, (int64_t)N * Hq);
-        matmul_backward(m->act[A_DATT], layer_tensor(m->dfwd_t, m, T_WO, l), m->act[A_MMT], dres, att,
-                        layer_tensor(m->fwd_t, m, T_WO, l), N, Hq, D);
+        matmul_backward(m->act[A_DATT], layer_tensor(m->dfwd_t, m, T_WO, l), m->act[A_MMT], dres,
+                        c->quant_act_bits ? act_l(m, A_ATTQ, l) : att, layer_tensor(m->fwd_t, m, T_WO, l), N, Hq, D);
         zero_act(m, A_DQ, (int64_t)N * Hq);
         zero_act(m, A_DK, (int64_t)N * Hkv);
         zero_act(m, A_DV, (int64_t)N * Hkv);
@@ -1262,6 +1278,7 @@ static void model_decode_step(Model *m, KVCache *kv, const int *tokens, int pos)
     for (int l = 0; l < c->n_layers; l++) {
         float *kc = kv->k + (int64_t)l * B * kv->T * Hkv, *vc = kv->v + (int64_t)l * B * kv->T * Hkv;
         rmsnorm_forward(xn, m->act[A_RSTD1], x, layer_tensor(m->fwd_t, m, T_ATTN_NORM, l), B, D, c->rms_norm_eps);
+        act_quant(m, xn, xn, B, D);  // the linears' inputs, as layer_forward quantizes them (in place: no backward)
         matmul_forward(q, mmt, xn, layer_tensor(m->fwd_t, m, T_WQ, l), B, D, Hq);
         matmul_forward(k, mmt, xn, layer_tensor(m->fwd_t, m, T_WK, l), B, D, Hkv);
         matmul_forward(v, mmt, xn, layer_tensor(m->fwd_t, m, T_WV, l), B, D, Hkv);
@@ -1272,12 +1289,15 @@ static void model_decode_step(Model *m, KVCache *kv, const int *tokens, int pos)
             memcpy(vc + ((int64_t)b * kv->T + pos) * Hkv, v + (int64_t)b * Hkv, (size_t)Hkv * sizeof(float));
         }
         attention_decode(att, kv->scores, q, kc, vc, B, kv->T, pos, H, KV, hd);
+        act_quant(m, att, att, B, Hq);
         matmul_forward(proj, mmt, att, layer_tensor(m->fwd_t, m, T_WO, l), B, Hq, D);
         residual_forward(mid, x, proj, (int64_t)B * D);
         rmsnorm_forward(xn, m->act[A_RSTD2], mid, layer_tensor(m->fwd_t, m, T_MLP_NORM, l), B, D, c->rms_norm_eps);
+        act_quant(m, xn, xn, B, D);
         matmul_forward(gate, mmt, xn, layer_tensor(m->fwd_t, m, T_WGATE, l), B, D, F);
         matmul_forward(up, mmt, xn, layer_tensor(m->fwd_t, m, T_WUP, l), B, D, F);
         swiglu_forward(hmid, gate, up, (int64_t)B * F);
+        act_quant(m, hmid, hmid, B, F);
         matmul_forward(proj, mmt, hmid, layer_tensor(m->fwd_t, m, T_WDOWN, l), B, F, D);
         residual_forward(x, mid, proj, (int64_t)B * D);
     }
@@ -1385,7 +1405,7 @@ typedef struct {
     int eval_T, eval_batch;
     // quantization
     QuantSpec quant;
-    int quant_given;
+    int quant_given, act_bits;
     int clip, calib_seqs, calib_len, clip_tokens;
     const char *calib, *export_packed, *histogram_out;
     int histogram;
@@ -1413,6 +1433,8 @@ static void usage(void) {
         "  -g GROUP              weights per group along the input dimension, -1 = whole row [128]\n"
         "  -q METHOD             int | nf3 | nf4 | sign | onebit | ternary [int]; nf3, nf4, sign,\n"
         "                        onebit and ternary imply their bit width\n"
+        "  --act-bits 0|8        8: also quantize the inputs of those linears per token (BitNet\n"
+        "                        b1.58's absmax, straight-through backward) [0]\n"
         "  --clip                asymmetric clipping search (BitDistiller): write to -o the full-\n"
         "                        precision weights clipped for -q/-b/-g (int, nf3, nf4)\n"
         "  --calib FILE          calibration tokens for --clip (.ids or text)\n"
@@ -1611,6 +1633,10 @@ static Args parse_args(int argc, char **argv) {
         else if (!strcmp(f, "--calib-len")) a.calib_len = parse_int(f, v);
         else if (!strcmp(f, "--clip-tokens")) a.clip_tokens = parse_int(f, v);
         else if (!strcmp(f, "-b")) { a.quant.bits = parse_int(f, v); a.quant_given = 1; }
+        else if (!strcmp(f, "--act-bits")) {
+            a.act_bits = parse_int(f, v);
+            if (a.act_bits != 0 && a.act_bits != 8) die("--act-bits: 0 or 8 (BitNet's 8-bit activations), got %d", a.act_bits);
+        }
         else if (!strcmp(f, "-g")) { a.quant.group = parse_int(f, v); a.quant_given = 1; }
         else if (!strcmp(f, "-q")) {
             a.quant.method = quant_method_from_name(v);
@@ -2238,7 +2264,8 @@ int main(int argc, char **argv) {
     // Distillation: whenever training a quantized student, or a teacher or loss is named. The
     // teacher is -t, or the full-precision -m model itself (self-distillation), taken before the
     // student is changed by --clip-init or quantization.
-    int will_quantize = (a.quant_given && a.quant.method != QUANT_NONE && !a.clip) || m.quant.method != QUANT_NONE;
+    int will_quantize = (a.quant_given && a.quant.method != QUANT_NONE && !a.clip) || m.quant.method != QUANT_NONE ||
+                        a.act_bits || m.cfg.quant_act_bits;
     const char *train_path = a.train_tokens ? a.train_tokens : train_data_path(&a);
     int distill = train_path && (will_quantize || a.teacher_path || a.loss_given);
     Model teacher_model, *teacher = NULL;
@@ -2272,6 +2299,10 @@ int main(int argc, char **argv) {
             die("%s: the model is already quantized (-q %s -b %d -g %d); drop the quantization flags",
                 a.model_path, quant_method_name(have.method), have.bits, have.group);
     }
+    if (a.act_bits) {  // the student's activations; a self-distillation teacher was copied above, as it was
+        if (a.clip) die("--act-bits: the clipping search runs on full-precision activations; give it to the QAT run");
+        m.cfg.quant_act_bits = a.act_bits;
+    }
     // the tokenizer, for text files: --tokenizer, or MODEL.tokenizer beside the model
     Tokenizer tokenizer, *tok = NULL;
     char sibling[4096];
@@ -2288,6 +2319,7 @@ int main(int argc, char **argv) {
     if (m.quant.method != QUANT_NONE)
         printf("quantization: %s, %d bits, group %d, on the 7 linears of every layer\n",
                quant_method_name(m.quant.method), m.quant.bits, quant_group_len(m.quant, c->dim));
+    if (c->quant_act_bits) printf("activations: the inputs of the 7 linears quantized to %d bits per token (absmax)\n", c->quant_act_bits);
     printf("model: dim %d, hidden %d, layers %d, heads %d (kv %d, head_dim %d), vocab %d, context %d, %s, %lld parameters\n",
            c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim, c->vocab_size,
            c->max_seq_len, c->tied ? "tied" : "untied", (long long)m.n_params);

@@ -107,6 +107,7 @@ void host_setup(int argc, char **argv, HostArgs *ha, HostModel *student, HostMod
         printf("tokenizer: %s (%d tokens)\n", tok_path, g_tokenizer.n_vocab);
     }
     const ModelHeader *c = &m.cfg;
+    if (a.act_bits || c->quant_act_bits) die("train_cu does not quantize activations yet (--act-bits): use ./train");
     if (m.quant.method != QUANT_NONE)
         printf("quantization: %s, %d bits, group %d, on the 7 linears of every layer\n",
                quant_method_name(m.quant.method), m.quant.bits, quant_group_len(m.quant, c->dim));

@@ -61,6 +61,16 @@ real=$(./train "${one[@]}" | field gamma); pad=$(./train "${one[@]}" --gamma-inc
 awk -v r="$real" -v p="$pad" 'BEGIN { exit !(r > 0 && r <= 1 && p > 0 && p <= 1 && r != p) }' \
     && ok "gamma on real tokens $real, padding included $pad" || bad "gamma $real / $pad"
 
+# BitNet b1.58 with 8-bit activations: the student file carries --act-bits, and beats ternary RTN
+./train -m "$tmp/teacher.bin" -q ternary --act-bits 8 --data "$tmp/gen.jsonl" --epochs 2 --batch 8 --micro-batch 4 --seq 128 \
+    --lr 1e-3 -o "$tmp/a8.bin" > "$tmp/a8.out" || bad "QAT with --act-bits 8"
+a8=$(ev "$tmp/a8.bin"); t_rtn=$(ev "$tmp/teacher.bin" -q ternary); t_rtn8=$(ev "$tmp/teacher.bin" -q ternary --act-bits 8)
+grep -q '^activations: the inputs of the 7 linears quantized to 8 bits' "$tmp/a8.out" \
+    && [ "$(ev "$tmp/a8.bin" --act-bits 8)" = "$a8" ] && [ "$t_rtn8" != "$t_rtn" ] \
+    && awk -v q="$a8" -v r="$t_rtn8" 'BEGIN { exit !(q < r) }' \
+    && ok "ternary + 8-bit activations: RTN ppl $t_rtn8 (weights only $t_rtn) -> QAT $a8, the file keeps --act-bits" \
+    || bad "act8: QAT $a8, RTN $t_rtn8 / $t_rtn"
+
 # resume across an epoch boundary (64 examples = 16 steps of 4 per epoch; stop at 10, resume to 22)
 rs=(-m "$tmp/teacher.bin" -q int -b 2 -g 64 --data "$tmp/gen.jsonl" --steps 22 --batch 4 --micro-batch 2 --seq 128 --lr 1e-3 --save-every 1)
 ./train "${rs[@]}" -o "$tmp/straight.bin" > /dev/null
@@ -91,5 +101,6 @@ expect_error "--mask-prompt without --data" "--mask-prompt needs --data" ./train
 expect_error "--eval-qa with a data file" "reads its task files from a folder" ./train -m "$tmp/teacher.bin" --eval-qa piqa --data "$tmp/gen.jsonl"
 expect_error "--generate-data without prompts" "needs --prompts SPEC and -o" ./train -m "$tmp/teacher.bin" --generate-data -o "$tmp/x.jsonl"
 expect_error "an unknown prompt source" "unknown prompt source 'books'" ./train -m "$tmp/teacher.bin" --generate-data --prompts "books:$tmp/p1.txt" -o "$tmp/x.jsonl"
+expect_error "--act-bits 4" "--act-bits: 0 or 8" ./train -m "$tmp/teacher.bin" -q ternary --act-bits 4
 [ -e "$tmp/x.jsonl" ] && bad "a failed --generate-data left $tmp/x.jsonl" || ok "no output left by failed runs"
 [ $fails -eq 0 ]
