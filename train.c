@@ -2242,6 +2242,60 @@ static void write_histogram(Model *m, int layer, const char *prefix, char *json,
     printf("wrote %s and %s\n", csv_path, svg_path);
 }
 
+// The student as the flags make it: --clip-init's weights, then -q/-b/-g and --act-bits. Called
+// after a self-distillation teacher was copied from the same weights (train_cu does the same).
+static void student_from_flags(const Args *a, Model *m) {
+    if (a->clip_init) {  // the student starts from clipped weights of the same model
+        ModelHeader cc;
+        float *cp = model_load(a->clip_init, &cc);
+        ModelHeader want = m->cfg;
+        cc.dtype = want.dtype = DTYPE_F32;
+        if (memcmp(&cc, &want, sizeof cc) != 0) die("%s: --clip-init must be a full-precision model of the same shape as -m", a->clip_init);
+        memcpy(m->params, cp, (size_t)m->n_table * sizeof(float));
+        free(cp);
+        printf("student initialised from %s\n", a->clip_init);
+    }
+    if (a->quant_given && a->quant.method != QUANT_NONE && !a->clip) {
+        QuantSpec have = m->quant;
+        if (have.method == QUANT_NONE) model_apply_quant(m, a->quant);
+        else if (have.method != a->quant.method || have.bits != a->quant.bits || have.group != a->quant.group)
+            die("%s: the model is already quantized (-q %s -b %d -g %d); drop the quantization flags",
+                a->model_path, quant_method_name(have.method), have.bits, have.group);
+    }
+    if (a->act_bits) {  // the student's activations; a self-distillation teacher was copied before, as it was
+        if (a->clip) die("--act-bits: the clipping search runs on full-precision activations; give it to the QAT run");
+        m->cfg.quant_act_bits = a->act_bits;
+    }
+}
+
+// The tokenizer for text files: --tokenizer, or MODEL.tokenizer beside the model. Returns its
+// path, or NULL (and *tok = NULL) when there is none.
+static const char *tokenizer_from_flags(const Args *a, const Model *m, Tokenizer *t, Tokenizer **tok) {
+    static char sibling[4096];
+    snprintf(sibling, sizeof sibling, "%s.tokenizer", a->model_path ? a->model_path : "");
+    const char *path = a->tokenizer_path ? a->tokenizer_path : (a->model_path && file_exists(sibling) ? sibling : NULL);
+    *tok = NULL;
+    if (!path) return NULL;
+    tokenizer_load(t, path);
+    if (t->n_vocab > m->cfg.vocab_size)
+        die("%s: the tokenizer has %d tokens, the model's vocabulary only %d", path, t->n_vocab, m->cfg.vocab_size);
+    *tok = t;
+    printf("tokenizer: %s (%d tokens)\n", path, t->n_vocab);
+    return path;
+}
+
+// The lines every run starts with: the quantization and the model's shape.
+static void print_model(const Model *m) {
+    const ModelHeader *c = &m->cfg;
+    if (m->quant.method != QUANT_NONE)
+        printf("quantization: %s, %d bits, group %d, on the 7 linears of every layer\n",
+               quant_method_name(m->quant.method), m->quant.bits, quant_group_len(m->quant, c->dim));
+    if (c->quant_act_bits) printf("activations: the inputs of the 7 linears quantized to %d bits per token (absmax)\n", c->quant_act_bits);
+    printf("model: dim %d, hidden %d, layers %d, heads %d (kv %d, head_dim %d), vocab %d, context %d, %s, %lld parameters\n",
+           c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim, c->vocab_size,
+           c->max_seq_len, c->tied ? "tied" : "untied", (long long)m->n_params);
+}
+
 #ifndef TRAIN_NO_MAIN
 int main(int argc, char **argv) {
     Args a = parse_args(argc, argv);
@@ -2282,47 +2336,11 @@ int main(int argc, char **argv) {
             die("%s: the teacher's vocabulary (%d) differs from the student's (%d); only --loss wasserstein works across vocabularies",
                 a.teacher_path ? a.teacher_path : "teacher", teacher->cfg.vocab_size, m.cfg.vocab_size);
     }
-    if (a.clip_init) {  // the student starts from clipped weights of the same model
-        ModelHeader cc;
-        float *cp = model_load(a.clip_init, &cc);
-        ModelHeader want = m.cfg;
-        cc.dtype = want.dtype = DTYPE_F32;
-        if (memcmp(&cc, &want, sizeof cc) != 0) die("%s: --clip-init must be a full-precision model of the same shape as -m", a.clip_init);
-        memcpy(m.params, cp, (size_t)m.n_table * sizeof(float));
-        free(cp);
-        printf("student initialised from %s\n", a.clip_init);
-    }
-    if (a.quant_given && a.quant.method != QUANT_NONE && !a.clip) {
-        QuantSpec have = m.quant;
-        if (have.method == QUANT_NONE) model_apply_quant(&m, a.quant);
-        else if (have.method != a.quant.method || have.bits != a.quant.bits || have.group != a.quant.group)
-            die("%s: the model is already quantized (-q %s -b %d -g %d); drop the quantization flags",
-                a.model_path, quant_method_name(have.method), have.bits, have.group);
-    }
-    if (a.act_bits) {  // the student's activations; a self-distillation teacher was copied above, as it was
-        if (a.clip) die("--act-bits: the clipping search runs on full-precision activations; give it to the QAT run");
-        m.cfg.quant_act_bits = a.act_bits;
-    }
-    // the tokenizer, for text files: --tokenizer, or MODEL.tokenizer beside the model
+    student_from_flags(&a, &m);
     Tokenizer tokenizer, *tok = NULL;
-    char sibling[4096];
-    snprintf(sibling, sizeof sibling, "%s.tokenizer", a.model_path ? a.model_path : "");
-    const char *tok_path = a.tokenizer_path ? a.tokenizer_path : (a.model_path && file_exists(sibling) ? sibling : NULL);
-    if (tok_path) {
-        tokenizer_load(&tokenizer, tok_path);
-        if (tokenizer.n_vocab > m.cfg.vocab_size)
-            die("%s: the tokenizer has %d tokens, the model's vocabulary only %d", tok_path, tokenizer.n_vocab, m.cfg.vocab_size);
-        tok = &tokenizer;
-        printf("tokenizer: %s (%d tokens)\n", tok_path, tokenizer.n_vocab);
-    }
+    const char *tok_path = tokenizer_from_flags(&a, &m, &tokenizer, &tok);
+    print_model(&m);
     const ModelHeader *c = &m.cfg;
-    if (m.quant.method != QUANT_NONE)
-        printf("quantization: %s, %d bits, group %d, on the 7 linears of every layer\n",
-               quant_method_name(m.quant.method), m.quant.bits, quant_group_len(m.quant, c->dim));
-    if (c->quant_act_bits) printf("activations: the inputs of the 7 linears quantized to %d bits per token (absmax)\n", c->quant_act_bits);
-    printf("model: dim %d, hidden %d, layers %d, heads %d (kv %d, head_dim %d), vocab %d, context %d, %s, %lld parameters\n",
-           c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim, c->vocab_size,
-           c->max_seq_len, c->tied ? "tied" : "untied", (long long)m.n_params);
 
     // results accumulate into one JSON object, printed last
     char json[16384] = "", part[8192];

@@ -79,41 +79,11 @@ void host_setup(int argc, char **argv, HostArgs *ha, HostModel *student, HostMod
                 a.teacher_path ? a.teacher_path : "teacher", teacher_model.cfg.vocab_size, m.cfg.vocab_size);
         host_view(teacher, &teacher_model);
     }
-    if (a.clip_init) {
-        ModelHeader cc;
-        float *cp = model_load(a.clip_init, &cc);
-        ModelHeader want = m.cfg;
-        cc.dtype = want.dtype = DTYPE_F32;
-        if (memcmp(&cc, &want, sizeof cc) != 0) die("%s: --clip-init must be a full-precision model of the same shape as -m", a.clip_init);
-        memcpy(m.params, cp, (size_t)m.n_table * sizeof(float));
-        free(cp);
-        printf("student initialised from %s\n", a.clip_init);
-    }
-    if (a.quant_given && a.quant.method != QUANT_NONE) {
-        QuantSpec have = m.quant;
-        if (have.method == QUANT_NONE) model_apply_quant(&m, a.quant);
-        else if (have.method != a.quant.method || have.bits != a.quant.bits || have.group != a.quant.group)
-            die("%s: the model is already quantized (-q %s -b %d -g %d); drop the quantization flags",
-                a.model_path, quant_method_name(have.method), have.bits, have.group);
-    }
-    char sibling[4096];
-    snprintf(sibling, sizeof sibling, "%s.tokenizer", a.model_path ? a.model_path : "");
-    const char *tok_path = a.tokenizer_path ? a.tokenizer_path : (a.model_path && file_exists(sibling) ? sibling : NULL);
-    if (tok_path) {
-        tokenizer_load(&g_tokenizer, tok_path);
-        if (g_tokenizer.n_vocab > m.cfg.vocab_size)
-            die("%s: the tokenizer has %d tokens, the model's vocabulary only %d", tok_path, g_tokenizer.n_vocab, m.cfg.vocab_size);
-        g_tok = &g_tokenizer;
-        printf("tokenizer: %s (%d tokens)\n", tok_path, g_tokenizer.n_vocab);
-    }
+    student_from_flags(&a, &m);
+    tokenizer_from_flags(&a, &m, &g_tokenizer, &g_tok);
     const ModelHeader *c = &m.cfg;
-    if (a.act_bits || c->quant_act_bits) die("train_cu does not quantize activations yet (--act-bits): use ./train");
-    if (m.quant.method != QUANT_NONE)
-        printf("quantization: %s, %d bits, group %d, on the 7 linears of every layer\n",
-               quant_method_name(m.quant.method), m.quant.bits, quant_group_len(m.quant, c->dim));
-    printf("model: dim %d, hidden %d, layers %d, heads %d (kv %d, head_dim %d), vocab %d, context %d, %s, %lld parameters\n",
-           c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim, c->vocab_size,
-           c->max_seq_len, c->tied ? "tied" : "untied", (long long)m.n_params);
+    if (c->quant_act_bits) die("train_cu does not quantize activations yet (--act-bits): use ./train");
+    print_model(&m);
     char part[256];
     snprintf(part, sizeof part, "\"params\": %lld", (long long)m.n_params);
     host_json_add(part);
