@@ -13,13 +13,9 @@ set -u
 cd "$(dirname "$0")/.."
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 fails=0
-ok() { printf '  ok    %s\n' "$1"; }
-bad() { printf '  FAIL  %s\n' "$1"; fails=$((fails + 1)); }
-field() { tail -n 1 | sed "s/.*\"$1\": \([0-9.e+-]*\).*/\1/"; }
+. dev/test_lib.sh
 
-./run.sh corpus "$tmp/c" > /dev/null
-./train --init tiny --seed 1 --train-tokens "$tmp/c/train.ids" --steps 150 --batch 8 --micro-batch 8 --seq 128 \
-    --lr 3e-3 --schedule cosine --warmup 10 --min-lr 3e-4 -o "$tmp/teacher.bin" > /dev/null || bad "teacher training"
+test_teacher "$tmp" || bad "teacher training"
 ./run.sh tokenizer "$tmp/teacher.bin.tokenizer"
 head -n 6400 "$tmp/c/valid.ids" > "$tmp/v.ids"
 ev() { ./train -m "$1" --eval-ppl "$tmp/v.ids" -T 128 --eval-batch 8 "${@:2}" | field ppl; }
@@ -81,13 +77,6 @@ grep -q 'resumed from .* at step 10' "$tmp/resumed.out" && cmp -s "$tmp/straight
     && ok "22 steps straight == 10, stop, resume to 22 across the epoch boundary (bit-identical)" || bad "resume on --data differs"
 
 # bad input
-expect_error() {
-    local name=$1 pattern=$2; shift 2
-    "$@" > /dev/null 2> "$tmp/stderr"
-    local rc=$?
-    [ $rc -eq 1 ] && [ "$(wc -l < "$tmp/stderr")" -eq 1 ] && grep -q "^error: .*$pattern" "$tmp/stderr" \
-        && ok "$name: $(cat "$tmp/stderr")" || bad "$name (exit $rc: $(cat "$tmp/stderr"))"
-}
 printf '[["a", "b"]]\n{"prompt": "x"\n' > "$tmp/broken.jsonl"
 printf '[["a", "b"]]\n{"prompt": "x"}\n' > "$tmp/nofield.jsonl"
 : > "$tmp/empty.jsonl"

@@ -17,8 +17,7 @@ cd "$(dirname "$0")/.."
 tmp=$(mktemp -d); bgpid=; pollpid=
 trap 'kill -9 $bgpid $pollpid 2>/dev/null; rm -rf "$tmp"' EXIT
 fails=0
-ok() { printf '  ok    %s\n' "$1"; }
-bad() { printf '  FAIL  %s\n' "$1"; fails=$((fails + 1)); }
+. dev/test_lib.sh
 sum() { cksum < "$1" | cut -d' ' -f1,2; }
 
 # data (random bytes as tokens), a random teacher, the training command
@@ -108,13 +107,6 @@ expect_full "packed model (--export-packed)" "$tmp/full.qbin" 20 ./train -m "$tm
 expect_full "Hugging Face export (convert --to-hf)" "$tmp/hf/model.safetensors" 100 ./convert --to-hf "$tmp/fp.bin" "$tmp/hf"
 
 # checkpoints that must be refused
-expect_error() {
-    local name=$1 pattern=$2; shift 2
-    "$@" > /dev/null 2> "$tmp/stderr"
-    local rc=$?
-    [ $rc -eq 1 ] && [ "$(wc -l < "$tmp/stderr")" -eq 1 ] && grep -q "^error: .*$pattern" "$tmp/stderr" \
-        && ok "$name: $(cat "$tmp/stderr")" || bad "$name (exit $rc: $(cat "$tmp/stderr"))"
-}
 ./train --init tiny --vocab 300 --seed 1 -o "$tmp/other.bin" > /dev/null
 expect_error "checkpoint of another model (vocab 256 vs 300)" "a checkpoint of another model or quantizer" \
     ./train "${common[@]}" -m "$tmp/other.bin" --resume "$tmp/straight.bin.ckpt"

@@ -9,8 +9,7 @@ set -u
 cd "$(dirname "$0")/.."
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 fails=0
-ok() { printf '  ok    %s\n' "$1"; }
-bad() { printf '  FAIL  %s\n' "$1"; fails=$((fails + 1)); }
+. dev/test_lib.sh
 ppl() { tail -n 1 | sed 's/.*"ppl": \([0-9.e+-]*\).*/\1/'; }
 expect_error() {
     local name=$1 pattern=$2; shift 2
@@ -21,9 +20,7 @@ expect_error() {
     else bad "$name (exit $rc: $(cat "$tmp/stderr"))"; fi
 }
 
-./run.sh corpus "$tmp/c" > /dev/null
-./train --init tiny --seed 1 --train-tokens "$tmp/c/train.ids" --steps 150 --batch 8 --micro-batch 8 --seq 128 \
-    --lr 3e-3 --schedule cosine --warmup 10 --min-lr 3e-4 -o "$tmp/teacher.bin" > /dev/null || bad "teacher training"
+test_teacher "$tmp" || bad "teacher training"
 head -n 6400 "$tmp/c/valid.ids" > "$tmp/v.ids"
 ev() { ./train -m "$1" --eval-ppl "$tmp/v.ids" -T 128 --eval-batch 8 "${@:2}" | ppl; }
 fp=$(ev "$tmp/teacher.bin")

@@ -1,0 +1,37 @@
+# dev/test_lib.sh — sourced by the tests/*.sh scripts (it is not a test itself): the check
+# helpers they share, and the small pretrained teacher three of them run on.
+#   ok MSG / bad MSG            print a result line; bad counts into $fails
+#   field KEY                   the number after "KEY": in the last line of stdin (a JSON result)
+#   expect_error NAME PATTERN CMD...   CMD must exit 1 with one stderr line "error: ...PATTERN"
+#   test_teacher DIR            DIR/c (the demo corpus) and DIR/teacher.bin (below)
+# The caller sets tmp (a scratch folder) and fails=0.
+
+ok() { printf '  ok    %s\n' "$1"; }
+bad() { printf '  FAIL  %s\n' "$1"; fails=$((fails + 1)); }
+field() { tail -n 1 | sed "s/.*\"$1\": \([0-9.e+-]*\).*/\1/"; }
+
+expect_error() {
+    local name=$1 pattern=$2; shift 2
+    "$@" > /dev/null 2> "$tmp/stderr"
+    local rc=$?
+    [ $rc -eq 1 ] && [ "$(wc -l < "$tmp/stderr")" -eq 1 ] && grep -q "^error: .*$pattern" "$tmp/stderr" \
+        && ok "$name: $(cat "$tmp/stderr")" || bad "$name (exit $rc: $(cat "$tmp/stderr"))"
+}
+
+# The teacher: a `tiny` Llama pretrained for 150 steps on the demo corpus. Training is
+# deterministic, so it is made once per ./train binary (build/test-teacher/CKSUM, keyed by the
+# binary's checksum, written to a temp folder and renamed) and copied to each script that asks.
+test_teacher() {
+    local dir=$1 cache tmpc
+    cache=build/test-teacher/$(cksum < train | cut -d ' ' -f 1)
+    if [ ! -s "$cache/teacher.bin" ]; then
+        tmpc=$cache.tmp.$$
+        rm -rf "$tmpc" && mkdir -p "$tmpc"
+        ./run.sh corpus "$tmpc/c" > /dev/null && \
+        ./train --init tiny --seed 1 --train-tokens "$tmpc/c/train.ids" --steps 150 --batch 8 --micro-batch 8 --seq 128 \
+            --lr 3e-3 --schedule cosine --warmup 10 --min-lr 3e-4 -o "$tmpc/teacher.bin" > /dev/null \
+            || { rm -rf "$tmpc"; return 1; }
+        rm -rf "$cache" && mv "$tmpc" "$cache"
+    fi
+    cp -r "$cache/c" "$dir/c" && cp "$cache/teacher.bin" "$dir/teacher.bin"
+}
