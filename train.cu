@@ -144,13 +144,16 @@ static void print_memory_plan(void) {
 
 enum {  // activations, as train.c's (without its matmul scratch, which cuBLAS does not need)
     A_RESID, A_XN1, A_RSTD1, A_Q, A_K, A_V, A_ATT, A_LSE, A_RESID_MID, A_XN2, A_RSTD2,
-    A_GATE, A_UP, A_HMID, A_XNF, A_RSTDF, A_LOGITS, A_PROJ,
+    A_GATE, A_UP, A_HMID, A_XNF, A_RSTDF, A_PROJ,
     A_DELTA,      // [B,H,T]  attention backward: dO_t . O_t per row (train.c recomputes it per row)
     A_SCORES,     // [B,H,T,T] --attention gemm: scores, then probabilities (one layer at a time)
     A_DSCORES,    // [B,H,T,T] --attention gemm, training: dL/dP, then dL/dS
-    A_DRESID, A_DXN, A_DQ, A_DK, A_DV, A_DATT, A_DGATE, A_DUP, A_DHMID, A_DLOGITS,
+    A_DRESID, A_DXN, A_DQ, A_DK, A_DV, A_DATT, A_DGATE, A_DUP, A_DHMID,
     N_ACTS
 };
+// No [B,T,V] logits among them: training and perplexity run the classifier and the loss in
+// chunks of rows (section 6); only an inference forward that asks for every logit (model_forward)
+// gets them, in their own buffer (logits below), made when first needed.
 
 typedef struct {
     HostModel *h;               // shape and table, as train.c set them up
@@ -164,8 +167,9 @@ typedef struct {
     int bf16_stale, bf16_only;
     // quantization (section 5)
     QuantSpec quant;
-    float *wq, *dwq;
-    uint8_t *codes, *codes_prev;
+    float *wq, *dwq;                         // fp32 W^ (not under bf16), dL/dW^ (sign, onebit only)
+    uint8_t *codes;
+    int64_t qoff[N_TENSORS];                 // first weight of tensor t in wq, codes (table order)
     float *qstate;
     float *qp0[N_TENSORS], *qp1[N_TENSORS];
     int64_t qn0[N_TENSORS], qn1[N_TENSORS];
@@ -178,7 +182,8 @@ typedef struct {
     float *acts, *act[N_ACTS];
     int64_t act_layer_stride[N_ACTS];
     float *rope_cos, *rope_sin;
-    float *logits;
+    float *logits;                           // [B,T,V] of the last model_forward (inference only)
+    int64_t logits_cap;
     int *inputs, *targets;                   // device [B,T]
     double *rows;                            // device [B*T]: one number per position (losses, gamma)
     double *d_sum;                           // device scratch for reductions
@@ -228,8 +233,9 @@ static void model_bf16_setup(Model *m) {
 // once per step, after the update and the quantizer.
 static void model_cast_bf16(Model *m) {
     if (!m->wbf) model_bf16_setup(m);
-    for (int t = 0; t < N_TENSORS; t++)
-        if (m->wbf_t[t]) cast_bf16(m->wbf_t[t], m->fwd_t[t], tensor_numel(m, t));
+    for (int t = 0; t < N_TENSORS; t++)  // quantized linears: model_quantize writes their bf16 W^
+        if (m->wbf_t[t] && !(m->quant.method != QUANT_NONE && m->h->is_linear[t]))
+            cast_bf16(m->wbf_t[t], m->fwd_t[t], tensor_numel(m, t));
     m->bf16_stale = 0;
 }
 
@@ -336,6 +342,15 @@ static void model_upload(Model *m, int with_adam) {
 
 static void bf16_scratch_reserve(int64_t nx, int64_t nd);
 
+// Rows of a loss chunk (section 6): --loss-chunk ROWS, or as many as keep one chunk's logits
+// within HEAD_CHUNK_FLOATS (128 MiB of fp32).
+#define HEAD_CHUNK_FLOATS ((int64_t)1 << 25)
+static int g_loss_chunk;
+static int head_chunk_rows(int N, int V) {
+    int64_t r = g_loss_chunk > 0 ? g_loss_chunk : HEAD_CHUNK_FLOATS / (V > 0 ? V : 1);
+    return (int)(r < 1 ? 1 : r > N ? N : r);
+}
+
 // Sizes the activations for B x T (as train.c: per layer when training, one shared slot otherwise).
 static void model_alloc_acts(Model *m, int B, int T, int training) {
     if (m->acts && B == m->B && T == m->T && training == m->training) return;
@@ -347,7 +362,7 @@ static void model_alloc_acts(Model *m, int B, int T, int training) {
     size[A_K] = BT * Hkv; size[A_V] = BT * Hkv; size[A_ATT] = BT * Hq; size[A_LSE] = B * H * T;
     size[A_RESID_MID] = BT * D; size[A_XN2] = BT * D; size[A_RSTD2] = BT; size[A_GATE] = BT * F;
     size[A_UP] = BT * F; size[A_HMID] = BT * F; size[A_XNF] = BT * D; size[A_RSTDF] = BT;
-    size[A_LOGITS] = BT * V; size[A_PROJ] = BT * D;
+    size[A_PROJ] = BT * D;
     if (g_attention_gemm) size[A_SCORES] = B * H * T * T;
     if (training && g_attention_gemm) size[A_DSCORES] = B * H * T * T;
     if (training) {
@@ -355,7 +370,6 @@ static void model_alloc_acts(Model *m, int B, int T, int training) {
         size[A_DRESID] = BT * D; size[A_DXN] = BT * D; size[A_DQ] = BT * Hq;
         size[A_DK] = BT * Hkv; size[A_DV] = BT * Hkv; size[A_DATT] = BT * Hq;
         size[A_DGATE] = BT * F; size[A_DUP] = BT * F; size[A_DHMID] = BT * F;
-        size[A_DLOGITS] = BT * V;
     }
     int64_t total = 0, count[N_ACTS];
     for (int a = 0; a < N_ACTS; a++) {
@@ -369,7 +383,6 @@ static void model_alloc_acts(Model *m, int B, int T, int training) {
     m->acts = (float *)gpu_malloc((size_t)total * sizeof(float), "activations");
     float *p = m->acts;
     for (int a = 0; a < N_ACTS; a++) { m->act[a] = size[a] ? p : NULL; p += count[a] * size[a]; }
-    m->logits = m->act[A_LOGITS];
     m->B = B; m->T = T; m->training = training;
     size_t half = (size_t)T * c->head_dim / 2;
     float *cs = (float *)malloc(2 * half * sizeof(float));
@@ -383,18 +396,19 @@ static void model_alloc_acts(Model *m, int B, int T, int training) {
     m->inputs = (int *)gpu_malloc((size_t)BT * sizeof(int), "activations");
     m->targets = (int *)gpu_malloc((size_t)BT * sizeof(int), "activations");
     m->rows = (double *)gpu_malloc((size_t)BT * sizeof(double), "activations");
-    if (g_bf16) {  // the bf16 casts of a matmul's input [BT, I] and output gradient [BT, O]
-        int64_t I = D > F ? D : F, O = V > F ? V : F;
-        bf16_scratch_reserve(BT * (I > Hq ? I : Hq), training ? BT * (O > Hq ? O : Hq) : 0);
+    if (g_bf16) {  // the bf16 casts of a matmul's input [BT, I] and output gradient [BT, O], or [R, V] of a loss chunk
+        int64_t I = D > F ? D : F, O = D > F ? D : F, R = head_chunk_rows((int)BT, (int)V);
+        O = BT * (O > Hq ? O : Hq);
+        bf16_scratch_reserve(BT * (I > Hq ? I : Hq), training ? (O > R * V ? O : R * V) : 0);
     }
 }
 
 static void model_free(Model *m) {
     gpu_free(m->params); gpu_free(m->grads); gpu_free(m->adam_m); gpu_free(m->adam_v);
-    gpu_free(m->wbf); gpu_free(m->wq); gpu_free(m->dwq); gpu_free(m->codes); gpu_free(m->codes_prev); gpu_free(m->qstate);
+    gpu_free(m->wbf); gpu_free(m->wq); gpu_free(m->dwq); gpu_free(m->codes); gpu_free(m->qstate);
     gpu_free(m->d_flips); free(m->flips_layer);
     gpu_free(m->acts); gpu_free(m->rope_cos); gpu_free(m->rope_sin); gpu_free(m->inputs); gpu_free(m->targets);
-    gpu_free(m->rows); gpu_free(m->d_sum); gpu_free(m->d_bad);
+    gpu_free(m->rows); gpu_free(m->d_sum); gpu_free(m->d_bad); gpu_free(m->logits);
     memset(m, 0, sizeof *m);
 }
 
@@ -439,16 +453,6 @@ __device__ static float block_max(float x) {
     __syncthreads();
     x = lane < nw ? part[lane] : -INFINITY;
     return warp_max(x);
-}
-__device__ static float block_sum(float x) {
-    __shared__ float part[32];
-    __syncthreads();
-    x = warp_sum(x);
-    int w = threadIdx.x / 32, lane = threadIdx.x % 32, nw = (blockDim.x + 31) / 32;
-    if (lane == 0) part[w] = x;
-    __syncthreads();
-    x = lane < nw ? part[lane] : 0.0f;
-    return warp_sum(x);
 }
 
 // --- bf16: y[n] = bf16(x[n]), rounded to nearest even (--matmul bf16) ----------------------
@@ -982,10 +986,10 @@ static void residual_forward(float *y, const float *a, const float *b, int64_t n
     launchCheck();
 }
 
-// --- cross-entropy over rows with target >= 0 ----------------------------------------------
-// Forward: rows[n] = log sum_v exp(z_v - max) + max - z[target] (0 for rows without a target);
-// the host averages. Backward: dlogits += k (softmax(z) - onehot(target)), k = scale / count.
-// Thread mapping (both): one block per row; its threads stride over the V logits.
+// --- cross-entropy over rows with target >= 0, of full logits (model_forward) ----------------
+// rows[n] = log sum_v exp(z_v - max) + max - z[target] (0 for rows without a target); the host
+// averages. Its backward is section 6's fused head_loss, which training uses.
+// Thread mapping: one block per row; its threads stride over the V logits.
 __global__ static void crossentropy_forward_kernel(double *rows, const float *logits, const int *targets, int N, int V) {
     int n = blockIdx.x;
     if (targets[n] < 0) { if (threadIdx.x == 0) rows[n] = 0.0; return; }
@@ -998,20 +1002,6 @@ __global__ static void crossentropy_forward_kernel(double *rows, const float *lo
     s = block_sum_d(s);
     if (threadIdx.x == 0) rows[n] = log(s) + mx - z[targets[n]];
 }
-__global__ static void crossentropy_backward_kernel(float *dlogits, const float *logits, const int *targets, int N, int V, float k) {
-    int n = blockIdx.x;
-    if (targets[n] < 0) return;
-    const float *z = logits + (int64_t)n * V;
-    float *dz = dlogits + (int64_t)n * V;
-    float mx = -INFINITY;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) mx = fmaxf(mx, z[i]);
-    mx = block_max(mx);
-    float s = 0.0f;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) s += expf(z[i] - mx);
-    s = block_sum(s);
-    for (int i = threadIdx.x; i < V; i += blockDim.x) dz[i] += k * expf(z[i] - mx) / s - (i == targets[n] ? k : 0.0f);
-}
-
 // Row losses back on the host; the mean over rows with a target (targets: the host's copy).
 static double rows_mean(const Model *m, const int *targets, int N, double *host_rows) {
     cudaCheck(cudaMemcpy(host_rows, m->rows, (size_t)N * sizeof(double), cudaMemcpyDeviceToHost));
@@ -1030,15 +1020,6 @@ static float crossentropy_forward(Model *m, const float *logits, const int *d_ta
     float loss = (float)rows_mean(m, targets, N, h);
     free(h);
     return loss;
-}
-
-static void crossentropy_backward(float *dlogits, const float *logits, const int *d_targets, const int *targets, int N, int V, float scale) {
-    PROFILE(PROF_LOSS);
-    int count = 0;
-    for (int n = 0; n < N; n++) count += targets[n] >= 0;
-    if (!count) return;
-    crossentropy_backward_kernel<<<N, 256>>>(dlogits, logits, d_targets, N, V, scale / count);
-    launchCheck();
 }
 
 // ============================================================================================
@@ -1075,8 +1056,9 @@ static void layer_forward(Model *m, int l, int B, int T) {
 
 static void model_quantize(Model *m);
 
-// inputs/targets are the host's [B,T]; targets may be NULL (no loss). Returns the mean CE.
-static float model_forward(Model *m, const int *inputs, const int *targets, int B, int T) {
+// The layer stack up to the final norm: act[A_XNF] = the classifier's input [B,T,D]. inputs and
+// targets are the host's [B,T]; targets (NULL: none) go to the device for the loss that follows.
+static void model_forward_hidden(Model *m, const int *inputs, const int *targets, int B, int T) {
     const HostModel *c = m->h;
     if (m->quant_stale) model_quantize(m);
     if (g_bf16 && (m->bf16_stale || !m->wbf)) model_cast_bf16(m);
@@ -1096,8 +1078,22 @@ static float model_forward(Model *m, const int *inputs, const int *targets, int 
     else embedding_forward(act_l(m, A_RESID, 0), m->inputs, m->wbf_t[T_EMBED], N, D);  // a bf16-only teacher
     for (int l = 0; l < c->n_layers; l++) layer_forward(m, l, B, T);
     rmsnorm_forward(m->act[A_XNF], m->act[A_RSTDF], act_l(m, A_RESID, c->n_layers), m->fwd_t[T_FINAL_NORM], N, D, c->rms_norm_eps);
-    matmul_forward(m->logits, m->act[A_XNF], weight(m, lm_head_tensor(m), 0), N, D, V);
-    m->loss = targets ? crossentropy_forward(m, m->logits, m->targets, targets, N, V) : 0.0f;
+}
+
+// The whole forward with every logit: logits[B,T,V] (inference, the tests). Training and
+// perplexity never ask for them: they run the classifier in chunks with the loss (section 6).
+// inputs/targets are the host's [B,T]; targets may be NULL (no loss). Returns the mean CE.
+static float model_forward(Model *m, const int *inputs, const int *targets, int B, int T) {
+    model_forward_hidden(m, inputs, targets, B, T);
+    int64_t N = (int64_t)B * T;
+    int D = m->h->dim, V = m->h->vocab_size;
+    if (N * V > m->logits_cap) {
+        gpu_free(m->logits);
+        m->logits = (float *)gpu_malloc((size_t)(N * V) * sizeof(float), "logits (inference)");
+        m->logits_cap = N * V;
+    }
+    matmul_forward(m->logits, m->act[A_XNF], weight(m, lm_head_tensor(m), 0), (int)N, D, V);
+    m->loss = targets ? crossentropy_forward(m, m->logits, m->targets, targets, (int)N, V) : 0.0f;
     return m->loss;
 }
 
@@ -1109,16 +1105,14 @@ static void zero_act(Model *m, int a, int64_t n) { cudaCheck(cudaMemsetAsync(m->
 
 static void model_quant_backward(Model *m);
 
-// Backward of the last model_forward, given dL/dlogits in act[A_DLOGITS].
-static void model_backward_from_dlogits(Model *m) {
+// Backward of the last forward below the classifier, given dL/dxnf in act[A_DXN] (head_loss
+// leaves it there, with the classifier's own gradient already added).
+static void model_backward_from_dxnf(Model *m) {
     const HostModel *c = m->h;
-    int B = m->B, T = m->T, N = B * T, D = c->dim, F = c->hidden_dim, V = c->vocab_size,
+    int B = m->B, T = m->T, N = B * T, D = c->dim, F = c->hidden_dim,
         H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim, Hq = H * hd, Hkv = KV * hd;
     float *dres = m->act[A_DRESID], *dxn = m->act[A_DXN];
-    int head = lm_head_tensor(m);
-    // head and final norm
-    zero_act(m, A_DXN, (int64_t)N * D);
-    matmul_backward(dxn, m->dfwd_t[head], m->act[A_DLOGITS], m->act[A_XNF], weight(m, head, 0), N, D, V);
+    // final norm
     zero_act(m, A_DRESID, (int64_t)N * D);
     rmsnorm_backward(dres, m->dfwd_t[T_FINAL_NORM], dxn, act_l(m, A_RESID, c->n_layers),
                      m->fwd_t[T_FINAL_NORM], m->act[A_RSTDF], N, D);
@@ -1170,12 +1164,14 @@ static void model_backward_from_dlogits(Model *m) {
     if (m->quant.method != QUANT_NONE) model_quant_backward(m);
 }
 
-// Backward of the mean CE of the last forward (which had targets, the host's copy), times loss_scale.
-static void model_backward_scaled(Model *m, const int *targets, float loss_scale) {
-    int N = m->B * m->T, V = m->h->vocab_size;
-    zero_act(m, A_DLOGITS, (int64_t)N * V);
-    crossentropy_backward(m->act[A_DLOGITS], m->logits, m->targets, targets, N, V, loss_scale);
-    model_backward_from_dlogits(m);
+static float head_ce_backward(Model *m, const int *targets, float loss_scale);
+
+// Backward of the mean CE of the last forward (which had targets, the host's copy), times
+// loss_scale; the classifier runs again, in chunks, fused with the loss. Returns the mean CE.
+static float model_backward_scaled(Model *m, const int *targets, float loss_scale) {
+    float loss = head_ce_backward(m, targets, loss_scale);
+    model_backward_from_dxnf(m);
+    return loss;
 }
 
 // ============================================================================================
@@ -1185,6 +1181,12 @@ static void model_backward_scaled(Model *m, const int *targets, float loss_scale
 // fake-quantized copy W^ = Q(W), computed by quant.h's own per-group and per-element functions
 // (marked QD, so the same code runs here); the backward maps dL/dW^ to W straight through (STE)
 // and exactly to the learned scales of sign and onebit. Layout: wq, dwq, codes in table order.
+//
+// Memory (issue 6's budget): under --matmul bf16 the quantizer writes W^ straight into the bf16
+// copy the matmuls read (rounding to nearest even, as a cast of the fp32 W^ would), so no fp32
+// W^ exists; under the straight-through estimator dL/dW = dL/dW^, so the matmuls' backward adds
+// into the gradients of W themselves and dwq exists only for sign and onebit, whose backward needs
+// dL/dW^ apart. Codes that flip are counted as they are written (no copy of the old codes).
 
 // sign and onebit train their scales (they live in the parameters); the others derive them.
 static int quant_is_learned_method(int method) { return method == QUANT_SIGN || method == QUANT_ONEBIT; }
@@ -1200,20 +1202,24 @@ static void model_quant_setup(Model *m) {
         if (!quant_is_learned_method(q.method)) n_derived += (m->qn0[t] + m->qn1[t]) * L;
     }
     m->n_codes = n_lin;
-    m->wq = (float *)gpu_malloc((size_t)n_lin * sizeof(float), "quantized weights");
-    m->dwq = (float *)gpu_malloc((size_t)n_lin * sizeof(float), "quantized weight gradients");
+    if (!g_bf16) m->wq = (float *)gpu_malloc((size_t)n_lin * sizeof(float), "quantized weights");
+    if (quant_is_learned_method(q.method)) {
+        m->dwq = (float *)gpu_malloc((size_t)n_lin * sizeof(float), "quantized weight gradients");
+        cudaCheck(cudaMemset(m->dwq, 0, (size_t)n_lin * sizeof(float)));
+    }
     m->codes = (uint8_t *)gpu_malloc((size_t)n_lin, "codes");
-    m->codes_prev = (uint8_t *)gpu_malloc((size_t)n_lin, "codes");
     m->qstate = (float *)gpu_malloc((size_t)(n_derived ? n_derived : 1) * sizeof(float), "quantized weights");
     m->d_flips = (unsigned long long *)gpu_malloc(N_TENSORS * L * sizeof(unsigned long long), "scratch");
     m->flips_layer = (int64_t *)calloc((size_t)L, sizeof(int64_t));
-    cudaCheck(cudaMemset(m->dwq, 0, (size_t)n_lin * sizeof(float)));
     cudaCheck(cudaMemset(m->codes, 0, (size_t)n_lin));
-    float *w = m->wq, *dw = m->dwq, *learned = m->params + m->n_table, *derived = m->qstate;
+    float *learned = m->params + m->n_table, *derived = m->qstate;
+    int64_t off = 0;
     for (int t = 0; t < N_TENSORS; t++) {
         if (!m->h->is_linear[t]) continue;
-        m->fwd_t[t] = w; m->dfwd_t[t] = dw;
-        w += m->slice[t] * L; dw += m->slice[t] * L;
+        m->qoff[t] = off;
+        m->fwd_t[t] = m->wq ? m->wq + off : NULL;     // under bf16, W^ lives in wbf_t alone
+        m->dfwd_t[t] = m->dwq ? m->dwq + off : NULL;  // NULL: the gradients of W (model_alloc_training)
+        off += m->slice[t] * L;
         float **p = quant_is_learned_method(q.method) ? &learned : &derived;
         m->qp0[t] = *p; *p += m->qn0[t] * L;
         m->qp1[t] = *p; *p += m->qn1[t] * L;
@@ -1221,13 +1227,27 @@ static void model_quant_setup(Model *m) {
     m->quant_stale = 1;
 }
 
+// W^ is stored as the matmuls read it: fp32, or bf16 rounded to nearest even (--matmul bf16).
+__device__ static inline void store_w(float *p, float x) { *p = x; }
+__device__ static inline void store_w(__nv_bfloat16 *p, float x) { *p = __float2bfloat16_rn(x); }
+
+// A code written over the previous one: counted in flips[layer] when the old codes are valid.
+__device__ static inline int write_code(uint8_t *c, int q, int count) {
+    int flipped = count && *c != q;
+    *c = (uint8_t)q;
+    return flipped;
+}
+
 // int and nf: thread mapping, one warp per group of g weights (groups tile memory, across
-// layers too, so one launch covers a tensor of every layer), its lanes over the weights. The
-// group's min and max are exact whatever the order, and every weight then goes through quant.h's
-// own int_asym_params/_code/_value (nf_asym_code/_value), so W^ is int_asym_group's bit for bit.
-// *bad is set on NaN or Inf.
-__global__ static void quantize_group_kernel(float *wq, uint8_t *codes, float *p0, float *p1, const float *w,
-                                             int64_t n_groups, int g, int method, int bits, int *bad) {
+// layers too, so one launch covers a tensor of every layer; a group never straddles two layers),
+// its lanes over the weights. The group's min and max are exact whatever the order, and every
+// weight then goes through quant.h's own int_asym_params/_code/_value (nf_asym_code/_value), so
+// W^ is int_asym_group's bit for bit. *bad is set on NaN or Inf; the warp adds its flips to its
+// layer's counter (a layer holds n weights).
+template <typename W>
+__global__ static void quantize_group_kernel(W *wq, uint8_t *codes, unsigned long long *flips, int count, float *p0,
+                                             float *p1, const float *w, int64_t n_groups, int g, int64_t n, int method,
+                                             int bits, int *bad) {
     int64_t k = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
     if (k >= n_groups) return;
@@ -1245,29 +1265,35 @@ __global__ static void quantize_group_kernel(float *wq, uint8_t *codes, float *p
     float a, b;
     if (method == QUANT_INT) int_asym_params(&a, &b, mn, mx, bits);
     else { a = fabsf(mx); b = fabsf(mn); }
+    int f = 0;
     for (int j = lane; j < g; j += 32) {
         int q = method == QUANT_INT ? int_asym_code(wk[j], a, b, bits) : nf_asym_code(wk[j], a, b, bits);
-        codes[k * g + j] = (uint8_t)q;
-        wq[k * g + j] = method == QUANT_INT ? int_asym_value(q, a, b) : nf_asym_value(q, a, b, bits);
+        f += write_code(&codes[k * g + j], q, count);
+        store_w(&wq[k * g + j], method == QUANT_INT ? int_asym_value(q, a, b) : nf_asym_value(q, a, b, bits));
     }
+    f = (int)warp_sum((float)f);  // at most g <= 2^24 flips: exact in float
     if (lane == 0) {
         p0[k] = a;
         p1[k] = b;
         if (!ok) *bad = 1;
+        if (f) atomicAdd(&flips[k * g / n], (unsigned long long)f);
     }
 }
 
-// sign and onebit: thread mapping, one thread per weight (of every layer); row = i / in.
-__global__ static void quantize_binary_kernel(float *wq, uint8_t *codes, const float *w, const float *p0, const float *p1,
-                                              int64_t n, int out, int in, int method, int *bad) {
+// sign and onebit: thread mapping, one thread per weight (of every layer, n = out * in each);
+// row = i / in.
+template <typename W>
+__global__ static void quantize_binary_kernel(W *wq, uint8_t *codes, unsigned long long *flips, int count, const float *w,
+                                              const float *p0, const float *p1, int64_t n_all, int out, int in, int method,
+                                              int *bad) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
+    if (i >= n_all) return;
     if (!isfinite(w[i])) *bad = 1;
     int c = sign_code(w[i]);
     int64_t row = i / in;                       // over all layers: p0 holds `out` floats per layer
     int64_t col = (i / ((int64_t)out * in)) * in + i % in;  // onebit's g: `in` floats per layer
-    codes[i] = (uint8_t)c;
-    wq[i] = method == QUANT_SIGN ? sign_value(c, p0[row], p1[row]) : onebit_value(c, p0[row], p1[col]);
+    if (write_code(&codes[i], c, count)) atomicAdd(&flips[i / ((int64_t)out * in)], 1ull);
+    store_w(&wq[i], method == QUANT_SIGN ? sign_value(c, p0[row], p1[row]) : onebit_value(c, p0[row], p1[col]));
 }
 
 // ternary: gamma = mean |W| per layer (sums in double), then one thread per weight.
@@ -1282,62 +1308,56 @@ __global__ static void absmean_sum_kernel(double *sums, const float *w, int64_t 
     s = block_sum_d(s);
     if (threadIdx.x == 0) atomicAdd(&sums[blockIdx.y], s);
 }
-__global__ static void ternary_kernel(float *wq, uint8_t *codes, float *gammas, const float *w, const double *sums,
-                                      int64_t n, int L) {
+template <typename W>
+__global__ static void ternary_kernel(W *wq, uint8_t *codes, unsigned long long *flips, int count, float *gammas,
+                                      const float *w, const double *sums, int64_t n, int L) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n * L) return;
     int l = (int)(i / n);
     float gamma = (float)(sums[l] / (double)n), div = gamma + 1e-5f;
     int c = (int)clampf(round_even(w[i] / div), -1.0f, 1.0f) + 1;
-    codes[i] = (uint8_t)c;
-    wq[i] = ternary_value(c, gamma);
+    if (write_code(&codes[i], c, count)) atomicAdd(&flips[l], 1ull);
+    store_w(&wq[i], ternary_value(c, gamma));
     if (i % n == 0) gammas[l] = gamma;
 }
 
-// Codes that changed since the previous quantization, per layer.
-// Thread mapping: blockIdx.y is the layer; threads stride over its codes.
-__global__ static void count_flips_kernel(unsigned long long *flips, const uint8_t *before, const uint8_t *after, int64_t n) {
-    const uint8_t *b = before + (int64_t)blockIdx.y * n, *a = after + (int64_t)blockIdx.y * n;
-    unsigned long long f = 0;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) f += b[i] != a[i];
-    f = (unsigned long long)block_sum_d((double)f);
-    if (threadIdx.x == 0) atomicAdd(&flips[blockIdx.y], f);
+// One tensor of every layer: W^ into wq (fp32 or bf16), codes, flips[L].
+template <typename W>
+static void quantize_tensor(Model *m, int t, W *wq, uint8_t *codes, unsigned long long *flips) {
+    const QuantSpec q = m->quant;
+    int L = m->h->n_layers, out = m->h->rows[t], in = m->h->cols[t], count = m->codes_valid;
+    int64_t n = m->slice[t];
+    if (q.method == QUANT_INT || q.method == QUANT_NF3 || q.method == QUANT_NF4) {
+        int g = quant_group_len(q, in);
+        int64_t groups = n * L / g;
+        quantize_group_kernel<<<blocks_for(groups, 8), 256>>>(wq, codes, flips, count, m->qp0[t], m->qp1[t], m->params_t[t],
+                                                              groups, g, n, q.method, q.bits, m->d_bad);
+    } else if (q.method == QUANT_SIGN || q.method == QUANT_ONEBIT) {
+        quantize_binary_kernel<<<blocks_for(n * L, 256), 256>>>(wq, codes, flips, count, m->params_t[t], m->qp0[t], m->qp1[t],
+                                                              n * L, out, in, q.method, m->d_bad);
+    } else if (q.method == QUANT_TERNARY) {
+        cudaCheck(cudaMemsetAsync(m->d_sum, 0, (size_t)L * sizeof(double)));
+        if (L > 64) fail("ternary on the GPU: at most 64 layers");
+        dim3 grid(blocks_for(n, 256) < 256 ? blocks_for(n, 256) : 256, L);
+        absmean_sum_kernel<<<grid, 256>>>(m->d_sum, m->params_t[t], n, m->d_bad);
+        launchCheck();
+        ternary_kernel<<<blocks_for(n * L, 256), 256>>>(wq, codes, flips, count, m->qp0[t], m->params_t[t], m->d_sum, n, L);
+    }
+    launchCheck();
 }
 
 static void model_quantize(Model *m) {
     PROFILE(PROF_QUANT);
-    uint8_t *tmp = m->codes_prev; m->codes_prev = m->codes; m->codes = tmp;
-    const QuantSpec q = m->quant;
     int L = m->h->n_layers;
     cudaCheck(cudaMemsetAsync(m->d_bad, 0, sizeof(int)));
     cudaCheck(cudaMemsetAsync(m->d_flips, 0, N_TENSORS * L * sizeof(unsigned long long)));
+    if (g_bf16 && !m->wbf) model_bf16_setup(m);
     for (int t = 0; t < N_TENSORS; t++) {
         if (!m->h->is_linear[t]) continue;
-        int out = m->h->rows[t], in = m->h->cols[t];
-        int64_t n = m->slice[t], base = m->fwd_t[t] - m->wq;
-        uint8_t *codes = m->codes + base;
-        if (q.method == QUANT_INT || q.method == QUANT_NF3 || q.method == QUANT_NF4) {
-            int g = quant_group_len(q, in);
-            int64_t groups = n * L / g;
-            quantize_group_kernel<<<blocks_for(groups, 8), 256>>>(m->fwd_t[t], codes, m->qp0[t], m->qp1[t], m->params_t[t],
-                                                                  groups, g, q.method, q.bits, m->d_bad);
-        } else if (q.method == QUANT_SIGN || q.method == QUANT_ONEBIT) {
-            quantize_binary_kernel<<<blocks_for(n * L, 256), 256>>>(m->fwd_t[t], codes, m->params_t[t], m->qp0[t], m->qp1[t],
-                                                                  n * L, out, in, q.method, m->d_bad);
-        } else if (q.method == QUANT_TERNARY) {
-            cudaCheck(cudaMemsetAsync(m->d_sum, 0, (size_t)L * sizeof(double)));
-            if (L > 64) fail("ternary on the GPU: at most 64 layers");
-            dim3 grid(blocks_for(n, 256) < 256 ? blocks_for(n, 256) : 256, L);
-            absmean_sum_kernel<<<grid, 256>>>(m->d_sum, m->params_t[t], n, m->d_bad);
-            launchCheck();
-            ternary_kernel<<<blocks_for(n * L, 256), 256>>>(m->fwd_t[t], codes, m->qp0[t], m->params_t[t], m->d_sum, n, L);
-        }
-        launchCheck();
-        if (m->codes_valid) {
-            dim3 grid(blocks_for(n, 256) < 256 ? blocks_for(n, 256) : 256, L);
-            count_flips_kernel<<<grid, 256>>>(m->d_flips + (int64_t)t * L, m->codes_prev + base, codes, n);
-            launchCheck();
-        }
+        uint8_t *codes = m->codes + m->qoff[t];
+        unsigned long long *flips = m->d_flips + (int64_t)t * L;
+        if (g_bf16) quantize_tensor(m, t, m->wbf_t[t], codes, flips);
+        else quantize_tensor(m, t, m->wq + m->qoff[t], codes, flips);
     }
     int bad = 0;
     cudaCheck(cudaMemcpy(&bad, m->d_bad, sizeof(int), cudaMemcpyDeviceToHost));
@@ -1359,11 +1379,6 @@ static void model_quantize(Model *m) {
     m->quant_stale = 0;
 }
 
-// STE: dw += dwq. Thread mapping: one thread per weight.
-__global__ static void ste_backward_kernel(float *dw, const float *dwq, int64_t n) {
-    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) dw[i] += dwq[i];
-}
 // sign: dalpha[r] += sum_j dwq sign(w), dbeta[r] += sum_j dwq, dw += dwq alpha 1{|w| <= 1}.
 // onebit's row part: dh[r] += sum_j dwq sign(w) g[j], dw += dwq h g 1{|w| <= 1}.
 // Thread mapping: one block per row (of every layer); threads stride over its `in` weights.
@@ -1409,10 +1424,10 @@ __global__ static void onebit_backward_cols_kernel(float *dg, const float *dwq, 
 static void model_quant_backward(Model *m) {
     PROFILE(PROF_QUANT);
     int L = m->h->n_layers, method = m->quant.method;
+    if (!m->dwq) return;  // straight through: the matmuls' backward already added dL/dW^ to dL/dW
     for (int t = 0; t < N_TENSORS; t++) {
         if (!m->h->is_linear[t]) continue;
         int out = m->h->rows[t], in = m->h->cols[t];
-        int64_t n = m->slice[t] * L;
         if (method == QUANT_SIGN || method == QUANT_ONEBIT) {
             float *dp0 = m->grads + (m->qp0[t] - m->params), *dp1 = m->grads + (m->qp1[t] - m->params);
             binary_backward_rows_kernel<<<out * L, 256>>>(m->grads_t[t], dp0, dp1, m->dfwd_t[t], m->params_t[t],
@@ -1423,9 +1438,6 @@ static void model_quant_backward(Model *m) {
                                                                                       m->qp0[t], out, in, L);
                 launchCheck();
             }
-        } else {
-            ste_backward_kernel<<<blocks_for(n, 256), 256>>>(m->grads_t[t], m->dfwd_t[t], n);
-            launchCheck();
         }
     }
     cudaCheck(cudaMemsetAsync(m->dwq, 0, (size_t)m->n_codes * sizeof(float)));
@@ -1448,39 +1460,56 @@ __device__ static double block_logsumexp_tempered(const float *z, int n, double 
     return m + log(block_sum_d(s));
 }
 
-// (1 - gamma) KL(P_T^tau || P_S^tau) + gamma KL(P_S^tau || P_T^tau): dzs = scale dL/dzs (kl_mix_tempered).
-__device__ static double block_kl_mix(float *dzs, const float *zs, const float *zt, int V, float gamma, float tau, float scale) {
-    double inv_tau = 1.0 / tau, g = gamma;
-    double lse_s = block_logsumexp_tempered(zs, V, inv_tau), lse_t = block_logsumexp_tempered(zt, V, inv_tau);
-    double fkl = 0.0, rkl = 0.0;
-    for (int v = threadIdx.x; v < V; v += blockDim.x) {
-        double ls = (double)zs[v] * inv_tau - lse_s, lt = (double)zt[v] * inv_tau - lse_t;
-        double ps = exp(ls), pt = exp(lt);
-        fkl += pt * (lt - ls);
-        rkl += ps * (ls - lt);
+// One position's loss and dz = dL/dzs, the sums of loss.h's kl_mix_tempered and ce_add:
+//   KL part (every loss but ce): (1 - g) KL(P_T^tau || P_S^tau) + g KL(P_S^tau || P_T^tau),
+//     dz_v += s_kl/tau ((1 - g)(ps_v - pt_v) + g ps_v (log ps_v - log pt_v - KL(P_S || P_T))),
+//     g = 0 for fkl, 1 for rkl, gamma for cakld and cakld_ce; tau and s_kl = scale tau^2 for
+//     cakld_ce, else 1 and scale;
+//   CE part (ce, cakld_ce): -log P_S(label),  dz_v += scale (ps_v - 1{v = label}).
+// dz may be zs itself (head_loss overwrites a chunk's logits with their gradient): every read of
+// zs and zt is in the reductions before the last __syncthreads, and the one writing pass reads
+// zs[v] and zt[v] in the thread that then writes dz[v].
+__device__ static double block_distill(float *dz, const float *zs, const float *zt, int label, int V, DistillLoss loss,
+                                       float scale) {
+    int kind = loss.kind, kl = kind != LOSS_CE, ce = kind == LOSS_CE || kind == LOSS_CAKLD_CE;
+    float tau_f = kind == LOSS_CAKLD_CE ? loss.temperature : 1.0f;
+    float s_kl = kind == LOSS_CAKLD_CE ? scale * tau_f * tau_f : scale;
+    double g = kind == LOSS_FKL ? 0.0 : kind == LOSS_RKL ? 1.0 : (double)loss.gamma, inv_tau = 1.0 / tau_f;
+    double lse_s = 0.0, lse_t = 0.0, fkl = 0.0, rkl = 0.0, lse_1 = 0.0, z_label = 0.0;
+    if (kl) {
+        lse_s = block_logsumexp_tempered(zs, V, inv_tau);
+        lse_t = block_logsumexp_tempered(zt, V, inv_tau);
+        for (int v = threadIdx.x; v < V; v += blockDim.x) {
+            double ls = (double)zs[v] * inv_tau - lse_s, lt = (double)zt[v] * inv_tau - lse_t;
+            fkl += exp(lt) * (lt - ls);
+            rkl += exp(ls) * (ls - lt);
+        }
+        fkl = block_sum_d(fkl);
+        rkl = block_sum_d(rkl);
     }
-    fkl = block_sum_d(fkl);
-    rkl = block_sum_d(rkl);
-    for (int v = threadIdx.x; v < V; v += blockDim.x) {
-        double ls = (double)zs[v] * inv_tau - lse_s, lt = (double)zt[v] * inv_tau - lse_t;
-        double ps = exp(ls), pt = exp(lt);
-        double d = (1.0 - g) * (ps - pt) + g * ps * ((ls - lt) - rkl);
-        dzs[v] = (float)(scale * d * inv_tau);
+    if (ce) {
+        z_label = zs[label];
+        lse_1 = block_logsumexp_tempered(zs, V, 1.0);
     }
-    return (1.0 - g) * fkl + g * rkl;
+    __syncthreads();
+    for (int v = threadIdx.x; v < V; v += blockDim.x) {
+        float d = 0.0f;
+        if (kl) {
+            double ls = (double)zs[v] * inv_tau - lse_s, lt = (double)zt[v] * inv_tau - lse_t;
+            double ps = exp(ls), pt = exp(lt);
+            d = (float)(s_kl * ((1.0 - g) * (ps - pt) + g * ps * ((ls - lt) - rkl)) * inv_tau);
+        }
+        if (ce) d = d + scale * (float)exp((double)zs[v] - lse_1) - (v == label ? scale : 0.0f);
+        dz[v] = d;
+    }
+    double l = kl ? (1.0 - g) * fkl + g * rkl : 0.0;
+    if (kind == LOSS_CAKLD_CE) l *= (double)tau_f * tau_f;
+    return ce ? l + (lse_1 - z_label) : l;
 }
 
-// dzs (+)= scale (P_S - onehot(label)); returns -log P_S(label) (ce_add; ce_loss zeroes first).
-__device__ static double block_ce(float *dzs, const float *zs, int label, int V, float scale, int add) {
-    double lse = block_logsumexp_tempered(zs, V, 1.0);
-    __syncthreads();  // block_kl_mix's writes to dzs are done
-    for (int v = threadIdx.x; v < V; v += blockDim.x)
-        dzs[v] = (add ? dzs[v] : 0.0f) + scale * (float)exp((double)zs[v] - lse) - (v == label ? scale : 0.0f);
-    return lse - zs[label];
-}
-
-// Thread mapping: one block per position n; rows[n] gets its loss, dlogits its gradient
+// Thread mapping: one block per position n of a chunk; rows[n] gets its loss, dlogits its gradient
 // (times `scale` = 1/B, then times `accum`, as train.c's distill_step scales after the loss).
+// dlogits may be logits (in place).
 __global__ static void distill_loss_kernel(double *rows, float *dlogits, const float *logits, const float *teacher,
                                            const int *labels, int V, DistillLoss loss, float scale, float accum) {
     int n = blockIdx.x;
@@ -1490,26 +1519,12 @@ __global__ static void distill_loss_kernel(double *rows, float *dlogits, const f
     double l = 0.0;
     if (label < 0) {
         for (int v = threadIdx.x; v < V; v += blockDim.x) dz[v] = 0.0f;
-    } else if (label >= V) {
+    } else if (label >= V || loss.kind > LOSS_CAKLD_CE || (loss.kind != LOSS_CE && !zt)) {
         l = NAN;
     } else {
-        switch (loss.kind) {
-        case LOSS_CE: l = block_ce(dz, zs, label, V, scale, 0); break;
-        case LOSS_FKL: l = block_kl_mix(dz, zs, zt, V, 0.0f, 1.0f, scale); break;
-        case LOSS_RKL: l = block_kl_mix(dz, zs, zt, V, 1.0f, 1.0f, scale); break;
-        case LOSS_CAKLD: l = block_kl_mix(dz, zs, zt, V, loss.gamma, 1.0f, scale); break;
-        case LOSS_CAKLD_CE: {
-            float tau = loss.temperature;
-            double kl = block_kl_mix(dz, zs, zt, V, loss.gamma, tau, scale * tau * tau);
-            l = (double)tau * tau * kl + block_ce(dz, zs, label, V, scale, 1);
-            break;
-        }
-        default: l = NAN; break;
-        }
-        if (accum != 1.0f) {
-            __syncthreads();
+        l = block_distill(dz, zs, zt, label, V, loss, scale);
+        if (accum != 1.0f)  // each thread rescales the elements it wrote
             for (int v = threadIdx.x; v < V; v += blockDim.x) dz[v] *= accum;
-        }
     }
     if (threadIdx.x == 0) rows[n] = l;
 }
@@ -1532,50 +1547,105 @@ __global__ static void wasserstein_loss_kernel(double *rows, float *dlogits, flo
 
 typedef struct {
     DistillLoss loss;
-    float *scratch;  // device [B*T, max(V, Vt)] (Wasserstein only)
+    float *scratch;  // device [R, max(V, Vt)] for a chunk of R rows (Wasserstein only)
     double *host_rows;
 } Distiller;
 
 static void distiller_init(Distiller *d, DistillLoss loss, int V, int Vt, int N) {
     d->loss = loss;
     size_t row = distill_loss_scratch_floats(loss.kind, V, Vt);
-    d->scratch = row ? (float *)gpu_malloc(row * N * sizeof(float), "loss scratch") : NULL;
+    int R = head_chunk_rows(N, V > Vt ? V : Vt);
+    d->scratch = row ? (float *)gpu_malloc(row * R * sizeof(float), "loss chunks") : NULL;
     d->host_rows = (double *)malloc((size_t)N * sizeof(double));
     if (!d->host_rows) fail("out of host memory");
 }
 
-// train.c's distill_loss_batch: sum over a sequence's unmasked positions, mean over sequences.
-static double distill_loss_batch(Model *student, const float *teacher_logits, const Distiller *d, const int *targets,
-                                 int B, int T, int Vt, float accum) {
-    PROFILE(PROF_LOSS);
-    int N = B * T, V = student->h->vocab_size;
-    if (d->loss.kind == LOSS_WASSERSTEIN)
-        wasserstein_loss_kernel<<<blocks_for(N, 64), 64>>>(student->rows, student->act[A_DLOGITS], d->scratch, student->logits,
-                                                           teacher_logits, student->targets, N, V, Vt, 1.0f / B, accum);
-    else
-        distill_loss_kernel<<<N, 256>>>(student->rows, student->act[A_DLOGITS], student->logits, teacher_logits,
-                                        student->targets, V, d->loss, 1.0f / B, accum);
-    launchCheck();
-    cudaCheck(cudaMemcpy(d->host_rows, student->rows, (size_t)N * sizeof(double), cudaMemcpyDeviceToHost));
-    double sum = 0.0;
-    for (int n = 0; n < N; n++) if (targets[n] >= 0) sum += d->host_rows[n];
-    return sum / B;
+// --- the classifier fused with the loss, in chunks of rows ----------------------------------
+// For rows n0 .. n0+R-1 of the batch (R = head_chunk_rows):
+//   zs[R,V] = xnf_S W_S^T,  zt[R,Vt] = xnf_T W_T^T  (the teacher's, when the loss reads it),
+//   the loss kernel replaces zs by dz = dL/dzs in place (Wasserstein, which sorts, writes a
+//   separate dz), then  dW_head += dz^T xnf_S  and  dxnf_S[n0..] = dz W_S  at once.
+// So the B*T*V logits of neither model are ever stored: the chunk buffers hold R*V floats each,
+// and the losses and gradients are those of the whole batch (every row's loss depends on its
+// own logits only). rows[n] gets position n's loss; the caller reduces them on the host.
+static float *g_chunk_zs, *g_chunk_zt, *g_chunk_dz;
+static int64_t g_chunk_zs_n, g_chunk_zt_n, g_chunk_dz_n;
+
+static float *chunk_buffer(float **buf, int64_t *cap, int64_t n) {
+    if (n > *cap) {
+        gpu_free(*buf);
+        *buf = (float *)gpu_malloc((size_t)n * sizeof(float), "loss chunks");
+        *cap = n;
+    }
+    return *buf;
 }
 
-// One micro-batch: teacher forward, student forward, loss into dL/dlogits (times scale), backward.
+// backward 0: the losses alone (evaluation); 1: also dL/dxnf into act[A_DXN] and dW_head.
+// The student's last forward (model_forward_hidden, with targets) and the teacher's (t: NULL
+// when the loss reads no teacher) are of the same B x T inputs.
+static void head_loss(Model *s, Model *t, DistillLoss loss, float *wscratch, float scale, float accum, int backward) {
+    const HostModel *c = s->h;
+    int N = s->B * s->T, D = c->dim, V = c->vocab_size, Dt = t ? t->h->dim : 0, Vt = t ? t->h->vocab_size : V;
+    int R = head_chunk_rows(N, V > Vt ? V : Vt), head = lm_head_tensor(s);
+    float *zs = chunk_buffer(&g_chunk_zs, &g_chunk_zs_n, (int64_t)R * V);
+    float *zt = t ? chunk_buffer(&g_chunk_zt, &g_chunk_zt_n, (int64_t)R * Vt) : NULL;
+    float *dz = loss.kind == LOSS_WASSERSTEIN ? chunk_buffer(&g_chunk_dz, &g_chunk_dz_n, (int64_t)R * V) : zs;
+    if (t && (t->B != s->B || t->T != s->T)) fail("internal: teacher and student forwards of different shapes");
+    if (backward) zero_act(s, A_DXN, (int64_t)N * D);
+    for (int n0 = 0; n0 < N; n0 += R) {
+        int nc = N - n0 < R ? N - n0 : R;
+        const float *xs = s->act[A_XNF] + (int64_t)n0 * D;
+        matmul_forward(zs, xs, weight(s, head, 0), nc, D, V);
+        if (t) matmul_forward(zt, t->act[A_XNF] + (int64_t)n0 * Dt, weight(t, lm_head_tensor(t), 0), nc, Dt, Vt);
+        {
+            PROFILE(PROF_LOSS);
+            if (loss.kind == LOSS_WASSERSTEIN)
+                wasserstein_loss_kernel<<<blocks_for(nc, 64), 64>>>(s->rows + n0, dz, wscratch, zs, zt, s->targets + n0, nc, V,
+                                                                   Vt, scale, accum);
+            else
+                distill_loss_kernel<<<nc, 256>>>(s->rows + n0, dz, zs, zt, s->targets + n0, V, loss, scale, accum);
+            launchCheck();
+        }
+        if (backward) matmul_backward(s->act[A_DXN] + (int64_t)n0 * D, s->dfwd_t[head], dz, xs, weight(s, head, 0), nc, D, V);
+    }
+}
+
+// The positions' losses back on the host: their sum over rows with a target, and the count.
+static double rows_sum(const Model *m, const int *targets, int N, double *host_rows, int *count) {
+    cudaCheck(cudaMemcpy(host_rows, m->rows, (size_t)N * sizeof(double), cudaMemcpyDeviceToHost));
+    double sum = 0.0;
+    *count = 0;
+    for (int n = 0; n < N; n++) if (targets[n] >= 0) { sum += host_rows[n]; (*count)++; }
+    return sum;
+}
+
+// Pretraining's loss: the mean CE over the rows with a target, its gradient times loss_scale
+// (train.c's crossentropy_forward and _backward), for the last forward. Returns the mean CE.
+static float head_ce_backward(Model *m, const int *targets, float loss_scale) {
+    int N = m->B * m->T, count = 0;
+    for (int n = 0; n < N; n++) count += targets[n] >= 0;
+    DistillLoss ce = {LOSS_CE, 0.0f, 1.0f};
+    head_loss(m, NULL, ce, NULL, count ? loss_scale / count : 0.0f, 1.0f, 1);
+    double *h = (double *)malloc((size_t)N * sizeof(double));
+    if (!h) fail("out of host memory");
+    double sum = rows_sum(m, targets, N, h, &count);
+    free(h);
+    m->loss = count ? (float)(sum / count) : 0.0f;
+    return m->loss;
+}
+
+// One micro-batch (train.c's distill_step): teacher forward, student forward, the fused
+// classifier and loss (train.c's distill_loss_batch: sum over a sequence's unmasked positions,
+// mean over sequences; gradient times 1/B, then times scale), backward.
 static double distill_step(Model *student, Model *teacher, const Distiller *d, const int *inputs,
                            const int *targets, int B, int T, float scale) {
-    const float *zt = NULL;
-    int Vt = student->h->vocab_size;
-    if (d->loss.kind != LOSS_CE) {
-        model_forward(teacher, inputs, NULL, B, T);
-        zt = teacher->logits;
-        Vt = teacher->h->vocab_size;
-    }
-    model_forward(student, inputs, NULL, B, T);
-    cudaCheck(cudaMemcpy(student->targets, targets, (size_t)B * T * sizeof(int), cudaMemcpyHostToDevice));
-    double loss = distill_loss_batch(student, zt, d, targets, B, T, Vt, scale);
-    model_backward_from_dlogits(student);
+    int kd = d->loss.kind != LOSS_CE;
+    if (kd) model_forward_hidden(teacher, inputs, NULL, B, T);
+    model_forward_hidden(student, inputs, targets, B, T);
+    head_loss(student, kd ? teacher : NULL, d->loss, d->scratch, 1.0f / B, scale, 1);
+    int count;
+    double loss = rows_sum(student, targets, B * T, d->host_rows, &count) / B;
+    model_backward_from_dxnf(student);
     return loss;
 }
 
@@ -1592,10 +1662,16 @@ __global__ static void gamma_rows_kernel(double *rows, const float *teacher, int
     if (threadIdx.x == 0) rows[blockIdx.x] = 1.0 / e;
 }
 
+// The teacher's confidence over the positions of its last forward, its classifier in chunks.
 static void gamma_accumulate(double *sum, long long *count, Model *teacher, const int *labels, int B, int T, int include_pad) {
-    int N = B * T;
-    gamma_rows_kernel<<<N, 256>>>(teacher->rows, teacher->logits, teacher->h->vocab_size);
-    launchCheck();
+    int N = B * T, D = teacher->h->dim, Vt = teacher->h->vocab_size, R = head_chunk_rows(N, Vt);
+    float *zt = chunk_buffer(&g_chunk_zt, &g_chunk_zt_n, (int64_t)R * Vt);
+    for (int n0 = 0; n0 < N; n0 += R) {
+        int nc = N - n0 < R ? N - n0 : R;
+        matmul_forward(zt, teacher->act[A_XNF] + (int64_t)n0 * D, weight(teacher, lm_head_tensor(teacher), 0), nc, D, Vt);
+        gamma_rows_kernel<<<nc, 256>>>(teacher->rows + n0, zt, Vt);
+        launchCheck();
+    }
     double *h = (double *)malloc((size_t)N * sizeof(double));
     if (!h) fail("out of host memory");
     cudaCheck(cudaMemcpy(h, teacher->rows, (size_t)N * sizeof(double), cudaMemcpyDeviceToHost));
@@ -1705,6 +1781,7 @@ static PplResult eval_ppl(Model *m, const int *ids, int64_t n_ids, int T, int B,
     double *rows = (double *)malloc((size_t)B * T * sizeof(double));
     if (!inputs || !targets || !rows) fail("out of host memory");
     double sum = 0.0, t0 = now_seconds();
+    DistillLoss ce = {LOSS_CE, 0.0f, 1.0f};
     for (int64_t w0 = 0; w0 < windows; w0 += B) {
         int nb = windows - w0 < B ? (int)(windows - w0) : B;
         for (int b = 0; b < nb; b++) {
@@ -1714,10 +1791,8 @@ static PplResult eval_ppl(Model *m, const int *ids, int64_t n_ids, int T, int B,
                 targets[b * T + t] = t + 1 < T ? win[t + 1] : -1;
             }
         }
-        model_forward(m, inputs, NULL, nb, T);
-        cudaCheck(cudaMemcpy(m->targets, targets, (size_t)nb * T * sizeof(int), cudaMemcpyHostToDevice));
-        crossentropy_forward_kernel<<<nb * T, 256>>>(m->rows, m->logits, m->targets, nb * T, m->h->vocab_size);
-        launchCheck();
+        model_forward_hidden(m, inputs, targets, nb, T);
+        head_loss(m, NULL, ce, NULL, 0.0f, 1.0f, 0);  // the classifier and CE in chunks, no [B,T,V] logits
         cudaCheck(cudaMemcpy(rows, m->rows, (size_t)nb * T * sizeof(double), cudaMemcpyDeviceToHost));
         for (int b = 0; b < nb; b++) {  // each window's own mean, as a float (train.c's crossentropy_forward)
             double s = 0.0;
@@ -1754,7 +1829,7 @@ static double measure_gamma(Model *teacher, HostTrainState st, int B, int T, int
     long long count = 0;
     for (int i = 0; i < n_batches; i++) {
         host_sample_batch(inputs, targets, &rng, B, T);
-        model_forward(teacher, inputs, NULL, B, T);
+        model_forward_hidden(teacher, inputs, NULL, B, T);
         gamma_accumulate(&sum, &count, teacher, targets, B, T, include_pad);
     }
     free(inputs); free(targets);
@@ -1793,8 +1868,8 @@ static TrainResult train_loop(Model *m, Model *teacher, Distiller *d, const Host
             if (d) {
                 loss += distill_step(m, teacher, d, inputs, targets, B, T, 1.0f / accum) / accum;
             } else {
-                loss += model_forward(m, inputs, targets, B, T) / accum;
-                model_backward_scaled(m, targets, 1.0f / accum);
+                model_forward_hidden(m, inputs, targets, B, T);
+                loss += model_backward_scaled(m, targets, 1.0f / accum) / accum;
             }
         }
         if (!isfinite(loss))
@@ -1873,13 +1948,23 @@ static void parse_gpu_flags(int *argc, char **argv) {
             else fail("--attention: expected gemm or fused, got '%s'", v);
             continue;
         }
+        if (!strcmp(argv[i], "--loss-chunk")) {
+            if (i + 1 >= *argc) fail("--loss-chunk: missing value (rows, or 0 for automatic)");
+            char *end;
+            long v = strtol(argv[++i], &end, 10);
+            if (*end || end == argv[i] || v < 0 || v > (1L << 30)) fail("--loss-chunk: expected rows >= 0, got '%s'", argv[i]);
+            g_loss_chunk = (int)v;
+            continue;
+        }
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help"))
             printf("train_cu: the GPU build of ./train. It takes ./train's flags below (not yet: --data, --generate-data,\n"
                    "--generate, --clip, --eval-qa, --export-packed, --histogram, --bench) and two of its own:\n"
                    "  --matmul fp32|tf32|bf16  matmul precision: tf32 tensor cores, plain fp32, or bf16 operands\n"
                    "                        with fp32 accumulation (fp32 master weights; a bf16 teacher) [bf16]\n"
                    "  --attention gemm|fused  attention through cuBLAS with [T,T] scores per head (fast),\n"
-                   "                        or the fused kernel (no [T,T] memory) [gemm]\n\n");
+                   "                        or the fused kernel (no [T,T] memory) [gemm]\n"
+                   "  --loss-chunk ROWS     rows of logits the classifier and loss take at a time (their\n"
+                   "                        [B,T,V] logits are never stored); 0: 128 MiB of fp32 a chunk [0]\n\n");
         argv[o++] = argv[i];
     }
     *argc = o;

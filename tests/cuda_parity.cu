@@ -133,8 +133,11 @@ static void test_quantizer(int q, int bits, int group) {
     host_model_free(&h);
 }
 
-// distill_step with every loss: student int 2-bit, teacher its full-precision self.
-static void test_distill(int loss_kind) {
+// distill_step with every loss: student int 2-bit, teacher its full-precision self. chunk: the
+// rows of a loss chunk (head_loss); the whole batch in one chunk leaves every row's dL/dlogits in
+// the chunk buffer, where the test reads it; fewer rows (uneven chunks) must give the same loss
+// and gradients.
+static void test_distill(int loss_kind, int chunk) {
     HostModel hs, ht;
     host_model_init(&hs, "tiny", 0, 0, 5, QUANT_INT, 2, 32);
     host_model_init(&ht, "tiny", 0, 0, 5, QUANT_NONE, 0, 0);
@@ -153,27 +156,32 @@ static void test_distill(int loss_kind) {
     int *inputs = (int *)malloc(N * sizeof(int)), *targets = (int *)malloc(N * sizeof(int));
     random_tokens(inputs, targets, N, V, 1);
     float gamma = 0.3f, tau = 2.0f;
+    g_loss_chunk = chunk ? chunk : N;
+    char name[64];
+    snprintf(name, sizeof name, "%s%s", LOSS_NAMES[loss_kind], chunk ? ", loss chunks of 7 rows" : "");
     double lc = host_cpu_distill_step(&hs, &ht, loss_kind, gamma, tau, inputs, targets, B, T);
     Distiller d;
     DistillLoss dl = {(LossKind)loss_kind, gamma, tau};
     distiller_init(&d, dl, V, V, N);
     model_zero_grad(&gs);
     double lg = distill_step(&gs, &gt, &d, inputs, targets, B, T, 1.0f);
-    snprintf(what, sizeof what, "distill %s: loss (cpu %.6f, gpu %.6f), relative", LOSS_NAMES[loss_kind], lc, lg);
+    snprintf(what, sizeof what, "distill %s: loss (cpu %.6f, gpu %.6f), relative", name, lc, lg);
     check(what, fabs(lc - lg) / fabs(lc), g_tol.dloss);
-    float *dz = download(gs.act[A_DLOGITS], (int64_t)N * V);
+    float *dz = download(loss_kind == LOSS_WASSERSTEIN ? g_chunk_dz : g_chunk_zs, (int64_t)(chunk ? chunk : N) * V);
     if (g_bf16 && loss_kind == LOSS_WASSERSTEIN) {
         // its gradient pairs the i-th largest student probability with the teacher's i-th largest:
         // on a random model the V probabilities are near-ties, whose order bf16 rounding permutes
         // (measured: dL/dlogits off by 1.1 of its largest), so under bf16 only its loss is compared
         printf("  (bf16: wasserstein's dL/dlogits and gradients not compared: rank order of near-tied probabilities)\n");
     } else {
-        snprintf(what, sizeof what, "distill %s: dL/dlogits", LOSS_NAMES[loss_kind]);
-        check(what, rel_err(dz, host_cpu_dlogits(&hs), (int64_t)N * V), g_tol.dlogits);
-        snprintf(what, sizeof what, "distill %s", LOSS_NAMES[loss_kind]);
+        if (!chunk) {
+            snprintf(what, sizeof what, "distill %s: dL/dlogits", name);
+            check(what, rel_err(dz, host_cpu_dlogits(&hs), (int64_t)N * V), g_tol.dlogits);
+        }
+        snprintf(what, sizeof what, "distill %s", name);
         compare_grads(what, &hs, &gs, g_tol.grads);
     }
-    if (loss_kind == LOSS_CAKLD) {  // gamma of the teacher's logits of this batch
+    if (loss_kind == LOSS_CAKLD) {  // gamma of the teacher's logits of this batch (its classifier in chunks too)
         host_cpu_forward(&ht, inputs, NULL, B, T);
         double gc = host_cpu_gamma(&ht, targets, B, T), sum = 0;
         long long count = 0;
@@ -183,6 +191,7 @@ static void test_distill(int loss_kind) {
         check(what, fabs(gc - sum / count), g_tol.gamma);
     }
     free(dz); free(inputs); free(targets); free(d.host_rows); gpu_free(d.scratch);
+    g_loss_chunk = 0;
     model_free(&gs); model_free(&gt);
     host_model_free(&hs); host_model_free(&ht);
 }
@@ -259,7 +268,11 @@ int main(void) {
     test_forward_backward("sign", "tiny", 0, 0, QUANT_SIGN, 1, 0, 2, 64);
     test_forward_backward("onebit", "tiny", 0, 0, QUANT_ONEBIT, 1, 0, 2, 64);
     printf("\ndistillation losses (loss.h), student int2 g32, teacher its fp32 self\n");
-    for (int k = 0; k < N_LOSSES; k++) test_distill(k);
+    for (int k = 0; k < N_LOSSES; k++) test_distill(k, 0);
+    for (int k = 0; k < N_LOSSES; k++) test_distill(k, 7);
+    g_loss_chunk = 5;  // pretraining's CE through the chunked classifier, 77 x 3 rows in uneven chunks
+    test_forward_backward("tiny untied, loss chunks of 5 rows", "tiny", 0, 1, QUANT_NONE, 16, 0, 3, 77);
+    g_loss_chunk = 0;
     printf("\noptimizer\n");
     test_adamw();
     printf("\nTF32 matmuls against fp32 (the default --matmul tf32)\n");
@@ -301,7 +314,8 @@ int main(void) {
     g_attention_gemm = 0;
     test_forward_backward("bf16 int2, fused", "tiny", 0, 0, QUANT_INT, 2, 32, 2, 64);
     g_attention_gemm = 1;
-    for (int k = 0; k < N_LOSSES; k++) test_distill(k);
+    for (int k = 0; k < N_LOSSES; k++) test_distill(k, 0);
+    for (int k = 0; k < N_LOSSES; k++) test_distill(k, 7);
     g_bf16 = 0;
     printf("\n%d passed, %d failed\n", g_pass, g_fail);
     return g_fail ? 1 : 0;
