@@ -342,6 +342,13 @@ static void model_upload(Model *m, int with_adam) {
 
 static void bf16_scratch_reserve(int64_t nx, int64_t nd);
 
+// Activation recomputation: the normed inputs of the two blocks and the SwiGLU product are not
+// kept per layer for the backward (2D + F of the 6D + 2 Hkv + 3F floats a layer keeps a position,
+// a third for TinyLlama) but remade there from what is kept (x, rstd and the gain; gate and up),
+// by the same deterministic kernels, so the gradients are unchanged: a few elementwise passes a
+// layer, no matmul.
+static int act_recomputed(int a) { return a == A_XN1 || a == A_XN2 || a == A_HMID; }
+
 // Rows of a loss chunk (section 6): --loss-chunk ROWS, or as many as keep one chunk's logits
 // within HEAD_CHUNK_FLOATS (128 MiB of fp32).
 #define HEAD_CHUNK_FLOATS ((int64_t)1 << 25)
@@ -373,7 +380,7 @@ static void model_alloc_acts(Model *m, int B, int T, int training) {
     }
     int64_t total = 0, count[N_ACTS];
     for (int a = 0; a < N_ACTS; a++) {
-        int per_layer = a >= A_RESID && a <= A_HMID;
+        int per_layer = a >= A_RESID && a <= A_HMID && !act_recomputed(a);
         count[a] = per_layer && training ? (a == A_RESID ? L + 1 : L) : 1;
         m->act_layer_stride[a] = per_layer && training ? size[a] : 0;
         total += count[a] * size[a];
@@ -1121,6 +1128,9 @@ static void model_backward_from_dxnf(Model *m) {
               *k = act_l(m, A_K, l), *v = act_l(m, A_V, l), *att = act_l(m, A_ATT, l),
               *mid = act_l(m, A_RESID_MID, l), *xn2 = act_l(m, A_XN2, l),
               *gate = act_l(m, A_GATE, l), *up = act_l(m, A_UP, l), *hmid = act_l(m, A_HMID, l);
+        // recomputed (act_recomputed): xn2 = rmsnorm(mid), hmid = swiglu(gate, up) of this layer
+        rmsnorm_forward(xn2, act_l(m, A_RSTD2, l), mid, layer_tensor(m->fwd_t, m, T_MLP_NORM, l), N, D, c->rms_norm_eps);
+        swiglu_forward(hmid, gate, up, (int64_t)N * F);
         // MLP block: dres holds dL/dx'
         zero_act(m, A_DHMID, (int64_t)N * F);
         matmul_backward(m->act[A_DHMID], layer_tensor(m->dfwd_t, m, T_WDOWN, l), dres, hmid,
@@ -1150,6 +1160,7 @@ static void model_backward_from_dxnf(Model *m) {
                                q, k, v, att, act_l(m, A_LSE, l), B, T, H, KV, hd);
         rope_backward(m->act[A_DQ], m->rope_cos, m->rope_sin, B, T, H, hd);
         rope_backward(m->act[A_DK], m->rope_cos, m->rope_sin, B, T, KV, hd);
+        rmsnorm_forward(xn1, act_l(m, A_RSTD1, l), x, layer_tensor(m->fwd_t, m, T_ATTN_NORM, l), N, D, c->rms_norm_eps);
         zero_act(m, A_DXN, (int64_t)N * D);
         matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WQ, l), m->act[A_DQ], xn1,
                         weight(m, T_WQ, l), N, D, Hq);
