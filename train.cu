@@ -1776,13 +1776,19 @@ static void nccl_check(ncclResult_t r, const char *file, int line) {
 #define DP_COLLECTIVE(call) fail("train_cu was built without NCCL")
 #endif
 
-enum { DP_TIMEOUT_S = 300 };  // the longest wait for all ranks at the rendezvous
+// The longest wait for all ranks at the rendezvous: TRAIN_CU_RENDEZVOUS_TIMEOUT seconds [300].
+static double dp_timeout(void) {
+    const char *s = getenv("TRAIN_CU_RENDEZVOUS_TIMEOUT");
+    double t = s ? atof(s) : 300.0;
+    return t > 0 ? t : 300.0;
+}
 
 static int64_t dp_padded(int64_t n) { return g_dp.on ? dp_padded_floats(n, g_dp.world) : n; }
 static int64_t dp_shard(const Model *m) { return dp_shard_floats(m->n_params, g_dp.world); }
 
 // The launcher's variables, read before the GPU is chosen. Without NCCL a world of one runs the
-// plain way, a larger one is refused. Ranks other than 0 print nothing (errors still reach stderr).
+// plain way, a larger one is refused. Ranks other than 0 print nothing (errors still reach stderr)
+// unless TRAIN_CU_PRINT_ALL_RANKS=1 (for tests that compare the ranks' result lines).
 static void dp_setup(void) {
     int n_gpus = 0;
     if (cudaGetDeviceCount(&n_gpus) != cudaSuccess) { n_gpus = 0; cudaGetLastError(); }
@@ -1796,7 +1802,9 @@ static void dp_setup(void) {
 #endif
     if (!g_dp.on) return;
     setenv("NCCL_NVLS_ENABLE", "0", 0);  // NVLink multicast stays off on shared machines unless the user set it
-    if (g_dp.rank != 0 && !freopen("/dev/null", "w", stdout)) fail("rank %d: cannot silence stdout", g_dp.rank);
+    const char *all = getenv("TRAIN_CU_PRINT_ALL_RANKS");
+    if (g_dp.rank != 0 && !(all && !strcmp(all, "1")) && !freopen("/dev/null", "w", stdout))
+        fail("rank %d: cannot silence stdout", g_dp.rank);
 }
 
 // After gpu_init chose GPU local_rank: the rendezvous and the NCCL communicator.
@@ -1807,7 +1815,7 @@ static void dp_connect(void) {
     memset(&id, 0, sizeof id);
     if (g_dp.rank == 0) ncclCheck(ncclGetUniqueId(&id));
     char err[512];
-    if (!dp_rendezvous(&id, sizeof id, &g_dp, DP_TIMEOUT_S, err, sizeof err)) fail("%s", err);
+    if (!dp_rendezvous(&id, sizeof id, &g_dp, dp_timeout(), err, sizeof err)) fail("%s", err);
     ncclCheck(ncclCommInitRank(&g_nccl, g_dp.world, id, g_dp.rank));
     int v = 0;
     ncclCheck(ncclGetVersion(&v));
