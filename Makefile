@@ -47,13 +47,21 @@ NVCCFLAGS ?= -O3 -std=c++17 $(CUDA_ARCH)
 CU_LDLIBS = -lcublas $(if $(OPENMP),-Xcompiler -fopenmp) -lm
 CU_DEPS = train.cu train_cu.h $(HEADERS) build/train_cu_host.o
 # NCCL, for data parallelism over several GPUs (train.cu section 10), when nccl.h is in NCCL_HOME/include,
-# CUDA's include folder or /usr/local/include; NCCL=0 builds without it (then WORLD_SIZE > 1 is refused).
+# CUDA's include folder, /usr/local/include or else Python's nvidia-nccl wheel (PyTorch's, as on the GPU
+# machine); NCCL=0 builds without it (then WORLD_SIZE > 1 is refused).
 CUDA_HOME ?= $(patsubst %/bin/,%,$(dir $(realpath $(shell command -v $(NVCC) 2>/dev/null))))
-NCCL_INC := $(firstword $(foreach d,$(if $(NCCL_HOME),$(NCCL_HOME)/include) $(CUDA_HOME)/include /usr/local/include,$(if $(wildcard $(d)/nccl.h),$(d))))
+nccl_inc = $(firstword $(foreach d,$(if $(NCCL_HOME),$(NCCL_HOME)/include) $(CUDA_HOME)/include /usr/local/include,$(if $(wildcard $(d)/nccl.h),$(d))))
+NCCL_INC := $(nccl_inc)
+ifeq ($(NCCL_INC)$(NCCL),)
+NCCL_HOME := $(shell python3 -c 'import nvidia.nccl as n; print(list(n.__path__)[0])' 2>/dev/null)
+NCCL_INC := $(nccl_inc)
+endif
 NCCL ?= $(if $(NCCL_INC),1,0)
 ifeq ($(NCCL),1)
 NVCCFLAGS += -DUSE_NCCL -I$(NCCL_INC)
-CU_LDLIBS += $(if $(NCCL_HOME),-L$(NCCL_HOME)/lib -Xlinker -rpath=$(NCCL_HOME)/lib) -lnccl
+# (pip's nvidia-nccl wheels ship libnccl.so.2 alone, without the libnccl.so that -lnccl looks for)
+NCCL_LIB = $(if $(NCCL_HOME),$(if $(wildcard $(NCCL_HOME)/lib/libnccl.so),-lnccl,-l:libnccl.so.2),-lnccl)
+CU_LDLIBS += $(if $(NCCL_HOME),-L$(NCCL_HOME)/lib -Xlinker -rpath=$(NCCL_HOME)/lib) $(NCCL_LIB)
 endif
 
 build/train_cu_host.o: train_cu_host.c train_cu.h train.c tokenizer.c eval.c $(wildcard data.c) $(HEADERS)
@@ -69,7 +77,7 @@ build/cuda_parity: tests/cuda_parity.cu $(CU_DEPS)
 # train_cu without NCCL, whatever this machine has (tests/cuda_build.sh checks that it refuses WORLD_SIZE > 1)
 build/train_cu_nonccl: $(CU_DEPS)
 	$(NVCC) $(filter-out -DUSE_NCCL -I$(NCCL_INC),$(NVCCFLAGS)) -o $@ train.cu build/train_cu_host.o \
-	    $(filter-out -lnccl,$(CU_LDLIBS))
+	    $(filter-out -lnccl -l:libnccl.so.2,$(CU_LDLIBS))
 
 # On a machine with a GPU: train_cu against train (dev/test_cu.sh); ends "N passed, M failed".
 test_cu: train train_cu build/cuda_parity

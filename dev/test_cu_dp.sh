@@ -54,10 +54,11 @@ else
     a7=(-m "$tmp/teacher.bin" -q int -b 2 -g 64 --train-tokens "$tmp/c/train.ids" --steps 8 --batch 8 --micro-batch 2 --seq 64 --lr 1e-3 --matmul fp32)
     l1=$(dp1 "${a7[@]}" -o "$tmp/z1.bin" | field final_loss)
     dp1 "${a7[@]}" -o "$tmp/z2.bin" --stop-after 4 > /dev/null
+    cp "$tmp/z2.bin.ckpt" "$tmp/z4.ckpt"  # the step-4 checkpoint (the resumed run writes over z2.bin.ckpt)
     l2=$(dp1 "${a7[@]}" -o "$tmp/z2.bin" --resume "$tmp/z2.bin.ckpt" | field final_loss)
     e=$(rel "$l2" "$l1")
     within "$e" 1e-4 && ok "WORLD_SIZE=1: --stop-after 4 then --resume to 8: final loss $l2 vs straight $l1 (relative $e)" || bad "ZeRO resume $l2 vs $l1"
-    l3=$(./train_cu "${a7[@]}" -o "$tmp/z3.bin" --resume "$tmp/z2.bin.ckpt" | field final_loss)
+    l3=$(./train_cu "${a7[@]}" -o "$tmp/z3.bin" --resume "$tmp/z4.ckpt" | field final_loss)
     e=$(rel "$l3" "$l1")
     within "$e" 1e-4 && ok "a ZeRO-1 checkpoint resumed by a plain run: final loss $l3 vs $l1 (relative $e)" || bad "ZeRO ckpt, plain resume: $l3 vs $l1"
 fi
