@@ -1,6 +1,6 @@
 /*
  * train.cu — the GPU mirror of train.c: the same model, quantized linears, distillation losses,
- * optimizer and training loop, on one NVIDIA GPU.
+ * optimizer and training loop, on one NVIDIA GPU or, data parallel over NCCL, on several.
  *
  * Read it beside train.c: the sections, the names and the argument orders are the same. A
  * layer `rmsnorm_forward` on the CPU is a launcher `rmsnorm_forward` here, whose kernel is
@@ -2095,7 +2095,9 @@ static void parse_gpu_flags(int *argc, char **argv) {
                    "  --matmul fp32|tf32|bf16  matmul precision: tf32 tensor cores, plain fp32, or bf16 operands\n"
                    "                        with fp32 accumulation (fp32 master weights; a bf16 teacher) [bf16]\n"
                    "  --attention gemm|fused  attention through cuBLAS with [T,T] scores per head (fast),\n"
-                   "                        or the fused kernel (no [T,T] memory) [gemm]\n\n");
+                   "                        or the fused kernel (no [T,T] memory) [gemm]\n"
+                   "Several GPUs: one process a GPU, placed by torchrun's, mpirun's or Slurm's variables (RANK,\n"
+                   "WORLD_SIZE, LOCAL_RANK; MASTER_ADDR, MASTER_PORT [127.0.0.1:29500]); --batch is the global batch.\n\n");
         argv[o++] = argv[i];
     }
     *argc = o;
