@@ -4,7 +4,7 @@
 #   make tokenize     ./tokenize TOKENIZER "text": token ids as JSON
 #   make test         every test program and test script; ends with "N passed, M failed"
 #   make bench        CPU training-step throughput (tokens/s, GFLOP/s)
-#   make train_cu     the GPU build (needs nvcc)
+#   make train_cu     the GPU build (needs nvcc; multi-GPU through NCCL when nccl.h is found)
 
 CC ?= cc
 # -march=native where the compiler takes it, a portable -O3 otherwise.
@@ -46,6 +46,23 @@ CUDA_ARCH ?= -gencode=arch=compute_90,code=sm_90 -gencode=arch=compute_90,code=c
 NVCCFLAGS ?= -O3 -std=c++17 $(CUDA_ARCH)
 CU_LDLIBS = -lcublas $(if $(OPENMP),-Xcompiler -fopenmp) -lm
 CU_DEPS = train.cu train_cu.h $(HEADERS) build/train_cu_host.o
+# NCCL, for data parallelism over several GPUs (train.cu section 10), when nccl.h is in NCCL_HOME/include,
+# CUDA's include folder, /usr/local/include or else Python's nvidia-nccl wheel (PyTorch's, as on the GPU
+# machine); NCCL=0 builds without it (then WORLD_SIZE > 1 is refused).
+CUDA_HOME ?= $(patsubst %/bin/,%,$(dir $(realpath $(shell command -v $(NVCC) 2>/dev/null))))
+nccl_inc = $(firstword $(foreach d,$(if $(NCCL_HOME),$(NCCL_HOME)/include) $(CUDA_HOME)/include /usr/local/include,$(if $(wildcard $(d)/nccl.h),$(d))))
+NCCL_INC := $(nccl_inc)
+ifeq ($(NCCL_INC)$(NCCL),)
+NCCL_HOME := $(shell python3 -c 'import nvidia.nccl as n; print(list(n.__path__)[0])' 2>/dev/null)
+NCCL_INC := $(nccl_inc)
+endif
+NCCL ?= $(if $(NCCL_INC),1,0)
+ifeq ($(NCCL),1)
+NVCCFLAGS += -DUSE_NCCL -I$(NCCL_INC)
+# (pip's nvidia-nccl wheels ship libnccl.so.2 alone, without the libnccl.so that -lnccl looks for)
+NCCL_LIB = $(if $(NCCL_HOME),$(if $(wildcard $(NCCL_HOME)/lib/libnccl.so),-lnccl,-l:libnccl.so.2),-lnccl)
+CU_LDLIBS += $(if $(NCCL_HOME),-L$(NCCL_HOME)/lib -Xlinker -rpath=$(NCCL_HOME)/lib) $(NCCL_LIB)
+endif
 
 build/train_cu_host.o: train_cu_host.c train_cu.h train.c tokenizer.c eval.c $(wildcard data.c) $(HEADERS)
 	@mkdir -p build
@@ -57,14 +74,23 @@ train_cu: $(CU_DEPS)
 build/cuda_parity: tests/cuda_parity.cu $(CU_DEPS)
 	$(NVCC) $(NVCCFLAGS) -o $@ tests/cuda_parity.cu build/train_cu_host.o $(CU_LDLIBS)
 
+# train_cu without NCCL, whatever this machine has (tests/cuda_build.sh checks that it refuses WORLD_SIZE > 1)
+build/train_cu_nonccl: $(CU_DEPS)
+	$(NVCC) $(filter-out -DUSE_NCCL -I$(NCCL_INC),$(NVCCFLAGS)) -o $@ train.cu build/train_cu_host.o \
+	    $(filter-out -lnccl -l:libnccl.so.2,$(CU_LDLIBS))
+
 # On a machine with a GPU: train_cu against train (dev/test_cu.sh); ends "N passed, M failed".
 test_cu: train train_cu build/cuda_parity
 	@./dev/test_cu.sh
 
+# On a machine with several GPUs: W processes against one (dev/test_multigpu.sh), and the scaling table.
+test_multigpu: train train_cu
+	@./dev/test_multigpu.sh
+
 clean:
 	rm -f train convert tokenize train_cu $(TEST_PROGRAMS)
 
-.PHONY: all test bench clean test_cu
+.PHONY: all test bench clean test_cu test_multigpu
 
 # Robustness (README "Robustness"):
 #   make test-asan    the test programs and the quick CLI scripts built with AddressSanitizer

@@ -1,6 +1,6 @@
 /*
  * train.cu — the GPU mirror of train.c: the same model, quantized linears, distillation losses,
- * optimizer and training loop, on one NVIDIA GPU.
+ * optimizer and training loop, on one NVIDIA GPU or, data parallel over NCCL, on several.
  *
  * Read it beside train.c: the sections, the names and the argument orders are the same. A
  * layer `rmsnorm_forward` on the CPU is a launcher `rmsnorm_forward` here, whose kernel is
@@ -16,6 +16,7 @@
  *   6. distillation: loss.h's losses, one block per position
  *   7. the optimizer: AdamW, gradient clipping
  *   9. evaluation: perplexity
+ *  10. data parallelism: one process per GPU over NCCL, ZeRO-1 optimizer state
  *  11. the training loop and main
  *
  * Precision: parameters (the master weights), gradients, AdamW moments and activations are fp32;
@@ -41,7 +42,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#ifdef USE_NCCL
+#include <nccl.h>
+#endif
 
+#include "dp.h"
 #include "loss.h"
 #include "quant.h"
 #include "train_cu.h"
@@ -196,6 +201,7 @@ static cublasHandle_t g_cublas;
 static cublasComputeType_t g_compute = CUBLAS_COMPUTE_32F_FAST_TF32;
 static int g_bf16 = 1;            // --matmul bf16, the default (then g_compute is TF32, for the attention products)
 static int g_attention_gemm = 1;  // --attention gemm (cuBLAS, [T,T] scores) or fused (this file's kernel)
+static DpEnv g_dp = {0, 0, 1, 0, "none", "", 0};  // section 10: this process's place in a data-parallel job (on: through NCCL)
 
 static float *layer_tensor(float *const ptrs[N_TENSORS], const Model *m, int t, int l) {
     return ptrs[t] + (m->h->per_layer[t] ? (int64_t)l * m->slice[t] : 0);
@@ -208,6 +214,8 @@ static void carve(const Model *m, float *base, float *ptrs[N_TENSORS]) {
 }
 
 static void model_quant_setup(Model *m);
+static int64_t dp_padded(int64_t n);
+static void dp_alloc_training(Model *m);
 static void cast_bf16(__nv_bfloat16 *y, const float *x, int64_t n);
 
 static int64_t tensor_numel(const Model *m, int t) { return m->slice[t] * (m->h->per_layer[t] ? m->h->n_layers : 1); }
@@ -246,7 +254,8 @@ static void model_setup(Model *m, HostModel *h, const char *what) {
     m->n_params = h->n_params;
     m->n_table = h->n_table;
     for (int t = 0; t < N_TENSORS; t++) m->slice[t] = h->slice[t];
-    m->params = (float *)gpu_malloc((size_t)m->n_params * sizeof(float), what);
+    m->params = (float *)gpu_malloc((size_t)dp_padded(m->n_params) * sizeof(float), what);  // section 10's shards
+    cudaCheck(cudaMemset(m->params + m->n_params, 0, (size_t)(dp_padded(m->n_params) - m->n_params) * sizeof(float)));
     cudaCheck(cudaMemcpy(m->params, h->params, (size_t)m->n_params * sizeof(float), cudaMemcpyHostToDevice));
     carve(m, m->params, m->params_t);
     memcpy(m->fwd_t, m->params_t, sizeof m->fwd_t);
@@ -304,6 +313,7 @@ static void model_setup_teacher(Model *m, HostModel *h) {
 
 static void model_alloc_training(Model *m) {
     if (m->grads) return;
+    if (g_dp.on) { dp_alloc_training(m); return; }  // ZeRO-1: AdamW state of this rank's shard alone
     size_t n = (size_t)m->n_params * sizeof(float);
     m->grads = (float *)gpu_malloc(n, "gradients");
     m->adam_m = (float *)gpu_malloc(n, "AdamW m, v");
@@ -1827,6 +1837,203 @@ static PplResult eval_ppl(Model *m, const int *ids, int64_t n_ids, int T, int B,
 }
 
 // ============================================================================================
+// 10. Data parallelism: one process per GPU over NCCL, ZeRO-1 (Rajbhandari et al. 2020)
+//
+// The launcher's variables (dp.h: torchrun's, Open MPI's or Slurm's) place this process: rank r of
+// W, on GPU local_rank. Rank 0 makes NCCL's id and hands it to the others over TCP at
+// MASTER_ADDR:MASTER_PORT. The same global batch as one GPU: a step's accum micro-batches are dealt
+// round-robin (rank r computes micro-batches r, r + W, ...), every rank draws all of them from the
+// data RNG so that the RNG stays in step, and each loss keeps its scale 1/accum, so the gradients
+// summed over the ranks are one GPU's. ZeRO-1: the parameter, gradient and moment buffers are split
+// into W equal shards (padded, dp.h); gradients are reduce-scattered (summed), rank r keeps AdamW m
+// and v of its shard alone, the clipping norm is the all-reduced sum of the shards' squares, each
+// rank updates its shard of the fp32 master weights (train.c's weight decay per tensor) and the
+// shards are all-gathered into every rank's full copy. WORLD_SIZE=1 takes this path too and writes
+// the bytes of a plain run. Only rank 0 prints and writes files; every rank ends on the same numbers.
+
+#ifdef USE_NCCL
+static ncclComm_t g_nccl;
+static void nccl_check(ncclResult_t r, const char *file, int line) {
+    if (r != ncclSuccess) fail("NCCL at %s:%d: %s (%s)", file, line, ncclGetErrorString(r), ncclGetLastError(NULL));
+}
+#define ncclCheck(x) nccl_check((x), __FILE__, __LINE__)
+#define DP_COLLECTIVE(call) ncclCheck(call)
+#else
+#define DP_COLLECTIVE(call) fail("train_cu was built without NCCL")
+#endif
+
+// The longest wait for all ranks at the rendezvous: TRAIN_CU_RENDEZVOUS_TIMEOUT seconds [300].
+static double dp_timeout(void) {
+    const char *s = getenv("TRAIN_CU_RENDEZVOUS_TIMEOUT");
+    double t = s ? atof(s) : 300.0;
+    return t > 0 ? t : 300.0;
+}
+
+static int64_t dp_padded(int64_t n) { return g_dp.on ? dp_padded_floats(n, g_dp.world) : n; }
+static int64_t dp_shard(const Model *m) { return dp_shard_floats(m->n_params, g_dp.world); }
+
+// The launcher's variables, read before the GPU is chosen. Without NCCL a world of one runs the
+// plain way, a larger one is refused. Ranks other than 0 print nothing (errors still reach stderr)
+// unless TRAIN_CU_PRINT_ALL_RANKS=1 (for tests that compare the ranks' result lines).
+static void dp_setup(void) {
+    int n_gpus = 0;
+    if (cudaGetDeviceCount(&n_gpus) != cudaSuccess) { n_gpus = 0; cudaGetLastError(); }
+    char err[512];
+    if (!dp_env_read(&g_dp, n_gpus, err, sizeof err)) fail("%s", err);
+#ifndef USE_NCCL
+    if (g_dp.world > 1)
+        fail("%s's variables ask for %d processes, but train_cu was built without NCCL (make found no nccl.h, or NCCL=0): install "
+             "NCCL and rebuild (make train_cu NCCL_HOME=DIR), or run one process", g_dp.source, g_dp.world);
+    g_dp.on = 0;
+#endif
+    if (!g_dp.on) return;
+    setenv("NCCL_NVLS_ENABLE", "0", 0);  // NVLink multicast stays off on shared machines unless the user set it
+    const char *all = getenv("TRAIN_CU_PRINT_ALL_RANKS");
+    if (g_dp.rank != 0 && !(all && !strcmp(all, "1")) && !freopen("/dev/null", "w", stdout))
+        fail("rank %d: cannot silence stdout", g_dp.rank);
+}
+
+// After gpu_init chose GPU local_rank: the rendezvous and the NCCL communicator.
+static void dp_connect(void) {
+#ifdef USE_NCCL
+    if (!g_dp.on) return;
+    ncclUniqueId id;
+    memset(&id, 0, sizeof id);
+    if (g_dp.rank == 0) ncclCheck(ncclGetUniqueId(&id));
+    char err[512];
+    if (!dp_rendezvous(&id, sizeof id, &g_dp, dp_timeout(), err, sizeof err)) fail("%s", err);
+    ncclCheck(ncclCommInitRank(&g_nccl, g_dp.world, id, g_dp.rank));
+    int v = 0;
+    ncclCheck(ncclGetVersion(&v));
+    printf("data parallel: %d process%s (%s's variables), rendezvous at %s:%d, NCCL %d.%d.%d, NCCL_NVLS_ENABLE=%s\n",
+           g_dp.world, g_dp.world > 1 ? "es" : "", g_dp.source, g_dp.addr, g_dp.port, v / 10000, v / 100 % 100, v % 100,
+           getenv("NCCL_NVLS_ENABLE"));
+#endif
+}
+
+static void dp_finish(void) {
+#ifdef USE_NCCL
+    if (g_dp.on) ncclCheck(ncclCommDestroy(g_nccl));
+#endif
+}
+
+// In place, on the default stream: buf[W * shard] summed over the ranks, rank r's shard at
+// buf + r * shard; then every rank's shard gathered into buf; a double summed or taken from rank 0.
+static void dp_reduce_scatter(float *buf, int64_t shard) {
+    DP_COLLECTIVE(ncclReduceScatter(buf, buf + g_dp.rank * shard, (size_t)shard, ncclFloat, ncclSum, g_nccl, 0));
+}
+static void dp_all_gather(float *buf, int64_t shard) {
+    DP_COLLECTIVE(ncclAllGather(buf + g_dp.rank * shard, buf, (size_t)shard, ncclFloat, g_nccl, 0));
+}
+static double dp_all_reduce(Model *m, double x) {
+    cudaCheck(cudaMemcpy(m->d_sum, &x, sizeof x, cudaMemcpyHostToDevice));
+    DP_COLLECTIVE(ncclAllReduce(m->d_sum, m->d_sum, 1, ncclDouble, ncclSum, g_nccl, 0));
+    cudaCheck(cudaMemcpy(&x, m->d_sum, sizeof x, cudaMemcpyDeviceToHost));
+    return x;
+}
+static double dp_broadcast(Model *m, double x) {
+    cudaCheck(cudaMemcpy(m->d_sum, &x, sizeof x, cudaMemcpyHostToDevice));
+    DP_COLLECTIVE(ncclBroadcast(m->d_sum, m->d_sum, 1, ncclDouble, 0, g_nccl, 0));
+    cudaCheck(cudaMemcpy(&x, m->d_sum, sizeof x, cudaMemcpyDeviceToHost));
+    return x;
+}
+
+// model_alloc_training under ZeRO-1: gradients over the padded buffer (the padding stays zero),
+// AdamW m and v of this rank's shard alone.
+static void dp_alloc_training(Model *m) {
+    size_t ng = (size_t)dp_padded(m->n_params) * sizeof(float), ns = (size_t)dp_shard(m) * sizeof(float);
+    m->grads = (float *)gpu_malloc(ng, "gradients");
+    m->adam_m = (float *)gpu_malloc(ns, "AdamW m, v (ZeRO-1 shard)");
+    m->adam_v = (float *)gpu_malloc(ns, "AdamW m, v (ZeRO-1 shard)");
+    cudaCheck(cudaMemset(m->grads, 0, ng));
+    cudaCheck(cudaMemset(m->adam_m, 0, ns));
+    cudaCheck(cudaMemset(m->adam_v, 0, ns));
+    carve(m, m->grads, m->grads_t);
+    for (int t = 0; t < N_TENSORS; t++) m->dfwd_t[t] = m->h->is_linear[t] && m->dwq ? m->dfwd_t[t] : m->grads_t[t];
+    printf("ZeRO-1: rank %d of %d owns floats [%lld, %lld) of %lld (padded to %lld); AdamW m, v %.1f MiB a rank "
+           "(%.1f MiB unsharded)\n", g_dp.rank, g_dp.world, (long long)(g_dp.rank * dp_shard(m)),
+           (long long)((g_dp.rank + 1) * dp_shard(m)), (long long)m->n_params, (long long)dp_padded(m->n_params),
+           2.0 * ns / 1048576.0, 2.0 * m->n_params * sizeof(float) / 1048576.0);
+}
+
+// After the micro-batches: this rank's shard of the summed gradients; the step's loss over all ranks.
+static double dp_reduce_gradients(Model *m, double loss) {
+    PROFILE(PROF_OPTIMIZER);
+    dp_reduce_scatter(m->grads, dp_shard(m));
+    return dp_all_reduce(m, loss);
+}
+
+// clip_grad_norm over the shards: |g|^2 = sum over ranks of the shard's squares.
+static float dp_clip_grad_norm(Model *m, float clip) {
+    PROFILE(PROF_OPTIMIZER);
+    int64_t shard = dp_shard(m);
+    float *g = m->grads + g_dp.rank * shard;
+    cudaCheck(cudaMemsetAsync(m->d_sum, 0, sizeof(double)));
+    sum_squares_kernel<<<1024, 256>>>(m->d_sum, g, shard);
+    launchCheck();
+    double ss;
+    cudaCheck(cudaMemcpy(&ss, m->d_sum, sizeof ss, cudaMemcpyDeviceToHost));
+    float norm = (float)sqrt(dp_all_reduce(m, ss));
+    if (clip > 0 && norm > clip) {
+        scale_kernel<<<1024, 256>>>(g, shard, clip / norm);
+        launchCheck();
+    }
+    return norm;
+}
+
+// adamw_update on this rank's shard [lo, lo + shard): adamw_update's spans (dp.h) cut to the
+// shard, m and v indexed from lo; then every rank gets every shard of the new parameters.
+static void dp_adamw_update(Model *m, const OptConfig *o, float lr) {
+    PROFILE(PROF_OPTIMIZER);
+    m->step++;
+    float bc1 = 1.0f - powf(o->beta1, (float)m->step), bc2 = 1.0f - powf(o->beta2, (float)m->step);
+    int64_t offset[N_TENSORS], numel[N_TENSORS], shard = dp_shard(m), lo = g_dp.rank * shard;
+    for (int t = 0; t < N_TENSORS; t++) { offset[t] = m->h->offset[t]; numel[t] = tensor_numel(m, t); }
+    DpSpan spans[N_TENSORS + 1], mine[N_TENSORS + 1];
+    int n = dp_param_spans(spans, offset, numel, m->h->rows, N_TENSORS, m->n_table, m->n_params, o->weight_decay);
+    n = dp_clip_spans(mine, spans, n, lo, lo + shard);
+    for (int i = 0; i < n; i++) {
+        int64_t b = mine[i].begin;
+        adamw_span(m->params + b, m->grads + b, m->adam_m + (b - lo), m->adam_v + (b - lo), mine[i].n, o, lr, mine[i].wd, bc1, bc2);
+    }
+    dp_all_gather(m->params, shard);
+    if (m->quant.method != QUANT_NONE) m->quant_stale = 1;
+    m->bf16_stale = 1;
+}
+
+// checkpoint_save under ZeRO-1: m and v gathered (through the gradient buffer, free after the
+// update) into the host's full copies; rank 0 writes the file.
+static void dp_checkpoint_save(Model *m, const HostTrainState *st) {
+    int64_t shard = dp_shard(m);
+    size_t n = (size_t)m->n_params * sizeof(float);
+    if (g_dp.rank == 0) {
+        cudaCheck(cudaMemcpy(m->h->params, m->params, n, cudaMemcpyDeviceToHost));
+        host_alloc_training(m->h);
+    }
+    for (int k = 0; k < 2; k++) {
+        cudaCheck(cudaMemcpy(m->grads + g_dp.rank * shard, k ? m->adam_v : m->adam_m, (size_t)shard * sizeof(float),
+                             cudaMemcpyDeviceToDevice));
+        dp_all_gather(m->grads, shard);
+        if (g_dp.rank == 0) cudaCheck(cudaMemcpy(k ? m->h->adam_v : m->h->adam_m, m->grads, n, cudaMemcpyDeviceToHost));
+    }
+    cudaCheck(cudaMemset(m->grads, 0, (size_t)dp_padded(m->n_params) * sizeof(float)));
+    if (g_dp.rank == 0) host_checkpoint_save(m->h, st);
+}
+
+// --resume under ZeRO-1: every rank reads the checkpoint (train.c's checkpoint_load, which checks
+// it) and keeps its shard of m and v.
+static void dp_resume(Model *m, HostTrainState *st) {
+    host_resume(m->h, st);
+    model_upload(m, 0);
+    model_alloc_training(m);
+    int64_t shard = dp_shard(m), lo = g_dp.rank * shard, k = m->n_params - lo < shard ? m->n_params - lo : shard;
+    if (k > 0) {
+        cudaCheck(cudaMemcpy(m->adam_m, m->h->adam_m + lo, (size_t)k * sizeof(float), cudaMemcpyHostToDevice));
+        cudaCheck(cudaMemcpy(m->adam_v, m->h->adam_v + lo, (size_t)k * sizeof(float), cudaMemcpyHostToDevice));
+    }
+}
+
+// ============================================================================================
 // 11. The training loop and main
 
 typedef struct { float final_loss, tokens_per_s; } TrainResult;
@@ -1848,6 +2055,7 @@ static double measure_gamma(Model *teacher, HostTrainState st, int B, int T, int
 }
 
 static void checkpoint_save(Model *m, const HostTrainState *st) {
+    if (g_dp.on) { dp_checkpoint_save(m, st); return; }
     model_download(m, 1);
     host_checkpoint_save(m->h, st);
 }
@@ -1856,6 +2064,9 @@ static TrainResult train_loop(Model *m, Model *teacher, Distiller *d, const Host
                               int T, HostTrainState *st) {
     model_alloc_training(m);
     int B = a->micro_batch, accum = a->batch / a->micro_batch;
+    if (accum % g_dp.world != 0)
+        fail("--batch %d / --micro-batch %d = %d micro-batches a step, not a multiple of the %d processes: each process "
+             "computes an equal part of the global batch", a->batch, a->micro_batch, accum, g_dp.world);
     int *inputs = (int *)malloc((size_t)B * T * sizeof(int)), *targets = (int *)malloc((size_t)B * T * sizeof(int));
     if (!inputs || !targets) fail("out of host memory");
     const char *ckpt = a->ckpt[0] ? a->ckpt : NULL;
@@ -1876,6 +2087,7 @@ static TrainResult train_loop(Model *m, Model *teacher, Distiller *d, const Host
         uint64_t rng = st->rng;
         for (int micro = 0; micro < accum; micro++) {
             host_sample_batch(inputs, targets, &rng, B, T);
+            if (micro % g_dp.world != g_dp.rank) continue;  // another rank's micro-batch (section 10)
             if (d) {
                 loss += distill_step(m, teacher, d, inputs, targets, B, T, 1.0f / accum) / accum;
             } else {
@@ -1883,11 +2095,13 @@ static TrainResult train_loop(Model *m, Model *teacher, Distiller *d, const Host
                 loss += model_backward_scaled(m, targets, 1.0f / accum) / accum;
             }
         }
+        if (g_dp.on) loss = dp_reduce_gradients(m, loss);
         if (!isfinite(loss))
             fail("step %lld: the loss is %f; stopping, the last checkpoint%s is intact", (long long)step + 1, loss, ckpt ? "" : " (none)");
-        float norm = clip_grad_norm(m, opt->grad_clip);
+        float norm = g_dp.on ? dp_clip_grad_norm(m, opt->grad_clip) : clip_grad_norm(m, opt->grad_clip);
         float lr = host_lr_at(step);
-        adamw_update(m, opt, lr);
+        if (g_dp.on) dp_adamw_update(m, opt, lr);
+        else adamw_update(m, opt, lr);
         if (!params_finite(m))
             fail("step %lld: a weight became NaN or Inf (lower --lr?); stopping, the last checkpoint%s is intact",
                  (long long)step + 1, ckpt ? "" : " (none)");
@@ -1907,7 +2121,7 @@ static TrainResult train_loop(Model *m, Model *teacher, Distiller *d, const Host
         printf("step %4lld/%d | loss %.4f | lr %.3g | grad norm %.3f%s | %.0f tok/s | ETA %s\n",
                (long long)step + 1, a->steps, loss, lr, norm, flip_s, tps, eta);
         fflush(stdout);
-        host_log_step(m->h, step + 1, loss, lr, norm, tps, d ? st->gamma : -1.0, m->flips, m->flips_layer, m->flips_total);
+        if (g_dp.rank == 0) host_log_step(m->h, step + 1, loss, lr, norm, tps, d ? st->gamma : -1.0, m->flips, m->flips_layer, m->flips_total);
         if (ckpt && ((a->save_every && st->step % a->save_every == 0) || st->step == last)) checkpoint_save(m, st);
         r.final_loss = (float)loss;
     }
@@ -1929,8 +2143,10 @@ static void gpu_init(void) {
     if (e != cudaSuccess || n == 0)
         fail("no CUDA GPU is available (%s); train_cu needs an NVIDIA GPU and driver; ./train runs on the CPU",
              e != cudaSuccess ? cudaGetErrorString(e) : "no devices");
+    if (g_dp.local_rank >= n) fail("%s's local rank %d, but this machine has %d GPU%s", g_dp.source, g_dp.local_rank, n, n > 1 ? "s" : "");
+    cudaCheck(cudaSetDevice(g_dp.local_rank));
     cudaDeviceProp p;
-    cudaCheck(cudaGetDeviceProperties(&p, 0));
+    cudaCheck(cudaGetDeviceProperties(&p, g_dp.local_rank));
     printf("GPU: %s, %.1f GiB, compute capability %d.%d, %d multiprocessors\n", p.name, p.totalGlobalMem / 1073741824.0,
            p.major, p.minor, p.multiProcessorCount);
     cublasCheck(cublasCreate(&g_cublas));
@@ -1975,7 +2191,9 @@ static void parse_gpu_flags(int *argc, char **argv) {
                    "  --attention gemm|fused  attention through cuBLAS with [T,T] scores per head (fast),\n"
                    "                        or the fused kernel (no [T,T] memory) [gemm]\n"
                    "  --loss-chunk ROWS     rows of logits the classifier and loss take at a time (their\n"
-                   "                        [B,T,V] logits are never stored); 0: 128 MiB of fp32 a chunk [0]\n\n");
+                   "                        [B,T,V] logits are never stored); 0: 128 MiB of fp32 a chunk [0]\n"
+                   "Several GPUs: one process a GPU, placed by torchrun's, mpirun's or Slurm's variables (RANK,\n"
+                   "WORLD_SIZE, LOCAL_RANK; MASTER_ADDR, MASTER_PORT [127.0.0.1:29500]); --batch is the global batch.\n\n");
         argv[o++] = argv[i];
     }
     *argc = o;
@@ -1987,7 +2205,11 @@ int main(int argc, char **argv) {
     parse_gpu_flags(&argc, argv);
     int help = 0;
     for (int i = 1; i < argc; i++) help |= !strcmp(argv[i], "-h") || !strcmp(argv[i], "--help");
-    if (!help) gpu_init();
+    if (!help) {
+        dp_setup();
+        gpu_init();
+        dp_connect();
+    }
     HostArgs a;
     HostModel hs, ht;
     HostTrainState st;
@@ -2003,8 +2225,12 @@ int main(int argc, char **argv) {
     if (a.train_tokens) {
         Distiller d = {{LOSS_CE, 0, 1}, NULL, NULL};
         if (a.resume) {
-            host_resume(&hs, &st);
-            model_upload(&m, 1);
+            if (g_dp.on) {
+                dp_resume(&m, &st);
+            } else {
+                host_resume(&hs, &st);
+                model_upload(&m, 1);
+            }
             m.step = st.step;
         }
         if (a.distill) {
@@ -2013,6 +2239,7 @@ int main(int argc, char **argv) {
                 if (a.gamma_given >= 0) st.gamma = a.gamma_given;
                 else if (uses_gamma && teacher) st.gamma = measure_gamma(teacher, st, a.micro_batch, T, a.gamma_batches, a.gamma_include_pad);
                 else st.gamma = 0.0;
+                if (g_dp.on) st.gamma = dp_broadcast(&m, st.gamma);  // every rank's loss uses rank 0's gamma
             }
             printf("distillation: %s, teacher %s, gamma %.4f%s\n", LOSS_NAMES[a.loss_kind],
                    a.teacher_path ? a.teacher_path : "= the full-precision model (self-distillation)", st.gamma,
@@ -2042,7 +2269,7 @@ int main(int argc, char **argv) {
     }
     if (a.out_path) {
         model_download(&m, 0);
-        host_write_model(&hs);
+        if (g_dp.rank == 0) host_write_model(&hs);
         snprintf(part, sizeof part, "\"out\": \"%s\"", a.out_path);
         host_json_add(part);
     }
@@ -2065,6 +2292,7 @@ int main(int argc, char **argv) {
     host_finish();
     if (teacher) model_free(teacher);
     model_free(&m);
+    dp_finish();
     cublasDestroy(g_cublas);
     return 0;
 }

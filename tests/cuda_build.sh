@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The GPU build in CI: `make train_cu` must compile wherever nvcc is (no GPU needed: the
-# Makefile names the architecture), and without a GPU train_cu must say so and exit 1.
+# Makefile names the architecture), and without a GPU train_cu must say so and exit 1. Built both
+# ways when this machine has NCCL (with it, and build/train_cu_nonccl without): the launcher's
+# variables are checked before the GPU, and a build without NCCL refuses WORLD_SIZE > 1.
 # GPU runs are `make test_cu` (dev/test_cu.sh) on a machine with a GPU; they are skipped here.
 set -u
 cd "$(dirname "$0")/.."
@@ -14,6 +16,24 @@ if make -s train_cu NVCC="$NVCC" > /tmp/cuda_build.$$ 2>&1; then ok "make train_
 else cat /tmp/cuda_build.$$; bad "make train_cu"; fi
 rm -f /tmp/cuda_build.$$
 [ -x ./train_cu ] || { echo "1 failed"; exit 1; }
+# expect_exit1 NAME PATTERN VAR=VALUE... -- CMD...: exit 1 with one stderr line "error: ...PATTERN"
+expect_exit1() {
+    local name=$1 pattern=$2 out rc; shift 2
+    out=$(env "$@" 2>&1 > /dev/null); rc=$?
+    [ $rc -eq 1 ] && [ "$(wc -l <<< "$out")" -eq 1 ] && grep -q "^error: .*$pattern" <<< "$out" && ok "$name: $out" || bad "$name: rc $rc, '$out'"
+}
+expect_exit1 "RANK outside WORLD_SIZE" "RANK=3: expected an integer from 0 to 1" RANK=3 WORLD_SIZE=2 ./train_cu --init tiny
+expect_exit1 "RANK without WORLD_SIZE" "RANK is set but WORLD_SIZE is not" RANK=0 ./train_cu --init tiny
+if grep -q -- "-DUSE_NCCL" <(make -s -n train_cu -B NVCC="$NVCC" 2>/dev/null); then
+    start=$(date +%s)
+    if make -s build/train_cu_nonccl NVCC="$NVCC" > /tmp/cuda_build.$$ 2>&1; then ok "make build/train_cu_nonccl (NCCL left out, $(( $(date +%s) - start )) s)"
+    else cat /tmp/cuda_build.$$; bad "make build/train_cu_nonccl"; fi
+    rm -f /tmp/cuda_build.$$
+    expect_exit1 "without NCCL, WORLD_SIZE=2" "built without NCCL" RANK=0 WORLD_SIZE=2 build/train_cu_nonccl --init tiny
+else
+    echo "skipped: the build without NCCL is the only one (no nccl.h here)"
+    expect_exit1 "without NCCL, WORLD_SIZE=2" "built without NCCL" RANK=0 WORLD_SIZE=2 ./train_cu --init tiny
+fi
 ./train_cu --help | grep -q -- "--matmul fp32|tf32" && ./train_cu --help | grep -q -- "--train-tokens" \
     && ok "train_cu --help lists train's flags and --matmul" || bad "train_cu --help"
 if command -v nvidia-smi > /dev/null && nvidia-smi -L 2>/dev/null | grep -q GPU; then
