@@ -580,6 +580,16 @@ static double log_softmax_at(const float *z, int V, int target) {
     return (double)z[target] - mx - log(s);
 }
 
+// lp[n] = log softmax(logits at n)[targets[n]] for the positions n of inputs[B,T] with a target:
+// train.c's inference_backend when one is set (train_cu's GPU), else model_forward here.
+static void target_logprobs(Model *m, const int *inputs, const int *targets, int B, int T, double *lp) {
+    if (inference_backend) { inference_backend->target_logprobs(m, inputs, targets, B, T, lp); return; }
+    int V = m->cfg.vocab_size;
+    model_forward(m, inputs, NULL, B, T);
+    for (int64_t n = 0; n < (int64_t)B * T; n++)
+        if (targets[n] >= 0) lp[n] = log_softmax_at(m->logits + n * V, V, targets[n]);
+}
+
 static void qa_score(Model *m, QaRequest **reqs, int n, const char *what) {
     int L = m->cfg.max_seq_len, V = m->cfg.vocab_size;
     QaOrder *ord = malloc_or_die((size_t)n * sizeof(QaOrder), "request order");
@@ -591,26 +601,31 @@ static void qa_score(Model *m, QaRequest **reqs, int n, const char *what) {
     }
     qsort(ord, (size_t)n, sizeof *ord, qa_order_cmp);
     int64_t row_budget = QA_LOGIT_BYTES / ((int64_t)V * (int64_t)sizeof(float));
-    int *inputs = NULL;
-    double t0 = now_seconds();
+    int *inputs = NULL, *targets = NULL;
+    double *lp = NULL, t0 = now_seconds();
     int done = 0, next_report = n / 10 > 0 ? n / 10 : 1;
     for (int i0 = 0; i0 < n;) {
         int T = ord[i0].len > 0 ? ord[i0].len : 1, B = 0;
         while (i0 + B < n && (B == 0 || (int64_t)(B + 1) * T <= row_budget)) B++;
         inputs = realloc(inputs, (size_t)B * T * sizeof(int));
-        if (!inputs) die("out of memory for evaluation inputs");
+        targets = realloc(targets, (size_t)B * T * sizeof(int));
+        lp = realloc(lp, (size_t)B * T * sizeof(double));
+        if (!inputs || !targets || !lp) die("out of memory for evaluation inputs");
         for (int b = 0; b < B; b++) {
             const QaRequest *r = reqs[ord[i0 + b].idx];
             int len = ord[i0 + b].len, s = r->n - 1 - len;
-            for (int t = 0; t < T; t++) inputs[b * T + t] = t < len ? r->ids[s + t] : r->ids[r->n - 1];
+            for (int t = 0; t < T; t++) {
+                inputs[b * T + t] = t < len ? r->ids[s + t] : r->ids[r->n - 1];
+                targets[b * T + t] = -1;
+            }
+            for (int j = r->n_ctx; j < r->n; j++) targets[b * T + (j - 1 - s)] = r->ids[j];  // token j is predicted at j - 1 - s
         }
-        model_forward(m, inputs, NULL, B, T);
+        target_logprobs(m, inputs, targets, B, T, lp);
         for (int b = 0; b < B; b++) {
             QaRequest *r = reqs[ord[i0 + b].idx];
             int s = r->n - 1 - ord[i0 + b].len;
             double ll = 0.0;
-            for (int j = r->n_ctx; j < r->n; j++)  // token j is predicted at position j - 1 - s
-                ll += log_softmax_at(m->logits + ((int64_t)b * T + (j - 1 - s)) * V, V, r->ids[j]);
+            for (int j = r->n_ctx; j < r->n; j++) ll += lp[(int64_t)b * T + (j - 1 - s)];
             r->ll = ll;
         }
         i0 += B;
@@ -622,7 +637,7 @@ static void qa_score(Model *m, QaRequest **reqs, int n, const char *what) {
             next_report += n / 10 > 0 ? n / 10 : 1;
         }
     }
-    free(inputs);
+    free(inputs); free(targets); free(lp);
     free(ord);
 }
 

@@ -1305,6 +1305,20 @@ static void model_decode_step(Model *m, KVCache *kv, const int *tokens, int pos)
     matmul_forward(m->logits, mmt, m->act[A_XNF], m->fwd_t[lm_head_tensor(m)], B, D, V);
 }
 
+// Where generate() and eval.c's scoring get the model's numbers when the model does not run
+// here: NULL in ./train, which runs this file's CPU code; train_cu points it at its GPU KV cache,
+// decode step and scoring kernels (train.cu, section 10), so that prompts, tokenization,
+// sampling and its RNG, tasks, metrics and the files written stay this file's alone.
+typedef struct {
+    void (*decode_begin)(Model *m, int B, int T);   // an empty KV cache: B sequences, T positions
+    // tokens[B] at position pos, their keys and values appended: the next-token logits [B,V]
+    const float *(*decode_step)(Model *m, const int *tokens, int pos);
+    void (*decode_end)(Model *m);
+    // lp[n] = log softmax(the logits at n of inputs[B,T])[targets[n]] wherever targets[n] >= 0
+    void (*target_logprobs)(Model *m, const int *inputs, const int *targets, int B, int T, double *lp);
+} InferenceBackend;
+static const InferenceBackend *inference_backend;
+
 // Samples from softmax(z / temperature) restricted to the smallest set of tokens whose
 // probability reaches top_p (nucleus sampling, Holtzman et al. 2020). temperature 0 = argmax.
 // probs[V] and order[V] are scratch.
@@ -1345,19 +1359,23 @@ static void generate(Model *m, int *const *prompts, const int *prompt_len, int B
     for (int b = 0; b < B; b++) longest = prompt_len[b] > longest ? prompt_len[b] : longest;
     int T = longest + max_new;
     if (T > m->cfg.max_seq_len) T = m->cfg.max_seq_len;
-    KVCache kv;
-    kv_alloc(&kv, m, B, T);
+    const InferenceBackend *be = inference_backend;
+    KVCache kv = {0};
+    if (be) be->decode_begin(m, B, T);
+    else kv_alloc(&kv, m, B, T);
     int *tok = malloc_or_die((size_t)B * sizeof(int), "tokens"), *done = calloc_or_die(B, sizeof(int), "done");
     float *probs = malloc_or_die((size_t)V * sizeof(float), "probs");
     int *order = malloc_or_die((size_t)V * sizeof(int), "order");
     for (int b = 0; b < B; b++) { out_len[b] = 0; tok[b] = prompt_len[b] > 0 ? prompts[b][0] : 0; }
     for (int pos = 0; pos + 1 < T; pos++) {
-        model_decode_step(m, &kv, tok, pos);
+        const float *logits;
+        if (be) logits = be->decode_step(m, tok, pos);
+        else { model_decode_step(m, &kv, tok, pos); logits = m->logits; }
         int active = 0;
         for (int b = 0; b < B; b++) {
             if (pos + 1 < prompt_len[b]) { tok[b] = prompts[b][pos + 1]; active++; continue; }
             if (done[b] || out_len[b] >= max_new) { done[b] = 1; continue; }
-            int next = sample_token(m->logits + (int64_t)b * V, V, temperature, top_p, rng, probs, order);
+            int next = sample_token(logits + (int64_t)b * V, V, temperature, top_p, rng, probs, order);
             if (next == m->cfg.eos_id) { done[b] = 1; continue; }
             out[b][out_len[b]++] = next;
             tok[b] = next;
@@ -1366,7 +1384,8 @@ static void generate(Model *m, int *const *prompts, const int *prompt_len, int B
         if (!active) break;
     }
     free(tok); free(done); free(probs); free(order);
-    kv_free(&kv);
+    if (be) be->decode_end(m);
+    else kv_free(&kv);
 }
 
 // Zero-shot multiple-choice evaluation (PIQA, HellaSwag, WinoGrande, ARC) and WikiText-2, scored

@@ -16,8 +16,9 @@
  *   6. distillation: loss.h's losses, one block per position
  *   7. the optimizer: AdamW, gradient clipping
  *   9. evaluation: perplexity
- *  10. data parallelism: one process per GPU over NCCL, ZeRO-1 optimizer state
- *  11. the training loop and main
+ *  10. generation (a KV cache, the decode step) and zero-shot scoring, for train.c's loops
+ *  11. data parallelism: one process per GPU over NCCL, ZeRO-1 optimizer state
+ *  12. the training loop and main
  *
  * Precision: parameters (the master weights), gradients, AdamW moments and activations are fp32;
  * matmuls run in bf16 (--matmul bf16, the default), through cuBLAS with TF32 tensor cores
@@ -470,6 +471,16 @@ __device__ static float block_max(float x) {
     __syncthreads();
     x = lane < nw ? part[lane] : -INFINITY;
     return warp_max(x);
+}
+__device__ static float block_sum(float x) {
+    __shared__ float part[32];
+    __syncthreads();
+    x = warp_sum(x);
+    int w = threadIdx.x / 32, lane = threadIdx.x % 32, nw = (blockDim.x + 31) / 32;
+    if (lane == 0) part[w] = x;
+    __syncthreads();
+    x = lane < nw ? part[lane] : 0.0f;
+    return warp_sum(x);
 }
 
 // --- bf16: y[n] = bf16(x[n]), rounded to nearest even (--matmul bf16) ----------------------
@@ -1100,16 +1111,21 @@ static void model_forward_hidden(Model *m, const int *inputs, const int *targets
 // The whole forward with every logit: logits[B,T,V] (inference, the tests). Training and
 // perplexity never ask for them: they run the classifier in chunks with the loss (section 6).
 // inputs/targets are the host's [B,T]; targets may be NULL (no loss). Returns the mean CE.
+static float *model_logits(Model *m, int64_t N) {  // room for N rows of logits (inference)
+    int64_t n = N * m->h->vocab_size;
+    if (n > m->logits_cap) {
+        gpu_free(m->logits);
+        m->logits = (float *)gpu_malloc((size_t)n * sizeof(float), "logits (inference)");
+        m->logits_cap = n;
+    }
+    return m->logits;
+}
+
 static float model_forward(Model *m, const int *inputs, const int *targets, int B, int T) {
     model_forward_hidden(m, inputs, targets, B, T);
     int64_t N = (int64_t)B * T;
     int D = m->h->dim, V = m->h->vocab_size;
-    if (N * V > m->logits_cap) {
-        gpu_free(m->logits);
-        m->logits = (float *)gpu_malloc((size_t)(N * V) * sizeof(float), "logits (inference)");
-        m->logits_cap = N * V;
-    }
-    matmul_forward(m->logits, m->act[A_XNF], weight(m, lm_head_tensor(m), 0), (int)N, D, V);
+    matmul_forward(model_logits(m, N), m->act[A_XNF], weight(m, lm_head_tensor(m), 0), (int)N, D, V);
     m->loss = targets ? crossentropy_forward(m, m->logits, m->targets, targets, (int)N, V) : 0.0f;
     return m->loss;
 }
@@ -1837,7 +1853,180 @@ static PplResult eval_ppl(Model *m, const int *ids, int64_t n_ids, int T, int B,
 }
 
 // ============================================================================================
-// 10. Data parallelism: one process per GPU over NCCL, ZeRO-1 (Rajbhandari et al. 2020)
+// 10. Generation and zero-shot scoring: a KV cache, the decode step, log-likelihoods
+//
+// train.c's generate() and eval.c's qa_score stay on the host (prompts, tokenization, sampling
+// and its RNG, tasks, metrics, files) and ask train.c's InferenceBackend for the model's numbers;
+// train_cu_host.c points that at GPU_INFERENCE below. As in train.c, each decode step runs the
+// model on one position per sequence (N = B rows), and only attention reads the cache.
+
+typedef struct {
+    int B, T;             // sequences, positions the cache holds now
+    float *k, *v;         // [L, B, T, KV*hd] each, one allocation
+    float *cosv, *sinv;   // RoPE tables for positions 0..T-1, [T, hd/2] each, one allocation
+    float *scores;        // [B, H, T] attention scratch
+    float *logits;        // host (pinned) [B, V]: the decode step's answer
+    int64_t cap_kv, cap_rope, cap_scores, cap_logits;  // floats allocated at k, cosv, scores, logits
+} KVCache;
+
+// Grows a device buffer to n floats (contents not kept).
+static float *gpu_reserve(float *p, int64_t *cap, int64_t n, const char *what) {
+    if (n <= *cap) return p;
+    gpu_free(p);
+    *cap = n;
+    return (float *)gpu_malloc((size_t)n * sizeof(float), what);
+}
+
+// Sizes the cache for B sequences of T positions. generate_data calls this once per batch of
+// prompts, so the buffers are kept and only grow.
+static void kv_alloc(KVCache *kv, const Model *m, int B, int T) {
+    const HostModel *c = m->h;
+    int64_t n = (int64_t)c->n_layers * B * T * c->n_kv_heads * c->head_dim, half = (int64_t)T * c->head_dim / 2;
+    kv->B = B; kv->T = T;
+    kv->k = gpu_reserve(kv->k, &kv->cap_kv, 2 * n, "KV cache");  // k, then v
+    kv->v = kv->k + n;
+    kv->cosv = gpu_reserve(kv->cosv, &kv->cap_rope, 2 * half, "KV cache");
+    kv->sinv = kv->cosv + half;
+    kv->scores = gpu_reserve(kv->scores, &kv->cap_scores, (int64_t)B * c->n_heads * T, "KV cache");
+    if ((int64_t)B * c->vocab_size > kv->cap_logits) {
+        if (kv->logits) cudaCheck(cudaFreeHost(kv->logits));
+        kv->cap_logits = (int64_t)B * c->vocab_size;
+        cudaCheck(cudaMallocHost((void **)&kv->logits, (size_t)kv->cap_logits * sizeof(float)));
+    }
+    float *cs = (float *)malloc((size_t)(2 * half) * sizeof(float));
+    if (!cs) fail("out of host memory for the RoPE tables");
+    host_rope_tables(cs, cs + half, c, T);
+    cudaCheck(cudaMemcpy(kv->cosv, cs, (size_t)half * sizeof(float), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(kv->sinv, cs + half, (size_t)half * sizeof(float), cudaMemcpyHostToDevice));
+    free(cs);
+}
+
+static void kv_free(KVCache *kv) {
+    gpu_free(kv->k); gpu_free(kv->cosv); gpu_free(kv->scores);
+    if (kv->logits) cudaCheck(cudaFreeHost(kv->logits));
+    memset(kv, 0, sizeof *kv);
+}
+
+// One query per (b, h) at position pos against the cached keys and values 0..pos, kc and vc
+// [B,T,KV,hd]; query head h reads kv head h/(H/KV):
+//   out[B,H,hd] = sum_j softmax_j(q . k_j / sqrt(hd)) v_j,  with scores[B,H,T] as scratch.
+// Thread mapping: one block per (b, h). Its threads first stride over the keys j <= pos, a
+// thread scoring whole keys (the scores go to global scratch: T may exceed shared memory); the
+// block reduces their max and the sum of the exponentials; then thread i owns the output dims
+// i, i + blockDim, ... and sums over j in order, as train.c's attention_decode does.
+__global__ static void attention_decode_kernel(float *out, float *scores, const float *q, const float *kc, const float *vc,
+                                               int B, int T, int pos, int H, int KV, int hd) {
+    int b = blockIdx.x / H, h = blockIdx.x % H, kvh = h / (H / KV);
+    const float *qh = q + ((int64_t)b * H + h) * hd;
+    float *s = scores + ((int64_t)b * H + h) * T, scale = 1.0f / sqrtf((float)hd);
+    float mx = -INFINITY;
+    for (int j = threadIdx.x; j <= pos; j += blockDim.x) {
+        const float *kj = kc + (((int64_t)b * T + j) * KV + kvh) * hd;
+        float d = 0.0f;
+        for (int i = 0; i < hd; i++) d += qh[i] * kj[i];
+        s[j] = d * scale;
+        mx = fmaxf(mx, s[j]);
+    }
+    mx = block_max(mx);
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j <= pos; j += blockDim.x) {
+        s[j] = expf(s[j] - mx);
+        sum += s[j];
+    }
+    sum = block_sum(sum);  // its __syncthreads also makes every thread's s[j] visible to the block
+    float *o = out + ((int64_t)b * H + h) * hd;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        float acc = 0.0f;
+        for (int j = 0; j <= pos; j++) acc += s[j] / sum * vc[(((int64_t)b * T + j) * KV + kvh) * hd + i];
+        o[i] = acc;
+    }
+}
+static void attention_decode(float *out, float *scores, const float *q, const float *kc, const float *vc,
+                             int B, int T, int pos, int H, int KV, int hd) {
+    PROFILE(PROF_ATTENTION);
+    attention_decode_kernel<<<B * H, 128>>>(out, scores, q, kc, vc, B, T, pos, H, KV, hd);
+    launchCheck();
+}
+
+// Runs tokens[B] (host) at position pos, every sequence at the same position, appending their
+// keys and values to the cache; the next-token logits [B,V] land in m->logits (train.c's
+// model_decode_step, launcher for function).
+static void model_decode_step(Model *m, KVCache *kv, const int *tokens, int pos) {
+    const HostModel *c = m->h;
+    int B = kv->B, D = c->dim, F = c->hidden_dim, V = c->vocab_size, H = c->n_heads,
+        KV = c->n_kv_heads, hd = c->head_dim, Hq = H * hd, Hkv = KV * hd, half = hd / 2;
+    if (pos >= kv->T) fail("generation: position %d beyond the cache (%d)", pos, kv->T);
+    if (m->quant_stale) model_quantize(m);
+    if (g_bf16 && (m->bf16_stale || !m->wbf)) model_cast_bf16(m);
+    if (!g_bf16 && m->bf16_only) fail("internal: a bf16-only model run without --matmul bf16");
+    model_alloc_acts(m, B, 1, 0);  // inference activations for B rows of one position
+    for (int b = 0; b < B; b++)
+        if (tokens[b] < 0 || tokens[b] >= V) fail("token id %d out of range [0, %d)", tokens[b], V);
+    cudaCheck(cudaMemcpy(m->inputs, tokens, (size_t)B * sizeof(int), cudaMemcpyHostToDevice));
+    float *x = m->act[A_RESID], *xn = m->act[A_XN1], *q = m->act[A_Q], *k = m->act[A_K],
+          *v = m->act[A_V], *att = m->act[A_ATT], *mid = m->act[A_RESID_MID], *proj = m->act[A_PROJ],
+          *gate = m->act[A_GATE], *up = m->act[A_UP], *hmid = m->act[A_HMID];
+    const float *cosp = kv->cosv + (int64_t)pos * half, *sinp = kv->sinv + (int64_t)pos * half;
+    if (m->fwd_t[T_EMBED]) embedding_forward(x, m->inputs, m->fwd_t[T_EMBED], B, D);
+    else embedding_forward(x, m->inputs, m->wbf_t[T_EMBED], B, D);  // a bf16-only model
+    for (int l = 0; l < c->n_layers; l++) {
+        float *kc = kv->k + (int64_t)l * B * kv->T * Hkv, *vc = kv->v + (int64_t)l * B * kv->T * Hkv;
+        rmsnorm_forward(xn, m->act[A_RSTD1], x, layer_tensor(m->fwd_t, m, T_ATTN_NORM, l), B, D, c->rms_norm_eps);
+        matmul_forward(q, xn, weight(m, T_WQ, l), B, D, Hq);
+        matmul_forward(k, xn, weight(m, T_WK, l), B, D, Hkv);
+        matmul_forward(v, xn, weight(m, T_WV, l), B, D, Hkv);
+        rope_forward(q, cosp, sinp, B, 1, H, hd);
+        rope_forward(k, cosp, sinp, B, 1, KV, hd);
+        // row b of k and v to cache row (b, pos): B rows of Hkv floats, strided by T * Hkv
+        size_t row = (size_t)Hkv * sizeof(float), pitch = (size_t)kv->T * row;
+        cudaCheck(cudaMemcpy2DAsync(kc + (int64_t)pos * Hkv, pitch, k, row, row, B, cudaMemcpyDeviceToDevice));
+        cudaCheck(cudaMemcpy2DAsync(vc + (int64_t)pos * Hkv, pitch, v, row, row, B, cudaMemcpyDeviceToDevice));
+        attention_decode(att, kv->scores, q, kc, vc, B, kv->T, pos, H, KV, hd);
+        matmul_forward(proj, att, weight(m, T_WO, l), B, Hq, D);
+        residual_forward(mid, x, proj, (int64_t)B * D);
+        rmsnorm_forward(xn, m->act[A_RSTD2], mid, layer_tensor(m->fwd_t, m, T_MLP_NORM, l), B, D, c->rms_norm_eps);
+        matmul_forward(gate, xn, weight(m, T_WGATE, l), B, D, F);
+        matmul_forward(up, xn, weight(m, T_WUP, l), B, D, F);
+        swiglu_forward(hmid, gate, up, (int64_t)B * F);
+        matmul_forward(proj, hmid, weight(m, T_WDOWN, l), B, F, D);
+        residual_forward(x, mid, proj, (int64_t)B * D);
+    }
+    rmsnorm_forward(m->act[A_XNF], m->act[A_RSTDF], x, m->fwd_t[T_FINAL_NORM], B, D, c->rms_norm_eps);
+    matmul_forward(model_logits(m, B), m->act[A_XNF], weight(m, lm_head_tensor(m), 0), B, D, V);
+}
+
+// lp[n] = log softmax(z_n)[target_n] for the positions of inputs[B,T] with a target: the
+// forward, then crossentropy_forward_kernel's rows (-lp[n]; rows without a target get 0), so
+// that only B*T numbers, never the B*T*V logits, come back to the host.
+static void target_logprobs(Model *m, const int *inputs, const int *targets, int B, int T, double *lp) {
+    int N = B * T;
+    model_forward(m, inputs, NULL, B, T);
+    cudaCheck(cudaMemcpy(m->targets, targets, (size_t)N * sizeof(int), cudaMemcpyHostToDevice));
+    crossentropy_forward_kernel<<<N, 256>>>(m->rows, m->logits, m->targets, N, m->h->vocab_size);
+    launchCheck();
+    cudaCheck(cudaMemcpy(lp, m->rows, (size_t)N * sizeof(double), cudaMemcpyDeviceToHost));
+    for (int n = 0; n < N; n++) lp[n] = -lp[n];
+}
+
+// What train.c's generation and scoring call (train_cu.h's HostInference), on the model g_infer.
+static Model *g_infer;
+static KVCache g_kv;
+
+static void gpu_decode_begin(int B, int T) { kv_alloc(&g_kv, g_infer, B, T); }
+static const float *gpu_decode_step(const int *tokens, int pos) {
+    model_decode_step(g_infer, &g_kv, tokens, pos);
+    cudaCheck(cudaMemcpy(g_kv.logits, g_infer->logits, (size_t)g_kv.B * g_infer->h->vocab_size * sizeof(float),
+                         cudaMemcpyDeviceToHost));
+    return g_kv.logits;
+}
+static void gpu_decode_end(void) {}  // the cache is kept for the next batch of prompts
+static void gpu_target_logprobs(const int *inputs, const int *targets, int B, int T, double *lp) {
+    target_logprobs(g_infer, inputs, targets, B, T, lp);
+}
+static const HostInference GPU_INFERENCE = {gpu_decode_begin, gpu_decode_step, gpu_decode_end, gpu_target_logprobs};
+
+// ============================================================================================
+// 11. Data parallelism: one process per GPU over NCCL, ZeRO-1 (Rajbhandari et al. 2020)
 //
 // The launcher's variables (dp.h: torchrun's, Open MPI's or Slurm's) place this process: rank r of
 // W, on GPU local_rank. Rank 0 makes NCCL's id and hands it to the others over TCP at
@@ -2034,7 +2223,7 @@ static void dp_resume(Model *m, HostTrainState *st) {
 }
 
 // ============================================================================================
-// 11. The training loop and main
+// 12. The training loop and main
 
 typedef struct { float final_loss, tokens_per_s; } TrainResult;
 
@@ -2184,8 +2373,8 @@ static void parse_gpu_flags(int *argc, char **argv) {
             continue;
         }
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help"))
-            printf("train_cu: the GPU build of ./train. It takes ./train's flags below (not yet: --data, --generate-data,\n"
-                   "--generate, --clip, --eval-qa, --export-packed, --histogram, --bench) and two of its own:\n"
+            printf("train_cu: the GPU build of ./train. It takes ./train's flags below (not yet: --data, --clip,\n"
+                   "--export-packed, --histogram, --bench) and two of its own:\n"
                    "  --matmul fp32|tf32|bf16  matmul precision: tf32 tensor cores, plain fp32, or bf16 operands\n"
                    "                        with fp32 accumulation (fp32 master weights; a bf16 teacher) [bf16]\n"
                    "  --attention gemm|fused  attention through cuBLAS with [T,T] scores per head (fast),\n"
@@ -2222,6 +2411,9 @@ int main(int argc, char **argv) {
     }
     int T = a.seq;
     char part[1024];
+    g_infer = &m;  // what --generate-data, --generate and --eval-qa run
+    if (a.generate_data) host_generate_data(&hs, &GPU_INFERENCE);
+    if (a.generate_prompt) host_generate_text(&hs, &GPU_INFERENCE);
     if (a.train_tokens) {
         Distiller d = {{LOSS_CE, 0, 1}, NULL, NULL};
         if (a.resume) {
@@ -2267,7 +2459,7 @@ int main(int argc, char **argv) {
         gpu_free(d.scratch);
         free(d.host_rows);
     }
-    if (a.out_path) {
+    if (a.out_path && !a.generate_data) {  // with --generate-data, -o is the JSONL it wrote
         model_download(&m, 0);
         if (g_dp.rank == 0) host_write_model(&hs);
         snprintf(part, sizeof part, "\"out\": \"%s\"", a.out_path);
@@ -2286,6 +2478,7 @@ int main(int argc, char **argv) {
         host_json_add(part);
         host_free(ids);
     }
+    if (a.eval_qa) host_eval_qa(&hs, &GPU_INFERENCE);
     note_peak();
     printf("GPU memory: peak %.1f MiB in use on the device (cudaMemGetInfo, CUDA context and cuBLAS included)\n",
            g_mem_peak / 1048576.0);
@@ -2293,6 +2486,7 @@ int main(int argc, char **argv) {
     if (teacher) model_free(teacher);
     model_free(&m);
     dp_finish();
+    kv_free(&g_kv);
     cublasDestroy(g_cublas);
     return 0;
 }

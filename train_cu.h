@@ -48,6 +48,8 @@ typedef struct {
     float gamma_given, temperature;   // gamma_given < 0: measure it
     int eval_T, eval_batch;
     char ckpt[4096];                  // "" when no checkpoint is written
+    int generate_data;                // --generate-data (then -o is its JSONL, not a model)
+    const char *generate_prompt, *eval_qa;
 } HostArgs;
 
 // What a resumed run needs (train.c's TrainState).
@@ -83,6 +85,21 @@ void host_write_model(const HostModel *m);
 int *host_load_eval_tokens(const HostModel *m, int64_t *n);
 void host_free(void *p);
 void host_finish(void);
+
+// The model's numbers for train.c's generation and zero-shot scoring, computed by the GPU
+// (train.cu, section 10); train_cu_host.c hands them to train.c as its InferenceBackend.
+typedef struct {
+    void (*decode_begin)(int B, int T);                        // an empty KV cache: B sequences, T positions
+    const float *(*decode_step)(const int *tokens, int pos);   // tokens[B] at pos -> logits [B,V], host memory
+    void (*decode_end)(void);
+    // lp[n] = log softmax(the logits at n of inputs[B,T])[targets[n]] wherever targets[n] >= 0
+    void (*target_logprobs)(const int *inputs, const int *targets, int B, int T, double *lp);
+} HostInference;
+// --generate-data, --generate and --eval-qa as ./train runs them (train.c's prompts, sampling,
+// tasks, files and JSON), on model m, with gpu computing the model; each adds ./train's JSON.
+void host_generate_data(HostModel *m, const HostInference *gpu);
+void host_generate_text(HostModel *m, const HostInference *gpu);
+void host_eval_qa(HostModel *m, const HostInference *gpu);
 
 // For the parity test (test_cuda.cu): train.c's own model on the CPU.
 // A random model of a named shape (vocab 0: the shape's; untied: give it its own LM head), then

@@ -46,11 +46,11 @@ void host_json_add(const char *text) {
 void host_setup(int argc, char **argv, HostArgs *ha, HostModel *student, HostModel *teacher, HostTrainState *hs) {
     Args a = parse_args(argc, argv);
     g_args = a;
-    const char *unsupported = a.clip ? "--clip" : a.eval_qa ? "--eval-qa" : a.export_packed ? "--export-packed"
-                            : a.histogram >= 0 ? "--histogram" : a.bench ? "--bench" : train_data_path(&a) ? "--data"
-                            : a.generate_data ? "--generate-data" : a.generate_prompt ? "--generate" : NULL;
+    const char *unsupported = a.clip ? "--clip" : a.export_packed ? "--export-packed"
+                            : a.histogram >= 0 ? "--histogram" : a.bench ? "--bench" : train_data_path(&a) ? "--data" : NULL;
     if (unsupported) die("%s is not in train_cu yet: use ./train for it", unsupported);
-    if (!a.train_tokens && !a.eval_ppl && !a.out_path) die("nothing to do: give --train-tokens, --eval-ppl or -o (see --help)");
+    if (!a.train_tokens && !a.eval_ppl && !a.out_path && !a.generate_prompt && !a.eval_qa)
+        die("nothing to do: give --train-tokens, --eval-ppl, --generate, --generate-data, --eval-qa or -o (see --help)");
     static Model m, teacher_model;
     if (a.model_path) {
         model_open(&m, a.model_path);
@@ -102,6 +102,7 @@ void host_setup(int argc, char **argv, HostArgs *ha, HostModel *student, HostMod
     ha->distill = distill; ha->loss_kind = a.loss_kind; ha->gamma_batches = a.gamma_batches;
     ha->gamma_include_pad = a.gamma_include_pad; ha->gamma_given = a.gamma; ha->temperature = a.temperature;
     ha->eval_T = a.eval_T; ha->eval_batch = a.eval_batch;
+    ha->generate_data = a.generate_data; ha->generate_prompt = a.generate_prompt; ha->eval_qa = a.eval_qa;
     if (a.train_tokens) {
         if (a.ckpt) snprintf(ha->ckpt, sizeof ha->ckpt, "%s", a.ckpt);
         else if (a.out_path) snprintf(ha->ckpt, sizeof ha->ckpt, "%.4000s.ckpt", a.out_path);
@@ -223,6 +224,69 @@ void host_finish(void) {
     if (g_log) fclose(g_log);
     printf("{%s}\n", g_json);
     fflush(stdout);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generation and zero-shot evaluation: train.c's own code (generate_data, generate_text,
+// eval_qa) with train.c's InferenceBackend pointed at the GPU. The adapters drop the Model
+// argument, which train.cu cannot name: it runs the one model it was handed.
+
+static const HostInference *g_gpu;
+static void gpu_decode_begin(Model *m, int B, int T) { g_gpu->decode_begin(B, T); }
+static const float *gpu_decode_step(Model *m, const int *tokens, int pos) { return g_gpu->decode_step(tokens, pos); }
+static void gpu_decode_end(Model *m) { g_gpu->decode_end(); }
+static void gpu_target_logprobs(Model *m, const int *inputs, const int *targets, int B, int T, double *lp) {
+    g_gpu->target_logprobs(inputs, targets, B, T, lp);
+}
+static const InferenceBackend GPU_BACKEND = {gpu_decode_begin, gpu_decode_step, gpu_decode_end, gpu_target_logprobs};
+
+static void use_gpu(const HostInference *gpu) {
+    g_gpu = gpu;
+    inference_backend = &GPU_BACKEND;
+}
+
+// train.c main's --generate-data block.
+void host_generate_data(HostModel *h, const HostInference *gpu) {
+    const Args *a = &g_args;
+    use_gpu(gpu);
+    Prompts p;
+    prompts_load(&p, a->prompts, a->n_prompts, a->seed);
+    double t0 = now_seconds();
+    int64_t n_new = generate_data((Model *)h->cpu, g_tok, &p, a->gen_batch, a->max_new, a->temperature, a->top_p, a->seed,
+                                  a->out_path);
+    double el = now_seconds() - t0;
+    char part[8192];
+    snprintf(part, sizeof part, "\"generated\": {\"path\": \"%s\", \"prompts\": %d, \"new_tokens\": %lld, \"tokens_per_s\": %.1f, "
+             "\"temperature\": %g, \"top_p\": %g}", a->out_path, p.n, (long long)n_new, n_new / (el > 0 ? el : 1e-9),
+             a->temperature, a->top_p);
+    host_json_add(part);
+    prompts_free(&p);
+}
+
+// train.c main's --generate block.
+void host_generate_text(HostModel *h, const HostInference *gpu) {
+    const Args *a = &g_args;
+    use_gpu(gpu);
+    Buf text = {NULL, 0, 0};
+    int n_new = generate_text((Model *)h->cpu, g_tok, a->generate_prompt, a->max_new, a->temperature, a->top_p, a->seed, &text);
+    printf("%s%.*s\n", a->generate_prompt, (int)text.n, text.s);
+    Buf js = {NULL, 0, 0};
+    json_put_string(&js, text.s ? text.s : "", text.n);
+    char part[8192];
+    snprintf(part, sizeof part, "\"generated\": %.*s, \"new_tokens\": %d", (int)(js.n < 6000 ? js.n : 0), js.s ? js.s : "", n_new);
+    host_json_add(part);
+    free(text.s); free(js.s);
+}
+
+// train.c main's --eval-qa block.
+void host_eval_qa(HostModel *h, const HostInference *gpu) {
+    const Args *a = &g_args;
+    if (!g_tok) die("--eval-qa needs the model's tokenizer (--tokenizer FILE, or MODEL.tokenizer beside the model)");
+    use_gpu(gpu);
+    eval_qa_add_bos = !a->qa_no_bos;
+    char qa[4096];
+    eval_qa((Model *)h->cpu, g_tok, a->eval_qa, a->data, a->limit, qa, sizeof qa);
+    host_json_add(qa);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@
 #     accumulation and master weights, a bf16 teacher) against ./train at bf16 tolerances;
 #  3. dev/test_cu_dp.sh: data parallelism with one process (WORLD_SIZE=1 through NCCL and ZeRO-1)
 #     against the plain run, and ZeRO-1 checkpoints (dev/test_multigpu.sh runs several GPUs).
+#  4. generation (--generate, --generate-data) and --eval-qa against ./train: dev/test_cu_gen.sh.
 # Prints each comparison with its error; ends with "N passed, M failed"; exit 1 on a failure.
 set -u
 cd "$(dirname "$0")/.."
@@ -164,6 +165,11 @@ out=$(./train_cu --init tinyllama-1.1b --train-tokens "$tmp/c/train.ids" --steps
 echo "== data parallelism with one process (dev/test_cu_dp.sh)"
 ./dev/test_cu_dp.sh | tee "$tmp/dp.out"
 read -r p f < <(tail -n 1 "$tmp/dp.out" | awk '{ print $1, $3 }')
+pass=$((pass + ${p:-0})); fail=$((fail + ${f:-1}))
+
+echo "== generation and zero-shot evaluation (dev/test_cu_gen.sh)"
+./dev/test_cu_gen.sh | tee "$tmp/gen.out"
+read -r p f < <(tail -n 1 "$tmp/gen.out" | awk '{ print $1, $3 }')
 pass=$((pass + ${p:-0})); fail=$((fail + ${f:-1}))
 
 echo

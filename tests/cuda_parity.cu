@@ -9,6 +9,8 @@
 //   - quantized backward (STE; sign's and onebit's learned scales): gradients
 //   - every loss of loss.h through distill_step: loss, dL/dlogits, gradients; the teacher's gamma
 //   - AdamW on identical gradients; TF32 matmuls against fp32
+//   - generation: the decode step through the KV cache against the full forward; the scoring
+//     path's log softmax(z)[target]
 //   - --matmul bf16: the bf16 cast bit for bit against a host rounding; then the forward, every
 //     gradient and every loss against train.c's fp32 at bf16 tolerances (bf16 keeps 8 significant
 //     bits: a rounding error of 2^-9 per operand), with the teacher stored in bf16 alone
@@ -101,6 +103,59 @@ static void test_forward_backward(const char *label, const char *shape, int voca
     model_backward_scaled(&g, targets, 1.0f);
     compare_grads(label, &h, &g, g_tol.grads);
     free(zg); free(inputs); free(targets);
+    model_free(&g);
+    host_model_free(&h);
+}
+
+// Generation and scoring (train.cu section 10): the decode step, fed the tokens of inputs[B,T]
+// one position at a time through the KV cache, against train.c's full causal forward of the
+// same tokens (the logits at position t may only depend on tokens 0..t); then the scoring
+// path's log softmax(z)[target] against the same CPU logits, in double. bf16_only: the model is
+// stored in bf16 alone (model_setup_teacher), as a frozen teacher.
+static void test_decode(const char *label, const char *shape, int vocab, int q, int bits, int group, int B, int T,
+                        int bf16_only) {
+    HostModel h;
+    host_model_init(&h, shape, vocab, 0, 11, q, bits, group);
+    Model g;
+    if (bf16_only) model_setup_teacher(&g, &h);
+    else model_setup(&g, &h, "parameters");
+    int N = B * T, V = h.vocab_size;
+    int *inputs = (int *)malloc(N * sizeof(int)), *targets = (int *)malloc(N * sizeof(int)), *tok = (int *)malloc(B * sizeof(int));
+    double *lp = (double *)malloc(N * sizeof(double));
+    random_tokens(inputs, targets, N, V, 1);
+    host_cpu_forward(&h, inputs, NULL, B, T);
+    const float *zc = host_cpu_logits(&h);
+    g_infer = &g;
+    gpu_decode_begin(B, T);
+    double err = 0.0, scale = 0.0;
+    for (int pos = 0; pos < T; pos++) {
+        for (int b = 0; b < B; b++) tok[b] = inputs[b * T + pos];
+        const float *zg = gpu_decode_step(tok, pos);
+        for (int b = 0; b < B; b++)
+            for (int i = 0; i < V; i++) {
+                double c = zc[((int64_t)b * T + pos) * V + i], e = fabs(zg[(int64_t)b * V + i] - c);
+                if (!(e <= err)) err = e;
+                if (fabs(c) > scale) scale = fabs(c);
+            }
+    }
+    gpu_decode_end();
+    char what[160];
+    snprintf(what, sizeof what, "%s: decode logits, %d positions through the KV cache", label, T);
+    check(what, err / (scale > 0 ? scale : 1.0), g_tol.logits);
+    gpu_target_logprobs(inputs, targets, B, T, lp);
+    err = 0.0;
+    for (int n = 0; n < N; n++) {
+        if (targets[n] < 0) continue;
+        const float *z = zc + (int64_t)n * V;
+        double mx = z[0], s = 0.0;
+        for (int i = 1; i < V; i++) mx = z[i] > mx ? z[i] : mx;
+        for (int i = 0; i < V; i++) s += exp(z[i] - mx);
+        double e = fabs(lp[n] - (z[targets[n]] - mx - log(s)));
+        if (!(e <= err)) err = e;
+    }
+    snprintf(what, sizeof what, "%s: log softmax(z)[target], max absolute", label);
+    check(what, err, g_tol.logits * 10);
+    free(inputs); free(targets); free(tok); free(lp);
     model_free(&g);
     host_model_free(&h);
 }
@@ -257,6 +312,10 @@ int main(void) {
         test_forward_backward(gemm ? "bench-100m" : "bench-100m, fused", "bench-100m", 512, 0, QUANT_NONE, 16, 0, 2, 150);
     }
     g_attention_gemm = 1;
+    printf("\ngeneration: the decode step through the KV cache against the full forward; scoring\n");
+    test_decode("decode tiny", "tiny", 0, QUANT_NONE, 16, 0, 3, 40, 0);
+    test_decode("decode bench-100m (GQA 12/4)", "bench-100m", 512, QUANT_NONE, 16, 0, 2, 150, 0);
+    test_decode("decode int2", "tiny", 0, QUANT_INT, 2, 32, 2, 64, 0);
     printf("\nquantizers: W^ = Q(W) of the same latent weights\n");
     int specs[][3] = {{QUANT_INT, 1, 32}, {QUANT_INT, 2, 32}, {QUANT_INT, 3, 64}, {QUANT_INT, 4, -1}, {QUANT_INT, 8, 32},
                       {QUANT_NF3, 3, 32}, {QUANT_NF4, 4, 64}, {QUANT_SIGN, 1, 0}, {QUANT_ONEBIT, 1, 0}, {QUANT_TERNARY, 2, 0}};
@@ -316,6 +375,9 @@ int main(void) {
     g_attention_gemm = 1;
     for (int k = 0; k < N_LOSSES; k++) test_distill(k, 0);
     for (int k = 0; k < N_LOSSES; k++) test_distill(k, 7);
+    test_decode("bf16 decode tiny", "tiny", 0, QUANT_NONE, 16, 0, 3, 40, 0);
+    test_decode("bf16 decode int2", "tiny", 0, QUANT_INT, 2, 32, 2, 64, 0);
+    test_decode("bf16-only decode bench-100m", "bench-100m", 512, QUANT_NONE, 16, 0, 2, 150, 1);
     g_bf16 = 0;
     printf("\n%d passed, %d failed\n", g_pass, g_fail);
     return g_fail ? 1 : 0;
