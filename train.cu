@@ -959,8 +959,9 @@ static void attention_backward_gemm(float *dq, float *dk, float *dv, float *S, f
 // [T,T] matrix in memory. q, k, v, dO stay fp32 in memory; a tile is rounded to bf16 as it is
 // staged into shared memory, rows past T and dims past hd as zeros (which add nothing to a dot
 // product), so that a head of hd <= 64 is computed as one of HDP = 64 dims, hd <= 128 as 128.
-// Scores are kept in base 2, x_tj = s_tj log2(e), since exp(s - m) = exp2(x - m log2 e). Per tile
-// of 64 keys, for each query t (m_t and l_t start at -inf and 0, O_t at 0):
+// The softmax runs in base 2 (exp(s) = exp2(s log2 e), and exp2 is one instruction): on scores
+// x_tj = s_tj log2(e), with the running max m in the same units. Per tile of 64 keys, for each
+// query t (m_t and l_t start at -inf and 0, O_t at 0):
 //   m_new = max(m, max_j x_tj),  c = exp2(m - m_new),  p_tj = exp2(x_tj - m_new),
 //   l = c l + sum_j p_tj,  O_t = c O_t + sum_j p_tj v_j  (P rounded to bf16 for the product);
 // at the end out_t = O_t / l_t and lse_t = (m_t + log2 l_t) ln 2.
