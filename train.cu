@@ -7,7 +7,7 @@
  * `rmsnorm_forward_kernel`. What is not about the model (the command line, loading and saving
  * models, token files, checkpoints, the JSONL log) is train.c's own code, compiled as C in
  * train_cu_host.c and reached through train_cu.h, so both programs read and write the same bytes
- * and take the same flags (plus two: --matmul fp32|tf32|bf16, --attention gemm|fused).
+ * and take the same flags (plus their own: --matmul fp32|tf32|bf16, --attention gemm|fused|flash).
  *
  *   2. the Model on the GPU: parameters, gradients, AdamW state, activations
  *   3. layers (kernels and launchers), each forward beside its backward
@@ -32,11 +32,13 @@
  * memory. Attention runs as cuBLAS products over a [T,T] score matrix per head (--attention gemm,
  * the default, on tensor cores: TF32 also under --matmul bf16), or as this file's fused kernel
  * (--attention fused: the FlashAttention recurrence, Dao et al. 2022, no [T,T] matrix stored,
- * but CUDA cores only).
+ * but CUDA cores only), or as FlashAttention-2 on tensor cores (--attention flash, Dao 2023: bf16
+ * operands staged in shared memory, fp32 accumulation and softmax, no [T,T] matrix stored).
  */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <mma.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -202,7 +204,8 @@ static cublasHandle_t g_cublas;
 static cublasComputeType_t g_compute = CUBLAS_COMPUTE_32F_FAST_TF32;
 static int g_bf16 = 1;            // --matmul bf16, the default (then g_compute is TF32, for the attention products)
 static int g_attention_gemm = 1;  // --attention gemm (cuBLAS, [T,T] scores) or fused (this file's kernel)
-static DpEnv g_dp = {0, 0, 1, 0, "none", "", 0};  // section 10: this process's place in a data-parallel job (on: through NCCL)
+static int g_attention_flash;     // --attention flash (bf16 tensor cores, no [T,T]); g_attention_gemm is 0 then
+static DpEnv g_dp = {0, 0, 1, 0, "none", "", 0};  // section 11: this process's place in a data-parallel job (on: through NCCL)
 
 static float *layer_tensor(float *const ptrs[N_TENSORS], const Model *m, int t, int l) {
     return ptrs[t] + (m->h->per_layer[t] ? (int64_t)l * m->slice[t] : 0);
@@ -255,7 +258,7 @@ static void model_setup(Model *m, HostModel *h, const char *what) {
     m->n_params = h->n_params;
     m->n_table = h->n_table;
     for (int t = 0; t < N_TENSORS; t++) m->slice[t] = h->slice[t];
-    m->params = (float *)gpu_malloc((size_t)dp_padded(m->n_params) * sizeof(float), what);  // section 10's shards
+    m->params = (float *)gpu_malloc((size_t)dp_padded(m->n_params) * sizeof(float), what);  // section 11's shards
     cudaCheck(cudaMemset(m->params + m->n_params, 0, (size_t)(dp_padded(m->n_params) - m->n_params) * sizeof(float)));
     cudaCheck(cudaMemcpy(m->params, h->params, (size_t)m->n_params * sizeof(float), cudaMemcpyHostToDevice));
     carve(m, m->params, m->params_t);
@@ -978,6 +981,345 @@ static void attention_backward_gemm(float *dq, float *dk, float *dv, float *S, f
     attn_mix_t(dv, S, dout, 1.0f, B, T, H, KV, hd);
 }
 
+// --- the same attention on tensor cores (--attention flash) -----------------------------------
+// FlashAttention-2 (Dao 2023): the online softmax of the fused kernel above, with the products of
+// each tile on tensor cores through WMMA (16x16x16 bf16 fragments, fp32 accumulators) and no
+// [T,T] matrix in memory. q, k, v, dO stay fp32 in memory; a tile is rounded to bf16 as it is
+// staged into shared memory, rows past T and dims past hd as zeros (which add nothing to a dot
+// product), so that a head of hd <= 64 is computed as one of HDP = 64 dims, hd <= 128 as 128.
+// The softmax runs in base 2 (exp(s) = exp2(s log2 e), and exp2 is one instruction): on scores
+// x_tj = s_tj log2(e), with the running max m in the same units. Per tile of 64 keys, for each
+// query t (m_t and l_t start at -inf and 0, O_t at 0):
+//   m_new = max(m, max_j x_tj),  c = exp2(m - m_new),  p_tj = exp2(x_tj - m_new),
+//   l = c l + sum_j p_tj,  O_t = c O_t + sum_j p_tj v_j  (P rounded to bf16 for the product);
+// at the end out_t = O_t / l_t and lse_t = (m_t + log2 l_t) ln 2.
+// WMMA fragments make no promise about which lane holds which element, so everything done per
+// row (masking, the softmax, rescaling O) reads and writes the products in shared memory: a warp
+// stores its fragments there, __syncwarp, and its lanes take over.
+#define FLASH_T 64                // queries a block owns; keys per tile
+#define FLASH_THREADS 128         // 4 warps, 16 of the 64 rows each
+#define FLASH_MAX_HD 128
+#define FLASH_LDS (FLASH_T + 4)   // row stride of fp32 [64][64] tiles (S, dP): WMMA wants a multiple of 4
+#define FLASH_LDP (FLASH_T + 8)   // row stride of bf16 [64][64] tiles (P, dS): a multiple of 8
+// A bf16 tile of q, k, v or dO is [64][HDP] with rows HDP + 8 apart; an fp32 O or dQ tile, HDP + 4.
+namespace wmma = nvcuda::wmma;
+typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> FragA;
+typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::col_major> FragAT;  // A from A^T's rows
+typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> FragB;
+typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> FragBT;  // B from B^T's rows
+typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> FragC;
+
+// Shared memory of the forward (bf16 Q, K, V; fp32 S; bf16 P; fp32 O) and of the backward (bf16
+// K, V, Q, dO; fp32 S^T, dP^T; bf16 P^T, dS^T; fp32 dQ; lse and Delta of 64 queries). Every part
+// is a multiple of 128 bytes, so every part starts 128-byte aligned (WMMA needs 32).
+__host__ __device__ static size_t flash_forward_smem(int hdp) {
+    return (size_t)FLASH_T * (3 * (hdp + 8) * 2 + FLASH_LDS * 4 + FLASH_LDP * 2 + (hdp + 4) * 4);
+}
+__host__ __device__ static size_t flash_backward_smem(int hdp) {
+    return (size_t)FLASH_T * (4 * (hdp + 8) * 2 + 2 * FLASH_LDS * 4 + 2 * FLASH_LDP * 2 + (hdp + 4) * 4 + 2 * 4);
+}
+
+// Rows r0 .. r0+63 of head hh of x[B,T,NH,hd] into the bf16 tile [64][hdp] (rows ld apart), zeros
+// past T and past hd. A thread takes 4 consecutive dims at a time; vec: hd % 4 == 0 and x 16-byte
+// aligned, so 4 dims below hd are one float4.
+__device__ static void flash_load_tile(__nv_bfloat16 *tile, int ld, int hdp, const float *x, int b, int r0, int T,
+                                       int NH, int hh, int hd, int vec) {
+    int quads = hdp / 4;
+    for (int e = threadIdx.x; e < FLASH_T * quads; e += blockDim.x) {
+        int r = e / quads, i = e % quads * 4, t = r0 + r;
+        float4 f = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (t < T && i < hd) {
+            const float *src = x + (((int64_t)b * T + t) * NH + hh) * hd + i;
+            if (vec) f = *(const float4 *)src;
+            else {
+                f.x = src[0];
+                if (i + 1 < hd) f.y = src[1];
+                if (i + 2 < hd) f.z = src[2];
+                if (i + 3 < hd) f.w = src[3];
+            }
+        }
+        __nv_bfloat162 *dst = (__nv_bfloat162 *)(tile + r * ld + i);
+        dst[0] = __floats2bfloat162_rn(f.x, f.y);
+        dst[1] = __floats2bfloat162_rn(f.z, f.w);
+    }
+}
+
+// Thread mapping: a block owns 64 consecutive queries q0.. of one (b, h), the blocks of the last
+// query tiles (the most keys) first; warp w owns rows r0 = 16 w .. r0 + 15 of the tile: its
+// fragments of S (4 of 16 keys) and of O (HDP / 16 of 16 dims), and in the softmax each of its
+// rows in turn, lane owning keys lane and lane + 32. Every lane holds the 16 running maxima m; l
+// is summed per lane and across the warp at the end. The block shares the K and V tiles.
+template <int HDP>
+__global__ static void attention_forward_flash_kernel(float *out, float *lse, const float *q, const float *k,
+                                                      const float *v, int B, int T, int H, int KV, int hd, int vec) {
+    const int LDH = HDP + 8, LDO = HDP + 4;
+    extern __shared__ __align__(128) unsigned char flash_sm[];
+    __nv_bfloat16 *qs = (__nv_bfloat16 *)flash_sm, *ks = qs + FLASH_T * LDH, *vs = ks + FLASH_T * LDH;
+    float *ss = (float *)(vs + FLASH_T * LDH);
+    __nv_bfloat16 *ps = (__nv_bfloat16 *)(ss + FLASH_T * FLASH_LDS);
+    float *os = (float *)(ps + FLASH_T * FLASH_LDP);
+    int tiles = (T + FLASH_T - 1) / FLASH_T, bh = blockIdx.x % (B * H), b = bh / H, h = bh % H, kvh = h / (H / KV);
+    int q0 = (tiles - 1 - blockIdx.x / (B * H)) * FLASH_T, warp = threadIdx.x / 32, lane = threadIdx.x % 32, r0 = warp * 16;
+    float scale2 = 1.4426950408889634f / sqrtf((float)hd);  // log2(e) / sqrt(hd)
+    flash_load_tile(qs, LDH, HDP, q, b, q0, T, H, h, hd, vec);
+    for (int e = threadIdx.x; e < FLASH_T * LDO; e += blockDim.x) os[e] = 0.0f;
+    float m[16], l[16];
+#pragma unroll
+    for (int rr = 0; rr < 16; rr++) { m[rr] = -INFINITY; l[rr] = 0.0f; }
+    for (int j0 = 0; j0 <= q0; j0 += FLASH_T) {  // key tiles up to the diagonal one, j0 = q0
+        __syncthreads();  // the previous K, V tiles are consumed
+        flash_load_tile(ks, LDH, HDP, k, b, j0, T, KV, kvh, hd, vec);
+        flash_load_tile(vs, LDH, HDP, v, b, j0, T, KV, kvh, hd, vec);
+        __syncthreads();
+        // S = Q K^T, the warp's 16 rows (K's rows are the columns of K^T: col_major)
+        for (int c = 0; c < FLASH_T / 16; c++) {
+            FragC s;
+            wmma::fill_fragment(s, 0.0f);
+#pragma unroll
+            for (int kk = 0; kk < HDP / 16; kk++) {
+                FragA a;
+                FragBT bt;
+                wmma::load_matrix_sync(a, qs + r0 * LDH + kk * 16, LDH);
+                wmma::load_matrix_sync(bt, ks + c * 16 * LDH + kk * 16, LDH);
+                wmma::mma_sync(s, a, bt, s);
+            }
+            wmma::store_matrix_sync(ss + r0 * FLASH_LDS + c * 16, s, FLASH_LDS, wmma::mem_row_major);
+        }
+        __syncwarp();
+        // the online softmax, row by row; keys j > t (and past T) masked
+#pragma unroll
+        for (int rr = 0; rr < 16; rr++) {
+            int t = q0 + r0 + rr, ja = j0 + lane, jb = ja + 32;
+            const float *srow = ss + (r0 + rr) * FLASH_LDS;
+            float xa = ja <= t && ja < T ? srow[lane] * scale2 : -INFINITY;
+            float xb = jb <= t && jb < T ? srow[lane + 32] * scale2 : -INFINITY;
+            float mnew = fmaxf(m[rr], warp_max(fmaxf(xa, xb)));
+            float mref = mnew == -INFINITY ? 0.0f : mnew;  // no key yet (cannot happen: key 0 is in tile 0): no NaN
+            float corr = exp2f(m[rr] - mref), pa = exp2f(xa - mref), pb = exp2f(xb - mref);
+            l[rr] = l[rr] * corr + pa + pb;
+            m[rr] = mnew;
+            ps[(r0 + rr) * FLASH_LDP + lane] = __float2bfloat16(pa);
+            ps[(r0 + rr) * FLASH_LDP + lane + 32] = __float2bfloat16(pb);
+            for (int i = lane; i < HDP; i += 32) os[(r0 + rr) * LDO + i] *= corr;
+        }
+        __syncwarp();
+        // O += P V, O read back from shared memory as the accumulator
+        for (int n = 0; n < HDP / 16; n++) {
+            FragC o;
+            wmma::load_matrix_sync(o, os + r0 * LDO + n * 16, LDO, wmma::mem_row_major);
+#pragma unroll
+            for (int kk = 0; kk < FLASH_T / 16; kk++) {
+                FragA a;
+                FragB bv;
+                wmma::load_matrix_sync(a, ps + r0 * FLASH_LDP + kk * 16, FLASH_LDP);
+                wmma::load_matrix_sync(bv, vs + kk * 16 * LDH + n * 16, LDH);
+                wmma::mma_sync(o, a, bv, o);
+            }
+            wmma::store_matrix_sync(os + r0 * LDO + n * 16, o, LDO, wmma::mem_row_major);
+        }
+    }
+    __syncwarp();
+#pragma unroll
+    for (int rr = 0; rr < 16; rr++) {
+        float sum = warp_sum(l[rr]);
+        int t = q0 + r0 + rr;
+        if (t >= T) continue;
+        float *ot = out + (((int64_t)b * T + t) * H + h) * hd;
+        for (int i = lane; i < hd; i += 32) ot[i] = os[(r0 + rr) * LDO + i] / sum;
+        if (lane == 0) lse[((int64_t)b * H + h) * T + t] = (m[rr] + log2f(sum)) * 0.6931471805599453f;
+    }
+}
+
+// The backward (FlashAttention-2's split): with p_tj = exp(s_tj - lse_t) recomputed,
+// Delta_t = dO_t . O_t, dP_tj = dO_t . v_j and dS_tj = p_tj (dP_tj - Delta_t),
+//   dq_t += scale sum_j dS_tj k_j,  dk_j += scale sum_t dS_tj q_t,  dv_j += sum_t p_tj dO_t.
+// Delta first (one warp per (b, h, t), lanes over dims); then one kernel over tiles of keys.
+__global__ static void attention_delta_kernel(float *delta, const float *dout, const float *out, int B, int T, int H,
+                                              int hd) {
+    int64_t row = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;  // (b, h, t)
+    int lane = threadIdx.x % 32;
+    if (row >= (int64_t)B * H * T) return;
+    int t = (int)(row % T), h = (int)(row / T % H), b = (int)(row / ((int64_t)T * H));
+    int64_t qi = (((int64_t)b * T + t) * H + h) * hd;
+    float d = 0.0f;
+    for (int i = lane; i < hd; i += 32) d += dout[qi + i] * out[qi + i];
+    d = warp_sum(d);
+    if (lane == 0) delta[row] = d;
+}
+
+// Thread mapping: a block owns 64 consecutive keys j0.. of one (b, kv head), the blocks of the
+// first key tiles (the most queries) first, and walks every query head of the group and every
+// tile of 64 queries q0 >= j0. Warp w owns keys r0 = 16 w .. r0 + 15: its fragments of S^T = K Q^T
+// and dP^T = V dO^T (4 of 16 queries each), and per key row lane owns queries lane and lane + 32
+// for P^T and dS^T; it keeps its dK and dV fragments (HDP / 16 of 16 dims each) in registers over
+// the whole walk, so with GQA the heads of a group add to them in turn, no atomics. The dQ of a
+// query tile needs every warp's keys: after a barrier, warp w takes queries r0 .. r0 + 15 (dS read
+// as the transpose of dS^T) and adds them to dq with atomicAdd, since the blocks of other key
+// tiles add to the same rows.
+template <int HDP>
+__global__ static void attention_backward_flash_kernel(float *dq, float *dk, float *dv, const float *delta,
+                                                       const float *dout, const float *q, const float *k,
+                                                       const float *v, const float *lse, int B, int T, int H, int KV,
+                                                       int hd, int vec) {
+    const int LDH = HDP + 8, LDQ = HDP + 4;
+    extern __shared__ __align__(128) unsigned char flash_sm[];
+    __nv_bfloat16 *ks = (__nv_bfloat16 *)flash_sm, *vs = ks + FLASH_T * LDH, *qs = vs + FLASH_T * LDH,
+                  *dos = qs + FLASH_T * LDH;
+    float *ss = (float *)(dos + FLASH_T * LDH), *dps = ss + FLASH_T * FLASH_LDS;
+    __nv_bfloat16 *ps = (__nv_bfloat16 *)(dps + FLASH_T * FLASH_LDS), *dss = ps + FLASH_T * FLASH_LDP;
+    float *dqs = (float *)(dss + FLASH_T * FLASH_LDP), *lse2 = dqs + FLASH_T * LDQ, *dl = lse2 + FLASH_T;
+    int bk = blockIdx.x % (B * KV), b = bk / KV, kvh = bk % KV, j0 = blockIdx.x / (B * KV) * FLASH_T, group = H / KV;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, r0 = warp * 16;
+    float scale = 1.0f / sqrtf((float)hd), scale2 = 1.4426950408889634f * scale;
+    flash_load_tile(ks, LDH, HDP, k, b, j0, T, KV, kvh, hd, vec);
+    flash_load_tile(vs, LDH, HDP, v, b, j0, T, KV, kvh, hd, vec);
+    FragC dkf[HDP / 16], dvf[HDP / 16];
+#pragma unroll
+    for (int n = 0; n < HDP / 16; n++) { wmma::fill_fragment(dkf[n], 0.0f); wmma::fill_fragment(dvf[n], 0.0f); }
+    for (int h = kvh * group; h < (kvh + 1) * group; h++)
+        for (int q0 = j0; q0 < T; q0 += FLASH_T) {
+            // stage Q, dO, lse (base 2) and Delta of queries q0 .. q0 + 63
+            __syncthreads();  // the previous tile's Q, dO, dS^T are consumed
+            flash_load_tile(qs, LDH, HDP, q, b, q0, T, H, h, hd, vec);
+            flash_load_tile(dos, LDH, HDP, dout, b, q0, T, H, h, hd, vec);
+            for (int e = threadIdx.x; e < FLASH_T; e += blockDim.x) {
+                int t = q0 + e;
+                int64_t li = ((int64_t)b * H + h) * T + t;
+                lse2[e] = t < T ? lse[li] * 1.4426950408889634f : 0.0f;
+                dl[e] = t < T ? delta[li] : 0.0f;
+            }
+            __syncthreads();
+            // S^T = K Q^T and dP^T = V dO^T, the warp's 16 keys
+            for (int c = 0; c < FLASH_T / 16; c++) {
+                FragC s, dp;
+                wmma::fill_fragment(s, 0.0f);
+                wmma::fill_fragment(dp, 0.0f);
+#pragma unroll
+                for (int kk = 0; kk < HDP / 16; kk++) {
+                    FragA a;
+                    FragBT bt;
+                    wmma::load_matrix_sync(a, ks + r0 * LDH + kk * 16, LDH);
+                    wmma::load_matrix_sync(bt, qs + c * 16 * LDH + kk * 16, LDH);
+                    wmma::mma_sync(s, a, bt, s);
+                    wmma::load_matrix_sync(a, vs + r0 * LDH + kk * 16, LDH);
+                    wmma::load_matrix_sync(bt, dos + c * 16 * LDH + kk * 16, LDH);
+                    wmma::mma_sync(dp, a, bt, dp);
+                }
+                wmma::store_matrix_sync(ss + r0 * FLASH_LDS + c * 16, s, FLASH_LDS, wmma::mem_row_major);
+                wmma::store_matrix_sync(dps + r0 * FLASH_LDS + c * 16, dp, FLASH_LDS, wmma::mem_row_major);
+            }
+            __syncwarp();
+            // P^T and dS^T = P^T (dP^T - Delta), zero where t < j or t >= T
+            for (int rr = 0; rr < 16; rr++) {
+                int j = j0 + r0 + rr;
+                for (int cc = lane; cc < FLASH_T; cc += 32) {
+                    int t = q0 + cc, e = (r0 + rr) * FLASH_LDS + cc;
+                    float p = t >= j && t < T ? exp2f(ss[e] * scale2 - lse2[cc]) : 0.0f;
+                    ps[(r0 + rr) * FLASH_LDP + cc] = __float2bfloat16(p);
+                    dss[(r0 + rr) * FLASH_LDP + cc] = __float2bfloat16(p * (dps[e] - dl[cc]));
+                }
+            }
+            __syncwarp();
+            // dV += P^T dO and dK += dS^T Q (times scale at the end), in registers
+#pragma unroll
+            for (int n = 0; n < HDP / 16; n++)
+#pragma unroll
+                for (int kk = 0; kk < FLASH_T / 16; kk++) {
+                    FragA a;
+                    FragB bm;
+                    wmma::load_matrix_sync(a, ps + r0 * FLASH_LDP + kk * 16, FLASH_LDP);
+                    wmma::load_matrix_sync(bm, dos + kk * 16 * LDH + n * 16, LDH);
+                    wmma::mma_sync(dvf[n], a, bm, dvf[n]);
+                    wmma::load_matrix_sync(a, dss + r0 * FLASH_LDP + kk * 16, FLASH_LDP);
+                    wmma::load_matrix_sync(bm, qs + kk * 16 * LDH + n * 16, LDH);
+                    wmma::mma_sync(dkf[n], a, bm, dkf[n]);
+                }
+            __syncthreads();  // every warp's rows of dS^T are written
+            // dQ of the warp's 16 queries = scale dS K, over all 64 keys of the block
+            for (int n = 0; n < HDP / 16; n++) {
+                FragC acc;
+                wmma::fill_fragment(acc, 0.0f);
+#pragma unroll
+                for (int kk = 0; kk < FLASH_T / 16; kk++) {
+                    FragAT at;
+                    FragB bm;
+                    wmma::load_matrix_sync(at, dss + kk * 16 * FLASH_LDP + r0, FLASH_LDP);
+                    wmma::load_matrix_sync(bm, ks + kk * 16 * LDH + n * 16, LDH);
+                    wmma::mma_sync(acc, at, bm, acc);
+                }
+                wmma::store_matrix_sync(dqs + r0 * LDQ + n * 16, acc, LDQ, wmma::mem_row_major);
+            }
+            __syncwarp();
+            for (int rr = 0; rr < 16; rr++) {
+                int t = q0 + r0 + rr;
+                if (t >= T) break;
+                float *dqt = dq + (((int64_t)b * T + t) * H + h) * hd;
+                for (int i = lane; i < hd; i += 32) atomicAdd(dqt + i, scale * dqs[(r0 + rr) * LDQ + i]);
+            }
+        }
+    // dk, dv of the warp's 16 keys: the fragments through the warp's rows of the dQ scratch
+    __syncwarp();  // the last atomics have read them
+#pragma unroll
+    for (int n = 0; n < HDP / 16; n++) wmma::store_matrix_sync(dqs + r0 * LDQ + n * 16, dkf[n], LDQ, wmma::mem_row_major);
+    __syncwarp();
+    for (int rr = 0; rr < 16 && j0 + r0 + rr < T; rr++) {
+        float *dkj = dk + (((int64_t)b * T + j0 + r0 + rr) * KV + kvh) * hd;
+        for (int i = lane; i < hd; i += 32) dkj[i] += scale * dqs[(r0 + rr) * LDQ + i];
+    }
+    __syncwarp();
+#pragma unroll
+    for (int n = 0; n < HDP / 16; n++) wmma::store_matrix_sync(dqs + r0 * LDQ + n * 16, dvf[n], LDQ, wmma::mem_row_major);
+    __syncwarp();
+    for (int rr = 0; rr < 16 && j0 + r0 + rr < T; rr++) {
+        float *dvj = dv + (((int64_t)b * T + j0 + r0 + rr) * KV + kvh) * hd;
+        for (int i = lane; i < hd; i += 32) dvj[i] += dqs[(r0 + rr) * LDQ + i];
+    }
+}
+
+// vec of flash_load_tile: every tensor the tiles come from is float4-aligned along hd.
+static int flash_vec(int hd, const float *a, const float *b, const float *c, const float *d) {
+    return hd % 4 == 0 && ((uintptr_t)a | (uintptr_t)b | (uintptr_t)c | (uintptr_t)d) % 16 == 0;
+}
+
+static void flash_check_hd(int hd) {
+    if (hd > FLASH_MAX_HD) fail("head_dim %d: --attention flash takes head_dim up to %d; use --attention gemm", hd, FLASH_MAX_HD);
+}
+
+static void attention_forward_flash(float *out, float *lse, const float *q, const float *k, const float *v,
+                                    int B, int T, int H, int KV, int hd) {
+    PROFILE(PROF_ATTENTION);
+    flash_check_hd(hd);
+    int blocks = B * H * ((T + FLASH_T - 1) / FLASH_T), vec = flash_vec(hd, q, k, v, v);
+    if (hd <= 64) {
+        attention_shared((const void *)attention_forward_flash_kernel<64>, flash_forward_smem(64));
+        attention_forward_flash_kernel<64><<<blocks, FLASH_THREADS, flash_forward_smem(64)>>>(out, lse, q, k, v, B, T, H, KV, hd, vec);
+    } else {
+        attention_shared((const void *)attention_forward_flash_kernel<128>, flash_forward_smem(128));
+        attention_forward_flash_kernel<128><<<blocks, FLASH_THREADS, flash_forward_smem(128)>>>(out, lse, q, k, v, B, T, H, KV, hd, vec);
+    }
+    launchCheck();
+}
+
+static void attention_backward_flash(float *dq, float *dk, float *dv, float *delta, const float *dout, const float *q,
+                                     const float *k, const float *v, const float *out, const float *lse,
+                                     int B, int T, int H, int KV, int hd) {
+    PROFILE(PROF_ATTENTION);
+    flash_check_hd(hd);
+    attention_delta_kernel<<<blocks_for((int64_t)B * H * T, 8), 256>>>(delta, dout, out, B, T, H, hd);
+    launchCheck();
+    int blocks = B * KV * ((T + FLASH_T - 1) / FLASH_T), vec = flash_vec(hd, q, k, v, dout);
+    if (hd <= 64) {
+        attention_shared((const void *)attention_backward_flash_kernel<64>, flash_backward_smem(64));
+        attention_backward_flash_kernel<64><<<blocks, FLASH_THREADS, flash_backward_smem(64)>>>(
+            dq, dk, dv, delta, dout, q, k, v, lse, B, T, H, KV, hd, vec);
+    } else {
+        attention_shared((const void *)attention_backward_flash_kernel<128>, flash_backward_smem(128));
+        attention_backward_flash_kernel<128><<<blocks, FLASH_THREADS, flash_backward_smem(128)>>>(
+            dq, dk, dv, delta, dout, q, k, v, lse, B, T, H, KV, hd, vec);
+    }
+    launchCheck();
+}
+
 // --- SwiGLU: h[N,F] = silu(g) * u ----------------------------------------------------------
 // Thread mapping (both): one thread per element.
 __global__ static void swiglu_forward_kernel(float *h, const float *g, const float *u, int64_t n) {
@@ -1070,6 +1412,7 @@ static void layer_forward(Model *m, int l, int B, int T) {
     rope_forward(q, m->rope_cos, m->rope_sin, B, T, H, hd);
     rope_forward(k, m->rope_cos, m->rope_sin, B, T, KV, hd);
     if (g_attention_gemm) attention_forward_gemm(att, act_l(m, A_LSE, l), m->act[A_SCORES], q, k, v, B, T, H, KV, hd);
+    else if (g_attention_flash) attention_forward_flash(att, act_l(m, A_LSE, l), q, k, v, B, T, H, KV, hd);
     else attention_forward(att, act_l(m, A_LSE, l), q, k, v, B, T, H, KV, hd);
     matmul_forward(proj, att, weight(m, T_WO, l), N, Hq, D);
     residual_forward(mid, x, proj, (int64_t)N * D);
@@ -1181,6 +1524,9 @@ static void model_backward_from_dxnf(Model *m) {
         if (g_attention_gemm)
             attention_backward_gemm(m->act[A_DQ], m->act[A_DK], m->act[A_DV], m->act[A_SCORES], m->act[A_DSCORES],
                                     m->act[A_DATT], q, k, v, att, act_l(m, A_LSE, l), B, T, H, KV, hd);
+        else if (g_attention_flash)
+            attention_backward_flash(m->act[A_DQ], m->act[A_DK], m->act[A_DV], m->act[A_DELTA], m->act[A_DATT],
+                                     q, k, v, att, act_l(m, A_LSE, l), B, T, H, KV, hd);
         else
             attention_backward(m->act[A_DQ], m->act[A_DK], m->act[A_DV], m->act[A_DELTA], m->act[A_DATT],
                                q, k, v, att, act_l(m, A_LSE, l), B, T, H, KV, hd);
@@ -2276,7 +2622,7 @@ static TrainResult train_loop(Model *m, Model *teacher, Distiller *d, const Host
         uint64_t rng = st->rng;
         for (int micro = 0; micro < accum; micro++) {
             host_sample_batch(inputs, targets, &rng, B, T);
-            if (micro % g_dp.world != g_dp.rank) continue;  // another rank's micro-batch (section 10)
+            if (micro % g_dp.world != g_dp.rank) continue;  // another rank's micro-batch (section 11)
             if (d) {
                 loss += distill_step(m, teacher, d, inputs, targets, B, T, 1.0f / accum) / accum;
             } else {
@@ -2357,11 +2703,12 @@ static void parse_gpu_flags(int *argc, char **argv) {
             continue;
         }
         if (!strcmp(argv[i], "--attention")) {
-            if (i + 1 >= *argc) fail("--attention: missing value (gemm or fused)");
+            if (i + 1 >= *argc) fail("--attention: missing value (gemm, fused or flash)");
             const char *v = argv[++i];
-            if (!strcmp(v, "gemm")) g_attention_gemm = 1;
-            else if (!strcmp(v, "fused")) g_attention_gemm = 0;
-            else fail("--attention: expected gemm or fused, got '%s'", v);
+            g_attention_gemm = !strcmp(v, "gemm");
+            g_attention_flash = !strcmp(v, "flash");
+            if (!g_attention_gemm && !g_attention_flash && strcmp(v, "fused") != 0)
+                fail("--attention: expected gemm, fused or flash, got '%s'", v);
             continue;
         }
         if (!strcmp(argv[i], "--loss-chunk")) {
@@ -2377,8 +2724,9 @@ static void parse_gpu_flags(int *argc, char **argv) {
                    "--export-packed, --histogram, --bench) and two of its own:\n"
                    "  --matmul fp32|tf32|bf16  matmul precision: tf32 tensor cores, plain fp32, or bf16 operands\n"
                    "                        with fp32 accumulation (fp32 master weights; a bf16 teacher) [bf16]\n"
-                   "  --attention gemm|fused  attention through cuBLAS with [T,T] scores per head (fast),\n"
-                   "                        or the fused kernel (no [T,T] memory) [gemm]\n"
+                   "  --attention gemm|fused|flash  attention through cuBLAS with [T,T] scores per head\n"
+                   "                        (TF32), the fused fp32 kernel (no [T,T] memory, CUDA cores), or the\n"
+                   "                        FlashAttention-2 kernel (bf16 tensor cores, no [T,T]; head_dim <= 128) [gemm]\n"
                    "  --loss-chunk ROWS     rows of logits the classifier and loss take at a time (their\n"
                    "                        [B,T,V] logits are never stored); 0: 128 MiB of fp32 a chunk [0]\n"
                    "Several GPUs: one process a GPU, placed by torchrun's, mpirun's or Slurm's variables (RANK,\n"

@@ -3,7 +3,8 @@
 # train_cu on the tinyllama-1.1b random shape, INT-Asym 2-bit group 128 on the seven linears of
 # every layer, its full-precision self as teacher, CAKLD, AdamW, batch 8 x 1024 tokens; then the
 # PyTorch + transformers reference of the same step (dev/bench_torch.py, eager and torch.compile)
-# unless BENCH_TORCH=0; MATMUL=tf32|fp32 picks train_cu's --matmul (unset: its default, bf16).
+# unless BENCH_TORCH=0; MATMUL=tf32|fp32 picks train_cu's --matmul (unset: its default, bf16),
+# ATTENTION=fused|flash its --attention (unset: its default, gemm).
 # Prints tokens/s, MFU (FLOPs/token = 8N + 16 L T d, N the matmul parameters with the LM head;
 # 989 TFLOP/s dense bf16 peak) and peak GPU memory of each.
 #
@@ -32,7 +33,7 @@ tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 make -s train_cu || exit 1
 awk 'BEGIN { srand(1); for (i = 0; i < 200000; i++) print int(rand() * 32000) }' > "$tmp/r.ids"
 ./train_cu --init tinyllama-1.1b -q int -b 2 -g 128 --loss cakld --gamma-batches 1 --train-tokens "$tmp/r.ids" \
-    --steps "$STEPS" --batch 8 --micro-batch 8 --seq 1024 --lr 1e-5 ${MATMUL:+--matmul $MATMUL} | tee "$tmp/cu.out" || exit 1
+    --steps "$STEPS" --batch 8 --micro-batch 8 --seq 1024 --lr 1e-5 ${MATMUL:+--matmul $MATMUL} ${ATTENTION:+--attention $ATTENTION} | tee "$tmp/cu.out" || exit 1
 # steady state: the mean tok/s of the steps after the first
 tps=$(sed -n 's/^step .* | \([0-9]*\) tok\/s .*/\1/p' "$tmp/cu.out" | tail -n +2 | awk '{ s += $1; n++ } END { printf "%.0f", s / n }')
 peak=$(sed -n 's/^GPU memory: peak \([0-9.]*\) MiB.*/\1/p' "$tmp/cu.out")

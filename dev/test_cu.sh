@@ -6,7 +6,8 @@
 #     both programs (loss curves step by step, gamma, the JSON result line, the quantized weights
 #     after the run), perplexity of the result, every loss and quantizer for a few steps, resume,
 #     and the faults (no GPU, out of GPU memory); then --matmul bf16 (bf16 operands, fp32
-#     accumulation and master weights, a bf16 teacher) against ./train at bf16 tolerances;
+#     accumulation and master weights, a bf16 teacher) against ./train at bf16 tolerances, and
+#     --attention flash (bf16 tensor-core attention) likewise;
 #  3. dev/test_cu_dp.sh: data parallelism with one process (WORLD_SIZE=1 through NCCL and ZeRO-1)
 #     against the plain run, and ZeRO-1 checkpoints (dev/test_multigpu.sh runs several GPUs).
 #  4. generation (--generate, --generate-data) and --eval-qa against ./train: dev/test_cu_gen.sh.
@@ -26,12 +27,12 @@ within() { awk -v e="$1" -v t="$2" 'BEGIN { exit !(e ~ /^[0-9]/ && e + 0 <= t + 
 # relative difference of two numbers; "nan" when one is missing
 rel() { awk -v a="$1" -v b="$2" 'BEGIN { if (a !~ /^-?[0-9]/ || b !~ /^-?[0-9]/) { print "nan"; exit } d = (a - b) / (b == 0 ? 1 : b); printf "%.3e", d < 0 ? -d : d }'; }
 # curve ID "WHAT" TOL ARGS...: the loss curves (the JSONL logs, 6 digits) of ./train and of
-# ./train_cu --matmul fp32 (or $cu_matmul) on the same ARGS, step by step
+# ./train_cu --matmul fp32 (or $cu_matmul; --attention $cu_attention when set) on the same ARGS, step by step
 jlosses() { sed -n 's/^{"step": [0-9]*, "loss": \([0-9.e+-]*\),.*/\1/p' "$1"; }
 curve() {
     local id=$1 name=$2 tol=$3; shift 3
     ./train "$@" --log "$tmp/$id.cpu.jsonl" > "$tmp/$id.cpu" || bad "$name: ./train failed"
-    ./train_cu --matmul "${cu_matmul:-fp32}" "$@" --log "$tmp/$id.gpu.jsonl" > "$tmp/$id.gpu" || bad "$name: ./train_cu failed"
+    ./train_cu --matmul "${cu_matmul:-fp32}" ${cu_attention:+--attention "$cu_attention"} "$@" --log "$tmp/$id.gpu.jsonl" > "$tmp/$id.gpu" || bad "$name: ./train_cu failed"
     [ -n "${OUT:-}" ] && cp "$tmp/$id.cpu" "$tmp/$id.gpu" "$OUT/"
     jlosses "$tmp/$id.cpu.jsonl" > "$tmp/l1"; jlosses "$tmp/$id.gpu.jsonl" > "$tmp/l2"
     echo "  $name: loss per step, train | train_cu:"
@@ -47,6 +48,15 @@ echo "== kernels and layers against train.c (build/cuda_parity)"
 ./build/cuda_parity | tee "$tmp/parity.out"
 read -r p f < <(tail -n 1 "$tmp/parity.out" | awk '{ print $1, $3 }')
 pass=$((pass + ${p:-0})); fail=$((fail + ${f:-1}))
+
+# the flash attention kernels are tensor-core code: HMMA instructions in the machine code (cuBLAS
+# is a library apart, and nothing else in train.cu uses tensor cores itself)
+if command -v cuobjdump > /dev/null; then
+    n=$(cuobjdump -sass build/cuda_parity | grep -c HMMA)
+    [ "$n" -gt 0 ] && ok "cuobjdump: $n HMMA (tensor-core) instructions in build/cuda_parity" || bad "no HMMA instruction in build/cuda_parity"
+else
+    echo "  (no cuobjdump here: the HMMA count is not checked)"
+fi
 
 echo "== the command line"
 ./run.sh corpus "$tmp/c" > /dev/null
@@ -120,6 +130,9 @@ within "$e" 1e-5 && ok "--eval-ppl of the student: train $pc, train_cu $pg (rela
 pb=$(./train_cu --matmul bf16 -m "$tmp/cpu.bin" --eval-ppl "$tmp/v.ids" -T 128 --eval-batch 8 | field ppl)
 e=$(rel "$pb" "$pc")
 within "$e" 1e-2 && ok "--eval-ppl --matmul bf16: train $pc, train_cu $pb (relative $e, tolerance 1e-2)" || bad "ppl bf16 $pc vs $pb"
+pf=$(./train_cu --matmul bf16 --attention flash -m "$tmp/cpu.bin" --eval-ppl "$tmp/v.ids" -T 128 --eval-batch 8 | field ppl)
+e=$(rel "$pf" "$pc")
+within "$e" 1e-2 && ok "--eval-ppl --matmul bf16 --attention flash: train $pc, train_cu $pf (relative $e, tolerance 1e-2)" || bad "ppl flash $pc vs $pf"
 
 echo "  every loss and quantizer, 3 steps (final loss: train, train_cu fp32; step 1: train, train_cu bf16):"
 for run in "ce int" "fkl int" "rkl nf3" "cakld_ce nf4" "wasserstein ternary" "cakld sign" "cakld onebit" "cakld ternary"; do
@@ -149,6 +162,9 @@ within "$e" 1e-4 && ok "--stop-after 5 then --resume to 10: final loss $l2 vs st
 # any update, already differs by 4e-3 on this trained teacher, and flipped codes add to it: 1.0e-2
 # measured over 10 steps)
 cu_matmul=bf16 curve qatbf "2-bit QAT self-distillation, --matmul bf16 (bf16 teacher), lr 1e-5, 10 steps" 2e-2 \
+    -m "$tmp/teacher.bin" -q int -b 2 -g 64 --train-tokens "$tmp/c/train.ids" --steps 10 --batch 8 --micro-batch 4 --seq 128 --lr 1e-5
+# --attention flash (bf16 tensor-core attention, no [T,T] scores) on top: the same tolerance
+cu_matmul=bf16 cu_attention=flash curve qatfl "2-bit QAT self-distillation, --matmul bf16 --attention flash, lr 1e-5, 10 steps" 2e-2 \
     -m "$tmp/teacher.bin" -q int -b 2 -g 64 --train-tokens "$tmp/c/train.ids" --steps 10 --batch 8 --micro-batch 4 --seq 128 --lr 1e-5
 cu_matmul=bf16 curve kdbf "full-precision distillation from -t, cakld, --matmul bf16, 10 steps" 1e-2 --init tiny --seed 4 \
     -t "$tmp/teacher.bin" --loss cakld --train-tokens "$tmp/c/train.ids" --steps 10 --batch 8 --micro-batch 4 --seq 128 --lr 1e-3

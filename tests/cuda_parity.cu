@@ -14,6 +14,8 @@
 //   - --matmul bf16: the bf16 cast bit for bit against a host rounding; then the forward, every
 //     gradient and every loss against train.c's fp32 at bf16 tolerances (bf16 keeps 8 significant
 //     bits: a rounding error of 2^-9 per operand), with the teacher stored in bf16 alone
+//   - --attention flash (bf16 tensor cores): its kernels against the fp32 fused kernels on random
+//     inputs of many shapes; the model's forward and gradients against train.c at bf16 tolerances
 // Ends with "N passed, M failed"; exit 1 on any failure. Needs a GPU.
 #define TRAIN_CU_NO_MAIN
 #include "../train.cu"
@@ -251,6 +253,72 @@ static void test_distill(int loss_kind, int chunk) {
     host_model_free(&hs); host_model_free(&ht);
 }
 
+// --attention flash against the fp32 fused kernels (themselves checked against train.c above), on
+// random q, k (scores of standard deviation 1), v, dO: out and lse of the forward, and what the
+// backward adds to dq, dk, dv (they start from random values, so a kernel that overwrote instead of
+// accumulating would fail). Each backward takes its own forward's out and lse. Tolerances: q, k,
+// v, dO and P are rounded to bf16 (2^-9 relative each) and accumulated in fp32, so out and the
+// gradients are off by a few 1e-3 of their largest magnitude (an index or mask error is off by
+// order 1): 2e-2. lse is a log: its absolute error is the relative error of the softmax's
+// normaliser, from the scores' rounding, a few 1e-3 for scores of order 1 (a wrong base or max
+// shows as order 1): 2e-2 absolute. misalign: the tensors start one float past 16 bytes, so the
+// kernels take their scalar loads (as they do for hd % 4 != 0).
+static float *flash_buf(float **base, const float *x, int64_t n, int o) {  // a device copy of x, o floats in
+    *base = (float *)gpu_malloc((size_t)(n + o) * sizeof(float), "scratch");
+    if (x) cudaCheck(cudaMemcpy(*base + o, x, (size_t)n * sizeof(float), cudaMemcpyHostToDevice));
+    else cudaCheck(cudaMemset(*base, 0xFF, (size_t)(n + o) * sizeof(float)));  // NaN: what is not written fails
+    return *base + o;
+}
+static void test_flash_kernels(int B, int T, int H, int KV, int hd, int misalign) {
+    int64_t nq = (int64_t)B * T * H * hd, nk = (int64_t)B * T * KV * hd, nl = (int64_t)B * H * T;
+    int64_t n[7] = {nq, nk, nk, nq, nq, nk, nk};  // q, k, v, dO, and the starting dq, dk, dv
+    float *h[7];
+    for (int a = 0; a < 7; a++) {
+        h[a] = (float *)malloc((size_t)n[a] * sizeof(float));
+        if (!h[a]) fail("out of host memory");
+        for (int64_t i = 0; i < n[a]; i++)  // uniform in [-1, 1); q, k times sqrt(3): variance 1
+            h[a][i] = ((float)((next_u64() >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f) * (a < 2 ? 1.7320508f : 1.0f);
+    }
+    float *base[16];
+    int o = misalign, nb = 0;
+    float *q = flash_buf(&base[nb++], h[0], nq, o), *k = flash_buf(&base[nb++], h[1], nk, o),
+          *v = flash_buf(&base[nb++], h[2], nk, o), *dout = flash_buf(&base[nb++], h[3], nq, o);
+    float *out[2], *lse[2], *delta[2], *g[2][3];  // [0] fused, [1] flash
+    for (int p = 0; p < 2; p++) {
+        out[p] = flash_buf(&base[nb++], NULL, nq, o);
+        lse[p] = flash_buf(&base[nb++], NULL, nl, 0);
+        delta[p] = flash_buf(&base[nb++], NULL, nl, 0);
+        for (int a = 0; a < 3; a++) g[p][a] = flash_buf(&base[nb++], h[4 + a], n[4 + a], o);
+    }
+    attention_forward(out[0], lse[0], q, k, v, B, T, H, KV, hd);
+    attention_backward(g[0][0], g[0][1], g[0][2], delta[0], dout, q, k, v, out[0], lse[0], B, T, H, KV, hd);
+    attention_forward_flash(out[1], lse[1], q, k, v, B, T, H, KV, hd);
+    attention_backward_flash(g[1][0], g[1][1], g[1][2], delta[1], dout, q, k, v, out[1], lse[1], B, T, H, KV, hd);
+    cudaCheck(cudaDeviceSynchronize());
+    char what[160], shape[96];
+    snprintf(shape, sizeof shape, "flash B %d T %d H %d/%d hd %d%s", B, T, H, KV, hd, misalign ? " (unaligned)" : "");
+    float *r = download(out[0], nq), *f = download(out[1], nq);
+    snprintf(what, sizeof what, "%s: out", shape);
+    check(what, rel_err(f, r, nq), 2e-2);
+    free(r); free(f);
+    r = download(lse[0], nl); f = download(lse[1], nl);
+    double e = 0.0;
+    for (int64_t i = 0; i < nl; i++) { double d = fabs((double)f[i] - r[i]); if (!(d <= e)) e = d; }
+    snprintf(what, sizeof what, "%s: lse, absolute", shape);
+    check(what, e, 2e-2);
+    free(r); free(f);
+    const char *names[3] = {"dq", "dk", "dv"};
+    for (int a = 0; a < 3; a++) {  // what each backward added
+        r = download(g[0][a], n[4 + a]); f = download(g[1][a], n[4 + a]);
+        for (int64_t i = 0; i < n[4 + a]; i++) { r[i] -= h[4 + a][i]; f[i] -= h[4 + a][i]; }
+        snprintf(what, sizeof what, "%s: %s added", shape, names[a]);
+        check(what, rel_err(f, r, n[4 + a]), 2e-2);
+        free(r); free(f);
+    }
+    for (int i = 0; i < nb; i++) gpu_free(base[i]);
+    for (int a = 0; a < 7; a++) free(h[a]);
+}
+
 // AdamW on identical gradients: the CPU's gradients are copied to the GPU first.
 static void test_adamw(void) {
     HostModel h;
@@ -316,6 +384,12 @@ int main(void) {
     test_decode("decode tiny", "tiny", 0, QUANT_NONE, 16, 0, 3, 40, 0);
     test_decode("decode bench-100m (GQA 12/4)", "bench-100m", 512, QUANT_NONE, 16, 0, 2, 150, 0);
     test_decode("decode int2", "tiny", 0, QUANT_INT, 2, 32, 2, 64, 0);
+    printf("\n--attention flash (bf16 tensor cores) against the fused fp32 kernels, random inputs\n");
+    int fl[][6] = {{1, 1, 4, 4, 64, 0}, {2, 15, 8, 2, 64, 0}, {1, 64, 4, 1, 128, 0}, {2, 77, 4, 4, 128, 0},
+                   {2, 200, 8, 2, 64, 0}, {1, 200, 16, 4, 128, 0}, {1, 1024, 8, 2, 64, 0}, {2, 77, 8, 4, 8, 0},
+                   {1, 33, 4, 1, 50, 0}, {1, 130, 6, 2, 96, 1}, {2, 129, 4, 2, 64, 1}};
+    for (size_t i = 0; i < sizeof fl / sizeof fl[0]; i++)
+        test_flash_kernels(fl[i][0], fl[i][1], fl[i][2], fl[i][3], fl[i][4], fl[i][5]);
     printf("\nquantizers: W^ = Q(W) of the same latent weights\n");
     int specs[][3] = {{QUANT_INT, 1, 32}, {QUANT_INT, 2, 32}, {QUANT_INT, 3, 64}, {QUANT_INT, 4, -1}, {QUANT_INT, 8, 32},
                       {QUANT_NF3, 3, 32}, {QUANT_NF4, 4, 64}, {QUANT_SIGN, 1, 0}, {QUANT_ONEBIT, 1, 0}, {QUANT_TERNARY, 2, 0}};
@@ -372,6 +446,20 @@ int main(void) {
     test_forward_backward("bf16 sign", "tiny", 0, 0, QUANT_SIGN, 1, 0, 2, 64);
     g_attention_gemm = 0;
     test_forward_backward("bf16 int2, fused", "tiny", 0, 0, QUANT_INT, 2, 32, 2, 64);
+    g_attention_gemm = 1;
+    // --attention flash: the model at the same bf16 tolerances (tiny's head of 8 dims runs padded
+    // to 64; bench-100m's 150 tokens end in a partial tile), under bf16 and under fp32 matmuls
+    g_attention_gemm = 0;
+    g_attention_flash = 1;
+    test_forward_backward("bf16 tiny untied, flash", "tiny", 0, 1, QUANT_NONE, 16, 0, 3, 77);
+    test_forward_backward("bf16 bench-100m, flash", "bench-100m", 512, 0, QUANT_NONE, 16, 0, 2, 150);
+    test_forward_backward("bf16 int2, flash", "tiny", 0, 0, QUANT_INT, 2, 32, 2, 64);
+    g_bf16 = 0;
+    g_compute = CUBLAS_COMPUTE_32F;
+    test_forward_backward("fp32 matmuls, flash attention: bench-100m", "bench-100m", 512, 0, QUANT_NONE, 16, 0, 2, 150);
+    g_bf16 = 1;
+    g_compute = CUBLAS_COMPUTE_32F_FAST_TF32;
+    g_attention_flash = 0;
     g_attention_gemm = 1;
     for (int k = 0; k < N_LOSSES; k++) test_distill(k, 0);
     for (int k = 0; k < N_LOSSES; k++) test_distill(k, 7);
