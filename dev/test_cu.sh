@@ -7,6 +7,7 @@
 #     after the run), perplexity of the result, every loss and quantizer for a few steps, resume,
 #     and the faults (no GPU, out of GPU memory); then --matmul bf16 (bf16 operands, fp32
 #     accumulation and master weights, a bf16 teacher) against ./train at bf16 tolerances.
+#  3. dev/test_cu_modes.sh: --data (the held-out loss), --clip, --export-packed, --histogram, --bench.
 # Prints each comparison with its error; ends with "N passed, M failed"; exit 1 on a failure.
 set -u
 cd "$(dirname "$0")/.."
@@ -158,6 +159,10 @@ out=$(CUDA_VISIBLE_DEVICES= ./train_cu --init tiny --train-tokens "$tmp/c/train.
 [ $rc -eq 1 ] && grep -q "no CUDA GPU" <<< "$out" && ok "no GPU: exit 1, '$out'" || bad "no GPU: rc $rc, '$out'"
 out=$(./train_cu --init tinyllama-1.1b --train-tokens "$tmp/c/train.ids" --steps 1 --batch 128 --micro-batch 128 --seq 2048 2>&1 >/dev/null); rc=$?
 [ $rc -eq 1 ] && grep -q "out of GPU memory: .* needs .* GiB" <<< "$out" && ok "out of GPU memory: exit 1, '$out'" || bad "OOM: rc $rc, '$out'"
+
+./dev/test_cu_modes.sh | tee "$tmp/modes.out"
+read -r p f < <(tail -n 1 "$tmp/modes.out" | awk '{ print $1, $3 }')
+pass=$((pass + ${p:-0})); fail=$((fail + ${f:-1}))
 
 echo
 echo "$pass passed, $fail failed"
