@@ -1847,6 +1847,44 @@ static void next_batch(Batches *src, int64_t k, Rng *rng, int *inputs, int *targ
     dataset_batch(d, src->idx, B, src->mask_prompt, inputs, targets);
 }
 
+// The training data the flags name, for train and train_cu alike: a token stream
+// (--train-tokens), or --data's JSONL examples split into training and held-out fifths, with
+// the run's steps from --epochs unless --steps is given.
+typedef struct {
+    TokenStream stream;     // --train-tokens
+    Dataset train, eval;    // --data
+    Batches batches;        // over one of the two
+    int steps;
+} TrainData;
+
+static void train_data_from_flags(TrainData *td, const Args *a, const char *path, const Tokenizer *tok, int T, int V) {
+    memset(td, 0, sizeof *td);
+    td->steps = a->steps;
+    if (a->train_tokens) {
+        td->stream = load_tokens(a->train_tokens, tok, V);
+        if (td->stream.n <= T) die("%s: %lld tokens, need more than --seq %d", a->train_tokens, (long long)td->stream.n, T);
+        td->batches = batches_of_stream(&td->stream);
+        return;
+    }
+    Dataset all;
+    dataset_load(&all, path, tok, T, V);
+    dataset_split(&all, &td->train, &td->eval);
+    dataset_free(&all);
+    if (td->train.n == 0) die("%s: no training examples", path);
+    printf("data: %d training and %d held-out examples (BitDistiller's split: the first fifth is held out)%s\n",
+           td->train.n, td->eval.n, a->mask_prompt ? "; no loss on prompt tokens" : "");
+    td->batches = batches_of_examples(&td->train, a->mask_prompt, a->seed, a->micro_batch);
+    if (!a->steps_given) td->steps = (int)(((int64_t)a->epochs * td->train.n + a->batch - 1) / a->batch);
+    printf("data: %d epochs of %d examples in batches of %d: %d steps\n", a->epochs, td->train.n, a->batch, td->steps);
+}
+
+static void train_data_free(TrainData *td) {
+    batches_free(&td->batches);
+    free(td->stream.ids);
+    dataset_free(&td->train);
+    dataset_free(&td->eval);
+}
+
 // The teacher's confidence gamma over the first n_batches micro-batches of the run (their
 // positions with a target, or all of them with include_pad: BitDistiller's original average,
 // padding included), drawn with a copy of the sampler's state so that training then sees the
@@ -2315,6 +2353,51 @@ static void print_model(const Model *m) {
            c->max_seq_len, c->tied ? "tied" : "untied", (long long)m->n_params);
 }
 
+// --clip: the clipping search (clip_model) for the quantizer -q/-b/-g prepare for, on --calib's
+// tokens; json gets the result's part of the JSON line. After training, as ./train orders it.
+static void clip_from_flags(const Args *a, Model *m, const Tokenizer *tok, char *json, size_t n) {
+    const ModelHeader *c = &m->cfg;
+    ModelHeader probe = m->cfg;  // the spec must fit every linear of this model
+    probe.quant_method = a->quant.method; probe.quant_bits = a->quant.bits; probe.quant_group = a->quant.group;
+    const char *why = header_problem(&probe);
+    if (why) die("--clip with -q %s -b %d -g %d: %s", quant_method_name(a->quant.method), a->quant.bits, a->quant.group, why);
+    TokenStream s = load_tokens(a->calib, tok, c->vocab_size);
+    int Tc = a->calib_len ? a->calib_len : (c->max_seq_len < 1024 ? c->max_seq_len : 1024);
+    if (Tc > c->max_seq_len) die("--calib-len %d exceeds the model's context %d", Tc, c->max_seq_len);
+    int Bc = (int)(s.n / Tc) < a->calib_seqs ? (int)(s.n / Tc) : a->calib_seqs;
+    if (Bc < 1) die("%s: %lld tokens, fewer than one calibration sequence of %d", a->calib, (long long)s.n, Tc);
+    printf("clip: %d calibration sequences x %d tokens from %s, %d positions per linear, -q %s -b %d -g %d\n",
+           Bc, Tc, a->calib, a->clip_tokens < Bc * Tc ? a->clip_tokens : Bc * Tc, quant_method_name(a->quant.method),
+           a->quant.bits, a->quant.group);
+    ClipResult r = clip_model(m, a->quant, s.ids, Bc, Tc, a->clip_tokens);
+    printf("clip: %lld groups searched; total output error of RTN %.6g -> clipped %.6g\n", (long long)r.groups,
+           r.err_rtn, r.err_clipped);
+    snprintf(json, n, "\"clip\": {\"groups\": %lld, \"err_rtn\": %.8g, \"err_clipped\": %.8g, \"seqs\": %d, \"len\": %d}",
+             (long long)r.groups, r.err_rtn, r.err_clipped, Bc, Tc);
+    free(s.ids);
+}
+
+// --export-packed: the packed model and its size in bits per weight; json as above.
+static void export_from_flags(const Args *a, Model *m, char *json, size_t n) {
+    int64_t bytes = export_packed(m, a->export_packed, a->out_dtype);
+    int64_t lin = m->n_codes, lin_bytes = 0;
+    for (int t = 0; t < N_TENSORS; t++)
+        if (tensor_is_linear(t)) lin_bytes += packed_linear_bytes(m, t) * m->cfg.n_layers;
+    double bpw = 8.0 * lin_bytes / lin;
+    printf("wrote %s: %lld bytes; the linears take %.3f bits per weight (codes and scales), the whole file %.3f\n",
+           a->export_packed, (long long)bytes, bpw, 8.0 * bytes / m->n_table);
+    snprintf(json, n, "\"packed\": {\"path\": \"%s\", \"bytes\": %lld, \"linear_bits_per_weight\": %.4f, \"bits_per_weight\": %.4f}",
+             a->export_packed, (long long)bytes, bpw, 8.0 * bytes / m->n_table);
+}
+
+// --histogram L: the histograms of layer L to --histogram-out's prefix; json as above.
+static void histogram_from_flags(const Args *a, Model *m, char *json, size_t n) {
+    char prefix[4000];
+    if (a->histogram_out) snprintf(prefix, sizeof prefix, "%s", a->histogram_out);
+    else snprintf(prefix, sizeof prefix, "histogram_layer%d", a->histogram);
+    write_histogram(m, a->histogram, prefix, json, n);
+}
+
 #ifndef TRAIN_NO_MAIN
 int main(int argc, char **argv) {
     Args a = parse_args(argc, argv);
@@ -2397,25 +2480,9 @@ int main(int argc, char **argv) {
     }
     if (train_path) {
         // the data: a token stream, or JSONL examples split into training and held-out fifths
-        TokenStream stream = {NULL, 0};
-        Dataset all, train_set, eval_set;
-        Batches batches;
-        int steps = a.steps;
-        if (a.train_tokens) {
-            stream = load_tokens(a.train_tokens, tok, c->vocab_size);
-            if (stream.n <= T) die("%s: %lld tokens, need more than --seq %d", a.train_tokens, (long long)stream.n, T);
-            batches = batches_of_stream(&stream);
-        } else {
-            dataset_load(&all, train_path, tok, T, c->vocab_size);
-            dataset_split(&all, &train_set, &eval_set);
-            dataset_free(&all);
-            if (train_set.n == 0) die("%s: no training examples", train_path);
-            printf("data: %d training and %d held-out examples (BitDistiller's split: the first fifth is held out)%s\n",
-                   train_set.n, eval_set.n, a.mask_prompt ? "; no loss on prompt tokens" : "");
-            batches = batches_of_examples(&train_set, a.mask_prompt, a.seed, a.micro_batch);
-            if (!a.steps_given) steps = (int)(((int64_t)a.epochs * train_set.n + a.batch - 1) / a.batch);
-            printf("data: %d epochs of %d examples in batches of %d: %d steps\n", a.epochs, train_set.n, a.batch, steps);
-        }
+        TrainData td;
+        train_data_from_flags(&td, &a, train_path, tok, T, c->vocab_size);
+        int steps = td.steps;
         TrainState st = {0, 0, rng_seeded(a.seed + 1).s, -1.0, a.batch, a.micro_batch, T, distill ? a.loss_kind : -1};
         Distiller d = {{LOSS_CE, 0, 1}, NULL, 1};
         char ckpt[4096] = "";
@@ -2430,7 +2497,7 @@ int main(int argc, char **argv) {
             if (st.gamma < 0) {  // measured once; a resumed run keeps the saved value
                 int uses_gamma = a.loss_kind == LOSS_CAKLD || a.loss_kind == LOSS_CAKLD_CE;
                 if (a.gamma >= 0) st.gamma = a.gamma;
-                else if (uses_gamma && teacher) st.gamma = measure_gamma(teacher, &batches, st, a.micro_batch, T, a.gamma_batches, a.gamma_include_pad);
+                else if (uses_gamma && teacher) st.gamma = measure_gamma(teacher, &td.batches, st, a.micro_batch, T, a.gamma_batches, a.gamma_include_pad);
                 else st.gamma = 0.0;
             }
             printf("distillation: %s, teacher %s, gamma %.4f%s\n", LOSS_NAMES[a.loss_kind],
@@ -2439,37 +2506,20 @@ int main(int argc, char **argv) {
             DistillLoss dl = {(LossKind)a.loss_kind, (float)st.gamma, a.temperature};
             distiller_init(&d, dl, m.cfg.vocab_size, teacher ? teacher->cfg.vocab_size : m.cfg.vocab_size);
         }
-        TrainResult r = train_loop(&m, distill ? teacher : NULL, distill ? &d : NULL, &a, &batches,
-                                   a.train_tokens ? NULL : &eval_set, steps, T, &st, ckpt[0] ? ckpt : NULL);
+        TrainResult r = train_loop(&m, distill ? teacher : NULL, distill ? &d : NULL, &a, &td.batches,
+                                   a.train_tokens ? NULL : &td.eval, steps, T, &st, ckpt[0] ? ckpt : NULL);
         JSON_ADD("\"train\": {\"steps\": %lld, \"final_loss\": %.6f, \"tokens_per_s\": %.1f%s}", (long long)st.step, r.final_loss,
                  r.tokens_per_s, distill ? ", \"distill\": true" : "");
         if (r.eval_loss >= 0) JSON_ADD("\"eval_loss\": %.6f", r.eval_loss);
         if (distill) JSON_ADD("\"gamma\": %.6f, \"loss_kind\": \"%s\"", st.gamma, LOSS_NAMES[a.loss_kind]);
         if (ckpt[0]) JSON_ADD("\"ckpt\": \"%s\"", ckpt);
         free(d.scratch);
-        batches_free(&batches);
-        if (a.train_tokens) free(stream.ids);
-        else { dataset_free(&train_set); dataset_free(&eval_set); }
+        train_data_free(&td);
     }
     if (a.clip) {
-        ModelHeader probe = m.cfg;  // the spec must fit every linear of this model
-        probe.quant_method = a.quant.method; probe.quant_bits = a.quant.bits; probe.quant_group = a.quant.group;
-        const char *why = header_problem(&probe);
-        if (why) die("--clip with -q %s -b %d -g %d: %s", quant_method_name(a.quant.method), a.quant.bits, a.quant.group, why);
-        TokenStream s = load_tokens(a.calib, tok, c->vocab_size);
-        int Tc = a.calib_len ? a.calib_len : (c->max_seq_len < 1024 ? c->max_seq_len : 1024);
-        if (Tc > c->max_seq_len) die("--calib-len %d exceeds the model's context %d", Tc, c->max_seq_len);
-        int Bc = (int)(s.n / Tc) < a.calib_seqs ? (int)(s.n / Tc) : a.calib_seqs;
-        if (Bc < 1) die("%s: %lld tokens, fewer than one calibration sequence of %d", a.calib, (long long)s.n, Tc);
-        printf("clip: %d calibration sequences x %d tokens from %s, %d positions per linear, -q %s -b %d -g %d\n",
-               Bc, Tc, a.calib, a.clip_tokens < Bc * Tc ? a.clip_tokens : Bc * Tc, quant_method_name(a.quant.method),
-               a.quant.bits, a.quant.group);
-        ClipResult r = clip_model(&m, a.quant, s.ids, Bc, Tc, a.clip_tokens);
-        printf("clip: %lld groups searched; total output error of RTN %.6g -> clipped %.6g\n", (long long)r.groups,
-               r.err_rtn, r.err_clipped);
-        JSON_ADD("\"clip\": {\"groups\": %lld, \"err_rtn\": %.8g, \"err_clipped\": %.8g, \"seqs\": %d, \"len\": %d}",
-                 (long long)r.groups, r.err_rtn, r.err_clipped, Bc, Tc);
-        free(s.ids);
+        char b[1024];
+        clip_from_flags(&a, &m, tok, b, sizeof b);
+        JSON_ADD("%s", b);
     }
     if (a.out_path && !a.generate_data) {  // written before evaluation, so a long evaluation cannot lose the training
         ModelHeader out = m.cfg;
@@ -2482,21 +2532,13 @@ int main(int argc, char **argv) {
         JSON_ADD("\"out\": \"%s\"", a.out_path);
     }
     if (a.export_packed) {
-        int64_t bytes = export_packed(&m, a.export_packed, a.out_dtype);
-        int64_t lin = m.n_codes, lin_bytes = 0;
-        for (int t = 0; t < N_TENSORS; t++)
-            if (tensor_is_linear(t)) lin_bytes += packed_linear_bytes(&m, t) * m.cfg.n_layers;
-        double bpw = 8.0 * lin_bytes / lin;
-        printf("wrote %s: %lld bytes; the linears take %.3f bits per weight (codes and scales), the whole file %.3f\n",
-               a.export_packed, (long long)bytes, bpw, 8.0 * bytes / m.n_table);
-        JSON_ADD("\"packed\": {\"path\": \"%s\", \"bytes\": %lld, \"linear_bits_per_weight\": %.4f, \"bits_per_weight\": %.4f}",
-                 a.export_packed, (long long)bytes, bpw, 8.0 * bytes / m.n_table);
+        char b[4096 + 256];  // b fits in part (8192)
+        export_from_flags(&a, &m, b, sizeof b);
+        JSON_ADD("%s", b);
     }
     if (a.histogram >= 0) {
-        char prefix[4000], b[4096];  // b fits in part (8192)
-        if (a.histogram_out) snprintf(prefix, sizeof prefix, "%s", a.histogram_out);
-        else snprintf(prefix, sizeof prefix, "histogram_layer%d", a.histogram);
-        write_histogram(&m, a.histogram, prefix, b, sizeof b);
+        char b[4096];  // b fits in part (8192)
+        histogram_from_flags(&a, &m, b, sizeof b);
         JSON_ADD("%s", b);
     }
     if (a.eval_ppl) {

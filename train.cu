@@ -18,7 +18,8 @@
  *   9. evaluation: perplexity
  *  10. generation (a KV cache, the decode step) and zero-shot scoring, for train.c's loops
  *  11. data parallelism: one process per GPU over NCCL, ZeRO-1 optimizer state
- *  12. the training loop and main
+ *  12. the training loop (--train-tokens or --data with its held-out loss), --bench, and main;
+ *      --clip, --export-packed and --histogram are train.c's own, on the downloaded parameters
  *
  * Precision: parameters (the master weights), gradients, AdamW moments and activations are fp32;
  * matmuls run in bf16 (--matmul bf16, the default), through cuBLAS with TF32 tensor cores
@@ -2571,7 +2572,7 @@ static void dp_resume(Model *m, HostTrainState *st) {
 // ============================================================================================
 // 12. The training loop and main
 
-typedef struct { float final_loss, tokens_per_s; } TrainResult;
+typedef struct { float final_loss, tokens_per_s, eval_loss; } TrainResult;  // eval_loss -1: none
 
 // The teacher's confidence over the first n_batches micro-batches (a copy of the data RNG).
 static double measure_gamma(Model *teacher, HostTrainState st, int B, int T, int n_batches, int include_pad) {
@@ -2581,7 +2582,7 @@ static double measure_gamma(Model *teacher, HostTrainState st, int B, int T, int
     double sum = 0;
     long long count = 0;
     for (int i = 0; i < n_batches; i++) {
-        host_sample_batch(inputs, targets, &rng, B, T);
+        host_next_batch(st.micro_batches + i, &rng, inputs, targets, B, T);
         model_forward_hidden(teacher, inputs, NULL, B, T);
         gamma_accumulate(&sum, &count, teacher, targets, B, T, include_pad);
     }
@@ -2593,6 +2594,37 @@ static void checkpoint_save(Model *m, const HostTrainState *st) {
     if (g_dp.on) { dp_checkpoint_save(m, st); return; }
     model_download(m, 1);
     host_checkpoint_save(m->h, st);
+}
+
+// train.c's eval_split_loss on the GPU: the loss on --data's n_eval held-out examples, without
+// gradients: d's loss (summed over a sequence's positions, averaged over sequences), or without d
+// the cross-entropy averaged over tokens. Batches of B; the last one is filled up to B with rows
+// that have no targets (they add nothing to either loss), so the activations keep the training
+// shape instead of being reallocated for it.
+static double eval_split_loss(Model *m, Model *teacher, const Distiller *d, int n_eval, int B, int T, int *inputs,
+                              int *targets) {
+    double sum = 0.0, *rows = (double *)malloc((size_t)B * T * sizeof(double));
+    if (!rows) fail("out of host memory");
+    int64_t tokens = 0;
+    for (int i0 = 0; i0 < n_eval; i0 += B) {
+        int nb = n_eval - i0 < B ? n_eval - i0 : B;
+        host_eval_batch(i0, nb, inputs, targets);
+        for (int i = nb * T; i < B * T; i++) { inputs[i] = 0; targets[i] = -1; }
+        int kd = d && d->loss.kind != LOSS_CE, count;
+        if (kd) model_forward_hidden(teacher, inputs, NULL, B, T);
+        model_forward_hidden(m, inputs, targets, B, T);
+        DistillLoss ce = {LOSS_CE, 0.0f, 1.0f};
+        head_loss(m, kd ? teacher : NULL, d ? d->loss : ce, d ? d->scratch : NULL, 1.0f, 1.0f, 0);  // losses only
+        double s = rows_sum(m, targets, B * T, rows, &count);
+        if (d) {
+            sum += s;  // distill_loss_batch's sum over the sequences' positions (times nb / nb)
+        } else if (count) {
+            sum += (double)(float)(s / count) * count;  // train.c's float mean of the batch, times its tokens
+            tokens += count;
+        }
+    }
+    free(rows);
+    return d ? sum / n_eval : sum / (tokens ? tokens : 1);
 }
 
 static TrainResult train_loop(Model *m, Model *teacher, Distiller *d, const HostArgs *a, const OptConfig *opt,
@@ -2607,7 +2639,7 @@ static TrainResult train_loop(Model *m, Model *teacher, Distiller *d, const Host
     const char *ckpt = a->ckpt[0] ? a->ckpt : NULL;
     int64_t first = st->step, last = a->stop_after && a->stop_after < a->steps ? a->stop_after : a->steps;
     double t0 = now_seconds();
-    TrainResult r = {0, 0};
+    TrainResult r = {0, 0, -1};
     printf("training: steps %lld..%d of %d, %d sequences x %d tokens (%d micro-batches of %d), lr %g, %s\n",
            (long long)st->step + 1, (int)last, a->steps, a->batch, T, accum, B, a->lr,
            d ? LOSS_NAMES[d->loss.kind] : "cross-entropy (mean over tokens)");
@@ -2621,7 +2653,7 @@ static TrainResult train_loop(Model *m, Model *teacher, Distiller *d, const Host
         double loss = 0.0;
         uint64_t rng = st->rng;
         for (int micro = 0; micro < accum; micro++) {
-            host_sample_batch(inputs, targets, &rng, B, T);
+            host_next_batch(st->micro_batches + micro, &rng, inputs, targets, B, T);
             if (micro % g_dp.world != g_dp.rank) continue;  // another rank's micro-batch (section 11)
             if (d) {
                 loss += distill_step(m, teacher, d, inputs, targets, B, T, 1.0f / accum) / accum;
@@ -2648,15 +2680,24 @@ static TrainResult train_loop(Model *m, Model *teacher, Distiller *d, const Host
             model_quantize(m);
             snprintf(flip_s, sizeof flip_s, " | flips %.4f%%", 100.0 * m->flips_total / m->n_codes);
         }
+        char eval_s[48] = "";  // --data: the held-out loss, every --eval-every steps and at the end
+        double eval_loss = -1.0;
+        if (a->n_eval && ((a->eval_every && st->step % a->eval_every == 0) || st->step == a->steps)) {
+            eval_loss = eval_split_loss(m, teacher, d, a->n_eval, B, T, inputs, targets);
+            snprintf(eval_s, sizeof eval_s, " | eval loss %.4f", eval_loss);
+            r.eval_loss = (float)eval_loss;
+        }
         cudaCheck(cudaDeviceSynchronize());
         double now = now_seconds();
         float tps = (float)((double)a->batch * T / (now - ts));
         char eta[32];
         format_eta(eta, sizeof eta, (now - t0) / (double)(step + 1 - first) * (double)(last - step - 1));
-        printf("step %4lld/%d | loss %.4f | lr %.3g | grad norm %.3f%s | %.0f tok/s | ETA %s\n",
-               (long long)step + 1, a->steps, loss, lr, norm, flip_s, tps, eta);
+        printf("step %4lld/%d | loss %.4f%s | lr %.3g | grad norm %.3f%s | %.0f tok/s | ETA %s\n",
+               (long long)step + 1, a->steps, loss, eval_s, lr, norm, flip_s, tps, eta);
         fflush(stdout);
-        if (g_dp.rank == 0) host_log_step(m->h, step + 1, loss, lr, norm, tps, d ? st->gamma : -1.0, m->flips, m->flips_layer, m->flips_total);
+        if (g_dp.rank == 0)
+            host_log_step(m->h, step + 1, loss, eval_loss, lr, norm, tps, d ? st->gamma : -1.0, m->flips, m->flips_layer,
+                          m->flips_total);
         if (ckpt && ((a->save_every && st->step % a->save_every == 0) || st->step == last)) checkpoint_save(m, st);
         r.final_loss = (float)loss;
     }
@@ -2669,6 +2710,56 @@ static TrainResult train_loop(Model *m, Model *teacher, Distiller *d, const Host
     }
     free(inputs); free(targets);
     return r;
+}
+
+// --bench: train.c's bench on the GPU, with its JSON keys. Full training steps (forward, backward,
+// AdamW) of --micro-batch x --seq random tokens, each timed from its first launch to
+// cudaDeviceSynchronize; the best of --steps after one warm-up step (cuBLAS's heuristics, the
+// first allocations). The reference, measured in the same run: the bare matmul of the MLP's up
+// projection, [B*T, D] x [D, F], through the same cuBLAS call and --matmul precision the model
+// uses, best of three.
+static void bench(Model *m, const HostArgs *a, int T, char *json, size_t n) {
+    model_alloc_training(m);
+    int B = a->micro_batch, V = m->h->vocab_size;
+    int *inputs = (int *)malloc((size_t)B * T * sizeof(int)), *targets = (int *)malloc((size_t)B * T * sizeof(int));
+    if (!inputs || !targets) fail("out of host memory");
+    host_bench_tokens(inputs, targets, B * T, V);
+    OptConfig opt = {a->lr, a->beta1, a->beta2, a->eps, a->weight_decay, a->grad_clip};
+    double best = 1e30;
+    for (int s = 0; s <= a->bench; s++) {
+        cudaCheck(cudaDeviceSynchronize());
+        double t0 = now_seconds();
+        model_zero_grad(m);
+        model_forward_hidden(m, inputs, targets, B, T);  // the training step's path: the classifier fused with the loss
+        model_backward_scaled(m, targets, 1.0f);
+        adamw_update(m, &opt, a->lr);
+        cudaCheck(cudaDeviceSynchronize());
+        double dt = now_seconds() - t0;
+        if (s > 0 && dt < best) best = dt;
+        printf("bench step %d/%d: %.4f s%s\n", s, a->bench, dt, s == 0 ? " (warm-up)" : "");
+        fflush(stdout);
+    }
+    double tps = B * T / best, gflops = tps * host_train_flops_per_token(m->h, T) / 1e9;
+    int N = B * T, D = m->h->dim, F = m->h->hidden_dim;
+    double kbest = 1e30;
+    for (int r = 0; r < 3; r++) {
+        cudaCheck(cudaDeviceSynchronize());
+        double t0 = now_seconds();
+        matmul_forward(act_l(m, A_UP, 0), act_l(m, A_XN2, 0), weight(m, T_WUP, 0), N, D, F);
+        cudaCheck(cudaDeviceSynchronize());
+        double dt = now_seconds() - t0;
+        kbest = dt < kbest ? dt : kbest;
+    }
+    double kernel = 2.0 * N * D * F / kbest / 1e9;
+    note_peak();
+    printf("bench: %lld params, %d x %d tokens per step, best %.4f s: %.0f tokens/s, %.1f GFLOP/s "
+           "(%.0f%% of the cuBLAS matmul's %.1f GFLOP/s on [%d,%d]x[%d,%d] in this run; --matmul %s)\n",
+           (long long)m->n_params, B, T, best, tps, gflops, 100.0 * gflops / kernel, kernel, N, D, D, F,
+           g_bf16 ? "bf16" : g_compute == CUBLAS_COMPUTE_32F ? "fp32" : "tf32");
+    snprintf(json, n, "\"bench\": {\"params\": %lld, \"batch\": %d, \"seq\": %d, \"step_s\": %.4f, \"tokens_per_s\": %.1f, "
+             "\"gflops\": %.2f, \"matmul_gflops\": %.2f, \"fraction_of_matmul\": %.3f}",
+             (long long)m->n_params, B, T, best, tps, gflops, kernel, gflops / kernel);
+    free(inputs); free(targets);
 }
 
 // No GPU: one clear line and exit 1 (before any model is loaded).
@@ -2720,8 +2811,8 @@ static void parse_gpu_flags(int *argc, char **argv) {
             continue;
         }
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help"))
-            printf("train_cu: the GPU build of ./train. It takes ./train's flags below (not yet: --data, --clip,\n"
-                   "--export-packed, --histogram, --bench) and two of its own:\n"
+            printf("train_cu: the GPU build of ./train. It takes ./train's flags below (--clip runs train.c's\n"
+                   "search on the CPU) and three of its own:\n"
                    "  --matmul fp32|tf32|bf16  matmul precision: tf32 tensor cores, plain fp32, or bf16 operands\n"
                    "                        with fp32 accumulation (fp32 master weights; a bf16 teacher) [bf16]\n"
                    "  --attention gemm|fused|flash  attention through cuBLAS with [T,T] scores per head\n"
@@ -2759,10 +2850,14 @@ int main(int argc, char **argv) {
     }
     int T = a.seq;
     char part[1024];
+    if (a.bench) {
+        bench(&m, &a, T, part, sizeof part);
+        host_json_add(part);
+    }
     g_infer = &m;  // what --generate-data, --generate and --eval-qa run
     if (a.generate_data) host_generate_data(&hs, &GPU_INFERENCE);
     if (a.generate_prompt) host_generate_text(&hs, &GPU_INFERENCE);
-    if (a.train_tokens) {
+    if (a.train_tokens || a.data) {
         Distiller d = {{LOSS_CE, 0, 1}, NULL, NULL};
         if (a.resume) {
             if (g_dp.on) {
@@ -2796,6 +2891,10 @@ int main(int argc, char **argv) {
         snprintf(part, sizeof part, "\"train\": {\"steps\": %lld, \"final_loss\": %.6f, \"tokens_per_s\": %.1f%s}",
                  (long long)st.step, r.final_loss, r.tokens_per_s, a.distill ? ", \"distill\": true" : "");
         host_json_add(part);
+        if (r.eval_loss >= 0) {
+            snprintf(part, sizeof part, "\"eval_loss\": %.6f", r.eval_loss);
+            host_json_add(part);
+        }
         if (a.distill) {
             snprintf(part, sizeof part, "\"gamma\": %.6f, \"loss_kind\": \"%s\"", st.gamma, LOSS_NAMES[a.loss_kind]);
             host_json_add(part);
@@ -2807,11 +2906,21 @@ int main(int argc, char **argv) {
         gpu_free(d.scratch);
         free(d.host_rows);
     }
+    if (a.clip) {  // train.c's search on the host, between training and -o as ./train orders it
+        model_download(&m, 0);
+        host_clip(&hs);
+        model_upload(&m, 0);
+    }
     if (a.out_path && !a.generate_data) {  // with --generate-data, -o is the JSONL it wrote
         model_download(&m, 0);
         if (g_dp.rank == 0) host_write_model(&hs);
         snprintf(part, sizeof part, "\"out\": \"%s\"", a.out_path);
         host_json_add(part);
+    }
+    if (a.export_packed || a.histogram >= 0) {  // train.c's own writers, on the parameters trained here
+        model_download(&m, 0);
+        if (a.export_packed) host_export_packed(&hs);
+        if (a.histogram >= 0) host_histogram(&hs);
     }
     if (a.eval_ppl) {
         int Te = a.eval_T ? a.eval_T : (hs.max_seq_len < 2048 ? hs.max_seq_len : 2048);

@@ -50,6 +50,11 @@ typedef struct {
     char ckpt[4096];                  // "" when no checkpoint is written
     int generate_data;                // --generate-data (then -o is its JSONL, not a model)
     const char *generate_prompt, *eval_qa;
+    // (steps above: with --data, what --epochs takes, as train.c's TrainData counts them)
+    const char *data;                 // --data FILE.jsonl (NULL: --train-tokens or no training)
+    int n_eval, eval_every;           // --data's held-out examples; --eval-every
+    int bench, clip, histogram;       // --bench's timed steps (0: none), --clip, --histogram L (-1: none)
+    const char *export_packed;
 } HostArgs;
 
 // What a resumed run needs (train.c's TrainState).
@@ -60,12 +65,17 @@ typedef struct {
 } HostTrainState;
 
 // Parses argv with train.c's parse_args, builds the student (and the teacher when distilling)
-// exactly as ./train does, loads the training tokens, prints ./train's start-up lines, and
-// begins the JSON result line. Flags train_cu cannot do yet end in an error naming them.
+// exactly as ./train does, loads the training data (train.c's train_data_from_flags), prints
+// ./train's start-up lines, and begins the JSON result line. Flags train_cu cannot do yet end in
+// an error naming them.
 void host_setup(int argc, char **argv, HostArgs *a, HostModel *student, HostModel *teacher,
                 HostTrainState *st);
-// B random windows of the training tokens (train.c's sample_batch) with the RNG state *rng.
-void host_sample_batch(int *inputs, int *targets, uint64_t *rng, int B, int T);
+// Micro-batch k of the run (train.c's next_batch: random windows of --train-tokens, or --data's
+// examples in each epoch's order) with the RNG state *rng.
+void host_next_batch(int64_t k, uint64_t *rng, int *inputs, int *targets, int B, int T);
+// Held-out examples first .. first+nb-1 of --data, every real position a target (as train.c's
+// eval_split_loss reads them).
+void host_eval_batch(int first, int nb, int *inputs, int *targets);
 float host_lr_at(int64_t step);
 // RoPE tables [T, hd/2] of model m (train.c's rope_tables, Llama-3 scaling included).
 void host_rope_tables(float *cosv, float *sinv, const HostModel *m, int T);
@@ -74,13 +84,22 @@ void host_alloc_training(HostModel *m);
 // Resumes from --resume into m->params, adam_m, adam_v and *st (train.c's checkpoint_load).
 void host_resume(HostModel *m, HostTrainState *st);
 void host_checkpoint_save(const HostModel *m, const HostTrainState *st);
-// The JSONL log line of a step (train.c's log_step); flips [N_TENSORS], flips_layer [L].
-void host_log_step(HostModel *m, int64_t step, double loss, float lr, float norm, float tps, double gamma,
-                   const int64_t *flips, const int64_t *flips_layer, int64_t flips_total);
+// The JSONL log line of a step (train.c's log_step; eval_loss < 0: none); flips [N_TENSORS],
+// flips_layer [L].
+void host_log_step(HostModel *m, int64_t step, double loss, double eval_loss, float lr, float norm, float tps,
+                   double gamma, const int64_t *flips, const int64_t *flips_layer, int64_t flips_total);
 // Appends "key": value text to the JSON result line; host_finish prints it.
 void host_json_add(const char *text);
-// -o: writes m->params as ./train would (atomically, --dtype).
+// -o: writes m->params as ./train would (atomically, --dtype; the tokenizer beside it).
 void host_write_model(const HostModel *m);
+// train.c's own --clip, --export-packed and --histogram on m->params (downloaded by the caller),
+// each adding its part of the JSON line. --clip changes m->params (the caller uploads them).
+void host_clip(HostModel *m);
+void host_export_packed(HostModel *m);
+void host_histogram(HostModel *m);
+// --bench: FLOPs of a training step per token (train.c's train_flops_per_token), and its tokens.
+double host_train_flops_per_token(const HostModel *m, int T);
+void host_bench_tokens(int *inputs, int *targets, int n, int V);
 // --eval-ppl's tokens (caller frees with host_free).
 int *host_load_eval_tokens(const HostModel *m, int64_t *n);
 void host_free(void *p);

@@ -10,8 +10,9 @@
 _Static_assert(N_TENSORS == HM_TENSORS, "train_cu.h's tensor table must match model.h's");
 
 static Args g_args;
-static TokenStream g_data;
+static TrainData g_data;              // --train-tokens or --data, as train.c's main reads them
 static Tokenizer g_tokenizer, *g_tok;
+static const char *g_tok_path;        // the tokenizer's file, copied beside -o as ./train does
 static char g_json[16384];
 
 // Copies the Model's shape and table into the flat view train.cu uses.
@@ -46,11 +47,11 @@ void host_json_add(const char *text) {
 void host_setup(int argc, char **argv, HostArgs *ha, HostModel *student, HostModel *teacher, HostTrainState *hs) {
     Args a = parse_args(argc, argv);
     g_args = a;
-    const char *unsupported = a.clip ? "--clip" : a.export_packed ? "--export-packed"
-                            : a.histogram >= 0 ? "--histogram" : a.bench ? "--bench" : train_data_path(&a) ? "--data" : NULL;
-    if (unsupported) die("%s is not in train_cu yet: use ./train for it", unsupported);
-    if (!a.train_tokens && !a.eval_ppl && !a.out_path && !a.generate_prompt && !a.eval_qa)
-        die("nothing to do: give --train-tokens, --eval-ppl, --generate, --generate-data, --eval-qa or -o (see --help)");
+    const char *train_path = a.train_tokens ? a.train_tokens : train_data_path(&a);
+    if (!train_path && !a.eval_ppl && !a.out_path && !a.export_packed && a.histogram < 0 && !a.bench &&
+        !a.generate_prompt && !a.eval_qa)
+        die("nothing to do: give --train-tokens, --data, --eval-ppl, --generate, --generate-data, --eval-qa, -o, "
+            "--export-packed, --histogram or --bench (see --help)");
     static Model m, teacher_model;
     if (a.model_path) {
         model_open(&m, a.model_path);
@@ -63,8 +64,10 @@ void host_setup(int argc, char **argv, HostArgs *ha, HostModel *student, HostMod
         init_params(&c, p, a.seed);
         model_setup(&m, &c, p);
     }
-    int will_quantize = (a.quant_given && a.quant.method != QUANT_NONE) || m.quant.method != QUANT_NONE;
-    int distill = a.train_tokens && (will_quantize || a.teacher_path || a.loss_given);
+    if (a.clip && a.quant.method != QUANT_INT && a.quant.method != QUANT_NF3 && a.quant.method != QUANT_NF4)
+        die("--clip searches per-group ranges: use -q int, nf3 or nf4");
+    int will_quantize = (a.quant_given && a.quant.method != QUANT_NONE && !a.clip) || m.quant.method != QUANT_NONE;
+    int distill = train_path && (will_quantize || a.teacher_path || a.loss_given);
     memset(teacher, 0, sizeof *teacher);
     if (distill && a.loss_kind != LOSS_CE) {
         if (a.teacher_path) {
@@ -80,7 +83,7 @@ void host_setup(int argc, char **argv, HostArgs *ha, HostModel *student, HostMod
         host_view(teacher, &teacher_model);
     }
     student_from_flags(&a, &m);
-    tokenizer_from_flags(&a, &m, &g_tokenizer, &g_tok);
+    g_tok_path = tokenizer_from_flags(&a, &m, &g_tokenizer, &g_tok);
     const ModelHeader *c = &m.cfg;
     if (c->quant_act_bits) die("train_cu does not quantize activations yet (--act-bits): use ./train");
     print_model(&m);
@@ -103,24 +106,33 @@ void host_setup(int argc, char **argv, HostArgs *ha, HostModel *student, HostMod
     ha->gamma_include_pad = a.gamma_include_pad; ha->gamma_given = a.gamma; ha->temperature = a.temperature;
     ha->eval_T = a.eval_T; ha->eval_batch = a.eval_batch;
     ha->generate_data = a.generate_data; ha->generate_prompt = a.generate_prompt; ha->eval_qa = a.eval_qa;
-    if (a.train_tokens) {
+    ha->data = train_data_path(&a); ha->eval_every = a.eval_every;
+    ha->bench = a.bench ? a.steps : 0; ha->clip = a.clip; ha->export_packed = a.export_packed; ha->histogram = a.histogram;
+    if (train_path) {
         if (a.ckpt) snprintf(ha->ckpt, sizeof ha->ckpt, "%s", a.ckpt);
         else if (a.out_path) snprintf(ha->ckpt, sizeof ha->ckpt, "%.4000s.ckpt", a.out_path);
-        g_data = load_tokens(a.train_tokens, g_tok, c->vocab_size);
-        if (g_data.n <= T) die("%s: %lld tokens, need more than --seq %d", a.train_tokens, (long long)g_data.n, T);
+        train_data_from_flags(&g_data, &a, train_path, g_tok, T, c->vocab_size);
+        ha->steps = g_data.steps;
+        ha->n_eval = g_data.eval.n;
     }
     memset(hs, 0, sizeof *hs);
     hs->rng = rng_seeded(a.seed + 1).s;
     hs->gamma = -1.0;
 }
 
-void host_sample_batch(int *inputs, int *targets, uint64_t *rng, int B, int T) {
+void host_next_batch(int64_t k, uint64_t *rng, int *inputs, int *targets, int B, int T) {
     Rng r = {*rng};
-    sample_batch(inputs, targets, &g_data, B, T, &r);
+    next_batch(&g_data.batches, k, &r, inputs, targets, B, T);
     *rng = r.s;
 }
 
-float host_lr_at(int64_t step) { return lr_at(&g_args.opt, step, g_args.steps); }
+void host_eval_batch(int first, int nb, int *inputs, int *targets) {
+    int idx[nb];
+    for (int b = 0; b < nb; b++) idx[b] = first + b;
+    dataset_batch(&g_data.eval, idx, nb, 0, inputs, targets);
+}
+
+float host_lr_at(int64_t step) { return lr_at(&g_args.opt, step, g_data.steps); }
 
 void host_rope_tables(float *cosv, float *sinv, const HostModel *m, int T) {
     rope_tables(cosv, sinv, &((Model *)m->cpu)->cfg, T);
@@ -147,14 +159,15 @@ static TrainState host_full_state(const HostModel *h, const HostTrainState *hs, 
 
 static int host_distill(const HostModel *h) {
     const Model *m = (const Model *)h->cpu;
-    int will_quantize = m->quant.method != QUANT_NONE || (g_args.quant_given && g_args.quant.method != QUANT_NONE);
-    return g_args.train_tokens && (will_quantize || g_args.teacher_path || g_args.loss_given);
+    int will_quantize = m->quant.method != QUANT_NONE || (g_args.quant_given && g_args.quant.method != QUANT_NONE && !g_args.clip);
+    return (g_args.train_tokens || train_data_path(&g_args)) && (will_quantize || g_args.teacher_path || g_args.loss_given);
 }
 
 void host_resume(HostModel *h, HostTrainState *hs) {
     Model *m = (Model *)h->cpu;
     TrainState st = host_full_state(h, hs, host_distill(h));
     checkpoint_load(g_args.resume, m, &st);
+    if (st.step > g_data.steps) die("%s: saved at step %lld, beyond the run's %d steps", g_args.resume, (long long)st.step, g_data.steps);
     hs->step = st.step; hs->micro_batches = st.micro_batches; hs->rng = st.rng; hs->gamma = st.gamma;
     h->params = m->params; h->adam_m = m->adam_m; h->adam_v = m->adam_v;
     printf("resumed from %s at step %lld\n", g_args.resume, (long long)st.step);
@@ -172,13 +185,14 @@ static FILE *g_log;
 
 // One line of the JSONL log, in train.c's log_step format (written here rather than by calling
 // log_step, whose arguments change as train.c grows): the step's numbers and the flip-flops.
-void host_log_step(HostModel *h, int64_t step, double loss, float lr, float norm, float tps, double gamma,
+void host_log_step(HostModel *h, int64_t step, double loss, double eval_loss, float lr, float norm, float tps, double gamma,
                    const int64_t *flips, const int64_t *flips_layer, int64_t flips_total) {
     if (!g_args.log_path) return;
     Model *m = (Model *)h->cpu;
     if (!g_log) g_log = fopen_or_die(g_args.log_path, g_args.resume ? "a" : "w");
     fprintf(g_log, "{\"step\": %lld, \"loss\": %.6f, \"lr\": %g, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f",
             (long long)step, loss, lr, norm, tps);
+    if (eval_loss >= 0) fprintf(g_log, ", \"eval_loss\": %.6f", eval_loss);
     if (gamma >= 0) fprintf(g_log, ", \"gamma\": %.6f", gamma);
     if (m->quant.method != QUANT_NONE) {
         int64_t n_codes = 0;
@@ -201,6 +215,42 @@ void host_write_model(const HostModel *h) {
     out.dtype = g_args.out_dtype;
     model_save(g_args.out_path, &out, m->params);
     printf("wrote %s\n", g_args.out_path);
+    char out_tok[4096];  // the tokenizer goes along, as ./train writes it
+    snprintf(out_tok, sizeof out_tok, "%.4000s.tokenizer", g_args.out_path);
+    if (g_tok_path && strcmp(g_tok_path, out_tok)) copy_file_atomic(g_tok_path, out_tok);
+}
+
+// The host's parameters were just downloaded from the GPU: its codes and scales are stale.
+static Model *host_fresh(HostModel *h) {
+    Model *m = (Model *)h->cpu;
+    if (m->quant.method != QUANT_NONE) m->quant_stale = 1;
+    return m;
+}
+
+void host_clip(HostModel *h) {
+    char b[1024];
+    printf("clip: on the CPU, with train.c's clip_model (train_cu has no GPU clipping search yet)\n");
+    clip_from_flags(&g_args, host_fresh(h), g_tok, b, sizeof b);
+    host_json_add(b);
+}
+
+void host_export_packed(HostModel *h) {
+    char b[4096 + 256];
+    export_from_flags(&g_args, host_fresh(h), b, sizeof b);
+    host_json_add(b);
+}
+
+void host_histogram(HostModel *h) {
+    char b[4096];
+    histogram_from_flags(&g_args, host_fresh(h), b, sizeof b);
+    host_json_add(b);
+}
+
+double host_train_flops_per_token(const HostModel *h, int T) { return train_flops_per_token((const Model *)h->cpu, T); }
+
+void host_bench_tokens(int *inputs, int *targets, int n, int V) {
+    Rng rng = rng_seeded(g_args.seed);  // bench()'s tokens
+    for (int i = 0; i < n; i++) { inputs[i] = (int)(rng_u64(&rng) % V); targets[i] = (int)(rng_u64(&rng) % V); }
 }
 
 int *host_load_eval_tokens(const HostModel *h, int64_t *n) {

@@ -11,6 +11,7 @@
 #  3. dev/test_cu_dp.sh: data parallelism with one process (WORLD_SIZE=1 through NCCL and ZeRO-1)
 #     against the plain run, and ZeRO-1 checkpoints (dev/test_multigpu.sh runs several GPUs).
 #  4. generation (--generate, --generate-data) and --eval-qa against ./train: dev/test_cu_gen.sh.
+#  5. dev/test_cu_modes.sh: --data (the held-out loss), --clip, --export-packed, --histogram, --bench.
 # Prints each comparison with its error; ends with "N passed, M failed"; exit 1 on a failure.
 set -u
 cd "$(dirname "$0")/.."
@@ -186,6 +187,11 @@ pass=$((pass + ${p:-0})); fail=$((fail + ${f:-1}))
 echo "== generation and zero-shot evaluation (dev/test_cu_gen.sh)"
 ./dev/test_cu_gen.sh | tee "$tmp/gen.out"
 read -r p f < <(tail -n 1 "$tmp/gen.out" | awk '{ print $1, $3 }')
+pass=$((pass + ${p:-0})); fail=$((fail + ${f:-1}))
+
+echo "== the other modes (dev/test_cu_modes.sh)"
+./dev/test_cu_modes.sh | tee "$tmp/modes.out"
+read -r p f < <(tail -n 1 "$tmp/modes.out" | awk '{ print $1, $3 }')
 pass=$((pass + ${p:-0})); fail=$((fail + ${f:-1}))
 
 echo
