@@ -4,7 +4,7 @@
 # every layer, its full-precision self as teacher, CAKLD, AdamW, batch 8 x 1024 tokens; then the
 # PyTorch + transformers reference of the same step (dev/bench_torch.py, eager and torch.compile)
 # unless BENCH_TORCH=0; MATMUL=tf32|fp32 picks train_cu's --matmul (unset: its default, bf16),
-# ATTENTION=fused|flash its --attention (unset: its default, gemm).
+# ATTENTION=fused|flash its --attention (unset: its default, gemm); TORCH_MODES=eager|compile|eager,compile.
 # Prints tokens/s, MFU (FLOPs/token = 8N + 16 L T d, N the matmul parameters with the LM head;
 # 989 TFLOP/s dense bf16 peak) and peak GPU memory of each.
 #
@@ -43,5 +43,5 @@ mfu=$(awk -v t="$tps" 'BEGIN { D = 2048; F = 5632; L = 22; V = 32000; T = 1024;
     printf "%.1f%% (%.2f GFLOP/token)", 100 * t * f / 989e12, f / 1e9 }')
 echo "train_cu: ${tps} tokens/s, MFU ${mfu}, peak GPU memory ${peak} MiB"
 if [ "${BENCH_TORCH:-1}" != 0 ]; then
-    PYTHONUNBUFFERED=1 python3 dev/bench_torch.py --steps "$STEPS" || echo "bench_torch.py failed"
+    PYTHONUNBUFFERED=1 python3 dev/bench_torch.py --steps "$STEPS" --modes "${TORCH_MODES:-eager,compile}" || echo "bench_torch.py failed"
 fi
