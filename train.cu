@@ -31,10 +31,11 @@
  * does (Micikevicius et al. 2018); gradients and the master weights stay fp32. Under --matmul
  * bf16 a full-precision teacher is stored in bf16 alone (its norm gains excepted), half the
  * memory. Attention runs as cuBLAS products over a [T,T] score matrix per head (--attention gemm,
- * the default, on tensor cores: TF32 also under --matmul bf16), or as this file's fused kernel
+ * the default under --matmul tf32 and fp32, on TF32 tensor cores), or as this file's fused kernel
  * (--attention fused: the FlashAttention recurrence, Dao et al. 2022, no [T,T] matrix stored,
- * but CUDA cores only), or as FlashAttention-2 on tensor cores (--attention flash, Dao 2023: bf16
- * operands staged in shared memory, fp32 accumulation and softmax, no [T,T] matrix stored).
+ * but CUDA cores only), or as FlashAttention-2 on tensor cores (--attention flash, the default under
+ * --matmul bf16; Dao 2023: bf16 operands staged in shared memory, fp32 accumulation and softmax,
+ * no [T,T] matrix stored).
  */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -203,8 +204,9 @@ typedef struct {
 
 static cublasHandle_t g_cublas;
 static cublasComputeType_t g_compute = CUBLAS_COMPUTE_32F_FAST_TF32;
-static int g_bf16 = 1;            // --matmul bf16, the default (then g_compute is TF32, for the attention products)
-static int g_attention_gemm = 1;  // --attention gemm (cuBLAS, [T,T] scores) or fused (this file's kernel)
+static int g_bf16 = 1;            // --matmul bf16, the default (then g_compute is TF32, for the gemm attention products)
+static int g_attention_gemm = 1;  // --attention gemm (cuBLAS, [T,T] scores); with g_attention_flash 0 too: fused
+                                  // (parse_gpu_flags picks flash under bf16 unless --attention is given)
 static int g_attention_flash;     // --attention flash (bf16 tensor cores, no [T,T]); g_attention_gemm is 0 then
 static DpEnv g_dp = {0, 0, 1, 0, "none", "", 0};  // section 11: this process's place in a data-parallel job (on: through NCCL)
 
@@ -2780,9 +2782,9 @@ static void gpu_init(void) {
     g_prof_on = prof && *prof && strcmp(prof, "0") != 0;
 }
 
-// train_cu's one flag of its own, taken out before train.c's parser sees the rest.
+// train_cu's flags of its own, taken out before train.c's parser sees the rest.
 static void parse_gpu_flags(int *argc, char **argv) {
-    int o = 1;
+    int o = 1, attention_given = 0;
     for (int i = 1; i < *argc; i++) {
         if (!strcmp(argv[i], "--matmul")) {
             if (i + 1 >= *argc) fail("--matmul: missing value (fp32, tf32 or bf16)");
@@ -2796,6 +2798,7 @@ static void parse_gpu_flags(int *argc, char **argv) {
         if (!strcmp(argv[i], "--attention")) {
             if (i + 1 >= *argc) fail("--attention: missing value (gemm, fused or flash)");
             const char *v = argv[++i];
+            attention_given = 1;
             g_attention_gemm = !strcmp(v, "gemm");
             g_attention_flash = !strcmp(v, "flash");
             if (!g_attention_gemm && !g_attention_flash && strcmp(v, "fused") != 0)
@@ -2817,7 +2820,8 @@ static void parse_gpu_flags(int *argc, char **argv) {
                    "                        with fp32 accumulation (fp32 master weights; a bf16 teacher) [bf16]\n"
                    "  --attention gemm|fused|flash  attention through cuBLAS with [T,T] scores per head\n"
                    "                        (TF32), the fused fp32 kernel (no [T,T] memory, CUDA cores), or the\n"
-                   "                        FlashAttention-2 kernel (bf16 tensor cores, no [T,T]; head_dim <= 128) [gemm]\n"
+                   "                        FlashAttention-2 kernel (bf16 tensor cores, no [T,T]; head_dim <= 128)\n"
+                   "                        [flash under --matmul bf16, gemm under tf32 and fp32]\n"
                    "  --loss-chunk ROWS     rows of logits the classifier and loss take at a time (their\n"
                    "                        [B,T,V] logits are never stored); 0: 128 MiB of fp32 a chunk [0]\n"
                    "Several GPUs: one process a GPU, placed by torchrun's, mpirun's or Slurm's variables (RANK,\n"
@@ -2826,6 +2830,9 @@ static void parse_gpu_flags(int *argc, char **argv) {
     }
     *argc = o;
     argv[o] = NULL;
+    // attention's precision follows the matmuls': bf16 tensor cores (flash) under bf16, measured
+    // 1.17x gemm's tokens/s at 2 GiB less (README, "The GPU build"); exact fp32 products otherwise
+    if (!attention_given) { g_attention_flash = g_bf16; g_attention_gemm = !g_bf16; }
 }
 
 #ifndef TRAIN_CU_NO_MAIN

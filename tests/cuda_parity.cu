@@ -307,13 +307,25 @@ static void test_flash_kernels(int B, int T, int H, int KV, int hd, int misalign
     snprintf(what, sizeof what, "%s: lse, absolute", shape);
     check(what, e, 2e-2);
     free(r); free(f);
+    // What each backward added, its error relative to the largest of the three gradients the
+    // fp32 kernels added: at T = 1 the exact dq and dk are zero (a softmax over one key has no
+    // gradient in its score) while bf16's dP - Delta leaves noise of order 2^-9 |dO||V| in them.
     const char *names[3] = {"dq", "dk", "dv"};
-    for (int a = 0; a < 3; a++) {  // what each backward added
-        r = download(g[0][a], n[4 + a]); f = download(g[1][a], n[4 + a]);
-        for (int64_t i = 0; i < n[4 + a]; i++) { r[i] -= h[4 + a][i]; f[i] -= h[4 + a][i]; }
+    float *ra[3], *fa[3];
+    double scale = 0.0;
+    for (int a = 0; a < 3; a++) {
+        ra[a] = download(g[0][a], n[4 + a]); fa[a] = download(g[1][a], n[4 + a]);
+        for (int64_t i = 0; i < n[4 + a]; i++) {
+            ra[a][i] -= h[4 + a][i]; fa[a][i] -= h[4 + a][i];
+            if (fabs(ra[a][i]) > scale) scale = fabs(ra[a][i]);
+        }
+    }
+    for (int a = 0; a < 3; a++) {
+        double d = 0.0;
+        for (int64_t i = 0; i < n[4 + a]; i++) { double x = fabs((double)fa[a][i] - ra[a][i]); if (!(x <= d)) d = x; }
         snprintf(what, sizeof what, "%s: %s added", shape, names[a]);
-        check(what, rel_err(f, r, n[4 + a]), 2e-2);
-        free(r); free(f);
+        check(what, d / (scale > 0 ? scale : 1.0), 2e-2);
+        free(ra[a]); free(fa[a]);
     }
     for (int i = 0; i < nb; i++) gpu_free(base[i]);
     for (int a = 0; a < 7; a++) free(h[a]);
