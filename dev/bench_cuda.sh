@@ -4,28 +4,24 @@
 # every layer, its full-precision self as teacher, CAKLD, AdamW, batch 8 x 1024 tokens; then the
 # PyTorch + transformers reference of the same step (dev/bench_torch.py, eager and torch.compile)
 # unless BENCH_TORCH=0; MATMUL=tf32|fp32 picks train_cu's --matmul (unset: its default, bf16),
-# ATTENTION=fused|flash its --attention (unset: its default, gemm); TORCH_MODES=eager|compile|eager,compile.
+# ATTENTION=fused|gemm|flash its --attention (unset: its default, flash under bf16);
+# TORCH_MODES=eager|compile|eager,compile the reference's modes.
 # Prints tokens/s, MFU (FLOPs/token = 8N + 16 L T d, N the matmul parameters with the LM head;
 # 989 TFLOP/s dense bf16 peak) and peak GPU memory of each.
 #
-# Measured on one H200 (nvidia-h200), 2026-12-01, STEPS=5, steady-state steps:
-#   train_cu (the default --matmul bf16: bf16 operands, fp32 accumulation, fp32 master weights,
-#   activations and AdamW; the teacher in bf16 alone; TF32 --attention gemm)
-#                                  22,218 tok/s   MFU 20.2%   peak 59,911 MiB (cudaMemGetInfo)
-#     (plan: teacher 2,098 MiB instead of 4,196; bf16 weight copies 1,973 MiB and activation casts
-#     588 MiB added, so the peak is not lower yet: the fp32 quantized weights, their gradients and
-#     the fp32 activations, 28.6 GiB, are what to cut next)
-#     TRAIN_CU_PROFILE=1, seconds summed over 3 steps: matmul 0.508, attention 0.621, quantize
-#     0.027, loss 0.019, optimizer 0.041, norms+elementwise 0.147 (1.168 in all): attention next
-#   train_cu --matmul tf32 (fp32 weights and activations, TF32 cuBLAS matmuls, --attention gemm)
-#                                  18,310 tok/s   MFU 16.7%   peak 59,449 MiB (18,240 in an earlier run)
-#   train_cu --matmul tf32 --attention fused
-#                                   5,490 tok/s   MFU  5.0%   peak 56,377 MiB
+# Measured on one H200 (nvidia-h200), 2026-12-02, STEPS=5, steady-state steps 2-5, in one run
+# (ATTENTION=flash TORCH_MODES=eager, and ATTENTION=gemm BENCH_TORCH=0 just before it):
+#   train_cu, the defaults (bf16 matmuls, flash attention; the classifier fused with the loss in
+#   chunks; bf16 W^ written by the quantizer; recomputed norms and SwiGLU)
+#                                  24,029 tok/s   MFU 21.9%   peak 38,983 MiB (cudaMemGetInfo)
+#   train_cu --attention gemm      20,532 tok/s   MFU 18.7%   peak 42,055 MiB
 #   PyTorch eager (bf16 autocast, sdpa attention, fused AdamW)
-#                                  29,386 tok/s (30,563 in an earlier run)   peak 42.4 GiB allocated, 44.5 reserved
-#   torch.compile                  not measured yet (cut by the session's device-time limit)
-# A TRAIN_CU_PROFILE=1 run of the fused path: attention 1.21 s, matmuls 0.31 s, everything else
-# 0.08 s per step; so the next steps are bf16 matmuls and a tensor-core attention kernel.
+#                                  30,570 tok/s   peak 42.4 GiB allocated, 44.5 reserved
+#   torch.compile                  not measured: its compile outlasted a 250 s run (2026-12-02)
+# The plan of the default run: activations 16,106 MiB (fp32: next to cut), AdamW m, v 8,393,
+# parameters 4,196, gradients 4,196, the bf16 teacher 2,098, bf16 weights 1,973, codes 924.
+# Earlier (2026-12-01): 22,218 tok/s at 59,911 MiB, with TF32 [T,T] attention, full [B,T,V]
+# logits, fp32 W^ and dW^ copies, and every activation kept.
 set -u
 cd "$(dirname "$0")/.."
 STEPS=${STEPS:-6}

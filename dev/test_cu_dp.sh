@@ -12,11 +12,6 @@ tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 fails=0 passes=0
 . dev/test_lib.sh
 ok() { printf '  ok    %s\n' "$1"; passes=$((passes + 1)); }
-jlosses() { sed -n 's/^{"step": [0-9]*, "loss": \([0-9.e+-]*\),.*/\1/p' "$1"; }
-maxrel() { paste "$1" "$2" | awk 'BEGIN { m = 0; n = 0 } { n++; d = ($1 - $2) / ($2 == 0 ? 1 : $2); d = d < 0 ? -d : d; if (d > m) m = d }
-                                  END { if (n == 0) print "nan"; else printf "%.3e", m }'; }
-within() { awk -v e="$1" -v t="$2" 'BEGIN { exit !(e ~ /^[0-9]/ && e + 0 <= t + 0) }'; }
-rel() { awk -v a="$1" -v b="$2" 'BEGIN { if (a !~ /^-?[0-9]/ || b !~ /^-?[0-9]/) { print "nan"; exit } d = (a - b) / (b == 0 ? 1 : b); printf "%.3e", d < 0 ? -d : d }'; }
 test_teacher "$tmp" || { bad "the test teacher (./train)"; echo "0 passed, 1 failed"; exit 1; }
 
 dp1() { RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=$((29500 + RANDOM % 1000)) ./train_cu "$@"; }

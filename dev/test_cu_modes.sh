@@ -21,10 +21,6 @@ pass=0 fail=0
 ok() { printf '  ok    %s\n' "$1"; pass=$((pass + 1)); }
 bad() { printf '  FAIL  %s\n' "$1"; fail=$((fail + 1)); }
 # max relative difference of two columns of numbers; relative difference of two numbers
-maxrel() { paste "$1" "$2" | awk 'BEGIN { m = 0; n = 0 } { n++; d = ($1 - $2) / ($2 == 0 ? 1 : $2); d = d < 0 ? -d : d; if (d > m) m = d }
-                                  END { if (n == 0) print "nan"; else printf "%.3e", m }'; }
-rel() { awk -v a="$1" -v b="$2" 'BEGIN { if (a !~ /^-?[0-9]/ || b !~ /^-?[0-9]/) { print "nan"; exit } d = (a - b) / (b == 0 ? 1 : b); printf "%.3e", d < 0 ? -d : d }'; }
-within() { awk -v e="$1" -v t="$2" 'BEGIN { exit !(e ~ /^[0-9]/ && e + 0 <= t + 0) }'; }
 jcol() { sed -n "s/.*\"$2\": \([0-9.e+-]*\).*/\1/p" "$1"; }  # one key of every JSONL line that has it
 keys() { tail -n 1 "$1" | grep -o '"[a-z_]*":' | tr -d '\n'; }
 json_part() { tail -n 1 "$1" | grep -o "\"$2\": {[^}]*}"; }

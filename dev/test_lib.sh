@@ -2,6 +2,7 @@
 # helpers they share, and the small pretrained teacher three of them run on.
 #   ok MSG / bad MSG            print a result line; bad counts into $fails
 #   field KEY                   the number after "KEY": in the last line of stdin (a JSON result)
+#   jlosses LOG, maxrel A B, within E TOL, rel A B   comparisons of numbers (the GPU scripts)
 #   expect_error NAME PATTERN CMD...   CMD must exit 1 with one stderr line "error: ...PATTERN"
 #   test_teacher DIR            DIR/c (the demo corpus) and DIR/teacher.bin (below)
 # The caller sets tmp (a scratch folder) and fails=0.
@@ -9,6 +10,13 @@
 ok() { printf '  ok    %s\n' "$1"; }
 bad() { printf '  FAIL  %s\n' "$1"; fails=$((fails + 1)); }
 field() { tail -n 1 | sed "s/.*\"$1\": \([0-9.e+-]*\).*/\1/"; }
+# the GPU scripts' comparisons: loss column of a JSONL log; max relative difference of two
+# columns of numbers; E <= TOL (a number); relative difference of two numbers ("nan" if one is missing)
+jlosses() { sed -n 's/^{"step": [0-9]*, "loss": \([0-9.e+-]*\),.*/\1/p' "$1"; }
+maxrel() { paste "$1" "$2" | awk 'BEGIN { m = 0; n = 0 } { n++; d = ($1 - $2) / ($2 == 0 ? 1 : $2); d = d < 0 ? -d : d; if (d > m) m = d }
+                                  END { if (n == 0) print "nan"; else printf "%.3e", m }'; }
+within() { awk -v e="$1" -v t="$2" 'BEGIN { exit !(e ~ /^[0-9]/ && e + 0 <= t + 0) }'; }
+rel() { awk -v a="$1" -v b="$2" 'BEGIN { if (a !~ /^-?[0-9]/ || b !~ /^-?[0-9]/) { print "nan"; exit } d = (a - b) / (b == 0 ? 1 : b); printf "%.3e", d < 0 ? -d : d }'; }
 
 expect_error() {
     local name=$1 pattern=$2; shift 2
