@@ -1695,6 +1695,8 @@ static Args parse_args(int argc, char **argv) {
     if (a.clip && (!a.calib || !a.out_path || !a.quant_given))
         die("--clip needs --calib FILE, -o OUT and the quantization it prepares for (-q/-b/-g)");
     if (a.calib_seqs < 1 || a.calib_len < 0 || a.clip_tokens < 1) die("--calib-seqs, --calib-len and --clip-tokens must be positive");
+    if (a.clip && a.quant.method != QUANT_INT && a.quant.method != QUANT_NF3 && a.quant.method != QUANT_NF4)
+        die("--clip searches per-group ranges: use -q int, nf3 or nf4");
     if (a.quant_given) {  // int without -b means "not quantized" (-b 16)
         if (a.quant.method == QUANT_INT && a.quant.bits == 0) a.quant.bits = 16;
         const char *why = quant_spec_check(&a.quant, 0);
@@ -2301,6 +2303,32 @@ static void write_histogram(Model *m, int layer, const char *prefix, char *json,
 
 // The student as the flags make it: --clip-init's weights, then -q/-b/-g and --act-bits. Called
 // after a self-distillation teacher was copied from the same weights (train_cu does the same).
+// Distillation: whenever training a quantized student, or a teacher or loss is named. The same
+// answer before student_from_flags quantizes m as after it.
+static int distill_from_flags(const Args *a, const Model *m) {
+    int will_quantize = (a->quant_given && a->quant.method != QUANT_NONE && !a->clip) || m->quant.method != QUANT_NONE ||
+                        a->act_bits || m->cfg.quant_act_bits;
+    return (a->train_tokens || train_data_path(a)) && (will_quantize || a->teacher_path || a->loss_given);
+}
+
+// The teacher of a distillation run into *t (NULL when there is none: no distillation, or --loss
+// ce): -t, or the full-precision -m model itself (self-distillation), taken before the student is
+// changed by --clip-init or quantization.
+static Model *teacher_from_flags(const Args *a, const Model *m, Model *t) {
+    if (!distill_from_flags(a, m) || a->loss_kind == LOSS_CE) return NULL;
+    if (a->teacher_path) {
+        model_open(t, a->teacher_path);
+    } else {
+        float *copy = malloc_or_die((size_t)m->n_params * sizeof(float), "teacher");
+        memcpy(copy, m->params, (size_t)m->n_params * sizeof(float));
+        model_setup(t, &m->cfg, copy);
+    }
+    if (t->cfg.vocab_size != m->cfg.vocab_size && a->loss_kind != LOSS_WASSERSTEIN)
+        die("%s: the teacher's vocabulary (%d) differs from the student's (%d); only --loss wasserstein works across vocabularies",
+            a->teacher_path ? a->teacher_path : "teacher", t->cfg.vocab_size, m->cfg.vocab_size);
+    return t;
+}
+
 static void student_from_flags(const Args *a, Model *m) {
     if (a->clip_init) {  // the student starts from clipped weights of the same model
         ModelHeader cc;
@@ -2351,6 +2379,38 @@ static void print_model(const Model *m) {
     printf("model: dim %d, hidden %d, layers %d, heads %d (kv %d, head_dim %d), vocab %d, context %d, %s, %lld parameters\n",
            c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim, c->vocab_size,
            c->max_seq_len, c->tied ? "tied" : "untied", (long long)m->n_params);
+}
+
+// --generate-data: the teacher continues --prompts into the JSONL -o; json gets the result's part
+// of the JSON line.
+static void generate_data_from_flags(const Args *a, Model *m, const Tokenizer *tok, char *json, size_t n) {
+    Prompts p;
+    prompts_load(&p, a->prompts, a->n_prompts, a->seed);
+    double t0 = now_seconds();
+    int64_t n_new = generate_data(m, tok, &p, a->gen_batch, a->max_new, a->temperature, a->top_p, a->seed, a->out_path);
+    double el = now_seconds() - t0;
+    snprintf(json, n, "\"generated\": {\"path\": \"%s\", \"prompts\": %d, \"new_tokens\": %lld, \"tokens_per_s\": %.1f, "
+             "\"temperature\": %g, \"top_p\": %g}", a->out_path, p.n, (long long)n_new, n_new / (el > 0 ? el : 1e-9),
+             a->temperature, a->top_p);
+    prompts_free(&p);
+}
+
+// --generate TEXT: its continuation, printed; json as above.
+static void generate_text_from_flags(const Args *a, Model *m, const Tokenizer *tok, char *json, size_t n) {
+    Buf text = {NULL, 0, 0};
+    int n_new = generate_text(m, tok, a->generate_prompt, a->max_new, a->temperature, a->top_p, a->seed, &text);
+    printf("%s%.*s\n", a->generate_prompt, (int)text.n, text.s);
+    Buf js = {NULL, 0, 0};
+    json_put_string(&js, text.s ? text.s : "", text.n);
+    snprintf(json, n, "\"generated\": %.*s, \"new_tokens\": %d", (int)(js.n < 6000 ? js.n : 0), js.s ? js.s : "", n_new);
+    free(text.s); free(js.s);
+}
+
+// --eval-qa TASKS: the zero-shot tasks in --data DIR; json gets the "qa" part of the JSON line.
+static void eval_qa_from_flags(const Args *a, Model *m, const Tokenizer *tok, char *json, size_t n) {
+    if (!tok) die("--eval-qa needs the model's tokenizer (--tokenizer FILE, or MODEL.tokenizer beside the model)");
+    eval_qa_add_bos = !a->qa_no_bos;
+    eval_qa(m, tok, a->eval_qa, a->data, a->limit, json, n);
 }
 
 // --clip: the clipping search (clip_model) for the quantizer -q/-b/-g prepare for, on --calib's
@@ -2415,29 +2475,9 @@ int main(int argc, char **argv) {
         init_params(&c, p, a.seed);
         model_setup(&m, &c, p);
     }
-    if (a.clip && a.quant.method != QUANT_INT && a.quant.method != QUANT_NF3 && a.quant.method != QUANT_NF4)
-        die("--clip searches per-group ranges: use -q int, nf3 or nf4");
-    // Distillation: whenever training a quantized student, or a teacher or loss is named. The
-    // teacher is -t, or the full-precision -m model itself (self-distillation), taken before the
-    // student is changed by --clip-init or quantization.
-    int will_quantize = (a.quant_given && a.quant.method != QUANT_NONE && !a.clip) || m.quant.method != QUANT_NONE ||
-                        a.act_bits || m.cfg.quant_act_bits;
     const char *train_path = a.train_tokens ? a.train_tokens : train_data_path(&a);
-    int distill = train_path && (will_quantize || a.teacher_path || a.loss_given);
-    Model teacher_model, *teacher = NULL;
-    if (distill && a.loss_kind != LOSS_CE) {
-        if (a.teacher_path) {
-            model_open(&teacher_model, a.teacher_path);
-        } else {
-            float *copy = malloc_or_die((size_t)m.n_params * sizeof(float), "teacher");
-            memcpy(copy, m.params, (size_t)m.n_params * sizeof(float));
-            model_setup(&teacher_model, &m.cfg, copy);
-        }
-        teacher = &teacher_model;
-        if (teacher->cfg.vocab_size != m.cfg.vocab_size && a.loss_kind != LOSS_WASSERSTEIN)
-            die("%s: the teacher's vocabulary (%d) differs from the student's (%d); only --loss wasserstein works across vocabularies",
-                a.teacher_path ? a.teacher_path : "teacher", teacher->cfg.vocab_size, m.cfg.vocab_size);
-    }
+    int distill = distill_from_flags(&a, &m);
+    Model teacher_model, *teacher = teacher_from_flags(&a, &m, &teacher_model);
     student_from_flags(&a, &m);
     Tokenizer tokenizer, *tok = NULL;
     const char *tok_path = tokenizer_from_flags(&a, &m, &tokenizer, &tok);
@@ -2459,24 +2499,14 @@ int main(int argc, char **argv) {
         JSON_ADD("%s", b);
     }
     if (a.generate_data) {  // the teacher writes the training data (BitDistiller's self-generated data)
-        Prompts p;
-        prompts_load(&p, a.prompts, a.n_prompts, a.seed);
-        double t0 = now_seconds();
-        int64_t n_new = generate_data(&m, tok, &p, a.gen_batch, a.max_new, a.temperature, a.top_p, a.seed, a.out_path);
-        double el = now_seconds() - t0;
-        JSON_ADD("\"generated\": {\"path\": \"%s\", \"prompts\": %d, \"new_tokens\": %lld, \"tokens_per_s\": %.1f, "
-                 "\"temperature\": %g, \"top_p\": %g}", a.out_path, p.n, (long long)n_new, n_new / (el > 0 ? el : 1e-9),
-                 a.temperature, a.top_p);
-        prompts_free(&p);
+        char b[8000];  // b fits in part (8192)
+        generate_data_from_flags(&a, &m, tok, b, sizeof b);
+        JSON_ADD("%s", b);
     }
     if (a.generate_prompt) {
-        Buf text = {NULL, 0, 0};
-        int n_new = generate_text(&m, tok, a.generate_prompt, a.max_new, a.temperature, a.top_p, a.seed, &text);
-        printf("%s%.*s\n", a.generate_prompt, (int)text.n, text.s);
-        Buf js = {NULL, 0, 0};
-        json_put_string(&js, text.s ? text.s : "", text.n);
-        JSON_ADD("\"generated\": %.*s, \"new_tokens\": %d", (int)(js.n < 6000 ? js.n : 0), js.s ? js.s : "", n_new);
-        free(text.s); free(js.s);
+        char b[8000];
+        generate_text_from_flags(&a, &m, tok, b, sizeof b);
+        JSON_ADD("%s", b);
     }
     if (train_path) {
         // the data: a token stream, or JSONL examples split into training and held-out fifths
@@ -2560,10 +2590,8 @@ int main(int argc, char **argv) {
         free(s.ids);
     }
     if (a.eval_qa) {
-        if (!tok) die("--eval-qa needs the model's tokenizer (--tokenizer FILE, or MODEL.tokenizer beside the model)");
-        eval_qa_add_bos = !a.qa_no_bos;
         char qa[4096];
-        eval_qa(&m, tok, a.eval_qa, a.data, a.limit, qa, sizeof qa);
+        eval_qa_from_flags(&a, &m, tok, qa, sizeof qa);
         if (json[0]) strncat(json, ", ", sizeof json - strlen(json) - 1);
         strncat(json, qa, sizeof json - strlen(json) - 1);
     }

@@ -138,6 +138,16 @@ static void *gpu_malloc(size_t n, const char *what) {
 
 static void gpu_free(void *p) { if (p) cudaCheck(cudaFree(p)); }
 
+// *p: at least n floats (contents not kept), reallocated only when it holds fewer (*cap).
+static float *gpu_grow(float **p, int64_t *cap, int64_t n, const char *what) {
+    if (n > *cap) {
+        gpu_free(*p);
+        *p = (float *)gpu_malloc((size_t)n * sizeof(float), what);
+        *cap = n;
+    }
+    return *p;
+}
+
 static void print_memory_plan(void) {
     printf("GPU memory plan:");
     for (int i = 0; i < MEM_PARTS && g_mem[i].what; i++) printf(" %s %.1f MiB |", g_mem[i].what, g_mem[i].bytes / 1048576.0);
@@ -320,17 +330,20 @@ static void model_setup_teacher(Model *m, HostModel *h) {
 
 static void model_alloc_training(Model *m) {
     if (m->grads) return;
-    if (g_dp.on) { dp_alloc_training(m); return; }  // ZeRO-1: AdamW state of this rank's shard alone
-    size_t n = (size_t)m->n_params * sizeof(float);
-    m->grads = (float *)gpu_malloc(n, "gradients");
-    m->adam_m = (float *)gpu_malloc(n, "AdamW m, v");
-    m->adam_v = (float *)gpu_malloc(n, "AdamW m, v");
-    cudaCheck(cudaMemset(m->grads, 0, n));
-    cudaCheck(cudaMemset(m->adam_m, 0, n));
-    cudaCheck(cudaMemset(m->adam_v, 0, n));
+    if (g_dp.on) {
+        dp_alloc_training(m);  // ZeRO-1: AdamW state of this rank's shard alone
+    } else {
+        size_t n = (size_t)m->n_params * sizeof(float);
+        m->grads = (float *)gpu_malloc(n, "gradients");
+        m->adam_m = (float *)gpu_malloc(n, "AdamW m, v");
+        m->adam_v = (float *)gpu_malloc(n, "AdamW m, v");
+        cudaCheck(cudaMemset(m->grads, 0, n));
+        cudaCheck(cudaMemset(m->adam_m, 0, n));
+        cudaCheck(cudaMemset(m->adam_v, 0, n));
+        carve(m, m->adam_m, m->m_t);
+        carve(m, m->adam_v, m->v_t);
+    }
     carve(m, m->grads, m->grads_t);
-    carve(m, m->adam_m, m->m_t);
-    carve(m, m->adam_v, m->v_t);
     for (int t = 0; t < N_TENSORS; t++) m->dfwd_t[t] = m->h->is_linear[t] && m->dwq ? m->dfwd_t[t] : m->grads_t[t];
 }
 
@@ -1458,13 +1471,7 @@ static void model_forward_hidden(Model *m, const int *inputs, const int *targets
 // perplexity never ask for them: they run the classifier in chunks with the loss (section 6).
 // inputs/targets are the host's [B,T]; targets may be NULL (no loss). Returns the mean CE.
 static float *model_logits(Model *m, int64_t N) {  // room for N rows of logits (inference)
-    int64_t n = N * m->h->vocab_size;
-    if (n > m->logits_cap) {
-        gpu_free(m->logits);
-        m->logits = (float *)gpu_malloc((size_t)n * sizeof(float), "logits (inference)");
-        m->logits_cap = n;
-    }
-    return m->logits;
+    return gpu_grow(&m->logits, &m->logits_cap, N * m->h->vocab_size, "logits (inference)");
 }
 
 static float model_forward(Model *m, const int *inputs, const int *targets, int B, int T) {
@@ -1957,14 +1964,6 @@ static void distiller_init(Distiller *d, DistillLoss loss, int V, int Vt, int N)
 static float *g_chunk_zs, *g_chunk_zt, *g_chunk_dz;
 static int64_t g_chunk_zs_n, g_chunk_zt_n, g_chunk_dz_n;
 
-static float *chunk_buffer(float **buf, int64_t *cap, int64_t n) {
-    if (n > *cap) {
-        gpu_free(*buf);
-        *buf = (float *)gpu_malloc((size_t)n * sizeof(float), "loss chunks");
-        *cap = n;
-    }
-    return *buf;
-}
 
 // backward 0: the losses alone (evaluation); 1: also dL/dxnf into act[A_DXN] and dW_head.
 // The student's last forward (model_forward_hidden, with targets) and the teacher's (t: NULL
@@ -1973,9 +1972,9 @@ static void head_loss(Model *s, Model *t, DistillLoss loss, float *wscratch, flo
     const HostModel *c = s->h;
     int N = s->B * s->T, D = c->dim, V = c->vocab_size, Dt = t ? t->h->dim : 0, Vt = t ? t->h->vocab_size : V;
     int R = head_chunk_rows(N, V > Vt ? V : Vt), head = lm_head_tensor(s);
-    float *zs = chunk_buffer(&g_chunk_zs, &g_chunk_zs_n, (int64_t)R * V);
-    float *zt = t ? chunk_buffer(&g_chunk_zt, &g_chunk_zt_n, (int64_t)R * Vt) : NULL;
-    float *dz = loss.kind == LOSS_WASSERSTEIN ? chunk_buffer(&g_chunk_dz, &g_chunk_dz_n, (int64_t)R * V) : zs;
+    float *zs = gpu_grow(&g_chunk_zs, &g_chunk_zs_n, (int64_t)R * V, "loss chunks");
+    float *zt = t ? gpu_grow(&g_chunk_zt, &g_chunk_zt_n, (int64_t)R * Vt, "loss chunks") : NULL;
+    float *dz = loss.kind == LOSS_WASSERSTEIN ? gpu_grow(&g_chunk_dz, &g_chunk_dz_n, (int64_t)R * V, "loss chunks") : zs;
     if (t && (t->B != s->B || t->T != s->T)) fail("internal: teacher and student forwards of different shapes");
     if (backward) zero_act(s, A_DXN, (int64_t)N * D);
     for (int n0 = 0; n0 < N; n0 += R) {
@@ -2051,7 +2050,7 @@ __global__ static void gamma_rows_kernel(double *rows, const float *teacher, int
 // The teacher's confidence over the positions of its last forward, its classifier in chunks.
 static void gamma_accumulate(double *sum, long long *count, Model *teacher, const int *labels, int B, int T, int include_pad) {
     int N = B * T, D = teacher->h->dim, Vt = teacher->h->vocab_size, R = head_chunk_rows(N, Vt);
-    float *zt = chunk_buffer(&g_chunk_zt, &g_chunk_zt_n, (int64_t)R * Vt);
+    float *zt = gpu_grow(&g_chunk_zt, &g_chunk_zt_n, (int64_t)R * Vt, "loss chunks");
     for (int n0 = 0; n0 < N; n0 += R) {
         int nc = N - n0 < R ? N - n0 : R;
         matmul_forward(zt, teacher->act[A_XNF] + (int64_t)n0 * D, weight(teacher, lm_head_tensor(teacher), 0), nc, D, Vt);
@@ -2218,25 +2217,17 @@ typedef struct {
     int64_t cap_kv, cap_rope, cap_scores, cap_logits;  // floats allocated at k, cosv, scores, logits
 } KVCache;
 
-// Grows a device buffer to n floats (contents not kept).
-static float *gpu_reserve(float *p, int64_t *cap, int64_t n, const char *what) {
-    if (n <= *cap) return p;
-    gpu_free(p);
-    *cap = n;
-    return (float *)gpu_malloc((size_t)n * sizeof(float), what);
-}
-
 // Sizes the cache for B sequences of T positions. generate_data calls this once per batch of
 // prompts, so the buffers are kept and only grow.
 static void kv_alloc(KVCache *kv, const Model *m, int B, int T) {
     const HostModel *c = m->h;
     int64_t n = (int64_t)c->n_layers * B * T * c->n_kv_heads * c->head_dim, half = (int64_t)T * c->head_dim / 2;
     kv->B = B; kv->T = T;
-    kv->k = gpu_reserve(kv->k, &kv->cap_kv, 2 * n, "KV cache");  // k, then v
+    gpu_grow(&kv->k, &kv->cap_kv, 2 * n, "KV cache");  // k, then v
     kv->v = kv->k + n;
-    kv->cosv = gpu_reserve(kv->cosv, &kv->cap_rope, 2 * half, "KV cache");
+    gpu_grow(&kv->cosv, &kv->cap_rope, 2 * half, "KV cache");
     kv->sinv = kv->cosv + half;
-    kv->scores = gpu_reserve(kv->scores, &kv->cap_scores, (int64_t)B * c->n_heads * T, "KV cache");
+    gpu_grow(&kv->scores, &kv->cap_scores, (int64_t)B * c->n_heads * T, "KV cache");
     if ((int64_t)B * c->vocab_size > kv->cap_logits) {
         if (kv->logits) cudaCheck(cudaFreeHost(kv->logits));
         kv->cap_logits = (int64_t)B * c->vocab_size;
@@ -2477,7 +2468,7 @@ static double dp_broadcast(Model *m, double x) {
 }
 
 // model_alloc_training under ZeRO-1: gradients over the padded buffer (the padding stays zero),
-// AdamW m and v of this rank's shard alone.
+// AdamW m and v of this rank's shard alone (not carved by the table: a shard cuts across tensors).
 static void dp_alloc_training(Model *m) {
     size_t ng = (size_t)dp_padded(m->n_params) * sizeof(float), ns = (size_t)dp_shard(m) * sizeof(float);
     m->grads = (float *)gpu_malloc(ng, "gradients");
@@ -2486,8 +2477,6 @@ static void dp_alloc_training(Model *m) {
     cudaCheck(cudaMemset(m->grads, 0, ng));
     cudaCheck(cudaMemset(m->adam_m, 0, ns));
     cudaCheck(cudaMemset(m->adam_v, 0, ns));
-    carve(m, m->grads, m->grads_t);
-    for (int t = 0; t < N_TENSORS; t++) m->dfwd_t[t] = m->h->is_linear[t] && m->dwq ? m->dfwd_t[t] : m->grads_t[t];
     printf("ZeRO-1: rank %d of %d owns floats [%lld, %lld) of %lld (padded to %lld); AdamW m, v %.1f MiB a rank "
            "(%.1f MiB unsharded)\n", g_dp.rank, g_dp.world, (long long)(g_dp.rank * dp_shard(m)),
            (long long)((g_dp.rank + 1) * dp_shard(m)), (long long)m->n_params, (long long)dp_padded(m->n_params),
@@ -2619,7 +2608,7 @@ static double eval_split_loss(Model *m, Model *teacher, const Distiller *d, int 
         head_loss(m, kd ? teacher : NULL, d ? d->loss : ce, d ? d->scratch : NULL, 1.0f, 1.0f, 0);  // losses only
         double s = rows_sum(m, targets, B * T, rows, &count);
         if (d) {
-            sum += s;  // distill_loss_batch's sum over the sequences' positions (times nb / nb)
+            sum += s;  // the nb sequences' summed losses: train.c's nb * distill_loss_batch
         } else if (count) {
             sum += (double)(float)(s / count) * count;  // train.c's float mean of the batch, times its tokens
             tokens += count;

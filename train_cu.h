@@ -120,7 +120,7 @@ void host_generate_data(HostModel *m, const HostInference *gpu);
 void host_generate_text(HostModel *m, const HostInference *gpu);
 void host_eval_qa(HostModel *m, const HostInference *gpu);
 
-// For the parity test (test_cuda.cu): train.c's own model on the CPU.
+// For the parity test (tests/cuda_parity.cu): train.c's own model on the CPU.
 // A random model of a named shape (vocab 0: the shape's; untied: give it its own LM head), then
 // quantized (q_method QUANT_NONE: not), with training buffers.
 void host_model_init(HostModel *m, const char *shape, int vocab, int untied, uint64_t seed, int q_method, int q_bits,

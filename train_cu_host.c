@@ -64,24 +64,9 @@ void host_setup(int argc, char **argv, HostArgs *ha, HostModel *student, HostMod
         init_params(&c, p, a.seed);
         model_setup(&m, &c, p);
     }
-    if (a.clip && a.quant.method != QUANT_INT && a.quant.method != QUANT_NF3 && a.quant.method != QUANT_NF4)
-        die("--clip searches per-group ranges: use -q int, nf3 or nf4");
-    int will_quantize = (a.quant_given && a.quant.method != QUANT_NONE && !a.clip) || m.quant.method != QUANT_NONE;
-    int distill = train_path && (will_quantize || a.teacher_path || a.loss_given);
+    int distill = distill_from_flags(&a, &m);
     memset(teacher, 0, sizeof *teacher);
-    if (distill && a.loss_kind != LOSS_CE) {
-        if (a.teacher_path) {
-            model_open(&teacher_model, a.teacher_path);
-        } else {
-            float *copy = malloc_or_die((size_t)m.n_params * sizeof(float), "teacher");
-            memcpy(copy, m.params, (size_t)m.n_params * sizeof(float));
-            model_setup(&teacher_model, &m.cfg, copy);
-        }
-        if (teacher_model.cfg.vocab_size != m.cfg.vocab_size && a.loss_kind != LOSS_WASSERSTEIN)
-            die("%s: the teacher's vocabulary (%d) differs from the student's (%d); only --loss wasserstein works across vocabularies",
-                a.teacher_path ? a.teacher_path : "teacher", teacher_model.cfg.vocab_size, m.cfg.vocab_size);
-        host_view(teacher, &teacher_model);
-    }
+    if (teacher_from_flags(&a, &m, &teacher_model)) host_view(teacher, &teacher_model);
     student_from_flags(&a, &m);
     g_tok_path = tokenizer_from_flags(&a, &m, &g_tokenizer, &g_tok);
     const ModelHeader *c = &m.cfg;
@@ -157,15 +142,9 @@ static TrainState host_full_state(const HostModel *h, const HostTrainState *hs, 
     return st;
 }
 
-static int host_distill(const HostModel *h) {
-    const Model *m = (const Model *)h->cpu;
-    int will_quantize = m->quant.method != QUANT_NONE || (g_args.quant_given && g_args.quant.method != QUANT_NONE && !g_args.clip);
-    return (g_args.train_tokens || train_data_path(&g_args)) && (will_quantize || g_args.teacher_path || g_args.loss_given);
-}
-
 void host_resume(HostModel *h, HostTrainState *hs) {
     Model *m = (Model *)h->cpu;
-    TrainState st = host_full_state(h, hs, host_distill(h));
+    TrainState st = host_full_state(h, hs, distill_from_flags(&g_args, (const Model *)h->cpu));
     checkpoint_load(g_args.resume, m, &st);
     if (st.step > g_data.steps) die("%s: saved at step %lld, beyond the run's %d steps", g_args.resume, (long long)st.step, g_data.steps);
     hs->step = st.step; hs->micro_batches = st.micro_batches; hs->rng = st.rng; hs->gamma = st.gamma;
@@ -174,7 +153,7 @@ void host_resume(HostModel *h, HostTrainState *hs) {
 }
 
 void host_checkpoint_save(const HostModel *h, const HostTrainState *hs) {
-    TrainState st = host_full_state(h, hs, host_distill(h));
+    TrainState st = host_full_state(h, hs, distill_from_flags(&g_args, (const Model *)h->cpu));
     char ckpt[4096] = "";
     if (g_args.ckpt) snprintf(ckpt, sizeof ckpt, "%s", g_args.ckpt);
     else if (g_args.out_path) snprintf(ckpt, sizeof ckpt, "%.4000s.ckpt", g_args.out_path);
@@ -295,47 +274,25 @@ static void use_gpu(const HostInference *gpu) {
     inference_backend = &GPU_BACKEND;
 }
 
-// train.c main's --generate-data block.
+// train.c main's --generate-data, --generate and --eval-qa blocks.
 void host_generate_data(HostModel *h, const HostInference *gpu) {
-    const Args *a = &g_args;
+    char part[8000];
     use_gpu(gpu);
-    Prompts p;
-    prompts_load(&p, a->prompts, a->n_prompts, a->seed);
-    double t0 = now_seconds();
-    int64_t n_new = generate_data((Model *)h->cpu, g_tok, &p, a->gen_batch, a->max_new, a->temperature, a->top_p, a->seed,
-                                  a->out_path);
-    double el = now_seconds() - t0;
-    char part[8192];
-    snprintf(part, sizeof part, "\"generated\": {\"path\": \"%s\", \"prompts\": %d, \"new_tokens\": %lld, \"tokens_per_s\": %.1f, "
-             "\"temperature\": %g, \"top_p\": %g}", a->out_path, p.n, (long long)n_new, n_new / (el > 0 ? el : 1e-9),
-             a->temperature, a->top_p);
+    generate_data_from_flags(&g_args, (Model *)h->cpu, g_tok, part, sizeof part);
     host_json_add(part);
-    prompts_free(&p);
 }
 
-// train.c main's --generate block.
 void host_generate_text(HostModel *h, const HostInference *gpu) {
-    const Args *a = &g_args;
+    char part[8000];
     use_gpu(gpu);
-    Buf text = {NULL, 0, 0};
-    int n_new = generate_text((Model *)h->cpu, g_tok, a->generate_prompt, a->max_new, a->temperature, a->top_p, a->seed, &text);
-    printf("%s%.*s\n", a->generate_prompt, (int)text.n, text.s);
-    Buf js = {NULL, 0, 0};
-    json_put_string(&js, text.s ? text.s : "", text.n);
-    char part[8192];
-    snprintf(part, sizeof part, "\"generated\": %.*s, \"new_tokens\": %d", (int)(js.n < 6000 ? js.n : 0), js.s ? js.s : "", n_new);
+    generate_text_from_flags(&g_args, (Model *)h->cpu, g_tok, part, sizeof part);
     host_json_add(part);
-    free(text.s); free(js.s);
 }
 
-// train.c main's --eval-qa block.
 void host_eval_qa(HostModel *h, const HostInference *gpu) {
-    const Args *a = &g_args;
-    if (!g_tok) die("--eval-qa needs the model's tokenizer (--tokenizer FILE, or MODEL.tokenizer beside the model)");
-    use_gpu(gpu);
-    eval_qa_add_bos = !a->qa_no_bos;
     char qa[4096];
-    eval_qa((Model *)h->cpu, g_tok, a->eval_qa, a->data, a->limit, qa, sizeof qa);
+    use_gpu(gpu);
+    eval_qa_from_flags(&g_args, (Model *)h->cpu, g_tok, qa, sizeof qa);
     host_json_add(qa);
 }
 
