@@ -40,7 +40,6 @@
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
-#include <mma.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -999,151 +998,214 @@ static void attention_backward_gemm(float *dq, float *dk, float *dv, float *S, f
 
 // --- the same attention on tensor cores (--attention flash) -----------------------------------
 // FlashAttention-2 (Dao 2023): the online softmax of the fused kernel above, with the products of
-// each tile on tensor cores through WMMA (16x16x16 bf16 fragments, fp32 accumulators) and no
-// [T,T] matrix in memory. q, k, v, dO stay fp32 in memory; a tile is rounded to bf16 as it is
-// staged into shared memory, rows past T and dims past hd as zeros (which add nothing to a dot
-// product), so that a head of hd <= 64 is computed as one of HDP = 64 dims, hd <= 128 as 128.
-// The softmax runs in base 2 (exp(s) = exp2(s log2 e), and exp2 is one instruction): on scores
-// x_tj = s_tj log2(e), with the running max m in the same units. Per tile of 64 keys, for each
-// query t (m_t and l_t start at -inf and 0, O_t at 0):
+// each tile on tensor cores and no [T,T] matrix in memory. q, k, v, dO stay fp32 in memory; a tile
+// is rounded to bf16 as it is staged into shared memory, rows past T and dims past hd as zeros
+// (which add nothing to a dot product), so that a head of hd <= 64 is computed as one of HDP = 64
+// dims, hd <= 128 as 128. The softmax runs in base 2 (exp(s) = exp2(s log2 e), and exp2 is one
+// instruction): on scores x_tj = s_tj log2(e), with the running max m in the same units. Per tile
+// of 64 keys, for each query t (m_t and l_t start at -inf and 0, O_t at 0):
 //   m_new = max(m, max_j x_tj),  c = exp2(m - m_new),  p_tj = exp2(x_tj - m_new),
 //   l = c l + sum_j p_tj,  O_t = c O_t + sum_j p_tj v_j  (P rounded to bf16 for the product);
 // at the end out_t = O_t / l_t and lse_t = (m_t + log2 l_t) ln 2.
-// WMMA fragments make no promise about which lane holds which element, so everything done per
-// row (masking, the softmax, rescaling O) reads and writes the products in shared memory: a warp
-// stores its fragments there, __syncwarp, and its lanes take over.
+//
+// The products are the tensor cores' warp-wide mma.sync m16n8k16 (bf16 operands, fp32
+// accumulators), whose fragments have a documented layout (PTX ISA, "Matrix Fragments for
+// mma.m16n8k16"). With g = lane / 4 and c = lane % 4:
+//   A, 16 x 16 (4 registers of 2 bf16): rows g and g + 8, columns 2c, 2c + 1 and 2c + 8, 2c + 9
+//      (register i holds row g + 8 (i & 1), columns 2c + 8 (i >> 1) and the next);
+//   B, 16 x 8 (2 registers): column g, rows 2c, 2c + 1 and 2c + 8, 2c + 9;
+//   C, 16 x 8 (4 floats): rows g and g + 8 (element e: row g + 8 (e >> 1)), columns 2c + (e & 1).
+// So every row of a product lives in the 4 lanes of one group (a row's max and sum take two
+// shuffles), and the C fragments of two neighbouring 8-column tiles of S are, packed to bf16,
+// exactly the A fragment of P for the next product: P never leaves the registers. A B operand
+// is read from shared memory as 32-bit pairs along its k dimension, so a matrix used as B with k
+// along its rows (V in P V) is staged transposed. Row strides of 8 bf16 past a multiple of 64
+// put the 32 lanes' words in 32 different banks.
 #define FLASH_T 64                // queries a block owns; keys per tile
 #define FLASH_THREADS 128         // 4 warps, 16 of the 64 rows each
 #define FLASH_MAX_HD 128
-#define FLASH_LDS (FLASH_T + 4)   // row stride of fp32 [64][64] tiles (S, dP): WMMA wants a multiple of 4
-#define FLASH_LDP (FLASH_T + 8)   // row stride of bf16 [64][64] tiles (P, dS): a multiple of 8
-// A bf16 tile of q, k, v or dO is [64][HDP] with rows HDP + 8 apart; an fp32 O or dQ tile, HDP + 4.
-namespace wmma = nvcuda::wmma;
-typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> FragA;
-typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::col_major> FragAT;  // A from A^T's rows
-typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> FragB;
-typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> FragBT;  // B from B^T's rows
-typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> FragC;
+#define FLASH_LDT (FLASH_T + 8)   // row stride of a transposed tile [HDP][64] and of dS [64][64], bf16
 
-// Shared memory of the forward (bf16 Q, K, V; fp32 S; bf16 P; fp32 O) and of the backward (bf16
-// K, V, Q, dO; fp32 S^T, dP^T; bf16 P^T, dS^T; fp32 dQ; lse and Delta of 64 queries). Every part
-// is a multiple of 128 bytes, so every part starts 128-byte aligned (WMMA needs 32).
+__device__ static inline void mma_16816(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+// two floats as the bf16 pair of one register, the first in the low half (the lower column)
+__device__ static inline uint32_t bf16_pair(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *(uint32_t *)&v;
+}
+__device__ static inline uint32_t lds_pair(const __nv_bfloat16 *p) { return *(const uint32_t *)p; }
+// The A fragment of rows r .. r + 15, columns k .. k + 15 of a bf16 matrix in shared memory.
+__device__ static inline void frag_a(uint32_t a[4], const __nv_bfloat16 *x, int ld, int r, int k, int g, int c) {
+#pragma unroll
+    for (int i = 0; i < 4; i++) a[i] = lds_pair(x + (r + g + 8 * (i & 1)) * ld + k + 2 * c + 8 * (i >> 1));
+}
+// C fragments n and n + 1 of a 16-row product, as the A fragment of its columns 8n .. 8n + 15.
+__device__ static inline void frag_a_of_c(uint32_t a[4], const float c0[4], const float c1[4]) {
+    a[0] = bf16_pair(c0[0], c0[1]);
+    a[1] = bf16_pair(c0[2], c0[3]);
+    a[2] = bf16_pair(c1[0], c1[1]);
+    a[3] = bf16_pair(c1[2], c1[3]);
+}
+
+// Shared memory of the forward: K [64][HDP + 8] and V^T [HDP][64 + 8]; of the backward: K, V, Q,
+// dO as [64][HDP + 8], K^T, Q^T, dO^T as [HDP][64 + 8], dS [64][64 + 8], and lse and Delta of 64
+// queries. Every part is a multiple of 16 bytes.
 __host__ __device__ static size_t flash_forward_smem(int hdp) {
-    return (size_t)FLASH_T * (3 * (hdp + 8) * 2 + FLASH_LDS * 4 + FLASH_LDP * 2 + (hdp + 4) * 4);
+    return (size_t)2 * (FLASH_T * (hdp + 8) + hdp * FLASH_LDT);
 }
 __host__ __device__ static size_t flash_backward_smem(int hdp) {
-    return (size_t)FLASH_T * (4 * (hdp + 8) * 2 + 2 * FLASH_LDS * 4 + 2 * FLASH_LDP * 2 + (hdp + 4) * 4 + 2 * 4);
+    return (size_t)2 * (4 * FLASH_T * (hdp + 8) + 3 * hdp * FLASH_LDT + FLASH_T * FLASH_LDT) + 2 * FLASH_T * 4;
 }
 
 // Rows r0 .. r0+63 of head hh of x[B,T,NH,hd] into the bf16 tile [64][hdp] (rows ld apart), zeros
 // past T and past hd. A thread takes 4 consecutive dims at a time; vec: hd % 4 == 0 and x 16-byte
 // aligned, so 4 dims below hd are one float4.
+__device__ static inline float4 flash_quad(const float *x, int b, int t, int T, int NH, int hh, int hd, int i, int vec) {
+    float4 f = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (t < T && i < hd) {
+        const float *src = x + (((int64_t)b * T + t) * NH + hh) * hd + i;
+        if (vec) f = *(const float4 *)src;
+        else {
+            f.x = src[0];
+            if (i + 1 < hd) f.y = src[1];
+            if (i + 2 < hd) f.z = src[2];
+            if (i + 3 < hd) f.w = src[3];
+        }
+    }
+    return f;
+}
 __device__ static void flash_load_tile(__nv_bfloat16 *tile, int ld, int hdp, const float *x, int b, int r0, int T,
                                        int NH, int hh, int hd, int vec) {
     int quads = hdp / 4;
     for (int e = threadIdx.x; e < FLASH_T * quads; e += blockDim.x) {
-        int r = e / quads, i = e % quads * 4, t = r0 + r;
-        float4 f = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (t < T && i < hd) {
-            const float *src = x + (((int64_t)b * T + t) * NH + hh) * hd + i;
-            if (vec) f = *(const float4 *)src;
-            else {
-                f.x = src[0];
-                if (i + 1 < hd) f.y = src[1];
-                if (i + 2 < hd) f.z = src[2];
-                if (i + 3 < hd) f.w = src[3];
-            }
-        }
+        int r = e / quads, i = e % quads * 4;
+        float4 f = flash_quad(x, b, r0 + r, T, NH, hh, hd, i, vec);
         __nv_bfloat162 *dst = (__nv_bfloat162 *)(tile + r * ld + i);
         dst[0] = __floats2bfloat162_rn(f.x, f.y);
         dst[1] = __floats2bfloat162_rn(f.z, f.w);
     }
 }
+// The same rows transposed: tile[i][r] (rows FLASH_LDT apart). Neighbouring threads take
+// neighbouring rows r, so that their 2-byte stores fall in neighbouring words.
+__device__ static void flash_load_tile_t(__nv_bfloat16 *tile, int hdp, const float *x, int b, int r0, int T, int NH,
+                                         int hh, int hd, int vec) {
+    for (int e = threadIdx.x; e < FLASH_T * (hdp / 4); e += blockDim.x) {
+        int r = e % FLASH_T, i = e / FLASH_T * 4;
+        float4 f = flash_quad(x, b, r0 + r, T, NH, hh, hd, i, vec);
+        tile[(i + 0) * FLASH_LDT + r] = __float2bfloat16_rn(f.x);
+        tile[(i + 1) * FLASH_LDT + r] = __float2bfloat16_rn(f.y);
+        tile[(i + 2) * FLASH_LDT + r] = __float2bfloat16_rn(f.z);
+        tile[(i + 3) * FLASH_LDT + r] = __float2bfloat16_rn(f.w);
+    }
+}
 
 // Thread mapping: a block owns 64 consecutive queries q0.. of one (b, h), the blocks of the last
-// query tiles (the most keys) first; warp w owns rows r0 = 16 w .. r0 + 15 of the tile: its
-// fragments of S (4 of 16 keys) and of O (HDP / 16 of 16 dims), and in the softmax each of its
-// rows in turn, lane owning keys lane and lane + 32. Every lane holds the 16 running maxima m; l
-// is summed per lane and across the warp at the end. The block shares the K and V tiles.
+// query tiles (the most keys) first; warp w owns rows q0 + 16 w .. + 15: its Q fragments (read
+// once from global memory), its S fragments for a tile of 64 keys (8 of 8 keys), its O
+// accumulators (HDP / 8 of 8 dims), and each lane the running max and sum of its two rows. The
+// block shares the K and V^T tiles.
 template <int HDP>
-__global__ static void attention_forward_flash_kernel(float *out, float *lse, const float *q, const float *k,
-                                                      const float *v, int B, int T, int H, int KV, int hd, int vec) {
-    const int LDH = HDP + 8, LDO = HDP + 4;
-    extern __shared__ __align__(128) unsigned char flash_sm[];
-    __nv_bfloat16 *qs = (__nv_bfloat16 *)flash_sm, *ks = qs + FLASH_T * LDH, *vs = ks + FLASH_T * LDH;
-    float *ss = (float *)(vs + FLASH_T * LDH);
-    __nv_bfloat16 *ps = (__nv_bfloat16 *)(ss + FLASH_T * FLASH_LDS);
-    float *os = (float *)(ps + FLASH_T * FLASH_LDP);
+__global__ static void __launch_bounds__(FLASH_THREADS)
+attention_forward_flash_kernel(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T,
+                               int H, int KV, int hd, int vec) {
+    const int LDK = HDP + 8;
+    extern __shared__ __align__(16) unsigned char flash_sm[];
+    __nv_bfloat16 *ks = (__nv_bfloat16 *)flash_sm, *vts = ks + FLASH_T * LDK;
     int tiles = (T + FLASH_T - 1) / FLASH_T, bh = blockIdx.x % (B * H), b = bh / H, h = bh % H, kvh = h / (H / KV);
-    int q0 = (tiles - 1 - blockIdx.x / (B * H)) * FLASH_T, warp = threadIdx.x / 32, lane = threadIdx.x % 32, r0 = warp * 16;
+    int q0 = (tiles - 1 - blockIdx.x / (B * H)) * FLASH_T, lane = threadIdx.x % 32, r0 = threadIdx.x / 32 * 16;
+    int g = lane / 4, c = lane % 4;
     float scale2 = 1.4426950408889634f / sqrtf((float)hd);  // log2(e) / sqrt(hd)
-    flash_load_tile(qs, LDH, HDP, q, b, q0, T, H, h, hd, vec);
-    for (int e = threadIdx.x; e < FLASH_T * LDO; e += blockDim.x) os[e] = 0.0f;
-    float m[16], l[16];
+    uint32_t qf[HDP / 16][4];
 #pragma unroll
-    for (int rr = 0; rr < 16; rr++) { m[rr] = -INFINITY; l[rr] = 0.0f; }
+    for (int kk = 0; kk < HDP / 16; kk++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int t = q0 + r0 + g + 8 * (i & 1), d = kk * 16 + 2 * c + 8 * (i >> 1);
+            const float *src = q + (((int64_t)b * T + t) * H + h) * hd + d;
+            qf[kk][i] = bf16_pair(t < T && d < hd ? src[0] : 0.0f, t < T && d + 1 < hd ? src[1] : 0.0f);
+        }
+    float o[HDP / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int n = 0; n < HDP / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
     for (int j0 = 0; j0 <= q0; j0 += FLASH_T) {  // key tiles up to the diagonal one, j0 = q0
-        __syncthreads();  // the previous K, V tiles are consumed
-        flash_load_tile(ks, LDH, HDP, k, b, j0, T, KV, kvh, hd, vec);
-        flash_load_tile(vs, LDH, HDP, v, b, j0, T, KV, kvh, hd, vec);
+        __syncthreads();  // the previous K, V^T tiles are consumed
+        flash_load_tile(ks, LDK, HDP, k, b, j0, T, KV, kvh, hd, vec);
+        flash_load_tile_t(vts, HDP, v, b, j0, T, KV, kvh, hd, vec);
         __syncthreads();
-        // S = Q K^T, the warp's 16 rows (K's rows are the columns of K^T: col_major)
-        for (int c = 0; c < FLASH_T / 16; c++) {
-            FragC s;
-            wmma::fill_fragment(s, 0.0f);
+        // S = Q K^T (K's rows are the columns of K^T: a B fragment is a pair along a row of K)
+        float s[FLASH_T / 8][4];
+#pragma unroll
+        for (int n = 0; n < FLASH_T / 8; n++) {
+            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
 #pragma unroll
             for (int kk = 0; kk < HDP / 16; kk++) {
-                FragA a;
-                FragBT bt;
-                wmma::load_matrix_sync(a, qs + r0 * LDH + kk * 16, LDH);
-                wmma::load_matrix_sync(bt, ks + c * 16 * LDH + kk * 16, LDH);
-                wmma::mma_sync(s, a, bt, s);
+                const __nv_bfloat16 *kr = ks + (n * 8 + g) * LDK + kk * 16 + 2 * c;
+                mma_16816(s[n], qf[kk], lds_pair(kr), lds_pair(kr + 8));
             }
-            wmma::store_matrix_sync(ss + r0 * FLASH_LDS + c * 16, s, FLASH_LDS, wmma::mem_row_major);
         }
-        __syncwarp();
-        // the online softmax, row by row; keys j > t (and past T) masked
+        // the online softmax of the lane's two rows; keys j > t (and past T) masked
+        float mx[2] = {m[0], m[1]}, corr[2];
 #pragma unroll
-        for (int rr = 0; rr < 16; rr++) {
-            int t = q0 + r0 + rr, ja = j0 + lane, jb = ja + 32;
-            const float *srow = ss + (r0 + rr) * FLASH_LDS;
-            float xa = ja <= t && ja < T ? srow[lane] * scale2 : -INFINITY;
-            float xb = jb <= t && jb < T ? srow[lane + 32] * scale2 : -INFINITY;
-            float mnew = fmaxf(m[rr], warp_max(fmaxf(xa, xb)));
-            float mref = mnew == -INFINITY ? 0.0f : mnew;  // no key yet (cannot happen: key 0 is in tile 0): no NaN
-            float corr = exp2f(m[rr] - mref), pa = exp2f(xa - mref), pb = exp2f(xb - mref);
-            l[rr] = l[rr] * corr + pa + pb;
-            m[rr] = mnew;
-            ps[(r0 + rr) * FLASH_LDP + lane] = __float2bfloat16(pa);
-            ps[(r0 + rr) * FLASH_LDP + lane + 32] = __float2bfloat16(pb);
-            for (int i = lane; i < HDP; i += 32) os[(r0 + rr) * LDO + i] *= corr;
-        }
-        __syncwarp();
-        // O += P V, O read back from shared memory as the accumulator
-        for (int n = 0; n < HDP / 16; n++) {
-            FragC o;
-            wmma::load_matrix_sync(o, os + r0 * LDO + n * 16, LDO, wmma::mem_row_major);
+        for (int n = 0; n < FLASH_T / 8; n++)
 #pragma unroll
-            for (int kk = 0; kk < FLASH_T / 16; kk++) {
-                FragA a;
-                FragB bv;
-                wmma::load_matrix_sync(a, ps + r0 * FLASH_LDP + kk * 16, FLASH_LDP);
-                wmma::load_matrix_sync(bv, vs + kk * 16 * LDH + n * 16, LDH);
-                wmma::mma_sync(o, a, bv, o);
+            for (int e = 0; e < 4; e++) {
+                int t = q0 + r0 + g + 8 * (e >> 1), j = j0 + n * 8 + 2 * c + (e & 1);
+                s[n][e] = j <= t && j < T ? s[n][e] * scale2 : -INFINITY;
+                mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
             }
-            wmma::store_matrix_sync(os + r0 * LDO + n * 16, o, LDO, wmma::mem_row_major);
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+            if (mx[r] == -INFINITY) mx[r] = 0.0f;  // no key yet (cannot happen: key 0 is in tile 0): no NaN
+            corr[r] = exp2f(m[r] - mx[r]);
+            m[r] = mx[r];
+            l[r] *= corr[r];
+        }
+#pragma unroll
+        for (int n = 0; n < FLASH_T / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                s[n][e] = exp2f(s[n][e] - m[e >> 1]);
+                l[e >> 1] += s[n][e];
+            }
+#pragma unroll
+        for (int n = 0; n < HDP / 8; n++) {
+            o[n][0] *= corr[0]; o[n][1] *= corr[0];
+            o[n][2] *= corr[1]; o[n][3] *= corr[1];
+        }
+        // O += P V, 16 keys at a time (V^T's rows are V's columns)
+#pragma unroll
+        for (int kk = 0; kk < FLASH_T / 16; kk++) {
+            uint32_t pa[4];
+            frag_a_of_c(pa, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+            for (int n = 0; n < HDP / 8; n++) {
+                const __nv_bfloat16 *vr = vts + (n * 8 + g) * FLASH_LDT + kk * 16 + 2 * c;
+                mma_16816(o[n], pa, lds_pair(vr), lds_pair(vr + 8));
+            }
         }
     }
-    __syncwarp();
 #pragma unroll
-    for (int rr = 0; rr < 16; rr++) {
-        float sum = warp_sum(l[rr]);
-        int t = q0 + r0 + rr;
-        if (t >= T) continue;
-        float *ot = out + (((int64_t)b * T + t) * H + h) * hd;
-        for (int i = lane; i < hd; i += 32) ot[i] = os[(r0 + rr) * LDO + i] / sum;
-        if (lane == 0) lse[((int64_t)b * H + h) * T + t] = (m[rr] + log2f(sum)) * 0.6931471805599453f;
+    for (int r = 0; r < 2; r++) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
     }
+#pragma unroll
+    for (int n = 0; n < HDP / 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            int t = q0 + r0 + g + 8 * (e >> 1), d = n * 8 + 2 * c + (e & 1);
+            if (t < T && d < hd) out[(((int64_t)b * T + t) * H + h) * hd + d] = o[n][e] / l[e >> 1];
+        }
+    if (c == 0)
+        for (int r = 0; r < 2; r++) {
+            int t = q0 + r0 + g + 8 * r;
+            if (t < T) lse[((int64_t)b * H + h) * T + t] = (m[r] + log2f(l[r])) * 0.6931471805599453f;
+        }
 }
 
 // The backward (FlashAttention-2's split): with p_tj = exp(s_tj - lse_t) recomputed,
@@ -1165,39 +1227,44 @@ __global__ static void attention_delta_kernel(float *delta, const float *dout, c
 
 // Thread mapping: a block owns 64 consecutive keys j0.. of one (b, kv head), the blocks of the
 // first key tiles (the most queries) first, and walks every query head of the group and every
-// tile of 64 queries q0 >= j0. Warp w owns keys r0 = 16 w .. r0 + 15: its fragments of S^T = K Q^T
-// and dP^T = V dO^T (4 of 16 queries each), and per key row lane owns queries lane and lane + 32
-// for P^T and dS^T; it keeps its dK and dV fragments (HDP / 16 of 16 dims each) in registers over
-// the whole walk, so with GQA the heads of a group add to them in turn, no atomics. The dQ of a
-// query tile needs every warp's keys: after a barrier, warp w takes queries r0 .. r0 + 15 (dS read
-// as the transpose of dS^T) and adds them to dq with atomicAdd, since the blocks of other key
-// tiles add to the same rows.
+// tile of 64 queries q0 >= j0. Warp w owns keys j0 + 16 w .. + 15: its fragments of S^T = K Q^T
+// and dP^T = V dO^T (8 of 8 queries each), from which P^T and dS^T are made in place and used
+// as the A fragments of dV += P^T dO and dK += dS^T Q; it keeps its dK and dV accumulators
+// (HDP / 8 of 8 dims each) over the whole walk, so with GQA the heads of a group add to them in
+// turn, no atomics. The dQ of a query tile needs every warp's keys: the warps write dS (as
+// [query][key]) to shared memory, and after a barrier warp w takes queries q0 + 16 w .. + 15,
+// dQ = dS K over the block's 64 keys, and adds them to dq with atomicAdd, since the blocks of
+// other key tiles add to the same rows.
 template <int HDP>
-__global__ static void attention_backward_flash_kernel(float *dq, float *dk, float *dv, const float *delta,
-                                                       const float *dout, const float *q, const float *k,
-                                                       const float *v, const float *lse, int B, int T, int H, int KV,
-                                                       int hd, int vec) {
-    const int LDH = HDP + 8, LDQ = HDP + 4;
-    extern __shared__ __align__(128) unsigned char flash_sm[];
-    __nv_bfloat16 *ks = (__nv_bfloat16 *)flash_sm, *vs = ks + FLASH_T * LDH, *qs = vs + FLASH_T * LDH,
-                  *dos = qs + FLASH_T * LDH;
-    float *ss = (float *)(dos + FLASH_T * LDH), *dps = ss + FLASH_T * FLASH_LDS;
-    __nv_bfloat16 *ps = (__nv_bfloat16 *)(dps + FLASH_T * FLASH_LDS), *dss = ps + FLASH_T * FLASH_LDP;
-    float *dqs = (float *)(dss + FLASH_T * FLASH_LDP), *lse2 = dqs + FLASH_T * LDQ, *dl = lse2 + FLASH_T;
+__global__ static void __launch_bounds__(FLASH_THREADS)
+attention_backward_flash_kernel(float *dq, float *dk, float *dv, const float *delta, const float *dout,
+                                const float *q, const float *k, const float *v, const float *lse, int B, int T, int H,
+                                int KV, int hd, int vec) {
+    const int LDR = HDP + 8;
+    extern __shared__ __align__(16) unsigned char flash_sm[];
+    __nv_bfloat16 *ks = (__nv_bfloat16 *)flash_sm, *vs = ks + FLASH_T * LDR, *qs = vs + FLASH_T * LDR,
+                  *dos = qs + FLASH_T * LDR, *kts = dos + FLASH_T * LDR, *qts = kts + HDP * FLASH_LDT,
+                  *dots = qts + HDP * FLASH_LDT, *dss = dots + HDP * FLASH_LDT;
+    float *lse2 = (float *)(dss + FLASH_T * FLASH_LDT), *dl = lse2 + FLASH_T;
     int bk = blockIdx.x % (B * KV), b = bk / KV, kvh = bk % KV, j0 = blockIdx.x / (B * KV) * FLASH_T, group = H / KV;
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, r0 = warp * 16;
+    int lane = threadIdx.x % 32, r0 = threadIdx.x / 32 * 16, g = lane / 4, c = lane % 4;
     float scale = 1.0f / sqrtf((float)hd), scale2 = 1.4426950408889634f * scale;
-    flash_load_tile(ks, LDH, HDP, k, b, j0, T, KV, kvh, hd, vec);
-    flash_load_tile(vs, LDH, HDP, v, b, j0, T, KV, kvh, hd, vec);
-    FragC dkf[HDP / 16], dvf[HDP / 16];
+    flash_load_tile(ks, LDR, HDP, k, b, j0, T, KV, kvh, hd, vec);
+    flash_load_tile(vs, LDR, HDP, v, b, j0, T, KV, kvh, hd, vec);
+    flash_load_tile_t(kts, HDP, k, b, j0, T, KV, kvh, hd, vec);
+    float dkf[HDP / 8][4], dvf[HDP / 8][4];
 #pragma unroll
-    for (int n = 0; n < HDP / 16; n++) { wmma::fill_fragment(dkf[n], 0.0f); wmma::fill_fragment(dvf[n], 0.0f); }
+    for (int n = 0; n < HDP / 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dkf[n][e] = dvf[n][e] = 0.0f;
     for (int h = kvh * group; h < (kvh + 1) * group; h++)
         for (int q0 = j0; q0 < T; q0 += FLASH_T) {
-            // stage Q, dO, lse (base 2) and Delta of queries q0 .. q0 + 63
-            __syncthreads();  // the previous tile's Q, dO, dS^T are consumed
-            flash_load_tile(qs, LDH, HDP, q, b, q0, T, H, h, hd, vec);
-            flash_load_tile(dos, LDH, HDP, dout, b, q0, T, H, h, hd, vec);
+            // stage Q, dO (as rows and transposed), lse (base 2) and Delta of queries q0 .. q0 + 63
+            __syncthreads();  // the previous tile's Q, dO and dS are consumed
+            flash_load_tile(qs, LDR, HDP, q, b, q0, T, H, h, hd, vec);
+            flash_load_tile(dos, LDR, HDP, dout, b, q0, T, H, h, hd, vec);
+            flash_load_tile_t(qts, HDP, q, b, q0, T, H, h, hd, vec);
+            flash_load_tile_t(dots, HDP, dout, b, q0, T, H, h, hd, vec);
             for (int e = threadIdx.x; e < FLASH_T; e += blockDim.x) {
                 int t = q0 + e;
                 int64_t li = ((int64_t)b * H + h) * T + t;
@@ -1205,91 +1272,85 @@ __global__ static void attention_backward_flash_kernel(float *dq, float *dk, flo
                 dl[e] = t < T ? delta[li] : 0.0f;
             }
             __syncthreads();
-            // S^T = K Q^T and dP^T = V dO^T, the warp's 16 keys
-            for (int c = 0; c < FLASH_T / 16; c++) {
-                FragC s, dp;
-                wmma::fill_fragment(s, 0.0f);
-                wmma::fill_fragment(dp, 0.0f);
+            // S^T = K Q^T and dP^T = V dO^T, the warp's 16 keys by 64 queries
+            float st[FLASH_T / 8][4], dpt[FLASH_T / 8][4];
 #pragma unroll
-                for (int kk = 0; kk < HDP / 16; kk++) {
-                    FragA a;
-                    FragBT bt;
-                    wmma::load_matrix_sync(a, ks + r0 * LDH + kk * 16, LDH);
-                    wmma::load_matrix_sync(bt, qs + c * 16 * LDH + kk * 16, LDH);
-                    wmma::mma_sync(s, a, bt, s);
-                    wmma::load_matrix_sync(a, vs + r0 * LDH + kk * 16, LDH);
-                    wmma::load_matrix_sync(bt, dos + c * 16 * LDH + kk * 16, LDH);
-                    wmma::mma_sync(dp, a, bt, dp);
-                }
-                wmma::store_matrix_sync(ss + r0 * FLASH_LDS + c * 16, s, FLASH_LDS, wmma::mem_row_major);
-                wmma::store_matrix_sync(dps + r0 * FLASH_LDS + c * 16, dp, FLASH_LDS, wmma::mem_row_major);
-            }
-            __syncwarp();
-            // P^T and dS^T = P^T (dP^T - Delta), zero where t < j or t >= T
-            for (int rr = 0; rr < 16; rr++) {
-                int j = j0 + r0 + rr;
-                for (int cc = lane; cc < FLASH_T; cc += 32) {
-                    int t = q0 + cc, e = (r0 + rr) * FLASH_LDS + cc;
-                    float p = t >= j && t < T ? exp2f(ss[e] * scale2 - lse2[cc]) : 0.0f;
-                    ps[(r0 + rr) * FLASH_LDP + cc] = __float2bfloat16(p);
-                    dss[(r0 + rr) * FLASH_LDP + cc] = __float2bfloat16(p * (dps[e] - dl[cc]));
+            for (int n = 0; n < FLASH_T / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) st[n][e] = dpt[n][e] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < HDP / 16; kk++) {
+                uint32_t ka[4], va[4];
+                frag_a(ka, ks, LDR, r0, kk * 16, g, c);
+                frag_a(va, vs, LDR, r0, kk * 16, g, c);
+#pragma unroll
+                for (int n = 0; n < FLASH_T / 8; n++) {
+                    const __nv_bfloat16 *qr = qs + (n * 8 + g) * LDR + kk * 16 + 2 * c, *dr = dos + (n * 8 + g) * LDR + kk * 16 + 2 * c;
+                    mma_16816(st[n], ka, lds_pair(qr), lds_pair(qr + 8));
+                    mma_16816(dpt[n], va, lds_pair(dr), lds_pair(dr + 8));
                 }
             }
-            __syncwarp();
-            // dV += P^T dO and dK += dS^T Q (times scale at the end), in registers
+            // P^T and dS^T = P^T (dP^T - Delta), zero where t < j or t >= T; dS also to shared
+            // memory as [query][key]
 #pragma unroll
-            for (int n = 0; n < HDP / 16; n++)
+            for (int n = 0; n < FLASH_T / 8; n++)
 #pragma unroll
-                for (int kk = 0; kk < FLASH_T / 16; kk++) {
-                    FragA a;
-                    FragB bm;
-                    wmma::load_matrix_sync(a, ps + r0 * FLASH_LDP + kk * 16, FLASH_LDP);
-                    wmma::load_matrix_sync(bm, dos + kk * 16 * LDH + n * 16, LDH);
-                    wmma::mma_sync(dvf[n], a, bm, dvf[n]);
-                    wmma::load_matrix_sync(a, dss + r0 * FLASH_LDP + kk * 16, FLASH_LDP);
-                    wmma::load_matrix_sync(bm, qs + kk * 16 * LDH + n * 16, LDH);
-                    wmma::mma_sync(dkf[n], a, bm, dkf[n]);
+                for (int e = 0; e < 4; e++) {
+                    int jj = r0 + g + 8 * (e >> 1), tt = n * 8 + 2 * c + (e & 1), j = j0 + jj, t = q0 + tt;
+                    float p = t >= j && t < T ? exp2f(st[n][e] * scale2 - lse2[tt]) : 0.0f;
+                    st[n][e] = p;
+                    dpt[n][e] = p * (dpt[n][e] - dl[tt]);
+                    dss[tt * FLASH_LDT + jj] = __float2bfloat16_rn(dpt[n][e]);
                 }
-            __syncthreads();  // every warp's rows of dS^T are written
-            // dQ of the warp's 16 queries = scale dS K, over all 64 keys of the block
-            for (int n = 0; n < HDP / 16; n++) {
-                FragC acc;
-                wmma::fill_fragment(acc, 0.0f);
+            // dV += P^T dO and dK += dS^T Q (times scale at the end), 16 queries at a time
 #pragma unroll
-                for (int kk = 0; kk < FLASH_T / 16; kk++) {
-                    FragAT at;
-                    FragB bm;
-                    wmma::load_matrix_sync(at, dss + kk * 16 * FLASH_LDP + r0, FLASH_LDP);
-                    wmma::load_matrix_sync(bm, ks + kk * 16 * LDH + n * 16, LDH);
-                    wmma::mma_sync(acc, at, bm, acc);
+            for (int kk = 0; kk < FLASH_T / 16; kk++) {
+                uint32_t pa[4], da[4];
+                frag_a_of_c(pa, st[2 * kk], st[2 * kk + 1]);
+                frag_a_of_c(da, dpt[2 * kk], dpt[2 * kk + 1]);
+#pragma unroll
+                for (int n = 0; n < HDP / 8; n++) {
+                    const __nv_bfloat16 *dr = dots + (n * 8 + g) * FLASH_LDT + kk * 16 + 2 * c,
+                                        *qr = qts + (n * 8 + g) * FLASH_LDT + kk * 16 + 2 * c;
+                    mma_16816(dvf[n], pa, lds_pair(dr), lds_pair(dr + 8));
+                    mma_16816(dkf[n], da, lds_pair(qr), lds_pair(qr + 8));
                 }
-                wmma::store_matrix_sync(dqs + r0 * LDQ + n * 16, acc, LDQ, wmma::mem_row_major);
             }
-            __syncwarp();
-            for (int rr = 0; rr < 16; rr++) {
-                int t = q0 + r0 + rr;
-                if (t >= T) break;
-                float *dqt = dq + (((int64_t)b * T + t) * H + h) * hd;
-                for (int i = lane; i < hd; i += 32) atomicAdd(dqt + i, scale * dqs[(r0 + rr) * LDQ + i]);
+            __syncthreads();  // every warp's part of dS is written
+            // dQ of the warp's 16 queries = scale dS K, over the block's 64 keys (K^T's rows are K's columns)
+            float dqf[HDP / 8][4];
+#pragma unroll
+            for (int n = 0; n < HDP / 8; n++) dqf[n][0] = dqf[n][1] = dqf[n][2] = dqf[n][3] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < FLASH_T / 16; kk++) {
+                uint32_t a[4];
+                frag_a(a, dss, FLASH_LDT, r0, kk * 16, g, c);
+#pragma unroll
+                for (int n = 0; n < HDP / 8; n++) {
+                    const __nv_bfloat16 *kr = kts + (n * 8 + g) * FLASH_LDT + kk * 16 + 2 * c;
+                    mma_16816(dqf[n], a, lds_pair(kr), lds_pair(kr + 8));
+                }
+            }
+#pragma unroll
+            for (int n = 0; n < HDP / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int t = q0 + r0 + g + 8 * (e >> 1), d = n * 8 + 2 * c + (e & 1);
+                    if (t < T && d < hd) atomicAdd(dq + (((int64_t)b * T + t) * H + h) * hd + d, scale * dqf[n][e]);
+                }
+        }
+    // dk, dv of the warp's 16 keys
+#pragma unroll
+    for (int n = 0; n < HDP / 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            int j = j0 + r0 + g + 8 * (e >> 1), d = n * 8 + 2 * c + (e & 1);
+            if (j < T && d < hd) {
+                int64_t i = (((int64_t)b * T + j) * KV + kvh) * hd + d;
+                dk[i] += scale * dkf[n][e];
+                dv[i] += dvf[n][e];
             }
         }
-    // dk, dv of the warp's 16 keys: the fragments through the warp's rows of the dQ scratch
-    __syncwarp();  // the last atomics have read them
-#pragma unroll
-    for (int n = 0; n < HDP / 16; n++) wmma::store_matrix_sync(dqs + r0 * LDQ + n * 16, dkf[n], LDQ, wmma::mem_row_major);
-    __syncwarp();
-    for (int rr = 0; rr < 16 && j0 + r0 + rr < T; rr++) {
-        float *dkj = dk + (((int64_t)b * T + j0 + r0 + rr) * KV + kvh) * hd;
-        for (int i = lane; i < hd; i += 32) dkj[i] += scale * dqs[(r0 + rr) * LDQ + i];
-    }
-    __syncwarp();
-#pragma unroll
-    for (int n = 0; n < HDP / 16; n++) wmma::store_matrix_sync(dqs + r0 * LDQ + n * 16, dvf[n], LDQ, wmma::mem_row_major);
-    __syncwarp();
-    for (int rr = 0; rr < 16 && j0 + r0 + rr < T; rr++) {
-        float *dvj = dv + (((int64_t)b * T + j0 + r0 + rr) * KV + kvh) * hd;
-        for (int i = lane; i < hd; i += 32) dvj[i] += dqs[(r0 + rr) * LDQ + i];
-    }
 }
 
 // vec of flash_load_tile: every tensor the tiles come from is float4-aligned along hd.
