@@ -11,9 +11,11 @@
 //   - AdamW on identical gradients; TF32 matmuls against fp32
 //   - generation: the decode step through the KV cache against the full forward; the scoring
 //     path's log softmax(z)[target]
-//   - --matmul bf16: the bf16 cast bit for bit against a host rounding; then the forward, every
-//     gradient and every loss against train.c's fp32 at bf16 tolerances (bf16 keeps 8 significant
-//     bits: a rounding error of 2^-9 per operand), with the teacher stored in bf16 alone
+//   - --matmul bf16: the bf16 cast bit for bit against a host rounding; the activations written
+//     in bf16 by their producers (and the matmuls on them) bit for bit against fp32 + cast; then
+//     the forward, every gradient and every loss against train.c's fp32 at bf16 tolerances (bf16
+//     keeps 8 significant bits: a rounding error of 2^-9 per operand), with the teacher stored in
+//     bf16 alone
 //   - --attention flash (bf16 tensor cores): its kernels against the fp32 fused kernels on random
 //     inputs of many shapes; the model's forward and gradients against train.c at bf16 tolerances
 // Ends with "N passed, M failed"; exit 1 on any failure. Needs a GPU.
@@ -380,6 +382,75 @@ static void test_cast_bf16(void) {
     free(x); free(want); free(got);
 }
 
+// Device arrays a and b of n elements of `size` bytes: how many differ in their bits.
+static int64_t bits_differing(const void *a, const void *b, int64_t n, size_t size) {
+    char *ha = (char *)malloc((size_t)n * size), *hb = (char *)malloc((size_t)n * size);
+    if (!ha || !hb) fail("out of host memory");
+    cudaCheck(cudaMemcpy(ha, a, (size_t)n * size, cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(hb, b, (size_t)n * size, cudaMemcpyDeviceToHost));
+    int64_t d = 0;
+    for (int64_t i = 0; i < n; i++) d += memcmp(ha + i * size, hb + i * size, size) != 0;
+    free(ha); free(hb);
+    return d;
+}
+
+// --matmul bf16: rmsnorm_forward and swiglu_forward writing a matmul's input in bf16 (into an
+// Act, in the activation buffer) against the fp32 kernels followed by cast_bf16, which is what
+// the matmuls read before; then the matmul on each. Same bits expected: the bf16 activations
+// change no product of the model.
+static void test_bf16_producers(void) {
+    HostModel h;
+    host_model_init(&h, "bench-100m", 512, 0, 13, QUANT_NONE, 16, 0);
+    Model g;
+    model_setup(&g, &h, "parameters");
+    int B = 3, T = 50, N = B * T, D = h.dim, F = h.hidden_dim, Hq = h.n_heads * h.head_dim;
+    model_alloc_acts(&g, B, T, 1);
+    model_cast_bf16(&g);
+    int64_t nx = (int64_t)N * D, nf = (int64_t)N * F;
+    float *hx = (float *)malloc((size_t)(nx + 2 * nf) * sizeof(float));
+    for (int64_t i = 0; i < nx + 2 * nf; i++) hx[i] = (float)((int64_t)(next_u64() % 2000001) - 1000000) * 3e-6f;
+    float *x = act_l(&g, A_RESID, 1), *gate = act_l(&g, A_GATE, 1), *up = act_l(&g, A_UP, 1);
+    cudaCheck(cudaMemcpy(x, hx, (size_t)nx * sizeof(float), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(gate, hx + nx, (size_t)nf * sizeof(float), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(up, hx + nx + nf, (size_t)nf * sizeof(float), cudaMemcpyHostToDevice));
+    float *y = (float *)gpu_malloc((size_t)nf * sizeof(float), "scratch");
+    float *o1 = (float *)gpu_malloc((size_t)N * (F > Hq ? F : Hq) * sizeof(float), "scratch");
+    float *o2 = (float *)gpu_malloc((size_t)N * (F > Hq ? F : Hq) * sizeof(float), "scratch");
+    __nv_bfloat16 *yb = (__nv_bfloat16 *)gpu_malloc((size_t)nf * 2, "scratch");
+    char what[160];
+    // xn1 = rmsnorm(x) of layer 1, then q = xn1 Wq^T
+    const float *wn = layer_tensor(g.fwd_t, &g, T_ATTN_NORM, 1);
+    rmsnorm_forward(y, g.act[A_RSTD1], x, wn, N, D, h.rms_norm_eps);
+    cast_bf16(yb, y, nx);
+    Act xn = act_in(&g, A_XN1, 1);
+    rmsnorm_forward(xn, act_l(&g, A_RSTD1, 1), x, wn, N, D, h.rms_norm_eps);
+    snprintf(what, sizeof what, "bf16 rmsnorm_forward against fp32 + cast: bits differing (of %lld)", (long long)nx);
+    check(what, (double)bits_differing(xn.h, yb, nx, 2), 0);
+    matmul_forward(o1, y, weight(&g, T_WQ, 1), N, D, Hq);
+    matmul_forward(o2, xn, weight(&g, T_WQ, 1), N, D, Hq);
+    snprintf(what, sizeof what, "q = xn1 Wq^T from the bf16 xn1: bits differing (of %lld)", (long long)N * Hq);
+    check(what, (double)bits_differing(o1, o2, (int64_t)N * Hq, 4), 0);
+    // hmid = silu(gate) * up, then hmid Wdown^T
+    swiglu_forward(y, gate, up, nf);
+    cast_bf16(yb, y, nf);
+    Act hm = act_in(&g, A_HMID, 1);
+    swiglu_forward(hm, gate, up, nf);
+    snprintf(what, sizeof what, "bf16 swiglu_forward against fp32 + cast: bits differing (of %lld)", (long long)nf);
+    check(what, (double)bits_differing(hm.h, yb, nf, 2), 0);
+    matmul_forward(o1, y, weight(&g, T_WDOWN, 1), N, F, D);
+    matmul_forward(o2, hm, weight(&g, T_WDOWN, 1), N, F, D);
+    snprintf(what, sizeof what, "hmid Wdown^T from the bf16 hmid: bits differing (of %lld)", (long long)N * D);
+    check(what, (double)bits_differing(o1, o2, (int64_t)N * D, 4), 0);
+    float *ho = download(o1, (int64_t)N * D);
+    double mx = 0.0;
+    for (int64_t i = 0; i < (int64_t)N * D; i++) mx = fabs(ho[i]) > mx ? fabs(ho[i]) : mx;
+    check("hmid Wdown^T: not all zero (1 if it is)", mx > 0.0 ? 0.0 : 1.0, 0);
+    free(ho); free(hx);
+    gpu_free(y); gpu_free(o1); gpu_free(o2); gpu_free(yb);
+    model_free(&g);
+    host_model_free(&h);
+}
+
 int main(void) {
     gpu_init();
     g_bf16 = 0;
@@ -450,6 +521,7 @@ int main(void) {
     test_cast_bf16();
     g_bf16 = 1;
     g_compute = CUBLAS_COMPUTE_32F_FAST_TF32;
+    test_bf16_producers();
     g_tol.loss = 1e-2; g_tol.logits = 3e-2; g_tol.grads = 1e-1; g_tol.dloss = 1e-2; g_tol.dlogits = 5e-2; g_tol.gamma = 1e-2;
     test_forward_backward("bf16 tiny", "tiny", 0, 0, QUANT_NONE, 16, 0, 2, 64);
     test_forward_backward("bf16 tiny untied", "tiny", 0, 1, QUANT_NONE, 16, 0, 3, 77);
