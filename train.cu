@@ -409,11 +409,12 @@ static void model_alloc_acts(Model *m, int B, int T, int training) {
         size[A_DK] = BT * Hkv; size[A_DV] = BT * Hkv; size[A_DATT] = BT * Hq;
         size[A_DGATE] = BT * F; size[A_DUP] = BT * F; size[A_DHMID] = BT * F;
     }
-    // --matmul bf16: xn1, xn2 and hmid are stored in bf16 alone (act_in), half the floats; every
+    // --matmul bf16: xn1, xn2, hmid and dgate, dup are stored in bf16 alone, half the floats; every
     // slot starts 256 bytes aligned, as the cudaMalloc'd casts the matmuls read before did (the
     // alignment of an operand can change cuBLAS's choice of kernel, so also its sums).
     int64_t total = 0, count[N_ACTS], align = g_bf16 ? 64 : 1;
-    if (g_bf16) size[A_XN1] = (size[A_XN1] + 1) / 2, size[A_XN2] = (size[A_XN2] + 1) / 2, size[A_HMID] = (size[A_HMID] + 1) / 2;
+    const int bf16_alone[] = {A_XN1, A_XN2, A_HMID, A_DGATE, A_DUP};  // act_in, act_dgu
+    for (int i = 0; g_bf16 && i < (int)(sizeof bf16_alone / sizeof bf16_alone[0]); i++) size[bf16_alone[i]] = (size[bf16_alone[i]] + 1) / 2;
     for (int a = 0; a < N_ACTS; a++) size[a] = (size[a] + align - 1) / align * align;
     for (int a = 0; a < N_ACTS; a++) {
         int per_layer = a >= A_RESID && a <= A_HMID && !act_recomputed(a);
@@ -537,7 +538,7 @@ __device__ static inline void store_w(__nv_bfloat16 *p, float x) { *p = __float2
 // The products are those of the cast: __float2bfloat16_rn of the same fp32 value.
 typedef struct { float *f; __nv_bfloat16 *h; } Act;
 static Act act_f(const float *x) { Act a = {(float *)x, NULL}; return a; }
-static Act act_in(const Model *m, int a, int l) {  // A_XN1, A_XN2, A_HMID (model_alloc_acts sizes them)
+static Act act_in(const Model *m, int a, int l) {  // A_XN1, A_XN2, A_HMID, A_DGATE, A_DUP (model_alloc_acts sizes them)
     float *p = act_l(m, a, l);
     Act x = {g_bf16 ? NULL : p, g_bf16 ? (__nv_bfloat16 *)p : NULL};
     return x;
@@ -686,19 +687,23 @@ static void matmul_forward(float *out, Act x, Weight w, int N, int I, int O) {
     else gemm(CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, w.f, I, x.f, I, 0.0f, out, O);
 }
 static void matmul_forward(float *out, const float *x, Weight w, int N, int I, int O) { matmul_forward(out, act_f(x), w, N, I, O); }
-static void matmul_backward(float *dx, float *dw, const float *dout, Act x, Weight w, int N, int I, int O) {
+// dout: an Act too (dgate, dup are written in bf16 by swiglu_backward), cast into g_bf_d otherwise.
+static void matmul_backward(float *dx, float *dw, Act dout, Act x, Weight w, int N, int I, int O) {
     PROFILE(PROF_MATMUL);
     if (g_bf16) {
-        const __nv_bfloat16 *db = bf16_of(&g_bf_d, &g_bf_d_n, dout, (int64_t)N * O);
+        const __nv_bfloat16 *db = dout.h ? dout.h : bf16_of(&g_bf_d, &g_bf_d_n, dout.f, (int64_t)N * O);
         if (dx) gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, w.h, I, db, O, 1.0f, dx, I);
         if (dw) gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, bf16_in(x, (int64_t)N * I), I, db, O, 1.0f, dw, I);
         return;
     }
-    if (dx) gemm(CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, w.f, I, dout, O, 1.0f, dx, I);
-    if (dw) gemm(CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, x.f, I, dout, O, 1.0f, dw, I);
+    if (dx) gemm(CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, w.f, I, dout.f, O, 1.0f, dx, I);
+    if (dw) gemm(CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, x.f, I, dout.f, O, 1.0f, dw, I);
+}
+static void matmul_backward(float *dx, float *dw, const float *dout, Act x, Weight w, int N, int I, int O) {
+    matmul_backward(dx, dw, act_f(dout), x, w, N, I, O);
 }
 static void matmul_backward(float *dx, float *dw, const float *dout, const float *x, Weight w, int N, int I, int O) {
-    matmul_backward(dx, dw, dout, act_f(x), w, N, I, O);
+    matmul_backward(dx, dw, act_f(dout), act_f(x), w, N, I, O);
 }
 
 // --- RoPE (rotate half), in place on x[B,T,NH,hd] -------------------------------------------
@@ -1409,6 +1414,24 @@ static void swiglu_backward(float *dg, float *du, const float *dh, const float *
     swiglu_backward_kernel<<<blocks_for(n, 256), 256>>>(dg, du, dh, g, u, n);
     launchCheck();
 }
+// --matmul bf16: dg and du are read by the gate and up matmuls alone, so they are written in
+// bf16 (no fp32 copy, no zeroing): the EXCEPTION to the layers' += rule. Each value is that of
+// the += into zeroed buffers it replaces, 0 + dg (-0 becomes +0), then rounded as cast_bf16.
+// Thread mapping: one thread per element.
+__global__ static void swiglu_backward_bf16_kernel(__nv_bfloat16 *dg, __nv_bfloat16 *du, const float *dh, const float *g,
+                                                   const float *u, int64_t n) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float sg = 1.0f / (1.0f + expf(-g[i]));
+    dg[i] = __float2bfloat16_rn(0.0f + dh[i] * u[i] * sg * (1.0f + g[i] * (1.0f - sg)));
+    du[i] = __float2bfloat16_rn(0.0f + dh[i] * g[i] * sg);
+}
+static void swiglu_backward(Act dg, Act du, const float *dh, const float *g, const float *u, int64_t n) {
+    if (!dg.h) { swiglu_backward(dg.f, du.f, dh, g, u, n); return; }
+    PROFILE(PROF_OTHER);
+    swiglu_backward_bf16_kernel<<<blocks_for(n, 256), 256>>>(dg.h, du.h, dh, g, u, n);
+    launchCheck();
+}
 
 // --- residual: y = a + b. Thread mapping: one thread per element. ----------------------------
 __global__ static void residual_forward_kernel(float *y, const float *a, const float *b, int64_t n) {
@@ -1563,13 +1586,14 @@ static void model_backward_from_dxnf(Model *m) {
         zero_act(m, A_DHMID, (int64_t)N * F);
         matmul_backward(m->act[A_DHMID], layer_tensor(m->dfwd_t, m, T_WDOWN, l), dres, hmid,
                         weight(m, T_WDOWN, l), N, F, D);
-        zero_act(m, A_DGATE, (int64_t)N * F);
-        zero_act(m, A_DUP, (int64_t)N * F);
-        swiglu_backward(m->act[A_DGATE], m->act[A_DUP], m->act[A_DHMID], gate, up, (int64_t)N * F);
+        Act dgate = act_in(m, A_DGATE, 0), dup = act_in(m, A_DUP, 0);  // under bf16: written, not accumulated
+        if (!g_bf16) zero_act(m, A_DGATE, (int64_t)N * F);
+        if (!g_bf16) zero_act(m, A_DUP, (int64_t)N * F);
+        swiglu_backward(dgate, dup, m->act[A_DHMID], gate, up, (int64_t)N * F);
         zero_act(m, A_DXN, (int64_t)N * D);
-        matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WGATE, l), m->act[A_DGATE], xn2,
+        matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WGATE, l), dgate, xn2,
                         weight(m, T_WGATE, l), N, D, F);
-        matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WUP, l), m->act[A_DUP], xn2,
+        matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WUP, l), dup, xn2,
                         weight(m, T_WUP, l), N, D, F);
         rmsnorm_backward(dres, layer_tensor(m->dfwd_t, m, T_MLP_NORM, l), dxn, mid,
                          layer_tensor(m->fwd_t, m, T_MLP_NORM, l), act_l(m, A_RSTD2, l), N, D);

@@ -498,6 +498,32 @@ static void test_bf16_producers(void) {
     for (int64_t i = 0; i < (int64_t)N * D; i++) mx = fabs(ho[i]) > mx ? fabs(ho[i]) : mx;
     check("hmid Wdown^T: not all zero (1 if it is)", mx > 0.0 ? 0.0 : 1.0, 0);
     free(ho); free(hx);
+    // dgate, dup = swiglu_backward of ng positions (dh = up, g = gate, u = x): written in bf16
+    // against += into zeros and cast; then dx, dW of the gate matmul from each (from zero)
+    int64_t ng = nf < nx ? nf : nx;
+    float *dgu = (float *)gpu_malloc((size_t)2 * nf * sizeof(float), "scratch");
+    __nv_bfloat16 *gub = (__nv_bfloat16 *)gpu_malloc((size_t)2 * nf * 2, "scratch");
+    cudaCheck(cudaMemset(dgu, 0, (size_t)2 * nf * sizeof(float)));
+    swiglu_backward(dgu, dgu + nf, up, gate, x, ng);
+    cast_bf16(gub, dgu, 2 * nf);
+    Act dg = act_in(&g, A_DGATE, 0), du = act_in(&g, A_DUP, 0);
+    swiglu_backward(dg, du, up, gate, x, ng);
+    snprintf(what, sizeof what, "bf16 swiglu_backward against fp32 += and cast: bits differing (of %lld)", (long long)(2 * ng));
+    check(what, (double)(bits_differing(dg.h, gub, ng, 2) + bits_differing(du.h, gub + nf, ng, 2)), 0);
+    float *dw1 = (float *)gpu_malloc((size_t)F * D * sizeof(float), "scratch"), *dw2 = (float *)gpu_malloc((size_t)F * D * sizeof(float), "scratch");
+    cudaCheck(cudaMemset(o1, 0, (size_t)nx * sizeof(float)));
+    cudaCheck(cudaMemset(o2, 0, (size_t)nx * sizeof(float)));
+    cudaCheck(cudaMemset(dw1, 0, (size_t)F * D * sizeof(float)));
+    cudaCheck(cudaMemset(dw2, 0, (size_t)F * D * sizeof(float)));
+    cudaCheck(cudaMemset(dgu, 0, (size_t)nf * sizeof(float)));  // dgate of the first ng positions, zeros after
+    swiglu_backward(dgu, dgu + nf, up, gate, x, ng);
+    cudaCheck(cudaMemset(dg.h, 0, (size_t)nf * 2));
+    swiglu_backward(dg, du, up, gate, x, ng);
+    matmul_backward(o1, dw1, dgu, y, weight(&g, T_WGATE, 1), N, D, F);
+    matmul_backward(o2, dw2, dg, act_f(y), weight(&g, T_WGATE, 1), N, D, F);
+    snprintf(what, sizeof what, "dx, dW of the gate matmul from the bf16 dgate: bits differing (of %lld)", (long long)(nx + F * D));
+    check(what, (double)(bits_differing(o1, o2, nx, 4) + bits_differing(dw1, dw2, (int64_t)F * D, 4)), 0);
+    gpu_free(dgu); gpu_free(gub); gpu_free(dw1); gpu_free(dw2);
     gpu_free(y); gpu_free(o1); gpu_free(o2); gpu_free(yb);
     model_free(&g);
     host_model_free(&h);
