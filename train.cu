@@ -26,7 +26,8 @@
  * (--matmul tf32), or in plain fp32 (--matmul fp32, what the parity test compares against
  * train.c). Under bf16:
  * once per step the forward weights of every matmul (the fake-quantized linears, the LM head) are
- * cast to bf16 copies, each matmul's activation operand is cast to bf16 just before it, and cuBLAS
+ * cast to bf16 copies, each matmul's activation operand is written in bf16 by its producer (the
+ * normed inputs, the SwiGLU product) or cast to bf16 just before it (the others), and cuBLAS
  * multiplies bf16 by bf16 with fp32 accumulation into fp32 outputs, as mixed-precision training
  * does (Micikevicius et al. 2018); gradients and the master weights stay fp32. Under --matmul
  * bf16 a full-precision teacher is stored in bf16 alone (its norm gains excepted), half the
@@ -407,7 +408,13 @@ static void model_alloc_acts(Model *m, int B, int T, int training) {
         size[A_DK] = BT * Hkv; size[A_DV] = BT * Hkv; size[A_DATT] = BT * Hq;
         size[A_DGATE] = BT * F; size[A_DUP] = BT * F; size[A_DHMID] = BT * F;
     }
-    int64_t total = 0, count[N_ACTS];
+    // --matmul bf16: xn1, xn2, hmid and dgate, dup are stored in bf16 alone, half the floats; every
+    // slot starts 256 bytes aligned, as the cudaMalloc'd casts the matmuls read before did (the
+    // alignment of an operand can change cuBLAS's choice of kernel, so also its sums).
+    int64_t total = 0, count[N_ACTS], align = g_bf16 ? 64 : 1;
+    const int bf16_alone[] = {A_XN1, A_XN2, A_HMID, A_DGATE, A_DUP};  // act_in, act_dgu
+    for (int i = 0; g_bf16 && i < (int)(sizeof bf16_alone / sizeof bf16_alone[0]); i++) size[bf16_alone[i]] = (size[bf16_alone[i]] + 1) / 2;
+    for (int a = 0; a < N_ACTS; a++) size[a] = (size[a] + align - 1) / align * align;
     for (int a = 0; a < N_ACTS; a++) {
         int per_layer = a >= A_RESID && a <= A_HMID && !act_recomputed(a);
         count[a] = per_layer && training ? (a == A_RESID ? L + 1 : L) : 1;
@@ -432,10 +439,11 @@ static void model_alloc_acts(Model *m, int B, int T, int training) {
     m->inputs = (int *)gpu_malloc((size_t)BT * sizeof(int), "activations");
     m->targets = (int *)gpu_malloc((size_t)BT * sizeof(int), "activations");
     m->rows = (double *)gpu_malloc((size_t)BT * sizeof(double), "activations");
-    if (g_bf16) {  // the bf16 casts of a matmul's input [BT, I] and output gradient [BT, O], or [R, V] of a loss chunk
-        int64_t I = D > F ? D : F, O = D > F ? D : F, R = head_chunk_rows((int)BT, (int)V);
+    if (g_bf16) {  // the bf16 casts of a matmul's input [BT, I] and output gradient [BT, O], or [R, V] of a loss chunk;
+                   // the inputs cast are the attention output and xnf (the others are stored in bf16), so I = max(D, Hq)
+        int64_t O = D > F ? D : F, R = head_chunk_rows((int)BT, (int)V);
         O = BT * (O > Hq ? O : Hq);
-        bf16_scratch_reserve(BT * (I > Hq ? I : Hq), training ? (O > R * V ? O : R * V) : 0);
+        bf16_scratch_reserve(BT * (D > Hq ? D : Hq), training ? (O > R * V ? O : R * V) : 0);
     }
 }
 
@@ -515,6 +523,26 @@ static void cast_bf16(__nv_bfloat16 *y, const float *x, int64_t n) {
 __device__ static inline float to_float(float x) { return x; }
 __device__ static inline float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 
+// A value stored as the matmuls read it: fp32, or bf16 rounded to nearest even (--matmul bf16),
+// the same bits as cast_bf16 of the fp32 value. W^ (section 5) and the activations below.
+__device__ static inline void store_w(float *p, float x) { *p = x; }
+__device__ static inline void store_w(__nv_bfloat16 *p, float x) { *p = __float2bfloat16_rn(x); }
+
+// A matmul's activation operand [N,I]: fp32 (f), or, under --matmul bf16, bf16 alone (h; f NULL).
+// The normed inputs of the two blocks and the SwiGLU product are read by the matmuls and by
+// nothing else (their backward reads x and rstd, gate and up), so under bf16 their producers
+// write them in bf16 (rmsnorm_forward, swiglu_forward) and the matmuls take them as they are:
+// one rounding per activation instead of a cast before each of the 3 (q, k, v) or 2 (gate, up)
+// matmuls of the forward and again before each dW of the backward; half the bytes stored.
+// The products are those of the cast: __float2bfloat16_rn of the same fp32 value.
+typedef struct { float *f; __nv_bfloat16 *h; } Act;
+static Act act_f(const float *x) { Act a = {(float *)x, NULL}; return a; }
+static Act act_in(const Model *m, int a, int l) {  // A_XN1, A_XN2, A_HMID, A_DGATE, A_DUP (model_alloc_acts sizes them)
+    float *p = act_l(m, a, l);
+    Act x = {g_bf16 ? NULL : p, g_bf16 ? (__nv_bfloat16 *)p : NULL};
+    return x;
+}
+
 // --- embedding: x[N,D] = E[tok[n], :] -----------------------------------------------------
 // Thread mapping: one thread per element of x. E is fp32, or bf16 for a bf16-only teacher.
 template <typename Et>
@@ -542,22 +570,29 @@ static void embedding_backward(float *dE, const float *dx, const int *tok, int N
 }
 
 // --- RMSNorm: y[N,C] = x / sqrt(mean(x^2) + eps) * w[C] ------------------------------------
-// Thread mapping: one warp per row; its lanes stride over the C columns.
-__global__ static void rmsnorm_forward_kernel(float *y, float *rstd, const float *x, const float *w, int N, int C, float eps) {
+// Thread mapping: one warp per row; its lanes stride over the C columns. y: fp32, or bf16 (Act).
+template <typename Yt>
+__global__ static void rmsnorm_forward_kernel(Yt *y, float *rstd, const float *x, const float *w, int N, int C, float eps) {
     int n = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (n >= N) return;
     const float *xr = x + (int64_t)n * C;
-    float *yr = y + (int64_t)n * C;
+    Yt *yr = y + (int64_t)n * C;
     float ss = 0.0f;
     for (int i = lane; i < C; i += 32) ss += xr[i] * xr[i];
     ss = warp_sum(ss);
     float r = 1.0f / sqrtf(ss / C + eps);
     if (lane == 0) rstd[n] = r;
-    for (int i = lane; i < C; i += 32) yr[i] = w[i] * (xr[i] * r);
+    for (int i = lane; i < C; i += 32) store_w(&yr[i], w[i] * (xr[i] * r));
 }
 static void rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int N, int C, float eps) {
     PROFILE(PROF_OTHER);
     rmsnorm_forward_kernel<<<blocks_for(N, 8), 256>>>(y, rstd, x, w, N, C, eps);
+    launchCheck();
+}
+static void rmsnorm_forward(Act y, float *rstd, const float *x, const float *w, int N, int C, float eps) {
+    if (!y.h) { rmsnorm_forward(y.f, rstd, x, w, N, C, eps); return; }
+    PROFILE(PROF_OTHER);
+    rmsnorm_forward_kernel<<<blocks_for(N, 8), 256>>>(y.h, rstd, x, w, N, C, eps);
     launchCheck();
 }
 
@@ -597,8 +632,9 @@ static void rmsnorm_backward(float *dx, float *dw, const float *dy, const float 
 // --- matmul: out[N,O] = x[N,I] W[O,I]^T ----------------------------------------------------
 // cuBLAS is column-major: a row-major [R,C] matrix is its column-major transpose [C,R], so
 //   out^T[O,N] = W[O,I] x^T[I,N],   dx^T[I,N] += W^T[I,O] dout^T[O,N],   dW^T[I,O] += x^T[I,N] dout[N,O].
-// Under --matmul bf16 both operands are bf16 (the weight's copy, the other cast just before the
-// call) and the products accumulate in fp32 into the fp32 output: C = A B + beta C.
+// Under --matmul bf16 both operands are bf16 (the weight's copy; the other as its producer wrote
+// it, an Act, or cast just before the call) and the products accumulate in fp32 into the fp32
+// output: C = A B + beta C.
 static void gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float *A, int lda,
                  const float *B, int ldb, float beta, float *C, int ldc) {
     const float alpha = 1.0f;
@@ -641,21 +677,32 @@ static Weight weight(const Model *m, int t, int l) {
     return w;
 }
 
-static void matmul_forward(float *out, const float *x, Weight w, int N, int I, int O) {
+// x: an Act; under bf16 cast here (into g_bf_x) only when it exists in fp32 alone.
+static const __nv_bfloat16 *bf16_in(Act x, int64_t n) { return x.h ? x.h : bf16_of(&g_bf_x, &g_bf_x_n, x.f, n); }
+
+static void matmul_forward(float *out, Act x, Weight w, int N, int I, int O) {
     PROFILE(PROF_MATMUL);
-    if (g_bf16) gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, w.h, I, bf16_of(&g_bf_x, &g_bf_x_n, x, (int64_t)N * I), I, 0.0f, out, O);
-    else gemm(CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, w.f, I, x, I, 0.0f, out, O);
+    if (g_bf16) gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, w.h, I, bf16_in(x, (int64_t)N * I), I, 0.0f, out, O);
+    else gemm(CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, w.f, I, x.f, I, 0.0f, out, O);
 }
-static void matmul_backward(float *dx, float *dw, const float *dout, const float *x, Weight w, int N, int I, int O) {
+static void matmul_forward(float *out, const float *x, Weight w, int N, int I, int O) { matmul_forward(out, act_f(x), w, N, I, O); }
+// dout: an Act too (dgate, dup are written in bf16 by swiglu_backward), cast into g_bf_d otherwise.
+static void matmul_backward(float *dx, float *dw, Act dout, Act x, Weight w, int N, int I, int O) {
     PROFILE(PROF_MATMUL);
     if (g_bf16) {
-        const __nv_bfloat16 *db = bf16_of(&g_bf_d, &g_bf_d_n, dout, (int64_t)N * O);
+        const __nv_bfloat16 *db = dout.h ? dout.h : bf16_of(&g_bf_d, &g_bf_d_n, dout.f, (int64_t)N * O);
         if (dx) gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, w.h, I, db, O, 1.0f, dx, I);
-        if (dw) gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, bf16_of(&g_bf_x, &g_bf_x_n, x, (int64_t)N * I), I, db, O, 1.0f, dw, I);
+        if (dw) gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, bf16_in(x, (int64_t)N * I), I, db, O, 1.0f, dw, I);
         return;
     }
-    if (dx) gemm(CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, w.f, I, dout, O, 1.0f, dx, I);
-    if (dw) gemm(CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, x, I, dout, O, 1.0f, dw, I);
+    if (dx) gemm(CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, w.f, I, dout.f, O, 1.0f, dx, I);
+    if (dw) gemm(CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, x.f, I, dout.f, O, 1.0f, dw, I);
+}
+static void matmul_backward(float *dx, float *dw, const float *dout, Act x, Weight w, int N, int I, int O) {
+    matmul_backward(dx, dw, act_f(dout), x, w, N, I, O);
+}
+static void matmul_backward(float *dx, float *dw, const float *dout, const float *x, Weight w, int N, int I, int O) {
+    matmul_backward(dx, dw, act_f(dout), act_f(x), w, N, I, O);
 }
 
 // --- RoPE (rotate half), in place on x[B,T,NH,hd] -------------------------------------------
@@ -1398,14 +1445,21 @@ static void attention_backward_flash(float *dq, float *dk, float *dv, float *del
 }
 
 // --- SwiGLU: h[N,F] = silu(g) * u ----------------------------------------------------------
-// Thread mapping (both): one thread per element.
-__global__ static void swiglu_forward_kernel(float *h, const float *g, const float *u, int64_t n) {
+// Thread mapping (both): one thread per element. h: fp32, or bf16 (Act).
+template <typename Ht>
+__global__ static void swiglu_forward_kernel(Ht *h, const float *g, const float *u, int64_t n) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) h[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    if (i < n) store_w(&h[i], g[i] / (1.0f + expf(-g[i])) * u[i]);
 }
 static void swiglu_forward(float *h, const float *g, const float *u, int64_t n) {
     PROFILE(PROF_OTHER);
     swiglu_forward_kernel<<<blocks_for(n, 256), 256>>>(h, g, u, n);
+    launchCheck();
+}
+static void swiglu_forward(Act h, const float *g, const float *u, int64_t n) {
+    if (!h.h) { swiglu_forward(h.f, g, u, n); return; }
+    PROFILE(PROF_OTHER);
+    swiglu_forward_kernel<<<blocks_for(n, 256), 256>>>(h.h, g, u, n);
     launchCheck();
 }
 // dg += dh * u * sigmoid(g) * (1 + g * (1 - sigmoid(g))),   du += dh * silu(g).
@@ -1419,6 +1473,24 @@ __global__ static void swiglu_backward_kernel(float *dg, float *du, const float 
 static void swiglu_backward(float *dg, float *du, const float *dh, const float *g, const float *u, int64_t n) {
     PROFILE(PROF_OTHER);
     swiglu_backward_kernel<<<blocks_for(n, 256), 256>>>(dg, du, dh, g, u, n);
+    launchCheck();
+}
+// --matmul bf16: dg and du are read by the gate and up matmuls alone, so they are written in
+// bf16 (no fp32 copy, no zeroing): the EXCEPTION to the layers' += rule. Each value is that of
+// the += into zeroed buffers it replaces, 0 + dg (-0 becomes +0), then rounded as cast_bf16.
+// Thread mapping: one thread per element.
+__global__ static void swiglu_backward_bf16_kernel(__nv_bfloat16 *dg, __nv_bfloat16 *du, const float *dh, const float *g,
+                                                   const float *u, int64_t n) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float sg = 1.0f / (1.0f + expf(-g[i]));
+    dg[i] = __float2bfloat16_rn(0.0f + dh[i] * u[i] * sg * (1.0f + g[i] * (1.0f - sg)));
+    du[i] = __float2bfloat16_rn(0.0f + dh[i] * g[i] * sg);
+}
+static void swiglu_backward(Act dg, Act du, const float *dh, const float *g, const float *u, int64_t n) {
+    if (!dg.h) { swiglu_backward(dg.f, du.f, dh, g, u, n); return; }
+    PROFILE(PROF_OTHER);
+    swiglu_backward_bf16_kernel<<<blocks_for(n, 256), 256>>>(dg.h, du.h, dh, g, u, n);
     launchCheck();
 }
 
@@ -1476,10 +1548,10 @@ static void layer_forward(Model *m, int l, int B, int T) {
     const HostModel *c = m->h;
     int N = B * T, D = c->dim, F = c->hidden_dim, H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim;
     int Hq = H * hd, Hkv = KV * hd;
-    float *x = act_l(m, A_RESID, l), *xn1 = act_l(m, A_XN1, l), *q = act_l(m, A_Q, l),
+    float *x = act_l(m, A_RESID, l), *q = act_l(m, A_Q, l),
           *k = act_l(m, A_K, l), *v = act_l(m, A_V, l), *att = act_l(m, A_ATT, l),
-          *mid = act_l(m, A_RESID_MID, l), *xn2 = act_l(m, A_XN2, l),
-          *gate = act_l(m, A_GATE, l), *up = act_l(m, A_UP, l), *hmid = act_l(m, A_HMID, l);
+          *mid = act_l(m, A_RESID_MID, l), *gate = act_l(m, A_GATE, l), *up = act_l(m, A_UP, l);
+    Act xn1 = act_in(m, A_XN1, l), xn2 = act_in(m, A_XN2, l), hmid = act_in(m, A_HMID, l);  // bf16 under --matmul bf16
     float *proj = m->act[A_PROJ];
     // attention block
     rmsnorm_forward(xn1, act_l(m, A_RSTD1, l), x, layer_tensor(m->fwd_t, m, T_ATTN_NORM, l), N, D, c->rms_norm_eps);
@@ -1564,10 +1636,10 @@ static void model_backward_from_dxnf(Model *m) {
     rmsnorm_backward(dres, m->dfwd_t[T_FINAL_NORM], dxn, act_l(m, A_RESID, c->n_layers),
                      m->fwd_t[T_FINAL_NORM], m->act[A_RSTDF], N, D);
     for (int l = c->n_layers - 1; l >= 0; l--) {
-        float *x = act_l(m, A_RESID, l), *xn1 = act_l(m, A_XN1, l), *q = act_l(m, A_Q, l),
+        float *x = act_l(m, A_RESID, l), *q = act_l(m, A_Q, l),
               *k = act_l(m, A_K, l), *v = act_l(m, A_V, l), *att = act_l(m, A_ATT, l),
-              *mid = act_l(m, A_RESID_MID, l), *xn2 = act_l(m, A_XN2, l),
-              *gate = act_l(m, A_GATE, l), *up = act_l(m, A_UP, l), *hmid = act_l(m, A_HMID, l);
+              *mid = act_l(m, A_RESID_MID, l), *gate = act_l(m, A_GATE, l), *up = act_l(m, A_UP, l);
+        Act xn1 = act_in(m, A_XN1, l), xn2 = act_in(m, A_XN2, l), hmid = act_in(m, A_HMID, l);
         // recomputed (act_recomputed): xn2 = rmsnorm(mid), hmid = swiglu(gate, up) of this layer
         rmsnorm_forward(xn2, act_l(m, A_RSTD2, l), mid, layer_tensor(m->fwd_t, m, T_MLP_NORM, l), N, D, c->rms_norm_eps);
         swiglu_forward(hmid, gate, up, (int64_t)N * F);
@@ -1575,13 +1647,14 @@ static void model_backward_from_dxnf(Model *m) {
         zero_act(m, A_DHMID, (int64_t)N * F);
         matmul_backward(m->act[A_DHMID], layer_tensor(m->dfwd_t, m, T_WDOWN, l), dres, hmid,
                         weight(m, T_WDOWN, l), N, F, D);
-        zero_act(m, A_DGATE, (int64_t)N * F);
-        zero_act(m, A_DUP, (int64_t)N * F);
-        swiglu_backward(m->act[A_DGATE], m->act[A_DUP], m->act[A_DHMID], gate, up, (int64_t)N * F);
+        Act dgate = act_in(m, A_DGATE, 0), dup = act_in(m, A_DUP, 0);  // under bf16: written, not accumulated
+        if (!g_bf16) zero_act(m, A_DGATE, (int64_t)N * F);
+        if (!g_bf16) zero_act(m, A_DUP, (int64_t)N * F);
+        swiglu_backward(dgate, dup, m->act[A_DHMID], gate, up, (int64_t)N * F);
         zero_act(m, A_DXN, (int64_t)N * D);
-        matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WGATE, l), m->act[A_DGATE], xn2,
+        matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WGATE, l), dgate, xn2,
                         weight(m, T_WGATE, l), N, D, F);
-        matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WUP, l), m->act[A_DUP], xn2,
+        matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WUP, l), dup, xn2,
                         weight(m, T_WUP, l), N, D, F);
         rmsnorm_backward(dres, layer_tensor(m->dfwd_t, m, T_MLP_NORM, l), dxn, mid,
                          layer_tensor(m->fwd_t, m, T_MLP_NORM, l), act_l(m, A_RSTD2, l), N, D);
@@ -1681,9 +1754,7 @@ static void model_quant_setup(Model *m) {
     m->quant_stale = 1;
 }
 
-// W^ is stored as the matmuls read it: fp32, or bf16 rounded to nearest even (--matmul bf16).
-__device__ static inline void store_w(float *p, float x) { *p = x; }
-__device__ static inline void store_w(__nv_bfloat16 *p, float x) { *p = __float2bfloat16_rn(x); }
+// W^ is stored as the matmuls read it: store_w (section 3).
 
 // A code written over the previous one: counted in flips[layer] when the old codes are valid.
 __device__ static inline int write_code(uint8_t *c, int q, int count) {
@@ -1726,6 +1797,73 @@ __global__ static void quantize_group_kernel(W *wq, uint8_t *codes, unsigned lon
         store_w(&wq[k * g + j], method == QUANT_INT ? int_asym_value(q, a, b) : nf_asym_value(q, a, b, bits));
     }
     f = (int)warp_sum((float)f);  // at most g <= 2^24 flips: exact in float
+    if (lane == 0) {
+        p0[k] = a;
+        p1[k] = b;
+        if (!ok) *bad = 1;
+        if (f) atomicAdd(&flips[k * g / n], (unsigned long long)f);
+    }
+}
+
+// The same for g % 4 == 0 with w, wq 16 bytes (bf16: 8) and codes 4 bytes aligned (quantize_tensor
+// checks), which is the bandwidth-bound case of every real shape. Thread mapping: one warp per
+// group as above, but a lane owns 4 consecutive weights at a time: W read as one float4, the 4
+// codes read and written as one 32-bit word, the 4 values of W^ stored at once (16 bytes fp32,
+// 8 bytes bf16), so a warp moves 512 bytes of W per load instead of 128 and no single bytes; the
+// second pass over the group reads it again from L1. Same min and max (exact in any order), same
+// quant.h functions per weight, rounding as store_w: W^ and codes bit for bit those of the kernel
+// above.
+__device__ static inline int group_code(float w, float a, float b, int method, int bits, float *value) {
+    int q = method == QUANT_INT ? int_asym_code(w, a, b, bits) : nf_asym_code(w, a, b, bits);
+    *value = method == QUANT_INT ? int_asym_value(q, a, b) : nf_asym_value(q, a, b, bits);
+    return q;
+}
+__device__ static inline void store_w4(float *p, float4 v) { *(float4 *)p = v; }
+__device__ static inline void store_w4(__nv_bfloat16 *p, float4 v) {  // element 0 at the lowest address
+    uint2 u;
+    u.x = (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(v.x)) | (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(v.y)) << 16;
+    u.y = (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(v.z)) | (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(v.w)) << 16;
+    *(uint2 *)p = u;
+}
+template <typename W>
+__global__ static void quantize_group4_kernel(W *wq, uint8_t *codes, unsigned long long *flips, int count, float *p0,
+                                              float *p1, const float *w, int64_t n_groups, int g, int64_t n, int method,
+                                              int bits, int *bad) {
+    int64_t k = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x % 32, g4 = g / 4;
+    if (k >= n_groups) return;
+    const float4 *wk = (const float4 *)(w + k * g);
+    uint32_t *ck = (uint32_t *)(codes + k * g);
+    W *qk = wq + k * g;
+    float mn = INFINITY, mx = -INFINITY;
+    int ok = 1;
+#pragma unroll 4
+    for (int j = lane; j < g4; j += 32) {
+        float4 v = wk[j];
+        ok &= isfinite(v.x) && isfinite(v.y) && isfinite(v.z) && isfinite(v.w);
+        mn = fminf(mn, fminf(fminf(v.x, v.y), fminf(v.z, v.w)));
+        mx = fmaxf(mx, fmaxf(fmaxf(v.x, v.y), fmaxf(v.z, v.w)));
+    }
+    mx = warp_max(mx);
+    mn = -warp_max(-mn);
+    ok = __all_sync(0xffffffffu, ok);
+    float a, b;
+    if (method == QUANT_INT) int_asym_params(&a, &b, mn, mx, bits);
+    else { a = fabsf(mx); b = fabsf(mn); }
+    int f = 0;
+#pragma unroll 4
+    for (int j = lane; j < g4; j += 32) {
+        float4 v = wk[j], r;
+        uint32_t c = (uint32_t)group_code(v.x, a, b, method, bits, &r.x) | (uint32_t)group_code(v.y, a, b, method, bits, &r.y) << 8 |
+                     (uint32_t)group_code(v.z, a, b, method, bits, &r.z) << 16 | (uint32_t)group_code(v.w, a, b, method, bits, &r.w) << 24;
+        if (count) {  // codes that differ from the previous ones, byte by byte
+            uint32_t d = ck[j] ^ c;
+            f += ((d & 0xffu) != 0) + ((d & 0xff00u) != 0) + ((d & 0xff0000u) != 0) + ((d & 0xff000000u) != 0);
+        }
+        ck[j] = c;
+        store_w4(qk + 4 * j, r);
+    }
+    f = (int)warp_sum((float)f);
     if (lane == 0) {
         p0[k] = a;
         p1[k] = b;
@@ -1784,8 +1922,12 @@ static void quantize_tensor(Model *m, int t, W *wq, uint8_t *codes, unsigned lon
     if (q.method == QUANT_INT || q.method == QUANT_NF3 || q.method == QUANT_NF4) {
         int g = quant_group_len(q, in);
         int64_t groups = n * L / g;
-        quantize_group_kernel<<<blocks_for(groups, 8), 256>>>(wq, codes, flips, count, m->qp0[t], m->qp1[t], m->params_t[t],
-                                                              groups, g, n, q.method, q.bits, m->d_bad);
+        if (g % 4 == 0 && (uintptr_t)m->params_t[t] % 16 == 0 && (uintptr_t)wq % (4 * sizeof(W)) == 0 && (uintptr_t)codes % 4 == 0)
+            quantize_group4_kernel<<<blocks_for(groups, 8), 256>>>(wq, codes, flips, count, m->qp0[t], m->qp1[t], m->params_t[t],
+                                                                   groups, g, n, q.method, q.bits, m->d_bad);
+        else
+            quantize_group_kernel<<<blocks_for(groups, 8), 256>>>(wq, codes, flips, count, m->qp0[t], m->qp1[t], m->params_t[t],
+                                                                  groups, g, n, q.method, q.bits, m->d_bad);
     } else if (q.method == QUANT_SIGN || q.method == QUANT_ONEBIT) {
         quantize_binary_kernel<<<blocks_for(n * L, 256), 256>>>(wq, codes, flips, count, m->params_t[t], m->qp0[t], m->qp1[t],
                                                               n * L, out, in, q.method, m->d_bad);
@@ -2364,9 +2506,10 @@ static void model_decode_step(Model *m, KVCache *kv, const int *tokens, int pos)
     for (int b = 0; b < B; b++)
         if (tokens[b] < 0 || tokens[b] >= V) fail("token id %d out of range [0, %d)", tokens[b], V);
     cudaCheck(cudaMemcpy(m->inputs, tokens, (size_t)B * sizeof(int), cudaMemcpyHostToDevice));
-    float *x = m->act[A_RESID], *xn = m->act[A_XN1], *q = m->act[A_Q], *k = m->act[A_K],
+    float *x = m->act[A_RESID], *q = m->act[A_Q], *k = m->act[A_K],
           *v = m->act[A_V], *att = m->act[A_ATT], *mid = m->act[A_RESID_MID], *proj = m->act[A_PROJ],
-          *gate = m->act[A_GATE], *up = m->act[A_UP], *hmid = m->act[A_HMID];
+          *gate = m->act[A_GATE], *up = m->act[A_UP];
+    Act xn = act_in(m, A_XN1, 0), hmid = act_in(m, A_HMID, 0);
     const float *cosp = kv->cosv + (int64_t)pos * half, *sinp = kv->sinv + (int64_t)pos * half;
     if (m->fwd_t[T_EMBED]) embedding_forward(x, m->inputs, m->fwd_t[T_EMBED], B, D);
     else embedding_forward(x, m->inputs, m->wbf_t[T_EMBED], B, D);  // a bf16-only model
@@ -2797,7 +2940,7 @@ static void bench(Model *m, const HostArgs *a, int T, char *json, size_t n) {
     for (int r = 0; r < 3; r++) {
         cudaCheck(cudaDeviceSynchronize());
         double t0 = now_seconds();
-        matmul_forward(act_l(m, A_UP, 0), act_l(m, A_XN2, 0), weight(m, T_WUP, 0), N, D, F);
+        matmul_forward(act_l(m, A_UP, 0), act_in(m, A_XN2, 0), weight(m, T_WUP, 0), N, D, F);
         cudaCheck(cudaDeviceSynchronize());
         double dt = now_seconds() - t0;
         kbest = dt < kbest ? dt : kbest;

@@ -11,9 +11,11 @@
 //   - AdamW on identical gradients; TF32 matmuls against fp32
 //   - generation: the decode step through the KV cache against the full forward; the scoring
 //     path's log softmax(z)[target]
-//   - --matmul bf16: the bf16 cast bit for bit against a host rounding; then the forward, every
-//     gradient and every loss against train.c's fp32 at bf16 tolerances (bf16 keeps 8 significant
-//     bits: a rounding error of 2^-9 per operand), with the teacher stored in bf16 alone
+//   - --matmul bf16: the bf16 cast bit for bit against a host rounding; the activations written
+//     in bf16 by their producers (and the matmuls on them) bit for bit against fp32 + cast; then
+//     the forward, every gradient and every loss against train.c's fp32 at bf16 tolerances (bf16
+//     keeps 8 significant bits: a rounding error of 2^-9 per operand), with the teacher stored in
+//     bf16 alone
 //   - --attention flash (bf16 tensor cores): its kernels against the fp32 fused kernels on random
 //     inputs of many shapes; the model's forward and gradients against train.c at bf16 tolerances
 // Ends with "N passed, M failed"; exit 1 on any failure. Needs a GPU.
@@ -162,6 +164,18 @@ static void test_decode(const char *label, const char *shape, int vocab, int q, 
     host_model_free(&h);
 }
 
+// Device arrays a and b of n elements of `size` bytes: how many differ in their bits.
+static int64_t bits_differing(const void *a, const void *b, int64_t n, size_t size) {
+    char *ha = (char *)malloc((size_t)n * size), *hb = (char *)malloc((size_t)n * size);
+    if (!ha || !hb) fail("out of host memory");
+    cudaCheck(cudaMemcpy(ha, a, (size_t)n * size, cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(hb, b, (size_t)n * size, cudaMemcpyDeviceToHost));
+    int64_t d = 0;
+    for (int64_t i = 0; i < n; i++) d += memcmp(ha + i * size, hb + i * size, size) != 0;
+    free(ha); free(hb);
+    return d;
+}
+
 // quant.h on the GPU: the same latent weights must give the same W^ and codes, bit for bit.
 static void test_quantizer(int q, int bits, int group) {
     HostModel h;
@@ -171,23 +185,75 @@ static void test_quantizer(int q, int bits, int group) {
     const uint8_t *cc;
     const float *wc = host_cpu_quantized(&h, &cc);
     model_quantize(&g);
-    float *wg = download(g.wq, g.n_codes);
     uint8_t *cg = (uint8_t *)malloc((size_t)g.n_codes);
     cudaCheck(cudaMemcpy(cg, g.codes, (size_t)g.n_codes, cudaMemcpyDeviceToHost));
     int64_t wdiff = 0, cdiff = 0;
-    for (int64_t i = 0; i < g.n_codes; i++) {
-        wdiff += memcmp(&wg[i], &wc[i], sizeof(float)) != 0;
-        cdiff += cg[i] != cc[i];
+    for (int64_t i = 0; i < g.n_codes; i++) cdiff += cg[i] != cc[i];
+    float *wg = NULL;
+    if (g_bf16) {  // W^ in the bf16 copies alone: the host's fp32 W^ rounded to nearest even, on the bits
+        uint16_t *hb = (uint16_t *)malloc((size_t)g.n_codes * 2);
+        for (int t = 0; t < N_TENSORS; t++)
+            if (h.is_linear[t])
+                cudaCheck(cudaMemcpy(hb + g.qoff[t], g.wbf_t[t], (size_t)tensor_numel(&g, t) * 2, cudaMemcpyDeviceToHost));
+        for (int64_t i = 0; i < g.n_codes; i++) {
+            uint32_t u;
+            memcpy(&u, &wc[i], 4);
+            wdiff += hb[i] != (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+        }
+        free(hb);
+    } else {
+        wg = download(g.wq, g.n_codes);
+        for (int64_t i = 0; i < g.n_codes; i++) wdiff += memcmp(&wg[i], &wc[i], sizeof(float)) != 0;
     }
     char what[160];
-    snprintf(what, sizeof what, "quantizer -q %s -b %d -g %d: W^ bits differing (of %lld)", quant_method_name(q), bits, group,
-             (long long)g.n_codes);
+    snprintf(what, sizeof what, "quantizer -q %s -b %d -g %d: W^%s bits differing (of %lld)", quant_method_name(q), bits, group,
+             g_bf16 ? " (bf16)" : "", (long long)g.n_codes);
     check(what, (double)wdiff, 0);
     snprintf(what, sizeof what, "quantizer -q %s -b %d -g %d: codes differing", quant_method_name(q), bits, group);
     check(what, (double)cdiff, 0);
     free(wg); free(cg);
     model_free(&g);
     host_model_free(&h);
+}
+
+// quantize_group4_kernel (a lane owns 4 weights, vector loads and stores) against the scalar
+// quantize_group_kernel on the same random weights and previous codes, for W^ in fp32 and bf16:
+// W^, codes, scales and flip counts must be the same bits.
+template <typename W>
+static void test_group4_kernel(int method, int bits, int g) {
+    int64_t n = 4 * 2048, L = 3, groups = n * L / g, nw = n * L;  // 3 "layers" of n weights
+    float *hw = (float *)malloc((size_t)nw * sizeof(float));
+    uint8_t *hc = (uint8_t *)malloc((size_t)nw);
+    for (int64_t i = 0; i < nw; i++) {
+        hw[i] = (float)((int64_t)(next_u64() % 2000001) - 1000000) * 1e-7f;
+        if (i % 97 == 5) hw[i] = 0.0f;
+        hc[i] = (uint8_t)(next_u64() % (1u << bits));
+    }
+    float *w = (float *)gpu_malloc((size_t)nw * sizeof(float), "scratch");
+    float *par = (float *)gpu_malloc((size_t)groups * 4 * sizeof(float), "scratch");
+    W *wq = (W *)gpu_malloc((size_t)nw * 2 * sizeof(W), "scratch");
+    uint8_t *codes = (uint8_t *)gpu_malloc((size_t)nw * 2, "scratch");
+    unsigned long long *fl = (unsigned long long *)gpu_malloc(2 * L * sizeof(unsigned long long), "scratch");
+    int *bad = (int *)gpu_malloc(sizeof(int), "scratch");
+    cudaCheck(cudaMemcpy(w, hw, (size_t)nw * sizeof(float), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(codes, hc, (size_t)nw, cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(codes + nw, hc, (size_t)nw, cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemset(fl, 0, 2 * L * sizeof(unsigned long long)));
+    quantize_group_kernel<<<blocks_for(groups, 8), 256>>>(wq, codes, fl, 1, par, par + groups, w, groups, g, n, method, bits, bad);
+    quantize_group4_kernel<<<blocks_for(groups, 8), 256>>>(wq + nw, codes + nw, fl + L, 1, par + 2 * groups, par + 3 * groups, w,
+                                                           groups, g, n, method, bits, bad);
+    launchCheck();
+    unsigned long long hf[6];
+    cudaCheck(cudaMemcpy(hf, fl, 2 * L * sizeof(unsigned long long), cudaMemcpyDeviceToHost));
+    int64_t d = bits_differing(wq, wq + nw, nw, sizeof(W)) + bits_differing(codes, codes + nw, nw, 1) +
+                bits_differing(par, par + 2 * groups, 2 * groups, 4), df = 0, flips = 0;
+    for (int l = 0; l < L; l++) { df += hf[l] != hf[L + l]; flips += hf[l]; }
+    char what[160];
+    snprintf(what, sizeof what, "group4 kernel -q %s -b %d -g %d, W^ %s: W^, codes, scales differing (%lld flips)",
+             quant_method_name(method), bits, g, sizeof(W) == 4 ? "fp32" : "bf16", (long long)flips);
+    check(what, (double)(d + df + (flips == 0)), 0);
+    gpu_free(w); gpu_free(par); gpu_free(wq); gpu_free(codes); gpu_free(fl); gpu_free(bad);
+    free(hw); free(hc);
 }
 
 // distill_step with every loss: student int 2-bit, teacher its full-precision self. chunk: the
@@ -380,6 +446,89 @@ static void test_cast_bf16(void) {
     free(x); free(want); free(got);
 }
 
+// --matmul bf16: rmsnorm_forward and swiglu_forward writing a matmul's input in bf16 (into an
+// Act, in the activation buffer) against the fp32 kernels followed by cast_bf16, which is what
+// the matmuls read before; then the matmul on each. Same bits expected: the bf16 activations
+// change no product of the model.
+static void test_bf16_producers(void) {
+    HostModel h;
+    host_model_init(&h, "bench-100m", 512, 0, 13, QUANT_NONE, 16, 0);
+    Model g;
+    model_setup(&g, &h, "parameters");
+    int B = 3, T = 50, N = B * T, D = h.dim, F = h.hidden_dim, Hq = h.n_heads * h.head_dim;
+    model_alloc_acts(&g, B, T, 1);
+    model_cast_bf16(&g);
+    int64_t nx = (int64_t)N * D, nf = (int64_t)N * F;
+    float *hx = (float *)malloc((size_t)(nx + 2 * nf) * sizeof(float));
+    for (int64_t i = 0; i < nx + 2 * nf; i++) hx[i] = (float)((int64_t)(next_u64() % 2000001) - 1000000) * 3e-6f;
+    float *x = act_l(&g, A_RESID, 1), *gate = act_l(&g, A_GATE, 1), *up = act_l(&g, A_UP, 1);
+    cudaCheck(cudaMemcpy(x, hx, (size_t)nx * sizeof(float), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(gate, hx + nx, (size_t)nf * sizeof(float), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(up, hx + nx + nf, (size_t)nf * sizeof(float), cudaMemcpyHostToDevice));
+    float *y = (float *)gpu_malloc((size_t)nf * sizeof(float), "scratch");
+    float *o1 = (float *)gpu_malloc((size_t)N * (F > Hq ? F : Hq) * sizeof(float), "scratch");
+    float *o2 = (float *)gpu_malloc((size_t)N * (F > Hq ? F : Hq) * sizeof(float), "scratch");
+    __nv_bfloat16 *yb = (__nv_bfloat16 *)gpu_malloc((size_t)nf * 2, "scratch");
+    char what[160];
+    // xn1 = rmsnorm(x) of layer 1, then q = xn1 Wq^T
+    const float *wn = layer_tensor(g.fwd_t, &g, T_ATTN_NORM, 1);
+    rmsnorm_forward(y, g.act[A_RSTD1], x, wn, N, D, h.rms_norm_eps);
+    cast_bf16(yb, y, nx);
+    Act xn = act_in(&g, A_XN1, 1);
+    rmsnorm_forward(xn, act_l(&g, A_RSTD1, 1), x, wn, N, D, h.rms_norm_eps);
+    snprintf(what, sizeof what, "bf16 rmsnorm_forward against fp32 + cast: bits differing (of %lld)", (long long)nx);
+    check(what, (double)bits_differing(xn.h, yb, nx, 2), 0);
+    matmul_forward(o1, y, weight(&g, T_WQ, 1), N, D, Hq);
+    matmul_forward(o2, xn, weight(&g, T_WQ, 1), N, D, Hq);
+    snprintf(what, sizeof what, "q = xn1 Wq^T from the bf16 xn1: bits differing (of %lld)", (long long)N * Hq);
+    check(what, (double)bits_differing(o1, o2, (int64_t)N * Hq, 4), 0);
+    // hmid = silu(gate) * up, then hmid Wdown^T
+    swiglu_forward(y, gate, up, nf);
+    cast_bf16(yb, y, nf);
+    Act hm = act_in(&g, A_HMID, 1);
+    swiglu_forward(hm, gate, up, nf);
+    snprintf(what, sizeof what, "bf16 swiglu_forward against fp32 + cast: bits differing (of %lld)", (long long)nf);
+    check(what, (double)bits_differing(hm.h, yb, nf, 2), 0);
+    matmul_forward(o1, y, weight(&g, T_WDOWN, 1), N, F, D);
+    matmul_forward(o2, hm, weight(&g, T_WDOWN, 1), N, F, D);
+    snprintf(what, sizeof what, "hmid Wdown^T from the bf16 hmid: bits differing (of %lld)", (long long)N * D);
+    check(what, (double)bits_differing(o1, o2, (int64_t)N * D, 4), 0);
+    float *ho = download(o1, (int64_t)N * D);
+    double mx = 0.0;
+    for (int64_t i = 0; i < (int64_t)N * D; i++) mx = fabs(ho[i]) > mx ? fabs(ho[i]) : mx;
+    check("hmid Wdown^T: not all zero (1 if it is)", mx > 0.0 ? 0.0 : 1.0, 0);
+    free(ho); free(hx);
+    // dgate, dup = swiglu_backward of ng positions (dh = up, g = gate, u = x): written in bf16
+    // against += into zeros and cast; then dx, dW of the gate matmul from each (from zero)
+    int64_t ng = nf < nx ? nf : nx;
+    float *dgu = (float *)gpu_malloc((size_t)2 * nf * sizeof(float), "scratch");
+    __nv_bfloat16 *gub = (__nv_bfloat16 *)gpu_malloc((size_t)2 * nf * 2, "scratch");
+    cudaCheck(cudaMemset(dgu, 0, (size_t)2 * nf * sizeof(float)));
+    swiglu_backward(dgu, dgu + nf, up, gate, x, ng);
+    cast_bf16(gub, dgu, 2 * nf);
+    Act dg = act_in(&g, A_DGATE, 0), du = act_in(&g, A_DUP, 0);
+    swiglu_backward(dg, du, up, gate, x, ng);
+    snprintf(what, sizeof what, "bf16 swiglu_backward against fp32 += and cast: bits differing (of %lld)", (long long)(2 * ng));
+    check(what, (double)(bits_differing(dg.h, gub, ng, 2) + bits_differing(du.h, gub + nf, ng, 2)), 0);
+    float *dw1 = (float *)gpu_malloc((size_t)F * D * sizeof(float), "scratch"), *dw2 = (float *)gpu_malloc((size_t)F * D * sizeof(float), "scratch");
+    cudaCheck(cudaMemset(o1, 0, (size_t)nx * sizeof(float)));
+    cudaCheck(cudaMemset(o2, 0, (size_t)nx * sizeof(float)));
+    cudaCheck(cudaMemset(dw1, 0, (size_t)F * D * sizeof(float)));
+    cudaCheck(cudaMemset(dw2, 0, (size_t)F * D * sizeof(float)));
+    cudaCheck(cudaMemset(dgu, 0, (size_t)nf * sizeof(float)));  // dgate of the first ng positions, zeros after
+    swiglu_backward(dgu, dgu + nf, up, gate, x, ng);
+    cudaCheck(cudaMemset(dg.h, 0, (size_t)nf * 2));
+    swiglu_backward(dg, du, up, gate, x, ng);
+    matmul_backward(o1, dw1, dgu, y, weight(&g, T_WGATE, 1), N, D, F);
+    matmul_backward(o2, dw2, dg, act_f(y), weight(&g, T_WGATE, 1), N, D, F);
+    snprintf(what, sizeof what, "dx, dW of the gate matmul from the bf16 dgate: bits differing (of %lld)", (long long)(nx + F * D));
+    check(what, (double)(bits_differing(o1, o2, nx, 4) + bits_differing(dw1, dw2, (int64_t)F * D, 4)), 0);
+    gpu_free(dgu); gpu_free(gub); gpu_free(dw1); gpu_free(dw2);
+    gpu_free(y); gpu_free(o1); gpu_free(o2); gpu_free(yb);
+    model_free(&g);
+    host_model_free(&h);
+}
+
 int main(void) {
     gpu_init();
     g_bf16 = 0;
@@ -406,6 +555,11 @@ int main(void) {
     int specs[][3] = {{QUANT_INT, 1, 32}, {QUANT_INT, 2, 32}, {QUANT_INT, 3, 64}, {QUANT_INT, 4, -1}, {QUANT_INT, 8, 32},
                       {QUANT_NF3, 3, 32}, {QUANT_NF4, 4, 64}, {QUANT_SIGN, 1, 0}, {QUANT_ONEBIT, 1, 0}, {QUANT_TERNARY, 2, 0}};
     for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++) test_quantizer(specs[i][0], specs[i][1], specs[i][2]);
+    int g4[][3] = {{QUANT_INT, 2, 128}, {QUANT_INT, 2, 32}, {QUANT_INT, 4, 2048}, {QUANT_INT, 8, 64}, {QUANT_NF3, 3, 128}, {QUANT_NF4, 4, 256}};
+    for (size_t i = 0; i < sizeof g4 / sizeof g4[0]; i++) {
+        test_group4_kernel<float>(g4[i][0], g4[i][1], g4[i][2]);
+        test_group4_kernel<__nv_bfloat16>(g4[i][0], g4[i][1], g4[i][2]);
+    }
     printf("\nquantized forward and backward (straight-through; learned scales)\n");
     test_forward_backward("int2", "tiny", 0, 0, QUANT_INT, 2, 32, 2, 64);
     test_forward_backward("nf3", "tiny", 0, 0, QUANT_NF3, 3, 32, 2, 64);
@@ -450,6 +604,8 @@ int main(void) {
     test_cast_bf16();
     g_bf16 = 1;
     g_compute = CUBLAS_COMPUTE_32F_FAST_TF32;
+    test_bf16_producers();
+    for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++) test_quantizer(specs[i][0], specs[i][1], specs[i][2]);
     g_tol.loss = 1e-2; g_tol.logits = 3e-2; g_tol.grads = 1e-1; g_tol.dloss = 1e-2; g_tol.dlogits = 5e-2; g_tol.gamma = 1e-2;
     test_forward_backward("bf16 tiny", "tiny", 0, 0, QUANT_NONE, 16, 0, 2, 64);
     test_forward_backward("bf16 tiny untied", "tiny", 0, 1, QUANT_NONE, 16, 0, 3, 77);
