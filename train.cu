@@ -163,7 +163,9 @@ static void print_memory_plan(void) {
 // carved by model.h's table at the offsets train.c computed; the same activation table.
 
 enum {  // activations, as train.c's (without its matmul scratch, which cuBLAS does not need)
-    A_RESID, A_XN1, A_RSTD1, A_Q, A_K, A_V, A_ATT, A_LSE, A_RESID_MID, A_XN2, A_RSTD2,
+    A_RESID, A_XN1, A_RSTD1, A_Q, A_K, A_V,
+    A_QB, A_KB, A_VB,  // --attention flash: bf16 q, k, v (after RoPE), what its kernels read
+    A_ATT, A_LSE, A_RESID_MID, A_XN2, A_RSTD2,
     A_GATE, A_UP, A_HMID, A_XNF, A_RSTDF, A_PROJ,
     A_DELTA,      // [B,H,T]  attention backward: dO_t . O_t per row (train.c recomputes it per row)
     A_SCORES,     // [B,H,T,T] --attention gemm: scores, then probabilities (one layer at a time)
@@ -198,7 +200,7 @@ typedef struct {
     int64_t *flips_layer;                    // host [L]
     unsigned long long *d_flips;             // device [N_TENSORS * L]
     // activations
-    int B, T, training;
+    int B, T, training, attention;           // what the activations are sized for (attention: attention_mode)
     float *acts, *act[N_ACTS];
     int64_t act_layer_stride[N_ACTS];
     float *rope_cos, *rope_sin;
@@ -377,7 +379,12 @@ static void bf16_scratch_reserve(int64_t nx, int64_t nd);
 // a third for TinyLlama) but remade there from what is kept (x, rstd and the gain; gate and up),
 // by the same deterministic kernels, so the gradients are unchanged: a few elementwise passes a
 // layer, no matmul.
-static int act_recomputed(int a) { return a == A_XN1 || a == A_XN2 || a == A_HMID; }
+//
+// Under --attention flash the fp32 q, k, v are not kept either: the flash kernels read only their
+// bf16 copies (A_QB, A_KB, A_VB), which are kept per layer instead, half the bytes.
+static int act_recomputed(int a) {
+    return a == A_XN1 || a == A_XN2 || a == A_HMID || (g_attention_flash && (a == A_Q || a == A_K || a == A_V));
+}
 
 // Rows of a loss chunk (section 6): --loss-chunk ROWS, or as many as keep one chunk's logits
 // within HEAD_CHUNK_FLOATS (128 MiB of fp32).
@@ -388,9 +395,12 @@ static int head_chunk_rows(int N, int V) {
     return (int)(r < 1 ? 1 : r > N ? N : r);
 }
 
+// The attention kernels' choice, which sizes some activations (scores; flash's bf16 q, k, v).
+static int attention_mode(void) { return g_attention_gemm + 2 * g_attention_flash; }
+
 // Sizes the activations for B x T (as train.c: per layer when training, one shared slot otherwise).
 static void model_alloc_acts(Model *m, int B, int T, int training) {
-    if (m->acts && B == m->B && T == m->T && training == m->training) return;
+    if (m->acts && B == m->B && T == m->T && training == m->training && m->attention == attention_mode()) return;
     const HostModel *c = m->h;
     int64_t BT = (int64_t)B * T, D = c->dim, F = c->hidden_dim, V = c->vocab_size, L = c->n_layers;
     int64_t Hq = (int64_t)c->n_heads * c->head_dim, Hkv = (int64_t)c->n_kv_heads * c->head_dim, H = c->n_heads;
@@ -400,6 +410,7 @@ static void model_alloc_acts(Model *m, int B, int T, int training) {
     size[A_RESID_MID] = BT * D; size[A_XN2] = BT * D; size[A_RSTD2] = BT; size[A_GATE] = BT * F;
     size[A_UP] = BT * F; size[A_HMID] = BT * F; size[A_XNF] = BT * D; size[A_RSTDF] = BT;
     size[A_PROJ] = BT * D;
+    if (g_attention_flash) { size[A_QB] = BT * Hq; size[A_KB] = BT * Hkv; size[A_VB] = BT * Hkv; }
     if (g_attention_gemm) size[A_SCORES] = B * H * T * T;
     if (training && g_attention_gemm) size[A_DSCORES] = B * H * T * T;
     if (training) {
@@ -411,9 +422,10 @@ static void model_alloc_acts(Model *m, int B, int T, int training) {
     // --matmul bf16: xn1, xn2, hmid and dgate, dup are stored in bf16 alone, half the floats; every
     // slot starts 256 bytes aligned, as the cudaMalloc'd casts the matmuls read before did (the
     // alignment of an operand can change cuBLAS's choice of kernel, so also its sums).
-    int64_t total = 0, count[N_ACTS], align = g_bf16 ? 64 : 1;
+    int64_t total = 0, count[N_ACTS], align = g_bf16 || g_attention_flash ? 64 : 1;
     const int bf16_alone[] = {A_XN1, A_XN2, A_HMID, A_DGATE, A_DUP};  // act_in, act_dgu
     for (int i = 0; g_bf16 && i < (int)(sizeof bf16_alone / sizeof bf16_alone[0]); i++) size[bf16_alone[i]] = (size[bf16_alone[i]] + 1) / 2;
+    for (int a = A_QB; a <= A_VB; a++) size[a] = (size[a] + 1) / 2;  // bf16 (flash_qkv)
     for (int a = 0; a < N_ACTS; a++) size[a] = (size[a] + align - 1) / align * align;
     for (int a = 0; a < N_ACTS; a++) {
         int per_layer = a >= A_RESID && a <= A_HMID && !act_recomputed(a);
@@ -426,7 +438,7 @@ static void model_alloc_acts(Model *m, int B, int T, int training) {
     m->acts = (float *)gpu_malloc((size_t)total * sizeof(float), "activations");
     float *p = m->acts;
     for (int a = 0; a < N_ACTS; a++) { m->act[a] = size[a] ? p : NULL; p += count[a] * size[a]; }
-    m->B = B; m->T = T; m->training = training;
+    m->B = B; m->T = T; m->training = training; m->attention = attention_mode();
     size_t half = (size_t)T * c->head_dim / 2;
     float *cs = (float *)malloc(2 * half * sizeof(float));
     if (!cs) fail("out of host memory for the RoPE tables");
@@ -1045,12 +1057,14 @@ static void attention_backward_gemm(float *dq, float *dk, float *dv, float *S, f
 
 // --- the same attention on tensor cores (--attention flash) -----------------------------------
 // FlashAttention-2 (Dao 2023): the online softmax of the fused kernel above, with the products of
-// each tile on tensor cores and no [T,T] matrix in memory. q, k, v, dO stay fp32 in memory; a tile
-// is rounded to bf16 as it is staged into shared memory, rows past T and dims past hd as zeros
-// (which add nothing to a dot product), so that a head of hd <= 64 is computed as one of HDP = 64
-// dims, hd <= 128 as 128. The softmax runs in base 2 (exp(s) = exp2(s log2 e), and exp2 is one
-// instruction): on scores x_tj = s_tj log2(e), with the running max m in the same units. Per tile
-// of 64 keys, for each query t (m_t and l_t start at -inf and 0, O_t at 0):
+// each tile on tensor cores and no [T,T] matrix in memory. It reads q, k, v (and, backward, dO)
+// as bf16 copies [B,T,NH,hd] made once per layer (the forward keeps them for the backward in
+// place of fp32 ones); tiles are staged into shared memory by cp.async (16-byte copies that run
+// while the warps compute on the previous tile: double buffering), rows past T and dims past hd
+// as zeros (which add nothing to a dot product), so that a head of hd <= 64 is computed as one of
+// HDP = 64 dims, hd <= 128 as 128. The softmax runs in base 2 (exp(s) = exp2(s log2 e), and exp2
+// is one instruction): on scores x_tj = s_tj log2(e), with the running max m in the same units.
+// Per tile of 64 keys, for each query t (m_t and l_t start at -inf and 0, O_t at 0):
 //   m_new = max(m, max_j x_tj),  c = exp2(m - m_new),  p_tj = exp2(x_tj - m_new),
 //   l = c l + sum_j p_tj,  O_t = c O_t + sum_j p_tj v_j  (P rounded to bf16 for the product);
 // at the end out_t = O_t / l_t and lse_t = (m_t + log2 l_t) ln 2.
@@ -1065,13 +1079,14 @@ static void attention_backward_gemm(float *dq, float *dk, float *dv, float *S, f
 // So every row of a product lives in the 4 lanes of one group (a row's max and sum take two
 // shuffles), and the C fragments of two neighbouring 8-column tiles of S are, packed to bf16,
 // exactly the A fragment of P for the next product: P never leaves the registers. A B operand
-// is read from shared memory as 32-bit pairs along its k dimension, so a matrix used as B with k
-// along its rows (V in P V) is staged transposed. Row strides of 8 bf16 past a multiple of 64
-// put the 32 lanes' words in 32 different banks.
+// whose k dimension runs along the rows of its tile in shared memory (K in S = Q K^T) is read as
+// 32-bit pairs; one whose k runs down the columns (V in P V) through ldmatrix .trans, which hands
+// each lane the transposed pairs of four 8 x 8 blocks. Tile rows are HDP + 8 bf16 apart, so the
+// 32 lanes' words, and ldmatrix's 8 rows, fall in different banks.
 #define FLASH_T 64                // queries a block owns; keys per tile
 #define FLASH_THREADS 128         // 4 warps, 16 of the 64 rows each
 #define FLASH_MAX_HD 128
-#define FLASH_LDT (FLASH_T + 8)   // row stride of a transposed tile [HDP][64] and of dS [64][64], bf16
+#define FLASH_LDS (FLASH_T + 8)   // row stride of dS [64][64] in shared memory, bf16
 
 __device__ static inline void mma_16816(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
@@ -1096,56 +1111,47 @@ __device__ static inline void frag_a_of_c(uint32_t a[4], const float c0[4], cons
     a[2] = bf16_pair(c1[0], c1[1]);
     a[3] = bf16_pair(c1[2], c1[3]);
 }
-
-// Shared memory of the forward: K [64][HDP + 8] and V^T [HDP][64 + 8]; of the backward: K, V, Q,
-// dO as [64][HDP + 8], K^T, Q^T, dO^T as [HDP][64 + 8], dS [64][64 + 8], and lse and Delta of 64
-// queries. Every part is a multiple of 16 bytes.
-__host__ __device__ static size_t flash_forward_smem(int hdp) {
-    return (size_t)2 * (FLASH_T * (hdp + 8) + hdp * FLASH_LDT);
+// The B fragments of columns 8n .. 8n + 15 (two fragments: b[0..1] and b[2..3]) of rows k ..
+// k + 15 of a row-major bf16 matrix x [k][n] in shared memory: ldmatrix.x4.trans, lane l giving
+// the address of row l % 8 of block l / 8 (blocks: rows k and k + 8, columns 8n and 8n + 8).
+__device__ static inline void frag_b_trans(uint32_t b[4], const __nv_bfloat16 *x, int ld, int k, int n, int lane) {
+    const __nv_bfloat16 *p = x + (k + (lane >> 3 & 1) * 8 + (lane & 7)) * ld + (n + (lane >> 4)) * 8;
+    unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3]) : "r"(a));
 }
+
+// cp.async: 16 bytes global -> shared without passing through registers; commit closes a group
+// of copies, wait<n> waits until at most n groups are in flight.
+__device__ static inline void cp_async16(void *dst, const void *src) {
+    unsigned a = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(src));
+}
+__device__ static inline void cp_async_commit(void) { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ static inline void cp_async_wait(void) { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+// Shared memory of the forward: K and V [64][HDP + 8], twice (double buffering); of the backward:
+// K, V, then Q, dO twice, as [64][HDP + 8], dS [64][64 + 8], and lse and Delta of 64 queries
+// twice. Every part is a multiple of 16 bytes.
+__host__ __device__ static size_t flash_forward_smem(int hdp) { return (size_t)4 * FLASH_T * (hdp + 8) * 2; }
 __host__ __device__ static size_t flash_backward_smem(int hdp) {
-    return (size_t)2 * (4 * FLASH_T * (hdp + 8) + 3 * hdp * FLASH_LDT + FLASH_T * FLASH_LDT) + 2 * FLASH_T * 4;
+    return (size_t)6 * FLASH_T * (hdp + 8) * 2 + FLASH_T * FLASH_LDS * 2 + 4 * FLASH_T * 4;
 }
 
-// Rows r0 .. r0+63 of head hh of x[B,T,NH,hd] into the bf16 tile [64][hdp] (rows ld apart), zeros
-// past T and past hd. A thread takes 4 consecutive dims at a time; vec: hd % 4 == 0 and x 16-byte
-// aligned, so 4 dims below hd are one float4.
-__device__ static inline float4 flash_quad(const float *x, int b, int t, int T, int NH, int hh, int hd, int i, int vec) {
-    float4 f = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    if (t < T && i < hd) {
-        const float *src = x + (((int64_t)b * T + t) * NH + hh) * hd + i;
-        if (vec) f = *(const float4 *)src;
-        else {
-            f.x = src[0];
-            if (i + 1 < hd) f.y = src[1];
-            if (i + 2 < hd) f.z = src[2];
-            if (i + 3 < hd) f.w = src[3];
-        }
-    }
-    return f;
-}
-__device__ static void flash_load_tile(__nv_bfloat16 *tile, int ld, int hdp, const float *x, int b, int r0, int T,
-                                       int NH, int hh, int hd, int vec) {
-    int quads = hdp / 4;
-    for (int e = threadIdx.x; e < FLASH_T * quads; e += blockDim.x) {
-        int r = e / quads, i = e % quads * 4;
-        float4 f = flash_quad(x, b, r0 + r, T, NH, hh, hd, i, vec);
-        __nv_bfloat162 *dst = (__nv_bfloat162 *)(tile + r * ld + i);
-        dst[0] = __floats2bfloat162_rn(f.x, f.y);
-        dst[1] = __floats2bfloat162_rn(f.z, f.w);
-    }
-}
-// The same rows transposed: tile[i][r] (rows FLASH_LDT apart). Neighbouring threads take
-// neighbouring rows r, so that their 2-byte stores fall in neighbouring words.
-__device__ static void flash_load_tile_t(__nv_bfloat16 *tile, int hdp, const float *x, int b, int r0, int T, int NH,
-                                         int hh, int hd, int vec) {
-    for (int e = threadIdx.x; e < FLASH_T * (hdp / 4); e += blockDim.x) {
-        int r = e % FLASH_T, i = e / FLASH_T * 4;
-        float4 f = flash_quad(x, b, r0 + r, T, NH, hh, hd, i, vec);
-        tile[(i + 0) * FLASH_LDT + r] = __float2bfloat16_rn(f.x);
-        tile[(i + 1) * FLASH_LDT + r] = __float2bfloat16_rn(f.y);
-        tile[(i + 2) * FLASH_LDT + r] = __float2bfloat16_rn(f.z);
-        tile[(i + 3) * FLASH_LDT + r] = __float2bfloat16_rn(f.w);
+// Rows r0 .. r0+63 of head hh of x[B,T,NH,hd] (bf16) into the tile [64][hdp] (rows ld apart),
+// zeros past T and past hd. A thread takes 8 dims (16 bytes) at a time: with vec (hd % 8 == 0 and
+// x 16-byte aligned) one cp.async, otherwise element by element.
+__device__ static void flash_stage(__nv_bfloat16 *tile, int ld, int hdp, const __nv_bfloat16 *x, int b, int r0, int T,
+                                   int NH, int hh, int hd, int vec) {
+    int chunks = hdp / 8;
+    for (int e = threadIdx.x; e < FLASH_T * chunks; e += blockDim.x) {
+        int r = e / chunks, i = e % chunks * 8, t = r0 + r;
+        __nv_bfloat16 *dst = tile + r * ld + i;
+        const __nv_bfloat16 *src = x + (((int64_t)b * T + t) * NH + hh) * hd + i;
+        if (vec && t < T && i < hd) cp_async16(dst, src);
+        else
+            for (int j = 0; j < 8; j++) dst[j] = t < T && i + j < hd ? src[j] : __float2bfloat16_rn(0.0f);
     }
 }
 
@@ -1153,35 +1159,43 @@ __device__ static void flash_load_tile_t(__nv_bfloat16 *tile, int hdp, const flo
 // query tiles (the most keys) first; warp w owns rows q0 + 16 w .. + 15: its Q fragments (read
 // once from global memory), its S fragments for a tile of 64 keys (8 of 8 keys), its O
 // accumulators (HDP / 8 of 8 dims), and each lane the running max and sum of its two rows. The
-// block shares the K and V^T tiles.
+// block shares the K and V tiles, the next pair loading while the warps work on the current one.
 template <int HDP>
 __global__ static void __launch_bounds__(FLASH_THREADS)
-attention_forward_flash_kernel(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T,
-                               int H, int KV, int hd, int vec) {
-    const int LDK = HDP + 8;
+attention_forward_flash_kernel(float *out, float *lse, const __nv_bfloat16 *q, const __nv_bfloat16 *k,
+                               const __nv_bfloat16 *v, int B, int T, int H, int KV, int hd, int vec) {
+    const int LD = HDP + 8, TILE = FLASH_T * LD;
     extern __shared__ __align__(16) unsigned char flash_sm[];
-    __nv_bfloat16 *ks = (__nv_bfloat16 *)flash_sm, *vts = ks + FLASH_T * LDK;
+    __nv_bfloat16 *sm = (__nv_bfloat16 *)flash_sm;  // buffer u: K at sm + 2 u TILE, V after it
     int tiles = (T + FLASH_T - 1) / FLASH_T, bh = blockIdx.x % (B * H), b = bh / H, h = bh % H, kvh = h / (H / KV);
     int q0 = (tiles - 1 - blockIdx.x / (B * H)) * FLASH_T, lane = threadIdx.x % 32, r0 = threadIdx.x / 32 * 16;
     int g = lane / 4, c = lane % 4;
     float scale2 = 1.4426950408889634f / sqrtf((float)hd);  // log2(e) / sqrt(hd)
+    flash_stage(sm, LD, HDP, k, b, 0, T, KV, kvh, hd, vec);
+    flash_stage(sm + TILE, LD, HDP, v, b, 0, T, KV, kvh, hd, vec);
+    cp_async_commit();
     uint32_t qf[HDP / 16][4];
 #pragma unroll
     for (int kk = 0; kk < HDP / 16; kk++)
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             int t = q0 + r0 + g + 8 * (i & 1), d = kk * 16 + 2 * c + 8 * (i >> 1);
-            const float *src = q + (((int64_t)b * T + t) * H + h) * hd + d;
-            qf[kk][i] = bf16_pair(t < T && d < hd ? src[0] : 0.0f, t < T && d + 1 < hd ? src[1] : 0.0f);
+            const __nv_bfloat16 *src = q + (((int64_t)b * T + t) * H + h) * hd + d;
+            qf[kk][i] = bf16_pair(t < T && d < hd ? __bfloat162float(src[0]) : 0.0f,
+                                  t < T && d + 1 < hd ? __bfloat162float(src[1]) : 0.0f);
         }
     float o[HDP / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 #pragma unroll
     for (int n = 0; n < HDP / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-    for (int j0 = 0; j0 <= q0; j0 += FLASH_T) {  // key tiles up to the diagonal one, j0 = q0
-        __syncthreads();  // the previous K, V^T tiles are consumed
-        flash_load_tile(ks, LDK, HDP, k, b, j0, T, KV, kvh, hd, vec);
-        flash_load_tile_t(vts, HDP, v, b, j0, T, KV, kvh, hd, vec);
+    for (int j0 = 0, u = 0; j0 <= q0; j0 += FLASH_T, u ^= 1) {  // key tiles up to the diagonal one, j0 = q0
+        if (j0 + FLASH_T <= q0) {  // the next tile into the other buffer (consumed: the barrier below)
+            flash_stage(sm + 2 * (u ^ 1) * TILE, LD, HDP, k, b, j0 + FLASH_T, T, KV, kvh, hd, vec);
+            flash_stage(sm + (2 * (u ^ 1) + 1) * TILE, LD, HDP, v, b, j0 + FLASH_T, T, KV, kvh, hd, vec);
+        }
+        cp_async_commit();
+        cp_async_wait<1>();  // this tile's copies are done (the next tile's may still run)
         __syncthreads();
+        const __nv_bfloat16 *ks = sm + 2 * u * TILE, *vs = ks + TILE;
         // S = Q K^T (K's rows are the columns of K^T: a B fragment is a pair along a row of K)
         float s[FLASH_T / 8][4];
 #pragma unroll
@@ -1189,7 +1203,7 @@ attention_forward_flash_kernel(float *out, float *lse, const float *q, const flo
             s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
 #pragma unroll
             for (int kk = 0; kk < HDP / 16; kk++) {
-                const __nv_bfloat16 *kr = ks + (n * 8 + g) * LDK + kk * 16 + 2 * c;
+                const __nv_bfloat16 *kr = ks + (n * 8 + g) * LD + kk * 16 + 2 * c;
                 mma_16816(s[n], qf[kk], lds_pair(kr), lds_pair(kr + 8));
             }
         }
@@ -1224,17 +1238,20 @@ attention_forward_flash_kernel(float *out, float *lse, const float *q, const flo
             o[n][0] *= corr[0]; o[n][1] *= corr[0];
             o[n][2] *= corr[1]; o[n][3] *= corr[1];
         }
-        // O += P V, 16 keys at a time (V^T's rows are V's columns)
+        // O += P V, 16 keys at a time (k runs down V's columns: ldmatrix .trans)
 #pragma unroll
         for (int kk = 0; kk < FLASH_T / 16; kk++) {
             uint32_t pa[4];
             frag_a_of_c(pa, s[2 * kk], s[2 * kk + 1]);
 #pragma unroll
-            for (int n = 0; n < HDP / 8; n++) {
-                const __nv_bfloat16 *vr = vts + (n * 8 + g) * FLASH_LDT + kk * 16 + 2 * c;
-                mma_16816(o[n], pa, lds_pair(vr), lds_pair(vr + 8));
+            for (int n = 0; n < HDP / 8; n += 2) {
+                uint32_t bv[4];
+                frag_b_trans(bv, vs, LD, kk * 16, n, lane);
+                mma_16816(o[n], pa, bv[0], bv[1]);
+                mma_16816(o[n + 1], pa, bv[2], bv[3]);
             }
         }
+        __syncthreads();  // every warp is done with this buffer before it is loaded again
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -1272,120 +1289,142 @@ __global__ static void attention_delta_kernel(float *delta, const float *dout, c
     if (lane == 0) delta[row] = d;
 }
 
+// Q, dO, lse (base 2) and Delta of the query tile q0 of head h into buffer u of the backward.
+__device__ static void flash_stage_queries(__nv_bfloat16 *qs, __nv_bfloat16 *dos, float *lse2, float *dl,
+                                           const __nv_bfloat16 *q, const __nv_bfloat16 *dout, const float *lse,
+                                           const float *delta, int hdp, int b, int h, int q0, int T, int H, int hd,
+                                           int vec) {
+    flash_stage(qs, hdp + 8, hdp, q, b, q0, T, H, h, hd, vec);
+    flash_stage(dos, hdp + 8, hdp, dout, b, q0, T, H, h, hd, vec);
+    for (int e = threadIdx.x; e < FLASH_T; e += blockDim.x) {
+        int t = q0 + e;
+        int64_t li = ((int64_t)b * H + h) * T + t;
+        lse2[e] = t < T ? lse[li] * 1.4426950408889634f : 0.0f;
+        dl[e] = t < T ? delta[li] : 0.0f;
+    }
+}
+
 // Thread mapping: a block owns 64 consecutive keys j0.. of one (b, kv head), the blocks of the
 // first key tiles (the most queries) first, and walks every query head of the group and every
-// tile of 64 queries q0 >= j0. Warp w owns keys j0 + 16 w .. + 15: its fragments of S^T = K Q^T
-// and dP^T = V dO^T (8 of 8 queries each), from which P^T and dS^T are made in place and used
-// as the A fragments of dV += P^T dO and dK += dS^T Q; it keeps its dK and dV accumulators
-// (HDP / 8 of 8 dims each) over the whole walk, so with GQA the heads of a group add to them in
-// turn, no atomics. The dQ of a query tile needs every warp's keys: the warps write dS (as
-// [query][key]) to shared memory, and after a barrier warp w takes queries q0 + 16 w .. + 15,
-// dQ = dS K over the block's 64 keys, and adds them to dq with atomicAdd, since the blocks of
-// other key tiles add to the same rows.
+// tile of 64 queries q0 >= j0, the next tile loading while the warps work on the current one.
+// Warp w owns keys j0 + 16 w .. + 15: its fragments of S^T = K Q^T and dP^T = V dO^T (8 of 8
+// queries each), from which P^T and dS^T are made in place and used as the A fragments of
+// dV += P^T dO and dK += dS^T Q; it keeps its dK and dV accumulators (HDP / 8 of 8 dims each)
+// over the whole walk, so with GQA the heads of a group add to them in turn, no atomics. The dQ
+// of a query tile needs every warp's keys: the warps write dS (as [query][key]) to shared
+// memory, and after a barrier warp w takes queries q0 + 16 w .. + 15, dQ = dS K over the block's
+// 64 keys, and adds them to dq with atomicAdd, since the blocks of other key tiles add to the
+// same rows.
 template <int HDP>
 __global__ static void __launch_bounds__(FLASH_THREADS)
-attention_backward_flash_kernel(float *dq, float *dk, float *dv, const float *delta, const float *dout,
-                                const float *q, const float *k, const float *v, const float *lse, int B, int T, int H,
-                                int KV, int hd, int vec) {
-    const int LDR = HDP + 8;
+attention_backward_flash_kernel(float *dq, float *dk, float *dv, const float *delta, const __nv_bfloat16 *dout,
+                                const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v,
+                                const float *lse, int B, int T, int H, int KV, int hd, int vec) {
+    const int LD = HDP + 8, TILE = FLASH_T * LD;
     extern __shared__ __align__(16) unsigned char flash_sm[];
-    __nv_bfloat16 *ks = (__nv_bfloat16 *)flash_sm, *vs = ks + FLASH_T * LDR, *qs = vs + FLASH_T * LDR,
-                  *dos = qs + FLASH_T * LDR, *kts = dos + FLASH_T * LDR, *qts = kts + HDP * FLASH_LDT,
-                  *dots = qts + HDP * FLASH_LDT, *dss = dots + HDP * FLASH_LDT;
-    float *lse2 = (float *)(dss + FLASH_T * FLASH_LDT), *dl = lse2 + FLASH_T;
+    __nv_bfloat16 *ks = (__nv_bfloat16 *)flash_sm, *vs = ks + TILE, *qd = vs + TILE,  // buffer u: Q at qd + 2 u TILE, dO after it
+                  *dss = qd + 4 * TILE;
+    float *ld2 = (float *)(dss + FLASH_T * FLASH_LDS);  // buffer u: lse2 at ld2 + 2 u FLASH_T, Delta after it
     int bk = blockIdx.x % (B * KV), b = bk / KV, kvh = bk % KV, j0 = blockIdx.x / (B * KV) * FLASH_T, group = H / KV;
     int lane = threadIdx.x % 32, r0 = threadIdx.x / 32 * 16, g = lane / 4, c = lane % 4;
+    int nq = (T - j0 + FLASH_T - 1) / FLASH_T;  // query tiles q0 = j0, j0 + 64, .. of every head of the group
     float scale = 1.0f / sqrtf((float)hd), scale2 = 1.4426950408889634f * scale;
-    flash_load_tile(ks, LDR, HDP, k, b, j0, T, KV, kvh, hd, vec);
-    flash_load_tile(vs, LDR, HDP, v, b, j0, T, KV, kvh, hd, vec);
-    flash_load_tile_t(kts, HDP, k, b, j0, T, KV, kvh, hd, vec);
+    flash_stage(ks, LD, HDP, k, b, j0, T, KV, kvh, hd, vec);
+    flash_stage(vs, LD, HDP, v, b, j0, T, KV, kvh, hd, vec);
+    flash_stage_queries(qd, qd + TILE, ld2, ld2 + FLASH_T, q, dout, lse, delta, HDP, b, kvh * group, j0, T, H, hd, vec);
+    cp_async_commit();
     float dkf[HDP / 8][4], dvf[HDP / 8][4];
 #pragma unroll
     for (int n = 0; n < HDP / 8; n++)
 #pragma unroll
         for (int e = 0; e < 4; e++) dkf[n][e] = dvf[n][e] = 0.0f;
-    for (int h = kvh * group; h < (kvh + 1) * group; h++)
-        for (int q0 = j0; q0 < T; q0 += FLASH_T) {
-            // stage Q, dO (as rows and transposed), lse (base 2) and Delta of queries q0 .. q0 + 63
-            __syncthreads();  // the previous tile's Q, dO and dS are consumed
-            flash_load_tile(qs, LDR, HDP, q, b, q0, T, H, h, hd, vec);
-            flash_load_tile(dos, LDR, HDP, dout, b, q0, T, H, h, hd, vec);
-            flash_load_tile_t(qts, HDP, q, b, q0, T, H, h, hd, vec);
-            flash_load_tile_t(dots, HDP, dout, b, q0, T, H, h, hd, vec);
-            for (int e = threadIdx.x; e < FLASH_T; e += blockDim.x) {
-                int t = q0 + e;
-                int64_t li = ((int64_t)b * H + h) * T + t;
-                lse2[e] = t < T ? lse[li] * 1.4426950408889634f : 0.0f;
-                dl[e] = t < T ? delta[li] : 0.0f;
-            }
-            __syncthreads();
-            // S^T = K Q^T and dP^T = V dO^T, the warp's 16 keys by 64 queries
-            float st[FLASH_T / 8][4], dpt[FLASH_T / 8][4];
-#pragma unroll
-            for (int n = 0; n < FLASH_T / 8; n++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) st[n][e] = dpt[n][e] = 0.0f;
-#pragma unroll
-            for (int kk = 0; kk < HDP / 16; kk++) {
-                uint32_t ka[4], va[4];
-                frag_a(ka, ks, LDR, r0, kk * 16, g, c);
-                frag_a(va, vs, LDR, r0, kk * 16, g, c);
-#pragma unroll
-                for (int n = 0; n < FLASH_T / 8; n++) {
-                    const __nv_bfloat16 *qr = qs + (n * 8 + g) * LDR + kk * 16 + 2 * c, *dr = dos + (n * 8 + g) * LDR + kk * 16 + 2 * c;
-                    mma_16816(st[n], ka, lds_pair(qr), lds_pair(qr + 8));
-                    mma_16816(dpt[n], va, lds_pair(dr), lds_pair(dr + 8));
-                }
-            }
-            // P^T and dS^T = P^T (dP^T - Delta), zero where t < j or t >= T; dS also to shared
-            // memory as [query][key]
-#pragma unroll
-            for (int n = 0; n < FLASH_T / 8; n++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    int jj = r0 + g + 8 * (e >> 1), tt = n * 8 + 2 * c + (e & 1), j = j0 + jj, t = q0 + tt;
-                    float p = t >= j && t < T ? exp2f(st[n][e] * scale2 - lse2[tt]) : 0.0f;
-                    st[n][e] = p;
-                    dpt[n][e] = p * (dpt[n][e] - dl[tt]);
-                    dss[tt * FLASH_LDT + jj] = __float2bfloat16_rn(dpt[n][e]);
-                }
-            // dV += P^T dO and dK += dS^T Q (times scale at the end), 16 queries at a time
-#pragma unroll
-            for (int kk = 0; kk < FLASH_T / 16; kk++) {
-                uint32_t pa[4], da[4];
-                frag_a_of_c(pa, st[2 * kk], st[2 * kk + 1]);
-                frag_a_of_c(da, dpt[2 * kk], dpt[2 * kk + 1]);
-#pragma unroll
-                for (int n = 0; n < HDP / 8; n++) {
-                    const __nv_bfloat16 *dr = dots + (n * 8 + g) * FLASH_LDT + kk * 16 + 2 * c,
-                                        *qr = qts + (n * 8 + g) * FLASH_LDT + kk * 16 + 2 * c;
-                    mma_16816(dvf[n], pa, lds_pair(dr), lds_pair(dr + 8));
-                    mma_16816(dkf[n], da, lds_pair(qr), lds_pair(qr + 8));
-                }
-            }
-            __syncthreads();  // every warp's part of dS is written
-            // dQ of the warp's 16 queries = scale dS K, over the block's 64 keys (K^T's rows are K's columns)
-            float dqf[HDP / 8][4];
-#pragma unroll
-            for (int n = 0; n < HDP / 8; n++) dqf[n][0] = dqf[n][1] = dqf[n][2] = dqf[n][3] = 0.0f;
-#pragma unroll
-            for (int kk = 0; kk < FLASH_T / 16; kk++) {
-                uint32_t a[4];
-                frag_a(a, dss, FLASH_LDT, r0, kk * 16, g, c);
-#pragma unroll
-                for (int n = 0; n < HDP / 8; n++) {
-                    const __nv_bfloat16 *kr = kts + (n * 8 + g) * FLASH_LDT + kk * 16 + 2 * c;
-                    mma_16816(dqf[n], a, lds_pair(kr), lds_pair(kr + 8));
-                }
-            }
-#pragma unroll
-            for (int n = 0; n < HDP / 8; n++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    int t = q0 + r0 + g + 8 * (e >> 1), d = n * 8 + 2 * c + (e & 1);
-                    if (t < T && d < hd) atomicAdd(dq + (((int64_t)b * T + t) * H + h) * hd + d, scale * dqf[n][e]);
-                }
+    for (int it = 0, u = 0; it < group * nq; it++, u ^= 1) {
+        int h = kvh * group + it / nq, q0 = j0 + it % nq * FLASH_T;
+        if (it + 1 < group * nq) {  // the next tile into the other buffer (consumed: the last barrier)
+            int w = u ^ 1;
+            flash_stage_queries(qd + 2 * w * TILE, qd + (2 * w + 1) * TILE, ld2 + 2 * w * FLASH_T, ld2 + (2 * w + 1) * FLASH_T,
+                                q, dout, lse, delta, HDP, b, kvh * group + (it + 1) / nq, j0 + (it + 1) % nq * FLASH_T, T, H, hd,
+                                vec);
         }
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+        const __nv_bfloat16 *qs = qd + 2 * u * TILE, *dos = qs + TILE;
+        const float *lse2 = ld2 + 2 * u * FLASH_T, *dl = lse2 + FLASH_T;
+        // S^T = K Q^T and dP^T = V dO^T, the warp's 16 keys by 64 queries
+        float st[FLASH_T / 8][4], dpt[FLASH_T / 8][4];
+#pragma unroll
+        for (int n = 0; n < FLASH_T / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) st[n][e] = dpt[n][e] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < HDP / 16; kk++) {
+            uint32_t ka[4], va[4];
+            frag_a(ka, ks, LD, r0, kk * 16, g, c);
+            frag_a(va, vs, LD, r0, kk * 16, g, c);
+#pragma unroll
+            for (int n = 0; n < FLASH_T / 8; n++) {
+                const __nv_bfloat16 *qr = qs + (n * 8 + g) * LD + kk * 16 + 2 * c, *dr = dos + (n * 8 + g) * LD + kk * 16 + 2 * c;
+                mma_16816(st[n], ka, lds_pair(qr), lds_pair(qr + 8));
+                mma_16816(dpt[n], va, lds_pair(dr), lds_pair(dr + 8));
+            }
+        }
+        // P^T and dS^T = P^T (dP^T - Delta), zero where t < j or t >= T; dS also to shared
+        // memory as [query][key]
+#pragma unroll
+        for (int n = 0; n < FLASH_T / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int jj = r0 + g + 8 * (e >> 1), tt = n * 8 + 2 * c + (e & 1), j = j0 + jj, t = q0 + tt;
+                float p = t >= j && t < T ? exp2f(st[n][e] * scale2 - lse2[tt]) : 0.0f;
+                st[n][e] = p;
+                dpt[n][e] = p * (dpt[n][e] - dl[tt]);
+                dss[tt * FLASH_LDS + jj] = __float2bfloat16_rn(dpt[n][e]);
+            }
+        // dV += P^T dO and dK += dS^T Q (times scale at the end), 16 queries at a time (k runs
+        // down dO's and Q's columns: ldmatrix .trans)
+#pragma unroll
+        for (int kk = 0; kk < FLASH_T / 16; kk++) {
+            uint32_t pa[4], da[4];
+            frag_a_of_c(pa, st[2 * kk], st[2 * kk + 1]);
+            frag_a_of_c(da, dpt[2 * kk], dpt[2 * kk + 1]);
+#pragma unroll
+            for (int n = 0; n < HDP / 8; n += 2) {
+                uint32_t bo[4], bq[4];
+                frag_b_trans(bo, dos, LD, kk * 16, n, lane);
+                frag_b_trans(bq, qs, LD, kk * 16, n, lane);
+                mma_16816(dvf[n], pa, bo[0], bo[1]);
+                mma_16816(dvf[n + 1], pa, bo[2], bo[3]);
+                mma_16816(dkf[n], da, bq[0], bq[1]);
+                mma_16816(dkf[n + 1], da, bq[2], bq[3]);
+            }
+        }
+        __syncthreads();  // every warp's part of dS is written
+        // dQ of the warp's 16 queries = scale dS K, over the block's 64 keys
+        float dqf[HDP / 8][4];
+#pragma unroll
+        for (int n = 0; n < HDP / 8; n++) dqf[n][0] = dqf[n][1] = dqf[n][2] = dqf[n][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < FLASH_T / 16; kk++) {
+            uint32_t a[4];
+            frag_a(a, dss, FLASH_LDS, r0, kk * 16, g, c);
+#pragma unroll
+            for (int n = 0; n < HDP / 8; n += 2) {
+                uint32_t bk4[4];
+                frag_b_trans(bk4, ks, LD, kk * 16, n, lane);
+                mma_16816(dqf[n], a, bk4[0], bk4[1]);
+                mma_16816(dqf[n + 1], a, bk4[2], bk4[3]);
+            }
+        }
+#pragma unroll
+        for (int n = 0; n < HDP / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int t = q0 + r0 + g + 8 * (e >> 1), d = n * 8 + 2 * c + (e & 1);
+                if (t < T && d < hd) atomicAdd(dq + (((int64_t)b * T + t) * H + h) * hd + d, scale * dqf[n][e]);
+            }
+        __syncthreads();  // every warp is done with this buffer and with dS before they are written again
+    }
     // dk, dv of the warp's 16 keys
 #pragma unroll
     for (int n = 0; n < HDP / 8; n++)
@@ -1400,17 +1439,19 @@ attention_backward_flash_kernel(float *dq, float *dk, float *dv, const float *de
         }
 }
 
-// vec of flash_load_tile: every tensor the tiles come from is float4-aligned along hd.
-static int flash_vec(int hd, const float *a, const float *b, const float *c, const float *d) {
-    return hd % 4 == 0 && ((uintptr_t)a | (uintptr_t)b | (uintptr_t)c | (uintptr_t)d) % 16 == 0;
+// vec of flash_stage: hd % 8 == 0 and every tensor the tiles come from 16-byte aligned, so 8
+// dims below hd are one 16-byte copy.
+static int flash_vec(int hd, const void *a, const void *b, const void *c, const void *d) {
+    return hd % 8 == 0 && ((uintptr_t)a | (uintptr_t)b | (uintptr_t)c | (uintptr_t)d) % 16 == 0;
 }
 
 static void flash_check_hd(int hd) {
     if (hd > FLASH_MAX_HD) fail("head_dim %d: --attention flash takes head_dim up to %d; use --attention gemm", hd, FLASH_MAX_HD);
 }
 
-static void attention_forward_flash(float *out, float *lse, const float *q, const float *k, const float *v,
-                                    int B, int T, int H, int KV, int hd) {
+// q, k, v: the bf16 copies (layer_forward makes them after RoPE).
+static void attention_forward_flash(float *out, float *lse, const __nv_bfloat16 *q, const __nv_bfloat16 *k,
+                                    const __nv_bfloat16 *v, int B, int T, int H, int KV, int hd) {
     PROFILE(PROF_ATTENTION);
     flash_check_hd(hd);
     int blocks = B * H * ((T + FLASH_T - 1) / FLASH_T), vec = flash_vec(hd, q, k, v, v);
@@ -1424,22 +1465,24 @@ static void attention_forward_flash(float *out, float *lse, const float *q, cons
     launchCheck();
 }
 
-static void attention_backward_flash(float *dq, float *dk, float *dv, float *delta, const float *dout, const float *q,
-                                     const float *k, const float *v, const float *out, const float *lse,
-                                     int B, int T, int H, int KV, int hd) {
+// dout: fp32 (for Delta, with out), rounded to bf16 once here for the products.
+static void attention_backward_flash(float *dq, float *dk, float *dv, float *delta, const float *dout,
+                                     const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v,
+                                     const float *out, const float *lse, int B, int T, int H, int KV, int hd) {
     PROFILE(PROF_ATTENTION);
     flash_check_hd(hd);
     attention_delta_kernel<<<blocks_for((int64_t)B * H * T, 8), 256>>>(delta, dout, out, B, T, H, hd);
     launchCheck();
-    int blocks = B * KV * ((T + FLASH_T - 1) / FLASH_T), vec = flash_vec(hd, q, k, v, dout);
+    const __nv_bfloat16 *db = bf16_of(&g_bf_d, &g_bf_d_n, dout, (int64_t)B * T * H * hd);
+    int blocks = B * KV * ((T + FLASH_T - 1) / FLASH_T), vec = flash_vec(hd, q, k, v, db);
     if (hd <= 64) {
         attention_shared((const void *)attention_backward_flash_kernel<64>, flash_backward_smem(64));
         attention_backward_flash_kernel<64><<<blocks, FLASH_THREADS, flash_backward_smem(64)>>>(
-            dq, dk, dv, delta, dout, q, k, v, lse, B, T, H, KV, hd, vec);
+            dq, dk, dv, delta, db, q, k, v, lse, B, T, H, KV, hd, vec);
     } else {
         attention_shared((const void *)attention_backward_flash_kernel<128>, flash_backward_smem(128));
         attention_backward_flash_kernel<128><<<blocks, FLASH_THREADS, flash_backward_smem(128)>>>(
-            dq, dk, dv, delta, dout, q, k, v, lse, B, T, H, KV, hd, vec);
+            dq, dk, dv, delta, db, q, k, v, lse, B, T, H, KV, hd, vec);
     }
     launchCheck();
 }
@@ -1544,6 +1587,9 @@ static float crossentropy_forward(Model *m, const float *logits, const int *d_ta
 // ============================================================================================
 // 4. The model forward and backward (train.c's, layer for layer)
 
+// --attention flash: layer l's bf16 q, k or v (A_QB, A_KB, A_VB), kept for the backward.
+static __nv_bfloat16 *flash_qkv(const Model *m, int a, int l) { return (__nv_bfloat16 *)act_l(m, a, l); }
+
 static void layer_forward(Model *m, int l, int B, int T) {
     const HostModel *c = m->h;
     int N = B * T, D = c->dim, F = c->hidden_dim, H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim;
@@ -1561,8 +1607,13 @@ static void layer_forward(Model *m, int l, int B, int T) {
     rope_forward(q, m->rope_cos, m->rope_sin, B, T, H, hd);
     rope_forward(k, m->rope_cos, m->rope_sin, B, T, KV, hd);
     if (g_attention_gemm) attention_forward_gemm(att, act_l(m, A_LSE, l), m->act[A_SCORES], q, k, v, B, T, H, KV, hd);
-    else if (g_attention_flash) attention_forward_flash(att, act_l(m, A_LSE, l), q, k, v, B, T, H, KV, hd);
-    else attention_forward(att, act_l(m, A_LSE, l), q, k, v, B, T, H, KV, hd);
+    else if (g_attention_flash) {
+        __nv_bfloat16 *qb = flash_qkv(m, A_QB, l), *kb = flash_qkv(m, A_KB, l), *vb = flash_qkv(m, A_VB, l);
+        cast_bf16(qb, q, (int64_t)N * Hq);
+        cast_bf16(kb, k, (int64_t)N * Hkv);
+        cast_bf16(vb, v, (int64_t)N * Hkv);
+        attention_forward_flash(att, act_l(m, A_LSE, l), qb, kb, vb, B, T, H, KV, hd);
+    } else attention_forward(att, act_l(m, A_LSE, l), q, k, v, B, T, H, KV, hd);
     matmul_forward(proj, att, weight(m, T_WO, l), N, Hq, D);
     residual_forward(mid, x, proj, (int64_t)N * D);
     // MLP block
@@ -1670,7 +1721,8 @@ static void model_backward_from_dxnf(Model *m) {
                                     m->act[A_DATT], q, k, v, att, act_l(m, A_LSE, l), B, T, H, KV, hd);
         else if (g_attention_flash)
             attention_backward_flash(m->act[A_DQ], m->act[A_DK], m->act[A_DV], m->act[A_DELTA], m->act[A_DATT],
-                                     q, k, v, att, act_l(m, A_LSE, l), B, T, H, KV, hd);
+                                     flash_qkv(m, A_QB, l), flash_qkv(m, A_KB, l), flash_qkv(m, A_VB, l), att,
+                                     act_l(m, A_LSE, l), B, T, H, KV, hd);
         else
             attention_backward(m->act[A_DQ], m->act[A_DK], m->act[A_DV], m->act[A_DELTA], m->act[A_DATT],
                                q, k, v, att, act_l(m, A_LSE, l), B, T, H, KV, hd);

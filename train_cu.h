@@ -130,6 +130,7 @@ const float *host_cpu_logits(const HostModel *m);
 const float *host_cpu_grads(const HostModel *m);
 // Zeroes the gradients, runs the CPU backward of the mean CE of the last forward.
 void host_cpu_backward(HostModel *m);
+void host_cpu_backward_from_dlogits(HostModel *m, const float *dlogits);  // the backward from these dL/dlogits [B,T,V]
 // Distillation micro-batch on the CPU (train.c's distill_step, after zeroing the gradients).
 double host_cpu_distill_step(HostModel *student, HostModel *teacher, int loss_kind, float gamma, float temperature,
                              const int *inputs, const int *targets, int B, int T);

@@ -331,6 +331,13 @@ void host_cpu_backward(HostModel *h) {
     model_backward(m);
 }
 
+void host_cpu_backward_from_dlogits(HostModel *h, const float *dlogits) {
+    Model *m = (Model *)h->cpu;
+    memcpy(m->act[A_DLOGITS], dlogits, (size_t)m->B * m->T * m->cfg.vocab_size * sizeof(float));
+    model_zero_grad(m);
+    model_backward_from_dlogits(m);
+}
+
 double host_cpu_distill_step(HostModel *hs, HostModel *ht, int loss_kind, float gamma, float temperature,
                              const int *inputs, const int *targets, int B, int T) {
     Model *s = (Model *)hs->cpu, *t = ht ? (Model *)ht->cpu : NULL;

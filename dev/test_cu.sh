@@ -145,12 +145,13 @@ for run in "ce int" "fkl int" "rkl nf3" "cakld_ce nf4" "wasserstein ternary" "ca
     within "$e" 1e-3 && ok "--loss $1 -q $2: $lc vs $lg (relative $e)" || bad "--loss $1 -q $2: $lc vs $lg"
     # bf16: the loss of step 1 (the forward before any update; after it, flipped codes make the
     # runs two trajectories: final losses measured up to 4e-2 apart). Within 1e-2 relative, or
-    # 5e-3 absolute: fkl and rkl of a 3-bit student against its own teacher are about 0.24, a
-    # difference of two near-equal distributions that bf16's logit rounding moves by a few 1e-3
-    # (measured 2.7e-3 and 2.4e-3 on an H200, where ce's 116.6 moved by 1.2e-2)
+    # 2e-2 absolute: the loss sums the 64 positions of a sequence, and bf16's logit rounding moves
+    # each by a few 1e-4 whatever the loss (measured on an H200: ce's ~100 by 2.3e-2 to 2.5e-2),
+    # so fkl and rkl of a 3-bit student against its own teacher, 0.24 to 0.57 (the teacher is
+    # trained here, differently each run), moved by 1.2e-3 to 8.6e-3, over 1e-2 of themselves
     lc=$(./train "${a2[@]}" | losses /dev/stdin | head -n 1); lb=$(./train_cu --matmul bf16 "${a2[@]}" | losses /dev/stdin | head -n 1)
     e=$(rel "$lb" "$lc"); ea=$(awk -v a="$lb" -v b="$lc" 'BEGIN { d = a - b; printf "%.3e", d < 0 ? -d : d }')
-    { within "$e" 1e-2 || within "$ea" 5e-3; } && ok "--loss $1 -q $2 --matmul bf16, step 1: $lc vs $lb (relative $e, absolute $ea)" \
+    { within "$e" 1e-2 || within "$ea" 2e-2; } && ok "--loss $1 -q $2 --matmul bf16, step 1: $lc vs $lb (relative $e, absolute $ea)" \
         || bad "--loss $1 -q $2 bf16 step 1: $lc vs $lb (relative $e, absolute $ea)"
 done
 

@@ -296,6 +296,26 @@ static void test_distill(int loss_kind, int chunk) {
         // on a random model the V probabilities are near-ties, whose order bf16 rounding permutes
         // (measured: dL/dlogits off by 1.1 of its largest), so under bf16 only its loss is compared
         printf("  (bf16: wasserstein's dL/dlogits and gradients not compared: rank order of near-tied probabilities)\n");
+    } else if (loss_kind == LOSS_WASSERSTEIN && !chunk) {
+        // Even in fp32 the CPU's and the GPU's logits differ in their last bits (their matmuls sum
+        // in different orders), which can swap two near-tied probabilities of a random model and
+        // move that row's dL/dlogits by order 1 (measured: 0.63 of the largest, on one data set of
+        // two). So the kernel is checked on the GPU's own logits, against loss.h's function run
+        // here, and the backward from the GPU's dL/dlogits, against the CPU's backward from the
+        // same dL/dlogits.
+        float *zs = download(g_chunk_zs, (int64_t)N * V), *zt = download(g_chunk_zt, (int64_t)N * V);
+        float *ref = (float *)malloc((size_t)N * V * sizeof(float));
+        float *scr = (float *)malloc(distill_loss_scratch_floats(LOSS_WASSERSTEIN, V, V) * sizeof(float));
+        for (int n = 0; n < N; n++) {
+            if (targets[n] < 0) memset(ref + (int64_t)n * V, 0, (size_t)V * sizeof(float));
+            else wasserstein_loss(ref + (int64_t)n * V, scr, zs + (int64_t)n * V, zt + (int64_t)n * V, V, V, 1.0f / B);
+        }
+        snprintf(what, sizeof what, "distill %s: dL/dlogits of the GPU's logits", name);
+        check(what, rel_err(dz, ref, (int64_t)N * V), g_tol.dlogits);
+        host_cpu_backward_from_dlogits(&hs, dz);
+        snprintf(what, sizeof what, "distill %s (CPU backward from the GPU's dL/dlogits)", name);
+        compare_grads(what, &hs, &gs, g_tol.grads);
+        free(zs); free(zt); free(ref); free(scr);
     } else {
         if (!chunk) {
             snprintf(what, sizeof what, "distill %s: dL/dlogits", name);
@@ -327,13 +347,20 @@ static void test_distill(int loss_kind, int chunk) {
 // gradients are off by a few 1e-3 of their largest magnitude (an index or mask error is off by
 // order 1): 2e-2. lse is a log: its absolute error is the relative error of the softmax's
 // normaliser, from the scores' rounding, a few 1e-3 for scores of order 1 (a wrong base or max
-// shows as order 1): 2e-2 absolute. misalign: the tensors start one float past 16 bytes, so the
-// kernels take their scalar loads (as they do for hd % 4 != 0).
+// shows as order 1): 2e-2 absolute. The flash kernels read bf16 copies of q, k, v (as the model
+// gives them) and round dO themselves. misalign: the tensors start one element past 16 bytes, so
+// the kernels take their element-by-element loads (as they do for hd % 8 != 0).
 static float *flash_buf(float **base, const float *x, int64_t n, int o) {  // a device copy of x, o floats in
     *base = (float *)gpu_malloc((size_t)(n + o) * sizeof(float), "scratch");
     if (x) cudaCheck(cudaMemcpy(*base + o, x, (size_t)n * sizeof(float), cudaMemcpyHostToDevice));
     else cudaCheck(cudaMemset(*base, 0xFF, (size_t)(n + o) * sizeof(float)));  // NaN: what is not written fails
     return *base + o;
+}
+static __nv_bfloat16 *flash_bf16(float **base, const float *x, int64_t n, int o) {  // bf16(x), o elements in
+    *base = (float *)gpu_malloc((size_t)(n + o) * sizeof(__nv_bfloat16), "scratch");
+    __nv_bfloat16 *y = (__nv_bfloat16 *)*base + o;
+    cast_bf16(y, x, n);
+    return y;
 }
 static void test_flash_kernels(int B, int T, int H, int KV, int hd, int misalign) {
     int64_t nq = (int64_t)B * T * H * hd, nk = (int64_t)B * T * KV * hd, nl = (int64_t)B * H * T;
@@ -345,7 +372,7 @@ static void test_flash_kernels(int B, int T, int H, int KV, int hd, int misalign
         for (int64_t i = 0; i < n[a]; i++)  // uniform in [-1, 1); q, k times sqrt(3): variance 1
             h[a][i] = ((float)((next_u64() >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f) * (a < 2 ? 1.7320508f : 1.0f);
     }
-    float *base[16];
+    float *base[24];
     int o = misalign, nb = 0;
     float *q = flash_buf(&base[nb++], h[0], nq, o), *k = flash_buf(&base[nb++], h[1], nk, o),
           *v = flash_buf(&base[nb++], h[2], nk, o), *dout = flash_buf(&base[nb++], h[3], nq, o);
@@ -358,8 +385,10 @@ static void test_flash_kernels(int B, int T, int H, int KV, int hd, int misalign
     }
     attention_forward(out[0], lse[0], q, k, v, B, T, H, KV, hd);
     attention_backward(g[0][0], g[0][1], g[0][2], delta[0], dout, q, k, v, out[0], lse[0], B, T, H, KV, hd);
-    attention_forward_flash(out[1], lse[1], q, k, v, B, T, H, KV, hd);
-    attention_backward_flash(g[1][0], g[1][1], g[1][2], delta[1], dout, q, k, v, out[1], lse[1], B, T, H, KV, hd);
+    __nv_bfloat16 *qb = flash_bf16(&base[nb++], q, nq, o), *kb = flash_bf16(&base[nb++], k, nk, o),
+                  *vb = flash_bf16(&base[nb++], v, nk, o);
+    attention_forward_flash(out[1], lse[1], qb, kb, vb, B, T, H, KV, hd);
+    attention_backward_flash(g[1][0], g[1][1], g[1][2], delta[1], dout, qb, kb, vb, out[1], lse[1], B, T, H, KV, hd);
     cudaCheck(cudaDeviceSynchronize());
     char what[160], shape[96];
     snprintf(shape, sizeof shape, "flash B %d T %d H %d/%d hd %d%s", B, T, H, KV, hd, misalign ? " (unaligned)" : "");
