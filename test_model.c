@@ -7,7 +7,9 @@
 //   4. gradient accumulation: two micro-batches of 1 equal one batch of 2;
 //   5. packed models: export then load gives, bit for bit, the weights quant_dequantize makes
 //      of the model's own codes with its scales rounded to fp16, for every quantizer, and
-//      stays within fp16 rounding of the fake-quantized W^.
+//      stays within fp16 rounding of the fake-quantized W^;
+//   6. the random init: the generator's jump equals that many draws, and the init filled in
+//      parallel chunks equals the one serial stream, value for value.
 #define TRAIN_NO_MAIN
 #include "train.c"
 #include <unistd.h>  // close
@@ -249,9 +251,45 @@ static void test_act_quant(void) {
     model_free(&m);
 }
 
+static void test_init_parallel(void) {
+    Rng a = rng_seeded(9);
+    const uint64_t jumps[] = {0, 1, 2, 63, 64, 65, 1000, 123457};
+    int bad = 0;
+    for (size_t j = 0; j < sizeof jumps / sizeof jumps[0]; j++) {
+        Rng b = a;
+        for (uint64_t i = 0; i < jumps[j]; i++) rng_u64(&b);
+        Rng c = rng_jump(a, jumps[j]);
+        bad += b.s != c.s || rng_u64(&b) != rng_u64(&c);
+    }
+    expect(bad == 0, "rng_jump(n) = n draws (n = 0 .. 123457), states differing", bad);
+    ModelHeader c = header_defaults();
+    c.dim = 32; c.hidden_dim = 48; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = 2; c.head_dim = 8;
+    c.vocab_size = 50; c.max_seq_len = 32; c.tied = 0;
+    int64_t sizes[N_TENSORS], n = tensor_sizes(&c, sizes);
+    float *serial = malloc_or_die((size_t)n * sizeof(float), "serial"), *par = malloc_or_die((size_t)n * sizeof(float), "par");
+    Rng r = rng_seeded(5);  // the one stream, drawn in order (the serial init this replaces)
+    float *p = serial;
+    for (int t = 0; t < N_TENSORS; t++) {
+        int is_norm = t == T_ATTN_NORM || t == T_MLP_NORM || t == T_FINAL_NORM;
+        for (int64_t i = 0; i < sizes[t]; i++) p[i] = is_norm ? 1.0f : 0.02f * rng_normal(&r);
+        p += sizes[t];
+    }
+    const int64_t chunks[] = {1, 7, 1000, 1 << 22};
+    for (size_t k = 0; k < sizeof chunks / sizeof chunks[0]; k++) {
+        init_params_chunked(&c, par, 5, chunks[k]);
+        int64_t differ = 0;
+        for (int64_t i = 0; i < n; i++) differ += memcmp(&par[i], &serial[i], sizeof(float)) != 0;
+        char what[96];
+        snprintf(what, sizeof what, "init in chunks of %lld = the serial stream, values differing", (long long)chunks[k]);
+        expect(differ == 0, what, (double)differ);
+    }
+    free(serial); free(par);
+}
+
 int main(void) {
     printf("model behaviours:\n");
     test_act_quant();
+    test_init_parallel();
     test_kv_cache(4, 0);
     test_kv_cache(2, 1);
     test_sampling();

@@ -21,8 +21,8 @@
  *  12. the training loop (--train-tokens or --data with its held-out loss), --bench, and main;
  *      --clip, --export-packed and --histogram are train.c's own, on the downloaded parameters
  *
- * Precision: parameters (the master weights), gradients, AdamW moments and activations are fp32;
- * matmuls run in bf16 (--matmul bf16, the default), through cuBLAS with TF32 tensor cores
+ * Precision: parameters (the master weights), gradients and AdamW moments are fp32, and so are the
+ * activations but those only matmuls and attention read (below); matmuls run in bf16 (--matmul bf16, the default), through cuBLAS with TF32 tensor cores
  * (--matmul tf32), or in plain fp32 (--matmul fp32, what the parity test compares against
  * train.c). Under bf16:
  * once per step the forward weights of every matmul (the fake-quantized linears, the LM head) are
@@ -35,8 +35,8 @@
  * the default under --matmul tf32 and fp32, on TF32 tensor cores), or as this file's fused kernel
  * (--attention fused: the FlashAttention recurrence, Dao et al. 2022, no [T,T] matrix stored,
  * but CUDA cores only), or as FlashAttention-2 on tensor cores (--attention flash, the default under
- * --matmul bf16; Dao 2023: bf16 operands staged in shared memory, fp32 accumulation and softmax,
- * no [T,T] matrix stored).
+ * --matmul bf16; Dao 2023: mma.sync on bf16 copies of q, k, v, which are what a layer keeps for
+ * the backward; fp32 accumulation and softmax, no [T,T] matrix stored).
  */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -3082,6 +3082,7 @@ static void parse_gpu_flags(int *argc, char **argv) {
 
 #ifndef TRAIN_CU_NO_MAIN
 int main(int argc, char **argv) {
+    setvbuf(stdout, NULL, _IOLBF, 0);  // each line as it is printed, also into a file (a 7B start-up takes minutes)
     parse_gpu_flags(&argc, argv);
     int help = 0;
     for (int i = 1; i < argc; i++) help |= !strcmp(argv[i], "-h") || !strcmp(argv[i], "--help");

@@ -9,8 +9,12 @@
 # Prints tokens/s, MFU (FLOPs/token = 8N + 16 L T d, N the matmul parameters with the LM head;
 # 989 TFLOP/s dense bf16 peak) and peak GPU memory of each.
 #
-# Measured on one H200 (nvidia-h200), 2026-12-02, STEPS=5, steady-state steps 2-5, in one run
-# (ATTENTION=flash TORCH_MODES=eager, and ATTENTION=gemm BENCH_TORCH=0 just before it):
+# Measured on one H200 (nvidia-h200), 2026-12-02, STEPS=5, steady-state steps 2-5, late in the day
+# (BENCH_TORCH=0; mma.sync flash attention on bf16 q, k, v; bf16 activations from their producers;
+# the vector quantizer):
+#   train_cu, the defaults         35,364 tok/s   MFU 32.2%   peak 37,687 MiB (cudaMemGetInfo)
+# Earlier the same day, in one run (ATTENTION=flash TORCH_MODES=eager, and ATTENTION=gemm
+# BENCH_TORCH=0 just before it):
 #   train_cu, the defaults (bf16 matmuls, flash attention; the classifier fused with the loss in
 #   chunks; bf16 W^ written by the quantizer; recomputed norms and SwiGLU)
 #                                  24,029 tok/s   MFU 21.9%   peak 38,983 MiB (cudaMemGetInfo)
