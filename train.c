@@ -2338,8 +2338,6 @@ static void write_histogram(Model *m, int layer, const char *prefix, char *json,
     printf("wrote %s and %s\n", csv_path, svg_path);
 }
 
-// The student as the flags make it: --clip-init's weights, then -q/-b/-g and --act-bits. Called
-// after a self-distillation teacher was copied from the same weights (train_cu does the same).
 // Distillation: whenever training a quantized student, or a teacher or loss is named. The same
 // answer before student_from_flags quantizes m as after it.
 static int distill_from_flags(const Args *a, const Model *m) {
@@ -2366,6 +2364,8 @@ static Model *teacher_from_flags(const Args *a, const Model *m, Model *t) {
     return t;
 }
 
+// The student as the flags make it: --clip-init's weights, then -q/-b/-g and --act-bits. Called
+// after a self-distillation teacher was copied from the same weights (train_cu does the same).
 static void student_from_flags(const Args *a, Model *m) {
     if (a->clip_init) {  // the student starts from clipped weights of the same model
         ModelHeader cc;

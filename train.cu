@@ -760,6 +760,16 @@ static void attention_shared(const void *kernel, size_t bytes) {
     if (bytes > 48 * 1024) cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
 }
 
+// The backward's Delta_t = dO_t . O_t of row (b, h, t) of dout, out[B,T,H,hd], summed by a warp
+// (its lanes over the dims), every lane getting it.
+__device__ static float attention_row_delta(const float *dout, const float *out, int64_t row, int T, int H, int hd) {
+    int t = (int)(row % T), h = (int)(row / T % H), b = (int)(row / ((int64_t)T * H)), lane = threadIdx.x % 32;
+    int64_t qi = (((int64_t)b * T + t) * H + h) * hd;
+    float d = 0.0f;
+    for (int i = lane; i < hd; i += 32) d += dout[qi + i] * out[qi + i];
+    return warp_sum(d);
+}
+
 // tile rows j0.. j0+ATT_KT-1 of a [B,T,NH,hd] tensor (head hh) into a padded shared tile; zeros past T
 __device__ static void load_tile(float *tile, const float *x, int b, int j0, int T, int NH, int hh, int hd) {
     int P = hd + 1;
@@ -1017,11 +1027,8 @@ __global__ static void softmax_causal_backward_kernel(float *dS, float *S, const
     int64_t row = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;  // (b, h, t)
     int lane = threadIdx.x % 32;
     if (row >= (int64_t)B * H * T) return;
-    int t = (int)(row % T), h = (int)(row / T % H), b = (int)(row / ((int64_t)T * H));
-    int64_t qi = (((int64_t)b * T + t) * H + h) * hd;
-    float dl = 0.0f;
-    for (int i = lane; i < hd; i += 32) dl += dout[qi + i] * out[qi + i];
-    dl = warp_sum(dl);
+    int t = (int)(row % T);
+    float dl = attention_row_delta(dout, out, row, T, H, hd);
     float L = lse[row], *s = S + row * T, *ds = dS + row * T;
     for (int j = lane; j < T; j += 32) {
         float p = j <= t ? expf(s[j] - L) : 0.0f;
@@ -1279,14 +1286,9 @@ attention_forward_flash_kernel(float *out, float *lse, const __nv_bfloat16 *q, c
 __global__ static void attention_delta_kernel(float *delta, const float *dout, const float *out, int B, int T, int H,
                                               int hd) {
     int64_t row = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;  // (b, h, t)
-    int lane = threadIdx.x % 32;
     if (row >= (int64_t)B * H * T) return;
-    int t = (int)(row % T), h = (int)(row / T % H), b = (int)(row / ((int64_t)T * H));
-    int64_t qi = (((int64_t)b * T + t) * H + h) * hd;
-    float d = 0.0f;
-    for (int i = lane; i < hd; i += 32) d += dout[qi + i] * out[qi + i];
-    d = warp_sum(d);
-    if (lane == 0) delta[row] = d;
+    float d = attention_row_delta(dout, out, row, T, H, hd);
+    if (threadIdx.x % 32 == 0) delta[row] = d;
 }
 
 // Q, dO, lse (base 2) and Delta of the query tile q0 of head h into buffer u of the backward.

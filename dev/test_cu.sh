@@ -16,20 +16,10 @@
 set -u
 cd "$(dirname "$0")/.."
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-pass=0 fail=0
-ok() { printf '  ok    %s\n' "$1"; pass=$((pass + 1)); }
-bad() { printf '  FAIL  %s\n' "$1"; fail=$((fail + 1)); }
-field() { tail -n 1 | sed "s/.*\"$1\": \([0-9.e+-]*\).*/\1/"; }
-losses() { sed -n 's/^step .* | loss \([0-9.e+-]*\) | .*/\1/p' "$1"; }
-# max relative difference of two columns of numbers
-maxrel() { paste "$1" "$2" | awk 'BEGIN { m = 0; n = 0 } { n++; d = ($1 - $2) / ($2 == 0 ? 1 : $2); d = d < 0 ? -d : d; if (d > m) m = d }
-                                  END { if (n == 0) print "nan"; else printf "%.3e", m }'; }
-within() { awk -v e="$1" -v t="$2" 'BEGIN { exit !(e ~ /^[0-9]/ && e + 0 <= t + 0) }'; }
-# relative difference of two numbers; "nan" when one is missing
-rel() { awk -v a="$1" -v b="$2" 'BEGIN { if (a !~ /^-?[0-9]/ || b !~ /^-?[0-9]/) { print "nan"; exit } d = (a - b) / (b == 0 ? 1 : b); printf "%.3e", d < 0 ? -d : d }'; }
+fails=0 passes=0
+. dev/test_lib.sh
 # curve ID "WHAT" TOL ARGS...: the loss curves (the JSONL logs, 6 digits) of ./train and of
 # ./train_cu --matmul fp32 (or $cu_matmul; --attention $cu_attention when set) on the same ARGS, step by step
-jlosses() { sed -n 's/^{"step": [0-9]*, "loss": \([0-9.e+-]*\),.*/\1/p' "$1"; }
 curve() {
     local id=$1 name=$2 tol=$3; shift 3
     ./train "$@" --log "$tmp/$id.cpu.jsonl" > "$tmp/$id.cpu" || bad "$name: ./train failed"
@@ -47,8 +37,7 @@ curve() {
 
 echo "== kernels and layers against train.c (build/cuda_parity)"
 ./build/cuda_parity | tee "$tmp/parity.out"
-read -r p f < <(tail -n 1 "$tmp/parity.out" | awk '{ print $1, $3 }')
-pass=$((pass + ${p:-0})); fail=$((fail + ${f:-1}))
+add_counts "$tmp/parity.out"
 
 # the flash attention kernels are tensor-core code: HMMA instructions in the machine code (cuBLAS
 # is a library apart, and nothing else in train.cu uses tensor cores itself)
@@ -186,19 +175,15 @@ out=$(./train_cu --init tinyllama-1.1b --train-tokens "$tmp/c/train.ids" --steps
 
 echo "== data parallelism with one process (dev/test_cu_dp.sh)"
 ./dev/test_cu_dp.sh | tee "$tmp/dp.out"
-read -r p f < <(tail -n 1 "$tmp/dp.out" | awk '{ print $1, $3 }')
-pass=$((pass + ${p:-0})); fail=$((fail + ${f:-1}))
+add_counts "$tmp/dp.out"
 
 echo "== generation and zero-shot evaluation (dev/test_cu_gen.sh)"
 ./dev/test_cu_gen.sh | tee "$tmp/gen.out"
-read -r p f < <(tail -n 1 "$tmp/gen.out" | awk '{ print $1, $3 }')
-pass=$((pass + ${p:-0})); fail=$((fail + ${f:-1}))
+add_counts "$tmp/gen.out"
 
 echo "== the other modes (dev/test_cu_modes.sh)"
 ./dev/test_cu_modes.sh | tee "$tmp/modes.out"
-read -r p f < <(tail -n 1 "$tmp/modes.out" | awk '{ print $1, $3 }')
-pass=$((pass + ${p:-0})); fail=$((fail + ${f:-1}))
+add_counts "$tmp/modes.out"
 
 echo
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+summary

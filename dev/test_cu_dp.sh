@@ -11,8 +11,7 @@ cd "$(dirname "$0")/.."
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 fails=0 passes=0
 . dev/test_lib.sh
-ok() { printf '  ok    %s\n' "$1"; passes=$((passes + 1)); }
-test_teacher "$tmp" || { bad "the test teacher (./train)"; echo "0 passed, 1 failed"; exit 1; }
+test_teacher "$tmp" || { bad "the test teacher (./train)"; summary; exit 1; }
 
 dp1() { RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=$((29500 + RANDOM % 1000)) ./train_cu "$@"; }
 if ! ldd ./train_cu | grep -q libnccl; then
@@ -58,5 +57,4 @@ else
     within "$e" 1e-4 && ok "a ZeRO-1 checkpoint resumed by a plain run: final loss $l3 vs $l1 (relative $e)" || bad "ZeRO ckpt, plain resume: $l3 vs $l1"
 fi
 
-echo "$passes passed, $fails failed"
-[ "$fails" -eq 0 ]
+summary

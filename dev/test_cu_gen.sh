@@ -15,8 +15,7 @@ set -u
 cd "$(dirname "$0")/.."
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 . dev/test_lib.sh
-pass=0 fails=0
-ok() { printf '  ok    %s\n' "$1"; pass=$((pass + 1)); }
+passes=0 fails=0
 qa_json() { tail -n 1 | sed 's/.*\("qa": {.*}\)}$/\1/'; }
 
 test_teacher "$tmp" || bad "the test teacher (./train)"
@@ -90,5 +89,4 @@ tf=$(./train_cu --matmul fp32 "${sp[@]}" -o "$tmp/s.fp32.jsonl" | field tokens_p
 echo "  new tokens/s: train $tc | train_cu bf16 $tg | train_cu fp32 $tf"
 
 echo
-echo "$pass passed, $fails failed"
-[ "$fails" -eq 0 ]
+summary

@@ -15,12 +15,8 @@
 set -u
 cd "$(dirname "$0")/.."
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-fails=0
+fails=0 passes=0
 . dev/test_lib.sh
-pass=0 fail=0
-ok() { printf '  ok    %s\n' "$1"; pass=$((pass + 1)); }
-bad() { printf '  FAIL  %s\n' "$1"; fail=$((fail + 1)); }
-# max relative difference of two columns of numbers; relative difference of two numbers
 jcol() { sed -n "s/.*\"$2\": \([0-9.e+-]*\).*/\1/p" "$1"; }  # one key of every JSONL line that has it
 keys() { tail -n 1 "$1" | grep -o '"[a-z_]*":' | tr -d '\n'; }
 json_part() { tail -n 1 "$1" | grep -o "\"$2\": {[^}]*}"; }
@@ -130,5 +126,4 @@ for mm in bf16 tf32; do
 done
 
 echo
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+summary

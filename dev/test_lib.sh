@@ -1,17 +1,27 @@
 # dev/test_lib.sh — sourced by the tests/*.sh scripts (it is not a test itself): the check
 # helpers they share, and the small pretrained teacher three of them run on.
-#   ok MSG / bad MSG            print a result line; bad counts into $fails
+#   ok MSG / bad MSG            print a result line, counted in $passes / $fails
+#   summary                     the GPU scripts' last line, "N passed, M failed"; false on a failure
+#   add_counts FILE             adds the counts of FILE's last line (another script's summary)
 #   field KEY                   the number after "KEY": in the last line of stdin (a JSON result)
-#   jlosses LOG, maxrel A B, within E TOL, rel A B   comparisons of numbers (the GPU scripts)
+#   losses OUT, jlosses LOG, maxrel A B, within E TOL, rel A B   comparisons of numbers (the GPU scripts)
 #   expect_error NAME PATTERN CMD...   CMD must exit 1 with one stderr line "error: ...PATTERN"
 #   test_teacher DIR            DIR/c (the demo corpus) and DIR/teacher.bin (below)
 # The caller sets tmp (a scratch folder) and fails=0.
 
-ok() { printf '  ok    %s\n' "$1"; }
-bad() { printf '  FAIL  %s\n' "$1"; fails=$((fails + 1)); }
+ok() { printf '  ok    %s\n' "$1"; passes=$((${passes:-0} + 1)); }
+bad() { printf '  FAIL  %s\n' "$1"; fails=$((${fails:-0} + 1)); }
+summary() { echo "${passes:-0} passed, ${fails:-0} failed"; [ "${fails:-0}" -eq 0 ]; }
+add_counts() {  # a script that printed nothing counts as one failure
+    local p f
+    read -r p f < <(tail -n 1 "$1" | awk '{ print $1, $3 }')
+    passes=$((${passes:-0} + ${p:-0})); fails=$((${fails:-0} + ${f:-1}))
+}
 field() { tail -n 1 | sed "s/.*\"$1\": \([0-9.e+-]*\).*/\1/"; }
-# the GPU scripts' comparisons: loss column of a JSONL log; max relative difference of two
-# columns of numbers; E <= TOL (a number); relative difference of two numbers ("nan" if one is missing)
+# the GPU scripts' comparisons: the loss column of a program's step lines and of a JSONL log;
+# max relative difference of two columns of numbers; E <= TOL (a number); relative difference of
+# two numbers ("nan" if one is missing)
+losses() { sed -n 's/^step .* | loss \([0-9.e+-]*\) | .*/\1/p' "$1"; }
 jlosses() { sed -n 's/^{"step": [0-9]*, "loss": \([0-9.e+-]*\),.*/\1/p' "$1"; }
 maxrel() { paste "$1" "$2" | awk 'BEGIN { m = 0; n = 0 } { n++; d = ($1 - $2) / ($2 == 0 ? 1 : $2); d = d < 0 ? -d : d; if (d > m) m = d }
                                   END { if (n == 0) print "nan"; else printf "%.3e", m }'; }

@@ -17,7 +17,6 @@ cd "$(dirname "$0")/.."
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 fails=0 passes=0
 . dev/test_lib.sh
-ok() { printf '  ok    %s\n' "$1"; passes=$((passes + 1)); }
 
 n_gpus=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU")
 if [ "$n_gpus" -lt 2 ]; then echo "skipped: $n_gpus GPU(s) here, data parallelism needs 2 or more"; echo "0 passed, 0 failed"; exit 0; fi
@@ -41,7 +40,7 @@ launch() {
 # the result line without tokens/s (which each rank times itself)
 result() { tail -n 1 "$1" | sed 's/"tokens_per_s": [0-9.]*//'; }
 
-test_teacher "$tmp" || { bad "the test teacher (./train)"; echo "$passes passed, $fails failed"; exit 1; }
+test_teacher "$tmp" || { bad "the test teacher (./train)"; summary; exit 1; }
 T="$tmp/c/train.ids"
 
 # 1. loss curves: W processes against one, global batch 8 = 8 micro-batches of 1
@@ -107,5 +106,4 @@ if [ "${BENCH:-1}" != 0 ]; then
     done
 fi
 
-echo "$passes passed, $fails failed"
-[ "$fails" -eq 0 ]
+summary

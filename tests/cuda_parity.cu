@@ -479,6 +479,20 @@ static void test_cast_bf16(void) {
 // Act, in the activation buffer) against the fp32 kernels followed by cast_bf16, which is what
 // the matmuls read before; then the matmul on each. Same bits expected: the bf16 activations
 // change no product of the model.
+// One producer: its bf16 output xb [N,I] against cast_bf16 (into yb) of its fp32 output y, then
+// o1 = y W^T against o2 = xb W^T [N,O], bit for bit.
+static void check_bf16_input(const char *producer, const char *product, Act xb, const float *y, __nv_bfloat16 *yb,
+                             Weight w, int N, int I, int O, float *o1, float *o2) {
+    char what[160];
+    int64_t n = (int64_t)N * I;
+    cast_bf16(yb, y, n);
+    snprintf(what, sizeof what, "bf16 %s against fp32 + cast: bits differing (of %lld)", producer, (long long)n);
+    check(what, (double)bits_differing(xb.h, yb, n, 2), 0);
+    matmul_forward(o1, y, w, N, I, O);
+    matmul_forward(o2, xb, w, N, I, O);
+    snprintf(what, sizeof what, "%s: bits differing (of %lld)", product, (long long)N * O);
+    check(what, (double)bits_differing(o1, o2, (int64_t)N * O, 4), 0);
+}
 static void test_bf16_producers(void) {
     HostModel h;
     host_model_init(&h, "bench-100m", 512, 0, 13, QUANT_NONE, 16, 0);
@@ -502,26 +516,14 @@ static void test_bf16_producers(void) {
     // xn1 = rmsnorm(x) of layer 1, then q = xn1 Wq^T
     const float *wn = layer_tensor(g.fwd_t, &g, T_ATTN_NORM, 1);
     rmsnorm_forward(y, g.act[A_RSTD1], x, wn, N, D, h.rms_norm_eps);
-    cast_bf16(yb, y, nx);
     Act xn = act_in(&g, A_XN1, 1);
     rmsnorm_forward(xn, act_l(&g, A_RSTD1, 1), x, wn, N, D, h.rms_norm_eps);
-    snprintf(what, sizeof what, "bf16 rmsnorm_forward against fp32 + cast: bits differing (of %lld)", (long long)nx);
-    check(what, (double)bits_differing(xn.h, yb, nx, 2), 0);
-    matmul_forward(o1, y, weight(&g, T_WQ, 1), N, D, Hq);
-    matmul_forward(o2, xn, weight(&g, T_WQ, 1), N, D, Hq);
-    snprintf(what, sizeof what, "q = xn1 Wq^T from the bf16 xn1: bits differing (of %lld)", (long long)N * Hq);
-    check(what, (double)bits_differing(o1, o2, (int64_t)N * Hq, 4), 0);
+    check_bf16_input("rmsnorm_forward", "q = xn1 Wq^T from the bf16 xn1", xn, y, yb, weight(&g, T_WQ, 1), N, D, Hq, o1, o2);
     // hmid = silu(gate) * up, then hmid Wdown^T
     swiglu_forward(y, gate, up, nf);
-    cast_bf16(yb, y, nf);
     Act hm = act_in(&g, A_HMID, 1);
     swiglu_forward(hm, gate, up, nf);
-    snprintf(what, sizeof what, "bf16 swiglu_forward against fp32 + cast: bits differing (of %lld)", (long long)nf);
-    check(what, (double)bits_differing(hm.h, yb, nf, 2), 0);
-    matmul_forward(o1, y, weight(&g, T_WDOWN, 1), N, F, D);
-    matmul_forward(o2, hm, weight(&g, T_WDOWN, 1), N, F, D);
-    snprintf(what, sizeof what, "hmid Wdown^T from the bf16 hmid: bits differing (of %lld)", (long long)N * D);
-    check(what, (double)bits_differing(o1, o2, (int64_t)N * D, 4), 0);
+    check_bf16_input("swiglu_forward", "hmid Wdown^T from the bf16 hmid", hm, y, yb, weight(&g, T_WDOWN, 1), N, F, D, o1, o2);
     float *ho = download(o1, (int64_t)N * D);
     double mx = 0.0;
     for (int64_t i = 0; i < (int64_t)N * D; i++) mx = fabs(ho[i]) > mx ? fabs(ho[i]) : mx;
