@@ -6,6 +6,9 @@
 # unless BENCH_TORCH=0; MATMUL=tf32|fp32 picks train_cu's --matmul (unset: its default, bf16),
 # ATTENTION=fused|gemm|flash its --attention (unset: its default, flash under bf16);
 # TORCH_MODES=eager|compile|eager,compile the reference's modes.
+# Then (unless BENCH_GEN=0) teacher data generation: train_cu --generate-data on the bench-100m
+# shape (random weights, bf16), 32 prompts x 64 new tokens, greedy, one batch, against Hugging
+# Face generate on the same shape and prompts (dev/bench_generate.py).
 # Prints tokens/s, MFU (FLOPs/token = 8N + 16 L T d, N the matmul parameters with the LM head;
 # 989 TFLOP/s dense bf16 peak) and peak GPU memory of each.
 #
@@ -44,4 +47,14 @@ mfu=$(awk -v t="$tps" 'BEGIN { D = 2048; F = 5632; L = 22; V = 32000; T = 1024;
 echo "train_cu: ${tps} tokens/s, MFU ${mfu}, peak GPU memory ${peak} MiB"
 if [ "${BENCH_TORCH:-1}" != 0 ]; then
     PYTHONUNBUFFERED=1 python3 dev/bench_torch.py --steps "$STEPS" --modes "${TORCH_MODES:-eager,compile}" || echo "bench_torch.py failed"
+fi
+if [ "${BENCH_GEN:-1}" != 0 ]; then
+    ./run.sh tokenizer "$tmp/byte.tokenizer" || exit 1
+    awk 'BEGIN { srand(3); for (i = 0; i < 32; i++) { s = ""; n = 3 + int(rand() * 6)
+        for (w = 0; w < n; w++) { s = s (w ? " " : ""); k = 2 + int(rand() * 7); for (c = 0; c < k; c++) s = s sprintf("%c", 97 + int(rand() * 26)) }
+        print s } }' > "$tmp/prompts.txt"
+    gen=$(./train_cu --matmul bf16 --init bench-100m --seed 2 --tokenizer "$tmp/byte.tokenizer" --generate-data \
+        --prompts "text:$tmp/prompts.txt" --n 32 --max-new 64 --gen-batch 32 --temperature 0 -o "$tmp/gen.jsonl" | tail -n 1)
+    echo "train_cu --generate-data: $(echo "$gen" | sed 's/.*"new_tokens": \([0-9]*\).*"tokens_per_s": \([0-9.]*\).*/\1 new tokens, \2 new tokens\/s/')"
+    python3 dev/bench_generate.py "$tmp/prompts.txt" --max-new 64 || echo "bench_generate.py failed"
 fi
