@@ -382,6 +382,7 @@ static void bf16_scratch_reserve(int64_t nx, int64_t nd);
 //
 // Under --attention flash the fp32 q, k, v are not kept either: the flash kernels read only their
 // bf16 copies (A_QB, A_KB, A_VB), which are kept per layer instead, half the bytes.
+static int act_bf16(int a);  // kept in bf16 alone (section 3, Act)
 static int act_recomputed(int a) {
     return a == A_XN1 || a == A_XN2 || a == A_HMID || (g_attention_flash && (a == A_Q || a == A_K || a == A_V));
 }
@@ -419,12 +420,11 @@ static void model_alloc_acts(Model *m, int B, int T, int training) {
         size[A_DK] = BT * Hkv; size[A_DV] = BT * Hkv; size[A_DATT] = BT * Hq;
         size[A_DGATE] = BT * F; size[A_DUP] = BT * F; size[A_DHMID] = BT * F;
     }
-    // --matmul bf16: xn1, xn2, hmid and dgate, dup are stored in bf16 alone, half the floats; every
+    // --matmul bf16: the activations of act_bf16 are stored in bf16 alone, half the floats; every
     // slot starts 256 bytes aligned, as the cudaMalloc'd casts the matmuls read before did (the
     // alignment of an operand can change cuBLAS's choice of kernel, so also its sums).
     int64_t total = 0, count[N_ACTS], align = g_bf16 || g_attention_flash ? 64 : 1;
-    const int bf16_alone[] = {A_XN1, A_XN2, A_HMID, A_DGATE, A_DUP};  // act_in, act_dgu
-    for (int i = 0; g_bf16 && i < (int)(sizeof bf16_alone / sizeof bf16_alone[0]); i++) size[bf16_alone[i]] = (size[bf16_alone[i]] + 1) / 2;
+    for (int a = 0; a < N_ACTS; a++) size[a] = act_bf16(a) ? (size[a] + 1) / 2 : size[a];
     for (int a = A_QB; a <= A_VB; a++) size[a] = (size[a] + 1) / 2;  // bf16 (flash_qkv)
     for (int a = 0; a < N_ACTS; a++) size[a] = (size[a] + align - 1) / align * align;
     for (int a = 0; a < N_ACTS; a++) {
@@ -540,18 +540,29 @@ __device__ static inline float to_float(__nv_bfloat16 x) { return __bfloat162flo
 __device__ static inline void store_w(float *p, float x) { *p = x; }
 __device__ static inline void store_w(__nv_bfloat16 *p, float x) { *p = __float2bfloat16_rn(x); }
 
-// A matmul's activation operand [N,I]: fp32 (f), or, under --matmul bf16, bf16 alone (h; f NULL).
-// The normed inputs of the two blocks and the SwiGLU product are read by the matmuls and by
-// nothing else (their backward reads x and rstd, gate and up), so under bf16 their producers
-// write them in bf16 (rmsnorm_forward, swiglu_forward) and the matmuls take them as they are:
-// one rounding per activation instead of a cast before each of the 3 (q, k, v) or 2 (gate, up)
-// matmuls of the forward and again before each dW of the backward; half the bytes stored.
-// The products are those of the cast: __float2bfloat16_rn of the same fp32 value.
+// An activation [N,C] that a matmul reads or writes: fp32 (f), or, under --matmul bf16, bf16
+// alone (h; f NULL). Under bf16 every activation whose readers are bf16 products (matmuls, the
+// flash kernels) or elementwise kernels that take bf16 is kept in bf16 alone (act_bf16), made so
+// by its producer: one rounding per value instead of a cast before each matmul that reads it,
+// and half the bytes stored and moved.
+//   - the normed inputs xn1, xn2 (rmsnorm_forward) and the SwiGLU product hmid (swiglu_forward):
+//     read by matmuls alone (their backward reads x and rstd, gate and up); the values are those
+//     of a cast, __float2bfloat16_rn of the same fp32 value;
+//   - gate and up (their matmuls write bf16, as PyTorch's autocast keeps them), read by
+//     swiglu_forward and swiglu_backward; dhmid likewise (the down matmul's backward), read by
+//     swiglu_backward, which writes dgate and dup in bf16 for the gate and up matmuls;
+//   - under --attention flash the attention output O (written by the flash forward, read by the
+//     output matmul and by the backward's Delta = dO . O) and its gradient dO (the output
+//     matmul's backward, read by Delta and the flash backward), as FlashAttention-2 keeps them.
 typedef struct { float *f; __nv_bfloat16 *h; } Act;
 static Act act_f(const float *x) { Act a = {(float *)x, NULL}; return a; }
-static Act act_in(const Model *m, int a, int l) {  // A_XN1, A_XN2, A_HMID, A_DGATE, A_DUP (model_alloc_acts sizes them)
+static int act_bf16(int a) {
+    return g_bf16 && (a == A_XN1 || a == A_XN2 || a == A_HMID || a == A_GATE || a == A_UP || a == A_DGATE ||
+                      a == A_DUP || a == A_DHMID || (g_attention_flash && (a == A_ATT || a == A_DATT)));
+}
+static Act act_in(const Model *m, int a, int l) {
     float *p = act_l(m, a, l);
-    Act x = {g_bf16 ? NULL : p, g_bf16 ? (__nv_bfloat16 *)p : NULL};
+    Act x = {act_bf16(a) ? NULL : p, act_bf16(a) ? (__nv_bfloat16 *)p : NULL};
     return x;
 }
 
@@ -653,11 +664,14 @@ static void gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k
     cublasCheck(cublasGemmEx(g_cublas, ta, tb, m, n, k, &alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb, &beta, C,
                              CUDA_R_32F, ldc, g_compute, CUBLAS_GEMM_DEFAULT));
 }
+// C: an Act, fp32 (C = A B + beta C), or bf16 (C = A B rounded once, beta 0).
 static void gemm_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const __nv_bfloat16 *A, int lda,
-                      const __nv_bfloat16 *B, int ldb, float beta, float *C, int ldc) {
+                      const __nv_bfloat16 *B, int ldb, float beta, Act C, int ldc) {
     const float alpha = 1.0f;
-    cublasCheck(cublasGemmEx(g_cublas, ta, tb, m, n, k, &alpha, A, CUDA_R_16BF, lda, B, CUDA_R_16BF, ldb, &beta, C,
-                             CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    if (C.h && beta != 0.0f) fail("internal: a bf16 matmul output is written, not accumulated");
+    cublasCheck(cublasGemmEx(g_cublas, ta, tb, m, n, k, &alpha, A, CUDA_R_16BF, lda, B, CUDA_R_16BF, ldb, &beta,
+                             C.h ? (void *)C.h : (void *)C.f, C.h ? CUDA_R_16BF : CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
+                             CUBLAS_GEMM_DEFAULT));
 }
 
 // The bf16 casts of a matmul's input (x) and of its output gradient (d), reused by every matmul.
@@ -692,29 +706,36 @@ static Weight weight(const Model *m, int t, int l) {
 // x: an Act; under bf16 cast here (into g_bf_x) only when it exists in fp32 alone.
 static const __nv_bfloat16 *bf16_in(Act x, int64_t n) { return x.h ? x.h : bf16_of(&g_bf_x, &g_bf_x_n, x.f, n); }
 
-static void matmul_forward(float *out, Act x, Weight w, int N, int I, int O) {
+// out: an Act, written in bf16 when it is bf16 alone (gate, up).
+static void matmul_forward(Act out, Act x, Weight w, int N, int I, int O) {
     PROFILE(PROF_MATMUL);
     if (g_bf16) gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, w.h, I, bf16_in(x, (int64_t)N * I), I, 0.0f, out, O);
-    else gemm(CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, w.f, I, x.f, I, 0.0f, out, O);
+    else gemm(CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, w.f, I, x.f, I, 0.0f, out.f, O);
 }
-static void matmul_forward(float *out, const float *x, Weight w, int N, int I, int O) { matmul_forward(out, act_f(x), w, N, I, O); }
+static void matmul_forward(float *out, Act x, Weight w, int N, int I, int O) { matmul_forward(act_f(out), x, w, N, I, O); }
+static void matmul_forward(float *out, const float *x, Weight w, int N, int I, int O) { matmul_forward(act_f(out), act_f(x), w, N, I, O); }
 // dout: an Act too (dgate, dup are written in bf16 by swiglu_backward), cast into g_bf_d otherwise.
-static void matmul_backward(float *dx, float *dw, Act dout, Act x, Weight w, int N, int I, int O) {
+// dx: accumulated into when fp32 (the layers' += rule); when bf16 alone (dhmid, and dO under flash)
+// written instead, the rule's exception: its one reader takes it as the gradient itself.
+static void matmul_backward(Act dx, float *dw, Act dout, Act x, Weight w, int N, int I, int O) {
     PROFILE(PROF_MATMUL);
     if (g_bf16) {
         const __nv_bfloat16 *db = dout.h ? dout.h : bf16_of(&g_bf_d, &g_bf_d_n, dout.f, (int64_t)N * O);
-        if (dx) gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, w.h, I, db, O, 1.0f, dx, I);
-        if (dw) gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, bf16_in(x, (int64_t)N * I), I, db, O, 1.0f, dw, I);
+        if (dx.f || dx.h) gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, w.h, I, db, O, dx.h ? 0.0f : 1.0f, dx, I);
+        if (dw) gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, bf16_in(x, (int64_t)N * I), I, db, O, 1.0f, act_f(dw), I);
         return;
     }
-    if (dx) gemm(CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, w.f, I, dout.f, O, 1.0f, dx, I);
+    if (dx.f) gemm(CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, w.f, I, dout.f, O, 1.0f, dx.f, I);
     if (dw) gemm(CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, x.f, I, dout.f, O, 1.0f, dw, I);
 }
+static void matmul_backward(float *dx, float *dw, Act dout, Act x, Weight w, int N, int I, int O) {
+    matmul_backward(act_f(dx), dw, dout, x, w, N, I, O);
+}
 static void matmul_backward(float *dx, float *dw, const float *dout, Act x, Weight w, int N, int I, int O) {
-    matmul_backward(dx, dw, act_f(dout), x, w, N, I, O);
+    matmul_backward(act_f(dx), dw, act_f(dout), x, w, N, I, O);
 }
 static void matmul_backward(float *dx, float *dw, const float *dout, const float *x, Weight w, int N, int I, int O) {
-    matmul_backward(dx, dw, act_f(dout), act_f(x), w, N, I, O);
+    matmul_backward(act_f(dx), dw, act_f(dout), act_f(x), w, N, I, O);
 }
 
 // --- RoPE (rotate half), in place on x[B,T,NH,hd] -------------------------------------------
@@ -735,6 +756,32 @@ __global__ static void rope_rotate_kernel(float *x, const float *cosv, const flo
 static void rope_forward(float *x, const float *cosv, const float *sinv, int B, int T, int NH, int hd) {
     PROFILE(PROF_OTHER);
     rope_rotate_kernel<<<blocks_for((int64_t)B * T * NH * (hd / 2), 256), 256>>>(x, cosv, sinv, B, T, NH, hd, 1.0f);
+    launchCheck();
+}
+// --attention flash (forward) and --matmul bf16 (backward): the rotation of x[B,T,NH,hd] into y
+// in bf16 (x unchanged), the values of rope_forward (rope_backward) and cast_bf16 in one pass.
+// Thread mapping: one thread per rotated pair.
+__global__ static void rope_rotate_bf16_kernel(__nv_bfloat16 *y, const float *x, const float *cosv, const float *sinv,
+                                               int B, int T, int NH, int hd, float sign) {
+    int half = hd / 2;
+    int64_t p = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (p >= (int64_t)B * T * NH * half) return;
+    int i = (int)(p % half);
+    int64_t row = p / half;  // (b, t, head)
+    int t = (int)(row / NH % T);
+    const float *v = x + row * hd;
+    float a = v[i], c = v[i + half], cr = cosv[(int64_t)t * half + i], s = sign * sinv[(int64_t)t * half + i];
+    y[row * hd + i] = __float2bfloat16_rn(a * cr - c * s);
+    y[row * hd + i + half] = __float2bfloat16_rn(c * cr + a * s);
+}
+static void rope_forward_bf16(__nv_bfloat16 *y, const float *x, const float *cosv, const float *sinv, int B, int T, int NH, int hd) {
+    PROFILE(PROF_OTHER);
+    rope_rotate_bf16_kernel<<<blocks_for((int64_t)B * T * NH * (hd / 2), 256), 256>>>(y, x, cosv, sinv, B, T, NH, hd, 1.0f);
+    launchCheck();
+}
+static void rope_backward_bf16(__nv_bfloat16 *y, const float *dx, const float *cosv, const float *sinv, int B, int T, int NH, int hd) {
+    PROFILE(PROF_OTHER);
+    rope_rotate_bf16_kernel<<<blocks_for((int64_t)B * T * NH * (hd / 2), 256), 256>>>(y, dx, cosv, sinv, B, T, NH, hd, -1.0f);
     launchCheck();
 }
 static void rope_backward(float *dx, const float *cosv, const float *sinv, int B, int T, int NH, int hd) {
@@ -760,13 +807,14 @@ static void attention_shared(const void *kernel, size_t bytes) {
     if (bytes > 48 * 1024) cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
 }
 
-// The backward's Delta_t = dO_t . O_t of row (b, h, t) of dout, out[B,T,H,hd], summed by a warp
-// (its lanes over the dims), every lane getting it.
-__device__ static float attention_row_delta(const float *dout, const float *out, int64_t row, int T, int H, int hd) {
+// The backward's Delta_t = dO_t . O_t of row (b, h, t) of dout, out[B,T,H,hd] (fp32, or bf16
+// under flash and --matmul bf16), summed by a warp (its lanes over the dims), every lane getting it.
+template <typename Ot>
+__device__ static float attention_row_delta(const Ot *dout, const Ot *out, int64_t row, int T, int H, int hd) {
     int t = (int)(row % T), h = (int)(row / T % H), b = (int)(row / ((int64_t)T * H)), lane = threadIdx.x % 32;
     int64_t qi = (((int64_t)b * T + t) * H + h) * hd;
     float d = 0.0f;
-    for (int i = lane; i < hd; i += 32) d += dout[qi + i] * out[qi + i];
+    for (int i = lane; i < hd; i += 32) d += to_float(dout[qi + i]) * to_float(out[qi + i]);
     return warp_sum(d);
 }
 
@@ -1167,9 +1215,9 @@ __device__ static void flash_stage(__nv_bfloat16 *tile, int ld, int hdp, const _
 // once from global memory), its S fragments for a tile of 64 keys (8 of 8 keys), its O
 // accumulators (HDP / 8 of 8 dims), and each lane the running max and sum of its two rows. The
 // block shares the K and V tiles, the next pair loading while the warps work on the current one.
-template <int HDP>
+template <int HDP, typename Ot>
 __global__ static void __launch_bounds__(FLASH_THREADS)
-attention_forward_flash_kernel(float *out, float *lse, const __nv_bfloat16 *q, const __nv_bfloat16 *k,
+attention_forward_flash_kernel(Ot *out, float *lse, const __nv_bfloat16 *q, const __nv_bfloat16 *k,
                                const __nv_bfloat16 *v, int B, int T, int H, int KV, int hd, int vec) {
     const int LD = HDP + 8, TILE = FLASH_T * LD;
     extern __shared__ __align__(16) unsigned char flash_sm[];
@@ -1270,7 +1318,7 @@ attention_forward_flash_kernel(float *out, float *lse, const __nv_bfloat16 *q, c
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             int t = q0 + r0 + g + 8 * (e >> 1), d = n * 8 + 2 * c + (e & 1);
-            if (t < T && d < hd) out[(((int64_t)b * T + t) * H + h) * hd + d] = o[n][e] / l[e >> 1];
+            if (t < T && d < hd) store_w(&out[(((int64_t)b * T + t) * H + h) * hd + d], o[n][e] / l[e >> 1]);
         }
     if (c == 0)
         for (int r = 0; r < 2; r++) {
@@ -1283,8 +1331,8 @@ attention_forward_flash_kernel(float *out, float *lse, const __nv_bfloat16 *q, c
 // Delta_t = dO_t . O_t, dP_tj = dO_t . v_j and dS_tj = p_tj (dP_tj - Delta_t),
 //   dq_t += scale sum_j dS_tj k_j,  dk_j += scale sum_t dS_tj q_t,  dv_j += sum_t p_tj dO_t.
 // Delta first (one warp per (b, h, t), lanes over dims); then one kernel over tiles of keys.
-__global__ static void attention_delta_kernel(float *delta, const float *dout, const float *out, int B, int T, int H,
-                                              int hd) {
+template <typename Ot>
+__global__ static void attention_delta_kernel(float *delta, const Ot *dout, const Ot *out, int B, int T, int H, int hd) {
     int64_t row = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;  // (b, h, t)
     if (row >= (int64_t)B * H * T) return;
     float d = attention_row_delta(dout, out, row, T, H, hd);
@@ -1451,31 +1499,39 @@ static void flash_check_hd(int hd) {
     if (hd > FLASH_MAX_HD) fail("head_dim %d: --attention flash takes head_dim up to %d; use --attention gemm", hd, FLASH_MAX_HD);
 }
 
-// q, k, v: the bf16 copies (layer_forward makes them after RoPE).
-static void attention_forward_flash(float *out, float *lse, const __nv_bfloat16 *q, const __nv_bfloat16 *k,
-                                    const __nv_bfloat16 *v, int B, int T, int H, int KV, int hd) {
-    PROFILE(PROF_ATTENTION);
-    flash_check_hd(hd);
+template <int HDP, typename Ot>
+static void flash_forward_launch(Ot *out, float *lse, const __nv_bfloat16 *q, const __nv_bfloat16 *k,
+                                 const __nv_bfloat16 *v, int B, int T, int H, int KV, int hd) {
     int blocks = B * H * ((T + FLASH_T - 1) / FLASH_T), vec = flash_vec(hd, q, k, v, v);
-    if (hd <= 64) {
-        attention_shared((const void *)attention_forward_flash_kernel<64>, flash_forward_smem(64));
-        attention_forward_flash_kernel<64><<<blocks, FLASH_THREADS, flash_forward_smem(64)>>>(out, lse, q, k, v, B, T, H, KV, hd, vec);
-    } else {
-        attention_shared((const void *)attention_forward_flash_kernel<128>, flash_forward_smem(128));
-        attention_forward_flash_kernel<128><<<blocks, FLASH_THREADS, flash_forward_smem(128)>>>(out, lse, q, k, v, B, T, H, KV, hd, vec);
-    }
+    attention_shared((const void *)attention_forward_flash_kernel<HDP, Ot>, flash_forward_smem(HDP));
+    attention_forward_flash_kernel<HDP><<<blocks, FLASH_THREADS, flash_forward_smem(HDP)>>>(out, lse, q, k, v, B, T, H, KV, hd, vec);
     launchCheck();
 }
 
-// dout: fp32 (for Delta, with out), rounded to bf16 once here for the products.
-static void attention_backward_flash(float *dq, float *dk, float *dv, float *delta, const float *dout,
-                                     const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v,
-                                     const float *out, const float *lse, int B, int T, int H, int KV, int hd) {
+// q, k, v: the bf16 copies (layer_forward makes them after RoPE). out: an Act (bf16 under
+// --matmul bf16: act_bf16).
+static void attention_forward_flash(Act out, float *lse, const __nv_bfloat16 *q, const __nv_bfloat16 *k,
+                                    const __nv_bfloat16 *v, int B, int T, int H, int KV, int hd) {
     PROFILE(PROF_ATTENTION);
     flash_check_hd(hd);
-    attention_delta_kernel<<<blocks_for((int64_t)B * H * T, 8), 256>>>(delta, dout, out, B, T, H, hd);
+    if (hd <= 64 && out.h) flash_forward_launch<64>(out.h, lse, q, k, v, B, T, H, KV, hd);
+    else if (hd <= 64) flash_forward_launch<64>(out.f, lse, q, k, v, B, T, H, KV, hd);
+    else if (out.h) flash_forward_launch<128>(out.h, lse, q, k, v, B, T, H, KV, hd);
+    else flash_forward_launch<128>(out.f, lse, q, k, v, B, T, H, KV, hd);
+}
+
+// dout, out: Acts, both fp32 or both bf16 (act_bf16); Delta from them, and the products from
+// dout in bf16, rounded once here when it is fp32.
+static void attention_backward_flash(float *dq, float *dk, float *dv, float *delta, Act dout,
+                                     const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v,
+                                     Act out, const float *lse, int B, int T, int H, int KV, int hd) {
+    PROFILE(PROF_ATTENTION);
+    flash_check_hd(hd);
+    if (!dout.h != !out.h) fail("internal: the flash backward's dO and O in different precisions");
+    if (dout.h) attention_delta_kernel<<<blocks_for((int64_t)B * H * T, 8), 256>>>(delta, dout.h, out.h, B, T, H, hd);
+    else attention_delta_kernel<<<blocks_for((int64_t)B * H * T, 8), 256>>>(delta, dout.f, out.f, B, T, H, hd);
     launchCheck();
-    const __nv_bfloat16 *db = bf16_of(&g_bf_d, &g_bf_d_n, dout, (int64_t)B * T * H * hd);
+    const __nv_bfloat16 *db = dout.h ? dout.h : bf16_of(&g_bf_d, &g_bf_d_n, dout.f, (int64_t)B * T * H * hd);
     int blocks = B * KV * ((T + FLASH_T - 1) / FLASH_T), vec = flash_vec(hd, q, k, v, db);
     if (hd <= 64) {
         attention_shared((const void *)attention_backward_flash_kernel<64>, flash_backward_smem(64));
@@ -1490,21 +1546,22 @@ static void attention_backward_flash(float *dq, float *dk, float *dv, float *del
 }
 
 // --- SwiGLU: h[N,F] = silu(g) * u ----------------------------------------------------------
-// Thread mapping (both): one thread per element. h: fp32, or bf16 (Act).
-template <typename Ht>
-__global__ static void swiglu_forward_kernel(Ht *h, const float *g, const float *u, int64_t n) {
+// Thread mapping (both): one thread per element. Every operand fp32, or (--matmul bf16, Act)
+// bf16: h, g, u, and backward dh, dg, du; the arithmetic is fp32 either way.
+template <typename Ht, typename Gt>
+__global__ static void swiglu_forward_kernel(Ht *h, const Gt *g, const Gt *u, int64_t n) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) store_w(&h[i], g[i] / (1.0f + expf(-g[i])) * u[i]);
+    if (i >= n) return;
+    float gi = to_float(g[i]);
+    store_w(&h[i], gi / (1.0f + expf(-gi)) * to_float(u[i]));
 }
-static void swiglu_forward(float *h, const float *g, const float *u, int64_t n) {
+static void swiglu_forward(Act h, Act g, Act u, int64_t n) {
     PROFILE(PROF_OTHER);
-    swiglu_forward_kernel<<<blocks_for(n, 256), 256>>>(h, g, u, n);
-    launchCheck();
-}
-static void swiglu_forward(Act h, const float *g, const float *u, int64_t n) {
-    if (!h.h) { swiglu_forward(h.f, g, u, n); return; }
-    PROFILE(PROF_OTHER);
-    swiglu_forward_kernel<<<blocks_for(n, 256), 256>>>(h.h, g, u, n);
+    int blocks = blocks_for(n, 256);
+    if (g.h && h.h) swiglu_forward_kernel<<<blocks, 256>>>(h.h, g.h, u.h, n);
+    else if (g.h) swiglu_forward_kernel<<<blocks, 256>>>(h.f, g.h, u.h, n);
+    else if (h.h) swiglu_forward_kernel<<<blocks, 256>>>(h.h, g.f, u.f, n);
+    else swiglu_forward_kernel<<<blocks, 256>>>(h.f, g.f, u.f, n);
     launchCheck();
 }
 // dg += dh * u * sigmoid(g) * (1 + g * (1 - sigmoid(g))),   du += dh * silu(g).
@@ -1523,21 +1580,25 @@ static void swiglu_backward(float *dg, float *du, const float *dh, const float *
 // --matmul bf16: dg and du are read by the gate and up matmuls alone, so they are written in
 // bf16 (no fp32 copy, no zeroing): the EXCEPTION to the layers' += rule. Each value is that of
 // the += into zeroed buffers it replaces, 0 + dg (-0 becomes +0), then rounded as cast_bf16.
+// dh, g, u: fp32, or bf16 as the matmuls wrote them.
 // Thread mapping: one thread per element.
-__global__ static void swiglu_backward_bf16_kernel(__nv_bfloat16 *dg, __nv_bfloat16 *du, const float *dh, const float *g,
-                                                   const float *u, int64_t n) {
+template <typename Gt>
+__global__ static void swiglu_backward_bf16_kernel(__nv_bfloat16 *dg, __nv_bfloat16 *du, const Gt *dh, const Gt *g,
+                                                   const Gt *u, int64_t n) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    float sg = 1.0f / (1.0f + expf(-g[i]));
-    dg[i] = __float2bfloat16_rn(0.0f + dh[i] * u[i] * sg * (1.0f + g[i] * (1.0f - sg)));
-    du[i] = __float2bfloat16_rn(0.0f + dh[i] * g[i] * sg);
+    float gi = to_float(g[i]), dhi = to_float(dh[i]), sg = 1.0f / (1.0f + expf(-gi));
+    dg[i] = __float2bfloat16_rn(0.0f + dhi * to_float(u[i]) * sg * (1.0f + gi * (1.0f - sg)));
+    du[i] = __float2bfloat16_rn(0.0f + dhi * gi * sg);
 }
-static void swiglu_backward(Act dg, Act du, const float *dh, const float *g, const float *u, int64_t n) {
-    if (!dg.h) { swiglu_backward(dg.f, du.f, dh, g, u, n); return; }
+static void swiglu_backward(Act dg, Act du, Act dh, Act g, Act u, int64_t n) {
+    if (!dg.h) { swiglu_backward(dg.f, du.f, dh.f, g.f, u.f, n); return; }
     PROFILE(PROF_OTHER);
-    swiglu_backward_bf16_kernel<<<blocks_for(n, 256), 256>>>(dg.h, du.h, dh, g, u, n);
+    if (g.h) swiglu_backward_bf16_kernel<<<blocks_for(n, 256), 256>>>(dg.h, du.h, dh.h, g.h, u.h, n);
+    else swiglu_backward_bf16_kernel<<<blocks_for(n, 256), 256>>>(dg.h, du.h, dh.f, g.f, u.f, n);
     launchCheck();
 }
+
 
 // --- residual: y = a + b. Thread mapping: one thread per element. ----------------------------
 __global__ static void residual_forward_kernel(float *y, const float *a, const float *b, int64_t n) {
@@ -1597,25 +1658,29 @@ static void layer_forward(Model *m, int l, int B, int T) {
     int N = B * T, D = c->dim, F = c->hidden_dim, H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim;
     int Hq = H * hd, Hkv = KV * hd;
     float *x = act_l(m, A_RESID, l), *q = act_l(m, A_Q, l),
-          *k = act_l(m, A_K, l), *v = act_l(m, A_V, l), *att = act_l(m, A_ATT, l),
-          *mid = act_l(m, A_RESID_MID, l), *gate = act_l(m, A_GATE, l), *up = act_l(m, A_UP, l);
-    Act xn1 = act_in(m, A_XN1, l), xn2 = act_in(m, A_XN2, l), hmid = act_in(m, A_HMID, l);  // bf16 under --matmul bf16
+          *k = act_l(m, A_K, l), *v = act_l(m, A_V, l), *mid = act_l(m, A_RESID_MID, l);
+    Act xn1 = act_in(m, A_XN1, l), xn2 = act_in(m, A_XN2, l), hmid = act_in(m, A_HMID, l),  // bf16 under --matmul bf16
+        att = act_in(m, A_ATT, l), gate = act_in(m, A_GATE, l), up = act_in(m, A_UP, l);
     float *proj = m->act[A_PROJ];
     // attention block
     rmsnorm_forward(xn1, act_l(m, A_RSTD1, l), x, layer_tensor(m->fwd_t, m, T_ATTN_NORM, l), N, D, c->rms_norm_eps);
     matmul_forward(q, xn1, weight(m, T_WQ, l), N, D, Hq);
     matmul_forward(k, xn1, weight(m, T_WK, l), N, D, Hkv);
-    matmul_forward(v, xn1, weight(m, T_WV, l), N, D, Hkv);
-    rope_forward(q, m->rope_cos, m->rope_sin, B, T, H, hd);
-    rope_forward(k, m->rope_cos, m->rope_sin, B, T, KV, hd);
-    if (g_attention_gemm) attention_forward_gemm(att, act_l(m, A_LSE, l), m->act[A_SCORES], q, k, v, B, T, H, KV, hd);
-    else if (g_attention_flash) {
+    if (g_attention_flash) {  // the kernels read bf16 q, k (rotated, then rounded) and v (the matmul's own)
         __nv_bfloat16 *qb = flash_qkv(m, A_QB, l), *kb = flash_qkv(m, A_KB, l), *vb = flash_qkv(m, A_VB, l);
-        cast_bf16(qb, q, (int64_t)N * Hq);
-        cast_bf16(kb, k, (int64_t)N * Hkv);
-        cast_bf16(vb, v, (int64_t)N * Hkv);
+        Act vh = {g_bf16 ? NULL : v, g_bf16 ? vb : NULL};
+        matmul_forward(vh, xn1, weight(m, T_WV, l), N, D, Hkv);
+        if (!g_bf16) cast_bf16(vb, v, (int64_t)N * Hkv);
+        rope_forward_bf16(qb, q, m->rope_cos, m->rope_sin, B, T, H, hd);
+        rope_forward_bf16(kb, k, m->rope_cos, m->rope_sin, B, T, KV, hd);
         attention_forward_flash(att, act_l(m, A_LSE, l), qb, kb, vb, B, T, H, KV, hd);
-    } else attention_forward(att, act_l(m, A_LSE, l), q, k, v, B, T, H, KV, hd);
+    } else {
+        matmul_forward(v, xn1, weight(m, T_WV, l), N, D, Hkv);
+        rope_forward(q, m->rope_cos, m->rope_sin, B, T, H, hd);
+        rope_forward(k, m->rope_cos, m->rope_sin, B, T, KV, hd);
+        if (g_attention_gemm) attention_forward_gemm(att.f, act_l(m, A_LSE, l), m->act[A_SCORES], q, k, v, B, T, H, KV, hd);
+        else attention_forward(att.f, act_l(m, A_LSE, l), q, k, v, B, T, H, KV, hd);
+    }
     matmul_forward(proj, att, weight(m, T_WO, l), N, Hq, D);
     residual_forward(mid, x, proj, (int64_t)N * D);
     // MLP block
@@ -1690,20 +1755,20 @@ static void model_backward_from_dxnf(Model *m) {
                      m->fwd_t[T_FINAL_NORM], m->act[A_RSTDF], N, D);
     for (int l = c->n_layers - 1; l >= 0; l--) {
         float *x = act_l(m, A_RESID, l), *q = act_l(m, A_Q, l),
-              *k = act_l(m, A_K, l), *v = act_l(m, A_V, l), *att = act_l(m, A_ATT, l),
-              *mid = act_l(m, A_RESID_MID, l), *gate = act_l(m, A_GATE, l), *up = act_l(m, A_UP, l);
-        Act xn1 = act_in(m, A_XN1, l), xn2 = act_in(m, A_XN2, l), hmid = act_in(m, A_HMID, l);
+              *k = act_l(m, A_K, l), *v = act_l(m, A_V, l), *mid = act_l(m, A_RESID_MID, l);
+        Act xn1 = act_in(m, A_XN1, l), xn2 = act_in(m, A_XN2, l), hmid = act_in(m, A_HMID, l),
+            att = act_in(m, A_ATT, l), gate = act_in(m, A_GATE, l), up = act_in(m, A_UP, l);
         // recomputed (act_recomputed): xn2 = rmsnorm(mid), hmid = swiglu(gate, up) of this layer
         rmsnorm_forward(xn2, act_l(m, A_RSTD2, l), mid, layer_tensor(m->fwd_t, m, T_MLP_NORM, l), N, D, c->rms_norm_eps);
         swiglu_forward(hmid, gate, up, (int64_t)N * F);
-        // MLP block: dres holds dL/dx'
-        zero_act(m, A_DHMID, (int64_t)N * F);
-        matmul_backward(m->act[A_DHMID], layer_tensor(m->dfwd_t, m, T_WDOWN, l), dres, hmid,
+        // MLP block: dres holds dL/dx'. Under bf16 dhmid, dgate, dup are written, not accumulated (Act).
+        Act dhmid = act_in(m, A_DHMID, 0), dgate = act_in(m, A_DGATE, 0), dup = act_in(m, A_DUP, 0);
+        if (!g_bf16) zero_act(m, A_DHMID, (int64_t)N * F);
+        matmul_backward(dhmid, layer_tensor(m->dfwd_t, m, T_WDOWN, l), act_f(dres), hmid,
                         weight(m, T_WDOWN, l), N, F, D);
-        Act dgate = act_in(m, A_DGATE, 0), dup = act_in(m, A_DUP, 0);  // under bf16: written, not accumulated
         if (!g_bf16) zero_act(m, A_DGATE, (int64_t)N * F);
         if (!g_bf16) zero_act(m, A_DUP, (int64_t)N * F);
-        swiglu_backward(dgate, dup, m->act[A_DHMID], gate, up, (int64_t)N * F);
+        swiglu_backward(dgate, dup, dhmid, gate, up, (int64_t)N * F);
         zero_act(m, A_DXN, (int64_t)N * D);
         matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WGATE, l), dgate, xn2,
                         weight(m, T_WGATE, l), N, D, F);
@@ -1711,30 +1776,40 @@ static void model_backward_from_dxnf(Model *m) {
                         weight(m, T_WUP, l), N, D, F);
         rmsnorm_backward(dres, layer_tensor(m->dfwd_t, m, T_MLP_NORM, l), dxn, mid,
                          layer_tensor(m->fwd_t, m, T_MLP_NORM, l), act_l(m, A_RSTD2, l), N, D);
-        // attention block: dres now holds dL/dh
-        zero_act(m, A_DATT, (int64_t)N * Hq);
-        matmul_backward(m->act[A_DATT], layer_tensor(m->dfwd_t, m, T_WO, l), dres, att,
+        // attention block: dres now holds dL/dh; dO written in bf16 under flash and bf16 (Act)
+        Act datt = act_in(m, A_DATT, 0);
+        if (!datt.h) zero_act(m, A_DATT, (int64_t)N * Hq);
+        matmul_backward(datt, layer_tensor(m->dfwd_t, m, T_WO, l), act_f(dres), att,
                         weight(m, T_WO, l), N, Hq, D);
         zero_act(m, A_DQ, (int64_t)N * Hq);
         zero_act(m, A_DK, (int64_t)N * Hkv);
         zero_act(m, A_DV, (int64_t)N * Hkv);
         if (g_attention_gemm)
             attention_backward_gemm(m->act[A_DQ], m->act[A_DK], m->act[A_DV], m->act[A_SCORES], m->act[A_DSCORES],
-                                    m->act[A_DATT], q, k, v, att, act_l(m, A_LSE, l), B, T, H, KV, hd);
+                                    datt.f, q, k, v, att.f, act_l(m, A_LSE, l), B, T, H, KV, hd);
         else if (g_attention_flash)
-            attention_backward_flash(m->act[A_DQ], m->act[A_DK], m->act[A_DV], m->act[A_DELTA], m->act[A_DATT],
+            attention_backward_flash(m->act[A_DQ], m->act[A_DK], m->act[A_DV], m->act[A_DELTA], datt,
                                      flash_qkv(m, A_QB, l), flash_qkv(m, A_KB, l), flash_qkv(m, A_VB, l), att,
                                      act_l(m, A_LSE, l), B, T, H, KV, hd);
         else
-            attention_backward(m->act[A_DQ], m->act[A_DK], m->act[A_DV], m->act[A_DELTA], m->act[A_DATT],
-                               q, k, v, att, act_l(m, A_LSE, l), B, T, H, KV, hd);
-        rope_backward(m->act[A_DQ], m->rope_cos, m->rope_sin, B, T, H, hd);
-        rope_backward(m->act[A_DK], m->rope_cos, m->rope_sin, B, T, KV, hd);
+            attention_backward(m->act[A_DQ], m->act[A_DK], m->act[A_DV], m->act[A_DELTA], datt.f,
+                               q, k, v, att.f, act_l(m, A_LSE, l), B, T, H, KV, hd);
+        // dq, dk rotated back; under bf16 straight into the bf16 operand of their matmuls (g_bf_d),
+        // the values of rope_backward and the cast matmul_backward would make
+        Act dq = act_f(m->act[A_DQ]), dk = act_f(m->act[A_DK]);
         rmsnorm_forward(xn1, act_l(m, A_RSTD1, l), x, layer_tensor(m->fwd_t, m, T_ATTN_NORM, l), N, D, c->rms_norm_eps);
         zero_act(m, A_DXN, (int64_t)N * D);
-        matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WQ, l), m->act[A_DQ], xn1,
+        if (g_bf16) {
+            dq = {NULL, bf16_scratch(&g_bf_d, &g_bf_d_n, (int64_t)N * Hq)};
+            rope_backward_bf16(dq.h, m->act[A_DQ], m->rope_cos, m->rope_sin, B, T, H, hd);
+        } else rope_backward(dq.f, m->rope_cos, m->rope_sin, B, T, H, hd);
+        matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WQ, l), dq, xn1,
                         weight(m, T_WQ, l), N, D, Hq);
-        matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WK, l), m->act[A_DK], xn1,
+        if (g_bf16) {  // g_bf_d again: stream order puts this after the dq matmuls
+            dk = {NULL, bf16_scratch(&g_bf_d, &g_bf_d_n, (int64_t)N * Hkv)};
+            rope_backward_bf16(dk.h, m->act[A_DK], m->rope_cos, m->rope_sin, B, T, KV, hd);
+        } else rope_backward(dk.f, m->rope_cos, m->rope_sin, B, T, KV, hd);
+        matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WK, l), dk, xn1,
                         weight(m, T_WK, l), N, D, Hkv);
         matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WV, l), m->act[A_DV], xn1,
                         weight(m, T_WV, l), N, D, Hkv);
@@ -2511,7 +2586,8 @@ static void kv_free(KVCache *kv) {
 // thread scoring whole keys (the scores go to global scratch: T may exceed shared memory); the
 // block reduces their max and the sum of the exponentials; then thread i owns the output dims
 // i, i + blockDim, ... and sums over j in order, as train.c's attention_decode does.
-__global__ static void attention_decode_kernel(float *out, float *scores, const float *q, const float *kc, const float *vc,
+template <typename Ot>
+__global__ static void attention_decode_kernel(Ot *out, float *scores, const float *q, const float *kc, const float *vc,
                                                int B, int T, int pos, int H, int KV, int hd) {
     int b = blockIdx.x / H, h = blockIdx.x % H, kvh = h / (H / KV);
     const float *qh = q + ((int64_t)b * H + h) * hd;
@@ -2531,17 +2607,19 @@ __global__ static void attention_decode_kernel(float *out, float *scores, const 
         sum += s[j];
     }
     sum = block_sum(sum);  // its __syncthreads also makes every thread's s[j] visible to the block
-    float *o = out + ((int64_t)b * H + h) * hd;
+    Ot *o = out + ((int64_t)b * H + h) * hd;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) {
         float acc = 0.0f;
         for (int j = 0; j <= pos; j++) acc += s[j] / sum * vc[(((int64_t)b * T + j) * KV + kvh) * hd + i];
-        o[i] = acc;
+        store_w(&o[i], acc);
     }
 }
-static void attention_decode(float *out, float *scores, const float *q, const float *kc, const float *vc,
+// out: an Act, as the training forward's attention output (act_bf16).
+static void attention_decode(Act out, float *scores, const float *q, const float *kc, const float *vc,
                              int B, int T, int pos, int H, int KV, int hd) {
     PROFILE(PROF_ATTENTION);
-    attention_decode_kernel<<<B * H, 128>>>(out, scores, q, kc, vc, B, T, pos, H, KV, hd);
+    if (out.h) attention_decode_kernel<<<B * H, 128>>>(out.h, scores, q, kc, vc, B, T, pos, H, KV, hd);
+    else attention_decode_kernel<<<B * H, 128>>>(out.f, scores, q, kc, vc, B, T, pos, H, KV, hd);
     launchCheck();
 }
 
@@ -2561,9 +2639,9 @@ static void model_decode_step(Model *m, KVCache *kv, const int *tokens, int pos)
         if (tokens[b] < 0 || tokens[b] >= V) fail("token id %d out of range [0, %d)", tokens[b], V);
     cudaCheck(cudaMemcpy(m->inputs, tokens, (size_t)B * sizeof(int), cudaMemcpyHostToDevice));
     float *x = m->act[A_RESID], *q = m->act[A_Q], *k = m->act[A_K],
-          *v = m->act[A_V], *att = m->act[A_ATT], *mid = m->act[A_RESID_MID], *proj = m->act[A_PROJ],
-          *gate = m->act[A_GATE], *up = m->act[A_UP];
-    Act xn = act_in(m, A_XN1, 0), hmid = act_in(m, A_HMID, 0);
+          *v = m->act[A_V], *mid = m->act[A_RESID_MID], *proj = m->act[A_PROJ];
+    Act xn = act_in(m, A_XN1, 0), hmid = act_in(m, A_HMID, 0), att = act_in(m, A_ATT, 0),
+        gate = act_in(m, A_GATE, 0), up = act_in(m, A_UP, 0);
     const float *cosp = kv->cosv + (int64_t)pos * half, *sinp = kv->sinv + (int64_t)pos * half;
     if (m->fwd_t[T_EMBED]) embedding_forward(x, m->inputs, m->fwd_t[T_EMBED], B, D);
     else embedding_forward(x, m->inputs, m->wbf_t[T_EMBED], B, D);  // a bf16-only model
@@ -2994,7 +3072,7 @@ static void bench(Model *m, const HostArgs *a, int T, char *json, size_t n) {
     for (int r = 0; r < 3; r++) {
         cudaCheck(cudaDeviceSynchronize());
         double t0 = now_seconds();
-        matmul_forward(act_l(m, A_UP, 0), act_in(m, A_XN2, 0), weight(m, T_WUP, 0), N, D, F);
+        matmul_forward(act_in(m, A_UP, 0), act_in(m, A_XN2, 0), weight(m, T_WUP, 0), N, D, F);
         cudaCheck(cudaDeviceSynchronize());
         double dt = now_seconds() - t0;
         kbest = dt < kbest ? dt : kbest;

@@ -68,7 +68,11 @@ curve dqat "--data: 2-bit QAT self-distillation, --mask-prompt, lr 1e-5" 1e-3 -m
     "${data[@]}" --epochs 1 --lr 1e-5 --mask-prompt --eval-every 4
 curve dce "--data: full-precision cross-entropy training (mean over tokens), the held-out loss at the end" 1e-4 \
     --init tiny --seed 5 "${tok[@]}" "${data[@]}" --epochs 1 --lr 3e-3
-cu_matmul=bf16 curve dbf "--data: 2-bit QAT, --matmul bf16 (bf16 teacher), lr 1e-5" 2e-2 -m "$tmp/teacher.bin" -q int -b 2 -g 64 \
+# bf16 against fp32 per step: the step-1 loss (equal weights) already differs by up to 6e-3, from
+# the rounding of the bf16 teacher's and student's activations (gate, up, O and their gradients
+# included, act_bf16), and a 2-bit student's codes flip on small differences in its updates; the
+# steps' losses measured within 7.2e-3 and 2.2e-2 on two runs of this data, eval_loss within 1.6e-3
+cu_matmul=bf16 curve dbf "--data: 2-bit QAT, --matmul bf16 (bf16 teacher), lr 1e-5" 3e-2 -m "$tmp/teacher.bin" -q int -b 2 -g 64 \
     "${data[@]}" --epochs 1 --lr 1e-5 --eval-every 5
 curve tok "--train-tokens through the same Batches: 2-bit QAT, lr 1e-5, 10 steps" 1e-3 -m "$tmp/teacher.bin" -q int -b 2 -g 64 \
     --train-tokens "$tmp/c/train.ids" --steps 10 --batch 8 --micro-batch 4 --seq 128 --lr 1e-5

@@ -349,7 +349,9 @@ static void test_distill(int loss_kind, int chunk) {
 // normaliser, from the scores' rounding, a few 1e-3 for scores of order 1 (a wrong base or max
 // shows as order 1): 2e-2 absolute. The flash kernels read bf16 copies of q, k, v (as the model
 // gives them) and round dO themselves. misalign: the tensors start one element past 16 bytes, so
-// the kernels take their element-by-element loads (as they do for hd % 8 != 0).
+// the kernels take their element-by-element loads (as they do for hd % 8 != 0). A third run keeps
+// O and dO in bf16, as training under --matmul bf16 does (act_bf16): its O must be the first
+// run's rounded, bit for bit, and its gradients meet the same tolerance.
 static float *flash_buf(float **base, const float *x, int64_t n, int o) {  // a device copy of x, o floats in
     *base = (float *)gpu_malloc((size_t)(n + o) * sizeof(float), "scratch");
     if (x) cudaCheck(cudaMemcpy(*base + o, x, (size_t)n * sizeof(float), cudaMemcpyHostToDevice));
@@ -376,8 +378,8 @@ static void test_flash_kernels(int B, int T, int H, int KV, int hd, int misalign
     int o = misalign, nb = 0;
     float *q = flash_buf(&base[nb++], h[0], nq, o), *k = flash_buf(&base[nb++], h[1], nk, o),
           *v = flash_buf(&base[nb++], h[2], nk, o), *dout = flash_buf(&base[nb++], h[3], nq, o);
-    float *out[2], *lse[2], *delta[2], *g[2][3];  // [0] fused, [1] flash
-    for (int p = 0; p < 2; p++) {
+    float *out[3], *lse[3], *delta[3], *g[3][3];  // [0] fused, [1] flash, [2] flash on bf16 O and dO
+    for (int p = 0; p < 3; p++) {
         out[p] = flash_buf(&base[nb++], NULL, nq, o);
         lse[p] = flash_buf(&base[nb++], NULL, nl, 0);
         delta[p] = flash_buf(&base[nb++], NULL, nl, 0);
@@ -387,11 +389,18 @@ static void test_flash_kernels(int B, int T, int H, int KV, int hd, int misalign
     attention_backward(g[0][0], g[0][1], g[0][2], delta[0], dout, q, k, v, out[0], lse[0], B, T, H, KV, hd);
     __nv_bfloat16 *qb = flash_bf16(&base[nb++], q, nq, o), *kb = flash_bf16(&base[nb++], k, nk, o),
                   *vb = flash_bf16(&base[nb++], v, nk, o);
-    attention_forward_flash(out[1], lse[1], qb, kb, vb, B, T, H, KV, hd);
-    attention_backward_flash(g[1][0], g[1][1], g[1][2], delta[1], dout, qb, kb, vb, out[1], lse[1], B, T, H, KV, hd);
+    attention_forward_flash(act_f(out[1]), lse[1], qb, kb, vb, B, T, H, KV, hd);
+    attention_backward_flash(g[1][0], g[1][1], g[1][2], delta[1], act_f(dout), qb, kb, vb, act_f(out[1]), lse[1], B, T, H, KV, hd);
+    __nv_bfloat16 *db = flash_bf16(&base[nb++], dout, nq, o), *ob = flash_bf16(&base[nb++], out[2], nq, o),
+                  *oc = flash_bf16(&base[nb++], out[1], nq, o);  // ob: NaNs until written
+    Act obf = {NULL, ob}, dbf = {NULL, db};
+    attention_forward_flash(obf, lse[2], qb, kb, vb, B, T, H, KV, hd);
+    attention_backward_flash(g[2][0], g[2][1], g[2][2], delta[2], dbf, qb, kb, vb, obf, lse[2], B, T, H, KV, hd);
     cudaCheck(cudaDeviceSynchronize());
     char what[160], shape[96];
     snprintf(shape, sizeof shape, "flash B %d T %d H %d/%d hd %d%s", B, T, H, KV, hd, misalign ? " (unaligned)" : "");
+    snprintf(what, sizeof what, "%s: bf16 out against the fp32 out rounded: bits differing (of %lld)", shape, (long long)nq);
+    check(what, (double)bits_differing(ob, oc, nq, 2), 0);
     float *r = download(out[0], nq), *f = download(out[1], nq);
     snprintf(what, sizeof what, "%s: out", shape);
     check(what, rel_err(f, r, nq), 2e-2);
@@ -406,22 +415,28 @@ static void test_flash_kernels(int B, int T, int H, int KV, int hd, int misalign
     // fp32 kernels added: at T = 1 the exact dq and dk are zero (a softmax over one key has no
     // gradient in its score) while bf16's dP - Delta leaves noise of order 2^-9 |dO||V| in them.
     const char *names[3] = {"dq", "dk", "dv"};
-    float *ra[3], *fa[3];
+    float *ra[3];
     double scale = 0.0;
     for (int a = 0; a < 3; a++) {
-        ra[a] = download(g[0][a], n[4 + a]); fa[a] = download(g[1][a], n[4 + a]);
+        ra[a] = download(g[0][a], n[4 + a]);
         for (int64_t i = 0; i < n[4 + a]; i++) {
-            ra[a][i] -= h[4 + a][i]; fa[a][i] -= h[4 + a][i];
+            ra[a][i] -= h[4 + a][i];
             if (fabs(ra[a][i]) > scale) scale = fabs(ra[a][i]);
         }
     }
-    for (int a = 0; a < 3; a++) {
-        double d = 0.0;
-        for (int64_t i = 0; i < n[4 + a]; i++) { double x = fabs((double)fa[a][i] - ra[a][i]); if (!(x <= d)) d = x; }
-        snprintf(what, sizeof what, "%s: %s added", shape, names[a]);
-        check(what, d / (scale > 0 ? scale : 1.0), 2e-2);
-        free(ra[a]); free(fa[a]);
-    }
+    for (int p = 1; p < 3; p++)
+        for (int a = 0; a < 3; a++) {
+            float *fa = download(g[p][a], n[4 + a]);
+            double d = 0.0;
+            for (int64_t i = 0; i < n[4 + a]; i++) {
+                double x = fabs((double)fa[i] - h[4 + a][i] - ra[a][i]);
+                if (!(x <= d)) d = x;
+            }
+            snprintf(what, sizeof what, "%s: %s added%s", shape, names[a], p == 2 ? " (bf16 O, dO)" : "");
+            check(what, d / (scale > 0 ? scale : 1.0), 2e-2);
+            free(fa);
+        }
+    for (int a = 0; a < 3; a++) free(ra[a]);
     for (int i = 0; i < nb; i++) gpu_free(base[i]);
     for (int a = 0; a < 7; a++) free(h[a]);
 }
@@ -502,12 +517,18 @@ static void test_bf16_producers(void) {
     model_alloc_acts(&g, B, T, 1);
     model_cast_bf16(&g);
     int64_t nx = (int64_t)N * D, nf = (int64_t)N * F;
+    // x, then gate and up: these bf16 numbers (their low 16 bits cleared), so that the fp32 kernels
+    // read the values the bf16 gate and up (act_bf16) hold
     float *hx = (float *)malloc((size_t)(nx + 2 * nf) * sizeof(float));
     for (int64_t i = 0; i < nx + 2 * nf; i++) hx[i] = (float)((int64_t)(next_u64() % 2000001) - 1000000) * 3e-6f;
-    float *x = act_l(&g, A_RESID, 1), *gate = act_l(&g, A_GATE, 1), *up = act_l(&g, A_UP, 1);
+    for (int64_t i = nx; i < nx + 2 * nf; i++) { uint32_t u; memcpy(&u, &hx[i], 4); u &= 0xFFFF0000u; memcpy(&hx[i], &u, 4); }
+    float *x = act_l(&g, A_RESID, 1), *gf = (float *)gpu_malloc((size_t)2 * nf * sizeof(float), "scratch"), *uf = gf + nf;
+    Act gate = act_in(&g, A_GATE, 1), up = act_in(&g, A_UP, 1);
+    if (!gate.h || !up.h) fail("internal: gate and up are not bf16 under --matmul bf16");
     cudaCheck(cudaMemcpy(x, hx, (size_t)nx * sizeof(float), cudaMemcpyHostToDevice));
-    cudaCheck(cudaMemcpy(gate, hx + nx, (size_t)nf * sizeof(float), cudaMemcpyHostToDevice));
-    cudaCheck(cudaMemcpy(up, hx + nx + nf, (size_t)nf * sizeof(float), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(gf, hx + nx, (size_t)2 * nf * sizeof(float), cudaMemcpyHostToDevice));
+    cast_bf16(gate.h, gf, nf);
+    cast_bf16(up.h, uf, nf);
     float *y = (float *)gpu_malloc((size_t)nf * sizeof(float), "scratch");
     float *o1 = (float *)gpu_malloc((size_t)N * (F > Hq ? F : Hq) * sizeof(float), "scratch");
     float *o2 = (float *)gpu_malloc((size_t)N * (F > Hq ? F : Hq) * sizeof(float), "scratch");
@@ -519,8 +540,8 @@ static void test_bf16_producers(void) {
     Act xn = act_in(&g, A_XN1, 1);
     rmsnorm_forward(xn, act_l(&g, A_RSTD1, 1), x, wn, N, D, h.rms_norm_eps);
     check_bf16_input("rmsnorm_forward", "q = xn1 Wq^T from the bf16 xn1", xn, y, yb, weight(&g, T_WQ, 1), N, D, Hq, o1, o2);
-    // hmid = silu(gate) * up, then hmid Wdown^T
-    swiglu_forward(y, gate, up, nf);
+    // hmid = silu(gate) * up from the bf16 gate and up, then hmid Wdown^T
+    swiglu_forward(act_f(y), act_f(gf), act_f(uf), nf);
     Act hm = act_in(&g, A_HMID, 1);
     swiglu_forward(hm, gate, up, nf);
     check_bf16_input("swiglu_forward", "hmid Wdown^T from the bf16 hmid", hm, y, yb, weight(&g, T_WDOWN, 1), N, F, D, o1, o2);
@@ -529,16 +550,33 @@ static void test_bf16_producers(void) {
     for (int64_t i = 0; i < (int64_t)N * D; i++) mx = fabs(ho[i]) > mx ? fabs(ho[i]) : mx;
     check("hmid Wdown^T: not all zero (1 if it is)", mx > 0.0 ? 0.0 : 1.0, 0);
     free(ho); free(hx);
-    // dgate, dup = swiglu_backward of ng positions (dh = up, g = gate, u = x): written in bf16
-    // against += into zeros and cast; then dx, dW of the gate matmul from each (from zero)
+    // gate = xn1 Wgate^T written in bf16 by the matmul (as layer_forward's gate and up) against the
+    // fp32 product: each within half a bf16 step (2^-9 relative) of it; cuBLAS may sum in another
+    // order for a bf16 output, so not bit for bit
+    matmul_forward(act_f(o1), xn, weight(&g, T_WGATE, 1), N, D, F);
+    matmul_forward(gate, xn, weight(&g, T_WGATE, 1), N, D, F);
+    float *r = download(o1, nf);
+    __nv_bfloat16 *hb = (__nv_bfloat16 *)malloc((size_t)nf * 2);
+    cudaCheck(cudaMemcpy(hb, gate.h, (size_t)nf * 2, cudaMemcpyDeviceToHost));
+    double gerr = 0.0, rmax = 0.0;  // relative to |r|, or to 1e-3 of the largest (sums near zero cancel)
+    for (int64_t i = 0; i < nf; i++) rmax = fabs(r[i]) > rmax ? fabs(r[i]) : rmax;
+    for (int64_t i = 0; i < nf; i++) {
+        double d = fabs((double)__bfloat162float(hb[i]) - r[i]) / fmax(fabs(r[i]), 1e-3 * rmax);
+        if (!(d <= gerr)) gerr = d;
+    }
+    check("gate matmul written in bf16 against its fp32 product: max relative error", rmax > 0 ? gerr : 1.0, 1.0 / 256);
+    free(r); free(hb);
+    cast_bf16(gate.h, gf, nf);
+    // dgate, dup = swiglu_backward of ng positions (dh = up, g = gate, u = up, all bf16): written
+    // in bf16 against += into zeros and cast; then dx, dW of the gate matmul from each (from zero)
     int64_t ng = nf < nx ? nf : nx;
     float *dgu = (float *)gpu_malloc((size_t)2 * nf * sizeof(float), "scratch");
     __nv_bfloat16 *gub = (__nv_bfloat16 *)gpu_malloc((size_t)2 * nf * 2, "scratch");
     cudaCheck(cudaMemset(dgu, 0, (size_t)2 * nf * sizeof(float)));
-    swiglu_backward(dgu, dgu + nf, up, gate, x, ng);
+    swiglu_backward(dgu, dgu + nf, uf, gf, uf, ng);
     cast_bf16(gub, dgu, 2 * nf);
     Act dg = act_in(&g, A_DGATE, 0), du = act_in(&g, A_DUP, 0);
-    swiglu_backward(dg, du, up, gate, x, ng);
+    swiglu_backward(dg, du, up, gate, up, ng);
     snprintf(what, sizeof what, "bf16 swiglu_backward against fp32 += and cast: bits differing (of %lld)", (long long)(2 * ng));
     check(what, (double)(bits_differing(dg.h, gub, ng, 2) + bits_differing(du.h, gub + nf, ng, 2)), 0);
     float *dw1 = (float *)gpu_malloc((size_t)F * D * sizeof(float), "scratch"), *dw2 = (float *)gpu_malloc((size_t)F * D * sizeof(float), "scratch");
@@ -547,14 +585,14 @@ static void test_bf16_producers(void) {
     cudaCheck(cudaMemset(dw1, 0, (size_t)F * D * sizeof(float)));
     cudaCheck(cudaMemset(dw2, 0, (size_t)F * D * sizeof(float)));
     cudaCheck(cudaMemset(dgu, 0, (size_t)nf * sizeof(float)));  // dgate of the first ng positions, zeros after
-    swiglu_backward(dgu, dgu + nf, up, gate, x, ng);
+    swiglu_backward(dgu, dgu + nf, uf, gf, uf, ng);
     cudaCheck(cudaMemset(dg.h, 0, (size_t)nf * 2));
-    swiglu_backward(dg, du, up, gate, x, ng);
+    swiglu_backward(dg, du, up, gate, up, ng);
     matmul_backward(o1, dw1, dgu, y, weight(&g, T_WGATE, 1), N, D, F);
     matmul_backward(o2, dw2, dg, act_f(y), weight(&g, T_WGATE, 1), N, D, F);
     snprintf(what, sizeof what, "dx, dW of the gate matmul from the bf16 dgate: bits differing (of %lld)", (long long)(nx + F * D));
     check(what, (double)(bits_differing(o1, o2, nx, 4) + bits_differing(dw1, dw2, (int64_t)F * D, 4)), 0);
-    gpu_free(dgu); gpu_free(gub); gpu_free(dw1); gpu_free(dw2);
+    gpu_free(dgu); gpu_free(gub); gpu_free(dw1); gpu_free(dw2); gpu_free(gf);
     gpu_free(y); gpu_free(o1); gpu_free(o2); gpu_free(yb);
     model_free(&g);
     host_model_free(&h);
