@@ -1085,11 +1085,15 @@ static void attention_backward_gemm(float *dq, float *dk, float *dv, float *S, f
 //   C, 16 x 8 (4 floats): rows g and g + 8 (element e: row g + 8 (e >> 1)), columns 2c + (e & 1).
 // So every row of a product lives in the 4 lanes of one group (a row's max and sum take two
 // shuffles), and the C fragments of two neighbouring 8-column tiles of S are, packed to bf16,
-// exactly the A fragment of P for the next product: P never leaves the registers. A B operand
-// whose k dimension runs along the rows of its tile in shared memory (K in S = Q K^T) is read as
-// 32-bit pairs; one whose k runs down the columns (V in P V) through ldmatrix .trans, which hands
-// each lane the transposed pairs of four 8 x 8 blocks. Tile rows are HDP + 8 bf16 apart, so the
-// 32 lanes' words, and ldmatrix's 8 rows, fall in different banks.
+// exactly the A fragment of P for the next product: P never leaves the registers. Operands in
+// shared memory are read by ldmatrix.x4, four 8 x 8 blocks a warp-wide instruction, which hands
+// lane (g, c) row g, columns 2c and 2c + 1 of each block: the pairs of the fragments above. So an
+// operand whose k dimension runs along the rows of its tile (K, V as A in the backward's K Q^T and
+// V dO^T, dS in dS K; K as B in Q K^T, Q and dO in K Q^T and V dO^T) is read as it is, one
+// instruction for an A fragment or two B fragments; one whose k runs down the columns (V in P V,
+// dO and Q in P^T dO and dS^T Q, K in dS K) through ldmatrix .trans, which hands each lane the
+// pairs of the transposed blocks. Tile rows are HDP + 8 bf16 (16 bytes more than a multiple of
+// 128) apart, so ldmatrix's 8 rows of a block fall in different banks.
 #define FLASH_T 64                // queries a block owns; keys per tile
 #define FLASH_THREADS 128         // 4 warps, 16 of the 64 rows each
 #define FLASH_MAX_HD 128
@@ -1105,11 +1109,27 @@ __device__ static inline uint32_t bf16_pair(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *(uint32_t *)&v;
 }
-__device__ static inline uint32_t lds_pair(const __nv_bfloat16 *p) { return *(const uint32_t *)p; }
-// The A fragment of rows r .. r + 15, columns k .. k + 15 of a bf16 matrix in shared memory.
-__device__ static inline void frag_a(uint32_t a[4], const __nv_bfloat16 *x, int ld, int r, int k, int g, int c) {
-#pragma unroll
-    for (int i = 0; i < 4; i++) a[i] = lds_pair(x + (r + g + 8 * (i & 1)) * ld + k + 2 * c + 8 * (i >> 1));
+// ldmatrix.x4 loads four 8 x 8 bf16 blocks: lane l gives the shared address of row l % 8 of block
+// l / 8 (8 rows of 16 bytes, anywhere), and register i of lane (g, c) receives row g, columns 2c
+// and 2c + 1 of block i (with .trans: of the block's transpose, i.e. column g, rows 2c and 2c + 1).
+__device__ static inline void ldmatrix_x4(uint32_t r[4], const __nv_bfloat16 *p) {
+    unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+// The A fragment of rows r .. r + 15, columns k .. k + 15 of a row-major bf16 matrix in shared
+// memory: block i is rows r + 8 (i & 1), columns k + 8 (i >> 1), lane l giving row l % 8 of block
+// l / 8; so register i holds row g + 8 (i & 1), columns k + 2c + 8 (i >> 1) and the next, the A
+// layout above.
+__device__ static inline void frag_a(uint32_t a[4], const __nv_bfloat16 *x, int ld, int r, int k, int lane) {
+    ldmatrix_x4(a, x + (r + (lane >> 3 & 1) * 8 + (lane & 7)) * ld + k + (lane >> 4) * 8);
+}
+// The B fragments of columns 8n .. 8n + 15 (two fragments: b[0..1] and b[2..3]) of rows k ..
+// k + 15 of B = x^T, x [n][k] row-major in shared memory (k along x's rows, as K in Q K^T): block
+// i is rows 8 (n + (i >> 1)) of x, columns k + 8 (i & 1), lane l giving row l % 8 of block l / 8;
+// so register i holds B's column g of tile n + (i >> 1), rows 2c + 8 (i & 1) and the next.
+__device__ static inline void frag_b(uint32_t b[4], const __nv_bfloat16 *x, int ld, int k, int n, int lane) {
+    ldmatrix_x4(b, x + ((n + (lane >> 4)) * 8 + (lane & 7)) * ld + k + (lane >> 3 & 1) * 8);
 }
 // C fragments n and n + 1 of a 16-row product, as the A fragment of its columns 8n .. 8n + 15.
 __device__ static inline void frag_a_of_c(uint32_t a[4], const float c0[4], const float c1[4]) {
@@ -1203,15 +1223,18 @@ attention_forward_flash_kernel(float *out, float *lse, const __nv_bfloat16 *q, c
         cp_async_wait<1>();  // this tile's copies are done (the next tile's may still run)
         __syncthreads();
         const __nv_bfloat16 *ks = sm + 2 * u * TILE, *vs = ks + TILE;
-        // S = Q K^T (K's rows are the columns of K^T: a B fragment is a pair along a row of K)
+        // S = Q K^T, 16 keys at a time (K's rows are the columns of K^T, k runs along them: frag_b)
         float s[FLASH_T / 8][4];
 #pragma unroll
-        for (int n = 0; n < FLASH_T / 8; n++) {
+        for (int n = 0; n < FLASH_T / 8; n += 2) {
             s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+            s[n + 1][0] = s[n + 1][1] = s[n + 1][2] = s[n + 1][3] = 0.0f;
 #pragma unroll
             for (int kk = 0; kk < HDP / 16; kk++) {
-                const __nv_bfloat16 *kr = ks + (n * 8 + g) * LD + kk * 16 + 2 * c;
-                mma_16816(s[n], qf[kk], lds_pair(kr), lds_pair(kr + 8));
+                uint32_t bk[4];
+                frag_b(bk, ks, LD, kk * 16, n, lane);
+                mma_16816(s[n], qf[kk], bk[0], bk[1]);
+                mma_16816(s[n + 1], qf[kk], bk[2], bk[3]);
             }
         }
         // the online softmax of the lane's two rows; keys j > t (and past T) masked
@@ -1362,13 +1385,17 @@ attention_backward_flash_kernel(float *dq, float *dk, float *dv, const float *de
 #pragma unroll
         for (int kk = 0; kk < HDP / 16; kk++) {
             uint32_t ka[4], va[4];
-            frag_a(ka, ks, LD, r0, kk * 16, g, c);
-            frag_a(va, vs, LD, r0, kk * 16, g, c);
+            frag_a(ka, ks, LD, r0, kk * 16, lane);
+            frag_a(va, vs, LD, r0, kk * 16, lane);
 #pragma unroll
-            for (int n = 0; n < FLASH_T / 8; n++) {
-                const __nv_bfloat16 *qr = qs + (n * 8 + g) * LD + kk * 16 + 2 * c, *dr = dos + (n * 8 + g) * LD + kk * 16 + 2 * c;
-                mma_16816(st[n], ka, lds_pair(qr), lds_pair(qr + 8));
-                mma_16816(dpt[n], va, lds_pair(dr), lds_pair(dr + 8));
+            for (int n = 0; n < FLASH_T / 8; n += 2) {
+                uint32_t bq[4], bd[4];
+                frag_b(bq, qs, LD, kk * 16, n, lane);
+                frag_b(bd, dos, LD, kk * 16, n, lane);
+                mma_16816(st[n], ka, bq[0], bq[1]);
+                mma_16816(st[n + 1], ka, bq[2], bq[3]);
+                mma_16816(dpt[n], va, bd[0], bd[1]);
+                mma_16816(dpt[n + 1], va, bd[2], bd[3]);
             }
         }
         // P^T and dS^T = P^T (dP^T - Delta), zero where t < j or t >= T; dS also to shared
@@ -1409,7 +1436,7 @@ attention_backward_flash_kernel(float *dq, float *dk, float *dv, const float *de
 #pragma unroll
         for (int kk = 0; kk < FLASH_T / 16; kk++) {
             uint32_t a[4];
-            frag_a(a, dss, FLASH_LDS, r0, kk * 16, g, c);
+            frag_a(a, dss, FLASH_LDS, r0, kk * 16, lane);
 #pragma unroll
             for (int n = 0; n < HDP / 8; n += 2) {
                 uint32_t bk4[4];
