@@ -1089,15 +1089,15 @@ static void attention_backward_gemm(float *dq, float *dk, float *dv, float *S, f
 // shared memory are read by ldmatrix.x4, four 8 x 8 blocks a warp-wide instruction, which hands
 // lane (g, c) row g, columns 2c and 2c + 1 of each block: the pairs of the fragments above. So an
 // operand whose k dimension runs along the rows of its tile (K, V as A in the backward's K Q^T and
-// V dO^T, dS in dS K; K as B in Q K^T, Q and dO in K Q^T and V dO^T) is read as it is, one
-// instruction for an A fragment or two B fragments; one whose k runs down the columns (V in P V,
-// dO and Q in P^T dO and dS^T Q, K in dS K) through ldmatrix .trans, which hands each lane the
-// pairs of the transposed blocks. Tile rows are HDP + 8 bf16 (16 bytes more than a multiple of
+// V dO^T; K as B in Q K^T, Q and dO in K Q^T and V dO^T) is read as it is, one instruction for
+// an A fragment or two B fragments; one whose k runs down the columns (V in P V, dO and Q in P^T
+// dO and dS^T Q, dS^T and K in dS K) through ldmatrix .trans, which hands each lane the pairs of
+// the transposed blocks. Tile rows are HDP + 8 bf16 (16 bytes more than a multiple of
 // 128) apart, so ldmatrix's 8 rows of a block fall in different banks.
 #define FLASH_T 64                // queries a block owns; keys per tile
 #define FLASH_THREADS 128         // 4 warps, 16 of the 64 rows each
 #define FLASH_MAX_HD 128
-#define FLASH_LDS (FLASH_T + 8)   // row stride of dS [64][64] in shared memory, bf16
+#define FLASH_LDS (FLASH_T + 8)   // row stride of dS^T [64][64] in shared memory, bf16
 
 __device__ static inline void mma_16816(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
@@ -1117,6 +1117,11 @@ __device__ static inline void ldmatrix_x4(uint32_t r[4], const __nv_bfloat16 *p)
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
 }
+__device__ static inline void ldmatrix_x4_trans(uint32_t r[4], const __nv_bfloat16 *p) {
+    unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
 // The A fragment of rows r .. r + 15, columns k .. k + 15 of a row-major bf16 matrix in shared
 // memory: block i is rows r + 8 (i & 1), columns k + 8 (i >> 1), lane l giving row l % 8 of block
 // l / 8; so register i holds row g + 8 (i & 1), columns k + 2c + 8 (i >> 1) and the next, the A
@@ -1131,6 +1136,13 @@ __device__ static inline void frag_a(uint32_t a[4], const __nv_bfloat16 *x, int 
 __device__ static inline void frag_b(uint32_t b[4], const __nv_bfloat16 *x, int ld, int k, int n, int lane) {
     ldmatrix_x4(b, x + ((n + (lane >> 4)) * 8 + (lane & 7)) * ld + k + (lane >> 3 & 1) * 8);
 }
+// The A fragment of rows r .. r + 15, columns k .. k + 15 of A = x^T, x [k][r] row-major in
+// shared memory (k down A's columns, as dS^T stored [key][query] for dS K): ldmatrix.x4.trans,
+// block i is rows k + 8 (i >> 1) of x, columns r + 8 (i & 1), lane l giving row l % 8 of block
+// l / 8; so register i holds A's row g + 8 (i & 1), columns k + 2c + 8 (i >> 1) and the next.
+__device__ static inline void frag_a_trans(uint32_t a[4], const __nv_bfloat16 *x, int ld, int r, int k, int lane) {
+    ldmatrix_x4_trans(a, x + (k + (lane >> 4) * 8 + (lane & 7)) * ld + r + (lane >> 3 & 1) * 8);
+}
 // C fragments n and n + 1 of a 16-row product, as the A fragment of its columns 8n .. 8n + 15.
 __device__ static inline void frag_a_of_c(uint32_t a[4], const float c0[4], const float c1[4]) {
     a[0] = bf16_pair(c0[0], c0[1]);
@@ -1142,10 +1154,7 @@ __device__ static inline void frag_a_of_c(uint32_t a[4], const float c0[4], cons
 // k + 15 of a row-major bf16 matrix x [k][n] in shared memory: ldmatrix.x4.trans, lane l giving
 // the address of row l % 8 of block l / 8 (blocks: rows k and k + 8, columns 8n and 8n + 8).
 __device__ static inline void frag_b_trans(uint32_t b[4], const __nv_bfloat16 *x, int ld, int k, int n, int lane) {
-    const __nv_bfloat16 *p = x + (k + (lane >> 3 & 1) * 8 + (lane & 7)) * ld + (n + (lane >> 4)) * 8;
-    unsigned a = (unsigned)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3]) : "r"(a));
+    ldmatrix_x4_trans(b, x + (k + (lane >> 3 & 1) * 8 + (lane & 7)) * ld + (n + (lane >> 4)) * 8);
 }
 
 // cp.async: 16 bytes global -> shared without passing through registers; commit closes a group
@@ -1159,7 +1168,7 @@ template <int N>
 __device__ static inline void cp_async_wait(void) { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 // Shared memory of the forward: K and V [64][HDP + 8], twice (double buffering); of the backward:
-// K, V, then Q, dO twice, as [64][HDP + 8], dS [64][64 + 8], and lse and Delta of 64 queries
+// K, V, then Q, dO twice, as [64][HDP + 8], dS^T [64][64 + 8], and lse and Delta of 64 queries
 // twice. Every part is a multiple of 16 bytes.
 __host__ __device__ static size_t flash_forward_smem(int hdp) { return (size_t)4 * FLASH_T * (hdp + 8) * 2; }
 __host__ __device__ static size_t flash_backward_smem(int hdp) {
@@ -1336,7 +1345,7 @@ __device__ static void flash_stage_queries(__nv_bfloat16 *qs, __nv_bfloat16 *dos
 // queries each), from which P^T and dS^T are made in place and used as the A fragments of
 // dV += P^T dO and dK += dS^T Q; it keeps its dK and dV accumulators (HDP / 8 of 8 dims each)
 // over the whole walk, so with GQA the heads of a group add to them in turn, no atomics. The dQ
-// of a query tile needs every warp's keys: the warps write dS (as [query][key]) to shared
+// of a query tile needs every warp's keys: the warps write dS^T (as [key][query]) to shared
 // memory, and after a barrier warp w takes queries q0 + 16 w .. + 15, dQ = dS K over the block's
 // 64 keys, and adds them to dq with atomicAdd, since the blocks of other key tiles add to the
 // same rows.
@@ -1398,25 +1407,36 @@ attention_backward_flash_kernel(float *dq, float *dk, float *dv, const float *de
                 mma_16816(dpt[n + 1], va, bd[2], bd[3]);
             }
         }
-        // P^T and dS^T = P^T (dP^T - Delta), zero where t < j or t >= T; dS also to shared
-        // memory as [query][key]
+        // P^T and dS^T = P^T (dP^T - Delta), zero where t < j or t >= T, kept as the bf16 pairs
+        // that the A fragments below take (frag_a_of_c's packing: pp[n][h] and ds[n][h] hold row
+        // g + 8h of tile n), so that the fp32 st and dpt are dead after this loop; dS^T also to
+        // shared memory as [key][query], a pair one word. The lane's elements of tile n are
+        // queries 8n + 2c and the next (e & 1), whose lse and Delta it reads as one pair each.
+        uint32_t pp[FLASH_T / 8][2], ds[FLASH_T / 8][2];
 #pragma unroll
-        for (int n = 0; n < FLASH_T / 8; n++)
+        for (int n = 0; n < FLASH_T / 8; n++) {
+            int tt = n * 8 + 2 * c;
+            float2 l2 = *(const float2 *)(lse2 + tt), d2 = *(const float2 *)(dl + tt);
+            float p[4], d[4];
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                int jj = r0 + g + 8 * (e >> 1), tt = n * 8 + 2 * c + (e & 1), j = j0 + jj, t = q0 + tt;
-                float p = t >= j && t < T ? exp2f(st[n][e] * scale2 - lse2[tt]) : 0.0f;
-                st[n][e] = p;
-                dpt[n][e] = p * (dpt[n][e] - dl[tt]);
-                dss[tt * FLASH_LDS + jj] = __float2bfloat16_rn(dpt[n][e]);
+                int j = j0 + r0 + g + 8 * (e >> 1), t = q0 + tt + (e & 1);
+                p[e] = t >= j && t < T ? exp2f(st[n][e] * scale2 - (e & 1 ? l2.y : l2.x)) : 0.0f;
+                d[e] = p[e] * (dpt[n][e] - (e & 1 ? d2.y : d2.x));
             }
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                pp[n][h] = bf16_pair(p[2 * h], p[2 * h + 1]);
+                ds[n][h] = bf16_pair(d[2 * h], d[2 * h + 1]);
+                *(uint32_t *)(dss + (r0 + g + 8 * h) * FLASH_LDS + tt) = ds[n][h];
+            }
+        }
         // dV += P^T dO and dK += dS^T Q (times scale at the end), 16 queries at a time (k runs
         // down dO's and Q's columns: ldmatrix .trans)
 #pragma unroll
         for (int kk = 0; kk < FLASH_T / 16; kk++) {
-            uint32_t pa[4], da[4];
-            frag_a_of_c(pa, st[2 * kk], st[2 * kk + 1]);
-            frag_a_of_c(da, dpt[2 * kk], dpt[2 * kk + 1]);
+            uint32_t pa[4] = {pp[2 * kk][0], pp[2 * kk][1], pp[2 * kk + 1][0], pp[2 * kk + 1][1]};
+            uint32_t da[4] = {ds[2 * kk][0], ds[2 * kk][1], ds[2 * kk + 1][0], ds[2 * kk + 1][1]};
 #pragma unroll
             for (int n = 0; n < HDP / 8; n += 2) {
                 uint32_t bo[4], bq[4];
@@ -1429,14 +1449,15 @@ attention_backward_flash_kernel(float *dq, float *dk, float *dv, const float *de
             }
         }
         __syncthreads();  // every warp's part of dS is written
-        // dQ of the warp's 16 queries = scale dS K, over the block's 64 keys
+        // dQ of the warp's 16 queries = scale dS K, over the block's 64 keys (k runs down the
+        // columns of dS^T and of K: ldmatrix .trans for both)
         float dqf[HDP / 8][4];
 #pragma unroll
         for (int n = 0; n < HDP / 8; n++) dqf[n][0] = dqf[n][1] = dqf[n][2] = dqf[n][3] = 0.0f;
 #pragma unroll
         for (int kk = 0; kk < FLASH_T / 16; kk++) {
             uint32_t a[4];
-            frag_a(a, dss, FLASH_LDS, r0, kk * 16, lane);
+            frag_a_trans(a, dss, FLASH_LDS, r0, kk * 16, lane);
 #pragma unroll
             for (int n = 0; n < HDP / 8; n += 2) {
                 uint32_t bk4[4];
