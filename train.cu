@@ -1363,6 +1363,7 @@ attention_backward_flash_kernel(float *dq, float *dk, float *dv, const float *de
     int lane = threadIdx.x % 32, r0 = threadIdx.x / 32 * 16, g = lane / 4, c = lane % 4;
     int nq = (T - j0 + FLASH_T - 1) / FLASH_T;  // query tiles q0 = j0, j0 + 64, .. of every head of the group
     float scale = 1.0f / sqrtf((float)hd), scale2 = 1.4426950408889634f * scale;
+    int full2 = hd == HDP && (uintptr_t)dq % 8 == 0;  // no padded dims, dq's pairs (t, 2i) 8-byte aligned
     flash_stage(ks, LD, HDP, k, b, j0, T, KV, kvh, hd, vec);
     flash_stage(vs, LD, HDP, v, b, j0, T, KV, kvh, hd, vec);
     flash_stage_queries(qd, qd + TILE, ld2, ld2 + FLASH_T, q, dout, lse, delta, HDP, b, kvh * group, j0, T, H, hd, vec);
@@ -1466,13 +1467,25 @@ attention_backward_flash_kernel(float *dq, float *dk, float *dv, const float *de
                 mma_16816(dqf[n + 1], a, bk4[2], bk4[3]);
             }
         }
+        // to dq, the lane's two rows t one address each; its dims d = 8n + 2c and d + 1 as one
+        // 8-byte atomic where every dim is real and the pairs aligned (full2), one by one else
 #pragma unroll
-        for (int n = 0; n < HDP / 8; n++)
+        for (int r = 0; r < 2; r++) {
+            int t = q0 + r0 + g + 8 * r;
+            if (t >= T) continue;
+            float *row = dq + (((int64_t)b * T + t) * H + h) * hd + 2 * c;
+            if (full2) {
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int t = q0 + r0 + g + 8 * (e >> 1), d = n * 8 + 2 * c + (e & 1);
-                if (t < T && d < hd) atomicAdd(dq + (((int64_t)b * T + t) * H + h) * hd + d, scale * dqf[n][e]);
+                for (int n = 0; n < HDP / 8; n++)
+                    atomicAdd((float2 *)(row + n * 8), make_float2(scale * dqf[n][2 * r], scale * dqf[n][2 * r + 1]));
+            } else {
+#pragma unroll
+                for (int n = 0; n < HDP / 8; n++) {
+                    if (n * 8 + 2 * c < hd) atomicAdd(row + n * 8, scale * dqf[n][2 * r]);
+                    if (n * 8 + 2 * c + 1 < hd) atomicAdd(row + n * 8 + 1, scale * dqf[n][2 * r + 1]);
+                }
             }
+        }
         __syncthreads();  // every warp is done with this buffer and with dS before they are written again
     }
     // dk, dv of the warp's 16 keys
