@@ -1246,14 +1246,15 @@ attention_forward_flash_kernel(float *out, float *lse, const __nv_bfloat16 *q, c
                 mma_16816(s[n + 1], qf[kk], bk[2], bk[3]);
             }
         }
-        // the online softmax of the lane's two rows; keys j > t (and past T) masked
+        // the online softmax of the lane's two rows; keys j > t masked, which only the diagonal
+        // tile j0 = q0 has (in the others every j < q0 <= t < T), keys past T among them
         float mx[2] = {m[0], m[1]}, corr[2];
 #pragma unroll
         for (int n = 0; n < FLASH_T / 8; n++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                int t = q0 + r0 + g + 8 * (e >> 1), j = j0 + n * 8 + 2 * c + (e & 1);
-                s[n][e] = j <= t && j < T ? s[n][e] * scale2 : -INFINITY;
+                s[n][e] *= scale2;
+                if (j0 == q0 && n * 8 + 2 * c + (e & 1) > r0 + g + 8 * (e >> 1)) s[n][e] = -INFINITY;
                 mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
             }
 #pragma unroll
@@ -1323,7 +1324,8 @@ __global__ static void attention_delta_kernel(float *delta, const float *dout, c
     if (threadIdx.x % 32 == 0) delta[row] = d;
 }
 
-// Q, dO, lse (base 2) and Delta of the query tile q0 of head h into buffer u of the backward.
+// Q, dO, lse (base 2) and Delta of the query tile q0 of head h into buffer u of the backward;
+// past T, zero rows and lse +inf.
 __device__ static void flash_stage_queries(__nv_bfloat16 *qs, __nv_bfloat16 *dos, float *lse2, float *dl,
                                            const __nv_bfloat16 *q, const __nv_bfloat16 *dout, const float *lse,
                                            const float *delta, int hdp, int b, int h, int q0, int T, int H, int hd,
@@ -1333,7 +1335,7 @@ __device__ static void flash_stage_queries(__nv_bfloat16 *qs, __nv_bfloat16 *dos
     for (int e = threadIdx.x; e < FLASH_T; e += blockDim.x) {
         int t = q0 + e;
         int64_t li = ((int64_t)b * H + h) * T + t;
-        lse2[e] = t < T ? lse[li] * 1.4426950408889634f : 0.0f;
+        lse2[e] = t < T ? lse[li] * 1.4426950408889634f : INFINITY;  // p = exp2(x - inf) = 0 past T
         dl[e] = t < T ? delta[li] : 0.0f;
     }
 }
@@ -1408,11 +1410,12 @@ attention_backward_flash_kernel(float *dq, float *dk, float *dv, const float *de
                 mma_16816(dpt[n + 1], va, bd[2], bd[3]);
             }
         }
-        // P^T and dS^T = P^T (dP^T - Delta), zero where t < j or t >= T, kept as the bf16 pairs
-        // that the A fragments below take (frag_a_of_c's packing: pp[n][h] and ds[n][h] hold row
-        // g + 8h of tile n), so that the fp32 st and dpt are dead after this loop; dS^T also to
-        // shared memory as [key][query], a pair one word. The lane's elements of tile n are
-        // queries 8n + 2c and the next (e & 1), whose lse and Delta it reads as one pair each.
+        // P^T and dS^T = P^T (dP^T - Delta), zero where t >= T (lse is +inf there) and where
+        // t < j, which only the diagonal tile q0 = j0 has; kept as the bf16 pairs that the A
+        // fragments below take (frag_a_of_c's packing: pp[n][h] and ds[n][h] hold row g + 8h of
+        // tile n), so that the fp32 st and dpt are dead after this loop; dS^T also to shared
+        // memory as [key][query], a pair one word. The lane's elements of tile n are queries
+        // 8n + 2c and the next (e & 1), whose lse and Delta it reads as one pair each.
         uint32_t pp[FLASH_T / 8][2], ds[FLASH_T / 8][2];
 #pragma unroll
         for (int n = 0; n < FLASH_T / 8; n++) {
@@ -1421,8 +1424,8 @@ attention_backward_flash_kernel(float *dq, float *dk, float *dv, const float *de
             float p[4], d[4];
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                int j = j0 + r0 + g + 8 * (e >> 1), t = q0 + tt + (e & 1);
-                p[e] = t >= j && t < T ? exp2f(st[n][e] * scale2 - (e & 1 ? l2.y : l2.x)) : 0.0f;
+                int jj = r0 + g + 8 * (e >> 1);
+                p[e] = q0 == j0 && tt + (e & 1) < jj ? 0.0f : exp2f(st[n][e] * scale2 - (e & 1 ? l2.y : l2.x));
                 d[e] = p[e] * (dpt[n][e] - (e & 1 ? d2.y : d2.x));
             }
 #pragma unroll
