@@ -1098,6 +1098,12 @@ static void attention_backward_gemm(float *dq, float *dk, float *dv, float *S, f
 #define FLASH_THREADS 128         // 4 warps, 16 of the 64 rows each
 #define FLASH_MAX_HD 128
 #define FLASH_LDS (FLASH_T + 8)   // row stride of dS^T [64][64] in shared memory, bf16
+// Blocks a SM that the kernels of HDP = 64 are compiled for (__launch_bounds__ caps the registers
+// a thread at 64K / (128 threads x blocks)): the forward 4 (128 registers, 4 x 36 KiB of shared
+// memory), the backward 3 (168, 3 x 64 KiB; it needs ~167 as written, 182 before its query tile
+// was split into halves, when 2 blocks, 8 warps, ran a SM). HDP = 128: no minimum (0).
+#define FLASH_FORWARD_BLOCKS 4
+#define FLASH_BACKWARD_BLOCKS 3
 
 __device__ static inline void mma_16816(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
@@ -1197,7 +1203,7 @@ __device__ static void flash_stage(__nv_bfloat16 *tile, int ld, int hdp, const _
 // accumulators (HDP / 8 of 8 dims), and each lane the running max and sum of its two rows. The
 // block shares the K and V tiles, the next pair loading while the warps work on the current one.
 template <int HDP>
-__global__ static void __launch_bounds__(FLASH_THREADS)
+__global__ static void __launch_bounds__(FLASH_THREADS, HDP == 64 ? FLASH_FORWARD_BLOCKS : 0)
 attention_forward_flash_kernel(float *out, float *lse, const __nv_bfloat16 *q, const __nv_bfloat16 *k,
                                const __nv_bfloat16 *v, int B, int T, int H, int KV, int hd, int vec) {
     const int LD = HDP + 8, TILE = FLASH_T * LD;
@@ -1344,15 +1350,15 @@ __device__ static void flash_stage_queries(__nv_bfloat16 *qs, __nv_bfloat16 *dos
 // first key tiles (the most queries) first, and walks every query head of the group and every
 // tile of 64 queries q0 >= j0, the next tile loading while the warps work on the current one.
 // Warp w owns keys j0 + 16 w .. + 15: its fragments of S^T = K Q^T and dP^T = V dO^T (8 of 8
-// queries each), from which P^T and dS^T are made in place and used as the A fragments of
-// dV += P^T dO and dK += dS^T Q; it keeps its dK and dV accumulators (HDP / 8 of 8 dims each)
-// over the whole walk, so with GQA the heads of a group add to them in turn, no atomics. The dQ
-// of a query tile needs every warp's keys: the warps write dS^T (as [key][query]) to shared
-// memory, and after a barrier warp w takes queries q0 + 16 w .. + 15, dQ = dS K over the block's
-// 64 keys, and adds them to dq with atomicAdd, since the blocks of other key tiles add to the
-// same rows.
+// queries each, 4 at a time), from which P^T and dS^T are made in place and used as the A
+// fragments of dV += P^T dO and dK += dS^T Q; it keeps its dK and dV accumulators (HDP / 8 of 8
+// dims each) over the whole walk, so with GQA the heads of a group add to them in turn, no
+// atomics. The dQ of a query tile needs every warp's keys: the warps write dS^T ([key][query]) to
+// shared memory, and after a barrier warp w takes queries q0 + 16 w .. + 15, dQ = dS K over the
+// block's 64 keys, and adds them to dq with atomicAdd, since the blocks of other key tiles add to
+// the same rows.
 template <int HDP>
-__global__ static void __launch_bounds__(FLASH_THREADS)
+__global__ static void __launch_bounds__(FLASH_THREADS, HDP == 64 ? FLASH_BACKWARD_BLOCKS : 0)
 attention_backward_flash_kernel(float *dq, float *dk, float *dv, const float *delta, const __nv_bfloat16 *dout,
                                 const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v,
                                 const float *lse, int B, int T, int H, int KV, int hd, int vec) {
@@ -1388,51 +1394,57 @@ attention_backward_flash_kernel(float *dq, float *dk, float *dv, const float *de
         __syncthreads();
         const __nv_bfloat16 *qs = qd + 2 * u * TILE, *dos = qs + TILE;
         const float *lse2 = ld2 + 2 * u * FLASH_T, *dl = lse2 + FLASH_T;
-        // S^T = K Q^T and dP^T = V dO^T, the warp's 16 keys by 64 queries
-        float st[FLASH_T / 8][4], dpt[FLASH_T / 8][4];
-#pragma unroll
-        for (int n = 0; n < FLASH_T / 8; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) st[n][e] = dpt[n][e] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < HDP / 16; kk++) {
-            uint32_t ka[4], va[4];
-            frag_a(ka, ks, LD, r0, kk * 16, lane);
-            frag_a(va, vs, LD, r0, kk * 16, lane);
-#pragma unroll
-            for (int n = 0; n < FLASH_T / 8; n += 2) {
-                uint32_t bq[4], bd[4];
-                frag_b(bq, qs, LD, kk * 16, n, lane);
-                frag_b(bd, dos, LD, kk * 16, n, lane);
-                mma_16816(st[n], ka, bq[0], bq[1]);
-                mma_16816(st[n + 1], ka, bq[2], bq[3]);
-                mma_16816(dpt[n], va, bd[0], bd[1]);
-                mma_16816(dpt[n + 1], va, bd[2], bd[3]);
-            }
-        }
-        // P^T and dS^T = P^T (dP^T - Delta), zero where t >= T (lse is +inf there) and where
-        // t < j, which only the diagonal tile q0 = j0 has; kept as the bf16 pairs that the A
-        // fragments below take (frag_a_of_c's packing: pp[n][h] and ds[n][h] hold row g + 8h of
-        // tile n), so that the fp32 st and dpt are dead after this loop; dS^T also to shared
-        // memory as [key][query], a pair one word. The lane's elements of tile n are queries
-        // 8n + 2c and the next (e & 1), whose lse and Delta it reads as one pair each.
+        // S^T = K Q^T and dP^T = V dO^T, the warp's 16 keys by 64 queries, in two halves of 32
+        // queries (n0 = 0, 4 of the 8-query column tiles): only one half's fp32 accumulators are
+        // live at a time, the other's already packed to bf16 below, which keeps the kernel within
+        // the registers of 3 blocks a SM (K's and V's A fragments are read once a half).
         uint32_t pp[FLASH_T / 8][2], ds[FLASH_T / 8][2];
 #pragma unroll
-        for (int n = 0; n < FLASH_T / 8; n++) {
-            int tt = n * 8 + 2 * c;
-            float2 l2 = *(const float2 *)(lse2 + tt), d2 = *(const float2 *)(dl + tt);
-            float p[4], d[4];
+        for (int n0 = 0; n0 < FLASH_T / 8; n0 += FLASH_T / 16) {
+            float st[FLASH_T / 16][4], dpt[FLASH_T / 16][4];
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int jj = r0 + g + 8 * (e >> 1);
-                p[e] = q0 == j0 && tt + (e & 1) < jj ? 0.0f : exp2f(st[n][e] * scale2 - (e & 1 ? l2.y : l2.x));
-                d[e] = p[e] * (dpt[n][e] - (e & 1 ? d2.y : d2.x));
+            for (int n = 0; n < FLASH_T / 16; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) st[n][e] = dpt[n][e] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < HDP / 16; kk++) {
+                uint32_t ka[4], va[4];
+                frag_a(ka, ks, LD, r0, kk * 16, lane);
+                frag_a(va, vs, LD, r0, kk * 16, lane);
+#pragma unroll
+                for (int n = 0; n < FLASH_T / 16; n += 2) {
+                    uint32_t bq[4], bd[4];
+                    frag_b(bq, qs, LD, kk * 16, n0 + n, lane);
+                    frag_b(bd, dos, LD, kk * 16, n0 + n, lane);
+                    mma_16816(st[n], ka, bq[0], bq[1]);
+                    mma_16816(st[n + 1], ka, bq[2], bq[3]);
+                    mma_16816(dpt[n], va, bd[0], bd[1]);
+                    mma_16816(dpt[n + 1], va, bd[2], bd[3]);
+                }
             }
+            // P^T and dS^T = P^T (dP^T - Delta), zero where t >= T (lse is +inf there) and where
+            // t < j, which only the diagonal tile q0 = j0 has; kept as the bf16 pairs that the A
+            // fragments below take (frag_a_of_c's packing: pp[n][h] and ds[n][h] hold row g + 8h
+            // of column tile n); dS^T also to shared memory as [key][query], a pair one word. The
+            // lane's elements of tile n are queries 8n + 2c and the next (e & 1), whose lse and
+            // Delta it reads as one pair each.
 #pragma unroll
-            for (int h = 0; h < 2; h++) {
-                pp[n][h] = bf16_pair(p[2 * h], p[2 * h + 1]);
-                ds[n][h] = bf16_pair(d[2 * h], d[2 * h + 1]);
-                *(uint32_t *)(dss + (r0 + g + 8 * h) * FLASH_LDS + tt) = ds[n][h];
+            for (int n = 0; n < FLASH_T / 16; n++) {
+                int tt = (n0 + n) * 8 + 2 * c;
+                float2 l2 = *(const float2 *)(lse2 + tt), d2 = *(const float2 *)(dl + tt);
+                float p[4], d[4];
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int jj = r0 + g + 8 * (e >> 1);
+                    p[e] = q0 == j0 && tt + (e & 1) < jj ? 0.0f : exp2f(st[n][e] * scale2 - (e & 1 ? l2.y : l2.x));
+                    d[e] = p[e] * (dpt[n][e] - (e & 1 ? d2.y : d2.x));
+                }
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    pp[n0 + n][h] = bf16_pair(p[2 * h], p[2 * h + 1]);
+                    ds[n0 + n][h] = bf16_pair(d[2 * h], d[2 * h + 1]);
+                    *(uint32_t *)(dss + (r0 + g + 8 * h) * FLASH_LDS + tt) = ds[n0 + n][h];
+                }
             }
         }
         // dV += P^T dO and dK += dS^T Q (times scale at the end), 16 queries at a time (k runs
