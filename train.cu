@@ -1100,8 +1100,8 @@ static void attention_backward_gemm(float *dq, float *dk, float *dv, float *S, f
 #define FLASH_LDS (FLASH_T + 8)   // row stride of dS^T [64][64] in shared memory, bf16
 // Blocks a SM that the kernels of HDP = 64 are compiled for (__launch_bounds__ caps the registers
 // a thread at 64K / (128 threads x blocks)): the forward 4 (128 registers, 4 x 36 KiB of shared
-// memory), the backward 3 (168, 3 x 64 KiB; it needs ~167 as written, 182 before its query tile
-// was split into halves, when 2 blocks, 8 warps, ran a SM). HDP = 128: no minimum (0).
+// memory), the backward 3 (168 registers, which it fits by computing S^T in halves; 3 x 64 KiB),
+// more warps a SM to hide the latency of shared loads and mma. HDP = 128: no minimum (0).
 #define FLASH_FORWARD_BLOCKS 4
 #define FLASH_BACKWARD_BLOCKS 3
 
@@ -1253,7 +1253,8 @@ attention_forward_flash_kernel(float *out, float *lse, const __nv_bfloat16 *q, c
             }
         }
         // the online softmax of the lane's two rows; keys j > t masked, which only the diagonal
-        // tile j0 = q0 has (in the others every j < q0 <= t < T), keys past T among them
+        // tile j0 = q0 has (in the others every j < q0 <= t), keys past T among them for every
+        // row t < T (rows past T are computed but not written)
         float mx[2] = {m[0], m[1]}, corr[2];
 #pragma unroll
         for (int n = 0; n < FLASH_T / 8; n++)
