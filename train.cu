@@ -1133,15 +1133,25 @@ static void attention_backward_gemm(float *dq, float *dk, float *dv, float *S, f
 //   C, 16 x 8 (4 floats): rows g and g + 8 (element e: row g + 8 (e >> 1)), columns 2c + (e & 1).
 // So every row of a product lives in the 4 lanes of one group (a row's max and sum take two
 // shuffles), and the C fragments of two neighbouring 8-column tiles of S are, packed to bf16,
-// exactly the A fragment of P for the next product: P never leaves the registers. A B operand
-// whose k dimension runs along the rows of its tile in shared memory (K in S = Q K^T) is read as
-// 32-bit pairs; one whose k runs down the columns (V in P V) through ldmatrix .trans, which hands
-// each lane the transposed pairs of four 8 x 8 blocks. Tile rows are HDP + 8 bf16 apart, so the
-// 32 lanes' words, and ldmatrix's 8 rows, fall in different banks.
+// exactly the A fragment of P for the next product: P never leaves the registers. Operands in
+// shared memory are read by ldmatrix.x4, four 8 x 8 blocks a warp-wide instruction, which hands
+// lane (g, c) row g, columns 2c and 2c + 1 of each block: the pairs of the fragments above. So an
+// operand whose k dimension runs along the rows of its tile (K, V as A in the backward's K Q^T and
+// V dO^T; K as B in Q K^T, Q and dO in K Q^T and V dO^T) is read as it is, one instruction for
+// an A fragment or two B fragments; one whose k runs down the columns (V in P V, dO and Q in P^T
+// dO and dS^T Q, dS^T and K in dS K) through ldmatrix .trans, which hands each lane the pairs of
+// the transposed blocks. Tile rows are HDP + 8 bf16 (16 bytes more than a multiple of
+// 128) apart, so ldmatrix's 8 rows of a block fall in different banks.
 #define FLASH_T 64                // queries a block owns; keys per tile
 #define FLASH_THREADS 128         // 4 warps, 16 of the 64 rows each
 #define FLASH_MAX_HD 128
-#define FLASH_LDS (FLASH_T + 8)   // row stride of dS [64][64] in shared memory, bf16
+#define FLASH_LDS (FLASH_T + 8)   // row stride of dS^T [64][64] in shared memory, bf16
+// Blocks a SM that the kernels of HDP = 64 are compiled for (__launch_bounds__ caps the registers
+// a thread at 64K / (128 threads x blocks)): the forward 4 (128 registers, 4 x 36 KiB of shared
+// memory), the backward 3 (168 registers, which it fits by computing S^T in halves; 3 x 64 KiB),
+// more warps a SM to hide the latency of shared loads and mma. HDP = 128: no minimum (0).
+#define FLASH_FORWARD_BLOCKS 4
+#define FLASH_BACKWARD_BLOCKS 3
 
 __device__ static inline void mma_16816(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
@@ -1153,11 +1163,39 @@ __device__ static inline uint32_t bf16_pair(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *(uint32_t *)&v;
 }
-__device__ static inline uint32_t lds_pair(const __nv_bfloat16 *p) { return *(const uint32_t *)p; }
-// The A fragment of rows r .. r + 15, columns k .. k + 15 of a bf16 matrix in shared memory.
-__device__ static inline void frag_a(uint32_t a[4], const __nv_bfloat16 *x, int ld, int r, int k, int g, int c) {
-#pragma unroll
-    for (int i = 0; i < 4; i++) a[i] = lds_pair(x + (r + g + 8 * (i & 1)) * ld + k + 2 * c + 8 * (i >> 1));
+// ldmatrix.x4 loads four 8 x 8 bf16 blocks: lane l gives the shared address of row l % 8 of block
+// l / 8 (8 rows of 16 bytes, anywhere), and register i of lane (g, c) receives row g, columns 2c
+// and 2c + 1 of block i (with .trans: of the block's transpose, i.e. column g, rows 2c and 2c + 1).
+__device__ static inline void ldmatrix_x4(uint32_t r[4], const __nv_bfloat16 *p) {
+    unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+__device__ static inline void ldmatrix_x4_trans(uint32_t r[4], const __nv_bfloat16 *p) {
+    unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+// The A fragment of rows r .. r + 15, columns k .. k + 15 of a row-major bf16 matrix in shared
+// memory: block i is rows r + 8 (i & 1), columns k + 8 (i >> 1), lane l giving row l % 8 of block
+// l / 8; so register i holds row g + 8 (i & 1), columns k + 2c + 8 (i >> 1) and the next, the A
+// layout above.
+__device__ static inline void frag_a(uint32_t a[4], const __nv_bfloat16 *x, int ld, int r, int k, int lane) {
+    ldmatrix_x4(a, x + (r + (lane >> 3 & 1) * 8 + (lane & 7)) * ld + k + (lane >> 4) * 8);
+}
+// The B fragments of columns 8n .. 8n + 15 (two fragments: b[0..1] and b[2..3]) of rows k ..
+// k + 15 of B = x^T, x [n][k] row-major in shared memory (k along x's rows, as K in Q K^T): block
+// i is rows 8 (n + (i >> 1)) of x, columns k + 8 (i & 1), lane l giving row l % 8 of block l / 8;
+// so register i holds B's column g of tile n + (i >> 1), rows 2c + 8 (i & 1) and the next.
+__device__ static inline void frag_b(uint32_t b[4], const __nv_bfloat16 *x, int ld, int k, int n, int lane) {
+    ldmatrix_x4(b, x + ((n + (lane >> 4)) * 8 + (lane & 7)) * ld + k + (lane >> 3 & 1) * 8);
+}
+// The A fragment of rows r .. r + 15, columns k .. k + 15 of A = x^T, x [k][r] row-major in
+// shared memory (k down A's columns, as dS^T stored [key][query] for dS K): ldmatrix.x4.trans,
+// block i is rows k + 8 (i >> 1) of x, columns r + 8 (i & 1), lane l giving row l % 8 of block
+// l / 8; so register i holds A's row g + 8 (i & 1), columns k + 2c + 8 (i >> 1) and the next.
+__device__ static inline void frag_a_trans(uint32_t a[4], const __nv_bfloat16 *x, int ld, int r, int k, int lane) {
+    ldmatrix_x4_trans(a, x + (k + (lane >> 4) * 8 + (lane & 7)) * ld + r + (lane >> 3 & 1) * 8);
 }
 // C fragments n and n + 1 of a 16-row product, as the A fragment of its columns 8n .. 8n + 15.
 __device__ static inline void frag_a_of_c(uint32_t a[4], const float c0[4], const float c1[4]) {
@@ -1170,10 +1208,7 @@ __device__ static inline void frag_a_of_c(uint32_t a[4], const float c0[4], cons
 // k + 15 of a row-major bf16 matrix x [k][n] in shared memory: ldmatrix.x4.trans, lane l giving
 // the address of row l % 8 of block l / 8 (blocks: rows k and k + 8, columns 8n and 8n + 8).
 __device__ static inline void frag_b_trans(uint32_t b[4], const __nv_bfloat16 *x, int ld, int k, int n, int lane) {
-    const __nv_bfloat16 *p = x + (k + (lane >> 3 & 1) * 8 + (lane & 7)) * ld + (n + (lane >> 4)) * 8;
-    unsigned a = (unsigned)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3]) : "r"(a));
+    ldmatrix_x4_trans(b, x + (k + (lane >> 3 & 1) * 8 + (lane & 7)) * ld + (n + (lane >> 4)) * 8);
 }
 
 // cp.async: 16 bytes global -> shared without passing through registers; commit closes a group
@@ -1187,7 +1222,7 @@ template <int N>
 __device__ static inline void cp_async_wait(void) { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 // Shared memory of the forward: K and V [64][HDP + 8], twice (double buffering); of the backward:
-// K, V, then Q, dO twice, as [64][HDP + 8], dS [64][64 + 8], and lse and Delta of 64 queries
+// K, V, then Q, dO twice, as [64][HDP + 8], dS^T [64][64 + 8], and lse and Delta of 64 queries
 // twice. Every part is a multiple of 16 bytes.
 __host__ __device__ static size_t flash_forward_smem(int hdp) { return (size_t)4 * FLASH_T * (hdp + 8) * 2; }
 __host__ __device__ static size_t flash_backward_smem(int hdp) {
@@ -1216,7 +1251,7 @@ __device__ static void flash_stage(__nv_bfloat16 *tile, int ld, int hdp, const _
 // accumulators (HDP / 8 of 8 dims), and each lane the running max and sum of its two rows. The
 // block shares the K and V tiles, the next pair loading while the warps work on the current one.
 template <int HDP, typename Ot>
-__global__ static void __launch_bounds__(FLASH_THREADS)
+__global__ static void __launch_bounds__(FLASH_THREADS, HDP == 64 ? FLASH_FORWARD_BLOCKS : 0)
 attention_forward_flash_kernel(Ot *out, float *lse, const __nv_bfloat16 *q, const __nv_bfloat16 *k,
                                const __nv_bfloat16 *v, int B, int T, int H, int KV, int hd, int vec) {
     const int LD = HDP + 8, TILE = FLASH_T * LD;
@@ -1251,25 +1286,30 @@ attention_forward_flash_kernel(Ot *out, float *lse, const __nv_bfloat16 *q, cons
         cp_async_wait<1>();  // this tile's copies are done (the next tile's may still run)
         __syncthreads();
         const __nv_bfloat16 *ks = sm + 2 * u * TILE, *vs = ks + TILE;
-        // S = Q K^T (K's rows are the columns of K^T: a B fragment is a pair along a row of K)
+        // S = Q K^T, 16 keys at a time (K's rows are the columns of K^T, k runs along them: frag_b)
         float s[FLASH_T / 8][4];
 #pragma unroll
-        for (int n = 0; n < FLASH_T / 8; n++) {
+        for (int n = 0; n < FLASH_T / 8; n += 2) {
             s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+            s[n + 1][0] = s[n + 1][1] = s[n + 1][2] = s[n + 1][3] = 0.0f;
 #pragma unroll
             for (int kk = 0; kk < HDP / 16; kk++) {
-                const __nv_bfloat16 *kr = ks + (n * 8 + g) * LD + kk * 16 + 2 * c;
-                mma_16816(s[n], qf[kk], lds_pair(kr), lds_pair(kr + 8));
+                uint32_t bk[4];
+                frag_b(bk, ks, LD, kk * 16, n, lane);
+                mma_16816(s[n], qf[kk], bk[0], bk[1]);
+                mma_16816(s[n + 1], qf[kk], bk[2], bk[3]);
             }
         }
-        // the online softmax of the lane's two rows; keys j > t (and past T) masked
+        // the online softmax of the lane's two rows; keys j > t masked, which only the diagonal
+        // tile j0 = q0 has (in the others every j < q0 <= t), keys past T among them for every
+        // row t < T (rows past T are computed but not written)
         float mx[2] = {m[0], m[1]}, corr[2];
 #pragma unroll
         for (int n = 0; n < FLASH_T / 8; n++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                int t = q0 + r0 + g + 8 * (e >> 1), j = j0 + n * 8 + 2 * c + (e & 1);
-                s[n][e] = j <= t && j < T ? s[n][e] * scale2 : -INFINITY;
+                s[n][e] *= scale2;
+                if (j0 == q0 && n * 8 + 2 * c + (e & 1) > r0 + g + 8 * (e >> 1)) s[n][e] = -INFINITY;
                 mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
             }
 #pragma unroll
@@ -1339,7 +1379,8 @@ __global__ static void attention_delta_kernel(float *delta, const Ot *dout, cons
     if (threadIdx.x % 32 == 0) delta[row] = d;
 }
 
-// Q, dO, lse (base 2) and Delta of the query tile q0 of head h into buffer u of the backward.
+// Q, dO, lse (base 2) and Delta of the query tile q0 of head h into buffer u of the backward;
+// past T, zero rows and lse +inf.
 __device__ static void flash_stage_queries(__nv_bfloat16 *qs, __nv_bfloat16 *dos, float *lse2, float *dl,
                                            const __nv_bfloat16 *q, const __nv_bfloat16 *dout, const float *lse,
                                            const float *delta, int hdp, int b, int h, int q0, int T, int H, int hd,
@@ -1349,7 +1390,7 @@ __device__ static void flash_stage_queries(__nv_bfloat16 *qs, __nv_bfloat16 *dos
     for (int e = threadIdx.x; e < FLASH_T; e += blockDim.x) {
         int t = q0 + e;
         int64_t li = ((int64_t)b * H + h) * T + t;
-        lse2[e] = t < T ? lse[li] * 1.4426950408889634f : 0.0f;
+        lse2[e] = t < T ? lse[li] * 1.4426950408889634f : INFINITY;  // p = exp2(x - inf) = 0 past T
         dl[e] = t < T ? delta[li] : 0.0f;
     }
 }
@@ -1358,15 +1399,15 @@ __device__ static void flash_stage_queries(__nv_bfloat16 *qs, __nv_bfloat16 *dos
 // first key tiles (the most queries) first, and walks every query head of the group and every
 // tile of 64 queries q0 >= j0, the next tile loading while the warps work on the current one.
 // Warp w owns keys j0 + 16 w .. + 15: its fragments of S^T = K Q^T and dP^T = V dO^T (8 of 8
-// queries each), from which P^T and dS^T are made in place and used as the A fragments of
-// dV += P^T dO and dK += dS^T Q; it keeps its dK and dV accumulators (HDP / 8 of 8 dims each)
-// over the whole walk, so with GQA the heads of a group add to them in turn, no atomics. The dQ
-// of a query tile needs every warp's keys: the warps write dS (as [query][key]) to shared
-// memory, and after a barrier warp w takes queries q0 + 16 w .. + 15, dQ = dS K over the block's
-// 64 keys, and adds them to dq with atomicAdd, since the blocks of other key tiles add to the
-// same rows.
+// queries each, 4 at a time), from which P^T and dS^T are made in place and used as the A
+// fragments of dV += P^T dO and dK += dS^T Q; it keeps its dK and dV accumulators (HDP / 8 of 8
+// dims each) over the whole walk, so with GQA the heads of a group add to them in turn, no
+// atomics. The dQ of a query tile needs every warp's keys: the warps write dS^T ([key][query]) to
+// shared memory, and after a barrier warp w takes queries q0 + 16 w .. + 15, dQ = dS K over the
+// block's 64 keys, and adds them to dq with atomicAdd, since the blocks of other key tiles add to
+// the same rows.
 template <int HDP>
-__global__ static void __launch_bounds__(FLASH_THREADS)
+__global__ static void __launch_bounds__(FLASH_THREADS, HDP == 64 ? FLASH_BACKWARD_BLOCKS : 0)
 attention_backward_flash_kernel(float *dq, float *dk, float *dv, const float *delta, const __nv_bfloat16 *dout,
                                 const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v,
                                 const float *lse, int B, int T, int H, int KV, int hd, int vec) {
@@ -1379,6 +1420,7 @@ attention_backward_flash_kernel(float *dq, float *dk, float *dv, const float *de
     int lane = threadIdx.x % 32, r0 = threadIdx.x / 32 * 16, g = lane / 4, c = lane % 4;
     int nq = (T - j0 + FLASH_T - 1) / FLASH_T;  // query tiles q0 = j0, j0 + 64, .. of every head of the group
     float scale = 1.0f / sqrtf((float)hd), scale2 = 1.4426950408889634f * scale;
+    int full2 = hd == HDP && (uintptr_t)dq % 8 == 0;  // no padded dims, dq's pairs (t, 2i) 8-byte aligned
     flash_stage(ks, LD, HDP, k, b, j0, T, KV, kvh, hd, vec);
     flash_stage(vs, LD, HDP, v, b, j0, T, KV, kvh, hd, vec);
     flash_stage_queries(qd, qd + TILE, ld2, ld2 + FLASH_T, q, dout, lse, delta, HDP, b, kvh * group, j0, T, H, hd, vec);
@@ -1401,43 +1443,65 @@ attention_backward_flash_kernel(float *dq, float *dk, float *dv, const float *de
         __syncthreads();
         const __nv_bfloat16 *qs = qd + 2 * u * TILE, *dos = qs + TILE;
         const float *lse2 = ld2 + 2 * u * FLASH_T, *dl = lse2 + FLASH_T;
-        // S^T = K Q^T and dP^T = V dO^T, the warp's 16 keys by 64 queries
-        float st[FLASH_T / 8][4], dpt[FLASH_T / 8][4];
+        // S^T = K Q^T and dP^T = V dO^T, the warp's 16 keys by 64 queries, in two halves of 32
+        // queries (n0 = 0, 4 of the 8-query column tiles): only one half's fp32 accumulators are
+        // live at a time, the other's already packed to bf16 below, which keeps the kernel within
+        // the registers of 3 blocks a SM (K's and V's A fragments are read once a half).
+        uint32_t pp[FLASH_T / 8][2], ds[FLASH_T / 8][2];
 #pragma unroll
-        for (int n = 0; n < FLASH_T / 8; n++)
+        for (int n0 = 0; n0 < FLASH_T / 8; n0 += FLASH_T / 16) {
+            float st[FLASH_T / 16][4], dpt[FLASH_T / 16][4];
 #pragma unroll
-            for (int e = 0; e < 4; e++) st[n][e] = dpt[n][e] = 0.0f;
+            for (int n = 0; n < FLASH_T / 16; n++)
 #pragma unroll
-        for (int kk = 0; kk < HDP / 16; kk++) {
-            uint32_t ka[4], va[4];
-            frag_a(ka, ks, LD, r0, kk * 16, g, c);
-            frag_a(va, vs, LD, r0, kk * 16, g, c);
+                for (int e = 0; e < 4; e++) st[n][e] = dpt[n][e] = 0.0f;
 #pragma unroll
-            for (int n = 0; n < FLASH_T / 8; n++) {
-                const __nv_bfloat16 *qr = qs + (n * 8 + g) * LD + kk * 16 + 2 * c, *dr = dos + (n * 8 + g) * LD + kk * 16 + 2 * c;
-                mma_16816(st[n], ka, lds_pair(qr), lds_pair(qr + 8));
-                mma_16816(dpt[n], va, lds_pair(dr), lds_pair(dr + 8));
+            for (int kk = 0; kk < HDP / 16; kk++) {
+                uint32_t ka[4], va[4];
+                frag_a(ka, ks, LD, r0, kk * 16, lane);
+                frag_a(va, vs, LD, r0, kk * 16, lane);
+#pragma unroll
+                for (int n = 0; n < FLASH_T / 16; n += 2) {
+                    uint32_t bq[4], bd[4];
+                    frag_b(bq, qs, LD, kk * 16, n0 + n, lane);
+                    frag_b(bd, dos, LD, kk * 16, n0 + n, lane);
+                    mma_16816(st[n], ka, bq[0], bq[1]);
+                    mma_16816(st[n + 1], ka, bq[2], bq[3]);
+                    mma_16816(dpt[n], va, bd[0], bd[1]);
+                    mma_16816(dpt[n + 1], va, bd[2], bd[3]);
+                }
+            }
+            // P^T and dS^T = P^T (dP^T - Delta), zero where t >= T (lse is +inf there) and where
+            // t < j, which only the diagonal tile q0 = j0 has; kept as the bf16 pairs that the A
+            // fragments below take (frag_a_of_c's packing: pp[n][h] and ds[n][h] hold row g + 8h
+            // of column tile n); dS^T also to shared memory as [key][query], a pair one word. The
+            // lane's elements of tile n are queries 8n + 2c and the next (e & 1), whose lse and
+            // Delta it reads as one pair each.
+#pragma unroll
+            for (int n = 0; n < FLASH_T / 16; n++) {
+                int tt = (n0 + n) * 8 + 2 * c;
+                float2 l2 = *(const float2 *)(lse2 + tt), d2 = *(const float2 *)(dl + tt);
+                float p[4], d[4];
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int jj = r0 + g + 8 * (e >> 1);
+                    p[e] = q0 == j0 && tt + (e & 1) < jj ? 0.0f : exp2f(st[n][e] * scale2 - (e & 1 ? l2.y : l2.x));
+                    d[e] = p[e] * (dpt[n][e] - (e & 1 ? d2.y : d2.x));
+                }
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    pp[n0 + n][h] = bf16_pair(p[2 * h], p[2 * h + 1]);
+                    ds[n0 + n][h] = bf16_pair(d[2 * h], d[2 * h + 1]);
+                    *(uint32_t *)(dss + (r0 + g + 8 * h) * FLASH_LDS + tt) = ds[n0 + n][h];
+                }
             }
         }
-        // P^T and dS^T = P^T (dP^T - Delta), zero where t < j or t >= T; dS also to shared
-        // memory as [query][key]
-#pragma unroll
-        for (int n = 0; n < FLASH_T / 8; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int jj = r0 + g + 8 * (e >> 1), tt = n * 8 + 2 * c + (e & 1), j = j0 + jj, t = q0 + tt;
-                float p = t >= j && t < T ? exp2f(st[n][e] * scale2 - lse2[tt]) : 0.0f;
-                st[n][e] = p;
-                dpt[n][e] = p * (dpt[n][e] - dl[tt]);
-                dss[tt * FLASH_LDS + jj] = __float2bfloat16_rn(dpt[n][e]);
-            }
         // dV += P^T dO and dK += dS^T Q (times scale at the end), 16 queries at a time (k runs
         // down dO's and Q's columns: ldmatrix .trans)
 #pragma unroll
         for (int kk = 0; kk < FLASH_T / 16; kk++) {
-            uint32_t pa[4], da[4];
-            frag_a_of_c(pa, st[2 * kk], st[2 * kk + 1]);
-            frag_a_of_c(da, dpt[2 * kk], dpt[2 * kk + 1]);
+            uint32_t pa[4] = {pp[2 * kk][0], pp[2 * kk][1], pp[2 * kk + 1][0], pp[2 * kk + 1][1]};
+            uint32_t da[4] = {ds[2 * kk][0], ds[2 * kk][1], ds[2 * kk + 1][0], ds[2 * kk + 1][1]};
 #pragma unroll
             for (int n = 0; n < HDP / 8; n += 2) {
                 uint32_t bo[4], bq[4];
@@ -1450,14 +1514,15 @@ attention_backward_flash_kernel(float *dq, float *dk, float *dv, const float *de
             }
         }
         __syncthreads();  // every warp's part of dS is written
-        // dQ of the warp's 16 queries = scale dS K, over the block's 64 keys
+        // dQ of the warp's 16 queries = scale dS K, over the block's 64 keys (k runs down the
+        // columns of dS^T and of K: ldmatrix .trans for both)
         float dqf[HDP / 8][4];
 #pragma unroll
         for (int n = 0; n < HDP / 8; n++) dqf[n][0] = dqf[n][1] = dqf[n][2] = dqf[n][3] = 0.0f;
 #pragma unroll
         for (int kk = 0; kk < FLASH_T / 16; kk++) {
             uint32_t a[4];
-            frag_a(a, dss, FLASH_LDS, r0, kk * 16, g, c);
+            frag_a_trans(a, dss, FLASH_LDS, r0, kk * 16, lane);
 #pragma unroll
             for (int n = 0; n < HDP / 8; n += 2) {
                 uint32_t bk4[4];
@@ -1466,13 +1531,25 @@ attention_backward_flash_kernel(float *dq, float *dk, float *dv, const float *de
                 mma_16816(dqf[n + 1], a, bk4[2], bk4[3]);
             }
         }
+        // to dq, the lane's two rows t one address each; its dims d = 8n + 2c and d + 1 as one
+        // 8-byte atomic where every dim is real and the pairs aligned (full2), one by one else
 #pragma unroll
-        for (int n = 0; n < HDP / 8; n++)
+        for (int r = 0; r < 2; r++) {
+            int t = q0 + r0 + g + 8 * r;
+            if (t >= T) continue;
+            float *row = dq + (((int64_t)b * T + t) * H + h) * hd + 2 * c;
+            if (full2) {
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int t = q0 + r0 + g + 8 * (e >> 1), d = n * 8 + 2 * c + (e & 1);
-                if (t < T && d < hd) atomicAdd(dq + (((int64_t)b * T + t) * H + h) * hd + d, scale * dqf[n][e]);
+                for (int n = 0; n < HDP / 8; n++)
+                    atomicAdd((float2 *)(row + n * 8), make_float2(scale * dqf[n][2 * r], scale * dqf[n][2 * r + 1]));
+            } else {
+#pragma unroll
+                for (int n = 0; n < HDP / 8; n++) {
+                    if (n * 8 + 2 * c < hd) atomicAdd(row + n * 8, scale * dqf[n][2 * r]);
+                    if (n * 8 + 2 * c + 1 < hd) atomicAdd(row + n * 8 + 1, scale * dqf[n][2 * r + 1]);
+                }
             }
+        }
         __syncthreads();  // every warp is done with this buffer and with dS before they are written again
     }
     // dk, dv of the warp's 16 keys
