@@ -14,23 +14,17 @@
 # Prints tokens/s, MFU (FLOPs/token = 8N + 16 L T d, N the matmul parameters with the LM head;
 # 989 TFLOP/s dense bf16 peak) and peak GPU memory of each.
 #
-# Measured on one H200 (nvidia-h200), 2026-12-02, STEPS=5, steady-state steps 2-5, late in the day
-# (BENCH_TORCH=0; mma.sync flash attention on bf16 q, k, v; bf16 activations from their producers;
-# the vector quantizer):
-#   train_cu, the defaults         35,364 tok/s   MFU 32.2%   peak 37,687 MiB (cudaMemGetInfo)
-# Earlier the same day, in one run (ATTENTION=flash TORCH_MODES=eager, and ATTENTION=gemm
-# BENCH_TORCH=0 just before it):
-#   train_cu, the defaults (bf16 matmuls, flash attention; the classifier fused with the loss in
-#   chunks; bf16 W^ written by the quantizer; recomputed norms and SwiGLU)
-#                                  24,029 tok/s   MFU 21.9%   peak 38,983 MiB (cudaMemGetInfo)
-#   train_cu --attention gemm      20,532 tok/s   MFU 18.7%   peak 42,055 MiB
-#   PyTorch eager (bf16 autocast, sdpa attention, fused AdamW)
-#                                  30,570 tok/s   peak 42.4 GiB allocated, 44.5 reserved
-#   torch.compile                  not measured: its compile outlasted a 250 s run (2026-12-02)
-# The plan of the default run: activations 16,106 MiB (fp32: next to cut), AdamW m, v 8,393,
-# parameters 4,196, gradients 4,196, the bf16 teacher 2,098, bf16 weights 1,973, codes 924.
-# Earlier (2026-12-01): 22,218 tok/s at 59,911 MiB, with TF32 [T,T] attention, full [B,T,V]
-# logits, fp32 W^ and dW^ copies, and every activation kept.
+# Measured on one H200 (nvidia-h200), 2026-12-02, late, in one run (STEPS=5, steady-state steps
+# 2-5; MICRO=4 just before it):
+#   train_cu, the defaults         38,302 tok/s   MFU 34.9%   peak 32,783 MiB (cudaMemGetInfo)
+#   train_cu, MICRO=4              35,247 tok/s   MFU 32.1%   peak 27,763 MiB
+#   torch.compile (per layer)      53,755 tok/s   29.6 GiB allocated, 30.7 reserved
+#   PyTorch eager                  29,175 tok/s   42.4 GiB allocated, 44.5 reserved
+#   generation: train_cu 4,347 new tokens/s, HF generate 2,038 (another run: 6,456 and 1,904)
+# The plan of the default run: activations 9,962 MiB, AdamW m, v 8,393, parameters 4,196,
+# gradients 4,196, the bf16 teacher 2,098, bf16 weights 1,973, codes 924.
+# Earlier that day: 35,364 tok/s at 37,687 MiB (fp32 gate, up, O); that morning 24,029 at 38,983
+# (PyTorch eager 30,570 then); 2026-12-01: 22,218 tok/s at 59,911 MiB.
 set -u
 cd "$(dirname "$0")/.."
 STEPS=${STEPS:-6}
