@@ -12,9 +12,9 @@
 ok() { printf '  ok    %s\n' "$1"; passes=$((${passes:-0} + 1)); }
 bad() { printf '  FAIL  %s\n' "$1"; fails=$((${fails:-0} + 1)); }
 summary() { echo "${passes:-0} passed, ${fails:-0} failed"; [ "${fails:-0}" -eq 0 ]; }
-add_counts() {  # a script that printed nothing counts as one failure
+add_counts() {  # a script whose last line is not its summary (it printed nothing, or died) counts as one failure
     local p f
-    read -r p f < <(tail -n 1 "$1" | awk '{ print $1, $3 }')
+    read -r p f < <(tail -n 1 "$1" | awk '/^[0-9]+ passed, [0-9]+ failed$/ { print $1, $3 }')
     passes=$((${passes:-0} + ${p:-0})); fails=$((${fails:-0} + ${f:-1}))
 }
 field() { tail -n 1 | sed "s/.*\"$1\": \([0-9.e+-]*\).*/\1/"; }

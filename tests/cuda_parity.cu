@@ -374,7 +374,7 @@ static void test_flash_kernels(int B, int T, int H, int KV, int hd, int misalign
         for (int64_t i = 0; i < n[a]; i++)  // uniform in [-1, 1); q, k times sqrt(3): variance 1
             h[a][i] = ((float)((next_u64() >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f) * (a < 2 ? 1.7320508f : 1.0f);
     }
-    float *base[24];
+    float *base[32];  // 28 buffers: q, k, v, dO, 3 runs x 6, bf16 q, k, v, dO, O, O rounded
     int o = misalign, nb = 0;
     float *q = flash_buf(&base[nb++], h[0], nq, o), *k = flash_buf(&base[nb++], h[1], nk, o),
           *v = flash_buf(&base[nb++], h[2], nk, o), *dout = flash_buf(&base[nb++], h[3], nq, o);
@@ -599,6 +599,7 @@ static void test_bf16_producers(void) {
 }
 
 int main(void) {
+    setvbuf(stdout, NULL, _IOLBF, 0);  // each result line out at once, also into a pipe (a crash loses none)
     gpu_init();
     g_bf16 = 0;
     g_compute = CUBLAS_COMPUTE_32F;
