@@ -738,31 +738,15 @@ static void matmul_backward(float *dx, float *dw, const float *dout, const float
     matmul_backward(act_f(dx), dw, act_f(dout), act_f(x), w, N, I, O);
 }
 
-// --- RoPE (rotate half), in place on x[B,T,NH,hd] -------------------------------------------
-//   x'[i] = x[i] cos - x[i+hd/2] sin,   x'[i+hd/2] = x[i+hd/2] cos + x[i] sin;  backward: sin -> -sin.
-// Thread mapping: one thread per rotated pair (b, t, head, i < hd/2).
-__global__ static void rope_rotate_kernel(float *x, const float *cosv, const float *sinv, int B, int T, int NH, int hd, float sign) {
-    int half = hd / 2;
-    int64_t p = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (p >= (int64_t)B * T * NH * half) return;
-    int i = (int)(p % half);
-    int64_t row = p / half;  // (b, t, head)
-    int t = (int)(row / NH % T);
-    float *v = x + row * hd;
-    float a = v[i], c = v[i + half], cr = cosv[(int64_t)t * half + i], s = sign * sinv[(int64_t)t * half + i];
-    v[i] = a * cr - c * s;
-    v[i + half] = c * cr + a * s;
-}
-static void rope_forward(float *x, const float *cosv, const float *sinv, int B, int T, int NH, int hd) {
-    PROFILE(PROF_OTHER);
-    rope_rotate_kernel<<<blocks_for((int64_t)B * T * NH * (hd / 2), 256), 256>>>(x, cosv, sinv, B, T, NH, hd, 1.0f);
-    launchCheck();
-}
-// --attention flash (forward) and --matmul bf16 (backward): the rotation of x[B,T,NH,hd] into y
-// in bf16 (x unchanged), the values of rope_forward (rope_backward) and cast_bf16 in one pass.
-// Thread mapping: one thread per rotated pair.
-__global__ static void rope_rotate_bf16_kernel(__nv_bfloat16 *y, const float *x, const float *cosv, const float *sinv,
-                                               int B, int T, int NH, int hd, float sign) {
+// --- RoPE (rotate half) of x[B,T,NH,hd], into y ------------------------------------------------
+//   y[i] = x[i] cos - x[i+hd/2] sin,   y[i+hd/2] = x[i+hd/2] cos + x[i] sin;  backward: sin -> -sin.
+// In place (y = x, fp32), or into a bf16 y (Act), the values of the fp32 rotation and cast_bf16 in
+// one pass: --attention flash's q and k (forward), and the bf16 dq, dk their matmuls read
+// (backward, --matmul bf16).
+// Thread mapping: one thread per rotated pair (b, t, head, i < hd/2); it reads both before writing.
+template <typename Yt>
+__global__ static void rope_rotate_kernel(Yt *y, const float *x, const float *cosv, const float *sinv, int B, int T, int NH,
+                                          int hd, float sign) {
     int half = hd / 2;
     int64_t p = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (p >= (int64_t)B * T * NH * half) return;
@@ -771,23 +755,26 @@ __global__ static void rope_rotate_bf16_kernel(__nv_bfloat16 *y, const float *x,
     int t = (int)(row / NH % T);
     const float *v = x + row * hd;
     float a = v[i], c = v[i + half], cr = cosv[(int64_t)t * half + i], s = sign * sinv[(int64_t)t * half + i];
-    y[row * hd + i] = __float2bfloat16_rn(a * cr - c * s);
-    y[row * hd + i + half] = __float2bfloat16_rn(c * cr + a * s);
+    store_w(&y[row * hd + i], a * cr - c * s);
+    store_w(&y[row * hd + i + half], c * cr + a * s);
+}
+template <typename Yt>
+static void rope_rotate(Yt *y, const float *x, const float *cosv, const float *sinv, int B, int T, int NH, int hd, float sign) {
+    PROFILE(PROF_OTHER);
+    rope_rotate_kernel<<<blocks_for((int64_t)B * T * NH * (hd / 2), 256), 256>>>(y, x, cosv, sinv, B, T, NH, hd, sign);
+    launchCheck();
+}
+static void rope_forward(float *x, const float *cosv, const float *sinv, int B, int T, int NH, int hd) {
+    rope_rotate(x, x, cosv, sinv, B, T, NH, hd, 1.0f);
 }
 static void rope_forward_bf16(__nv_bfloat16 *y, const float *x, const float *cosv, const float *sinv, int B, int T, int NH, int hd) {
-    PROFILE(PROF_OTHER);
-    rope_rotate_bf16_kernel<<<blocks_for((int64_t)B * T * NH * (hd / 2), 256), 256>>>(y, x, cosv, sinv, B, T, NH, hd, 1.0f);
-    launchCheck();
-}
-static void rope_backward_bf16(__nv_bfloat16 *y, const float *dx, const float *cosv, const float *sinv, int B, int T, int NH, int hd) {
-    PROFILE(PROF_OTHER);
-    rope_rotate_bf16_kernel<<<blocks_for((int64_t)B * T * NH * (hd / 2), 256), 256>>>(y, dx, cosv, sinv, B, T, NH, hd, -1.0f);
-    launchCheck();
+    rope_rotate(y, x, cosv, sinv, B, T, NH, hd, 1.0f);
 }
 static void rope_backward(float *dx, const float *cosv, const float *sinv, int B, int T, int NH, int hd) {
-    PROFILE(PROF_OTHER);
-    rope_rotate_kernel<<<blocks_for((int64_t)B * T * NH * (hd / 2), 256), 256>>>(dx, cosv, sinv, B, T, NH, hd, -1.0f);
-    launchCheck();
+    rope_rotate(dx, dx, cosv, sinv, B, T, NH, hd, -1.0f);
+}
+static void rope_backward_bf16(__nv_bfloat16 *y, const float *dx, const float *cosv, const float *sinv, int B, int T, int NH, int hd) {
+    rope_rotate(y, dx, cosv, sinv, B, T, NH, hd, -1.0f);
 }
 
 // --- causal grouped-query attention ----------------------------------------------------------
