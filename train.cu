@@ -234,7 +234,8 @@ static void carve(const Model *m, float *base, float *ptrs[N_TENSORS]) {
 
 static void model_quant_setup(Model *m);
 static int64_t dp_padded(int64_t n);
-static void dp_alloc_training(Model *m);
+static int64_t dp_shard(const Model *m);
+static void dp_report_shard(const Model *m);
 static void cast_bf16(__nv_bfloat16 *y, const float *x, int64_t n);
 
 static int64_t tensor_numel(const Model *m, int t) { return m->slice[t] * (m->h->per_layer[t] ? m->h->n_layers : 1); }
@@ -332,16 +333,19 @@ static void model_setup_teacher(Model *m, HostModel *h) {
 
 static void model_alloc_training(Model *m) {
     if (m->grads) return;
+    // under ZeRO-1 (section 11): gradients over the padded buffer (the padding stays zero), AdamW
+    // m and v of this rank's shard alone, not carved by the table (a shard cuts across tensors)
+    size_t ng = (size_t)dp_padded(m->n_params) * sizeof(float), ns = (size_t)(g_dp.on ? dp_shard(m) : m->n_params) * sizeof(float);
+    const char *mv = g_dp.on ? "AdamW m, v (ZeRO-1 shard)" : "AdamW m, v";
+    m->grads = (float *)gpu_malloc(ng, "gradients");
+    m->adam_m = (float *)gpu_malloc(ns, mv);
+    m->adam_v = (float *)gpu_malloc(ns, mv);
+    cudaCheck(cudaMemset(m->grads, 0, ng));
+    cudaCheck(cudaMemset(m->adam_m, 0, ns));
+    cudaCheck(cudaMemset(m->adam_v, 0, ns));
     if (g_dp.on) {
-        dp_alloc_training(m);  // ZeRO-1: AdamW state of this rank's shard alone
+        dp_report_shard(m);
     } else {
-        size_t n = (size_t)m->n_params * sizeof(float);
-        m->grads = (float *)gpu_malloc(n, "gradients");
-        m->adam_m = (float *)gpu_malloc(n, "AdamW m, v");
-        m->adam_v = (float *)gpu_malloc(n, "AdamW m, v");
-        cudaCheck(cudaMemset(m->grads, 0, n));
-        cudaCheck(cudaMemset(m->adam_m, 0, n));
-        cudaCheck(cudaMemset(m->adam_v, 0, n));
         carve(m, m->adam_m, m->m_t);
         carve(m, m->adam_v, m->v_t);
     }
@@ -452,7 +456,8 @@ static void model_alloc_acts(Model *m, int B, int T, int training) {
     m->targets = (int *)gpu_malloc((size_t)BT * sizeof(int), "activations");
     m->rows = (double *)gpu_malloc((size_t)BT * sizeof(double), "activations");
     if (g_bf16) {  // the bf16 casts of a matmul's input [BT, I] and output gradient [BT, O], or [R, V] of a loss chunk;
-                   // the inputs cast are the attention output and xnf (the others are stored in bf16), so I = max(D, Hq)
+                   // the inputs cast are xnf and, but under flash, the attention output (the others are stored in bf16),
+                   // so I = max(D, Hq); the output gradients, dres and the loss chunk's dz
         int64_t O = D > F ? D : F, R = head_chunk_rows((int)BT, (int)V);
         O = BT * (O > Hq ? O : Hq);
         bf16_scratch_reserve(BT * (D > Hq ? D : Hq), training ? (O > R * V ? O : R * V) : 0);
@@ -656,8 +661,8 @@ static void rmsnorm_backward(float *dx, float *dw, const float *dy, const float 
 // cuBLAS is column-major: a row-major [R,C] matrix is its column-major transpose [C,R], so
 //   out^T[O,N] = W[O,I] x^T[I,N],   dx^T[I,N] += W^T[I,O] dout^T[O,N],   dW^T[I,O] += x^T[I,N] dout[N,O].
 // Under --matmul bf16 both operands are bf16 (the weight's copy; the other as its producer wrote
-// it, an Act, or cast just before the call) and the products accumulate in fp32 into the fp32
-// output: C = A B + beta C.
+// it, an Act, or cast just before the call) and the products accumulate in fp32 into the output:
+// fp32, C = A B + beta C, or, for the activations kept in bf16 alone (act_bf16), bf16 written once.
 static void gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float *A, int lda,
                  const float *B, int ldb, float beta, float *C, int ldc) {
     const float alpha = 1.0f;
@@ -1197,6 +1202,18 @@ __device__ static inline void frag_a_of_c(uint32_t a[4], const float c0[4], cons
 __device__ static inline void frag_b_trans(uint32_t b[4], const __nv_bfloat16 *x, int ld, int k, int n, int lane) {
     ldmatrix_x4_trans(b, x + (k + (lane >> 3 & 1) * 8 + (lane & 7)) * ld + (n + (lane >> 4)) * 8);
 }
+// acc[HDP / 8] (16 rows x HDP columns of C fragments) += A B, A a 16 x 16 fragment, B rows k ..
+// k + 15 of a row-major [.][HDP] matrix in shared memory (O += P V, dQ += dS K).
+template <int HDP>
+__device__ static inline void mma_a_rows(float acc[][4], const uint32_t a[4], const __nv_bfloat16 *b, int ld, int k, int lane) {
+#pragma unroll
+    for (int n = 0; n < HDP / 8; n += 2) {
+        uint32_t bf[4];
+        frag_b_trans(bf, b, ld, k, n, lane);
+        mma_16816(acc[n], a, bf[0], bf[1]);
+        mma_16816(acc[n + 1], a, bf[2], bf[3]);
+    }
+}
 
 // cp.async: 16 bytes global -> shared without passing through registers; commit closes a group
 // of copies, wait<n> waits until at most n groups are in flight.
@@ -1325,13 +1342,7 @@ attention_forward_flash_kernel(Ot *out, float *lse, const __nv_bfloat16 *q, cons
         for (int kk = 0; kk < FLASH_T / 16; kk++) {
             uint32_t pa[4];
             frag_a_of_c(pa, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-            for (int n = 0; n < HDP / 8; n += 2) {
-                uint32_t bv[4];
-                frag_b_trans(bv, vs, LD, kk * 16, n, lane);
-                mma_16816(o[n], pa, bv[0], bv[1]);
-                mma_16816(o[n + 1], pa, bv[2], bv[3]);
-            }
+            mma_a_rows<HDP>(o, pa, vs, LD, kk * 16, lane);
         }
         __syncthreads();  // every warp is done with this buffer before it is loaded again
     }
@@ -1510,13 +1521,7 @@ attention_backward_flash_kernel(float *dq, float *dk, float *dv, const float *de
         for (int kk = 0; kk < FLASH_T / 16; kk++) {
             uint32_t a[4];
             frag_a_trans(a, dss, FLASH_LDS, r0, kk * 16, lane);
-#pragma unroll
-            for (int n = 0; n < HDP / 8; n += 2) {
-                uint32_t bk4[4];
-                frag_b_trans(bk4, ks, LD, kk * 16, n, lane);
-                mma_16816(dqf[n], a, bk4[0], bk4[1]);
-                mma_16816(dqf[n + 1], a, bk4[2], bk4[3]);
-            }
+            mma_a_rows<HDP>(dqf, a, ks, LD, kk * 16, lane);
         }
         // to dq, the lane's two rows t one address each; its dims d = 8n + 2c and d + 1 as one
         // 8-byte atomic where every dim is real and the pairs aligned (full2), one by one else
@@ -1610,10 +1615,10 @@ static void attention_backward_flash(float *dq, float *dk, float *dv, float *del
 }
 
 // --- SwiGLU: h[N,F] = silu(g) * u ----------------------------------------------------------
-// Thread mapping (both): one thread per element. Every operand fp32, or (--matmul bf16, Act)
-// bf16: h, g, u, and backward dh, dg, du; the arithmetic is fp32 either way.
-template <typename Ht, typename Gt>
-__global__ static void swiglu_forward_kernel(Ht *h, const Gt *g, const Gt *u, int64_t n) {
+// Thread mapping (both): one thread per element. The operands are all fp32, or all bf16
+// (--matmul bf16: act_bf16 keeps h, g, u and backward dh, dg, du alike); the arithmetic is fp32.
+template <typename T>
+__global__ static void swiglu_forward_kernel(T *h, const T *g, const T *u, int64_t n) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     float gi = to_float(g[i]);
@@ -1621,11 +1626,9 @@ __global__ static void swiglu_forward_kernel(Ht *h, const Gt *g, const Gt *u, in
 }
 static void swiglu_forward(Act h, Act g, Act u, int64_t n) {
     PROFILE(PROF_OTHER);
-    int blocks = blocks_for(n, 256);
-    if (g.h && h.h) swiglu_forward_kernel<<<blocks, 256>>>(h.h, g.h, u.h, n);
-    else if (g.h) swiglu_forward_kernel<<<blocks, 256>>>(h.f, g.h, u.h, n);
-    else if (h.h) swiglu_forward_kernel<<<blocks, 256>>>(h.h, g.f, u.f, n);
-    else swiglu_forward_kernel<<<blocks, 256>>>(h.f, g.f, u.f, n);
+    if (!h.h != !g.h || !g.h != !u.h) fail("internal: swiglu_forward's operands in different precisions");
+    if (g.h) swiglu_forward_kernel<<<blocks_for(n, 256), 256>>>(h.h, g.h, u.h, n);
+    else swiglu_forward_kernel<<<blocks_for(n, 256), 256>>>(h.f, g.f, u.f, n);
     launchCheck();
 }
 // dg += dh * u * sigmoid(g) * (1 + g * (1 - sigmoid(g))),   du += dh * silu(g).
@@ -1644,11 +1647,10 @@ static void swiglu_backward(float *dg, float *du, const float *dh, const float *
 // --matmul bf16: dg and du are read by the gate and up matmuls alone, so they are written in
 // bf16 (no fp32 copy, no zeroing): the EXCEPTION to the layers' += rule. Each value is that of
 // the += into zeroed buffers it replaces, 0 + dg (-0 becomes +0), then rounded as cast_bf16.
-// dh, g, u: fp32, or bf16 as the matmuls wrote them.
+// dh, g, u: bf16 as their matmuls wrote them.
 // Thread mapping: one thread per element.
-template <typename Gt>
-__global__ static void swiglu_backward_bf16_kernel(__nv_bfloat16 *dg, __nv_bfloat16 *du, const Gt *dh, const Gt *g,
-                                                   const Gt *u, int64_t n) {
+__global__ static void swiglu_backward_bf16_kernel(__nv_bfloat16 *dg, __nv_bfloat16 *du, const __nv_bfloat16 *dh,
+                                                   const __nv_bfloat16 *g, const __nv_bfloat16 *u, int64_t n) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     float gi = to_float(g[i]), dhi = to_float(dh[i]), sg = 1.0f / (1.0f + expf(-gi));
@@ -1658,8 +1660,8 @@ __global__ static void swiglu_backward_bf16_kernel(__nv_bfloat16 *dg, __nv_bfloa
 static void swiglu_backward(Act dg, Act du, Act dh, Act g, Act u, int64_t n) {
     if (!dg.h) { swiglu_backward(dg.f, du.f, dh.f, g.f, u.f, n); return; }
     PROFILE(PROF_OTHER);
-    if (g.h) swiglu_backward_bf16_kernel<<<blocks_for(n, 256), 256>>>(dg.h, du.h, dh.h, g.h, u.h, n);
-    else swiglu_backward_bf16_kernel<<<blocks_for(n, 256), 256>>>(dg.h, du.h, dh.f, g.f, u.f, n);
+    if (!du.h || !dh.h || !g.h || !u.h) fail("internal: swiglu_backward's operands in different precisions");
+    swiglu_backward_bf16_kernel<<<blocks_for(n, 256), 256>>>(dg.h, du.h, dh.h, g.h, u.h, n);
     launchCheck();
 }
 
@@ -1806,6 +1808,20 @@ static void zero_act(Model *m, int a, int64_t n) { cudaCheck(cudaMemsetAsync(m->
 
 static void model_quant_backward(Model *m);
 
+// dq or dk (activation a, NH heads of the batch) rotated back by RoPE, as the output gradient its
+// matmul reads: in place in fp32, or under bf16 straight into the bf16 cast scratch g_bf_d, the
+// values of rope_backward and the cast matmul_backward would make, in one pass.
+static Act rope_backward_operand(Model *m, int a, int NH) {
+    int hd = m->h->head_dim;
+    if (!g_bf16) {
+        rope_backward(m->act[a], m->rope_cos, m->rope_sin, m->B, m->T, NH, hd);
+        return act_f(m->act[a]);
+    }
+    Act d = {NULL, bf16_scratch(&g_bf_d, &g_bf_d_n, (int64_t)m->B * m->T * NH * hd)};
+    rope_backward_bf16(d.h, m->act[a], m->rope_cos, m->rope_sin, m->B, m->T, NH, hd);
+    return d;
+}
+
 // Backward of the last forward below the classifier, given dL/dxnf in act[A_DXN] (head_loss
 // leaves it there, with the classifier's own gradient already added).
 static void model_backward_from_dxnf(Model *m) {
@@ -1858,22 +1874,13 @@ static void model_backward_from_dxnf(Model *m) {
         else
             attention_backward(m->act[A_DQ], m->act[A_DK], m->act[A_DV], m->act[A_DELTA], datt.f,
                                q, k, v, att.f, act_l(m, A_LSE, l), B, T, H, KV, hd);
-        // dq, dk rotated back; under bf16 straight into the bf16 operand of their matmuls (g_bf_d),
-        // the values of rope_backward and the cast matmul_backward would make
-        Act dq = act_f(m->act[A_DQ]), dk = act_f(m->act[A_DK]);
         rmsnorm_forward(xn1, act_l(m, A_RSTD1, l), x, layer_tensor(m->fwd_t, m, T_ATTN_NORM, l), N, D, c->rms_norm_eps);
         zero_act(m, A_DXN, (int64_t)N * D);
-        if (g_bf16) {
-            dq = {NULL, bf16_scratch(&g_bf_d, &g_bf_d_n, (int64_t)N * Hq)};
-            rope_backward_bf16(dq.h, m->act[A_DQ], m->rope_cos, m->rope_sin, B, T, H, hd);
-        } else rope_backward(dq.f, m->rope_cos, m->rope_sin, B, T, H, hd);
-        matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WQ, l), dq, xn1,
+        // dq, then dk, rotated back as their matmuls' operand (both through g_bf_d under bf16:
+        // stream order puts dk's rotation after dq's matmuls)
+        matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WQ, l), rope_backward_operand(m, A_DQ, H), xn1,
                         weight(m, T_WQ, l), N, D, Hq);
-        if (g_bf16) {  // g_bf_d again: stream order puts this after the dq matmuls
-            dk = {NULL, bf16_scratch(&g_bf_d, &g_bf_d_n, (int64_t)N * Hkv)};
-            rope_backward_bf16(dk.h, m->act[A_DK], m->rope_cos, m->rope_sin, B, T, KV, hd);
-        } else rope_backward(dk.f, m->rope_cos, m->rope_sin, B, T, KV, hd);
-        matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WK, l), dk, xn1,
+        matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WK, l), rope_backward_operand(m, A_DK, KV), xn1,
                         weight(m, T_WK, l), N, D, Hkv);
         matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WV, l), m->act[A_DV], xn1,
                         weight(m, T_WV, l), N, D, Hkv);
@@ -1956,6 +1963,32 @@ __device__ static inline int write_code(uint8_t *c, int q, int count) {
     return flipped;
 }
 
+// int and nf, the per-group steps the two kernels below share: the scales from the lanes'
+// partial min and max (the warp's min and max, exact in any order, then int_asym_params, or nf's
+// extremes), each weight's code and value, and lane 0's record of the group (scales, NaN or Inf,
+// flips).
+__device__ static inline void group_scales(float *a, float *b, float mn, float mx, int method, int bits) {
+    mx = warp_max(mx);
+    mn = -warp_max(-mn);
+    if (method == QUANT_INT) int_asym_params(a, b, mn, mx, bits);
+    else { *a = fabsf(mx); *b = fabsf(mn); }
+}
+__device__ static inline int group_code(float w, float a, float b, int method, int bits, float *value) {
+    int q = method == QUANT_INT ? int_asym_code(w, a, b, bits) : nf_asym_code(w, a, b, bits);
+    *value = method == QUANT_INT ? int_asym_value(q, a, b) : nf_asym_value(q, a, b, bits);
+    return q;
+}
+__device__ static inline void group_finish(float *p0, float *p1, int *bad, unsigned long long *flips, int64_t k, float a,
+                                           float b, int ok, int f) {
+    f = (int)warp_sum((float)f);  // at most g <= 2^24 flips: exact in float
+    if (threadIdx.x % 32 == 0) {
+        p0[k] = a;
+        p1[k] = b;
+        if (!ok) *bad = 1;
+        if (f) atomicAdd(flips, (unsigned long long)f);
+    }
+}
+
 // int and nf: thread mapping, one warp per group of g weights (groups tile memory, across
 // layers too, so one launch covers a tensor of every layer; a group never straddles two layers),
 // its lanes over the weights. The group's min and max are exact whatever the order, and every
@@ -1977,25 +2010,15 @@ __global__ static void quantize_group_kernel(W *wq, uint8_t *codes, unsigned lon
         mn = fminf(mn, wk[j]);
         mx = fmaxf(mx, wk[j]);
     }
-    mx = warp_max(mx);
-    mn = -warp_max(-mn);
     ok = __all_sync(0xffffffffu, ok);
-    float a, b;
-    if (method == QUANT_INT) int_asym_params(&a, &b, mn, mx, bits);
-    else { a = fabsf(mx); b = fabsf(mn); }
+    float a, b, value;
+    group_scales(&a, &b, mn, mx, method, bits);
     int f = 0;
     for (int j = lane; j < g; j += 32) {
-        int q = method == QUANT_INT ? int_asym_code(wk[j], a, b, bits) : nf_asym_code(wk[j], a, b, bits);
-        f += write_code(&codes[k * g + j], q, count);
-        store_w(&wq[k * g + j], method == QUANT_INT ? int_asym_value(q, a, b) : nf_asym_value(q, a, b, bits));
+        f += write_code(&codes[k * g + j], group_code(wk[j], a, b, method, bits, &value), count);
+        store_w(&wq[k * g + j], value);
     }
-    f = (int)warp_sum((float)f);  // at most g <= 2^24 flips: exact in float
-    if (lane == 0) {
-        p0[k] = a;
-        p1[k] = b;
-        if (!ok) *bad = 1;
-        if (f) atomicAdd(&flips[k * g / n], (unsigned long long)f);
-    }
+    group_finish(p0, p1, bad, &flips[k * g / n], k, a, b, ok, f);
 }
 
 // The same for g % 4 == 0 with w, wq 16 bytes (bf16: 8) and codes 4 bytes aligned (quantize_tensor
@@ -2006,11 +2029,6 @@ __global__ static void quantize_group_kernel(W *wq, uint8_t *codes, unsigned lon
 // second pass over the group reads it again from L1. Same min and max (exact in any order), same
 // quant.h functions per weight, rounding as store_w: W^ and codes bit for bit those of the kernel
 // above.
-__device__ static inline int group_code(float w, float a, float b, int method, int bits, float *value) {
-    int q = method == QUANT_INT ? int_asym_code(w, a, b, bits) : nf_asym_code(w, a, b, bits);
-    *value = method == QUANT_INT ? int_asym_value(q, a, b) : nf_asym_value(q, a, b, bits);
-    return q;
-}
 __device__ static inline void store_w4(float *p, float4 v) { *(float4 *)p = v; }
 __device__ static inline void store_w4(__nv_bfloat16 *p, float4 v) {  // element 0 at the lowest address
     uint2 u;
@@ -2037,12 +2055,9 @@ __global__ static void quantize_group4_kernel(W *wq, uint8_t *codes, unsigned lo
         mn = fminf(mn, fminf(fminf(v.x, v.y), fminf(v.z, v.w)));
         mx = fmaxf(mx, fmaxf(fmaxf(v.x, v.y), fmaxf(v.z, v.w)));
     }
-    mx = warp_max(mx);
-    mn = -warp_max(-mn);
     ok = __all_sync(0xffffffffu, ok);
     float a, b;
-    if (method == QUANT_INT) int_asym_params(&a, &b, mn, mx, bits);
-    else { a = fabsf(mx); b = fabsf(mn); }
+    group_scales(&a, &b, mn, mx, method, bits);
     int f = 0;
 #pragma unroll 4
     for (int j = lane; j < g4; j += 32) {
@@ -2056,13 +2071,7 @@ __global__ static void quantize_group4_kernel(W *wq, uint8_t *codes, unsigned lo
         ck[j] = c;
         store_w4(qk + 4 * j, r);
     }
-    f = (int)warp_sum((float)f);
-    if (lane == 0) {
-        p0[k] = a;
-        p1[k] = b;
-        if (!ok) *bad = 1;
-        if (f) atomicAdd(&flips[k * g / n], (unsigned long long)f);
-    }
+    group_finish(p0, p1, bad, &flips[k * g / n], k, a, b, ok, f);
 }
 
 // sign and onebit: thread mapping, one thread per weight (of every layer, n = out * in each);
@@ -2867,16 +2876,9 @@ static double dp_broadcast(Model *m, double x) {
     return x;
 }
 
-// model_alloc_training under ZeRO-1: gradients over the padded buffer (the padding stays zero),
-// AdamW m and v of this rank's shard alone (not carved by the table: a shard cuts across tensors).
-static void dp_alloc_training(Model *m) {
-    size_t ng = (size_t)dp_padded(m->n_params) * sizeof(float), ns = (size_t)dp_shard(m) * sizeof(float);
-    m->grads = (float *)gpu_malloc(ng, "gradients");
-    m->adam_m = (float *)gpu_malloc(ns, "AdamW m, v (ZeRO-1 shard)");
-    m->adam_v = (float *)gpu_malloc(ns, "AdamW m, v (ZeRO-1 shard)");
-    cudaCheck(cudaMemset(m->grads, 0, ng));
-    cudaCheck(cudaMemset(m->adam_m, 0, ns));
-    cudaCheck(cudaMemset(m->adam_v, 0, ns));
+// What model_alloc_training gave this rank under ZeRO-1.
+static void dp_report_shard(const Model *m) {
+    size_t ns = (size_t)dp_shard(m) * sizeof(float);
     printf("ZeRO-1: rank %d of %d owns floats [%lld, %lld) of %lld (padded to %lld); AdamW m, v %.1f MiB a rank "
            "(%.1f MiB unsharded)\n", g_dp.rank, g_dp.world, (long long)(g_dp.rank * dp_shard(m)),
            (long long)((g_dp.rank + 1) * dp_shard(m)), (long long)m->n_params, (long long)dp_padded(m->n_params),

@@ -69,12 +69,12 @@ curve dqat "--data: 2-bit QAT self-distillation, --mask-prompt, lr 1e-5" 1e-3 -m
 curve dce "--data: full-precision cross-entropy training (mean over tokens), the held-out loss at the end" 1e-4 \
     --init tiny --seed 5 "${tok[@]}" "${data[@]}" --epochs 1 --lr 3e-3
 # bf16 against fp32: the first step's loss (equal weights: the forward's numerics alone) within
-# 1e-2 (measured 3.9e-3 and 6.1e-3); then the curve within 5e-2. The rounding of the bf16
-# teacher's and student's activations and gradients (act_bf16, as autocast keeps them) moves
-# AdamW's normalised updates, and a 2-bit student's codes flip on small differences, so the two
-# runs part as training goes on. Measured on two GPU machines (./train's own first loss was 9.88
-# on one and 16.37 on the other: the teacher these scripts train differs between machines):
-# 2.2e-2 and 1.1e-2 on the steps' losses, 1.6e-3 and 4.2e-2 on eval_loss after 11 steps.
+# 1e-2; then the curve within 5e-2. The rounding of the bf16 teacher's and student's activations
+# and gradients (act_bf16, as autocast keeps them) moves AdamW's normalised updates, and a 2-bit
+# student's codes flip on small differences, so the two runs part as training goes on. Measured
+# in three runs on H200s, whose inputs differed (./train's own first loss was 9.88, 16.37 and
+# 14.39; the cause was not found): first step 6.1e-3, 3.9e-3, 3.2e-4; the steps' losses 2.2e-2,
+# 1.1e-2, 7.6e-3; eval_loss after 11 steps 1.6e-3, 4.2e-2, 3.9e-3.
 cu_matmul=bf16 curve dbf "--data: 2-bit QAT, --matmul bf16 (bf16 teacher), lr 1e-5" 5e-2 -m "$tmp/teacher.bin" -q int -b 2 -g 64 \
     "${data[@]}" --epochs 1 --lr 1e-5 --eval-every 5
 e=$(rel "$(jcol "$tmp/dbf.gpu.jsonl" loss | head -n 1)" "$(jcol "$tmp/dbf.cpu.jsonl" loss | head -n 1)")
