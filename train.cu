@@ -1624,10 +1624,40 @@ __global__ static void swiglu_forward_kernel(T *h, const T *g, const T *u, int64
     float gi = to_float(g[i]);
     store_w(&h[i], gi / (1.0f + expf(-gi)) * to_float(u[i]));
 }
+// --matmul bf16, all three in bf16 and 16-byte aligned, n % 8 == 0 (every real shape): eight
+// elements a thread, moved as one 16-byte word each (the 2-byte loads of the kernel above ran at
+// a third of the memory's bandwidth), the same arithmetic per element, so the same bits.
+__device__ static inline void bf16x8_load(float *f, const __nv_bfloat16 *p) {
+    uint4 v = *(const uint4 *)p;
+    const __nv_bfloat16 *e = (const __nv_bfloat16 *)&v;
+#pragma unroll
+    for (int i = 0; i < 8; i++) f[i] = __bfloat162float(e[i]);
+}
+__device__ static inline void bf16x8_store(__nv_bfloat16 *p, const float *f) {
+    uint4 v;
+    __nv_bfloat16 *e = (__nv_bfloat16 *)&v;
+#pragma unroll
+    for (int i = 0; i < 8; i++) e[i] = __float2bfloat16_rn(f[i]);
+    *(uint4 *)p = v;
+}
+__global__ static void swiglu_forward_x8_kernel(__nv_bfloat16 *h, const __nv_bfloat16 *g, const __nv_bfloat16 *u, int64_t n8) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n8) return;
+    float gf[8], uf[8], hf[8];
+    bf16x8_load(gf, g + 8 * i);
+    bf16x8_load(uf, u + 8 * i);
+#pragma unroll
+    for (int e = 0; e < 8; e++) hf[e] = gf[e] / (1.0f + expf(-gf[e])) * uf[e];
+    bf16x8_store(h + 8 * i, hf);
+}
+static int aligned_x8(int64_t n, const void *a, const void *b, const void *c, const void *d) {
+    return n % 8 == 0 && ((uintptr_t)a | (uintptr_t)b | (uintptr_t)c | (uintptr_t)d) % 16 == 0;
+}
 static void swiglu_forward(Act h, Act g, Act u, int64_t n) {
     PROFILE(PROF_OTHER);
     if (!h.h != !g.h || !g.h != !u.h) fail("internal: swiglu_forward's operands in different precisions");
-    if (g.h) swiglu_forward_kernel<<<blocks_for(n, 256), 256>>>(h.h, g.h, u.h, n);
+    if (g.h && aligned_x8(n, h.h, g.h, u.h, u.h)) swiglu_forward_x8_kernel<<<blocks_for(n / 8, 256), 256>>>(h.h, g.h, u.h, n / 8);
+    else if (g.h) swiglu_forward_kernel<<<blocks_for(n, 256), 256>>>(h.h, g.h, u.h, n);
     else swiglu_forward_kernel<<<blocks_for(n, 256), 256>>>(h.f, g.f, u.f, n);
     launchCheck();
 }
@@ -1657,11 +1687,31 @@ __global__ static void swiglu_backward_bf16_kernel(__nv_bfloat16 *dg, __nv_bfloa
     dg[i] = __float2bfloat16_rn(0.0f + dhi * to_float(u[i]) * sg * (1.0f + gi * (1.0f - sg)));
     du[i] = __float2bfloat16_rn(0.0f + dhi * gi * sg);
 }
+// All five in bf16 and 16-byte aligned, n % 8 == 0: eight elements a thread, as swiglu_forward_x8.
+__global__ static void swiglu_backward_x8_kernel(__nv_bfloat16 *dg, __nv_bfloat16 *du, const __nv_bfloat16 *dh,
+                                                 const __nv_bfloat16 *g, const __nv_bfloat16 *u, int64_t n8) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n8) return;
+    float dhf[8], gf[8], uf[8], dgf[8], duf[8];
+    bf16x8_load(dhf, dh + 8 * i);
+    bf16x8_load(gf, g + 8 * i);
+    bf16x8_load(uf, u + 8 * i);
+#pragma unroll
+    for (int e = 0; e < 8; e++) {
+        float sg = 1.0f / (1.0f + expf(-gf[e]));
+        dgf[e] = 0.0f + dhf[e] * uf[e] * sg * (1.0f + gf[e] * (1.0f - sg));
+        duf[e] = 0.0f + dhf[e] * gf[e] * sg;
+    }
+    bf16x8_store(dg + 8 * i, dgf);
+    bf16x8_store(du + 8 * i, duf);
+}
 static void swiglu_backward(Act dg, Act du, Act dh, Act g, Act u, int64_t n) {
     if (!dg.h) { swiglu_backward(dg.f, du.f, dh.f, g.f, u.f, n); return; }
     PROFILE(PROF_OTHER);
     if (!du.h || !dh.h || !g.h || !u.h) fail("internal: swiglu_backward's operands in different precisions");
-    swiglu_backward_bf16_kernel<<<blocks_for(n, 256), 256>>>(dg.h, du.h, dh.h, g.h, u.h, n);
+    if (aligned_x8(n, dg.h, du.h, dh.h, g.h) && (uintptr_t)u.h % 16 == 0)
+        swiglu_backward_x8_kernel<<<blocks_for(n / 8, 256), 256>>>(dg.h, du.h, dh.h, g.h, u.h, n / 8);
+    else swiglu_backward_bf16_kernel<<<blocks_for(n, 256), 256>>>(dg.h, du.h, dh.h, g.h, u.h, n);
     launchCheck();
 }
 
@@ -1966,7 +2016,7 @@ __device__ static inline int write_code(uint8_t *c, int q, int count) {
 // int and nf, the per-group steps the two kernels below share: the scales from the lanes'
 // partial min and max (the warp's min and max, exact in any order, then int_asym_params, or nf's
 // extremes), each weight's code and value, and lane 0's record of the group (scales, NaN or Inf,
-// flips).
+// flips; the vector kernel records the scales alike but sums its flips a block at a time).
 __device__ static inline void group_scales(float *a, float *b, float mn, float mx, int method, int bits) {
     mx = warp_max(mx);
     mn = -warp_max(-mn);
@@ -2036,42 +2086,74 @@ __device__ static inline void store_w4(__nv_bfloat16 *p, float4 v) {  // element
     u.y = (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(v.z)) | (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(v.w)) << 16;
     *(uint2 *)p = u;
 }
+// Flip counting: every group's flips go to its layer's counter, and one atomicAdd a group (as
+// above) queues thousands of adds on the same address (a layer is 90k groups of TinyLlama's MLP
+// linears), which took the kernel from 1.4 to 5.5 ms on such a tensor once codes were counted. So
+// here a warp walks QG4_RUN consecutive groups and the block's warps sum their flips in shared
+// memory, one atomicAdd a block (a block's groups lie in one layer but where a layer ends inside
+// it: those groups add their own). Counts are integers: the same totals in any order.
+#define QG4_RUN 16
 template <typename W>
 __global__ static void quantize_group4_kernel(W *wq, uint8_t *codes, unsigned long long *flips, int count, float *p0,
                                               float *p1, const float *w, int64_t n_groups, int g, int64_t n, int method,
                                               int bits, int *bad) {
-    int64_t k = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    __shared__ unsigned long long block_flips;
     int lane = threadIdx.x % 32, g4 = g / 4;
-    if (k >= n_groups) return;
-    const float4 *wk = (const float4 *)(w + k * g);
-    uint32_t *ck = (uint32_t *)(codes + k * g);
-    W *qk = wq + k * g;
-    float mn = INFINITY, mx = -INFINITY;
-    int ok = 1;
+    int64_t k0 = ((int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * QG4_RUN;
+    int64_t first_layer = (int64_t)blockIdx.x * (blockDim.x / 32) * QG4_RUN * g / n;  // of the block's first group
+    if (threadIdx.x == 0) block_flips = 0;
+    __syncthreads();
+    int f_first = 0;  // the lane's flips in groups of first_layer
+    for (int64_t k = k0; k < k0 + QG4_RUN && k < n_groups; k++) {
+        const float4 *wk = (const float4 *)(w + k * g);
+        uint32_t *ck = (uint32_t *)(codes + k * g);
+        W *qk = wq + k * g;
+        float mn = INFINITY, mx = -INFINITY;
+        int ok = 1;
 #pragma unroll 4
-    for (int j = lane; j < g4; j += 32) {
-        float4 v = wk[j];
-        ok &= isfinite(v.x) && isfinite(v.y) && isfinite(v.z) && isfinite(v.w);
-        mn = fminf(mn, fminf(fminf(v.x, v.y), fminf(v.z, v.w)));
-        mx = fmaxf(mx, fmaxf(fmaxf(v.x, v.y), fmaxf(v.z, v.w)));
-    }
-    ok = __all_sync(0xffffffffu, ok);
-    float a, b;
-    group_scales(&a, &b, mn, mx, method, bits);
-    int f = 0;
-#pragma unroll 4
-    for (int j = lane; j < g4; j += 32) {
-        float4 v = wk[j], r;
-        uint32_t c = (uint32_t)group_code(v.x, a, b, method, bits, &r.x) | (uint32_t)group_code(v.y, a, b, method, bits, &r.y) << 8 |
-                     (uint32_t)group_code(v.z, a, b, method, bits, &r.z) << 16 | (uint32_t)group_code(v.w, a, b, method, bits, &r.w) << 24;
-        if (count) {  // codes that differ from the previous ones, byte by byte
-            uint32_t d = ck[j] ^ c;
-            f += ((d & 0xffu) != 0) + ((d & 0xff00u) != 0) + ((d & 0xff0000u) != 0) + ((d & 0xff000000u) != 0);
+        for (int j = lane; j < g4; j += 32) {
+            float4 v = wk[j];
+            ok &= isfinite(v.x) && isfinite(v.y) && isfinite(v.z) && isfinite(v.w);
+            mn = fminf(mn, fminf(fminf(v.x, v.y), fminf(v.z, v.w)));
+            mx = fmaxf(mx, fmaxf(fmaxf(v.x, v.y), fmaxf(v.z, v.w)));
         }
-        ck[j] = c;
-        store_w4(qk + 4 * j, r);
+        ok = __all_sync(0xffffffffu, ok);
+        float a, b;
+        group_scales(&a, &b, mn, mx, method, bits);
+        int f = 0;
+#pragma unroll 4
+        for (int j = lane; j < g4; j += 32) {
+            float4 v = wk[j], r;
+            uint32_t c = (uint32_t)group_code(v.x, a, b, method, bits, &r.x) | (uint32_t)group_code(v.y, a, b, method, bits, &r.y) << 8 |
+                         (uint32_t)group_code(v.z, a, b, method, bits, &r.z) << 16 | (uint32_t)group_code(v.w, a, b, method, bits, &r.w) << 24;
+            if (count) {  // codes that differ from the previous ones, byte by byte
+                uint32_t d = ck[j] ^ c;
+                f += ((d & 0xffu) != 0) + ((d & 0xff00u) != 0) + ((d & 0xff0000u) != 0) + ((d & 0xff000000u) != 0);
+            }
+            ck[j] = c;
+            store_w4(qk + 4 * j, r);
+        }
+        if (k * g / n == first_layer) f_first += f;
+        else {  // past the end of the block's first layer
+            f = (int)warp_sum((float)f);  // at most g <= 2^24 flips: exact in float
+            if (lane == 0 && f) atomicAdd(&flips[k * g / n], (unsigned long long)f);
+        }
+        if (lane == 0) {
+            p0[k] = a;
+            p1[k] = b;
+            if (!ok) *bad = 1;
+        }
     }
-    group_finish(p0, p1, bad, &flips[k * g / n], k, a, b, ok, f);
+    f_first = (int)warp_sum((float)f_first);  // at most QG4_RUN g flips
+    if (lane == 0 && f_first) atomicAdd(&block_flips, (unsigned long long)f_first);
+    __syncthreads();
+    if (threadIdx.x == 0 && block_flips) atomicAdd(&flips[first_layer], block_flips);
+}
+template <typename W>
+static void quantize_group4(W *wq, uint8_t *codes, unsigned long long *flips, int count, float *p0, float *p1, const float *w,
+                            int64_t n_groups, int g, int64_t n, int method, int bits, int *bad) {
+    quantize_group4_kernel<<<blocks_for(n_groups, 8 * QG4_RUN), 256>>>(wq, codes, flips, count, p0, p1, w, n_groups, g, n, method,
+                                                                        bits, bad);
 }
 
 // sign and onebit: thread mapping, one thread per weight (of every layer, n = out * in each);
@@ -2125,8 +2207,7 @@ static void quantize_tensor(Model *m, int t, W *wq, uint8_t *codes, unsigned lon
         int g = quant_group_len(q, in);
         int64_t groups = n * L / g;
         if (g % 4 == 0 && (uintptr_t)m->params_t[t] % 16 == 0 && (uintptr_t)wq % (4 * sizeof(W)) == 0 && (uintptr_t)codes % 4 == 0)
-            quantize_group4_kernel<<<blocks_for(groups, 8), 256>>>(wq, codes, flips, count, m->qp0[t], m->qp1[t], m->params_t[t],
-                                                                   groups, g, n, q.method, q.bits, m->d_bad);
+            quantize_group4(wq, codes, flips, count, m->qp0[t], m->qp1[t], m->params_t[t], groups, g, n, q.method, q.bits, m->d_bad);
         else
             quantize_group_kernel<<<blocks_for(groups, 8), 256>>>(wq, codes, flips, count, m->qp0[t], m->qp1[t], m->params_t[t],
                                                                   groups, g, n, q.method, q.bits, m->d_bad);
@@ -2491,17 +2572,17 @@ __global__ static void sum_squares_kernel(double *out, const float *g, int64_t n
     s = block_sum_d(s);
     if (threadIdx.x == 0) atomicAdd(out, s);
 }
-__global__ static void scale_kernel(float *g, int64_t n, float k) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) g[i] *= k;
-}
 __global__ static void count_nonfinite_kernel(int *bad, const float *p, int64_t n) {
     int b = 0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) b |= !isfinite(p[i]);
     if (b) *bad = 1;
 }
 
-// Global L2 norm of the gradients; above clip (> 0), scaled down to it. Returns the norm before.
-static float clip_grad_norm(Model *m, float clip) {
+// Global L2 norm of the gradients; returns it, and in *gscale the factor that brings it down to
+// clip (> 0) when above, else 1. AdamW applies the factor as it reads each gradient (g * gscale,
+// the product a scaling pass over the gradients would store), which spares that pass: 3.3 ms a
+// step, read and write of every gradient, on the benchmark's 1.1 G parameters.
+static float clip_grad_norm(Model *m, float clip, float *gscale) {
     PROFILE(PROF_OPTIMIZER);
     cudaCheck(cudaMemsetAsync(m->d_sum, 0, sizeof(double)));
     sum_squares_kernel<<<1024, 256>>>(m->d_sum, m->grads, m->n_params);
@@ -2509,42 +2590,63 @@ static float clip_grad_norm(Model *m, float clip) {
     double ss;
     cudaCheck(cudaMemcpy(&ss, m->d_sum, sizeof ss, cudaMemcpyDeviceToHost));
     float norm = (float)sqrt(ss);
-    if (clip > 0 && norm > clip) {
-        scale_kernel<<<1024, 256>>>(m->grads, m->n_params, clip / norm);
-        launchCheck();
-    }
+    *gscale = clip > 0 && norm > clip ? clip / norm : 1.0f;
     return norm;
 }
 
-// Thread mapping: one thread per parameter of the span.
-__global__ static void adamw_span_kernel(float *p, const float *g, float *mm, float *vv, int64_t n, float beta1, float beta2,
-                                         float eps, float lr, float wd, float bc1, float bc2) {
-    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    mm[i] = beta1 * mm[i] + (1.0f - beta1) * g[i];
-    vv[i] = beta2 * vv[i] + (1.0f - beta2) * g[i] * g[i];
-    float mhat = mm[i] / bc1, vhat = vv[i] / bc2;
-    p[i] -= lr * (mhat / (sqrtf(vhat) + eps) + wd * p[i]);
+// One parameter's AdamW step (train.c's adamw_update), g already times the clipping factor.
+__device__ static inline void adamw_one(float *p, float g, float *m, float *v, float beta1, float beta2, float eps, float lr,
+                                        float wd, float bc1, float bc2) {
+    *m = beta1 * *m + (1.0f - beta1) * g;
+    *v = beta2 * *v + (1.0f - beta2) * g * g;
+    float mhat = *m / bc1, vhat = *v / bc2;
+    *p -= lr * (mhat / (sqrtf(vhat) + eps) + wd * *p);
 }
-static void adamw_span(float *p, const float *g, float *mm, float *vv, int64_t n, const OptConfig *o, float lr, float wd,
-                       float bc1, float bc2) {
+// Thread mapping: one thread per W consecutive parameters of the span: W = 4 moves p, g, m, v as
+// float4s (all four 16-byte aligned), W = 1 one float each. The same adamw_one either way.
+template <int W>
+__global__ static void adamw_span_kernel(float *p, const float *g, float *mm, float *vv, int64_t n, float gscale,
+                                         float beta1, float beta2, float eps, float lr, float wd, float bc1, float bc2) {
+    int64_t i = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * W;
+    if (i >= n) return;
+    if (W == 4 && i + 4 <= n) {
+        float4 p4 = *(float4 *)(p + i), g4 = *(const float4 *)(g + i), m4 = *(float4 *)(mm + i), v4 = *(float4 *)(vv + i);
+        adamw_one(&p4.x, g4.x * gscale, &m4.x, &v4.x, beta1, beta2, eps, lr, wd, bc1, bc2);
+        adamw_one(&p4.y, g4.y * gscale, &m4.y, &v4.y, beta1, beta2, eps, lr, wd, bc1, bc2);
+        adamw_one(&p4.z, g4.z * gscale, &m4.z, &v4.z, beta1, beta2, eps, lr, wd, bc1, bc2);
+        adamw_one(&p4.w, g4.w * gscale, &m4.w, &v4.w, beta1, beta2, eps, lr, wd, bc1, bc2);
+        *(float4 *)(p + i) = p4;
+        *(float4 *)(mm + i) = m4;
+        *(float4 *)(vv + i) = v4;
+        return;
+    }
+    for (int64_t j = i; j < i + W && j < n; j++) adamw_one(p + j, g[j] * gscale, mm + j, vv + j, beta1, beta2, eps, lr, wd, bc1, bc2);
+}
+static void adamw_span(float *p, const float *g, float *mm, float *vv, int64_t n, float gscale, const OptConfig *o, float lr,
+                       float wd, float bc1, float bc2) {
     if (n <= 0) return;
-    adamw_span_kernel<<<blocks_for(n, 256), 256>>>(p, g, mm, vv, n, o->beta1, o->beta2, o->eps, lr, wd, bc1, bc2);
+    if (((uintptr_t)p | (uintptr_t)g | (uintptr_t)mm | (uintptr_t)vv) % 16 == 0)
+        adamw_span_kernel<4><<<blocks_for((n + 3) / 4, 256), 256>>>(p, g, mm, vv, n, gscale, o->beta1, o->beta2, o->eps, lr, wd, bc1, bc2);
+    else
+        adamw_span_kernel<1><<<blocks_for(n, 256), 256>>>(p, g, mm, vv, n, gscale, o->beta1, o->beta2, o->eps, lr, wd, bc1, bc2);
     launchCheck();
 }
 
-// The table's tensors (matrices decayed, norm weights not), then the learned quantizer scales.
-static void adamw_update(Model *m, const OptConfig *o, float lr) {
+// The table's tensors (matrices decayed, norm weights not), then the learned quantizer scales;
+// gscale: clip_grad_norm's factor.
+static void adamw_update(Model *m, const OptConfig *o, float lr, float gscale) {
     PROFILE(PROF_OPTIMIZER);
     m->step++;
     float bc1 = 1.0f - powf(o->beta1, (float)m->step), bc2 = 1.0f - powf(o->beta2, (float)m->step);
     for (int t = 0; t < N_TENSORS; t++) {
         if (!m->params_t[t]) continue;
         int64_t n = m->slice[t] * (m->h->per_layer[t] ? m->h->n_layers : 1);
-        adamw_span(m->params_t[t], m->grads_t[t], m->m_t[t], m->v_t[t], n, o, lr, m->h->rows[t] > 1 ? o->weight_decay : 0.0f, bc1, bc2);
+        adamw_span(m->params_t[t], m->grads_t[t], m->m_t[t], m->v_t[t], n, gscale, o, lr,
+                   m->h->rows[t] > 1 ? o->weight_decay : 0.0f, bc1, bc2);
     }
     int64_t tail = m->n_table;
-    adamw_span(m->params + tail, m->grads + tail, m->adam_m + tail, m->adam_v + tail, m->n_params - tail, o, lr, 0.0f, bc1, bc2);
+    adamw_span(m->params + tail, m->grads + tail, m->adam_m + tail, m->adam_v + tail, m->n_params - tail, gscale, o, lr, 0.0f,
+               bc1, bc2);
     if (m->quant.method != QUANT_NONE) m->quant_stale = 1;
     m->bf16_stale = 1;
 }
@@ -2893,7 +2995,7 @@ static double dp_reduce_gradients(Model *m, double loss) {
 }
 
 // clip_grad_norm over the shards: |g|^2 = sum over ranks of the shard's squares.
-static float dp_clip_grad_norm(Model *m, float clip) {
+static float dp_clip_grad_norm(Model *m, float clip, float *gscale) {
     PROFILE(PROF_OPTIMIZER);
     int64_t shard = dp_shard(m);
     float *g = m->grads + g_dp.rank * shard;
@@ -2903,16 +3005,13 @@ static float dp_clip_grad_norm(Model *m, float clip) {
     double ss;
     cudaCheck(cudaMemcpy(&ss, m->d_sum, sizeof ss, cudaMemcpyDeviceToHost));
     float norm = (float)sqrt(dp_all_reduce(m, ss));
-    if (clip > 0 && norm > clip) {
-        scale_kernel<<<1024, 256>>>(g, shard, clip / norm);
-        launchCheck();
-    }
+    *gscale = clip > 0 && norm > clip ? clip / norm : 1.0f;
     return norm;
 }
 
 // adamw_update on this rank's shard [lo, lo + shard): adamw_update's spans (dp.h) cut to the
 // shard, m and v indexed from lo; then every rank gets every shard of the new parameters.
-static void dp_adamw_update(Model *m, const OptConfig *o, float lr) {
+static void dp_adamw_update(Model *m, const OptConfig *o, float lr, float gscale) {
     PROFILE(PROF_OPTIMIZER);
     m->step++;
     float bc1 = 1.0f - powf(o->beta1, (float)m->step), bc2 = 1.0f - powf(o->beta2, (float)m->step);
@@ -2923,7 +3022,8 @@ static void dp_adamw_update(Model *m, const OptConfig *o, float lr) {
     n = dp_clip_spans(mine, spans, n, lo, lo + shard);
     for (int i = 0; i < n; i++) {
         int64_t b = mine[i].begin;
-        adamw_span(m->params + b, m->grads + b, m->adam_m + (b - lo), m->adam_v + (b - lo), mine[i].n, o, lr, mine[i].wd, bc1, bc2);
+        adamw_span(m->params + b, m->grads + b, m->adam_m + (b - lo), m->adam_v + (b - lo), mine[i].n, gscale, o, lr, mine[i].wd,
+                   bc1, bc2);
     }
     dp_all_gather(m->params, shard);
     if (m->quant.method != QUANT_NONE) m->quant_stale = 1;
@@ -3058,10 +3158,10 @@ static TrainResult train_loop(Model *m, Model *teacher, Distiller *d, const Host
         if (g_dp.on) loss = dp_reduce_gradients(m, loss);
         if (!isfinite(loss))
             fail("step %lld: the loss is %f; stopping, the last checkpoint%s is intact", (long long)step + 1, loss, ckpt ? "" : " (none)");
-        float norm = g_dp.on ? dp_clip_grad_norm(m, opt->grad_clip) : clip_grad_norm(m, opt->grad_clip);
+        float gscale, norm = g_dp.on ? dp_clip_grad_norm(m, opt->grad_clip, &gscale) : clip_grad_norm(m, opt->grad_clip, &gscale);
         float lr = host_lr_at(step);
-        if (g_dp.on) dp_adamw_update(m, opt, lr);
-        else adamw_update(m, opt, lr);
+        if (g_dp.on) dp_adamw_update(m, opt, lr, gscale);
+        else adamw_update(m, opt, lr, gscale);
         if (!params_finite(m))
             fail("step %lld: a weight became NaN or Inf (lower --lr?); stopping, the last checkpoint%s is intact",
                  (long long)step + 1, ckpt ? "" : " (none)");
@@ -3125,7 +3225,7 @@ static void bench(Model *m, const HostArgs *a, int T, char *json, size_t n) {
         model_zero_grad(m);
         model_forward_hidden(m, inputs, targets, B, T);  // the training step's path: the classifier fused with the loss
         model_backward_scaled(m, targets, 1.0f);
-        adamw_update(m, &opt, a->lr);
+        adamw_update(m, &opt, a->lr, 1.0f);
         cudaCheck(cudaDeviceSynchronize());
         double dt = now_seconds() - t0;
         if (s > 0 && dt < best) best = dt;

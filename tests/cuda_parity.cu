@@ -218,7 +218,8 @@ static void test_quantizer(int q, int bits, int group) {
 
 // quantize_group4_kernel (a lane owns 4 weights, vector loads and stores) against the scalar
 // quantize_group_kernel on the same random weights and previous codes, for W^ in fp32 and bf16:
-// W^, codes, scales and flip counts must be the same bits.
+// W^, codes, scales and flip counts must be the same bits. 3 layers of 8192 weights: at g 128 a
+// block's run of groups (8 warps of QG4_RUN) crosses layers, at g 32 it ends with one.
 template <typename W>
 static void test_group4_kernel(int method, int bits, int g) {
     int64_t n = 4 * 2048, L = 3, groups = n * L / g, nw = n * L;  // 3 "layers" of n weights
@@ -240,8 +241,7 @@ static void test_group4_kernel(int method, int bits, int g) {
     cudaCheck(cudaMemcpy(codes + nw, hc, (size_t)nw, cudaMemcpyHostToDevice));
     cudaCheck(cudaMemset(fl, 0, 2 * L * sizeof(unsigned long long)));
     quantize_group_kernel<<<blocks_for(groups, 8), 256>>>(wq, codes, fl, 1, par, par + groups, w, groups, g, n, method, bits, bad);
-    quantize_group4_kernel<<<blocks_for(groups, 8), 256>>>(wq + nw, codes + nw, fl + L, 1, par + 2 * groups, par + 3 * groups, w,
-                                                           groups, g, n, method, bits, bad);
+    quantize_group4(wq + nw, codes + nw, fl + L, 1, par + 2 * groups, par + 3 * groups, w, groups, g, n, method, bits, bad);
     launchCheck();
     unsigned long long hf[6];
     cudaCheck(cudaMemcpy(hf, fl, 2 * L * sizeof(unsigned long long), cudaMemcpyDeviceToHost));
@@ -457,7 +457,7 @@ static void test_adamw(void) {
         cudaCheck(cudaMemcpy(g.grads, host_cpu_grads(&h), (size_t)g.n_params * sizeof(float), cudaMemcpyHostToDevice));
         host_cpu_adamw(&h, 1e-3f);
         OptConfig o = {1e-3f, 0.9f, 0.999f, 1e-8f, 0.1f, 0.0f};
-        adamw_update(&g, &o, 1e-3f);
+        adamw_update(&g, &o, 1e-3f, 1.0f);
     }
     float *pg = download(g.params, g.n_params);
     check("AdamW, 3 steps on the same gradients: parameters (sign scales too)", rel_err(pg, h.params, g.n_params), 1e-6);
