@@ -207,6 +207,7 @@ typedef struct {
     float *logits;                           // [B,T,V] of the last model_forward (inference only)
     int64_t logits_cap;
     int *inputs, *targets;                   // device [B,T]
+    int *by_token, n_tokens;                 // device [B*T + n_tokens + 1]: positions grouped by token (embedding_backward)
     double *rows;                            // device [B*T]: one number per position (losses, gamma)
     double *d_sum;                           // device scratch for reductions
     int *d_bad;
@@ -412,9 +413,9 @@ static void model_alloc_acts(Model *m, int B, int T, int training) {
     int64_t size[N_ACTS] = {0};
     size[A_RESID] = BT * D; size[A_XN1] = BT * D; size[A_RSTD1] = BT; size[A_Q] = BT * Hq;
     size[A_K] = BT * Hkv; size[A_V] = BT * Hkv; size[A_ATT] = BT * Hq; size[A_LSE] = B * H * T;
-    size[A_RESID_MID] = BT * D; size[A_XN2] = BT * D; size[A_RSTD2] = BT; size[A_GATE] = BT * F;
+    size[A_XN2] = BT * D; size[A_RSTD2] = BT; size[A_GATE] = BT * F;
     size[A_UP] = BT * F; size[A_HMID] = BT * F; size[A_XNF] = BT * D; size[A_RSTDF] = BT;
-    size[A_PROJ] = BT * D;
+    if (training) { size[A_RESID_MID] = BT * D; size[A_PROJ] = BT * D; }  // else the residual adds are in place (matmul_residual)
     if (g_attention_flash) { size[A_QB] = BT * Hq; size[A_KB] = BT * Hkv; size[A_VB] = BT * Hkv; }
     if (g_attention_gemm) size[A_SCORES] = B * H * T * T;
     if (training && g_attention_gemm) size[A_DSCORES] = B * H * T * T;
@@ -438,7 +439,7 @@ static void model_alloc_acts(Model *m, int B, int T, int training) {
         total += count[a] * size[a];
     }
     gpu_free(m->acts); gpu_free(m->rope_cos); gpu_free(m->rope_sin);
-    gpu_free(m->inputs); gpu_free(m->targets); gpu_free(m->rows);
+    gpu_free(m->inputs); gpu_free(m->targets); gpu_free(m->rows); gpu_free(m->by_token);
     m->acts = (float *)gpu_malloc((size_t)total * sizeof(float), "activations");
     float *p = m->acts;
     for (int a = 0; a < N_ACTS; a++) { m->act[a] = size[a] ? p : NULL; p += count[a] * size[a]; }
@@ -453,6 +454,7 @@ static void model_alloc_acts(Model *m, int B, int T, int training) {
     cudaCheck(cudaMemcpy(m->rope_sin, cs + half, half * sizeof(float), cudaMemcpyHostToDevice));
     free(cs);
     m->inputs = (int *)gpu_malloc((size_t)BT * sizeof(int), "activations");
+    m->by_token = training ? (int *)gpu_malloc((size_t)(2 * BT + 1) * sizeof(int), "activations") : NULL;
     m->targets = (int *)gpu_malloc((size_t)BT * sizeof(int), "activations");
     m->rows = (double *)gpu_malloc((size_t)BT * sizeof(double), "activations");
     if (g_bf16) {  // the bf16 casts of a matmul's input [BT, I] and output gradient [BT, O], or [R, V] of a loss chunk;
@@ -468,7 +470,7 @@ static void model_free(Model *m) {
     gpu_free(m->params); gpu_free(m->grads); gpu_free(m->adam_m); gpu_free(m->adam_v);
     gpu_free(m->wbf); gpu_free(m->wq); gpu_free(m->dwq); gpu_free(m->codes); gpu_free(m->qstate);
     gpu_free(m->d_flips); free(m->flips_layer);
-    gpu_free(m->acts); gpu_free(m->rope_cos); gpu_free(m->rope_sin); gpu_free(m->inputs); gpu_free(m->targets);
+    gpu_free(m->acts); gpu_free(m->rope_cos); gpu_free(m->rope_sin); gpu_free(m->inputs); gpu_free(m->targets); gpu_free(m->by_token);
     gpu_free(m->rows); gpu_free(m->d_sum); gpu_free(m->d_bad); gpu_free(m->logits);
     memset(m, 0, sizeof *m);
 }
@@ -544,6 +546,14 @@ __device__ static inline float to_float(__nv_bfloat16 x) { return __bfloat162flo
 // the same bits as cast_bf16 of the fp32 value. W^ (section 5) and the activations below.
 __device__ static inline void store_w(float *p, float x) { *p = x; }
 __device__ static inline void store_w(__nv_bfloat16 *p, float x) { *p = __float2bfloat16_rn(x); }
+// 4 consecutive values at once: 16 bytes fp32, 8 bytes bf16 (p aligned so).
+__device__ static inline void store_w4(float *p, float4 v) { *(float4 *)p = v; }
+__device__ static inline void store_w4(__nv_bfloat16 *p, float4 v) {  // element 0 at the lowest address
+    uint2 u;
+    u.x = (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(v.x)) | (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(v.y)) << 16;
+    u.y = (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(v.z)) | (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(v.w)) << 16;
+    *(uint2 *)p = u;
+}
 
 // An activation [N,C] that a matmul reads or writes: fp32 (f), or, under --matmul bf16, bf16
 // alone (h; f NULL). Under bf16 every activation whose readers are bf16 products (matmuls, the
@@ -585,32 +595,58 @@ static void embedding_forward(float *x, const int *tok, const Et *E, int N, int 
     launchCheck();
 }
 
-// dE[tok[n], :] += dx[n, :]. Thread mapping: one thread per element of dx; rows that share a
-// token meet in atomicAdd (train.c runs this serially for the same reason).
-__global__ static void embedding_backward_kernel(float *dE, const float *dx, const int *tok, int N, int D) {
-    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < (int64_t)N * D) atomicAdd(&dE[(int64_t)tok[i / D] * D + i % D], dx[i]);
+// dE[tok[n], :] += dx[n, :], in train.c's order: each row of dE takes its positions' rows of dx one
+// after another, n ascending, so the sums are train.c's (serial) bit for bit and the same every run
+// (atomicAdd, with rows that share a token meeting in any order, made the gradients, and a 2-bit
+// student's codes after them, differ between two runs). by_token (model_group_tokens): the
+// positions grouped by token, n ascending in a group, then where each group starts.
+// Thread mapping: blockIdx.x a token of the batch, the block's threads over the D columns.
+__global__ static void embedding_backward_kernel(float *dE, const float *dx, const int *tok, const int *by_token, int N, int D) {
+    const int *pos = by_token, *start = by_token + N;
+    int s0 = start[blockIdx.x], s1 = start[blockIdx.x + 1];
+    float *row = dE + (int64_t)tok[pos[s0]] * D;
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float acc = row[d];
+        for (int j = s0; j < s1; j++) acc += dx[(int64_t)pos[j] * D + d];
+        row[d] = acc;
+    }
 }
-static void embedding_backward(float *dE, const float *dx, const int *tok, int N, int D) {
+static void embedding_backward(float *dE, const float *dx, const int *tok, const int *by_token, int n_tokens, int N, int D) {
     PROFILE(PROF_OTHER);
-    embedding_backward_kernel<<<blocks_for((int64_t)N * D, 256), 256>>>(dE, dx, tok, N, D);
+    embedding_backward_kernel<<<n_tokens, 256>>>(dE, dx, tok, by_token, N, D);
     launchCheck();
 }
 
 // --- RMSNorm: y[N,C] = x / sqrt(mean(x^2) + eps) * w[C] ------------------------------------
-// Thread mapping: one warp per row; its lanes stride over the C columns. y: fp32, or bf16 (Act).
+// Thread mapping: one warp per row; its lanes stride over the C columns, 4 at a time as float4s
+// when C % 4 == 0 and x, w, y are 16 bytes aligned (bf16 y: 8), as the activation slots are (then
+// every row is), else one at a time. y: fp32, or bf16 (Act).
 template <typename Yt>
 __global__ static void rmsnorm_forward_kernel(Yt *y, float *rstd, const float *x, const float *w, int N, int C, float eps) {
     int n = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (n >= N) return;
     const float *xr = x + (int64_t)n * C;
     Yt *yr = y + (int64_t)n * C;
+    const float4 *x4 = (const float4 *)xr, *w4 = (const float4 *)w;
+    int vec = C % 4 == 0 && ((uintptr_t)x | (uintptr_t)w) % 16 == 0 && (uintptr_t)y % (4 * sizeof(Yt)) == 0;
     float ss = 0.0f;
-    for (int i = lane; i < C; i += 32) ss += xr[i] * xr[i];
+    if (vec)
+        for (int i = lane; i < C / 4; i += 32) {
+            float4 v = x4[i];
+            ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        }
+    else
+        for (int i = lane; i < C; i += 32) ss += xr[i] * xr[i];
     ss = warp_sum(ss);
     float r = 1.0f / sqrtf(ss / C + eps);
     if (lane == 0) rstd[n] = r;
-    for (int i = lane; i < C; i += 32) store_w(&yr[i], w[i] * (xr[i] * r));
+    if (vec)
+        for (int i = lane; i < C / 4; i += 32) {
+            float4 v = x4[i], g = w4[i];
+            store_w4(yr + 4 * i, make_float4(g.x * (v.x * r), g.y * (v.y * r), g.z * (v.z * r), g.w * (v.w * r)));
+        }
+    else
+        for (int i = lane; i < C; i += 32) store_w(&yr[i], w[i] * (xr[i] * r));
 }
 static void rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int N, int C, float eps) {
     PROFILE(PROF_OTHER);
@@ -633,11 +669,30 @@ __global__ static void rmsnorm_backward_kernel(float *dx, const float *dy, const
     if (n >= N) return;
     const float *xr = x + (int64_t)n * C, *dyr = dy + (int64_t)n * C;
     float *dxr = dx + (int64_t)n * C;
+    const float4 *x4 = (const float4 *)xr, *dy4 = (const float4 *)dyr, *w4 = (const float4 *)w;
+    float4 *dx4 = (float4 *)dxr;
+    int vec = C % 4 == 0 && ((uintptr_t)x | (uintptr_t)w | (uintptr_t)dx | (uintptr_t)dy) % 16 == 0;  // as the forward
     float r = rstd[n], dot = 0.0f;
-    for (int i = lane; i < C; i += 32) dot += dyr[i] * w[i] * xr[i];
+    if (vec)
+        for (int i = lane; i < C / 4; i += 32) {
+            float4 d = dy4[i], g = w4[i], v = x4[i];
+            dot += d.x * g.x * v.x + d.y * g.y * v.y + d.z * g.z * v.z + d.w * g.w * v.w;
+        }
+    else
+        for (int i = lane; i < C; i += 32) dot += dyr[i] * w[i] * xr[i];
     dot = warp_sum(dot);
     float k = r * r * r * dot / C;
-    for (int i = lane; i < C; i += 32) dxr[i] += r * dyr[i] * w[i] - k * xr[i];
+    if (vec)
+        for (int i = lane; i < C / 4; i += 32) {
+            float4 d = dy4[i], g = w4[i], v = x4[i], o = dx4[i];
+            o.x += r * d.x * g.x - k * v.x;
+            o.y += r * d.y * g.y - k * v.y;
+            o.z += r * d.z * g.z - k * v.z;
+            o.w += r * d.w * g.w - k * v.w;
+            dx4[i] = o;
+        }
+    else
+        for (int i = lane; i < C; i += 32) dxr[i] += r * dyr[i] * w[i] - k * xr[i];
 }
 __global__ static void rmsnorm_backward_dw_kernel(float *dw, const float *dy, const float *x, const float *rstd, int N, int C) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -712,11 +767,13 @@ static Weight weight(const Model *m, int t, int l) {
 static const __nv_bfloat16 *bf16_in(Act x, int64_t n) { return x.h ? x.h : bf16_of(&g_bf_x, &g_bf_x_n, x.f, n); }
 
 // out: an Act, written in bf16 when it is bf16 alone (gate, up).
-static void matmul_forward(Act out, Act x, Weight w, int N, int I, int O) {
+// beta 1: out += x W^T (fp32 out), the residual adds of a forward without backward (layer_forward).
+static void matmul_forward_beta(Act out, Act x, Weight w, int N, int I, int O, float beta) {
     PROFILE(PROF_MATMUL);
-    if (g_bf16) gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, w.h, I, bf16_in(x, (int64_t)N * I), I, 0.0f, out, O);
-    else gemm(CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, w.f, I, x.f, I, 0.0f, out.f, O);
+    if (g_bf16) gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, w.h, I, bf16_in(x, (int64_t)N * I), I, beta, out, O);
+    else gemm(CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, w.f, I, x.f, I, beta, out.f, O);
 }
+static void matmul_forward(Act out, Act x, Weight w, int N, int I, int O) { matmul_forward_beta(out, x, w, N, I, O, 0.0f); }
 static void matmul_forward(float *out, Act x, Weight w, int N, int I, int O) { matmul_forward(act_f(out), x, w, N, I, O); }
 static void matmul_forward(float *out, const float *x, Weight w, int N, int I, int O) { matmul_forward(act_f(out), act_f(x), w, N, I, O); }
 // dout: an Act too (dgate, dup are written in bf16 by swiglu_backward), cast into g_bf_d otherwise.
@@ -1727,6 +1784,19 @@ static void residual_forward(float *y, const float *a, const float *b, int64_t n
     launchCheck();
 }
 
+// The residual add after a block: y = x + a W^T. Without a backward the residual stream is one
+// buffer (y == x: act_l of A_RESID is one slot, and layer_forward passes it as mid too), and the
+// matmul adds into it (beta 1: the epilogue's fp32 x + sum, as the add below) with no pass of its
+// own; the student keeps x and y per layer, so its sum goes through proj and the add.
+static void matmul_residual(float *y, const float *x, Act a, Weight w, float *proj, int N, int I, int O) {
+    if (y == x) {
+        matmul_forward_beta(act_f(y), a, w, N, I, O, 1.0f);
+        return;
+    }
+    matmul_forward(proj, a, w, N, I, O);
+    residual_forward(y, x, proj, (int64_t)N * O);
+}
+
 // --- cross-entropy over rows with target >= 0, of full logits (model_forward) ----------------
 // rows[n] = log sum_v exp(z_v - max) + max - z[target] (0 for rows without a target); the host
 // averages. Its backward is section 6's fused head_loss, which training uses.
@@ -1774,7 +1844,8 @@ static void layer_forward(Model *m, int l, int B, int T) {
     int N = B * T, D = c->dim, F = c->hidden_dim, H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim;
     int Hq = H * hd, Hkv = KV * hd;
     float *x = act_l(m, A_RESID, l), *q = act_l(m, A_Q, l),
-          *k = act_l(m, A_K, l), *v = act_l(m, A_V, l), *mid = act_l(m, A_RESID_MID, l);
+          *k = act_l(m, A_K, l), *v = act_l(m, A_V, l);
+    float *mid = m->training ? act_l(m, A_RESID_MID, l) : x;  // without a backward: x itself (matmul_residual)
     Act xn1 = act_in(m, A_XN1, l), xn2 = act_in(m, A_XN2, l), hmid = act_in(m, A_HMID, l),  // bf16 under --matmul bf16
         att = act_in(m, A_ATT, l), gate = act_in(m, A_GATE, l), up = act_in(m, A_UP, l);
     float *proj = m->act[A_PROJ];
@@ -1797,18 +1868,40 @@ static void layer_forward(Model *m, int l, int B, int T) {
         if (g_attention_gemm) attention_forward_gemm(att.f, act_l(m, A_LSE, l), m->act[A_SCORES], q, k, v, B, T, H, KV, hd);
         else attention_forward(att.f, act_l(m, A_LSE, l), q, k, v, B, T, H, KV, hd);
     }
-    matmul_forward(proj, att, weight(m, T_WO, l), N, Hq, D);
-    residual_forward(mid, x, proj, (int64_t)N * D);
+    matmul_residual(mid, x, att, weight(m, T_WO, l), proj, N, Hq, D);
     // MLP block
     rmsnorm_forward(xn2, act_l(m, A_RSTD2, l), mid, layer_tensor(m->fwd_t, m, T_MLP_NORM, l), N, D, c->rms_norm_eps);
     matmul_forward(gate, xn2, weight(m, T_WGATE, l), N, D, F);
     matmul_forward(up, xn2, weight(m, T_WUP, l), N, D, F);
     swiglu_forward(hmid, gate, up, (int64_t)N * F);
-    matmul_forward(proj, hmid, weight(m, T_WDOWN, l), N, F, D);
-    residual_forward(act_l(m, A_RESID, l + 1), mid, proj, (int64_t)N * D);
+    matmul_residual(act_l(m, A_RESID, l + 1), mid, hmid, weight(m, T_WDOWN, l), proj, N, F, D);
 }
 
 static void model_quantize(Model *m);
+
+// The positions of inputs[N] grouped by token for embedding_backward: a stable sort of (token,
+// position) pairs; m->by_token gets the N positions in that order, then where each of the
+// n_tokens groups starts (n_tokens + 1 entries, the last N).
+static int compare_token_position(const void *a, const void *b) {
+    const int *x = (const int *)a, *y = (const int *)b;
+    return x[0] != y[0] ? (x[0] < y[0] ? -1 : 1) : (x[1] < y[1] ? -1 : x[1] > y[1]);
+}
+static void model_group_tokens(Model *m, const int *inputs, int N) {
+    int *pairs = (int *)malloc((size_t)N * 2 * sizeof(int)), *host = (int *)malloc((size_t)(2 * N + 1) * sizeof(int));
+    if (!pairs || !host) fail("out of host memory for the batch's token groups");
+    for (int n = 0; n < N; n++) { pairs[2 * n] = inputs[n]; pairs[2 * n + 1] = n; }
+    qsort(pairs, (size_t)N, 2 * sizeof(int), compare_token_position);
+    int groups = 0;
+    for (int j = 0; j < N; j++) {
+        host[j] = pairs[2 * j + 1];
+        if (j == 0 || pairs[2 * j] != pairs[2 * j - 2]) host[N + groups++] = j;
+    }
+    host[N + groups] = N;
+    cudaCheck(cudaMemcpy(m->by_token, host, (size_t)(N + groups + 1) * sizeof(int), cudaMemcpyHostToDevice));
+    m->n_tokens = groups;
+    free(pairs);
+    free(host);
+}
 
 // The layer stack up to the final norm: act[A_XNF] = the classifier's input [B,T,D]. inputs and
 // targets are the host's [B,T]; targets (NULL: none) go to the device for the loss that follows.
@@ -1827,6 +1920,7 @@ static void model_forward_hidden(Model *m, const int *inputs, const int *targets
     }
     cudaCheck(cudaMemcpy(m->inputs, inputs, (size_t)N * sizeof(int), cudaMemcpyHostToDevice));
     if (targets) cudaCheck(cudaMemcpy(m->targets, targets, (size_t)N * sizeof(int), cudaMemcpyHostToDevice));
+    if (m->by_token) model_group_tokens(m, inputs, N);
 
     if (m->fwd_t[T_EMBED]) embedding_forward(act_l(m, A_RESID, 0), m->inputs, m->fwd_t[T_EMBED], N, D);
     else embedding_forward(act_l(m, A_RESID, 0), m->inputs, m->wbf_t[T_EMBED], N, D);  // a bf16-only teacher
@@ -1937,7 +2031,7 @@ static void model_backward_from_dxnf(Model *m) {
         rmsnorm_backward(dres, layer_tensor(m->dfwd_t, m, T_ATTN_NORM, l), dxn, x,
                          layer_tensor(m->fwd_t, m, T_ATTN_NORM, l), act_l(m, A_RSTD1, l), N, D);
     }
-    embedding_backward(m->dfwd_t[T_EMBED], dres, m->inputs, N, D);
+    embedding_backward(m->dfwd_t[T_EMBED], dres, m->inputs, m->by_token, m->n_tokens, N, D);
     if (m->quant.method != QUANT_NONE) model_quant_backward(m);
 }
 
@@ -2075,73 +2169,106 @@ __global__ static void quantize_group_kernel(W *wq, uint8_t *codes, unsigned lon
 // checks), which is the bandwidth-bound case of every real shape. Thread mapping: one warp per
 // group as above, but a lane owns 4 consecutive weights at a time: W read as one float4, the 4
 // codes read and written as one 32-bit word, the 4 values of W^ stored at once (16 bytes fp32,
-// 8 bytes bf16), so a warp moves 512 bytes of W per load instead of 128 and no single bytes; the
-// second pass over the group reads it again from L1. Same min and max (exact in any order), same
-// quant.h functions per weight, rounding as store_w: W^ and codes bit for bit those of the kernel
-// above.
-__device__ static inline void store_w4(float *p, float4 v) { *(float4 *)p = v; }
-__device__ static inline void store_w4(__nv_bfloat16 *p, float4 v) {  // element 0 at the lowest address
-    uint2 u;
-    u.x = (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(v.x)) | (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(v.y)) << 16;
-    u.y = (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(v.z)) | (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(v.w)) << 16;
-    *(uint2 *)p = u;
+// 8 bytes bf16), so a warp moves 512 bytes of W per load instead of 128 and no single bytes. Same
+// min and max (exact in any order), same quant.h functions per weight, rounding as store_w: W^ and
+// codes bit for bit those of the kernel above.
+// The 4 codes of v as one word (code 0 in the lowest byte, the lowest address), their values in *r.
+template <int METHOD>
+__device__ static inline uint32_t group_code4(float4 v, float a, float b, int bits, float4 *r) {
+    return (uint32_t)group_code(v.x, a, b, METHOD, bits, &r->x) | (uint32_t)group_code(v.y, a, b, METHOD, bits, &r->y) << 8 |
+           (uint32_t)group_code(v.z, a, b, METHOD, bits, &r->z) << 16 | (uint32_t)group_code(v.w, a, b, METHOD, bits, &r->w) << 24;
 }
+__device__ static inline int bytes_differing(uint32_t x, uint32_t y) {
+    uint32_t d = x ^ y;
+    return ((d & 0xffu) != 0) + ((d & 0xff00u) != 0) + ((d & 0xff0000u) != 0) + ((d & 0xff000000u) != 0);
+}
+// Memory latency, not bandwidth, bounds this kernel: a group's loads, its warp's min and max, then
+// its stores, in a chain. One group at a time a warp, ncu had it at 1.3 ms on a 254M-weight tensor
+// (a third of the bandwidth), and 5.7 ms when flips were counted (the previous codes, read after
+// the min and max, a second trip to memory). So a warp takes its groups QG4_BATCH at a time: the
+// lanes load the batch's weights together, prefetch the previous codes into L1 on the way, and
+// the second pass loads the batch's weights (from L1) and codes together before computing any.
+// METHOD (QUANT_INT, QUANT_NF3, QUANT_NF4) is a template argument, so a kernel holds one
+// quantizer's code.
+//
 // Flip counting: every group's flips go to its layer's counter, and one atomicAdd a group (as
 // above) queues thousands of adds on the same address (a layer is 90k groups of TinyLlama's MLP
-// linears), which took the kernel from 1.4 to 5.5 ms on such a tensor once codes were counted. So
-// here a warp walks QG4_RUN consecutive groups and the block's warps sum their flips in shared
-// memory, one atomicAdd a block (a block's groups lie in one layer but where a layer ends inside
-// it: those groups add their own). Counts are integers: the same totals in any order.
+// linears). So here a warp walks QG4_RUN consecutive groups and the block's warps sum their flips
+// in shared memory, one atomicAdd a block (a block's groups lie in one layer but where a layer
+// ends inside it: those groups add their own). Counts are integers: the same totals in any order.
 #define QG4_RUN 16
-template <typename W>
-__global__ static void quantize_group4_kernel(W *wq, uint8_t *codes, unsigned long long *flips, int count, float *p0,
-                                              float *p1, const float *w, int64_t n_groups, int g, int64_t n, int method,
-                                              int bits, int *bad) {
+#define QG4_BATCH 4
+template <typename W, int METHOD>
+__global__ static void __launch_bounds__(256, 4)  // 64 registers: 4 blocks an SM, 32 warps
+quantize_group4_kernel(W *wq, uint8_t *codes, unsigned long long *flips, int count, float *p0, float *p1, const float *w,
+                       int64_t n_groups, int g, int64_t n, int bits, int *bad) {
     __shared__ unsigned long long block_flips;
     int lane = threadIdx.x % 32, g4 = g / 4;
     int64_t k0 = ((int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * QG4_RUN;
     int64_t first_layer = (int64_t)blockIdx.x * (blockDim.x / 32) * QG4_RUN * g / n;  // of the block's first group
+    const float4 *w4 = (const float4 *)w;
+    uint32_t *c4 = (uint32_t *)codes;
     if (threadIdx.x == 0) block_flips = 0;
     __syncthreads();
     int f_first = 0;  // the lane's flips in groups of first_layer
-    for (int64_t k = k0; k < k0 + QG4_RUN && k < n_groups; k++) {
-        const float4 *wk = (const float4 *)(w + k * g);
-        uint32_t *ck = (uint32_t *)(codes + k * g);
-        W *qk = wq + k * g;
-        float mn = INFINITY, mx = -INFINITY;
-        int ok = 1;
-#pragma unroll 4
+    for (int64_t k = k0; k < k0 + QG4_RUN && k < n_groups; k += QG4_BATCH) {
+        int nb = n_groups - k < QG4_BATCH ? (int)(n_groups - k) : QG4_BATCH;  // groups in this batch
+        // a batch short of QG4_BATCH (the last groups of all) loads its first group again in the
+        // missing places, so every load is unconditional, and stores nothing there
+        float mn[QG4_BATCH], mx[QG4_BATCH], a[QG4_BATCH], b[QG4_BATCH];
+        int ok[QG4_BATCH], f[QG4_BATCH];
+#pragma unroll
+        for (int r = 0; r < QG4_BATCH; r++) { mn[r] = INFINITY; mx[r] = -INFINITY; ok[r] = 1; f[r] = 0; }
         for (int j = lane; j < g4; j += 32) {
-            float4 v = wk[j];
-            ok &= isfinite(v.x) && isfinite(v.y) && isfinite(v.z) && isfinite(v.w);
-            mn = fminf(mn, fminf(fminf(v.x, v.y), fminf(v.z, v.w)));
-            mx = fmaxf(mx, fmaxf(fmaxf(v.x, v.y), fmaxf(v.z, v.w)));
-        }
-        ok = __all_sync(0xffffffffu, ok);
-        float a, b;
-        group_scales(&a, &b, mn, mx, method, bits);
-        int f = 0;
-#pragma unroll 4
-        for (int j = lane; j < g4; j += 32) {
-            float4 v = wk[j], r;
-            uint32_t c = (uint32_t)group_code(v.x, a, b, method, bits, &r.x) | (uint32_t)group_code(v.y, a, b, method, bits, &r.y) << 8 |
-                         (uint32_t)group_code(v.z, a, b, method, bits, &r.z) << 16 | (uint32_t)group_code(v.w, a, b, method, bits, &r.w) << 24;
-            if (count) {  // codes that differ from the previous ones, byte by byte
-                uint32_t d = ck[j] ^ c;
-                f += ((d & 0xffu) != 0) + ((d & 0xff00u) != 0) + ((d & 0xff0000u) != 0) + ((d & 0xff000000u) != 0);
+#pragma unroll
+            for (int r = 0; r < QG4_BATCH; r++) {
+                int64_t i = (k + (r < nb ? r : 0)) * g4 + j;
+                float4 v = w4[i];
+                if (count) asm volatile("prefetch.global.L1 [%0];" ::"l"(c4 + i));
+                ok[r] &= isfinite(v.x) && isfinite(v.y) && isfinite(v.z) && isfinite(v.w);
+                mn[r] = fminf(mn[r], fminf(fminf(v.x, v.y), fminf(v.z, v.w)));
+                mx[r] = fmaxf(mx[r], fmaxf(fmaxf(v.x, v.y), fmaxf(v.z, v.w)));
             }
-            ck[j] = c;
-            store_w4(qk + 4 * j, r);
         }
-        if (k * g / n == first_layer) f_first += f;
-        else {  // past the end of the block's first layer
-            f = (int)warp_sum((float)f);  // at most g <= 2^24 flips: exact in float
-            if (lane == 0 && f) atomicAdd(&flips[k * g / n], (unsigned long long)f);
+#pragma unroll
+        for (int r = 0; r < QG4_BATCH; r++) {
+            ok[r] = __all_sync(0xffffffffu, ok[r]);
+            group_scales(&a[r], &b[r], mn[r], mx[r], METHOD, bits);
         }
-        if (lane == 0) {
-            p0[k] = a;
-            p1[k] = b;
-            if (!ok) *bad = 1;
+        for (int j = lane; j < g4; j += 32) {
+            float4 v[QG4_BATCH];
+            uint32_t old[QG4_BATCH];
+#pragma unroll
+            for (int r = 0; r < QG4_BATCH; r++) {
+                int64_t i = (k + (r < nb ? r : 0)) * g4 + j;
+                v[r] = w4[i];
+                old[r] = count ? c4[i] : 0u;
+            }
+#pragma unroll
+            for (int r = 0; r < QG4_BATCH; r++) {
+                if (r >= nb) continue;
+                int64_t i = (k + r) * g4 + j;
+                float4 value;
+                uint32_t c = group_code4<METHOD>(v[r], a[r], b[r], bits, &value);
+                if (count) f[r] += bytes_differing(old[r], c);  // codes that differ from the previous ones
+                c4[i] = c;
+                store_w4(wq + 4 * i, value);
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < QG4_BATCH; r++) {
+            if (r >= nb) continue;
+            int64_t layer = (k + r) * g / n;
+            if (layer == first_layer) f_first += f[r];
+            else {  // past the end of the block's first layer
+                int fr = (int)warp_sum((float)f[r]);  // at most g <= 2^24 flips: exact in float
+                if (lane == 0 && fr) atomicAdd(&flips[layer], (unsigned long long)fr);
+            }
+            if (lane == 0) {
+                p0[k + r] = a[r];
+                p1[k + r] = b[r];
+                if (!ok[r]) *bad = 1;
+            }
         }
     }
     f_first = (int)warp_sum((float)f_first);  // at most QG4_RUN g flips
@@ -2152,8 +2279,13 @@ __global__ static void quantize_group4_kernel(W *wq, uint8_t *codes, unsigned lo
 template <typename W>
 static void quantize_group4(W *wq, uint8_t *codes, unsigned long long *flips, int count, float *p0, float *p1, const float *w,
                             int64_t n_groups, int g, int64_t n, int method, int bits, int *bad) {
-    quantize_group4_kernel<<<blocks_for(n_groups, 8 * QG4_RUN), 256>>>(wq, codes, flips, count, p0, p1, w, n_groups, g, n, method,
-                                                                        bits, bad);
+    int blocks = blocks_for(n_groups, 8 * QG4_RUN);
+    if (method == QUANT_INT)
+        quantize_group4_kernel<W, QUANT_INT><<<blocks, 256>>>(wq, codes, flips, count, p0, p1, w, n_groups, g, n, bits, bad);
+    else if (method == QUANT_NF3)
+        quantize_group4_kernel<W, QUANT_NF3><<<blocks, 256>>>(wq, codes, flips, count, p0, p1, w, n_groups, g, n, bits, bad);
+    else
+        quantize_group4_kernel<W, QUANT_NF4><<<blocks, 256>>>(wq, codes, flips, count, p0, p1, w, n_groups, g, n, bits, bad);
 }
 
 // sign and onebit: thread mapping, one thread per weight (of every layer, n = out * in each);
@@ -2326,16 +2458,23 @@ static void model_quant_backward(Model *m) {
 // 6. Distillation
 //
 // loss.h's losses, one position per block: the block reduces the log-sum-exps and the two KL
-// sums over the vocabulary in double, exactly the sums of kl_mix_tempered and ce_add, and
-// writes the gradient in place. Wasserstein sorts, so it runs loss.h's wasserstein_loss itself,
-// one thread per position, on a scratch row each.
+// sums over the vocabulary in double, the sums of kl_mix_tempered and ce_add, and writes the
+// gradient in place. Wasserstein sorts, so it runs loss.h's wasserstein_loss itself, one thread
+// per position, on a scratch row each.
+//
+// Each term's exponential is taken in float (exp_f): the log-probabilities, their differences and
+// the sums stay in double as loss.h's, but double's exp is a long instruction sequence, and six a
+// vocabulary entry made this kernel ~1 ms per 1k-row chunk of a 32k vocabulary (a quarter of
+// that is memory). A term's relative error is then float's (~1e-7), far below the tolerances
+// the parity tests hold the losses and dL/dlogits to (1e-5 and 1e-4).
+__device__ static inline double exp_f(double x) { return (double)expf((float)x); }
 
 __device__ static double block_logsumexp_tempered(const float *z, int n, double inv_tau) {
     float mx = -INFINITY;
     for (int v = threadIdx.x; v < n; v += blockDim.x) mx = fmaxf(mx, z[v]);
     mx = block_max(mx);
     double m = (double)mx * inv_tau, s = 0.0;
-    for (int v = threadIdx.x; v < n; v += blockDim.x) s += exp((double)z[v] * inv_tau - m);
+    for (int v = threadIdx.x; v < n; v += blockDim.x) s += exp_f((double)z[v] * inv_tau - m);
     return m + log(block_sum_d(s));
 }
 
@@ -2360,8 +2499,8 @@ __device__ static double block_distill(float *dz, const float *zs, const float *
         lse_t = block_logsumexp_tempered(zt, V, inv_tau);
         for (int v = threadIdx.x; v < V; v += blockDim.x) {
             double ls = (double)zs[v] * inv_tau - lse_s, lt = (double)zt[v] * inv_tau - lse_t;
-            fkl += exp(lt) * (lt - ls);
-            rkl += exp(ls) * (ls - lt);
+            fkl += exp_f(lt) * (lt - ls);
+            rkl += exp_f(ls) * (ls - lt);
         }
         fkl = block_sum_d(fkl);
         rkl = block_sum_d(rkl);
@@ -2375,10 +2514,10 @@ __device__ static double block_distill(float *dz, const float *zs, const float *
         float d = 0.0f;
         if (kl) {
             double ls = (double)zs[v] * inv_tau - lse_s, lt = (double)zt[v] * inv_tau - lse_t;
-            double ps = exp(ls), pt = exp(lt);
+            double ps = exp_f(ls), pt = exp_f(lt);
             d = (float)(s_kl * ((1.0 - g) * (ps - pt) + g * ps * ((ls - lt) - rkl)) * inv_tau);
         }
-        if (ce) d = d + scale * (float)exp((double)zs[v] - lse_1) - (v == label ? scale : 0.0f);
+        if (ce) d = d + scale * (float)exp_f((double)zs[v] - lse_1) - (v == label ? scale : 0.0f);
         dz[v] = d;
     }
     double l = kl ? (1.0 - g) * fkl + g * rkl : 0.0;
@@ -2563,14 +2702,34 @@ typedef struct {
     float lr, beta1, beta2, eps, weight_decay, grad_clip;
 } OptConfig;
 
-// Thread mapping (all three): threads stride over the elements; the sum reduces per block in
-// double and adds the block's total with one atomicAdd.
-__global__ static void sum_squares_kernel(double *out, const float *g, int64_t n) {
+// Thread mapping (both): threads stride over the elements. The sum of squares reduces per block
+// in double into parts[blockIdx.x], and sum_parts_kernel (one block of SUM_BLOCKS threads) adds
+// the parts up in a fixed tree: the same norm every run (an atomicAdd of each block's total added
+// them in any order, so the clipping factor and every gradient after it could differ in the last
+// bit between two runs), and the same for a ZeRO-1 shard padded with zeros as for the unpadded
+// gradients (the same threads hold the same elements).
+#define SUM_BLOCKS 1024
+__global__ static void sum_squares_kernel(double *parts, const float *g, int64_t n) {
     double s = 0.0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
         s += (double)g[i] * g[i];
     s = block_sum_d(s);
-    if (threadIdx.x == 0) atomicAdd(out, s);
+    if (threadIdx.x == 0) parts[blockIdx.x] = s;
+}
+__global__ static void sum_parts_kernel(double *out, const double *parts) {
+    double s = block_sum_d(parts[threadIdx.x]);
+    if (threadIdx.x == 0) *out = s;
+}
+// The sum of squares of g[n], in double, on the host.
+static double sum_squares(Model *m, const float *g, int64_t n) {
+    static double *parts;
+    if (!parts) parts = (double *)gpu_malloc(SUM_BLOCKS * sizeof(double), "scratch");
+    sum_squares_kernel<<<SUM_BLOCKS, 256>>>(parts, g, n);
+    sum_parts_kernel<<<1, SUM_BLOCKS>>>(m->d_sum, parts);
+    launchCheck();
+    double ss;
+    cudaCheck(cudaMemcpy(&ss, m->d_sum, sizeof ss, cudaMemcpyDeviceToHost));
+    return ss;
 }
 __global__ static void count_nonfinite_kernel(int *bad, const float *p, int64_t n) {
     int b = 0;
@@ -2584,12 +2743,7 @@ __global__ static void count_nonfinite_kernel(int *bad, const float *p, int64_t 
 // step, read and write of every gradient, on the benchmark's 1.1 G parameters.
 static float clip_grad_norm(Model *m, float clip, float *gscale) {
     PROFILE(PROF_OPTIMIZER);
-    cudaCheck(cudaMemsetAsync(m->d_sum, 0, sizeof(double)));
-    sum_squares_kernel<<<1024, 256>>>(m->d_sum, m->grads, m->n_params);
-    launchCheck();
-    double ss;
-    cudaCheck(cudaMemcpy(&ss, m->d_sum, sizeof ss, cudaMemcpyDeviceToHost));
-    float norm = (float)sqrt(ss);
+    float norm = (float)sqrt(sum_squares(m, m->grads, m->n_params));
     *gscale = clip > 0 && norm > clip ? clip / norm : 1.0f;
     return norm;
 }
@@ -2813,8 +2967,7 @@ static void model_decode_step(Model *m, KVCache *kv, const int *tokens, int pos)
     for (int b = 0; b < B; b++)
         if (tokens[b] < 0 || tokens[b] >= V) fail("token id %d out of range [0, %d)", tokens[b], V);
     cudaCheck(cudaMemcpy(m->inputs, tokens, (size_t)B * sizeof(int), cudaMemcpyHostToDevice));
-    float *x = m->act[A_RESID], *q = m->act[A_Q], *k = m->act[A_K],
-          *v = m->act[A_V], *mid = m->act[A_RESID_MID], *proj = m->act[A_PROJ];
+    float *x = m->act[A_RESID], *q = m->act[A_Q], *k = m->act[A_K], *v = m->act[A_V], *proj = m->act[A_PROJ];
     Act xn = act_in(m, A_XN1, 0), hmid = act_in(m, A_HMID, 0), att = act_in(m, A_ATT, 0),
         gate = act_in(m, A_GATE, 0), up = act_in(m, A_UP, 0);
     const float *cosp = kv->cosv + (int64_t)pos * half, *sinp = kv->sinv + (int64_t)pos * half;
@@ -2833,14 +2986,12 @@ static void model_decode_step(Model *m, KVCache *kv, const int *tokens, int pos)
         cudaCheck(cudaMemcpy2DAsync(kc + (int64_t)pos * Hkv, pitch, k, row, row, B, cudaMemcpyDeviceToDevice));
         cudaCheck(cudaMemcpy2DAsync(vc + (int64_t)pos * Hkv, pitch, v, row, row, B, cudaMemcpyDeviceToDevice));
         attention_decode(att, kv->scores, q, kc, vc, B, kv->T, pos, H, KV, hd);
-        matmul_forward(proj, att, weight(m, T_WO, l), B, Hq, D);
-        residual_forward(mid, x, proj, (int64_t)B * D);
-        rmsnorm_forward(xn, m->act[A_RSTD2], mid, layer_tensor(m->fwd_t, m, T_MLP_NORM, l), B, D, c->rms_norm_eps);
+        matmul_residual(x, x, att, weight(m, T_WO, l), proj, B, Hq, D);  // in place, as layer_forward without a backward
+        rmsnorm_forward(xn, m->act[A_RSTD2], x, layer_tensor(m->fwd_t, m, T_MLP_NORM, l), B, D, c->rms_norm_eps);
         matmul_forward(gate, xn, weight(m, T_WGATE, l), B, D, F);
         matmul_forward(up, xn, weight(m, T_WUP, l), B, D, F);
         swiglu_forward(hmid, gate, up, (int64_t)B * F);
-        matmul_forward(proj, hmid, weight(m, T_WDOWN, l), B, F, D);
-        residual_forward(x, mid, proj, (int64_t)B * D);
+        matmul_residual(x, x, hmid, weight(m, T_WDOWN, l), proj, B, F, D);
     }
     rmsnorm_forward(m->act[A_XNF], m->act[A_RSTDF], x, m->fwd_t[T_FINAL_NORM], B, D, c->rms_norm_eps);
     matmul_forward(model_logits(m, B), m->act[A_XNF], weight(m, lm_head_tensor(m), 0), B, D, V);
@@ -2999,12 +3150,7 @@ static float dp_clip_grad_norm(Model *m, float clip, float *gscale) {
     PROFILE(PROF_OPTIMIZER);
     int64_t shard = dp_shard(m);
     float *g = m->grads + g_dp.rank * shard;
-    cudaCheck(cudaMemsetAsync(m->d_sum, 0, sizeof(double)));
-    sum_squares_kernel<<<1024, 256>>>(m->d_sum, g, shard);
-    launchCheck();
-    double ss;
-    cudaCheck(cudaMemcpy(&ss, m->d_sum, sizeof ss, cudaMemcpyDeviceToHost));
-    float norm = (float)sqrt(dp_all_reduce(m, ss));
+    float norm = (float)sqrt(dp_all_reduce(m, sum_squares(m, g, shard)));
     *gscale = clip > 0 && norm > clip ? clip / norm : 1.0f;
     return norm;
 }

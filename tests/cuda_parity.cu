@@ -625,7 +625,8 @@ int main(void) {
     int specs[][3] = {{QUANT_INT, 1, 32}, {QUANT_INT, 2, 32}, {QUANT_INT, 3, 64}, {QUANT_INT, 4, -1}, {QUANT_INT, 8, 32},
                       {QUANT_NF3, 3, 32}, {QUANT_NF4, 4, 64}, {QUANT_SIGN, 1, 0}, {QUANT_ONEBIT, 1, 0}, {QUANT_TERNARY, 2, 0}};
     for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++) test_quantizer(specs[i][0], specs[i][1], specs[i][2]);
-    int g4[][3] = {{QUANT_INT, 2, 128}, {QUANT_INT, 2, 32}, {QUANT_INT, 4, 2048}, {QUANT_INT, 8, 64}, {QUANT_NF3, 3, 128}, {QUANT_NF4, 4, 256}};
+    int g4[][3] = {{QUANT_INT, 2, 128}, {QUANT_INT, 2, 32}, {QUANT_INT, 4, 2048}, {QUANT_INT, 8, 64}, {QUANT_NF3, 3, 128}, {QUANT_NF4, 4, 256},
+                 {QUANT_INT, 2, 8192}};  // the last: 3 groups, a batch of QG4_BATCH short
     for (size_t i = 0; i < sizeof g4 / sizeof g4[0]; i++) {
         test_group4_kernel<float>(g4[i][0], g4[i][1], g4[i][2]);
         test_group4_kernel<__nv_bfloat16>(g4[i][0], g4[i][1], g4[i][2]);
