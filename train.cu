@@ -1191,21 +1191,38 @@ static void attention_backward_gemm(float *dq, float *dk, float *dv, float *S, f
 // dO and dS^T Q, dS^T and K in dS K) through ldmatrix .trans, which hands each lane the pairs of
 // the transposed blocks. Tile rows are HDP + 8 bf16 (16 bytes more than a multiple of
 // 128) apart, so ldmatrix's 8 rows of a block fall in different banks.
-#define FLASH_T 64                // queries a block owns; keys per tile
-#define FLASH_THREADS 128         // 4 warps, 16 of the 64 rows each
+#define FLASH_T 64                // keys per tile; queries a block of the backward owns
+#define FLASH_THREADS 128         // 4 warps: of the backward, 16 of the 64 rows each
 #define FLASH_MAX_HD 128
 #define FLASH_LDS (FLASH_T + 8)   // row stride of dS^T [64][64] in shared memory, bf16
+// Row tiles of 16 queries a warp of the forward owns, so FLASH_T MT queries a block. Every K and V
+// fragment a warp reads from shared memory (ldmatrix) feeds MT mma, one a row tile: with MT = 2
+// (FlashAttention-2's 128 queries a block of 4 warps) half the shared-memory reads per mma of MT
+// = 1, and half the K, V tiles staged per query. HDP = 128 keeps MT = 1: its O accumulators
+// alone are HDP / 2 registers a row tile (64 a thread), and with two the thread would exceed 255.
+#define FLASH_FORWARD_MT(HDP) ((HDP) == 64 ? 2 : 1)
 // Blocks a SM that the kernels of HDP = 64 are compiled for (__launch_bounds__ caps the registers
-// a thread at 64K / (128 threads x blocks)): the forward 4 (128 registers, 4 x 36 KiB of shared
-// memory), the backward 3 (168 registers, which it fits by computing S^T in halves; 3 x 64 KiB),
-// more warps a SM to hide the latency of shared loads and mma. HDP = 128: no minimum (0).
-#define FLASH_FORWARD_BLOCKS 4
+// a thread at 64K / (128 threads x blocks)): the forward 2 (up to 255 registers, of which its two
+// row tiles' S and O fragments take 128 and Q 32; it uses ~240; 3 blocks, 168, spill; 2 x 36 KiB
+// of shared memory), the backward 3 (168 registers, which it fits by computing S^T in halves; 3 x
+// 64 KiB). HDP = 128: the forward with bf16 O 3 (168 registers; with fp32 O 168 would spill, so no
+// minimum: 174, 2 blocks), the backward no minimum (0).
+#define FLASH_FORWARD_BLOCKS 2
 #define FLASH_BACKWARD_BLOCKS 3
 
 __device__ static inline void mma_16816(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+// 2^x by the SFU's ex2.approx.ftz alone (FlashAttention-2's exp2f, built with --use_fast_math):
+// exp2f wraps the same instruction in a range test and two multiplies only so that results below
+// 2^-126 come out subnormal rather than 0; in the forward's softmax they are terms below 2^-126 of
+// a row whose largest term is 1. 2^-inf = +0, the masked keys' p.
+__device__ static inline float exp2_ftz(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
 }
 // two floats as the bf16 pair of one register, the first in the low half (the lower column)
 __device__ static inline uint32_t bf16_pair(float lo, float hi) {
@@ -1271,6 +1288,22 @@ __device__ static inline void mma_a_rows(float acc[][4], const uint32_t a[4], co
         mma_16816(acc[n + 1], a, bf[2], bf[3]);
     }
 }
+// The same for MT row tiles at once, acc[i] += a[i] B: each B fragment read serves all MT (O += P V
+// in the forward, FLASH_FORWARD_MT).
+template <int HDP, int MT>
+__device__ static inline void mma_a_tiles(float acc[][HDP / 8][4], const uint32_t a[][4], const __nv_bfloat16 *b, int ld, int k,
+                                          int lane) {
+#pragma unroll
+    for (int n = 0; n < HDP / 8; n += 2) {
+        uint32_t bf[4];
+        frag_b_trans(bf, b, ld, k, n, lane);
+#pragma unroll
+        for (int i = 0; i < MT; i++) {
+            mma_16816(acc[i][n], a[i], bf[0], bf[1]);
+            mma_16816(acc[i][n + 1], a[i], bf[2], bf[3]);
+        }
+    }
+}
 
 // cp.async: 16 bytes global -> shared without passing through registers; commit closes a group
 // of copies, wait<n> waits until at most n groups are in flight.
@@ -1306,120 +1339,181 @@ __device__ static void flash_stage(__nv_bfloat16 *tile, int ld, int hdp, const _
     }
 }
 
-// Thread mapping: a block owns 64 consecutive queries q0.. of one (b, h), the blocks of the last
-// query tiles (the most keys) first; warp w owns rows q0 + 16 w .. + 15: its Q fragments (read
-// once from global memory), its S fragments for a tile of 64 keys (8 of 8 keys), its O
-// accumulators (HDP / 8 of 8 dims), and each lane the running max and sum of its two rows. The
-// block shares the K and V tiles, the next pair loading while the warps work on the current one.
+// flash_stage where the whole tile is below T, hd = HDP and vec holds (so every copy is a whole
+// 16-byte cp.async): thread i copies dims 8 (i % (HDP / 8)) .. + 7 of rows i / (HDP / 8) + 128 /
+// (HDP / 8) p, the same dims in every row, so its copies lie at fixed strides (row elements a key
+// row) from src, the first of them. flash_stage's division and bounds tests cost ~40 instructions
+// a copy (sm_90 SASS); these ~8, mostly 64-bit addresses.
+template <int HDP>
+__device__ static inline void flash_stage_full(__nv_bfloat16 *tile, const __nv_bfloat16 *src, int64_t row) {
+    const int CH = HDP / 8, RP = FLASH_THREADS / CH;  // 16-byte chunks a row, rows a pass
+    __nv_bfloat16 *dst = tile + threadIdx.x / CH * (HDP + 8) + threadIdx.x % CH * 8;
+#pragma unroll
+    for (int p = 0; p < FLASH_T / RP; p++) cp_async16(dst + p * RP * (HDP + 8), src + p * RP * row);
+}
+// Keys j0 .. j0 + 63 of K and V into the forward's buffer at ks (V after K).
+template <int HDP>
+__device__ static inline void flash_stage_kv(__nv_bfloat16 *ks, const __nv_bfloat16 *k, const __nv_bfloat16 *v, int b, int j0,
+                                             int T, int KV, int kvh, int hd, int vec) {
+    __nv_bfloat16 *vs = ks + FLASH_T * (HDP + 8);
+    if (vec && hd == HDP && j0 + FLASH_T <= T) {
+        int64_t row = (int64_t)KV * HDP,  // from one key row to the next; this thread's first chunk:
+            first = (((int64_t)b * T + j0 + threadIdx.x / (HDP / 8)) * KV + kvh) * HDP + threadIdx.x % (HDP / 8) * 8;
+        flash_stage_full<HDP>(ks, k + first, row);
+        flash_stage_full<HDP>(vs, v + first, row);
+    } else {
+        flash_stage(ks, HDP + 8, HDP, k, b, j0, T, KV, kvh, hd, vec);
+        flash_stage(vs, HDP + 8, HDP, v, b, j0, T, KV, kvh, hd, vec);
+    }
+}
+
+// Thread mapping: a block owns BQ = 64 MT consecutive queries q0.. of one (b, h) (MT =
+// FLASH_FORWARD_MT(HDP)), the blocks of the last query tiles (the most keys) first; warp w owns
+// the MT row tiles q0 + 64 i + 16 w .. + 15 (i < MT; FlashAttention-2's interleave, so that in a
+// block's last key tile, j0 = q0 + 64, every warp has one tile wholly masked and one on the
+// diagonal, the same work): their Q fragments (read once from global memory), their S fragments
+// for a tile of 64 keys (8 of 8 keys each), their O accumulators (HDP / 8 of 8 dims each), and
+// each lane the running max and sum of its 2 MT rows. The block shares the K and V tiles, the next
+// pair loading while the warps work on the current one; each K and V fragment a warp reads feeds
+// its MT row tiles. Key tiles run to the last key of the block's last row below T (rows past T
+// are computed but not written).
 template <int HDP, typename Ot>
-__global__ static void __launch_bounds__(FLASH_THREADS, HDP == 64 ? FLASH_FORWARD_BLOCKS : 0)
+__global__ static void __launch_bounds__(FLASH_THREADS, HDP == 64 ? FLASH_FORWARD_BLOCKS : sizeof(Ot) == 2 ? 3 : 0)
 attention_forward_flash_kernel(Ot *out, float *lse, const __nv_bfloat16 *q, const __nv_bfloat16 *k,
                                const __nv_bfloat16 *v, int B, int T, int H, int KV, int hd, int vec) {
-    const int LD = HDP + 8, TILE = FLASH_T * LD;
+    const int MT = FLASH_FORWARD_MT(HDP), BQ = MT * FLASH_T, LD = HDP + 8, TILE = FLASH_T * LD;
     extern __shared__ __align__(16) unsigned char flash_sm[];
     __nv_bfloat16 *sm = (__nv_bfloat16 *)flash_sm;  // buffer u: K at sm + 2 u TILE, V after it
-    int tiles = (T + FLASH_T - 1) / FLASH_T, bh = blockIdx.x % (B * H), b = bh / H, h = bh % H, kvh = h / (H / KV);
-    int q0 = (tiles - 1 - blockIdx.x / (B * H)) * FLASH_T, lane = threadIdx.x % 32, r0 = threadIdx.x / 32 * 16;
-    int g = lane / 4, c = lane % 4;
+    int tiles = (T + BQ - 1) / BQ, bh = blockIdx.x % (B * H), b = bh / H, h = bh % H, kvh = h / (H / KV);
+    int q0 = (tiles - 1 - blockIdx.x / (B * H)) * BQ, lane = threadIdx.x % 32, r0 = threadIdx.x / 32 * 16;
+    int g = lane / 4, c = lane % 4, last = min(q0 + BQ, T) - 1;  // the last key of the last row below T
     float scale2 = 1.4426950408889634f / sqrtf((float)hd);  // log2(e) / sqrt(hd)
-    flash_stage(sm, LD, HDP, k, b, 0, T, KV, kvh, hd, vec);
-    flash_stage(sm + TILE, LD, HDP, v, b, 0, T, KV, kvh, hd, vec);
+    flash_stage_kv<HDP>(sm, k, v, b, 0, T, KV, kvh, hd, vec);
     cp_async_commit();
-    uint32_t qf[HDP / 16][4];
+    uint32_t qf[MT][HDP / 16][4];
 #pragma unroll
-    for (int kk = 0; kk < HDP / 16; kk++)
+    for (int i = 0; i < MT; i++)
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            int t = q0 + r0 + g + 8 * (i & 1), d = kk * 16 + 2 * c + 8 * (i >> 1);
-            const __nv_bfloat16 *src = q + (((int64_t)b * T + t) * H + h) * hd + d;
-            qf[kk][i] = bf16_pair(t < T && d < hd ? __bfloat162float(src[0]) : 0.0f,
-                                  t < T && d + 1 < hd ? __bfloat162float(src[1]) : 0.0f);
-        }
-    float o[HDP / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+        for (int kk = 0; kk < HDP / 16; kk++)
 #pragma unroll
-    for (int n = 0; n < HDP / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-    for (int j0 = 0, u = 0; j0 <= q0; j0 += FLASH_T, u ^= 1) {  // key tiles up to the diagonal one, j0 = q0
-        if (j0 + FLASH_T <= q0) {  // the next tile into the other buffer (consumed: the barrier below)
-            flash_stage(sm + 2 * (u ^ 1) * TILE, LD, HDP, k, b, j0 + FLASH_T, T, KV, kvh, hd, vec);
-            flash_stage(sm + (2 * (u ^ 1) + 1) * TILE, LD, HDP, v, b, j0 + FLASH_T, T, KV, kvh, hd, vec);
-        }
+            for (int e = 0; e < 4; e++) {
+                int t = q0 + FLASH_T * i + r0 + g + 8 * (e & 1), d = kk * 16 + 2 * c + 8 * (e >> 1);
+                const __nv_bfloat16 *src = q + (((int64_t)b * T + t) * H + h) * hd + d;
+                qf[i][kk][e] = bf16_pair(t < T && d < hd ? __bfloat162float(src[0]) : 0.0f,
+                                         t < T && d + 1 < hd ? __bfloat162float(src[1]) : 0.0f);
+            }
+    float o[MT][HDP / 8][4], m[MT][2], l[MT][2];
+#pragma unroll
+    for (int i = 0; i < MT; i++) {
+        m[i][0] = m[i][1] = -INFINITY;
+        l[i][0] = l[i][1] = 0.0f;
+#pragma unroll
+        for (int n = 0; n < HDP / 8; n++) o[i][n][0] = o[i][n][1] = o[i][n][2] = o[i][n][3] = 0.0f;
+    }
+    for (int j0 = 0, u = 0; j0 <= last; j0 += FLASH_T, u ^= 1) {
+        if (j0 + FLASH_T <= last)  // the next tile into the other buffer (consumed: the barrier below)
+            flash_stage_kv<HDP>(sm + 2 * (u ^ 1) * TILE, k, v, b, j0 + FLASH_T, T, KV, kvh, hd, vec);
         cp_async_commit();
         cp_async_wait<1>();  // this tile's copies are done (the next tile's may still run)
         __syncthreads();
         const __nv_bfloat16 *ks = sm + 2 * u * TILE, *vs = ks + TILE;
-        // S = Q K^T, 16 keys at a time (K's rows are the columns of K^T, k runs along them: frag_b)
-        float s[FLASH_T / 8][4];
+        // S = Q K^T, 16 keys at a time (K's rows are the columns of K^T, k runs along them: frag_b),
+        // each K fragment into the MT row tiles
+        float s[MT][FLASH_T / 8][4];
 #pragma unroll
         for (int n = 0; n < FLASH_T / 8; n += 2) {
-            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-            s[n + 1][0] = s[n + 1][1] = s[n + 1][2] = s[n + 1][3] = 0.0f;
+#pragma unroll
+            for (int i = 0; i < MT; i++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) s[i][n][e] = s[i][n + 1][e] = 0.0f;
 #pragma unroll
             for (int kk = 0; kk < HDP / 16; kk++) {
                 uint32_t bk[4];
                 frag_b(bk, ks, LD, kk * 16, n, lane);
-                mma_16816(s[n], qf[kk], bk[0], bk[1]);
-                mma_16816(s[n + 1], qf[kk], bk[2], bk[3]);
+#pragma unroll
+                for (int i = 0; i < MT; i++) {
+                    mma_16816(s[i][n], qf[i][kk], bk[0], bk[1]);
+                    mma_16816(s[i][n + 1], qf[i][kk], bk[2], bk[3]);
+                }
             }
         }
-        // the online softmax of the lane's two rows; keys j > t masked, which only the diagonal
-        // tile j0 = q0 has (in the others every j < q0 <= t), keys past T among them for every
-        // row t < T (rows past T are computed but not written)
-        float mx[2] = {m[0], m[1]}, corr[2];
+        // the online softmax of the lane's 2 MT rows, on the raw scores s: the max first (keys j > t
+        // masked, which only the tiles j0 >= q0 have, in the others every j < q0 <= t; keys past T
+        // among them for every row t < T), then scaled, m_new = max(m, scale2 max_j s_tj) (scaling by
+        // scale2 > 0 commutes with max, rounding included: the same max as of the scaled scores), and
+        // p_tj = exp2(s_tj scale2 - m_new) as one FFMA into the exp2 (FlashAttention-2's folding;
+        // exp2_ftz: one instruction)
+        int diag = j0 + FLASH_T > q0;
+        uint32_t pa[MT][FLASH_T / 16][4];  // P as the A fragments of P V
 #pragma unroll
-        for (int n = 0; n < FLASH_T / 8; n++)
+        for (int i = 0; i < MT; i++) {
+            float mx[2] = {-INFINITY, -INFINITY}, corr[2];
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                s[n][e] *= scale2;
-                if (j0 == q0 && n * 8 + 2 * c + (e & 1) > r0 + g + 8 * (e >> 1)) s[n][e] = -INFINITY;
-                mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
+            for (int n = 0; n < FLASH_T / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    if (diag && j0 + n * 8 + 2 * c + (e & 1) > q0 + FLASH_T * i + r0 + g + 8 * (e >> 1)) s[i][n][e] = -INFINITY;
+                    mx[e >> 1] = fmaxf(mx[e >> 1], s[i][n][e]);
+                }
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+                float mn = fmaxf(m[i][r], mx[r] * scale2);
+                if (mn == -INFINITY) mn = 0.0f;  // no key yet (cannot happen: key 0 is in tile 0): no NaN
+                corr[r] = exp2_ftz(m[i][r] - mn);
+                m[i][r] = mn;
+                l[i][r] *= corr[r];
             }
 #pragma unroll
-        for (int r = 0; r < 2; r++) {
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-            if (mx[r] == -INFINITY) mx[r] = 0.0f;  // no key yet (cannot happen: key 0 is in tile 0): no NaN
-            corr[r] = exp2f(m[r] - mx[r]);
-            m[r] = mx[r];
-            l[r] *= corr[r];
-        }
+            for (int n = 0; n < FLASH_T / 8; n++)
 #pragma unroll
-        for (int n = 0; n < FLASH_T / 8; n++)
+                for (int e = 0; e < 4; e++) {
+                    s[i][n][e] = exp2_ftz(fmaf(s[i][n][e], scale2, -m[i][e >> 1]));
+                    l[i][e >> 1] += s[i][n][e];
+                }
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                s[n][e] = exp2f(s[n][e] - m[e >> 1]);
-                l[e >> 1] += s[n][e];
+            for (int n = 0; n < HDP / 8; n++) {
+                o[i][n][0] *= corr[0]; o[i][n][1] *= corr[0];
+                o[i][n][2] *= corr[1]; o[i][n][3] *= corr[1];
             }
 #pragma unroll
-        for (int n = 0; n < HDP / 8; n++) {
-            o[n][0] *= corr[0]; o[n][1] *= corr[0];
-            o[n][2] *= corr[1]; o[n][3] *= corr[1];
+            for (int kk = 0; kk < FLASH_T / 16; kk++) frag_a_of_c(pa[i][kk], s[i][2 * kk], s[i][2 * kk + 1]);
         }
-        // O += P V, 16 keys at a time (k runs down V's columns: ldmatrix .trans)
+        // O += P V, 16 keys at a time (k runs down V's columns: ldmatrix .trans), each V fragment
+        // into the MT row tiles
+        uint32_t pk[MT][4];
 #pragma unroll
         for (int kk = 0; kk < FLASH_T / 16; kk++) {
-            uint32_t pa[4];
-            frag_a_of_c(pa, s[2 * kk], s[2 * kk + 1]);
-            mma_a_rows<HDP>(o, pa, vs, LD, kk * 16, lane);
+#pragma unroll
+            for (int i = 0; i < MT; i++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) pk[i][e] = pa[i][kk][e];
+            mma_a_tiles<HDP, MT>(o, pk, vs, LD, kk * 16, lane);
         }
         __syncthreads();  // every warp is done with this buffer before it is loaded again
     }
 #pragma unroll
-    for (int r = 0; r < 2; r++) {
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-    }
+    for (int i = 0; i < MT; i++) {
 #pragma unroll
-    for (int n = 0; n < HDP / 8; n++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-            int t = q0 + r0 + g + 8 * (e >> 1), d = n * 8 + 2 * c + (e & 1);
-            if (t < T && d < hd) store_w(&out[(((int64_t)b * T + t) * H + h) * hd + d], o[n][e] / l[e >> 1]);
-        }
-    if (c == 0)
         for (int r = 0; r < 2; r++) {
-            int t = q0 + r0 + g + 8 * r;
-            if (t < T) lse[((int64_t)b * H + h) * T + t] = (m[r] + log2f(l[r])) * 0.6931471805599453f;
+            l[i][r] += __shfl_xor_sync(0xffffffffu, l[i][r], 1);
+            l[i][r] += __shfl_xor_sync(0xffffffffu, l[i][r], 2);
         }
+        float inv[2] = {1.0f / l[i][0], 1.0f / l[i][1]};  // out = O / l as O (1 / l): a division a row, not an element
+#pragma unroll
+        for (int n = 0; n < HDP / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int t = q0 + FLASH_T * i + r0 + g + 8 * (e >> 1), d = n * 8 + 2 * c + (e & 1);
+                if (t < T && d < hd) store_w(&out[(((int64_t)b * T + t) * H + h) * hd + d], o[i][n][e] * inv[e >> 1]);
+            }
+        if (c == 0)
+            for (int r = 0; r < 2; r++) {
+                int t = q0 + FLASH_T * i + r0 + g + 8 * r;
+                if (t < T) lse[((int64_t)b * H + h) * T + t] = (m[i][r] + log2f(l[i][r])) * 0.6931471805599453f;
+            }
+    }
 }
 
 // The backward (FlashAttention-2's split): with p_tj = exp(s_tj - lse_t) recomputed,
@@ -1628,7 +1722,7 @@ static void flash_check_hd(int hd) {
 template <int HDP, typename Ot>
 static void flash_forward_launch(Ot *out, float *lse, const __nv_bfloat16 *q, const __nv_bfloat16 *k,
                                  const __nv_bfloat16 *v, int B, int T, int H, int KV, int hd) {
-    int blocks = B * H * ((T + FLASH_T - 1) / FLASH_T), vec = flash_vec(hd, q, k, v, v);
+    int bq = FLASH_FORWARD_MT(HDP) * FLASH_T, blocks = B * H * ((T + bq - 1) / bq), vec = flash_vec(hd, q, k, v, v);
     attention_shared((const void *)attention_forward_flash_kernel<HDP, Ot>, flash_forward_smem(HDP));
     attention_forward_flash_kernel<HDP><<<blocks, FLASH_THREADS, flash_forward_smem(HDP)>>>(out, lse, q, k, v, B, T, H, KV, hd, vec);
     launchCheck();

@@ -616,9 +616,11 @@ int main(void) {
     test_decode("decode bench-100m (GQA 12/4)", "bench-100m", 512, QUANT_NONE, 16, 0, 2, 150, 0);
     test_decode("decode int2", "tiny", 0, QUANT_INT, 2, 32, 2, 64, 0);
     printf("\n--attention flash (bf16 tensor cores) against the fused fp32 kernels, random inputs\n");
+    // (the forward's blocks of 128 queries at head_dim <= 64: T 100 has one, a whole key tile then
+    // one cut at T, its second row tile partly past T; T 200 a second block, past T from row 200)
     int fl[][6] = {{1, 1, 4, 4, 64, 0}, {2, 15, 8, 2, 64, 0}, {1, 64, 4, 1, 128, 0}, {2, 77, 4, 4, 128, 0},
                    {2, 200, 8, 2, 64, 0}, {1, 200, 16, 4, 128, 0}, {1, 1024, 8, 2, 64, 0}, {2, 77, 8, 4, 8, 0},
-                   {1, 33, 4, 1, 50, 0}, {1, 130, 6, 2, 96, 1}, {2, 129, 4, 2, 64, 1}};
+                   {1, 33, 4, 1, 50, 0}, {1, 130, 6, 2, 96, 1}, {2, 129, 4, 2, 64, 1}, {2, 100, 4, 2, 64, 0}};
     for (size_t i = 0; i < sizeof fl / sizeof fl[0]; i++)
         test_flash_kernels(fl[i][0], fl[i][1], fl[i][2], fl[i][3], fl[i][4], fl[i][5]);
     printf("\nquantizers: W^ = Q(W) of the same latent weights\n");
