@@ -1196,18 +1196,22 @@ static void attention_backward_gemm(float *dq, float *dk, float *dv, float *S, f
 #define FLASH_MAX_HD 128
 #define FLASH_LDS (FLASH_T + 8)   // row stride of dS^T [64][64] in shared memory, bf16
 // Row tiles of 16 queries a warp of the forward owns, so FLASH_T MT queries a block. Every K and V
-// fragment a warp reads from shared memory (ldmatrix) feeds MT mma, one a row tile: with MT = 2
-// (FlashAttention-2's 128 queries a block of 4 warps) half the shared-memory reads per mma of MT
-// = 1, and half the K, V tiles staged per query. HDP = 128 keeps MT = 1: its O accumulators
-// alone are HDP / 2 registers a row tile (64 a thread), and with two the thread would exceed 255.
-#define FLASH_FORWARD_MT(HDP) ((HDP) == 64 ? 2 : 1)
+// fragment a warp reads from shared memory (ldmatrix) feeds MT mma, one a row tile: MT = 2
+// (FlashAttention-2's 128 queries a block of 4 warps) halves the shared-memory reads per mma and
+// the K, V tiles staged per query, but its ~240 registers leave 2 blocks (8 warps) an SM. Measured
+// with ncu on an H200 (the benchmark's layer, B 8, T 1024, H 32, hd 64): MT = 2 at 2 blocks 302
+// us a call, MT = 1 at 3 blocks (161 registers, 12 warps) 272 us: here the warps that hide
+// latency count for more than the reads saved, so MT = 1. MT = 2 stays a setting (the kernel
+// takes any MT; cuda_parity passed with both); HDP = 128 cannot take it (its O accumulators alone
+// are HDP / 2 registers a row tile: two would pass 255).
+#define FLASH_FORWARD_MT(HDP) 1
 // Blocks a SM that the kernels of HDP = 64 are compiled for (__launch_bounds__ caps the registers
-// a thread at 64K / (128 threads x blocks)): the forward 2 (up to 255 registers, of which its two
-// row tiles' S and O fragments take 128 and Q 32; it uses ~240; 3 blocks, 168, spill; 2 x 36 KiB
-// of shared memory), the backward 3 (168 registers, which it fits by computing S^T in halves; 3 x
-// 64 KiB). HDP = 128: the forward with bf16 O 3 (168 registers; with fp32 O 168 would spill, so no
+// a thread at 64K / (128 threads x blocks)): the forward 3 (161 registers at MT = 1; MT = 2 needs
+// 2: ~240, of which its two row tiles' S and O fragments take 128 and Q 32; 3 x 36 KiB of shared
+// memory), the backward 3 (168 registers, which it fits by computing S^T in halves; 3 x 64 KiB).
+// HDP = 128: the forward with bf16 O 3 (168 registers; with fp32 O 168 would spill, so no
 // minimum: 174, 2 blocks), the backward no minimum (0).
-#define FLASH_FORWARD_BLOCKS 2
+#define FLASH_FORWARD_BLOCKS 3
 #define FLASH_BACKWARD_BLOCKS 3
 
 __device__ static inline void mma_16816(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
@@ -3147,12 +3151,14 @@ static void nccl_check(ncclResult_t r, const char *file, int line) {
 #define DP_COLLECTIVE(call) fail("train_cu was built without NCCL")
 #endif
 
+#ifdef USE_NCCL
 // The longest wait for all ranks at the rendezvous: TRAIN_CU_RENDEZVOUS_TIMEOUT seconds [300].
 static double dp_timeout(void) {
     const char *s = getenv("TRAIN_CU_RENDEZVOUS_TIMEOUT");
     double t = s ? atof(s) : 300.0;
     return t > 0 ? t : 300.0;
 }
+#endif
 
 static int64_t dp_padded(int64_t n) { return g_dp.on ? dp_padded_floats(n, g_dp.world) : n; }
 static int64_t dp_shard(const Model *m) { return dp_shard_floats(m->n_params, g_dp.world); }
