@@ -1373,9 +1373,9 @@ __device__ static inline void flash_stage_kv(__nv_bfloat16 *ks, const __nv_bfloa
 
 // Thread mapping: a block owns BQ = 64 MT consecutive queries q0.. of one (b, h) (MT =
 // FLASH_FORWARD_MT(HDP)), the blocks of the last query tiles (the most keys) first; warp w owns
-// the MT row tiles q0 + 64 i + 16 w .. + 15 (i < MT; FlashAttention-2's interleave, so that in a
-// block's last key tile, j0 = q0 + 64, every warp has one tile wholly masked and one on the
-// diagonal, the same work): their Q fragments (read once from global memory), their S fragments
+// the MT row tiles q0 + 64 i + 16 w .. + 15 (i < MT; FlashAttention-2's interleave, so that at
+// MT = 2, in a block's last key tile, j0 = q0 + 64, every warp has one tile wholly masked and one
+// on the diagonal, the same work): their Q fragments (read once from global memory), their S fragments
 // for a tile of 64 keys (8 of 8 keys each), their O accumulators (HDP / 8 of 8 dims each), and
 // each lane the running max and sum of its 2 MT rows. The block shares the K and V tiles, the next
 // pair loading while the warps work on the current one; each K and V fragment a warp reads feeds

@@ -14,17 +14,20 @@
 # Prints tokens/s, MFU (FLOPs/token = 8N + 16 L T d, N the matmul parameters with the LM head;
 # 989 TFLOP/s dense bf16 peak) and peak GPU memory of each.
 #
-# Measured on one H200 (nvidia-h200), 2026-12-02, late, in one run (STEPS=5, steady-state steps
-# 2-5; MICRO=4 just before it):
-#   train_cu, the defaults         38,302 tok/s   MFU 34.9%   peak 32,783 MiB (cudaMemGetInfo)
-#   train_cu, MICRO=4              35,247 tok/s   MFU 32.1%   peak 27,763 MiB
-#   torch.compile (per layer)      53,755 tok/s   29.6 GiB allocated, 30.7 reserved
-#   PyTorch eager                  29,175 tok/s   42.4 GiB allocated, 44.5 reserved
-#   generation: train_cu 4,347 new tokens/s, HF generate 2,038 (another run: 6,456 and 1,904)
-# The plan of the default run: activations 9,962 MiB, AdamW m, v 8,393, parameters 4,196,
+# Measured on one H200 (nvidia-h200), 2026-12-02 (second session), in one run (STEPS=5,
+# steady-state steps 2-5; MICRO=4 a minute before it, the same build):
+#   train_cu, the defaults         46,646 tok/s   MFU 42.5%   peak 32,655 MiB (cudaMemGetInfo)
+#   train_cu, MICRO=4              43,185 tok/s   MFU 39.4%   peak 27,699 MiB
+#   torch.compile (per layer)      55,323 tok/s   29.6 GiB allocated, 30.7 reserved
+#   PyTorch eager                  29,740 tok/s   42.4 GiB allocated, 44.5 reserved
+#   generation: train_cu 5,859 new tokens/s, HF generate 3,023
+# The final build of that session (the flash forward at one row tile a warp): 46,868 and 47,507
+# tok/s in two later runs without the PyTorch rows.
+# The plan of the default run: activations 9,834 MiB, AdamW m, v 8,393, parameters 4,196,
 # gradients 4,196, the bf16 teacher 2,098, bf16 weights 1,973, codes 924.
-# Earlier that day: 35,364 tok/s at 37,687 MiB (fp32 gate, up, O); that morning 24,029 at 38,983
-# (PyTorch eager 30,570 then); 2026-12-01: 22,218 tok/s at 59,911 MiB.
+# The session before: 38,302 tok/s at 32,783 MiB (torch.compile 53,755 in its run); earlier
+# 35,364 at 37,687 MiB (fp32 gate, up, O), 24,029 at 38,983 (PyTorch eager 30,570 then);
+# 2026-12-01: 22,218 tok/s at 59,911 MiB.
 set -u
 cd "$(dirname "$0")/.."
 STEPS=${STEPS:-6}
