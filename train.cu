@@ -21,22 +21,22 @@
  *  12. the training loop (--train-tokens or --data with its held-out loss), --bench, and main;
  *      --clip, --export-packed and --histogram are train.c's own, on the downloaded parameters
  *
- * Precision: parameters (the master weights), gradients and AdamW moments are fp32, and so are the
- * activations but those only matmuls and attention read (below); matmuls run in bf16 (--matmul bf16, the default), through cuBLAS with TF32 tensor cores
- * (--matmul tf32), or in plain fp32 (--matmul fp32, what the parity test compares against
- * train.c). Under bf16:
- * once per step the forward weights of every matmul (the fake-quantized linears, the LM head) are
- * cast to bf16 copies, each matmul's activation operand is written in bf16 by its producer (the
- * normed inputs, the SwiGLU product) or cast to bf16 just before it (the others), and cuBLAS
- * multiplies bf16 by bf16 with fp32 accumulation into fp32 outputs, as mixed-precision training
- * does (Micikevicius et al. 2018); gradients and the master weights stay fp32. Under --matmul
- * bf16 a full-precision teacher is stored in bf16 alone (its norm gains excepted), half the
- * memory. Attention runs as cuBLAS products over a [T,T] score matrix per head (--attention gemm,
- * the default under --matmul tf32 and fp32, on TF32 tensor cores), or as this file's fused kernel
- * (--attention fused: the FlashAttention recurrence, Dao et al. 2022, no [T,T] matrix stored,
- * but CUDA cores only), or as FlashAttention-2 on tensor cores (--attention flash, the default under
- * --matmul bf16; Dao 2023: mma.sync on bf16 copies of q, k, v, which are what a layer keeps for
- * the backward; fp32 accumulation and softmax, no [T,T] matrix stored).
+ * Precision: parameters (the master weights), gradients and AdamW moments are fp32, and so is the
+ * residual stream; matmuls run in bf16 (--matmul bf16, the default), through cuBLAS with TF32
+ * tensor cores (--matmul tf32), or in plain fp32 (--matmul fp32, what the parity test compares
+ * against train.c). Under bf16: once per step the quantizer writes each fake-quantized linear
+ * straight into the bf16 copy the matmuls read, and the other forward weights (embedding, LM head)
+ * are cast to theirs; an activation that only bf16 readers take (matmuls, the flash kernels,
+ * SwiGLU) is kept in bf16 alone, written so by its producer (act_bf16, section 3), and the others
+ * are cast just before their matmul; cuBLAS multiplies bf16 by bf16 with fp32 accumulation, as
+ * mixed-precision training does (Micikevicius et al. 2018). Under --matmul bf16 a full-precision
+ * teacher is stored in bf16 alone (its norm gains excepted), half the memory. Attention runs as
+ * cuBLAS products over a [T,T] score matrix per head (--attention gemm, the default under --matmul
+ * tf32 and fp32, on TF32 tensor cores), or as this file's fused kernel (--attention fused: the
+ * FlashAttention recurrence, Dao et al. 2022, no [T,T] matrix stored, but CUDA cores only), or as
+ * FlashAttention-2 on tensor cores (--attention flash, the default under --matmul bf16; Dao 2023:
+ * mma.sync on bf16 copies of q, k, v, which are what a layer keeps for the backward; fp32
+ * accumulation and softmax, no [T,T] matrix stored).
  */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -555,6 +555,12 @@ __device__ static inline void store_w4(__nv_bfloat16 *p, float4 v) {  // element
     *(uint2 *)p = u;
 }
 
+// n % 8 == 0 and a, b, c, d 16-byte aligned: bf16 rows of n elements whose every 8 are one 16-byte
+// word (flash_stage's vec, with n = hd; SwiGLU's 8-wide kernels).
+static int aligned_x8(int64_t n, const void *a, const void *b, const void *c, const void *d) {
+    return n % 8 == 0 && ((uintptr_t)a | (uintptr_t)b | (uintptr_t)c | (uintptr_t)d) % 16 == 0;
+}
+
 // An activation [N,C] that a matmul reads or writes: fp32 (f), or, under --matmul bf16, bf16
 // alone (h; f NULL). Under bf16 every activation whose readers are bf16 products (matmuls, the
 // flash kernels) or elementwise kernels that take bf16 is kept in bf16 alone (act_bf16), made so
@@ -648,16 +654,14 @@ __global__ static void rmsnorm_forward_kernel(Yt *y, float *rstd, const float *x
     else
         for (int i = lane; i < C; i += 32) store_w(&yr[i], w[i] * (xr[i] * r));
 }
-static void rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int N, int C, float eps) {
+static void rmsnorm_forward(Act y, float *rstd, const float *x, const float *w, int N, int C, float eps) {
     PROFILE(PROF_OTHER);
-    rmsnorm_forward_kernel<<<blocks_for(N, 8), 256>>>(y, rstd, x, w, N, C, eps);
+    if (y.h) rmsnorm_forward_kernel<<<blocks_for(N, 8), 256>>>(y.h, rstd, x, w, N, C, eps);
+    else rmsnorm_forward_kernel<<<blocks_for(N, 8), 256>>>(y.f, rstd, x, w, N, C, eps);
     launchCheck();
 }
-static void rmsnorm_forward(Act y, float *rstd, const float *x, const float *w, int N, int C, float eps) {
-    if (!y.h) { rmsnorm_forward(y.f, rstd, x, w, N, C, eps); return; }
-    PROFILE(PROF_OTHER);
-    rmsnorm_forward_kernel<<<blocks_for(N, 8), 256>>>(y.h, rstd, x, w, N, C, eps);
-    launchCheck();
+static void rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int N, int C, float eps) {
+    rmsnorm_forward(act_f(y), rstd, x, w, N, C, eps);
 }
 
 // With g = dy * w:  dx = r * g - x * r^3 * mean(g * x),   dw += sum_n dy * x * r.
@@ -1280,20 +1284,9 @@ __device__ static inline void frag_a_of_c(uint32_t a[4], const float c0[4], cons
 __device__ static inline void frag_b_trans(uint32_t b[4], const __nv_bfloat16 *x, int ld, int k, int n, int lane) {
     ldmatrix_x4_trans(b, x + (k + (lane >> 3 & 1) * 8 + (lane & 7)) * ld + (n + (lane >> 4)) * 8);
 }
-// acc[HDP / 8] (16 rows x HDP columns of C fragments) += A B, A a 16 x 16 fragment, B rows k ..
-// k + 15 of a row-major [.][HDP] matrix in shared memory (O += P V, dQ += dS K).
-template <int HDP>
-__device__ static inline void mma_a_rows(float acc[][4], const uint32_t a[4], const __nv_bfloat16 *b, int ld, int k, int lane) {
-#pragma unroll
-    for (int n = 0; n < HDP / 8; n += 2) {
-        uint32_t bf[4];
-        frag_b_trans(bf, b, ld, k, n, lane);
-        mma_16816(acc[n], a, bf[0], bf[1]);
-        mma_16816(acc[n + 1], a, bf[2], bf[3]);
-    }
-}
-// The same for MT row tiles at once, acc[i] += a[i] B: each B fragment read serves all MT (O += P V
-// in the forward, FLASH_FORWARD_MT).
+// acc[i] (row tile i < MT: 16 rows x HDP columns of C fragments) += a[i] B, a[i] a 16 x 16 A
+// fragment, B rows k .. k + 15 of a row-major [.][HDP] matrix in shared memory; each B fragment
+// read serves all MT row tiles (O += P V in the forward, FLASH_FORWARD_MT; dQ += dS K with MT = 1).
 template <int HDP, int MT>
 __device__ static inline void mma_a_tiles(float acc[][HDP / 8][4], const uint32_t a[][4], const __nv_bfloat16 *b, int ld, int k,
                                           int lane) {
@@ -1676,7 +1669,7 @@ attention_backward_flash_kernel(float *dq, float *dk, float *dv, const float *de
         for (int kk = 0; kk < FLASH_T / 16; kk++) {
             uint32_t a[4];
             frag_a_trans(a, dss, FLASH_LDS, r0, kk * 16, lane);
-            mma_a_rows<HDP>(dqf, a, ks, LD, kk * 16, lane);
+            mma_a_tiles<HDP, 1>(&dqf, &a, ks, LD, kk * 16, lane);
         }
         // to dq, the lane's two rows t one address each; its dims d = 8n + 2c and d + 1 as one
         // 8-byte atomic where every dim is real and the pairs aligned (full2), one by one else
@@ -1713,11 +1706,6 @@ attention_backward_flash_kernel(float *dq, float *dk, float *dv, const float *de
         }
 }
 
-// vec of flash_stage: hd % 8 == 0 and every tensor the tiles come from 16-byte aligned, so 8
-// dims below hd are one 16-byte copy.
-static int flash_vec(int hd, const void *a, const void *b, const void *c, const void *d) {
-    return hd % 8 == 0 && ((uintptr_t)a | (uintptr_t)b | (uintptr_t)c | (uintptr_t)d) % 16 == 0;
-}
 
 static void flash_check_hd(int hd) {
     if (hd > FLASH_MAX_HD) fail("head_dim %d: --attention flash takes head_dim up to %d; use --attention gemm", hd, FLASH_MAX_HD);
@@ -1726,7 +1714,7 @@ static void flash_check_hd(int hd) {
 template <int HDP, typename Ot>
 static void flash_forward_launch(Ot *out, float *lse, const __nv_bfloat16 *q, const __nv_bfloat16 *k,
                                  const __nv_bfloat16 *v, int B, int T, int H, int KV, int hd) {
-    int bq = FLASH_FORWARD_MT(HDP) * FLASH_T, blocks = B * H * ((T + bq - 1) / bq), vec = flash_vec(hd, q, k, v, v);
+    int bq = FLASH_FORWARD_MT(HDP) * FLASH_T, blocks = B * H * ((T + bq - 1) / bq), vec = aligned_x8(hd, q, k, v, v);
     attention_shared((const void *)attention_forward_flash_kernel<HDP, Ot>, flash_forward_smem(HDP));
     attention_forward_flash_kernel<HDP><<<blocks, FLASH_THREADS, flash_forward_smem(HDP)>>>(out, lse, q, k, v, B, T, H, KV, hd, vec);
     launchCheck();
@@ -1756,7 +1744,7 @@ static void attention_backward_flash(float *dq, float *dk, float *dv, float *del
     else attention_delta_kernel<<<blocks_for((int64_t)B * H * T, 8), 256>>>(delta, dout.f, out.f, B, T, H, hd);
     launchCheck();
     const __nv_bfloat16 *db = dout.h ? dout.h : bf16_of(&g_bf_d, &g_bf_d_n, dout.f, (int64_t)B * T * H * hd);
-    int blocks = B * KV * ((T + FLASH_T - 1) / FLASH_T), vec = flash_vec(hd, q, k, v, db);
+    int blocks = B * KV * ((T + FLASH_T - 1) / FLASH_T), vec = aligned_x8(hd, q, k, v, db);
     if (hd <= 64) {
         attention_shared((const void *)attention_backward_flash_kernel<64>, flash_backward_smem(64));
         attention_backward_flash_kernel<64><<<blocks, FLASH_THREADS, flash_backward_smem(64)>>>(
@@ -1804,9 +1792,6 @@ __global__ static void swiglu_forward_x8_kernel(__nv_bfloat16 *h, const __nv_bfl
 #pragma unroll
     for (int e = 0; e < 8; e++) hf[e] = gf[e] / (1.0f + expf(-gf[e])) * uf[e];
     bf16x8_store(h + 8 * i, hf);
-}
-static int aligned_x8(int64_t n, const void *a, const void *b, const void *c, const void *d) {
-    return n % 8 == 0 && ((uintptr_t)a | (uintptr_t)b | (uintptr_t)c | (uintptr_t)d) % 16 == 0;
 }
 static void swiglu_forward(Act h, Act g, Act u, int64_t n) {
     PROFILE(PROF_OTHER);
@@ -2205,10 +2190,11 @@ __device__ static inline int write_code(uint8_t *c, int q, int count) {
     return flipped;
 }
 
-// int and nf, the per-group steps the two kernels below share: the scales from the lanes'
-// partial min and max (the warp's min and max, exact in any order, then int_asym_params, or nf's
-// extremes), each weight's code and value, and lane 0's record of the group (scales, NaN or Inf,
-// flips; the vector kernel records the scales alike but sums its flips a block at a time).
+// int and nf, the per-group steps of the two kernels below: the scales from the lanes' partial
+// min and max (the warp's min and max, exact in any order, then int_asym_params, or nf's
+// extremes) and each weight's code and value, which both share; and the scalar kernel's record of
+// the group by lane 0 (scales, NaN or Inf, flips; the vector kernel records the scales alike but
+// sums its flips a block at a time).
 __device__ static inline void group_scales(float *a, float *b, float mn, float mx, int method, int bits) {
     mx = warp_max(mx);
     mn = -warp_max(-mn);
@@ -2800,8 +2786,9 @@ typedef struct {
     float lr, beta1, beta2, eps, weight_decay, grad_clip;
 } OptConfig;
 
-// Thread mapping (both): threads stride over the elements. The sum of squares reduces per block
-// in double into parts[blockIdx.x], and sum_parts_kernel (one block of SUM_BLOCKS threads) adds
+// Thread mapping (sum_squares_kernel, count_nonfinite_kernel): threads stride over the elements.
+// The sum of squares reduces per block in double into parts[blockIdx.x], and sum_parts_kernel
+// (one block of SUM_BLOCKS threads, one part each) adds
 // the parts up in a fixed tree: the same norm every run (an atomicAdd of each block's total added
 // them in any order, so the clipping factor and every gradient after it could differ in the last
 // bit between two runs), and the same for a ZeRO-1 shard padded with zeros as for the unpadded
