@@ -1225,8 +1225,9 @@ __device__ static inline void mma_16816(float d[4], const uint32_t a[4], uint32_
 }
 // 2^x by the SFU's ex2.approx.ftz alone (FlashAttention-2's exp2f, built with --use_fast_math):
 // exp2f wraps the same instruction in a range test and two multiplies only so that results below
-// 2^-126 come out subnormal rather than 0; in the forward's softmax they are terms below 2^-126 of
-// a row whose largest term is 1. 2^-inf = +0, the masked keys' p.
+// 2^-126 come out subnormal rather than 0; in the softmax they are terms below 2^-126 of a row
+// whose largest term is 1 (the forward's p and corrections, the backward's p = exp2(x - lse2) <= 1).
+// 2^-inf = +0, the masked keys' p.
 __device__ static inline float exp2_ftz(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
@@ -1622,7 +1623,8 @@ attention_backward_flash_kernel(float *dq, float *dk, float *dv, const float *de
             // fragments below take (frag_a_of_c's packing: pp[n][h] and ds[n][h] hold row g + 8h
             // of column tile n); dS^T also to shared memory as [key][query], a pair one word. The
             // lane's elements of tile n are queries 8n + 2c and the next (e & 1), whose lse and
-            // Delta it reads as one pair each.
+            // Delta it reads as one pair each. p = exp2(s scale2 - lse2): one FFMA into exp2_ftz,
+            // as in the forward (exp2f's range test and two multiplies were 3 of its 4 instructions).
 #pragma unroll
             for (int n = 0; n < FLASH_T / 16; n++) {
                 int tt = (n0 + n) * 8 + 2 * c;
@@ -1631,7 +1633,7 @@ attention_backward_flash_kernel(float *dq, float *dk, float *dv, const float *de
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     int jj = r0 + g + 8 * (e >> 1);
-                    p[e] = q0 == j0 && tt + (e & 1) < jj ? 0.0f : exp2f(st[n][e] * scale2 - (e & 1 ? l2.y : l2.x));
+                    p[e] = q0 == j0 && tt + (e & 1) < jj ? 0.0f : exp2_ftz(fmaf(st[n][e], scale2, -(e & 1 ? l2.y : l2.x)));
                     d[e] = p[e] * (dpt[n][e] - (e & 1 ? d2.y : d2.x));
                 }
 #pragma unroll
