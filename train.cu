@@ -1212,9 +1212,9 @@ static void attention_backward_gemm(float *dq, float *dk, float *dv, float *S, f
 // Blocks a SM that the kernels of HDP = 64 are compiled for (__launch_bounds__ caps the registers
 // a thread at 64K / (128 threads x blocks)): the forward 3 (161 registers at MT = 1; MT = 2 needs
 // 2: ~240, of which its two row tiles' S and O fragments take 128 and Q 32; 3 x 36 KiB of shared
-// memory), the backward 3 (168 registers, which it fits by computing S^T in halves; 3 x 64 KiB).
+// memory), the backward 3 (167 registers, which it fits by computing S^T in halves; 3 x 64 KiB).
 // HDP = 128: the forward with bf16 O 3 (168 registers; with fp32 O 168 would spill, so no
-// minimum: 174, 2 blocks), the backward no minimum (0).
+// minimum: 174, 2 blocks), the backward no minimum (0; 255 registers, 2 blocks).
 #define FLASH_FORWARD_BLOCKS 3
 #define FLASH_BACKWARD_BLOCKS 3
 
@@ -1303,11 +1303,17 @@ __device__ static inline void mma_a_tiles(float acc[][HDP / 8][4], const uint32_
     }
 }
 
-// cp.async: 16 bytes global -> shared without passing through registers; commit closes a group
-// of copies, wait<n> waits until at most n groups are in flight.
+// cp.async: 16 (or 4) bytes global -> shared without passing through registers; commit closes a
+// group of copies, wait<n> waits until at most n groups are in flight (the thread's own copies of
+// the older groups are then in shared memory, others' after a barrier). .cg (through L2 only) takes
+// only 16 bytes; 4 go through .ca.
 __device__ static inline void cp_async16(void *dst, const void *src) {
     unsigned a = (unsigned)__cvta_generic_to_shared(dst);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(src));
+}
+__device__ static inline void cp_async4(void *dst, const void *src) {
+    unsigned a = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(a), "l"(src));
 }
 __device__ static inline void cp_async_commit(void) { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
@@ -1349,19 +1355,20 @@ __device__ static inline void flash_stage_full(__nv_bfloat16 *tile, const __nv_b
 #pragma unroll
     for (int p = 0; p < FLASH_T / RP; p++) cp_async16(dst + p * RP * (HDP + 8), src + p * RP * row);
 }
-// Keys j0 .. j0 + 63 of K and V into the forward's buffer at ks (V after K).
+// Rows r0 .. r0 + 63 of head hh of x and of y, both [B,T,NH,hd], into the tiles at xs and, after
+// it, xs + 64 (HDP + 8): the forward's K and V; the backward's K and V, and Q and dO.
 template <int HDP>
-__device__ static inline void flash_stage_kv(__nv_bfloat16 *ks, const __nv_bfloat16 *k, const __nv_bfloat16 *v, int b, int j0,
-                                             int T, int KV, int kvh, int hd, int vec) {
-    __nv_bfloat16 *vs = ks + FLASH_T * (HDP + 8);
-    if (vec && hd == HDP && j0 + FLASH_T <= T) {
-        int64_t row = (int64_t)KV * HDP,  // from one key row to the next; this thread's first chunk:
-            first = (((int64_t)b * T + j0 + threadIdx.x / (HDP / 8)) * KV + kvh) * HDP + threadIdx.x % (HDP / 8) * 8;
-        flash_stage_full<HDP>(ks, k + first, row);
-        flash_stage_full<HDP>(vs, v + first, row);
+__device__ static inline void flash_stage_pair(__nv_bfloat16 *xs, const __nv_bfloat16 *x, const __nv_bfloat16 *y, int b, int r0,
+                                               int T, int NH, int hh, int hd, int vec) {
+    __nv_bfloat16 *ys = xs + FLASH_T * (HDP + 8);
+    if (vec && hd == HDP && r0 + FLASH_T <= T) {
+        int64_t row = (int64_t)NH * HDP,  // from one row t to the next; this thread's first chunk:
+            first = (((int64_t)b * T + r0 + threadIdx.x / (HDP / 8)) * NH + hh) * HDP + threadIdx.x % (HDP / 8) * 8;
+        flash_stage_full<HDP>(xs, x + first, row);
+        flash_stage_full<HDP>(ys, y + first, row);
     } else {
-        flash_stage(ks, HDP + 8, HDP, k, b, j0, T, KV, kvh, hd, vec);
-        flash_stage(vs, HDP + 8, HDP, v, b, j0, T, KV, kvh, hd, vec);
+        flash_stage(xs, HDP + 8, HDP, x, b, r0, T, NH, hh, hd, vec);
+        flash_stage(ys, HDP + 8, HDP, y, b, r0, T, NH, hh, hd, vec);
     }
 }
 
@@ -1386,7 +1393,7 @@ attention_forward_flash_kernel(Ot *out, float *lse, const __nv_bfloat16 *q, cons
     int q0 = (tiles - 1 - blockIdx.x / (B * H)) * BQ, lane = threadIdx.x % 32, r0 = threadIdx.x / 32 * 16;
     int g = lane / 4, c = lane % 4, last = min(q0 + BQ, T) - 1;  // the last key of the last row below T
     float scale2 = 1.4426950408889634f / sqrtf((float)hd);  // log2(e) / sqrt(hd)
-    flash_stage_kv<HDP>(sm, k, v, b, 0, T, KV, kvh, hd, vec);
+    flash_stage_pair<HDP>(sm, k, v, b, 0, T, KV, kvh, hd, vec);
     cp_async_commit();
     uint32_t qf[MT][HDP / 16][4];
 #pragma unroll
@@ -1410,7 +1417,7 @@ attention_forward_flash_kernel(Ot *out, float *lse, const __nv_bfloat16 *q, cons
     }
     for (int j0 = 0, u = 0; j0 <= last; j0 += FLASH_T, u ^= 1) {
         if (j0 + FLASH_T <= last)  // the next tile into the other buffer (consumed: the barrier below)
-            flash_stage_kv<HDP>(sm + 2 * (u ^ 1) * TILE, k, v, b, j0 + FLASH_T, T, KV, kvh, hd, vec);
+            flash_stage_pair<HDP>(sm + 2 * (u ^ 1) * TILE, k, v, b, j0 + FLASH_T, T, KV, kvh, hd, vec);
         cp_async_commit();
         cp_async_wait<1>();  // this tile's copies are done (the next tile's may still run)
         __syncthreads();
@@ -1526,20 +1533,26 @@ __global__ static void attention_delta_kernel(float *delta, const Ot *dout, cons
     if (threadIdx.x % 32 == 0) delta[row] = d;
 }
 
-// Q, dO, lse (base 2) and Delta of the query tile q0 of head h into buffer u of the backward;
-// past T, zero rows and lse +inf.
-__device__ static void flash_stage_queries(__nv_bfloat16 *qs, __nv_bfloat16 *dos, float *lse2, float *dl,
-                                           const __nv_bfloat16 *q, const __nv_bfloat16 *dout, const float *lse,
-                                           const float *delta, int hdp, int b, int h, int q0, int T, int H, int hd,
-                                           int vec) {
-    flash_stage(qs, hdp + 8, hdp, q, b, q0, T, H, h, hd, vec);
-    flash_stage(dos, hdp + 8, hdp, dout, b, q0, T, H, h, hd, vec);
-    for (int e = threadIdx.x; e < FLASH_T; e += blockDim.x) {
-        int t = q0 + e;
-        int64_t li = ((int64_t)b * H + h) * T + t;
-        lse2[e] = t < T ? lse[li] * 1.4426950408889634f : INFINITY;  // p = exp2(x - inf) = 0 past T
-        dl[e] = t < T ? delta[li] : 0.0f;
-    }
+// Q and dO of the query tile q0 of head h into a buffer of the backward at qs (dO after Q), and its
+// lse and Delta at ls (Delta after lse): thread i < 64 copies lse_t of t = q0 + i, thread 64 + i
+// Delta_t, each one 4-byte cp.async (no registers, no wait for global memory here); past T, zero
+// rows of Q and dO, lse +inf (p = exp2(x - inf) = 0) and Delta 0. lse is copied as the forward
+// wrote it, in nats: the thread that copied it makes it base 2 once its copy has landed
+// (flash_lse_base2).
+static_assert(FLASH_THREADS == 2 * FLASH_T, "a thread for each lse and each Delta of a query tile");
+template <int HDP>
+__device__ static inline void flash_stage_queries(__nv_bfloat16 *qs, float *ls, const __nv_bfloat16 *q,
+                                                  const __nv_bfloat16 *dout, const float *lse, const float *delta, int b,
+                                                  int h, int q0, int T, int H, int hd, int vec) {
+    flash_stage_pair<HDP>(qs, q, dout, b, q0, T, H, h, hd, vec);
+    int i = threadIdx.x, t = q0 + i % FLASH_T;
+    if (t < T) cp_async4(ls + i, (i < FLASH_T ? lse : delta) + ((int64_t)b * H + h) * T + t);
+    else ls[i] = i < FLASH_T ? INFINITY : 0.0f;
+}
+// lse2 = lse log2(e) in place, by the thread that copied it (so its cp.async group must have been
+// waited for), before the barrier after which the warps read it.
+__device__ static inline void flash_lse_base2(float *ls) {
+    if (threadIdx.x < FLASH_T) ls[threadIdx.x] *= 1.4426950408889634f;
 }
 
 // Thread mapping: a block owns 64 consecutive keys j0.. of one (b, kv head), the blocks of the
@@ -1568,9 +1581,8 @@ attention_backward_flash_kernel(float *dq, float *dk, float *dv, const float *de
     int nq = (T - j0 + FLASH_T - 1) / FLASH_T;  // query tiles q0 = j0, j0 + 64, .. of every head of the group
     float scale = 1.0f / sqrtf((float)hd), scale2 = 1.4426950408889634f * scale;
     int full2 = hd == HDP && (uintptr_t)dq % 8 == 0;  // no padded dims, dq's pairs (t, 2i) 8-byte aligned
-    flash_stage(ks, LD, HDP, k, b, j0, T, KV, kvh, hd, vec);
-    flash_stage(vs, LD, HDP, v, b, j0, T, KV, kvh, hd, vec);
-    flash_stage_queries(qd, qd + TILE, ld2, ld2 + FLASH_T, q, dout, lse, delta, HDP, b, kvh * group, j0, T, H, hd, vec);
+    flash_stage_pair<HDP>(ks, k, v, b, j0, T, KV, kvh, hd, vec);
+    flash_stage_queries<HDP>(qd, ld2, q, dout, lse, delta, b, kvh * group, j0, T, H, hd, vec);
     cp_async_commit();
     float dkf[HDP / 8][4], dvf[HDP / 8][4];
 #pragma unroll
@@ -1579,14 +1591,12 @@ attention_backward_flash_kernel(float *dq, float *dk, float *dv, const float *de
         for (int e = 0; e < 4; e++) dkf[n][e] = dvf[n][e] = 0.0f;
     for (int it = 0, u = 0; it < group * nq; it++, u ^= 1) {
         int h = kvh * group + it / nq, q0 = j0 + it % nq * FLASH_T;
-        if (it + 1 < group * nq) {  // the next tile into the other buffer (consumed: the last barrier)
-            int w = u ^ 1;
-            flash_stage_queries(qd + 2 * w * TILE, qd + (2 * w + 1) * TILE, ld2 + 2 * w * FLASH_T, ld2 + (2 * w + 1) * FLASH_T,
-                                q, dout, lse, delta, HDP, b, kvh * group + (it + 1) / nq, j0 + (it + 1) % nq * FLASH_T, T, H, hd,
-                                vec);
-        }
+        if (it + 1 < group * nq)  // the next tile into the other buffer (consumed: the last barrier)
+            flash_stage_queries<HDP>(qd + 2 * (u ^ 1) * TILE, ld2 + 2 * (u ^ 1) * FLASH_T, q, dout, lse, delta, b,
+                                     kvh * group + (it + 1) / nq, j0 + (it + 1) % nq * FLASH_T, T, H, hd, vec);
         cp_async_commit();
-        cp_async_wait<1>();
+        cp_async_wait<1>();  // this tile's copies are done (the next tile's may still run)
+        flash_lse_base2(ld2 + 2 * u * FLASH_T);
         __syncthreads();
         const __nv_bfloat16 *qs = qd + 2 * u * TILE, *dos = qs + TILE;
         const float *lse2 = ld2 + 2 * u * FLASH_T, *dl = lse2 + FLASH_T;
