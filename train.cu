@@ -1320,11 +1320,11 @@ template <int N>
 __device__ static inline void cp_async_wait(void) { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 // Shared memory of the forward: K and V [64][HDP + 8], twice (double buffering); of the backward:
-// K, V, then Q, dO twice, as [64][HDP + 8], dS^T [64][64 + 8], and lse and Delta of 64 queries
-// twice. Every part is a multiple of 16 bytes.
+// K, V, then Q, dO twice, as [64][HDP + 8], dS^T [64][64 + 8], lse and Delta of 64 queries twice,
+// and the (h, q0) of both buffers' tiles. Every part is a multiple of 16 bytes.
 __host__ __device__ static size_t flash_forward_smem(int hdp) { return (size_t)4 * FLASH_T * (hdp + 8) * 2; }
 __host__ __device__ static size_t flash_backward_smem(int hdp) {
-    return (size_t)6 * FLASH_T * (hdp + 8) * 2 + FLASH_T * FLASH_LDS * 2 + 4 * FLASH_T * 4;
+    return (size_t)6 * FLASH_T * (hdp + 8) * 2 + FLASH_T * FLASH_LDS * 2 + 4 * FLASH_T * 4 + 4 * 4;
 }
 
 // Rows r0 .. r0+63 of head hh of x[B,T,NH,hd] (bf16) into the tile [64][hdp] (rows ld apart),
@@ -1576,6 +1576,7 @@ attention_backward_flash_kernel(float *dq, float *dk, float *dv, const float *de
     __nv_bfloat16 *ks = (__nv_bfloat16 *)flash_sm, *vs = ks + TILE, *qd = vs + TILE,  // buffer u: Q at qd + 2 u TILE, dO after it
                   *dss = qd + 4 * TILE;
     float *ld2 = (float *)(dss + FLASH_T * FLASH_LDS);  // buffer u: lse2 at ld2 + 2 u FLASH_T, Delta after it
+    int *walk = (int *)(ld2 + 4 * FLASH_T);             // buffer u: its tile's h and q0 at walk + 2 u
     int bk = blockIdx.x % (B * KV), b = bk / KV, kvh = bk % KV, j0 = blockIdx.x / (B * KV) * FLASH_T, group = H / KV;
     int lane = threadIdx.x % 32, r0 = threadIdx.x / 32 * 16, g = lane / 4, c = lane % 4;
     int nq = (T - j0 + FLASH_T - 1) / FLASH_T;  // query tiles q0 = j0, j0 + 64, .. of every head of the group
@@ -1584,16 +1585,26 @@ attention_backward_flash_kernel(float *dq, float *dk, float *dv, const float *de
     flash_stage_pair<HDP>(ks, k, v, b, j0, T, KV, kvh, hd, vec);
     flash_stage_queries<HDP>(qd, ld2, q, dout, lse, delta, b, kvh * group, j0, T, H, hd, vec);
     cp_async_commit();
+    // The walk's place, the head h and first query q0 of the tile in buffer u, is written beside the
+    // tile when it is staged and read back after the barriers: not held in registers through the
+    // tile (the kernel is at its cap of 168; two more spill), nor recomputed from it as it / nq and
+    // it % nq (a division, ~25 instructions, at the top and again for dQ).
+    if (threadIdx.x == 0) walk[0] = kvh * group, walk[1] = j0;
+    __syncthreads();
     float dkf[HDP / 8][4], dvf[HDP / 8][4];
 #pragma unroll
     for (int n = 0; n < HDP / 8; n++)
 #pragma unroll
         for (int e = 0; e < 4; e++) dkf[n][e] = dvf[n][e] = 0.0f;
     for (int it = 0, u = 0; it < group * nq; it++, u ^= 1) {
-        int h = kvh * group + it / nq, q0 = j0 + it % nq * FLASH_T;
-        if (it + 1 < group * nq)  // the next tile into the other buffer (consumed: the last barrier)
-            flash_stage_queries<HDP>(qd + 2 * (u ^ 1) * TILE, ld2 + 2 * (u ^ 1) * FLASH_T, q, dout, lse, delta, b,
-                                     kvh * group + (it + 1) / nq, j0 + (it + 1) % nq * FLASH_T, T, H, hd, vec);
+        int h = walk[2 * u], q0 = walk[2 * u + 1];
+        if (it + 1 < group * nq) {  // the next tile into the other buffer (consumed: the last barrier)
+            int hn = h, qn = q0 + FLASH_T;  // the head's next query tile, else the next head's first
+            if (qn >= T) hn++, qn = j0;
+            if (threadIdx.x == 0) walk[2 * (u ^ 1)] = hn, walk[2 * (u ^ 1) + 1] = qn;
+            flash_stage_queries<HDP>(qd + 2 * (u ^ 1) * TILE, ld2 + 2 * (u ^ 1) * FLASH_T, q, dout, lse, delta, b, hn, qn, T, H,
+                                     hd, vec);
+        }
         cp_async_commit();
         cp_async_wait<1>();  // this tile's copies are done (the next tile's may still run)
         flash_lse_base2(ld2 + 2 * u * FLASH_T);
@@ -1672,6 +1683,7 @@ attention_backward_flash_kernel(float *dq, float *dk, float *dv, const float *de
             }
         }
         __syncthreads();  // every warp's part of dS is written
+        h = walk[2 * u], q0 = walk[2 * u + 1];  // read again (a load after the barrier: no registers held)
         // dQ of the warp's 16 queries = scale dS K, over the block's 64 keys (k runs down the
         // columns of dS^T and of K: ldmatrix .trans for both)
         float dqf[HDP / 8][4];
