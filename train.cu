@@ -1587,8 +1587,8 @@ attention_backward_flash_kernel(float *dq, float *dk, float *dv, const float *de
     cp_async_commit();
     // The walk's place, the head h and first query q0 of the tile in buffer u, is written beside the
     // tile when it is staged and read back after the barriers: not held in registers through the
-    // tile (the kernel is at its cap of 168; two more spill), nor recomputed from it as it / nq and
-    // it % nq (a division, ~25 instructions, at the top and again for dQ).
+    // tile (the kernel is at its cap of 168; two more spill), nor recomputed from the tile count it
+    // as it / nq and it % nq (a division, ~25 instructions, at the top and again for dQ).
     if (threadIdx.x == 0) walk[0] = kvh * group, walk[1] = j0;
     __syncthreads();
     float dkf[HDP / 8][4], dvf[HDP / 8][4];
