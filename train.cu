@@ -1214,7 +1214,7 @@ static void attention_backward_gemm(float *dq, float *dk, float *dv, float *S, f
 // 2: ~240, of which its two row tiles' S and O fragments take 128 and Q 32; 3 x 36 KiB of shared
 // memory), the backward 3 (167 registers, which it fits by computing S^T in halves; 3 x 64 KiB).
 // HDP = 128: the forward with bf16 O 3 (168 registers; with fp32 O 168 would spill, so no
-// minimum: 174, 2 blocks), the backward no minimum (0; 255 registers, 2 blocks).
+// minimum: 174, 2 blocks), the backward no minimum (0; 252 registers, 2 blocks).
 #define FLASH_FORWARD_BLOCKS 3
 #define FLASH_BACKWARD_BLOCKS 3
 
