@@ -415,7 +415,7 @@ static void model_alloc_acts(Model *m, int B, int T, int training) {
     size[A_K] = BT * Hkv; size[A_V] = BT * Hkv; size[A_ATT] = BT * Hq; size[A_LSE] = B * H * T;
     size[A_XN2] = BT * D; size[A_RSTD2] = BT; size[A_GATE] = BT * F;
     size[A_UP] = BT * F; size[A_HMID] = BT * F; size[A_XNF] = BT * D; size[A_RSTDF] = BT;
-    if (training) { size[A_RESID_MID] = BT * D; size[A_PROJ] = BT * D; }  // else the residual adds are in place (matmul_residual)
+    if (training) { size[A_RESID_MID] = BT * D; size[A_PROJ] = BT * D; }  // else the residual adds are in place (matmul_residual_norm)
     if (g_attention_flash) { size[A_QB] = BT * Hq; size[A_KB] = BT * Hkv; size[A_VB] = BT * Hkv; }
     if (g_attention_gemm) size[A_SCORES] = B * H * T * T;
     if (training && g_attention_gemm) size[A_DSCORES] = B * H * T * T;
@@ -528,17 +528,6 @@ __device__ static float block_sum(float x) {
     return warp_sum(x);
 }
 
-// --- bf16: y[n] = bf16(x[n]), rounded to nearest even (--matmul bf16) ----------------------
-// Thread mapping: one thread per element.
-__global__ static void cast_bf16_kernel(__nv_bfloat16 *y, const float *x, int64_t n) {
-    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) y[i] = __float2bfloat16_rn(x[i]);
-}
-static void cast_bf16(__nv_bfloat16 *y, const float *x, int64_t n) {
-    if (n <= 0) return;
-    cast_bf16_kernel<<<blocks_for(n, 256), 256>>>(y, x, n);
-    launchCheck();
-}
 __device__ static inline float to_float(float x) { return x; }
 __device__ static inline float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 
@@ -553,6 +542,39 @@ __device__ static inline void store_w4(__nv_bfloat16 *p, float4 v) {  // element
     u.x = (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(v.x)) | (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(v.y)) << 16;
     u.y = (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(v.z)) | (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(v.w)) << 16;
     *(uint2 *)p = u;
+}
+
+// --- bf16: y[n] = bf16(x[n]), rounded to nearest even (--matmul bf16) ----------------------
+// Thread mapping: one thread per 4 elements (a float4 in, 8 bytes out) when n % 4 == 0 and x, y
+// are 16 and 8 bytes aligned (every activation slot and scratch is), else one per element.
+__global__ static void cast_bf16_kernel(__nv_bfloat16 *y, const float *x, int64_t n) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = __float2bfloat16_rn(x[i]);
+}
+__global__ static void cast_bf16_x4_kernel(__nv_bfloat16 *y, const float *x, int64_t n4) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n4) store_w4(y + 4 * i, ((const float4 *)x)[i]);
+}
+static void cast_bf16(__nv_bfloat16 *y, const float *x, int64_t n) {
+    if (n <= 0) return;
+    if (n % 4 == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)y % 8 == 0) cast_bf16_x4_kernel<<<blocks_for(n / 4, 256), 256>>>(y, x, n / 4);
+    else cast_bf16_kernel<<<blocks_for(n, 256), 256>>>(y, x, n);
+    launchCheck();
+}
+
+// 8 bf16 as one 16-byte word (p 16 bytes aligned), to and from floats.
+__device__ static inline void bf16x8_load(float *f, const __nv_bfloat16 *p) {
+    uint4 v = *(const uint4 *)p;
+    const __nv_bfloat16 *e = (const __nv_bfloat16 *)&v;
+#pragma unroll
+    for (int i = 0; i < 8; i++) f[i] = __bfloat162float(e[i]);
+}
+__device__ static inline void bf16x8_store(__nv_bfloat16 *p, const float *f) {
+    uint4 v;
+    __nv_bfloat16 *e = (__nv_bfloat16 *)&v;
+#pragma unroll
+    for (int i = 0; i < 8; i++) e[i] = __float2bfloat16_rn(f[i]);
+    *(uint4 *)p = v;
 }
 
 // n % 8 == 0 and a, b, c, d 16-byte aligned: bf16 rows of n elements whose every 8 are one 16-byte
@@ -575,6 +597,8 @@ static int aligned_x8(int64_t n, const void *a, const void *b, const void *c, co
 //   - under --attention flash the attention output O (written by the flash forward, read by the
 //     output matmul and by the backward's Delta = dO . O) and its gradient dO (the output
 //     matmul's backward, read by Delta and the flash backward), as FlashAttention-2 keeps them.
+// One Act has both: the residual gradient, fp32 (it sums over the layers) with the bf16 copy that
+// each rmsnorm backward writes beside it for the matmul backward that reads it next.
 typedef struct { float *f; __nv_bfloat16 *h; } Act;
 static Act act_f(const float *x) { Act a = {(float *)x, NULL}; return a; }
 static int act_bf16(int a) {
@@ -624,28 +648,75 @@ static void embedding_backward(float *dE, const float *dx, const int *tok, const
 }
 
 // --- RMSNorm: y[N,C] = x / sqrt(mean(x^2) + eps) * w[C] ------------------------------------
-// Thread mapping: one warp per row; its lanes stride over the C columns, 4 at a time as float4s
-// when C % 4 == 0 and x, w, y are 16 bytes aligned (bf16 y: 8), as the activation slots are (then
-// every row is), else one at a time. y: fp32, or bf16 (Act).
-template <typename Yt>
-__global__ static void rmsnorm_forward_kernel(Yt *y, float *rstd, const float *x, const float *w, int N, int C, float eps) {
+// With b (not NULL), the residual add before it in the same pass: sum = x + b is written, and
+// normed in place of x (the values of a separate add, y = x + b, and then the norm of y).
+// Thread mapping: one warp per row. When C % 4 == 0 and the pointers are 16 bytes aligned (bf16
+// y: 8), as the activation slots are (then every row is), its lanes take the row as float4s:
+// lane j the float4s j, j + 32, ..., held in registers (NV of them, NV = C / 128 rounded up to a
+// launched size) from the first pass, where all NV loads are in flight at once, to the second,
+// where they are normed (a lane's loads one at a time and a second read of the row ran at about
+// half the memory's bandwidth: 40 us for 8192 rows of 2048). Wider rows (NV 0) and the others
+// stride over the row with the same per-lane order of sums, float4s or single floats. y: fp32,
+// or bf16 (Act).
+template <int NV>
+__device__ static inline bool lane_has(int k, int lane, int C) { return NV == 0 || lane + 32 * k < C / 4; }
+template <int NV, typename Yt>
+__global__ static void rmsnorm_forward_kernel(Yt *y, float *rstd, float *sum, const float *x, const float *b, const float *w,
+                                              int N, int C, float eps, int vec) {
     int n = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (n >= N) return;
-    const float *xr = x + (int64_t)n * C;
+    const float *xr = x + (int64_t)n * C, *br = b ? b + (int64_t)n * C : NULL;
+    float *sr = b ? sum + (int64_t)n * C : NULL;
     Yt *yr = y + (int64_t)n * C;
-    const float4 *x4 = (const float4 *)xr, *w4 = (const float4 *)w;
-    int vec = C % 4 == 0 && ((uintptr_t)x | (uintptr_t)w) % 16 == 0 && (uintptr_t)y % (4 * sizeof(Yt)) == 0;
+    const float4 *x4 = (const float4 *)xr, *b4 = (const float4 *)br, *w4 = (const float4 *)w;
+    float4 *s4 = (float4 *)sr;
     float ss = 0.0f;
+    if constexpr (NV > 0) {  // vec
+        float4 v[NV];
+#pragma unroll
+        for (int k = 0; k < NV; k++) {
+            int i = lane + 32 * k;
+            if (!lane_has<NV>(k, lane, C)) continue;
+            v[k] = x4[i];
+            if (b) {
+                float4 u = b4[i];
+                v[k] = make_float4(v[k].x + u.x, v[k].y + u.y, v[k].z + u.z, v[k].w + u.w);
+                s4[i] = v[k];
+            }
+            ss += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
+        }
+        ss = warp_sum(ss);
+        float r = 1.0f / sqrtf(ss / C + eps);
+        if (lane == 0) rstd[n] = r;
+#pragma unroll
+        for (int k = 0; k < NV; k++) {
+            int i = lane + 32 * k;
+            if (!lane_has<NV>(k, lane, C)) continue;
+            float4 g = w4[i];
+            store_w4(yr + 4 * i, make_float4(g.x * (v[k].x * r), g.y * (v[k].y * r), g.z * (v[k].z * r), g.w * (v[k].w * r)));
+        }
+        return;
+    }
     if (vec)
         for (int i = lane; i < C / 4; i += 32) {
             float4 v = x4[i];
+            if (b) {
+                float4 u = b4[i];
+                v = make_float4(v.x + u.x, v.y + u.y, v.z + u.z, v.w + u.w);
+                s4[i] = v;
+            }
             ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
         }
     else
-        for (int i = lane; i < C; i += 32) ss += xr[i] * xr[i];
+        for (int i = lane; i < C; i += 32) {
+            float v = xr[i];
+            if (b) sr[i] = v = v + br[i];
+            ss += v * v;
+        }
     ss = warp_sum(ss);
     float r = 1.0f / sqrtf(ss / C + eps);
     if (lane == 0) rstd[n] = r;
+    if (b) x4 = s4, xr = sr;
     if (vec)
         for (int i = lane; i < C / 4; i += 32) {
             float4 v = x4[i], g = w4[i];
@@ -654,30 +725,59 @@ __global__ static void rmsnorm_forward_kernel(Yt *y, float *rstd, const float *x
     else
         for (int i = lane; i < C; i += 32) store_w(&yr[i], w[i] * (xr[i] * r));
 }
-static void rmsnorm_forward(Act y, float *rstd, const float *x, const float *w, int N, int C, float eps) {
-    PROFILE(PROF_OTHER);
-    if (y.h) rmsnorm_forward_kernel<<<blocks_for(N, 8), 256>>>(y.h, rstd, x, w, N, C, eps);
-    else rmsnorm_forward_kernel<<<blocks_for(N, 8), 256>>>(y.f, rstd, x, w, N, C, eps);
+// The float4s a lane holds for a row of C floats: 4, 16 or 32 (C up to 512, 2048, 4096), else 0
+// (the strided loops); 0 too when the pointers are not aligned for float4s.
+static int rms_nv(int C, int vec) {
+    int nv = (C / 4 + 31) / 32;
+    if (!vec || nv > 32) return 0;
+    return nv <= 4 ? 4 : nv <= 16 ? 16 : 32;
+}
+template <int NV>
+static void rmsnorm_forward_launch(Act y, float *rstd, float *sum, const float *x, const float *b, const float *w, int N,
+                                   int C, float eps, int vec) {
+    if (y.h) rmsnorm_forward_kernel<NV><<<blocks_for(N, 8), 256>>>(y.h, rstd, sum, x, b, w, N, C, eps, vec);
+    else rmsnorm_forward_kernel<NV><<<blocks_for(N, 8), 256>>>(y.f, rstd, sum, x, b, w, N, C, eps, vec);
     launchCheck();
 }
-static void rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int N, int C, float eps) {
-    rmsnorm_forward(act_f(y), rstd, x, w, N, C, eps);
+// sum, b: NULL, or the residual add (above).
+static void rmsnorm_forward_add(Act y, float *rstd, float *sum, const float *x, const float *b, const float *w, int N, int C,
+                                float eps) {
+    PROFILE(PROF_OTHER);
+    void *yp = y.h ? (void *)y.h : (void *)y.f;
+    int vec = C % 4 == 0 && ((uintptr_t)x | (uintptr_t)w | (uintptr_t)b | (uintptr_t)sum) % 16 == 0 &&
+              (uintptr_t)yp % (y.h ? 8 : 16) == 0;
+    int nv = rms_nv(C, vec);
+    if (nv == 4) rmsnorm_forward_launch<4>(y, rstd, sum, x, b, w, N, C, eps, vec);
+    else if (nv == 16) rmsnorm_forward_launch<16>(y, rstd, sum, x, b, w, N, C, eps, vec);
+    else if (nv == 32) rmsnorm_forward_launch<32>(y, rstd, sum, x, b, w, N, C, eps, vec);
+    else rmsnorm_forward_launch<0>(y, rstd, sum, x, b, w, N, C, eps, vec);
+}
+static void rmsnorm_forward(Act y, float *rstd, const float *x, const float *w, int N, int C, float eps) {
+    rmsnorm_forward_add(y, rstd, NULL, x, NULL, w, N, C, eps);
 }
 
 // With g = dy * w:  dx = r * g - x * r^3 * mean(g * x),   dw += sum_n dy * x * r.
-// dx: one warp per row. dw: a thread per column sums a chunk of RMS_ROWS rows, then atomicAdd.
+// dx: one warp per row, its lanes striding over the row (float4s when vec: C % 4 == 0 and the
+// pointers aligned), the loops unrolled 4 deep (dy and x held in registers between the passes
+// instead, as the forward, took 177 registers and ran 10% slower). dxh (not NULL under --matmul
+// bf16): the bf16 copy of the updated dx, as cast_bf16 would make it: the residual gradient is
+// the output gradient of the next matmul backward (the layer below's down or output projection),
+// which reads it in bf16.
+// dw: a thread per column sums a chunk of RMS_ROWS rows into parts[chunk][C]; then a thread per
+// column adds the chunks in order, so dw is the same in every run (no float atomics).
 #define RMS_ROWS 256
-__global__ static void rmsnorm_backward_kernel(float *dx, const float *dy, const float *x, const float *w,
-                                               const float *rstd, int N, int C) {
+__global__ static void rmsnorm_backward_kernel(float *dx, __nv_bfloat16 *dxh, const float *dy, const float *x,
+                                               const float *w, const float *rstd, int N, int C, int vec) {
     int n = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (n >= N) return;
     const float *xr = x + (int64_t)n * C, *dyr = dy + (int64_t)n * C;
     float *dxr = dx + (int64_t)n * C;
+    __nv_bfloat16 *dxhr = dxh ? dxh + (int64_t)n * C : NULL;
     const float4 *x4 = (const float4 *)xr, *dy4 = (const float4 *)dyr, *w4 = (const float4 *)w;
     float4 *dx4 = (float4 *)dxr;
-    int vec = C % 4 == 0 && ((uintptr_t)x | (uintptr_t)w | (uintptr_t)dx | (uintptr_t)dy) % 16 == 0;  // as the forward
     float r = rstd[n], dot = 0.0f;
     if (vec)
+#pragma unroll 4
         for (int i = lane; i < C / 4; i += 32) {
             float4 d = dy4[i], g = w4[i], v = x4[i];
             dot += d.x * g.x * v.x + d.y * g.y * v.y + d.z * g.z * v.z + d.w * g.w * v.w;
@@ -687,6 +787,7 @@ __global__ static void rmsnorm_backward_kernel(float *dx, const float *dy, const
     dot = warp_sum(dot);
     float k = r * r * r * dot / C;
     if (vec)
+#pragma unroll 4
         for (int i = lane; i < C / 4; i += 32) {
             float4 d = dy4[i], g = w4[i], v = x4[i], o = dx4[i];
             o.x += r * d.x * g.x - k * v.x;
@@ -694,25 +795,43 @@ __global__ static void rmsnorm_backward_kernel(float *dx, const float *dy, const
             o.z += r * d.z * g.z - k * v.z;
             o.w += r * d.w * g.w - k * v.w;
             dx4[i] = o;
+            if (dxhr) store_w4(dxhr + 4 * i, o);
         }
     else
-        for (int i = lane; i < C; i += 32) dxr[i] += r * dyr[i] * w[i] - k * xr[i];
+        for (int i = lane; i < C; i += 32) {
+            dxr[i] += r * dyr[i] * w[i] - k * xr[i];
+            if (dxhr) dxhr[i] = __float2bfloat16_rn(dxr[i]);
+        }
 }
-__global__ static void rmsnorm_backward_dw_kernel(float *dw, const float *dy, const float *x, const float *rstd, int N, int C) {
+__global__ static void rmsnorm_backward_dw_kernel(float *parts, const float *dy, const float *x, const float *rstd, int N, int C) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= C) return;
     int n0 = blockIdx.y * RMS_ROWS, n1 = min(N, n0 + RMS_ROWS);
     float s = 0.0f;
+#pragma unroll 8
     for (int n = n0; n < n1; n++) s += dy[(int64_t)n * C + i] * x[(int64_t)n * C + i] * rstd[n];
-    atomicAdd(&dw[i], s);
+    parts[(int64_t)blockIdx.y * C + i] = s;
 }
-static void rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, const float *w,
+__global__ static void rmsnorm_dw_sum_kernel(float *dw, const float *parts, int chunks, int C) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= C) return;
+    float s = 0.0f;
+    for (int c = 0; c < chunks; c++) s += parts[(int64_t)c * C + i];
+    dw[i] += s;
+}
+static float *g_rms_parts;  // [chunks, C] of rmsnorm_backward_dw_kernel
+static int64_t g_rms_parts_n;
+static void rmsnorm_backward(float *dx, __nv_bfloat16 *dxh, float *dw, const float *dy, const float *x, const float *w,
                              const float *rstd, int N, int C) {
     PROFILE(PROF_OTHER);
-    rmsnorm_backward_kernel<<<blocks_for(N, 8), 256>>>(dx, dy, x, w, rstd, N, C);
+    int vec = C % 4 == 0 && ((uintptr_t)x | (uintptr_t)w | (uintptr_t)dx | (uintptr_t)dy) % 16 == 0 && (uintptr_t)dxh % 8 == 0;
+    rmsnorm_backward_kernel<<<blocks_for(N, 8), 256>>>(dx, dxh, dy, x, w, rstd, N, C, vec);
     launchCheck();
-    dim3 grid(blocks_for(C, 128), blocks_for(N, RMS_ROWS));
-    rmsnorm_backward_dw_kernel<<<grid, 128>>>(dw, dy, x, rstd, N, C);
+    int chunks = blocks_for(N, RMS_ROWS);
+    float *parts = gpu_grow(&g_rms_parts, &g_rms_parts_n, (int64_t)chunks * C, "scratch");
+    rmsnorm_backward_dw_kernel<<<dim3(blocks_for(C, 128), chunks), 128>>>(parts, dy, x, rstd, N, C);
+    launchCheck();
+    rmsnorm_dw_sum_kernel<<<blocks_for(C, 128), 128>>>(dw, parts, chunks, C);
     launchCheck();
 }
 
@@ -780,7 +899,8 @@ static void matmul_forward_beta(Act out, Act x, Weight w, int N, int I, int O, f
 static void matmul_forward(Act out, Act x, Weight w, int N, int I, int O) { matmul_forward_beta(out, x, w, N, I, O, 0.0f); }
 static void matmul_forward(float *out, Act x, Weight w, int N, int I, int O) { matmul_forward(act_f(out), x, w, N, I, O); }
 static void matmul_forward(float *out, const float *x, Weight w, int N, int I, int O) { matmul_forward(act_f(out), act_f(x), w, N, I, O); }
-// dout: an Act too (dgate, dup are written in bf16 by swiglu_backward), cast into g_bf_d otherwise.
+// dout: an Act too (dgate, dup are written in bf16 by swiglu_backward; the residual gradient comes
+// with the bf16 copy its rmsnorm backward wrote), cast into g_bf_d when it is fp32 alone.
 // dx: accumulated into when fp32 (the layers' += rule); when bf16 alone (dhmid, and dO under flash)
 // written instead, the rule's exception: its one reader takes it as the gradient itself.
 static void matmul_backward(Act dx, float *dw, Act dout, Act x, Weight w, int N, int I, int O) {
@@ -809,25 +929,53 @@ static void matmul_backward(float *dx, float *dw, const float *dout, const float
 // In place (y = x, fp32), or into a bf16 y (Act), the values of the fp32 rotation and cast_bf16 in
 // one pass: --attention flash's q and k (forward), and the bf16 dq, dk their matmuls read
 // (backward, --matmul bf16).
-// Thread mapping: one thread per rotated pair (b, t, head, i < hd/2); it reads both before writing.
-template <typename Yt>
+// Thread mapping: one thread per W rotated pairs (b, t, head, i .. i + W-1 < hd/2); it reads them
+// all before writing. W = 4 (float4 loads, 16 or 8 bytes stored) when hd/2 % 4 == 0 and the
+// pointers are aligned so (every real shape), else 1.
+template <int W>
+__device__ static inline void load_floats(float *f, const float *p) {
+    if constexpr (W == 4) {
+        float4 v = *(const float4 *)p;
+        f[0] = v.x; f[1] = v.y; f[2] = v.z; f[3] = v.w;
+    } else {
+        for (int e = 0; e < W; e++) f[e] = p[e];
+    }
+}
+template <int W, typename Yt>
+__device__ static inline void store_floats(Yt *p, const float *f) {
+    if constexpr (W == 4) store_w4(p, make_float4(f[0], f[1], f[2], f[3]));
+    else for (int e = 0; e < W; e++) store_w(&p[e], f[e]);
+}
+template <int W, typename Yt>
 __global__ static void rope_rotate_kernel(Yt *y, const float *x, const float *cosv, const float *sinv, int B, int T, int NH,
                                           int hd, float sign) {
-    int half = hd / 2;
+    int half = hd / 2, groups = half / W;
     int64_t p = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (p >= (int64_t)B * T * NH * half) return;
-    int i = (int)(p % half);
-    int64_t row = p / half;  // (b, t, head)
+    if (p >= (int64_t)B * T * NH * groups) return;
+    int i = (int)(p % groups) * W;
+    int64_t row = p / groups;  // (b, t, head)
     int t = (int)(row / NH % T);
-    const float *v = x + row * hd;
-    float a = v[i], c = v[i + half], cr = cosv[(int64_t)t * half + i], s = sign * sinv[(int64_t)t * half + i];
-    store_w(&y[row * hd + i], a * cr - c * s);
-    store_w(&y[row * hd + i + half], c * cr + a * s);
+    float a[W], c[W], cr[W], s[W], lo[W], hi[W];
+    load_floats<W>(a, x + row * hd + i);
+    load_floats<W>(c, x + row * hd + i + half);
+    load_floats<W>(cr, cosv + (int64_t)t * half + i);
+    load_floats<W>(s, sinv + (int64_t)t * half + i);
+#pragma unroll
+    for (int e = 0; e < W; e++) {
+        float sn = sign * s[e];
+        lo[e] = a[e] * cr[e] - c[e] * sn;
+        hi[e] = c[e] * cr[e] + a[e] * sn;
+    }
+    store_floats<W>(y + row * hd + i, lo);
+    store_floats<W>(y + row * hd + i + half, hi);
 }
 template <typename Yt>
 static void rope_rotate(Yt *y, const float *x, const float *cosv, const float *sinv, int B, int T, int NH, int hd, float sign) {
     PROFILE(PROF_OTHER);
-    rope_rotate_kernel<<<blocks_for((int64_t)B * T * NH * (hd / 2), 256), 256>>>(y, x, cosv, sinv, B, T, NH, hd, sign);
+    int64_t pairs = (int64_t)B * T * NH * (hd / 2);
+    int x4 = hd / 2 % 4 == 0 && ((uintptr_t)x | (uintptr_t)cosv | (uintptr_t)sinv) % 16 == 0 && (uintptr_t)y % (4 * sizeof(Yt)) == 0;
+    if (x4) rope_rotate_kernel<4><<<blocks_for(pairs / 4, 256), 256>>>(y, x, cosv, sinv, B, T, NH, hd, sign);
+    else rope_rotate_kernel<1><<<blocks_for(pairs, 256), 256>>>(y, x, cosv, sinv, B, T, NH, hd, sign);
     launchCheck();
 }
 static void rope_forward(float *x, const float *cosv, const float *sinv, int B, int T, int NH, int hd) {
@@ -1532,6 +1680,28 @@ __global__ static void attention_delta_kernel(float *delta, const Ot *dout, cons
     float d = attention_row_delta(dout, out, row, T, H, hd);
     if (threadIdx.x % 32 == 0) delta[row] = d;
 }
+// bf16 dO and O with rows of 16-byte words, hd / 8 a power of two up to 32 (every real shape):
+// G = hd / 8 lanes a row, each one word of dO and one of O, summed over the G lanes by shuffles
+// (a warp takes 32 / G rows; a lane's 4-byte loads above left the kernel at a fifth of the memory's
+// bandwidth).
+__global__ static void attention_delta_x8_kernel(float *delta, const __nv_bfloat16 *dout, const __nv_bfloat16 *out, int B,
+                                                 int T, int H, int hd) {
+    int G = hd / 8;
+    int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, row = g / G;  // (b, h, t)
+    int j = (int)(g % G);
+    float d = 0.0f;
+    if (row < (int64_t)B * H * T) {  // no return before the shuffles: every lane of the warp takes part
+        int t = (int)(row % T), h = (int)(row / T % H), b = (int)(row / ((int64_t)T * H));
+        int64_t qi = (((int64_t)b * T + t) * H + h) * hd + 8 * j;
+        float a[8], o[8];
+        bf16x8_load(a, dout + qi);
+        bf16x8_load(o, out + qi);
+#pragma unroll
+        for (int e = 0; e < 8; e++) d += a[e] * o[e];
+    }
+    for (int s = G / 2; s > 0; s >>= 1) d += __shfl_xor_sync(0xffffffffu, d, s);
+    if (row < (int64_t)B * H * T && j == 0) delta[row] = d;
+}
 
 // Q and dO of the query tile q0 of head h into a buffer of the backward at qs (dO after Q), and its
 // lse and Delta at ls (Delta after lse): thread i < 64 copies lse_t of t = q0 + i, thread 64 + i
@@ -1764,7 +1934,10 @@ static void attention_backward_flash(float *dq, float *dk, float *dv, float *del
     PROFILE(PROF_ATTENTION);
     flash_check_hd(hd);
     if (!dout.h != !out.h) fail("internal: the flash backward's dO and O in different precisions");
-    if (dout.h) attention_delta_kernel<<<blocks_for((int64_t)B * H * T, 8), 256>>>(delta, dout.h, out.h, B, T, H, hd);
+    int G = hd / 8;
+    if (dout.h && aligned_x8(hd, dout.h, out.h, out.h, out.h) && (G & (G - 1)) == 0 && G <= 32)
+        attention_delta_x8_kernel<<<blocks_for((int64_t)B * H * T * G, 256), 256>>>(delta, dout.h, out.h, B, T, H, hd);
+    else if (dout.h) attention_delta_kernel<<<blocks_for((int64_t)B * H * T, 8), 256>>>(delta, dout.h, out.h, B, T, H, hd);
     else attention_delta_kernel<<<blocks_for((int64_t)B * H * T, 8), 256>>>(delta, dout.f, out.f, B, T, H, hd);
     launchCheck();
     const __nv_bfloat16 *db = dout.h ? dout.h : bf16_of(&g_bf_d, &g_bf_d_n, dout.f, (int64_t)B * T * H * hd);
@@ -1794,19 +1967,6 @@ __global__ static void swiglu_forward_kernel(T *h, const T *g, const T *u, int64
 // --matmul bf16, all three in bf16 and 16-byte aligned, n % 8 == 0 (every real shape): eight
 // elements a thread, moved as one 16-byte word each (the 2-byte loads of the kernel above ran at
 // a third of the memory's bandwidth), the same arithmetic per element, so the same bits.
-__device__ static inline void bf16x8_load(float *f, const __nv_bfloat16 *p) {
-    uint4 v = *(const uint4 *)p;
-    const __nv_bfloat16 *e = (const __nv_bfloat16 *)&v;
-#pragma unroll
-    for (int i = 0; i < 8; i++) f[i] = __bfloat162float(e[i]);
-}
-__device__ static inline void bf16x8_store(__nv_bfloat16 *p, const float *f) {
-    uint4 v;
-    __nv_bfloat16 *e = (__nv_bfloat16 *)&v;
-#pragma unroll
-    for (int i = 0; i < 8; i++) e[i] = __float2bfloat16_rn(f[i]);
-    *(uint4 *)p = v;
-}
 __global__ static void swiglu_forward_x8_kernel(__nv_bfloat16 *h, const __nv_bfloat16 *g, const __nv_bfloat16 *u, int64_t n8) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n8) return;
@@ -1880,28 +2040,32 @@ static void swiglu_backward(Act dg, Act du, Act dh, Act g, Act u, int64_t n) {
 }
 
 
-// --- residual: y = a + b. Thread mapping: one thread per element. ----------------------------
-__global__ static void residual_forward_kernel(float *y, const float *a, const float *b, int64_t n) {
-    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) y[i] = a[i] + b[i];
-}
-static void residual_forward(float *y, const float *a, const float *b, int64_t n) {
-    PROFILE(PROF_OTHER);
-    residual_forward_kernel<<<blocks_for(n, 256), 256>>>(y, a, b, n);
-    launchCheck();
-}
-
-// The residual add after a block: y = x + a W^T. Without a backward the residual stream is one
-// buffer (y == x: act_l of A_RESID is one slot, and layer_forward passes it as mid too), and the
-// matmul adds into it (beta 1: the epilogue's fp32 x + sum, as the add below) with no pass of its
-// own; the student keeps x and y per layer, so its sum goes through proj and the add.
-static void matmul_residual(float *y, const float *x, Act a, Weight w, float *proj, int N, int I, int O) {
+// --- the residual add after a block, and the RMSNorm that reads its sum -------------------
+// y = x + a W^T, then norm.y = rmsnorm(y) * norm.w (norm.rstd its 1/rms): the next block's input.
+// Without a backward the residual stream is one buffer (y == x: act_l of A_RESID is one slot, and
+// layer_forward passes it as mid too), and the matmul adds into it (beta 1: the epilogue's fp32
+// x + sum) with no pass of its own; the student keeps x and y per layer, so the matmul writes proj
+// and the norm's kernel makes y = x + proj as it reads them (rmsnorm_forward_add), the same sum.
+typedef struct { Act y; float *rstd; const float *w; } Norm;
+static void matmul_residual_norm(float *y, const float *x, Act a, Weight w, float *proj, int N, int I, int O, Norm norm,
+                                 float eps) {
     if (y == x) {
         matmul_forward_beta(act_f(y), a, w, N, I, O, 1.0f);
+        rmsnorm_forward(norm.y, norm.rstd, y, norm.w, N, O, eps);
         return;
     }
     matmul_forward(proj, a, w, N, I, O);
-    residual_forward(y, x, proj, (int64_t)N * O);
+    rmsnorm_forward_add(norm.y, norm.rstd, y, x, proj, norm.w, N, O, eps);
+}
+// The norm after layer l's MLP block: layer l + 1's attention norm (into xn1), after the last
+// layer the final norm (into xnf, the classifier's input).
+static Norm norm_after_layer(const Model *m, int l) {
+    if (l + 1 == m->h->n_layers) {
+        Norm n = {act_f(m->act[A_XNF]), m->act[A_RSTDF], m->fwd_t[T_FINAL_NORM]};
+        return n;
+    }
+    Norm n = {act_in(m, A_XN1, l + 1), act_l(m, A_RSTD1, l + 1), layer_tensor(m->fwd_t, m, T_ATTN_NORM, l + 1)};
+    return n;
 }
 
 // --- cross-entropy over rows with target >= 0, of full logits (model_forward) ----------------
@@ -1952,12 +2116,12 @@ static void layer_forward(Model *m, int l, int B, int T) {
     int Hq = H * hd, Hkv = KV * hd;
     float *x = act_l(m, A_RESID, l), *q = act_l(m, A_Q, l),
           *k = act_l(m, A_K, l), *v = act_l(m, A_V, l);
-    float *mid = m->training ? act_l(m, A_RESID_MID, l) : x;  // without a backward: x itself (matmul_residual)
+    float *mid = m->training ? act_l(m, A_RESID_MID, l) : x;  // without a backward: x itself (matmul_residual_norm)
     Act xn1 = act_in(m, A_XN1, l), xn2 = act_in(m, A_XN2, l), hmid = act_in(m, A_HMID, l),  // bf16 under --matmul bf16
         att = act_in(m, A_ATT, l), gate = act_in(m, A_GATE, l), up = act_in(m, A_UP, l);
     float *proj = m->act[A_PROJ];
-    // attention block
-    rmsnorm_forward(xn1, act_l(m, A_RSTD1, l), x, layer_tensor(m->fwd_t, m, T_ATTN_NORM, l), N, D, c->rms_norm_eps);
+    // attention block (xn1 = rmsnorm(x) was made with x: by the layer below, or for layer 0 by
+    // model_forward_hidden)
     matmul_forward(q, xn1, weight(m, T_WQ, l), N, D, Hq);
     matmul_forward(k, xn1, weight(m, T_WK, l), N, D, Hkv);
     if (g_attention_flash) {  // the kernels read bf16 q, k (rotated, then rounded) and v (the matmul's own)
@@ -1975,13 +2139,14 @@ static void layer_forward(Model *m, int l, int B, int T) {
         if (g_attention_gemm) attention_forward_gemm(att.f, act_l(m, A_LSE, l), m->act[A_SCORES], q, k, v, B, T, H, KV, hd);
         else attention_forward(att.f, act_l(m, A_LSE, l), q, k, v, B, T, H, KV, hd);
     }
-    matmul_residual(mid, x, att, weight(m, T_WO, l), proj, N, Hq, D);
+    Norm norm2 = {xn2, act_l(m, A_RSTD2, l), layer_tensor(m->fwd_t, m, T_MLP_NORM, l)};
+    matmul_residual_norm(mid, x, att, weight(m, T_WO, l), proj, N, Hq, D, norm2, c->rms_norm_eps);
     // MLP block
-    rmsnorm_forward(xn2, act_l(m, A_RSTD2, l), mid, layer_tensor(m->fwd_t, m, T_MLP_NORM, l), N, D, c->rms_norm_eps);
     matmul_forward(gate, xn2, weight(m, T_WGATE, l), N, D, F);
     matmul_forward(up, xn2, weight(m, T_WUP, l), N, D, F);
     swiglu_forward(hmid, gate, up, (int64_t)N * F);
-    matmul_residual(act_l(m, A_RESID, l + 1), mid, hmid, weight(m, T_WDOWN, l), proj, N, F, D);
+    matmul_residual_norm(act_l(m, A_RESID, l + 1), mid, hmid, weight(m, T_WDOWN, l), proj, N, F, D, norm_after_layer(m, l),
+                         c->rms_norm_eps);
 }
 
 static void model_quantize(Model *m);
@@ -2031,8 +2196,9 @@ static void model_forward_hidden(Model *m, const int *inputs, const int *targets
 
     if (m->fwd_t[T_EMBED]) embedding_forward(act_l(m, A_RESID, 0), m->inputs, m->fwd_t[T_EMBED], N, D);
     else embedding_forward(act_l(m, A_RESID, 0), m->inputs, m->wbf_t[T_EMBED], N, D);  // a bf16-only teacher
-    for (int l = 0; l < c->n_layers; l++) layer_forward(m, l, B, T);
-    rmsnorm_forward(m->act[A_XNF], m->act[A_RSTDF], act_l(m, A_RESID, c->n_layers), m->fwd_t[T_FINAL_NORM], N, D, c->rms_norm_eps);
+    rmsnorm_forward(act_in(m, A_XN1, 0), act_l(m, A_RSTD1, 0), act_l(m, A_RESID, 0),
+                    layer_tensor(m->fwd_t, m, T_ATTN_NORM, 0), N, D, c->rms_norm_eps);
+    for (int l = 0; l < c->n_layers; l++) layer_forward(m, l, B, T);  // the last one ends with xnf
 }
 
 // The whole forward with every logit: logits[B,T,V] (inference, the tests). Training and
@@ -2080,9 +2246,14 @@ static void model_backward_from_dxnf(Model *m) {
     int B = m->B, T = m->T, N = B * T, D = c->dim, F = c->hidden_dim,
         H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim, Hq = H * hd, Hkv = KV * hd;
     float *dres = m->act[A_DRESID], *dxn = m->act[A_DXN];
+    // dres: the residual gradient, and under bf16 its bf16 copy in g_bf_d, which each rmsnorm
+    // backward writes as it adds to dres and the next matmul backward reads as its output
+    // gradient (the down projection's, then the output projection's) before anything else
+    // writes g_bf_d (the rotated dq, dk below)
+    Act dres_a = {dres, g_bf16 ? bf16_scratch(&g_bf_d, &g_bf_d_n, (int64_t)N * D) : NULL};
     // final norm
     zero_act(m, A_DRESID, (int64_t)N * D);
-    rmsnorm_backward(dres, m->dfwd_t[T_FINAL_NORM], dxn, act_l(m, A_RESID, c->n_layers),
+    rmsnorm_backward(dres, dres_a.h, m->dfwd_t[T_FINAL_NORM], dxn, act_l(m, A_RESID, c->n_layers),
                      m->fwd_t[T_FINAL_NORM], m->act[A_RSTDF], N, D);
     for (int l = c->n_layers - 1; l >= 0; l--) {
         float *x = act_l(m, A_RESID, l), *q = act_l(m, A_Q, l),
@@ -2095,7 +2266,7 @@ static void model_backward_from_dxnf(Model *m) {
         // MLP block: dres holds dL/dx'. Under bf16 dhmid, dgate, dup are written, not accumulated (Act).
         Act dhmid = act_in(m, A_DHMID, 0), dgate = act_in(m, A_DGATE, 0), dup = act_in(m, A_DUP, 0);
         if (!g_bf16) zero_act(m, A_DHMID, (int64_t)N * F);
-        matmul_backward(dhmid, layer_tensor(m->dfwd_t, m, T_WDOWN, l), act_f(dres), hmid,
+        matmul_backward(dhmid, layer_tensor(m->dfwd_t, m, T_WDOWN, l), dres_a, hmid,
                         weight(m, T_WDOWN, l), N, F, D);
         if (!g_bf16) zero_act(m, A_DGATE, (int64_t)N * F);
         if (!g_bf16) zero_act(m, A_DUP, (int64_t)N * F);
@@ -2105,12 +2276,12 @@ static void model_backward_from_dxnf(Model *m) {
                         weight(m, T_WGATE, l), N, D, F);
         matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WUP, l), dup, xn2,
                         weight(m, T_WUP, l), N, D, F);
-        rmsnorm_backward(dres, layer_tensor(m->dfwd_t, m, T_MLP_NORM, l), dxn, mid,
+        rmsnorm_backward(dres, dres_a.h, layer_tensor(m->dfwd_t, m, T_MLP_NORM, l), dxn, mid,
                          layer_tensor(m->fwd_t, m, T_MLP_NORM, l), act_l(m, A_RSTD2, l), N, D);
         // attention block: dres now holds dL/dh; dO written in bf16 under flash and bf16 (Act)
         Act datt = act_in(m, A_DATT, 0);
         if (!datt.h) zero_act(m, A_DATT, (int64_t)N * Hq);
-        matmul_backward(datt, layer_tensor(m->dfwd_t, m, T_WO, l), act_f(dres), att,
+        matmul_backward(datt, layer_tensor(m->dfwd_t, m, T_WO, l), dres_a, att,
                         weight(m, T_WO, l), N, Hq, D);
         zero_act(m, A_DQ, (int64_t)N * Hq);
         zero_act(m, A_DK, (int64_t)N * Hkv);
@@ -2135,7 +2306,7 @@ static void model_backward_from_dxnf(Model *m) {
                         weight(m, T_WK, l), N, D, Hkv);
         matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WV, l), m->act[A_DV], xn1,
                         weight(m, T_WV, l), N, D, Hkv);
-        rmsnorm_backward(dres, layer_tensor(m->dfwd_t, m, T_ATTN_NORM, l), dxn, x,
+        rmsnorm_backward(dres, dres_a.h, layer_tensor(m->dfwd_t, m, T_ATTN_NORM, l), dxn, x,
                          layer_tensor(m->fwd_t, m, T_ATTN_NORM, l), act_l(m, A_RSTD1, l), N, D);
     }
     embedding_backward(m->dfwd_t[T_EMBED], dres, m->inputs, m->by_token, m->n_tokens, N, D);
@@ -3082,9 +3253,9 @@ static void model_decode_step(Model *m, KVCache *kv, const int *tokens, int pos)
     const float *cosp = kv->cosv + (int64_t)pos * half, *sinp = kv->sinv + (int64_t)pos * half;
     if (m->fwd_t[T_EMBED]) embedding_forward(x, m->inputs, m->fwd_t[T_EMBED], B, D);
     else embedding_forward(x, m->inputs, m->wbf_t[T_EMBED], B, D);  // a bf16-only model
-    for (int l = 0; l < c->n_layers; l++) {
+    rmsnorm_forward(xn, m->act[A_RSTD1], x, layer_tensor(m->fwd_t, m, T_ATTN_NORM, 0), B, D, c->rms_norm_eps);
+    for (int l = 0; l < c->n_layers; l++) {  // xn = rmsnorm(x) for the attention block, as layer_forward
         float *kc = kv->k + (int64_t)l * B * kv->T * Hkv, *vc = kv->v + (int64_t)l * B * kv->T * Hkv;
-        rmsnorm_forward(xn, m->act[A_RSTD1], x, layer_tensor(m->fwd_t, m, T_ATTN_NORM, l), B, D, c->rms_norm_eps);
         matmul_forward(q, xn, weight(m, T_WQ, l), B, D, Hq);
         matmul_forward(k, xn, weight(m, T_WK, l), B, D, Hkv);
         matmul_forward(v, xn, weight(m, T_WV, l), B, D, Hkv);
@@ -3095,14 +3266,13 @@ static void model_decode_step(Model *m, KVCache *kv, const int *tokens, int pos)
         cudaCheck(cudaMemcpy2DAsync(kc + (int64_t)pos * Hkv, pitch, k, row, row, B, cudaMemcpyDeviceToDevice));
         cudaCheck(cudaMemcpy2DAsync(vc + (int64_t)pos * Hkv, pitch, v, row, row, B, cudaMemcpyDeviceToDevice));
         attention_decode(att, kv->scores, q, kc, vc, B, kv->T, pos, H, KV, hd);
-        matmul_residual(x, x, att, weight(m, T_WO, l), proj, B, Hq, D);  // in place, as layer_forward without a backward
-        rmsnorm_forward(xn, m->act[A_RSTD2], x, layer_tensor(m->fwd_t, m, T_MLP_NORM, l), B, D, c->rms_norm_eps);
+        Norm norm2 = {xn, m->act[A_RSTD2], layer_tensor(m->fwd_t, m, T_MLP_NORM, l)};
+        matmul_residual_norm(x, x, att, weight(m, T_WO, l), proj, B, Hq, D, norm2, c->rms_norm_eps);  // in place, as layer_forward without a backward
         matmul_forward(gate, xn, weight(m, T_WGATE, l), B, D, F);
         matmul_forward(up, xn, weight(m, T_WUP, l), B, D, F);
         swiglu_forward(hmid, gate, up, (int64_t)B * F);
-        matmul_residual(x, x, hmid, weight(m, T_WDOWN, l), proj, B, F, D);
+        matmul_residual_norm(x, x, hmid, weight(m, T_WDOWN, l), proj, B, F, D, norm_after_layer(m, l), c->rms_norm_eps);
     }
-    rmsnorm_forward(m->act[A_XNF], m->act[A_RSTDF], x, m->fwd_t[T_FINAL_NORM], B, D, c->rms_norm_eps);
     matmul_forward(model_logits(m, B), m->act[A_XNF], weight(m, lm_head_tensor(m), 0), B, D, V);
 }
 

@@ -486,6 +486,13 @@ static void test_cast_bf16(void) {
     int64_t diff = 0;
     for (int64_t i = 0; i < n; i++) diff += got[i] != want[i];
     check("cast to bf16, 2^20 random floats: values differing from RNE on the bits", (double)diff, 0);
+    // the one-element kernel: an odd count, one float past the aligned start
+    cudaCheck(cudaMemset(dy, 0, (size_t)n * 2));
+    cast_bf16(dy + 1, dx + 1, n - 3);
+    cudaCheck(cudaMemcpy(got, dy, (size_t)n * 2, cudaMemcpyDeviceToHost));
+    diff = got[0] != 0 || got[n - 2] != 0 || got[n - 1] != 0;
+    for (int64_t i = 1; i < n - 2; i++) diff += got[i] != want[i];
+    check("cast to bf16, 2^20 - 3 floats from the second (unaligned): values differing from RNE, or written outside", (double)diff, 0);
     gpu_free(dx); gpu_free(dy);
     free(x); free(want); free(got);
 }
@@ -536,10 +543,25 @@ static void test_bf16_producers(void) {
     char what[160];
     // xn1 = rmsnorm(x) of layer 1, then q = xn1 Wq^T
     const float *wn = layer_tensor(g.fwd_t, &g, T_ATTN_NORM, 1);
-    rmsnorm_forward(y, g.act[A_RSTD1], x, wn, N, D, h.rms_norm_eps);
+    rmsnorm_forward(act_f(y), g.act[A_RSTD1], x, wn, N, D, h.rms_norm_eps);
     Act xn = act_in(&g, A_XN1, 1);
     rmsnorm_forward(xn, act_l(&g, A_RSTD1, 1), x, wn, N, D, h.rms_norm_eps);
     check_bf16_input("rmsnorm_forward", "q = xn1 Wq^T from the bf16 xn1", xn, y, yb, weight(&g, T_WQ, 1), N, D, Hq, o1, o2);
+    // the residual add in the norm's pass (the student's layers): sum = x + b, the bits of the
+    // host's fp32 add, and its norm the bits of rmsnorm_forward on that sum
+    rmsnorm_forward_add(act_f(y), act_l(&g, A_RSTD1, 1), o1, x, gf, wn, N, D, h.rms_norm_eps);
+    rmsnorm_forward(act_f(o2), g.act[A_RSTD1], o1, wn, N, D, h.rms_norm_eps);
+    float *hs = download(o1, nx);
+    int64_t bad = 0;
+    for (int64_t i = 0; i < nx; i++) {
+        float want = hx[i] + hx[nx + i];
+        bad += memcmp(&want, &hs[i], 4) != 0;
+    }
+    free(hs);
+    snprintf(what, sizeof what, "rmsnorm_forward_add: sums differing from the host's x + b (of %lld)", (long long)nx);
+    check(what, (double)bad, 0);
+    snprintf(what, sizeof what, "rmsnorm_forward_add: normed bits differing from rmsnorm_forward of the sum (of %lld)", (long long)nx);
+    check(what, (double)bits_differing(y, o2, nx, 4), 0);
     // hmid = silu(gate) * up from the bf16 gate and up, then hmid Wdown^T
     swiglu_forward(act_f(y), act_f(gf), act_f(uf), nf);
     Act hm = act_in(&g, A_HMID, 1);
