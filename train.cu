@@ -208,6 +208,8 @@ typedef struct {
     int64_t logits_cap;
     int *inputs, *targets;                   // device [B,T]
     int *by_token, n_tokens;                 // device [B*T + n_tokens + 1]: positions grouped by token (embedding_backward)
+    int *staged;                             // pinned host [4 B*T + 1]: inputs, targets, by_token on their way up
+    cudaEvent_t staged_read;                 // recorded after the copies of staged (model_forward_hidden)
     double *rows;                            // device [B*T]: one number per position (losses, gamma)
     double *d_sum;                           // device scratch for reductions
     int *d_bad;
@@ -457,6 +459,9 @@ static void model_alloc_acts(Model *m, int B, int T, int training) {
     m->by_token = training ? (int *)gpu_malloc((size_t)(2 * BT + 1) * sizeof(int), "activations") : NULL;
     m->targets = (int *)gpu_malloc((size_t)BT * sizeof(int), "activations");
     m->rows = (double *)gpu_malloc((size_t)BT * sizeof(double), "activations");
+    if (m->staged) cudaCheck(cudaFreeHost(m->staged));
+    cudaCheck(cudaMallocHost((void **)&m->staged, (size_t)(4 * BT + 1) * sizeof(int)));
+    if (!m->staged_read) cudaCheck(cudaEventCreateWithFlags(&m->staged_read, cudaEventDisableTiming));
     if (g_bf16) {  // the bf16 casts of a matmul's input [BT, I] and output gradient [BT, O], or [R, V] of a loss chunk;
                    // the inputs cast are xnf and, but under flash, the attention output (the others are stored in bf16),
                    // so I = max(D, Hq); the output gradients, dres and the loss chunk's dz
@@ -472,6 +477,8 @@ static void model_free(Model *m) {
     gpu_free(m->d_flips); free(m->flips_layer);
     gpu_free(m->acts); gpu_free(m->rope_cos); gpu_free(m->rope_sin); gpu_free(m->inputs); gpu_free(m->targets); gpu_free(m->by_token);
     gpu_free(m->rows); gpu_free(m->d_sum); gpu_free(m->d_bad); gpu_free(m->logits);
+    if (m->staged) cudaCheck(cudaFreeHost(m->staged));
+    if (m->staged_read) cudaCheck(cudaEventDestroy(m->staged_read));
     memset(m, 0, sizeof *m);
 }
 
@@ -2159,8 +2166,8 @@ static int compare_token_position(const void *a, const void *b) {
     return x[0] != y[0] ? (x[0] < y[0] ? -1 : 1) : (x[1] < y[1] ? -1 : x[1] > y[1]);
 }
 static void model_group_tokens(Model *m, const int *inputs, int N) {
-    int *pairs = (int *)malloc((size_t)N * 2 * sizeof(int)), *host = (int *)malloc((size_t)(2 * N + 1) * sizeof(int));
-    if (!pairs || !host) fail("out of host memory for the batch's token groups");
+    int *pairs = (int *)malloc((size_t)N * 2 * sizeof(int)), *host = m->staged + 2 * N;
+    if (!pairs) fail("out of host memory for the batch's token groups");
     for (int n = 0; n < N; n++) { pairs[2 * n] = inputs[n]; pairs[2 * n + 1] = n; }
     qsort(pairs, (size_t)N, 2 * sizeof(int), compare_token_position);
     int groups = 0;
@@ -2169,10 +2176,9 @@ static void model_group_tokens(Model *m, const int *inputs, int N) {
         if (j == 0 || pairs[2 * j] != pairs[2 * j - 2]) host[N + groups++] = j;
     }
     host[N + groups] = N;
-    cudaCheck(cudaMemcpy(m->by_token, host, (size_t)(N + groups + 1) * sizeof(int), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpyAsync(m->by_token, host, (size_t)(N + groups + 1) * sizeof(int), cudaMemcpyHostToDevice));
     m->n_tokens = groups;
     free(pairs);
-    free(host);
 }
 
 // The layer stack up to the final norm: act[A_XNF] = the classifier's input [B,T,D]. inputs and
@@ -2190,15 +2196,25 @@ static void model_forward_hidden(Model *m, const int *inputs, const int *targets
         if (inputs[i] < 0 || inputs[i] >= V) fail("token id %d out of range [0, %d)", inputs[i], V);
         if (targets && targets[i] >= V) fail("target id %d out of range [0, %d)", targets[i], V);
     }
-    cudaCheck(cudaMemcpy(m->inputs, inputs, (size_t)N * sizeof(int), cudaMemcpyHostToDevice));
-    if (targets) cudaCheck(cudaMemcpy(m->targets, targets, (size_t)N * sizeof(int), cudaMemcpyHostToDevice));
-    if (m->by_token) model_group_tokens(m, inputs, N);
+    // The uploads go through pinned memory, in stream order, so the host does not wait for the
+    // GPU here (a copy from pageable memory waits for the stream first), and the tokens are
+    // grouped while the GPU runs the layers, not while it idles. staged is reused once the last
+    // forward's copies out of it are done.
+    cudaCheck(cudaEventSynchronize(m->staged_read));
+    memcpy(m->staged, inputs, (size_t)N * sizeof(int));
+    cudaCheck(cudaMemcpyAsync(m->inputs, m->staged, (size_t)N * sizeof(int), cudaMemcpyHostToDevice));
+    if (targets) {
+        memcpy(m->staged + N, targets, (size_t)N * sizeof(int));
+        cudaCheck(cudaMemcpyAsync(m->targets, m->staged + N, (size_t)N * sizeof(int), cudaMemcpyHostToDevice));
+    }
 
     if (m->fwd_t[T_EMBED]) embedding_forward(act_l(m, A_RESID, 0), m->inputs, m->fwd_t[T_EMBED], N, D);
     else embedding_forward(act_l(m, A_RESID, 0), m->inputs, m->wbf_t[T_EMBED], N, D);  // a bf16-only teacher
     rmsnorm_forward(act_in(m, A_XN1, 0), act_l(m, A_RSTD1, 0), act_l(m, A_RESID, 0),
                     layer_tensor(m->fwd_t, m, T_ATTN_NORM, 0), N, D, c->rms_norm_eps);
     for (int l = 0; l < c->n_layers; l++) layer_forward(m, l, B, T);  // the last one ends with xnf
+    if (m->by_token) model_group_tokens(m, inputs, N);
+    cudaCheck(cudaEventRecord(m->staged_read));
 }
 
 // The whole forward with every logit: logits[B,T,V] (inference, the tests). Training and
