@@ -14,19 +14,21 @@
 # Prints tokens/s, MFU (FLOPs/token = 8N + 16 L T d, N the matmul parameters with the LM head;
 # 989 TFLOP/s dense bf16 peak) and peak GPU memory of each.
 #
-# Measured on one H200 (nvidia-h200), 2026-12-02 (second session), in one run (STEPS=5,
-# steady-state steps 2-5; MICRO=4 a minute before it, the same build):
-#   train_cu, the defaults         46,646 tok/s   MFU 42.5%   peak 32,655 MiB (cudaMemGetInfo)
-#   train_cu, MICRO=4              43,185 tok/s   MFU 39.4%   peak 27,699 MiB
-#   torch.compile (per layer)      55,323 tok/s   29.6 GiB allocated, 30.7 reserved
-#   PyTorch eager                  29,740 tok/s   42.4 GiB allocated, 44.5 reserved
-#   generation: train_cu 5,859 new tokens/s, HF generate 3,023
-# The final build of that session (the flash forward at one row tile a warp): 46,868 and 47,507
-# tok/s in two later runs without the PyTorch rows.
+# Measured on one H200 (nvidia-h200), 2026-12-02 (third session), in one run (STEPS=5,
+# steady-state steps 2-5; MICRO=4 a minute after it, the same build):
+#   train_cu, the defaults         49,150 tok/s   MFU 44.8%   peak 32,655 MiB (cudaMemGetInfo)
+#   train_cu, MICRO=4              45,315 tok/s   MFU 41.3%   peak 27,699 MiB
+#   torch.compile (per layer)      55,254 tok/s   29.6 GiB allocated, 30.7 reserved
+#   PyTorch eager                  25,642 tok/s   42.4 GiB allocated, 44.5 reserved
+#   generation: train_cu 5,194 new tokens/s, HF generate 1,477
+# The build just before (an RMSNorm backward that ncu timed 10% slower, since dropped) ran at
+# 50,225 tok/s in a run of its own: runs of one build differ by a few percent.
+# The session before: 46,646 tok/s (torch.compile 55,323 and eager 29,740 in its run), and
+# 46,868-47,507 for its final build.
 # The plan of the default run: activations 9,834 MiB, AdamW m, v 8,393, parameters 4,196,
 # gradients 4,196, the bf16 teacher 2,098, bf16 weights 1,973, codes 924.
-# The session before: 38,302 tok/s at 32,783 MiB (torch.compile 53,755 in its run); earlier
-# 35,364 at 37,687 MiB (fp32 gate, up, O), 24,029 at 38,983 (PyTorch eager 30,570 then);
+# The first session of 2026-12-02: 38,302 tok/s at 32,783 MiB (torch.compile 53,755 in its run);
+# earlier 35,364 at 37,687 MiB (fp32 gate, up, O), 24,029 at 38,983 (PyTorch eager 30,570 then);
 # 2026-12-01: 22,218 tok/s at 59,911 MiB.
 set -u
 cd "$(dirname "$0")/.."
