@@ -27,8 +27,9 @@
  * against train.c). Under bf16: once per step the quantizer writes each fake-quantized linear
  * straight into the bf16 copy the matmuls read, and the other forward weights (embedding, LM head)
  * are cast to theirs; an activation that only bf16 readers take (matmuls, the flash kernels,
- * SwiGLU) is kept in bf16 alone, written so by its producer (act_bf16, section 3), and the others
- * are cast just before their matmul; cuBLAS multiplies bf16 by bf16 with fp32 accumulation, as
+ * SwiGLU) is kept in bf16 alone, written so by its producer (act_bf16, section 3), the residual
+ * gradient gets a bf16 copy from the RMSNorm backward that adds to it, and the others are cast
+ * just before their matmul; cuBLAS multiplies bf16 by bf16 with fp32 accumulation, as
  * mixed-precision training does (Micikevicius et al. 2018). Under --matmul bf16 a full-precision
  * teacher is stored in bf16 alone (its norm gains excepted), half the memory. Attention runs as
  * cuBLAS products over a [T,T] score matrix per head (--attention gemm, the default under --matmul
