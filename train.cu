@@ -465,7 +465,8 @@ static void model_alloc_acts(Model *m, int B, int T, int training) {
     if (!m->staged_read) cudaCheck(cudaEventCreateWithFlags(&m->staged_read, cudaEventDisableTiming));
     if (g_bf16) {  // the bf16 casts of a matmul's input [BT, I] and output gradient [BT, O], or [R, V] of a loss chunk;
                    // the inputs cast are xnf and, but under flash, the attention output (the others are stored in bf16),
-                   // so I = max(D, Hq); the output gradients, dres and the loss chunk's dz
+                   // so I = max(D, Hq); the output gradients, dv and the loss chunk's dz cast, the rotated dq, dk
+                   // (rope_backward_operand) and the residual gradient's copy (rmsnorm_backward) written there
         int64_t O = D > F ? D : F, R = head_chunk_rows((int)BT, (int)V);
         O = BT * (O > Hq ? O : Hq);
         bf16_scratch_reserve(BT * (D > Hq ? D : Hq), training ? (O > R * V ? O : R * V) : 0);
@@ -666,8 +667,21 @@ static void embedding_backward(float *dE, const float *dx, const int *tok, const
 // half the memory's bandwidth: 40 us for 8192 rows of 2048). Wider rows (NV 0) and the others
 // stride over the row with the same per-lane order of sums, float4s or single floats. y: fp32,
 // or bf16 (Act).
-template <int NV>
-__device__ static inline bool lane_has(int k, int lane, int C) { return NV == 0 || lane + 32 * k < C / 4; }
+// Float4 i of the row: x, or with add x + b, also written to sum; its squares added to ss.
+__device__ static inline float4 rms_load4(const float4 *x4, const float4 *b4, float4 *s4, int i, float &ss, bool add) {
+    float4 v = x4[i];
+    if (add) {
+        float4 u = b4[i];
+        v = make_float4(v.x + u.x, v.y + u.y, v.z + u.z, v.w + u.w);
+        s4[i] = v;
+    }
+    ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+    return v;
+}
+template <typename Yt>
+__device__ static inline void rms_store4(Yt *yr, int i, float4 v, float4 g, float r) {
+    store_w4(yr + 4 * i, make_float4(g.x * (v.x * r), g.y * (v.y * r), g.z * (v.z * r), g.w * (v.w * r)));
+}
 template <int NV, typename Yt>
 __global__ static void rmsnorm_forward_kernel(Yt *y, float *rstd, float *sum, const float *x, const float *b, const float *w,
                                               int N, int C, float eps, int vec) {
@@ -677,61 +691,34 @@ __global__ static void rmsnorm_forward_kernel(Yt *y, float *rstd, float *sum, co
     float *sr = b ? sum + (int64_t)n * C : NULL;
     Yt *yr = y + (int64_t)n * C;
     const float4 *x4 = (const float4 *)xr, *b4 = (const float4 *)br, *w4 = (const float4 *)w;
-    float4 *s4 = (float4 *)sr;
+    float4 *s4 = (float4 *)sr, v[NV > 0 ? NV : 1];
     float ss = 0.0f;
     if constexpr (NV > 0) {  // vec
-        float4 v[NV];
 #pragma unroll
-        for (int k = 0; k < NV; k++) {
-            int i = lane + 32 * k;
-            if (!lane_has<NV>(k, lane, C)) continue;
-            v[k] = x4[i];
-            if (b) {
-                float4 u = b4[i];
-                v[k] = make_float4(v[k].x + u.x, v[k].y + u.y, v[k].z + u.z, v[k].w + u.w);
-                s4[i] = v[k];
-            }
-            ss += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
-        }
-        ss = warp_sum(ss);
-        float r = 1.0f / sqrtf(ss / C + eps);
-        if (lane == 0) rstd[n] = r;
-#pragma unroll
-        for (int k = 0; k < NV; k++) {
-            int i = lane + 32 * k;
-            if (!lane_has<NV>(k, lane, C)) continue;
-            float4 g = w4[i];
-            store_w4(yr + 4 * i, make_float4(g.x * (v[k].x * r), g.y * (v[k].y * r), g.z * (v[k].z * r), g.w * (v[k].w * r)));
-        }
-        return;
-    }
-    if (vec)
-        for (int i = lane; i < C / 4; i += 32) {
-            float4 v = x4[i];
-            if (b) {
-                float4 u = b4[i];
-                v = make_float4(v.x + u.x, v.y + u.y, v.z + u.z, v.w + u.w);
-                s4[i] = v;
-            }
-            ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-        }
-    else
+        for (int k = 0; k < NV; k++)
+            if (lane + 32 * k < C / 4) v[k] = rms_load4(x4, b4, s4, lane + 32 * k, ss, b != NULL);
+    } else if (vec) {
+        for (int i = lane; i < C / 4; i += 32) rms_load4(x4, b4, s4, i, ss, b != NULL);
+    } else {
         for (int i = lane; i < C; i += 32) {
             float v = xr[i];
             if (b) sr[i] = v = v + br[i];
             ss += v * v;
         }
+    }
     ss = warp_sum(ss);
     float r = 1.0f / sqrtf(ss / C + eps);
     if (lane == 0) rstd[n] = r;
     if (b) x4 = s4, xr = sr;
-    if (vec)
-        for (int i = lane; i < C / 4; i += 32) {
-            float4 v = x4[i], g = w4[i];
-            store_w4(yr + 4 * i, make_float4(g.x * (v.x * r), g.y * (v.y * r), g.z * (v.z * r), g.w * (v.w * r)));
-        }
-    else
+    if constexpr (NV > 0) {
+#pragma unroll
+        for (int k = 0; k < NV; k++)
+            if (lane + 32 * k < C / 4) rms_store4(yr, lane + 32 * k, v[k], w4[lane + 32 * k], r);
+    } else if (vec) {
+        for (int i = lane; i < C / 4; i += 32) rms_store4(yr, i, x4[i], w4[i], r);
+    } else {
         for (int i = lane; i < C; i += 32) store_w(&yr[i], w[i] * (xr[i] * r));
+    }
 }
 // The float4s a lane holds for a row of C floats: 4, 16 or 32 (C up to 512, 2048, 4096), else 0
 // (the strided loops); 0 too when the pointers are not aligned for float4s.
