@@ -339,6 +339,85 @@ static void test_distill(int loss_kind, int chunk) {
     host_model_free(&hs); host_model_free(&ht);
 }
 
+// The loss kernel alone (distill_loss, as head_loss calls it: in place, dz = the student's logits)
+// on random logits, against loss.h's distill_loss_position run here, times accum: every loss but
+// Wasserstein, cakld_ce at tau 2 and 1. The shapes reach what test_distill's (tiny: V 256, 16-byte
+// pieces, 128 threads of which 64 read a piece; masked rows; cakld_ce at tau 2; chunks of 7 rows,
+// each block one row) do not: V % 4 != 0 and rows not 16 bytes aligned (the scalar kernel), V
+// below the block's threads in the scalar kernel, 1024-thread blocks (V 32000, 32001), more rows
+// than the grid (300 rows of 32000: each block takes several in turn) and fewer. zs ~ 3 N(0, 1),
+// zt = zs + N(0, 1) / 2, every third row offset by 1e4 (the log-sum-exps subtract the max); every
+// fifth row masked (dz 0, loss 0); row 3 has label V: its loss NaN and its dz left as the logits.
+// A second run on the same inputs must give the same bits (a fixed mapping, no atomics).
+static double gauss(void) {
+    double u = ((next_u64() >> 11) + 0.5) / 9007199254740992.0, v = ((next_u64() >> 11) + 0.5) / 9007199254740992.0;
+    return sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v);
+}
+static void test_distill_kernel(int V, int R, int misalign) {
+    int64_t n = (int64_t)R * V, o = misalign;
+    float *zs = (float *)malloc((size_t)n * sizeof(float)), *zt = (float *)malloc((size_t)n * sizeof(float));
+    float *ref = (float *)malloc((size_t)n * sizeof(float)), *dz = NULL, *dz2 = NULL;
+    double *lc = (double *)malloc(R * sizeof(double));
+    int *labels = (int *)malloc(R * sizeof(int));
+    for (int r = 0; r < R; r++) {
+        labels[r] = r == 3 ? V : r % 5 == 2 ? -1 : (int)(next_u64() % V);
+        float off = r % 3 == 1 ? 1e4f : 0.0f;
+        for (int v = 0; v < V; v++) {
+            zs[(int64_t)r * V + v] = off + (float)(3.0 * gauss());
+            zt[(int64_t)r * V + v] = zs[(int64_t)r * V + v] + (float)(0.5 * gauss());
+        }
+    }
+    float *d_zs = (float *)gpu_malloc((size_t)(n + o) * sizeof(float), "test"), *d_zt = (float *)gpu_malloc((size_t)(n + o) * sizeof(float), "test");
+    int *d_labels = (int *)gpu_malloc(R * sizeof(int), "test");
+    double *d_rows = (double *)gpu_malloc(R * sizeof(double), "test"), *rows = (double *)malloc(2 * R * sizeof(double));
+    cudaCheck(cudaMemcpy(d_zt + o, zt, (size_t)n * sizeof(float), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(d_labels, labels, R * sizeof(int), cudaMemcpyHostToDevice));
+    float scale = 0.5f, accum = 0.25f;
+    DistillLoss cases[] = {{LOSS_CE, 0.0f, 1.0f}, {LOSS_FKL, 0.0f, 1.0f}, {LOSS_RKL, 0.0f, 1.0f}, {LOSS_CAKLD, 0.3f, 1.0f},
+                           {LOSS_CAKLD_CE, 0.3f, 2.0f}, {LOSS_CAKLD_CE, 0.3f, 1.0f}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        DistillLoss dl = cases[c];
+        for (int r = 0; r < R; r++) {
+            float *f = ref + (int64_t)r * V;
+            if (labels[r] < 0) { memset(f, 0, (size_t)V * sizeof(float)); lc[r] = 0.0; continue; }
+            if (labels[r] >= V) { memset(f, 0, (size_t)V * sizeof(float)); lc[r] = NAN; continue; }
+            lc[r] = distill_loss_position(f, NULL, zs + (int64_t)r * V, zt + (int64_t)r * V, labels[r], V, V, dl, scale);
+            for (int v = 0; v < V; v++) f[v] *= accum;
+        }
+        for (int run = 0; run < 2; run++) {
+            cudaCheck(cudaMemcpy(d_zs + o, zs, (size_t)n * sizeof(float), cudaMemcpyHostToDevice));
+            distill_loss(d_rows, d_zs + o, d_zs + o, dl.kind == LOSS_CE ? NULL : d_zt + o, d_labels, R, V, dl, scale, accum);
+            cudaCheck(cudaMemcpy(rows + run * R, d_rows, R * sizeof(double), cudaMemcpyDeviceToHost));
+            (run ? dz2 : dz) = download(d_zs + o, n);
+        }
+        int differ = (memcmp(dz, dz2, (size_t)n * sizeof(float)) != 0) + (memcmp(rows, rows + R, R * sizeof(double)) != 0);
+        double el = 0.0, lmax = 0.0;
+        int nan_ok = 1;
+        for (int r = 0; r < R; r++) {
+            if (labels[r] >= V) {  // its loss NaN, its logits untouched (then left out of dz's comparison)
+                nan_ok &= isnan(rows[r]) && !memcmp(dz + (int64_t)r * V, zs + (int64_t)r * V, (size_t)V * sizeof(float));
+                memset(dz + (int64_t)r * V, 0, (size_t)V * sizeof(float));
+                continue;
+            }
+            double e = fabs(rows[r] - lc[r]);
+            if (!(e <= el)) el = e;
+            if (fabs(lc[r]) > lmax) lmax = fabs(lc[r]);
+        }
+        char what[160], name[96];
+        snprintf(name, sizeof name, "loss kernel %s%s V %d, %d rows%s", LOSS_NAMES[dl.kind],
+                 dl.kind == LOSS_CAKLD_CE ? (dl.temperature == 1.0f ? " tau 1" : " tau 2") : "", V, R, misalign ? ", unaligned" : "");
+        snprintf(what, sizeof what, "%s: losses, relative to the largest", name);
+        check(what, nan_ok ? el / lmax : NAN, g_tol.dloss);  // NaN: row 3's loss or logits wrong
+        snprintf(what, sizeof what, "%s: dL/dlogits", name);
+        check(what, rel_err(dz, ref, n), g_tol.dlogits);
+        snprintf(what, sizeof what, "%s: a second run, bits differing (dz, losses)", name);
+        check(what, differ, 0);
+        free(dz); free(dz2);
+    }
+    gpu_free(d_zs); gpu_free(d_zt); gpu_free(d_labels); gpu_free(d_rows);
+    free(zs); free(zt); free(ref); free(lc); free(labels); free(rows);
+}
+
 // --attention flash against the fp32 fused kernels (themselves checked against train.c above), on
 // random q, k (scores of standard deviation 1), v, dO: out and lse of the forward, and what the
 // backward adds to dq, dk, dv (they start from random values, so a kernel that overwrote instead of
@@ -664,6 +743,8 @@ int main(void) {
     printf("\ndistillation losses (loss.h), student int2 g32, teacher its fp32 self\n");
     for (int k = 0; k < N_LOSSES; k++) test_distill(k, 0);
     for (int k = 0; k < N_LOSSES; k++) test_distill(k, 7);
+    int lk[][3] = {{256, 9, 1}, {97, 3, 0}, {250, 40, 0}, {100, 6, 0}, {32001, 5, 0}, {32000, 300, 0}};
+    for (size_t i = 0; i < sizeof lk / sizeof lk[0]; i++) test_distill_kernel(lk[i][0], lk[i][1], lk[i][2]);
     g_loss_chunk = 5;  // pretraining's CE through the chunked classifier, 77 x 3 rows in uneven chunks
     test_forward_backward("tiny untied, loss chunks of 5 rows", "tiny", 0, 1, QUANT_NONE, 16, 0, 3, 77);
     g_loss_chunk = 0;
