@@ -493,6 +493,19 @@ static void model_free(Model *m) {
 
 static int blocks_for(int64_t n, int threads) { return (int)((n + threads - 1) / threads); }
 
+// The GPU's multiprocessor count and L2 size in bytes, asked once (a process drives one GPU).
+static void gpu_limits(int *sms, int *l2) {
+    static int n, bytes;
+    if (!n) {
+        int dev;
+        cudaCheck(cudaGetDevice(&dev));
+        cudaCheck(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+        cudaCheck(cudaDeviceGetAttribute(&bytes, cudaDevAttrL2CacheSize, dev));
+    }
+    *sms = n;
+    *l2 = bytes;
+}
+
 // Warp and block reductions. Thread mapping of the block ones: every thread of the block passes
 // its partial value, every thread gets the total; at most 1024 threads.
 __device__ static inline float warp_sum(float x) {
@@ -1721,14 +1734,17 @@ __device__ static inline void flash_lse_base2(float *ls) {
     if (threadIdx.x < FLASH_T) ls[threadIdx.x] *= 1.4426950408889634f;
 }
 
-// Thread mapping: a block owns 64 consecutive keys j0.. of one (b, kv head), the blocks of the
-// first key tiles (the most queries) first, and walks every query head of the group and every
-// tile of 64 queries q0 >= j0, the next tile loading while the warps work on the current one.
+// Thread mapping: a block owns 64 consecutive keys j0.. of one (b, kv head) and one of `splits`
+// equal parts of the query heads of its group (flash_backward_splits); the blocks of the first key
+// tiles (the most queries) come first. It walks its heads and every tile of 64 queries q0 >= j0,
+// the next tile loading while the warps work on the current one.
 // Warp w owns keys j0 + 16 w .. + 15: its fragments of S^T = K Q^T and dP^T = V dO^T (8 of 8
 // queries each, 4 at a time), from which P^T and dS^T are made in place and used as the A
 // fragments of dV += P^T dO and dK += dS^T Q; it keeps its dK and dV accumulators (HDP / 8 of 8
 // dims each) over the whole walk, so with GQA the heads of a group add to them in turn, no
-// atomics. The dQ of a query tile needs every warp's keys: the warps write dS^T ([key][query]) to
+// atomics; part 0 adds them to dk and dv, part s > 0 stores them in slice s - 1 of `parts`
+// ([splits - 1][2][B,T,KV,hd], dk's then dv's), which flash_parts_add adds to dk and dv after.
+// The dQ of a query tile needs every warp's keys: the warps write dS^T ([key][query]) to
 // shared memory, and after a barrier warp w takes queries q0 + 16 w .. + 15, dQ = dS K over the
 // block's 64 keys, and adds them to dq with atomicAdd, since the blocks of other key tiles add to
 // the same rows.
@@ -1736,35 +1752,36 @@ template <int HDP>
 __global__ static void __launch_bounds__(FLASH_THREADS, HDP == 64 ? FLASH_BACKWARD_BLOCKS : 0)
 attention_backward_flash_kernel(float *dq, float *dk, float *dv, const float *delta, const __nv_bfloat16 *dout,
                                 const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v,
-                                const float *lse, int B, int T, int H, int KV, int hd, int vec) {
+                                const float *lse, float *parts, int splits, int B, int T, int H, int KV, int hd, int vec) {
     const int LD = HDP + 8, TILE = FLASH_T * LD;
     extern __shared__ __align__(16) unsigned char flash_sm[];
     __nv_bfloat16 *ks = (__nv_bfloat16 *)flash_sm, *vs = ks + TILE, *qd = vs + TILE,  // buffer u: Q at qd + 2 u TILE, dO after it
                   *dss = qd + 4 * TILE;
     float *ld2 = (float *)(dss + FLASH_T * FLASH_LDS);  // buffer u: lse2 at ld2 + 2 u FLASH_T, Delta after it
     int *walk = (int *)(ld2 + 4 * FLASH_T);             // buffer u: its tile's h and q0 at walk + 2 u
-    int bk = blockIdx.x % (B * KV), b = bk / KV, kvh = bk % KV, j0 = blockIdx.x / (B * KV) * FLASH_T, group = H / KV;
+    int per_tile = B * KV * splits, bk = blockIdx.x % per_tile / splits, b = bk / KV, kvh = bk % KV;
+    int j0 = blockIdx.x / per_tile * FLASH_T, heads = H / KV / splits, h0 = kvh * (H / KV) + blockIdx.x % splits * heads;
     int lane = threadIdx.x % 32, r0 = threadIdx.x / 32 * 16, g = lane / 4, c = lane % 4;
     int nq = (T - j0 + FLASH_T - 1) / FLASH_T;  // query tiles q0 = j0, j0 + 64, .. of every head of the group
     float scale = 1.0f / sqrtf((float)hd), scale2 = 1.4426950408889634f * scale;
     int full2 = hd == HDP && (uintptr_t)dq % 8 == 0;  // no padded dims, dq's pairs (t, 2i) 8-byte aligned
     flash_stage_pair<HDP>(ks, k, v, b, j0, T, KV, kvh, hd, vec);
-    flash_stage_queries<HDP>(qd, ld2, q, dout, lse, delta, b, kvh * group, j0, T, H, hd, vec);
+    flash_stage_queries<HDP>(qd, ld2, q, dout, lse, delta, b, h0, j0, T, H, hd, vec);
     cp_async_commit();
     // The walk's place, the head h and first query q0 of the tile in buffer u, is written beside the
     // tile when it is staged and read back after the barriers: not held in registers through the
     // tile (the kernel is at its cap of 168; two more spill), nor recomputed from the tile count it
     // as it / nq and it % nq (a division, ~25 instructions, at the top and again for dQ).
-    if (threadIdx.x == 0) walk[0] = kvh * group, walk[1] = j0;
+    if (threadIdx.x == 0) walk[0] = h0, walk[1] = j0;
     __syncthreads();
     float dkf[HDP / 8][4], dvf[HDP / 8][4];
 #pragma unroll
     for (int n = 0; n < HDP / 8; n++)
 #pragma unroll
         for (int e = 0; e < 4; e++) dkf[n][e] = dvf[n][e] = 0.0f;
-    for (int it = 0, u = 0; it < group * nq; it++, u ^= 1) {
+    for (int it = 0, u = 0, steps = heads * nq; it < steps; it++, u ^= 1) {
         int h = walk[2 * u], q0 = walk[2 * u + 1];
-        if (it + 1 < group * nq) {  // the next tile into the other buffer (consumed: the last barrier)
+        if (it + 1 < steps) {  // the next tile into the other buffer (consumed: the last barrier)
             int hn = h, qn = q0 + FLASH_T;  // the head's next query tile, else the next head's first
             if (qn >= T) hn++, qn = j0;
             if (threadIdx.x == 0) walk[2 * (u ^ 1)] = hn, walk[2 * (u ^ 1) + 1] = qn;
@@ -1882,20 +1899,71 @@ attention_backward_flash_kernel(float *dq, float *dk, float *dv, const float *de
         }
         __syncthreads();  // every warp is done with this buffer and with dS before they are written again
     }
-    // dk, dv of the warp's 16 keys
+    // dk, dv of the warp's 16 keys: added to dk and dv (part 0), or stored in the part's slice;
+    // dk's first, then dv's (one output pointer and one set of accumulators live at a time: the
+    // kernel is at its cap of registers)
+    int part = blockIdx.x % splits;
+    int64_t nk = (int64_t)B * T * KV * hd;
+    float *o = part ? parts + (part - 1) * 2 * nk : dk;
+    for (int x = 0; x < 2; x++) {
 #pragma unroll
-    for (int n = 0; n < HDP / 8; n++)
+        for (int n = 0; n < HDP / 8; n++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-            int j = j0 + r0 + g + 8 * (e >> 1), d = n * 8 + 2 * c + (e & 1);
-            if (j < T && d < hd) {
-                int64_t i = (((int64_t)b * T + j) * KV + kvh) * hd + d;
-                dk[i] += scale * dkf[n][e];
-                dv[i] += dvf[n][e];
+            for (int e = 0; e < 4; e++) {
+                int j = j0 + r0 + g + 8 * (e >> 1), d = n * 8 + 2 * c + (e & 1);
+                if (j < T && d < hd) {
+                    int64_t i = (((int64_t)b * T + j) * KV + kvh) * hd + d;
+                    o[i] = (part ? 0.0f : o[i]) + (x ? dvf[n][e] : scale * dkf[n][e]);
+                }
             }
-        }
+        o = part ? o + nk : dv;
+    }
 }
 
+// dk += parts' dk slices and dv += their dv slices, slice 0 first (the same sums every run).
+// Thread mapping: one thread per element of dk (n of them) and its dv element.
+__global__ static void flash_parts_add_kernel(float *dk, float *dv, const float *parts, int slices, int64_t n) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float a = dk[i], b = dv[i];
+    for (int s = 0; s < slices; s++) {
+        a += parts[2 * s * n + i];
+        b += parts[(2 * s + 1) * n + i];
+    }
+    dk[i] = a;
+    dv[i] = b;
+}
+
+// How many parts the flash backward splits each group's query heads into. A block's work grows
+// with the query tiles after its key tile, so the blocks of key tile 0 have the most, tiles x
+// (H / KV) / splits tile steps, and the kernel takes at least as long as they do; the average
+// over the blocks the GPU runs at once (`slots`) is B KV (H / KV) tiles (tiles + 1) / 2 / slots. The
+// fewest parts (a divisor of H / KV) that bring the first within the second: splits >=
+// 2 slots / (B KV (tiles + 1)). On the benchmark's step (B 8, KV 4, 16 tiles, 396 slots) that is
+// 2: unsplit, the blocks of key tile 0 took 128 tile steps, against an average of 88 a slot.
+static int flash_backward_splits(int B, int T, int H, int KV, int slots) {
+    int group = H / KV, tiles = (T + FLASH_T - 1) / FLASH_T, s = 1;
+    while (s < group && (int64_t)s * B * KV * (tiles + 1) < 2LL * slots) {
+        s++;
+        while (group % s) s++;
+    }
+    return s;
+}
+// The same for this GPU: its slots are its multiprocessors times the blocks of the kernel for hd
+// that fit on one (3 at head_dim <= 64). Sets the kernel's shared memory size on the way.
+static int flash_backward_parts(int B, int T, int H, int KV, int hd) {
+    const void *kernel = hd <= 64 ? (const void *)attention_backward_flash_kernel<64> : (const void *)attention_backward_flash_kernel<128>;
+    size_t smem = flash_backward_smem(hd <= 64 ? 64 : 128);
+    int sms, l2, per_sm;
+    attention_shared(kernel, smem);
+    gpu_limits(&sms, &l2);
+    cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, FLASH_THREADS, smem));
+    return flash_backward_splits(B, T, H, KV, sms * (per_sm > 0 ? per_sm : 1));
+}
+
+
+static float *g_flash_parts;  // the backward's parts of dk and dv (flash_backward_splits)
+static int64_t g_flash_parts_n;
 
 static void flash_check_hd(int hd) {
     if (hd > FLASH_MAX_HD) fail("head_dim %d: --attention flash takes head_dim up to %d; use --attention gemm", hd, FLASH_MAX_HD);
@@ -1937,17 +2005,21 @@ static void attention_backward_flash(float *dq, float *dk, float *dv, float *del
     else attention_delta_kernel<<<blocks_for((int64_t)B * H * T, 8), 256>>>(delta, dout.f, out.f, B, T, H, hd);
     launchCheck();
     const __nv_bfloat16 *db = dout.h ? dout.h : bf16_of(&g_bf_d, &g_bf_d_n, dout.f, (int64_t)B * T * H * hd);
-    int blocks = B * KV * ((T + FLASH_T - 1) / FLASH_T), vec = aligned_x8(hd, q, k, v, db);
-    if (hd <= 64) {
-        attention_shared((const void *)attention_backward_flash_kernel<64>, flash_backward_smem(64));
+    int vec = aligned_x8(hd, q, k, v, db), splits = flash_backward_parts(B, T, H, KV, hd);
+    int64_t nk = (int64_t)B * T * KV * hd;
+    float *parts = splits > 1 ? gpu_grow(&g_flash_parts, &g_flash_parts_n, (splits - 1) * 2 * nk, "scratch") : NULL;
+    int blocks = B * KV * splits * ((T + FLASH_T - 1) / FLASH_T);
+    if (hd <= 64)
         attention_backward_flash_kernel<64><<<blocks, FLASH_THREADS, flash_backward_smem(64)>>>(
-            dq, dk, dv, delta, db, q, k, v, lse, B, T, H, KV, hd, vec);
-    } else {
-        attention_shared((const void *)attention_backward_flash_kernel<128>, flash_backward_smem(128));
+            dq, dk, dv, delta, db, q, k, v, lse, parts, splits, B, T, H, KV, hd, vec);
+    else
         attention_backward_flash_kernel<128><<<blocks, FLASH_THREADS, flash_backward_smem(128)>>>(
-            dq, dk, dv, delta, db, q, k, v, lse, B, T, H, KV, hd, vec);
-    }
+            dq, dk, dv, delta, db, q, k, v, lse, parts, splits, B, T, H, KV, hd, vec);
     launchCheck();
+    if (splits > 1) {
+        flash_parts_add_kernel<<<blocks_for(nk, 256), 256>>>(dk, dv, parts, splits - 1, nk);
+        launchCheck();
+    }
 }
 
 // --- SwiGLU: h[N,F] = silu(g) * u ----------------------------------------------------------
@@ -2932,19 +3004,6 @@ __global__ static void __launch_bounds__(1024) distill_loss_kernel(double *rows,
         }
         if (threadIdx.x == 0) rows[n] = l;
     }
-}
-
-// The GPU's multiprocessor count and L2 size in bytes, asked once (a process drives one GPU).
-static void gpu_limits(int *sms, int *l2) {
-    static int n, bytes;
-    if (!n) {
-        int dev;
-        cudaCheck(cudaGetDevice(&dev));
-        cudaCheck(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
-        cudaCheck(cudaDeviceGetAttribute(&bytes, cudaDevAttrL2CacheSize, dev));
-    }
-    *sms = n;
-    *l2 = bytes;
 }
 
 // The grid: passes 2 and 3 re-read the row pass 1 read, so the rows in flight (one a block), 8V

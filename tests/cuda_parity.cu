@@ -477,7 +477,8 @@ static void test_flash_kernels(int B, int T, int H, int KV, int hd, int misalign
     attention_backward_flash(g[2][0], g[2][1], g[2][2], delta[2], dbf, qb, kb, vb, obf, lse[2], B, T, H, KV, hd);
     cudaCheck(cudaDeviceSynchronize());
     char what[160], shape[96];
-    snprintf(shape, sizeof shape, "flash B %d T %d H %d/%d hd %d%s", B, T, H, KV, hd, misalign ? " (unaligned)" : "");
+    snprintf(shape, sizeof shape, "flash B %d T %d H %d/%d hd %d%s (backward in %d parts)", B, T, H, KV, hd,
+             misalign ? " (unaligned)" : "", flash_backward_parts(B, T, H, KV, hd));
     snprintf(what, sizeof what, "%s: bf16 out against the fp32 out rounded: bits differing (of %lld)", shape, (long long)nq);
     check(what, (double)bits_differing(ob, oc, nq, 2), 0);
     float *r = download(out[0], nq), *f = download(out[1], nq);
@@ -718,10 +719,13 @@ int main(void) {
     test_decode("decode int2", "tiny", 0, QUANT_INT, 2, 32, 2, 64, 0);
     printf("\n--attention flash (bf16 tensor cores) against the fused fp32 kernels, random inputs\n");
     // (the forward's blocks of 128 queries at head_dim <= 64: T 100 has one, a whole key tile then
-    // one cut at T, its second row tile partly past T; T 200 a second block, past T from row 200)
+    // one cut at T, its second row tile partly past T; T 200 a second block, past T from row 200;
+    // the last two: the benchmark's shape and half its batch, whose backwards split each group's
+    // heads in parts, 2 and 4 on an H200; the small ones split into as many parts as heads a group)
     int fl[][6] = {{1, 1, 4, 4, 64, 0}, {2, 15, 8, 2, 64, 0}, {1, 64, 4, 1, 128, 0}, {2, 77, 4, 4, 128, 0},
                    {2, 200, 8, 2, 64, 0}, {1, 200, 16, 4, 128, 0}, {1, 1024, 8, 2, 64, 0}, {2, 77, 8, 4, 8, 0},
-                   {1, 33, 4, 1, 50, 0}, {1, 130, 6, 2, 96, 1}, {2, 129, 4, 2, 64, 1}, {2, 100, 4, 2, 64, 0}};
+                   {1, 33, 4, 1, 50, 0}, {1, 130, 6, 2, 96, 1}, {2, 129, 4, 2, 64, 1}, {2, 100, 4, 2, 64, 0},
+                   {8, 1024, 32, 4, 64, 0}, {4, 1024, 32, 4, 64, 0}};
     for (size_t i = 0; i < sizeof fl / sizeof fl[0]; i++)
         test_flash_kernels(fl[i][0], fl[i][1], fl[i][2], fl[i][3], fl[i][4], fl[i][5]);
     printf("\nquantizers: W^ = Q(W) of the same latent weights\n");
