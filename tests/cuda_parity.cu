@@ -541,6 +541,25 @@ static void test_adamw(void) {
     }
     float *pg = download(g.params, g.n_params);
     check("AdamW, 3 steps on the same gradients: parameters (sign scales too)", rel_err(pg, h.params, g.n_params), 1e-6);
+    // its kernels' non-finite flag: clear after those steps; set by a NaN gradient of the last
+    // parameter (a learned scale) and, from the same parameters again, by an Inf one in the
+    // middle of the table (the float4 path)
+    check("AdamW: params_finite after finite steps, 1 - its answer (1: finite)", 1 - params_finite(&g), 0);
+    float *hg = download(g.grads, g.n_params), keep;
+    int64_t at[2] = {g.n_params - 1, g.n_table / 2};
+    for (int c = 0; c < 2; c++) {
+        cudaCheck(cudaMemcpy(g.params, pg, (size_t)g.n_params * sizeof(float), cudaMemcpyHostToDevice));
+        keep = hg[at[c]];
+        hg[at[c]] = c ? INFINITY : NAN;
+        cudaCheck(cudaMemcpy(g.grads, hg, (size_t)g.n_params * sizeof(float), cudaMemcpyHostToDevice));
+        hg[at[c]] = keep;
+        OptConfig o = {1e-3f, 0.9f, 0.999f, 1e-8f, 0.1f, 0.0f};
+        adamw_update(&g, &o, 1e-3f, 1.0f);
+        check(c ? "AdamW: params_finite after an Inf gradient mid-table (0: not finite)"
+                : "AdamW: params_finite after a NaN gradient of the last parameter (0: not finite)",
+              params_finite(&g), 0);
+    }
+    free(hg);
     free(pg); free(inputs); free(targets);
     model_free(&g);
     host_model_free(&h);
