@@ -14,16 +14,17 @@
 # Prints tokens/s, MFU (FLOPs/token = 8N + 16 L T d, N the matmul parameters with the LM head;
 # 989 TFLOP/s dense bf16 peak) and peak GPU memory of each.
 #
-# Measured on one H200 (nvidia-h200), 2026-12-02 (third session), in one run (STEPS=5,
+# Measured on one H200 (nvidia-h200), 2026-12-02 (fourth session), in one run (STEPS=5,
 # steady-state steps 2-5; MICRO=4 a minute after it, the same build):
-#   train_cu, the defaults         49,150 tok/s   MFU 44.8%   peak 32,655 MiB (cudaMemGetInfo)
-#   train_cu, MICRO=4              45,315 tok/s   MFU 41.3%   peak 27,699 MiB
-#   torch.compile (per layer)      55,254 tok/s   29.6 GiB allocated, 30.7 reserved
-#   PyTorch eager                  25,642 tok/s   42.4 GiB allocated, 44.5 reserved
-#   generation: train_cu 5,194 new tokens/s, HF generate 1,477
-# The build just before (an RMSNorm backward that ncu timed 10% slower, since dropped) ran at
-# 50,225 tok/s in a run of its own: runs of one build differ by a few percent.
-# The session before: 46,646 tok/s (torch.compile 55,323 and eager 29,740 in its run), and
+#   train_cu, the defaults         50,784 tok/s   MFU 46.3%   peak 32,671 MiB (cudaMemGetInfo)
+#   train_cu, MICRO=4              48,166 tok/s   MFU 43.9%   peak 27,723 MiB
+#   torch.compile (per layer)      55,585 tok/s   29.6 GiB allocated, 30.7 reserved
+#   PyTorch eager                  30,569 tok/s   42.4 GiB allocated, 44.5 reserved
+#   generation: train_cu 5,077 new tokens/s, HF generate 2,650
+# Runs of one build differ by a few percent (the same build: 50,719 and 50,784).
+# The third session: 49,150 tok/s, MICRO=4 45,315 (torch.compile 55,254, eager 25,642 in its
+# run; generation 5,194 against HF's 1,477).
+# The second session: 46,646 tok/s (torch.compile 55,323 and eager 29,740 in its run), and
 # 46,868-47,507 for its final build.
 # The plan of the default run: activations 9,834 MiB, AdamW m, v 8,393, parameters 4,196,
 # gradients 4,196, the bf16 teacher 2,098, bf16 weights 1,973, codes 924.
