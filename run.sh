@@ -25,10 +25,13 @@ corpus() {
     mkdir -p "$out"
     [ -s "$out/train.ids" ] && return 0
     echo "== generating the demo corpus"
-    awk -v seed=7 -v n=6000 '
-    function pick(list,   a, k) { k = split(list, a, " "); return a[int(rand() * k) + 1] }
+    # rnd(): Park and Miller's minimal standard generator, x = 16807 x mod (2^31 - 1), exact in
+    # awk's doubles; not awk's rand, which some builds draw from arc4random whatever srand says,
+    # so that every machine makes the same corpus
+    awk -v x=7 -v n=6000 '
+    function rnd() { x = (x * 16807) % 2147483647; return x / 2147483647 }
+    function pick(list,   a, k) { k = split(list, a, " "); return a[int(rnd() * k) + 1] }
     BEGIN {
-        srand(seed)
         names = "Tim Lily Sam Mia Ben Zoe Max Amy"
         animals = "cat dog bird fish frog duck"
         adjs = "big small red happy sleepy little kind"
@@ -36,7 +39,7 @@ corpus() {
         verbs = "saw found liked helped followed"
         for (i = 0; i < n; i++) {
             who = pick(names); pet = pick(animals); adj = pick(adjs); where = pick(places)
-            r = rand()
+            r = rnd()
             if (r < 0.4)      s = who " " pick(verbs) " a " adj " " pet " in the " where "."
             else if (r < 0.7) s = "The " pet " was " adj ". " who " was " pick("glad sad happy") "."
             else              s = who " went to the " where " with the " pet ". They played all day."

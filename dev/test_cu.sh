@@ -50,8 +50,8 @@ fi
 
 echo "== the command line"
 ./run.sh corpus "$tmp/c" > /dev/null
-# which corpus this machine made (awk's rand draws the demo's sentences): the checks below that
-# compare bf16 with fp32 depend on the teacher trained on it
+# which corpus this machine made (tests/demo.sh checks it is the same everywhere): the checks
+# below that compare bf16 with fp32 depend on the teacher trained on it
 echo "  demo corpus: train.ids md5 $(md5sum < "$tmp/c/train.ids" | cut -c1-32), $(awk -W version 2>&1 | head -n 1)"
 head -n 6400 "$tmp/c/valid.ids" > "$tmp/v.ids"
 ./train --init tiny --seed 1 --train-tokens "$tmp/c/train.ids" --steps 80 --batch 8 --micro-batch 8 --seq 128 \
