@@ -26,8 +26,8 @@ corpus() {
     [ -s "$out/train.ids" ] && return 0
     echo "== generating the demo corpus"
     # rnd(): Park and Miller's minimal standard generator, x = 16807 x mod (2^31 - 1), exact in
-    # awk's doubles; not awk's rand, which some builds draw from arc4random whatever srand says,
-    # so that every machine makes the same corpus
+    # awk's doubles, so that every machine makes the same corpus; awk's own rand() is each awk's
+    # (mawk, gawk and busybox draw different numbers after the same srand)
     awk -v x=7 -v n=6000 '
     function rnd() { x = (x * 16807) % 2147483647; return x / 2147483647 }
     function pick(list,   a, k) { k = split(list, a, " "); return a[int(rnd() * k) + 1] }

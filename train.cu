@@ -1744,7 +1744,7 @@ __device__ static inline void flash_lse_base2(float *ls) {
 // fragments of dV += P^T dO and dK += dS^T Q; it keeps its dK and dV accumulators (HDP / 8 of 8
 // dims each) over the whole walk, so with GQA the heads of a group add to them in turn, no
 // atomics; part 0 adds them to dk and dv, part s > 0 stores them in slice s - 1 of `parts`
-// ([splits - 1][2][B,T,KV,hd], dk's then dv's), which flash_parts_add adds to dk and dv after.
+// ([splits - 1][2][B,T,KV,hd], dk's then dv's), which flash_parts_add_kernel adds to dk and dv after.
 // The dQ of a query tile needs every warp's keys: the warps write dS^T ([key][query]) to
 // shared memory, and after a barrier warp w takes queries q0 + 16 w .. + 15, dQ = dS K over the
 // block's 64 keys, and adds them to dq with atomicAdd, since the blocks of other key tiles add to
@@ -1934,6 +1934,8 @@ __global__ static void flash_parts_add_kernel(float *dk, float *dv, const float 
     dk[i] = a;
     dv[i] = b;
 }
+static float *g_flash_parts;  // the slices (flash_backward_splits - 1 of them), grown as needed
+static int64_t g_flash_parts_n;
 
 // How many parts the flash backward splits each group's query heads into. A block's work grows
 // with the query tiles after its key tile, so the blocks of key tile 0 have the most, tiles x
@@ -1941,7 +1943,8 @@ __global__ static void flash_parts_add_kernel(float *dk, float *dv, const float 
 // over the blocks the GPU runs at once (`slots`) is B KV (H / KV) tiles (tiles + 1) / 2 / slots. The
 // fewest parts (a divisor of H / KV) that bring the first within the second: splits >=
 // 2 slots / (B KV (tiles + 1)). On the benchmark's step (B 8, KV 4, 16 tiles, 396 slots) that is
-// 2: unsplit, the blocks of key tile 0 took 128 tile steps, against an average of 88 a slot.
+// 2: unsplit, the blocks of key tile 0 have 128 tile steps, against an average of 88 a slot (by
+// the counts above; ncu: 0.73-0.75 ms a call unsplit, 0.65 in 2 parts).
 static int flash_backward_splits(int B, int T, int H, int KV, int slots) {
     int group = H / KV, tiles = (T + FLASH_T - 1) / FLASH_T, s = 1;
     while (s < group && (int64_t)s * B * KV * (tiles + 1) < 2LL * slots) {
@@ -1961,10 +1964,6 @@ static int flash_backward_parts(int B, int T, int H, int KV, int hd) {
     cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, FLASH_THREADS, smem));
     return flash_backward_splits(B, T, H, KV, sms * (per_sm > 0 ? per_sm : 1));
 }
-
-
-static float *g_flash_parts;  // the backward's parts of dk and dv (flash_backward_splits)
-static int64_t g_flash_parts_n;
 
 static void flash_check_hd(int hd) {
     if (hd > FLASH_MAX_HD) fail("head_dim %d: --attention flash takes head_dim up to %d; use --attention gemm", hd, FLASH_MAX_HD);
@@ -2829,31 +2828,29 @@ __device__ static inline double exp_f(double x) { return (double)expf((float)x);
 
 // Block reductions of K values at once: one round of __syncthreads for all K, every thread gets
 // the K results, reduced in a fixed tree (the same bits every run). blockDim.x a multiple of 32.
-template <int K> __device__ static void block_max_k(float (&x)[K]) {
-    __shared__ float part[K][32];
+// Op: the reduction, its warp step and its identity (the value of a warp with no block to read).
+struct MaxF {
+    typedef float T;
+    __device__ static float warp(float x) { return warp_max(x); }
+    __device__ static float none(void) { return -INFINITY; }
+};
+struct SumD {
+    typedef double T;
+    __device__ static double warp(double x) { return warp_sum_d(x); }
+    __device__ static double none(void) { return 0.0; }
+};
+template <typename Op, int K> __device__ static void block_reduce_k(typename Op::T (&x)[K]) {
+    __shared__ typename Op::T part[K][32];
     __syncthreads();  // part may still be read by a previous call
     int w = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
 #pragma unroll
     for (int k = 0; k < K; k++) {
-        x[k] = warp_max(x[k]);
+        x[k] = Op::warp(x[k]);
         if (lane == 0) part[k][w] = x[k];
     }
     __syncthreads();
 #pragma unroll
-    for (int k = 0; k < K; k++) x[k] = warp_max(lane < nw ? part[k][lane] : -INFINITY);
-}
-template <int K> __device__ static void block_sum_k(double (&x)[K]) {
-    __shared__ double part[K][32];
-    __syncthreads();
-    int w = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
-#pragma unroll
-    for (int k = 0; k < K; k++) {
-        x[k] = warp_sum_d(x[k]);
-        if (lane == 0) part[k][w] = x[k];
-    }
-    __syncthreads();
-#pragma unroll
-    for (int k = 0; k < K; k++) x[k] = warp_sum_d(lane < nw ? part[k][lane] : 0.0);
+    for (int k = 0; k < K; k++) x[k] = Op::warp(lane < nw ? part[k][lane] : Op::none());
 }
 
 // Online log-sum-exp (Milakov & Gimelshein 2018, the recurrence of FlashAttention's softmax):
@@ -2933,10 +2930,10 @@ __device__ static double block_distill(float *dz, const float *zs, const float *
         if (kl) lse_online<W>(mt, st, none, false, b, inv_tau);
     }
     float m[2] = {ms, mt};
-    block_max_k<2>(m);
+    block_reduce_k<MaxF>(m);
     double s[3] = {ss * exp_f((double)ms * inv_tau - (double)m[0] * inv_tau),
                    st * exp_f((double)mt * inv_tau - (double)m[1] * inv_tau), s1 * exp_f((double)ms - m[0])};
-    block_sum_k<3>(s);
+    block_reduce_k<SumD>(s);
     double lse_s = (double)m[0] * inv_tau + log(s[0]), lse_t = kl ? (double)m[1] * inv_tau + log(s[1]) : 0.0;
     double lse_1 = one ? (double)m[0] + log(s[2]) : lse_s;
     // pass 2: KL(P_T || P_S) and KL(P_S || P_T)
@@ -2954,7 +2951,7 @@ __device__ static double block_distill(float *dz, const float *zs, const float *
             }
         }
         double k[2] = {fkl, rkl};
-        block_sum_k<2>(k);
+        block_reduce_k<SumD>(k);
         fkl = k[0];
         rkl = k[1];
     }

@@ -50,8 +50,8 @@ fi
 
 echo "== the command line"
 ./run.sh corpus "$tmp/c" > /dev/null
-# which corpus this machine made (tests/demo.sh checks it is the same everywhere): the checks
-# below that compare bf16 with fp32 depend on the teacher trained on it
+# which corpus this machine made (tests/demo.sh checks it is the same everywhere) and the awk that
+# ran its generator: the checks below that compare bf16 with fp32 depend on the teacher trained on it
 echo "  demo corpus: train.ids md5 $(md5sum < "$tmp/c/train.ids" | cut -c1-32), $(awk -W version 2>&1 | head -n 1)"
 head -n 6400 "$tmp/c/valid.ids" > "$tmp/v.ids"
 ./train --init tiny --seed 1 --train-tokens "$tmp/c/train.ids" --steps 80 --batch 8 --micro-batch 8 --seq 128 \
@@ -86,6 +86,8 @@ e=$(maxrel "$tmp/j.gpu" "$tmp/j.cpu")
 within "$e" 1e-3 && ok "2-bit QAT, lr 1e-3, steps 1-5 (JSONL losses): max relative difference $e (tolerance 1e-3)" || bad "QAT steps 1-5: $e"
 e=$(rel "$(head -n 1 "$tmp/l.tf32")" "$(head -n 1 "$tmp/l.cpu")")
 within "$e" 1e-2 && ok "2-bit QAT step 1 with tf32 matmuls: relative difference $e (tolerance 1e-2)" || bad "QAT step 1 tf32: $e"
+# (measured on three GPU machines whose demo corpora differed, before run.sh drew its own:
+# 1.9e-3, 7.8e-4, and 1.38e-2, a failure: the margin depends on the teacher trained on the corpus)
 e=$(rel "$(head -n 1 "$tmp/l.bf16")" "$(head -n 1 "$tmp/l.cpu")")
 within "$e" 1e-2 && ok "2-bit QAT step 1 with bf16 matmuls: relative difference $e (tolerance 1e-2)" || bad "QAT step 1 bf16: $e"
 mean() { awk '{ s += $1 } END { print s / NR }' "$1"; }

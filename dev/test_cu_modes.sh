@@ -75,7 +75,9 @@ curve dce "--data: full-precision cross-entropy training (mean over tokens), the
 # in three runs on H200s, whose inputs differed (./train's own first loss was 9.88, 16.37 and
 # 14.39: the inputs repeat on one machine and differ between machines, as test_cu_dp.sh's first
 # loss, the same 5.572894 in two runs on one machine and 5.552-5.572 on others, so the host and
-# not the run, perhaps the CPU code -march=native and libm pick; not traced further): first step
+# not the run, perhaps the CPU code -march=native and libm pick; not traced further; the demo
+# corpus now comes from run.sh's own generator, the same on every machine by tests/demo.sh's md5,
+# and dev/test_cu.sh prints it, so the next runs tell whether the corpus was the cause): first step
 # 6.1e-3, 3.9e-3, 3.2e-4; the steps' losses 2.2e-2,
 # 1.1e-2, 7.6e-3; eval_loss after 11 steps 1.6e-3, 4.2e-2, 3.9e-3.
 cu_matmul=bf16 curve dbf "--data: 2-bit QAT, --matmul bf16 (bf16 teacher), lr 1e-5" 5e-2 -m "$tmp/teacher.bin" -q int -b 2 -g 64 \
