@@ -565,6 +565,35 @@ static void test_adamw(void) {
     host_model_free(&h);
 }
 
+// model_zero_grad marks the linears' and the untied LM head's gradients fresh instead of clearing
+// them (the first matmul of a backward writes them: grad_beta), and clears the rest; with no
+// backward after it, model_settle_grads clears the fresh ones. Gradients start as garbage here.
+static void test_fresh_grads(void) {
+    HostModel h;
+    host_model_init(&h, "tiny", 0, 1, 3, QUANT_INT, 2, 32);  // untied: the LM head's gradient fresh too
+    Model g;
+    model_setup(&g, &h, "parameters");
+    model_alloc_training(&g);
+    int64_t fresh = 0;
+    for (int t = 0; t < N_TENSORS; t++)
+        if (g.grads_t[t] && (h.is_linear[t] || (t == T_LM_HEAD && !h.tied))) fresh += tensor_numel(&g, t);
+    cudaCheck(cudaMemset(g.grads, 0x3f, (size_t)g.n_params * sizeof(float)));
+    model_zero_grad(&g);
+    float *hg = download(g.grads, g.n_params);
+    int64_t nonzero = 0;
+    for (int64_t i = 0; i < g.n_params; i++) nonzero += hg[i] != 0.0f;
+    free(hg);
+    check("model_zero_grad: values left uncleared less the linears' and LM head's (fresh)", (double)llabs(nonzero - fresh), 0);
+    model_settle_grads(&g);
+    hg = download(g.grads, g.n_params);
+    nonzero = 0;
+    for (int64_t i = 0; i < g.n_params; i++) nonzero += hg[i] != 0.0f;
+    free(hg);
+    check("model_settle_grads after it, no backward between: nonzero gradients", (double)nonzero, 0);
+    model_free(&g);
+    host_model_free(&h);
+}
+
 // cast_bf16 against the host's round-to-nearest-even on the bits (ties, subnormals, large values).
 static void test_cast_bf16(void) {
     int64_t n = 1 << 20;
@@ -709,8 +738,8 @@ static void test_bf16_producers(void) {
     swiglu_backward(dgu, dgu + nf, uf, gf, uf, ng);
     cudaCheck(cudaMemset(dg.h, 0, (size_t)nf * 2));
     swiglu_backward(dg, du, up, gate, up, ng);
-    matmul_backward(o1, dw1, dgu, y, weight(&g, T_WGATE, 1), N, D, F);
-    matmul_backward(o2, dw2, dg, act_f(y), weight(&g, T_WGATE, 1), N, D, F);
+    matmul_backward(act_f(o1), dw1, act_f(dgu), act_f(y), weight(&g, T_WGATE, 1), N, D, F);
+    matmul_backward(act_f(o2), dw2, dg, act_f(y), weight(&g, T_WGATE, 1), N, D, F);
     snprintf(what, sizeof what, "dx, dW of the gate matmul from the bf16 dgate: bits differing (of %lld)", (long long)(nx + F * D));
     check(what, (double)(bits_differing(o1, o2, nx, 4) + bits_differing(dw1, dw2, (int64_t)F * D, 4)), 0);
     gpu_free(dgu); gpu_free(gub); gpu_free(dw1); gpu_free(dw2); gpu_free(gf);
@@ -773,6 +802,7 @@ int main(void) {
     g_loss_chunk = 0;
     printf("\noptimizer\n");
     test_adamw();
+    test_fresh_grads();
     printf("\nTF32 matmuls against fp32 (the default --matmul tf32)\n");
     {
         HostModel h;
