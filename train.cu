@@ -2929,6 +2929,12 @@ template <int W> __device__ static inline void store_last(float *p, const float 
     if constexpr (W == 4) __stcs((float4 *)p, make_float4(f[0], f[1], f[2], f[3]));
     else for (int e = 0; e < W; e++) __stcs(p + e, f[e]);
 }
+// dz in bf16 (the classifier's backward reads it so under --matmul bf16): rounded to nearest even,
+// the values a cast of the fp32 dz gave, 8 bytes a piece of 4
+template <int W> __device__ static inline void store_last(__nv_bfloat16 *p, const float *f) {
+    if constexpr (W == 4) store_w4(p, make_float4(f[0], f[1], f[2], f[3]));
+    else for (int e = 0; e < W; e++) store_w(p + e, f[e]);
+}
 
 // One position's loss and dz = dL/dzs, the sums of loss.h's kl_mix_tempered and ce_add:
 //   KL part (every loss but ce): (1 - g) KL(P_T^tau || P_S^tau) + g KL(P_S^tau || P_T^tau),
@@ -2941,12 +2947,13 @@ template <int W> __device__ static inline void store_last(float *p, const float 
 // loss.h's), lse = M / tau + log sum_t s_t exp(m_t / tau - M / tau). The max is reduced first so
 // that each thread's sum is rescaled once, its rounding independent of the others' (a tree of
 // pairwise (max, sum) merges would round one factor into half the sum at each level).
-// dz may be zs itself (head_loss overwrites a chunk's logits with their gradient): every read of
+// dz (Dz: float, or bf16 under --matmul bf16 when the classifier's backward follows) may be zs
+// itself (head_loss overwrites a chunk's logits with their fp32 gradient): every read of
 // zs and zt in passes 1 and 2 (z_label included) comes before the last reduction's
 // __syncthreads, and pass 3 reads zs[v] and zt[v] in the thread that then writes dz[v]. The
 // returned loss is every thread's.
-template <int W>
-__device__ static double block_distill(float *dz, const float *zs, const float *zt, int label, int V, DistillLoss loss,
+template <int W, typename Dz>
+__device__ static double block_distill(Dz *dz, const float *zs, const float *zt, int label, int V, DistillLoss loss,
                                        float scale, float accum) {
     int kind = loss.kind, kl = kind != LOSS_CE, ce = kind == LOSS_CE || kind == LOSS_CAKLD_CE, pieces = V / W;
     float tau_f = kind == LOSS_CAKLD_CE ? loss.temperature : 1.0f;
@@ -3017,13 +3024,13 @@ __device__ static double block_distill(float *dz, const float *zs, const float *
 // at a time (distill_loss sizes the grid); thread i owns the W-float pieces i, i + blockDim.x, ...
 // of a row (W = 4: 16-byte loads and stores). rows[n] gets position n's loss, dlogits its
 // gradient (times `scale` = 1/B, then times `accum`, as train.c's distill_step scales after the
-// loss). dlogits may be logits (in place).
-template <int W>
-__global__ static void __launch_bounds__(1024) distill_loss_kernel(double *rows, float *dlogits, const float *logits,
+// loss). dlogits may be logits (in place, fp32), or bf16 (a buffer of its own).
+template <int W, typename Dz>
+__global__ static void __launch_bounds__(1024) distill_loss_kernel(double *rows, Dz *dlogits, const float *logits,
                                                                    const float *teacher, const int *labels, int N, int V,
                                                                    DistillLoss loss, float scale, float accum) {
     for (int n = blockIdx.x; n < N; n += gridDim.x) {
-        float *dz = dlogits + (int64_t)n * V;
+        Dz *dz = dlogits + (int64_t)n * V;
         const float *zs = logits + (int64_t)n * V, *zt = teacher ? teacher + (int64_t)n * V : NULL;
         int label = labels[n];
         double l = 0.0;
@@ -3033,7 +3040,7 @@ __global__ static void __launch_bounds__(1024) distill_loss_kernel(double *rows,
         } else if (label >= V || loss.kind > LOSS_CAKLD_CE || (loss.kind != LOSS_CE && !zt)) {
             l = NAN;
         } else {
-            l = block_distill<W>(dz, zs, zt, label, V, loss, scale, accum);
+            l = block_distill<W, Dz>(dz, zs, zt, label, V, loss, scale, accum);
         }
         if (threadIdx.x == 0) rows[n] = l;
     }
@@ -3046,11 +3053,11 @@ __global__ static void __launch_bounds__(1024) distill_loss_kernel(double *rows,
 // threads an SM (a 1024-thread block at 64 registers fills the register file). Blocks of 128 to
 // 1024 threads, at least 4 pieces a thread, so that a small vocabulary leaves few idle; a row's
 // result depends on the block size alone (so on V), not on the grid. W = 4 when V % 4 == 0 and the
-// rows are 16 bytes aligned.
-static void distill_loss(double *rows, float *dz, const float *zs, const float *zt, const int *labels, int N, int V,
+// rows are 16 bytes aligned (dz: 8 in bf16). dz: an Act, fp32 (may be zs) or bf16.
+static void distill_loss(double *rows, Act dz, const float *zs, const float *zt, const int *labels, int N, int V,
                          DistillLoss loss, float scale, float accum) {
     if (N <= 0) return;
-    int w4 = V % 4 == 0 && ((uintptr_t)dz | (uintptr_t)zs | (uintptr_t)zt) % 16 == 0;
+    int w4 = V % 4 == 0 && ((uintptr_t)dz.f | (uintptr_t)zs | (uintptr_t)zt) % 16 == 0 && (uintptr_t)dz.h % 8 == 0;
     int pieces = w4 ? V / 4 : V, threads = 128, sms, l2;
     while (threads < 1024 && threads * 4 < pieces) threads *= 2;
     gpu_limits(&sms, &l2);
@@ -3058,8 +3065,10 @@ static void distill_loss(double *rows, float *dz, const float *zs, const float *
     if (grid > fit) grid = fit;
     if (grid > N) grid = N;
     if (grid < 1) grid = 1;
-    if (w4) distill_loss_kernel<4><<<(int)grid, threads>>>(rows, dz, zs, zt, labels, N, V, loss, scale, accum);
-    else distill_loss_kernel<1><<<(int)grid, threads>>>(rows, dz, zs, zt, labels, N, V, loss, scale, accum);
+    if (dz.h && w4) distill_loss_kernel<4><<<(int)grid, threads>>>(rows, dz.h, zs, zt, labels, N, V, loss, scale, accum);
+    else if (dz.h) distill_loss_kernel<1><<<(int)grid, threads>>>(rows, dz.h, zs, zt, labels, N, V, loss, scale, accum);
+    else if (w4) distill_loss_kernel<4><<<(int)grid, threads>>>(rows, dz.f, zs, zt, labels, N, V, loss, scale, accum);
+    else distill_loss_kernel<1><<<(int)grid, threads>>>(rows, dz.f, zs, zt, labels, N, V, loss, scale, accum);
     launchCheck();
 }
 
@@ -3115,7 +3124,11 @@ static void head_loss(Model *s, Model *t, DistillLoss loss, float *wscratch, flo
     int R = head_chunk_rows(N, V > Vt ? V : Vt), head = lm_head_tensor(s);
     float *zs = gpu_grow(&g_chunk_zs, &g_chunk_zs_n, (int64_t)R * V, "loss chunks");
     float *zt = t ? gpu_grow(&g_chunk_zt, &g_chunk_zt_n, (int64_t)R * Vt, "loss chunks") : NULL;
-    float *dz = loss.kind == LOSS_WASSERSTEIN ? gpu_grow(&g_chunk_dz, &g_chunk_dz_n, (int64_t)R * V, "loss chunks") : zs;
+    // dL/dlogits: in place of zs; Wasserstein's in a buffer of its own; under bf16 with the
+    // classifier's backward to follow, written in bf16 straight into the scratch its matmul reads
+    // (the values the cast there made from the fp32 dz, without the fp32 store and the cast pass)
+    Act dz = act_f(loss.kind == LOSS_WASSERSTEIN ? gpu_grow(&g_chunk_dz, &g_chunk_dz_n, (int64_t)R * V, "loss chunks") : zs);
+    if (g_bf16 && backward && loss.kind != LOSS_WASSERSTEIN) dz.f = NULL, dz.h = bf16_scratch(&g_bf_d, &g_bf_d_n, (int64_t)R * V);
     if (t && (t->B != s->B || t->T != s->T)) fail("internal: teacher and student forwards of different shapes");
     for (int n0 = 0; n0 < N; n0 += R) {
         int nc = N - n0 < R ? N - n0 : R;
@@ -3125,14 +3138,14 @@ static void head_loss(Model *s, Model *t, DistillLoss loss, float *wscratch, flo
         {
             PROFILE(PROF_LOSS);
             if (loss.kind == LOSS_WASSERSTEIN)
-                wasserstein_loss_kernel<<<blocks_for(nc, 64), 64>>>(s->rows + n0, dz, wscratch, zs, zt, s->targets + n0, nc, V,
+                wasserstein_loss_kernel<<<blocks_for(nc, 64), 64>>>(s->rows + n0, dz.f, wscratch, zs, zt, s->targets + n0, nc, V,
                                                                    Vt, scale, accum);
             else
                 distill_loss(s->rows + n0, dz, zs, zt, s->targets + n0, nc, V, loss, scale, accum);
             launchCheck();
         }
         if (backward)  // the chunk's rows of dL/dxnf written (beta 0), the head's gradient added (or written first)
-            matmul_backward(act_f(s->act[A_DXN] + (int64_t)n0 * D), s->dfwd_t[head], act_f(dz), act_f(xs), weight(s, head, 0),
+            matmul_backward(act_f(s->act[A_DXN] + (int64_t)n0 * D), s->dfwd_t[head], dz, act_f(xs), weight(s, head, 0),
                             nc, D, V, 0.0f, grad_beta(s, head, 0));
     }
 }

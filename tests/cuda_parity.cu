@@ -290,7 +290,11 @@ static void test_distill(int loss_kind, int chunk) {
     double lg = distill_step(&gs, &gt, &d, inputs, targets, B, T, 1.0f);
     snprintf(what, sizeof what, "distill %s: loss (cpu %.6f, gpu %.6f), relative", name, lc, lg);
     check(what, fabs(lc - lg) / fabs(lc), g_tol.dloss);
-    float *dz = download(loss_kind == LOSS_WASSERSTEIN ? g_chunk_dz : g_chunk_zs, (int64_t)(chunk ? chunk : N) * V);
+    // dL/dlogits of the last chunk: in place of its logits, Wasserstein's in a buffer of its own;
+    // under bf16 written in bf16 into the classifier backward's scratch, which the layers'
+    // backward reuses after (test_distill_kernel checks those bits against the fp32 dz)
+    int dz_kept = !g_bf16 || loss_kind == LOSS_WASSERSTEIN;
+    float *dz = dz_kept ? download(loss_kind == LOSS_WASSERSTEIN ? g_chunk_dz : g_chunk_zs, (int64_t)(chunk ? chunk : N) * V) : NULL;
     if (g_bf16 && loss_kind == LOSS_WASSERSTEIN) {
         // its gradient pairs the i-th largest student probability with the teacher's i-th largest:
         // on a random model the V probabilities are near-ties, whose order bf16 rounding permutes
@@ -317,7 +321,9 @@ static void test_distill(int loss_kind, int chunk) {
         compare_grads(what, &hs, &gs, g_tol.grads);
         free(zs); free(zt); free(ref); free(scr);
     } else {
-        if (!chunk) {
+        if (!chunk && !dz_kept) {
+            printf("  (bf16: dL/dlogits not kept past the backward: test_distill_kernel checks it; the gradients from it here)\n");
+        } else if (!chunk) {
             snprintf(what, sizeof what, "distill %s: dL/dlogits", name);
             check(what, rel_err(dz, host_cpu_dlogits(&hs), (int64_t)N * V), g_tol.dlogits);
         }
@@ -348,7 +354,9 @@ static void test_distill(int loss_kind, int chunk) {
 // than the grid (300 rows of 32000: each block takes several in turn) and fewer. zs ~ 3 N(0, 1),
 // zt = zs + N(0, 1) / 2, every third row offset by 1e4 (the log-sum-exps subtract the max); every
 // fifth row masked (dz 0, loss 0); row 3 has label V: its loss NaN and its dz left as the logits.
-// A second run on the same inputs must give the same bits (a fixed mapping, no atomics).
+// A second run on the same inputs must give the same bits (a fixed mapping, no atomics); a third
+// writes dz in bf16 to a buffer of its own (head_loss under --matmul bf16), which must be the fp32
+// dz rounded to nearest even, bit for bit, with the same losses.
 static double gauss(void) {
     double u = ((next_u64() >> 11) + 0.5) / 9007199254740992.0, v = ((next_u64() >> 11) + 0.5) / 9007199254740992.0;
     return sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v);
@@ -368,6 +376,7 @@ static void test_distill_kernel(int V, int R, int misalign) {
         }
     }
     float *d_zs = (float *)gpu_malloc((size_t)(n + o) * sizeof(float), "test"), *d_zt = (float *)gpu_malloc((size_t)(n + o) * sizeof(float), "test");
+    __nv_bfloat16 *d_h = (__nv_bfloat16 *)gpu_malloc((size_t)(n + o) * 2, "test");
     int *d_labels = (int *)gpu_malloc(R * sizeof(int), "test");
     double *d_rows = (double *)gpu_malloc(R * sizeof(double), "test"), *rows = (double *)malloc(2 * R * sizeof(double));
     cudaCheck(cudaMemcpy(d_zt + o, zt, (size_t)n * sizeof(float), cudaMemcpyHostToDevice));
@@ -386,11 +395,30 @@ static void test_distill_kernel(int V, int R, int misalign) {
         }
         for (int run = 0; run < 2; run++) {
             cudaCheck(cudaMemcpy(d_zs + o, zs, (size_t)n * sizeof(float), cudaMemcpyHostToDevice));
-            distill_loss(d_rows, d_zs + o, d_zs + o, dl.kind == LOSS_CE ? NULL : d_zt + o, d_labels, R, V, dl, scale, accum);
+            distill_loss(d_rows, act_f(d_zs + o), d_zs + o, dl.kind == LOSS_CE ? NULL : d_zt + o, d_labels, R, V, dl, scale, accum);
             cudaCheck(cudaMemcpy(rows + run * R, d_rows, R * sizeof(double), cudaMemcpyDeviceToHost));
             (run ? dz2 : dz) = download(d_zs + o, n);
         }
         int differ = (memcmp(dz, dz2, (size_t)n * sizeof(float)) != 0) + (memcmp(rows, rows + R, R * sizeof(double)) != 0);
+        // into a bf16 dz of its own (head_loss under --matmul bf16): the fp32 dz rounded to nearest
+        // even, bit for bit (rows with a label), and the same losses
+        cudaCheck(cudaMemcpy(d_zs + o, zs, (size_t)n * sizeof(float), cudaMemcpyHostToDevice));
+        Act dh = {NULL, d_h + o};
+        distill_loss(d_rows, dh, d_zs + o, dl.kind == LOSS_CE ? NULL : d_zt + o, d_labels, R, V, dl, scale, accum);
+        double *rows_h = (double *)malloc(R * sizeof(double));
+        uint16_t *hh = (uint16_t *)malloc((size_t)n * 2);
+        cudaCheck(cudaMemcpy(rows_h, d_rows, R * sizeof(double), cudaMemcpyDeviceToHost));
+        cudaCheck(cudaMemcpy(hh, d_h + o, (size_t)n * 2, cudaMemcpyDeviceToHost));
+        int64_t bf_differ = memcmp(rows_h, rows, R * sizeof(double)) != 0;
+        for (int r = 0; r < R; r++) {
+            if (labels[r] >= V) continue;
+            for (int64_t i = (int64_t)r * V; i < (int64_t)(r + 1) * V; i++) {
+                uint32_t u;
+                memcpy(&u, &dz[i], 4);
+                bf_differ += hh[i] != (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+            }
+        }
+        free(rows_h); free(hh);
         double el = 0.0, lmax = 0.0;
         int nan_ok = 1;
         for (int r = 0; r < R; r++) {
@@ -412,9 +440,11 @@ static void test_distill_kernel(int V, int R, int misalign) {
         check(what, rel_err(dz, ref, n), g_tol.dlogits);
         snprintf(what, sizeof what, "%s: a second run, bits differing (dz, losses)", name);
         check(what, differ, 0);
+        snprintf(what, sizeof what, "%s: bf16 dz against the fp32 one rounded, and losses: bits differing", name);
+        check(what, (double)bf_differ, 0);
         free(dz); free(dz2);
     }
-    gpu_free(d_zs); gpu_free(d_zt); gpu_free(d_labels); gpu_free(d_rows);
+    gpu_free(d_zs); gpu_free(d_zt); gpu_free(d_h); gpu_free(d_labels); gpu_free(d_rows);
     free(zs); free(zt); free(ref); free(lc); free(labels); free(rows);
 }
 
