@@ -571,6 +571,22 @@ __device__ static inline void store_w4(__nv_bfloat16 *p, float4 v) {  // element
     u.y = (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(v.z)) | (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(v.w)) << 16;
     *(uint2 *)p = u;
 }
+// W consecutive floats: loaded as a float4 and stored by store_w4 when W = 4 (p aligned so),
+// else one at a time.
+template <int W>
+__device__ static inline void load_floats(float *f, const float *p) {
+    if constexpr (W == 4) {
+        float4 v = *(const float4 *)p;
+        f[0] = v.x; f[1] = v.y; f[2] = v.z; f[3] = v.w;
+    } else {
+        for (int e = 0; e < W; e++) f[e] = p[e];
+    }
+}
+template <int W, typename Yt>
+__device__ static inline void store_floats(Yt *p, const float *f) {
+    if constexpr (W == 4) store_w4(p, make_float4(f[0], f[1], f[2], f[3]));
+    else for (int e = 0; e < W; e++) store_w(&p[e], f[e]);
+}
 
 // --- bf16: y[n] = bf16(x[n]), rounded to nearest even (--matmul bf16) ----------------------
 // Thread mapping: one thread per 4 elements (a float4 in, 8 bytes out) when n % 4 == 0 and x, y
@@ -770,82 +786,93 @@ static void rmsnorm_forward(Act y, float *rstd, const float *x, const float *w, 
     rmsnorm_forward_add(y, rstd, NULL, x, NULL, w, N, C, eps);
 }
 
-// With g = dy * w:  dx = r * g - x * r^3 * mean(g * x),   dw += sum_n dy * x * r.
-// dx: one warp per row, its lanes striding over the row (float4s when vec: C % 4 == 0 and the
-// pointers aligned), the loops unrolled 4 deep (dy and x held in registers between the passes
-// instead, as the forward, took 177 registers and ran 10% slower). dxh (not NULL under --matmul
-// bf16): the bf16 copy of the updated dx, as cast_bf16 would make it: the residual gradient is
-// the output gradient of the next matmul backward (the layer below's down or output projection),
-// which reads it in bf16.
-// dw: a thread per column sums a chunk of RMS_ROWS rows into parts[chunk][C]; then a thread per
-// column adds the chunks in order, so dw is the same in every run (no float atomics).
-#define RMS_ROWS 256
-__global__ static void rmsnorm_backward_kernel(float *dx, __nv_bfloat16 *dxh, const float *dy, const float *x,
-                                               const float *w, const float *rstd, int N, int C, int vec) {
-    int n = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (n >= N) return;
-    const float *xr = x + (int64_t)n * C, *dyr = dy + (int64_t)n * C;
-    float *dxr = dx + (int64_t)n * C;
-    __nv_bfloat16 *dxhr = dxh ? dxh + (int64_t)n * C : NULL;
-    const float4 *x4 = (const float4 *)xr, *dy4 = (const float4 *)dyr, *w4 = (const float4 *)w;
-    float4 *dx4 = (float4 *)dxr;
-    float r = rstd[n], dot = 0.0f;
-    if (vec)
+// With g = dy * w:  dx += r * g - x * r^3 * mean(g * x),   dw += sum_n dy * x * r.
+// dxh (not NULL under --matmul bf16): the bf16 copy of the updated dx, as cast_bf16 would make it:
+// the residual gradient is the output gradient of the next matmul backward (the layer below's
+// down or output projection), which reads it in bf16.
+// Thread mapping: a block of 8 warps per chunk of RMS_ROWS rows, in two passes over them:
+//   - mean(g * x) of each row: a warp per row, its lanes striding over the row;
+//   - dx and dw: a thread per W columns (W = 4, float4s, when C % 4 == 0 and the pointers are
+//     aligned; else 1) going down the chunk's rows, updating dx (and dxh) and summing dy * x * r
+//     of its columns, which it stores in parts[chunk][C]. rmsnorm_dw_sum_kernel then adds the
+//     chunks in order, so dw is the same in every run (no float atomics).
+// The second pass reads dy and x again, mostly from cache: the chunk's rows were just read. The
+// dw sums were a kernel of their own, which read dy and x from memory a third time (44 us of the
+// benchmark's 107 + 44 per call, ncu).
+#define RMS_ROWS 16
+template <int W>
+__global__ static void rmsnorm_backward_kernel(float *dx, __nv_bfloat16 *dxh, float *parts, const float *dy, const float *x,
+                                               const float *w, const float *rstd, int N, int C) {
+    __shared__ float rs[RMS_ROWS], ks[RMS_ROWS];  // a row's r, and r^3 mean(g * x)
+    int n0 = blockIdx.x * RMS_ROWS, rows = min(RMS_ROWS, N - n0), lane = threadIdx.x % 32;
+    for (int r = threadIdx.x / 32; r < rows; r += blockDim.x / 32) {
+        int64_t row = (int64_t)(n0 + r) * C;
+        float dot = 0.0f;
 #pragma unroll 4
-        for (int i = lane; i < C / 4; i += 32) {
-            float4 d = dy4[i], g = w4[i], v = x4[i];
-            dot += d.x * g.x * v.x + d.y * g.y * v.y + d.z * g.z * v.z + d.w * g.w * v.w;
+        for (int i = lane * W; i < C; i += 32 * W) {
+            float d[W], g[W], v[W];
+            load_floats<W>(d, dy + row + i);
+            load_floats<W>(g, w + i);
+            load_floats<W>(v, x + row + i);
+            for (int e = 0; e < W; e++) dot += d[e] * g[e] * v[e];
         }
-    else
-        for (int i = lane; i < C; i += 32) dot += dyr[i] * w[i] * xr[i];
-    dot = warp_sum(dot);
-    float k = r * r * r * dot / C;
-    if (vec)
+        dot = warp_sum(dot);
+        if (lane == 0) {
+            float q = rstd[n0 + r];
+            rs[r] = q;
+            ks[r] = q * q * q * dot / C;
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x * W; i < C; i += blockDim.x * W) {
+        float g[W], s[W] = {};
+        load_floats<W>(g, w + i);
 #pragma unroll 4
-        for (int i = lane; i < C / 4; i += 32) {
-            float4 d = dy4[i], g = w4[i], v = x4[i], o = dx4[i];
-            o.x += r * d.x * g.x - k * v.x;
-            o.y += r * d.y * g.y - k * v.y;
-            o.z += r * d.z * g.z - k * v.z;
-            o.w += r * d.w * g.w - k * v.w;
-            dx4[i] = o;
-            if (dxhr) store_w4(dxhr + 4 * i, o);
+        for (int r = 0; r < rows; r++) {
+            int64_t at = (int64_t)(n0 + r) * C + i;
+            float d[W], v[W], o[W];
+            load_floats<W>(d, dy + at);
+            load_floats<W>(v, x + at);
+            load_floats<W>(o, dx + at);
+            for (int e = 0; e < W; e++) {
+                o[e] += rs[r] * d[e] * g[e] - ks[r] * v[e];
+                s[e] += d[e] * v[e] * rs[r];
+            }
+            store_floats<W>(dx + at, o);
+            if (dxh) store_floats<W>(dxh + at, o);
         }
-    else
-        for (int i = lane; i < C; i += 32) {
-            dxr[i] += r * dyr[i] * w[i] - k * xr[i];
-            if (dxhr) dxhr[i] = __float2bfloat16_rn(dxr[i]);
-        }
+        store_floats<W>(parts + (int64_t)blockIdx.x * C + i, s);
+    }
 }
-__global__ static void rmsnorm_backward_dw_kernel(float *parts, const float *dy, const float *x, const float *rstd, int N, int C) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= C) return;
-    int n0 = blockIdx.y * RMS_ROWS, n1 = min(N, n0 + RMS_ROWS);
-    float s = 0.0f;
-#pragma unroll 8
-    for (int n = n0; n < n1; n++) s += dy[(int64_t)n * C + i] * x[(int64_t)n * C + i] * rstd[n];
-    parts[(int64_t)blockIdx.y * C + i] = s;
-}
+// dw[c] += the sum over chunks of parts[chunk][c]. Thread mapping: a block of 32 x 32 threads per
+// 32 columns; thread (c, y) adds chunks y, y + 32, ... of its column, then row 0 adds the 32
+// partial sums in order.
 __global__ static void rmsnorm_dw_sum_kernel(float *dw, const float *parts, int chunks, int C) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= C) return;
+    __shared__ float part[32][33];
+    int c = blockIdx.x * 32 + threadIdx.x;
     float s = 0.0f;
-    for (int c = 0; c < chunks; c++) s += parts[(int64_t)c * C + i];
-    dw[i] += s;
+    if (c < C)
+#pragma unroll 4
+        for (int k = threadIdx.y; k < chunks; k += 32) s += parts[(int64_t)k * C + c];
+    part[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y > 0 || c >= C) return;
+    float t = 0.0f;
+    for (int y = 0; y < 32; y++) t += part[y][threadIdx.x];
+    dw[c] += t;
 }
-static float *g_rms_parts;  // [chunks, C] of rmsnorm_backward_dw_kernel
+static float *g_rms_parts;  // [chunks, C] of rmsnorm_backward_kernel
 static int64_t g_rms_parts_n;
 static void rmsnorm_backward(float *dx, __nv_bfloat16 *dxh, float *dw, const float *dy, const float *x, const float *w,
                              const float *rstd, int N, int C) {
     PROFILE(PROF_OTHER);
     int vec = C % 4 == 0 && ((uintptr_t)x | (uintptr_t)w | (uintptr_t)dx | (uintptr_t)dy) % 16 == 0 && (uintptr_t)dxh % 8 == 0;
-    rmsnorm_backward_kernel<<<blocks_for(N, 8), 256>>>(dx, dxh, dy, x, w, rstd, N, C, vec);
-    launchCheck();
     int chunks = blocks_for(N, RMS_ROWS);
     float *parts = gpu_grow(&g_rms_parts, &g_rms_parts_n, (int64_t)chunks * C, "scratch");
-    rmsnorm_backward_dw_kernel<<<dim3(blocks_for(C, 128), chunks), 128>>>(parts, dy, x, rstd, N, C);
+    if (vec) rmsnorm_backward_kernel<4><<<chunks, 256>>>(dx, dxh, parts, dy, x, w, rstd, N, C);
+    else rmsnorm_backward_kernel<1><<<chunks, 256>>>(dx, dxh, parts, dy, x, w, rstd, N, C);
     launchCheck();
-    rmsnorm_dw_sum_kernel<<<blocks_for(C, 128), 128>>>(dw, parts, chunks, C);
+    rmsnorm_dw_sum_kernel<<<blocks_for(C, 32), dim3(32, 32)>>>(dw, parts, chunks, C);
     launchCheck();
 }
 
@@ -941,20 +968,6 @@ static void matmul_backward(Act dx, float *dw, Act dout, Act x, Weight w, int N,
 // Thread mapping: one thread per W rotated pairs (b, t, head, i .. i + W-1 < hd/2); it reads them
 // all before writing. W = 4 (float4 loads, 16 or 8 bytes stored) when hd/2 % 4 == 0 and the
 // pointers are aligned so (every real shape), else 1.
-template <int W>
-__device__ static inline void load_floats(float *f, const float *p) {
-    if constexpr (W == 4) {
-        float4 v = *(const float4 *)p;
-        f[0] = v.x; f[1] = v.y; f[2] = v.z; f[3] = v.w;
-    } else {
-        for (int e = 0; e < W; e++) f[e] = p[e];
-    }
-}
-template <int W, typename Yt>
-__device__ static inline void store_floats(Yt *p, const float *f) {
-    if constexpr (W == 4) store_w4(p, make_float4(f[0], f[1], f[2], f[3]));
-    else for (int e = 0; e < W; e++) store_w(&p[e], f[e]);
-}
 template <int W, typename Yt>
 __global__ static void rope_rotate_kernel(Yt *y, const float *x, const float *cosv, const float *sinv, int B, int T, int NH,
                                           int hd, float sign) {

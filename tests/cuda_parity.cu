@@ -624,6 +624,67 @@ static void test_fresh_grads(void) {
     host_model_free(&h);
 }
 
+// rmsnorm_backward on random rows against the formulas in double: dx += r g - x r^3 mean(g x) and
+// dw += sum_n dy x r (g = dy w, r = 1/rms(x)); its bf16 copy of dx bit for bit against RNE of the
+// fp32 dx it wrote. off: the rows start one float past the aligned start (its scalar path, as is
+// C % 4 != 0). N not a multiple of RMS_ROWS: the last chunk is cut short.
+static uint16_t host_bf16_rne(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+static void test_rmsnorm_backward(int N, int C, int off) {
+    int64_t n = (int64_t)N * C + off;
+    float *h = (float *)malloc((size_t)(4 * n + 2 * C + N) * sizeof(float));
+    float *x = h, *dy = x + n, *dx = dy + n, *got = dx + n, *w = got + n, *dw = w + C, *rstd = dw + C;
+    for (int64_t i = 0; i < 4 * n + 2 * C; i++) h[i] = (float)((int64_t)(next_u64() % 2001) - 1000) / 500.0f;  // got too
+    for (int r = 0; r < N; r++) {
+        double ss = 0.0;
+        for (int c = 0; c < C; c++) ss += (double)x[off + (int64_t)r * C + c] * x[off + (int64_t)r * C + c];
+        rstd[r] = (float)(1.0 / sqrt(ss / C + 1e-5));
+    }
+    float *d = (float *)gpu_malloc((size_t)(3 * n + 2 * C + N) * sizeof(float), "scratch");
+    __nv_bfloat16 *dh = (__nv_bfloat16 *)gpu_malloc((size_t)n * 2, "scratch");
+    cudaCheck(cudaMemcpy(d, x, (size_t)3 * n * sizeof(float), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(d + 3 * n, w, (size_t)(2 * C + N) * sizeof(float), cudaMemcpyHostToDevice));
+    rmsnorm_backward(d + 2 * n + off, dh + off, d + 3 * n + C, d + n + off, d + off, d + 3 * n, d + 3 * n + 2 * C, N, C);
+    cudaCheck(cudaMemcpy(got, d + 2 * n, (size_t)n * sizeof(float), cudaMemcpyDeviceToHost));
+    float *dwg = (float *)malloc((size_t)C * sizeof(float));
+    uint16_t *hb = (uint16_t *)malloc((size_t)n * 2);
+    cudaCheck(cudaMemcpy(dwg, d + 3 * n + C, (size_t)C * sizeof(float), cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(hb, dh, (size_t)n * 2, cudaMemcpyDeviceToHost));
+    double edx = 0.0, sdx = 0.0, edw = 0.0, sdw = 0.0;
+    int64_t bits = 0;
+    double *sw = (double *)calloc(C, sizeof(double));
+    for (int r = 0; r < N; r++) {
+        const float *xr = x + off + (int64_t)r * C, *dyr = dy + off + (int64_t)r * C, *dxr = dx + off + (int64_t)r * C;
+        double q = rstd[r], dot = 0.0;
+        for (int c = 0; c < C; c++) dot += (double)dyr[c] * w[c] * xr[c];
+        for (int c = 0; c < C; c++) {
+            int64_t i = off + (int64_t)r * C + c;
+            double want = dxr[c] + q * dyr[c] * w[c] - xr[c] * q * q * q * dot / C;
+            if (fabs(got[i] - want) > edx) edx = fabs(got[i] - want);
+            if (fabs(want) > sdx) sdx = fabs(want);
+            bits += hb[i] != host_bf16_rne(got[i]);
+            sw[c] += (double)dyr[c] * xr[c] * q;
+        }
+    }
+    for (int c = 0; c < C; c++) {
+        double want = dw[c] + sw[c];
+        if (fabs(dwg[c] - want) > edw) edw = fabs(dwg[c] - want);
+        if (fabs(want) > sdw) sdw = fabs(want);
+    }
+    char what[160];
+    snprintf(what, sizeof what, "rmsnorm_backward %d x %d%s: dx, relative", N, C, off ? ", rows unaligned" : "");
+    check(what, edx / sdx, 1e-5);
+    snprintf(what, sizeof what, "rmsnorm_backward %d x %d%s: dw, relative", N, C, off ? ", rows unaligned" : "");
+    check(what, edw / sdw, 1e-5);
+    snprintf(what, sizeof what, "rmsnorm_backward %d x %d%s: bf16 dx differing from RNE of dx", N, C, off ? ", rows unaligned" : "");
+    check(what, (double)bits, 0);
+    gpu_free(d); gpu_free(dh);
+    free(h); free(dwg); free(hb); free(sw);
+}
+
 // cast_bf16 against the host's round-to-nearest-even on the bits (ties, subnormals, large values).
 static void test_cast_bf16(void) {
     int64_t n = 1 << 20;
@@ -861,6 +922,8 @@ int main(void) {
     // cast too), so 1e-1 of the largest. A wrong operand or layout shows as errors of order 1.
     printf("\nbf16 matmuls (--matmul bf16; TF32 attention products) against train.c's fp32, bf16 tolerances\n");
     test_cast_bf16();
+    int rb[][3] = {{100, 2048, 0}, {37, 2048, 1}, {33, 66, 0}, {1, 4096, 0}};
+    for (size_t i = 0; i < sizeof rb / sizeof rb[0]; i++) test_rmsnorm_backward(rb[i][0], rb[i][1], rb[i][2]);
     g_bf16 = 1;
     g_compute = CUBLAS_COMPUTE_32F_FAST_TF32;
     test_bf16_producers();
