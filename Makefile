@@ -44,7 +44,7 @@ bench: train
 # Hopper (H100, H200) plus compute_90 PTX that newer GPUs' drivers compile at start.
 CUDA_ARCH ?= -gencode=arch=compute_90,code=sm_90 -gencode=arch=compute_90,code=compute_90
 NVCCFLAGS ?= -O3 -std=c++17 $(CUDA_ARCH)
-CU_LDLIBS = -lcublas $(if $(OPENMP),-Xcompiler -fopenmp) -lm
+CU_LDLIBS = -lcublasLt $(if $(OPENMP),-Xcompiler -fopenmp) -lm
 CU_DEPS = train.cu train_cu.h $(HEADERS) build/train_cu_host.o
 # NCCL, for data parallelism over several GPUs (train.cu section 10), when nccl.h is in NCCL_HOME/include,
 # CUDA's include folder, /usr/local/include or else Python's nvidia-nccl wheel (PyTorch's, as on the GPU

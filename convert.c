@@ -302,7 +302,8 @@ static void import_hf(const char *dir, const char *out, int dtype) {
     printf("wrote %s: %lld parameters, %s, dim %d, %d layers, %d heads (%d kv), vocab %d%s\n", out, (long long)n,
            c.dtype == DTYPE_BF16 ? "bf16" : "f32", c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size,
            c.rope_scaling == ROPE_LLAMA3 ? ", llama3 rope scaling" : "");
-    printf("{\"out\": \"%s\", \"params\": %lld}\n", out, (long long)n);
+    char q[4200];
+    printf("{\"out\": %s, \"params\": %lld}\n", json_quote(q, sizeof q, out), (long long)n);
     free(params);
 }
 
@@ -437,7 +438,8 @@ static void export_hf(const char *in, const char *dir) {
     atomic_commit(&a);
     printf("wrote %s/model.safetensors (%d tensors, %s) and %s/config.json\n", dir, count,
            stored.dtype == DTYPE_BF16 ? "BF16" : "F32", dir);
-    printf("{\"out\": \"%s\", \"tensors\": %d}\n", dir, count);
+    char q[4200];
+    printf("{\"out\": %s, \"tensors\": %d}\n", json_quote(q, sizeof q, dir), count);
     for (int i = 0; i < count; i++) free(names[i]);
     free(names); free(data); free(shapes); free(ndims); free(params);
 }
@@ -513,7 +515,8 @@ static void import_llama2c(const char *in, const char *out) {
     model_save(out, &c, params);
     printf("wrote %s: %lld parameters (llama2.c: dim %d, %d layers, %d heads, %d kv heads, vocab %d)\n", out,
            (long long)n, c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size);
-    printf("{\"out\": \"%s\", \"params\": %lld}\n", out, (long long)n);
+    char q[4200];
+    printf("{\"out\": %s, \"params\": %lld}\n", json_quote(q, sizeof q, out), (long long)n);
     free(params);
 }
 

@@ -217,6 +217,33 @@ static void test_robustness(void) {
     printf("  ok    %zu prefixes refused; 20000 random mutations: %d parsed, %d refused, none crashed\n", len, parsed, refused);
 }
 
+// json_quote (util.h), what the programs' result lines quote file names with: its output parses
+// back to the input, quotes, backslashes and control bytes escaped; cut short, it stays a valid
+// string, before a whole UTF-8 character.
+static void quote_back(const char *name, const char *s, size_t n, const char *want) {
+    char *q = malloc_or_die(n, "quote"), err[256], what[160];
+    json_quote(q, n, s);
+    Json *j = parse_n(q, strlen(q), err, sizeof err);
+    snprintf(what, sizeof what, "json_quote %s: %s parses back to the expected text", name, q);
+    check(j && j->type == JSON_STRING && !strcmp(j->string, want) && strlen(q) < n, what);
+    json_free(j);
+    free(q);
+}
+static void test_quote(void) {
+    int f0 = failures;
+    const char *path = "dir/a \"b\" c\\d\te\n\x01.bin";
+    quote_back("of quotes, backslashes and control bytes", path, 256, path);
+    char q[64];
+    check(!strcmp(json_quote(q, sizeof q, "a\"b\\c\x1f"), "\"a\\\"b\\\\c\\u001f\""), "json_quote: the escapes as written");
+    quote_back("plain, cut to 6 bytes", "abcdefgh", 6, "abc");
+    quote_back("cut before a 2-byte character", "ab\xc3\xa9z", 5, "ab");
+    quote_back("cut inside a 2-byte character", "ab\xc3\xa9z", 6, "ab");
+    quote_back("cut after a 2-byte character", "ab\xc3\xa9z", 7, "ab\xc3\xa9");
+    quote_back("cut inside an escape", "ab\"c", 5, "ab");
+    quote_back("empty", "", 3, "");
+    printf("  %s  json_quote: 8 cases\n", failures == f0 ? "ok  " : "FAIL");
+}
+
 int main(void) {
     printf("json.h: valid documents\n");
     test_valid();
@@ -224,6 +251,8 @@ int main(void) {
     test_invalid();
     printf("json.h: prefixes and mutations\n");
     test_robustness();
+    printf("util.h: json_quote\n");
+    test_quote();
     printf("%d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;
 }

@@ -2287,7 +2287,9 @@ static void write_histogram(Model *m, int layer, const char *prefix, char *json,
     sn += snprintf(svgbuf + sn, sizeof svgbuf - sn,
                    "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"monospace\" font-size=\"11\">\n"
                    "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n", width, 7 * panel_h + 20);
-    int jn = snprintf(json, json_cap, "\"histogram\": {\"layer\": %d, \"csv\": \"%s\", \"svg\": \"%s\"", layer, csv_path, svg_path);
+    char qcsv[4200], qsvg[4200];
+    int jn = snprintf(json, json_cap, "\"histogram\": {\"layer\": %d, \"csv\": %s, \"svg\": %s", layer,
+                      json_quote(qcsv, sizeof qcsv, csv_path), json_quote(qsvg, sizeof qsvg, svg_path));
     printf("histogram of layer %d (%s %d-bit): entropy of the FP weights (64 bins) and of the codes, in bits\n",
            layer, quant_method_name(m->quant.method), m->quant.bits);
     for (int t = 0; t < N_TENSORS; t++) {
@@ -2426,8 +2428,9 @@ static void generate_data_from_flags(const Args *a, Model *m, const Tokenizer *t
     double t0 = now_seconds();
     int64_t n_new = generate_data(m, tok, &p, a->gen_batch, a->max_new, a->temperature, a->top_p, a->seed, a->out_path);
     double el = now_seconds() - t0;
-    snprintf(json, n, "\"generated\": {\"path\": \"%s\", \"prompts\": %d, \"new_tokens\": %lld, \"tokens_per_s\": %.1f, "
-             "\"temperature\": %g, \"top_p\": %g}", a->out_path, p.n, (long long)n_new, n_new / (el > 0 ? el : 1e-9),
+    char q[4200];
+    snprintf(json, n, "\"generated\": {\"path\": %s, \"prompts\": %d, \"new_tokens\": %lld, \"tokens_per_s\": %.1f, "
+             "\"temperature\": %g, \"top_p\": %g}", json_quote(q, sizeof q, a->out_path), p.n, (long long)n_new, n_new / (el > 0 ? el : 1e-9),
              a->temperature, a->top_p);
     prompts_free(&p);
 }
@@ -2483,8 +2486,9 @@ static void export_from_flags(const Args *a, Model *m, char *json, size_t n) {
     double bpw = 8.0 * lin_bytes / lin;
     printf("wrote %s: %lld bytes; the linears take %.3f bits per weight (codes and scales), the whole file %.3f\n",
            a->export_packed, (long long)bytes, bpw, 8.0 * bytes / m->n_table);
-    snprintf(json, n, "\"packed\": {\"path\": \"%s\", \"bytes\": %lld, \"linear_bits_per_weight\": %.4f, \"bits_per_weight\": %.4f}",
-             a->export_packed, (long long)bytes, bpw, 8.0 * bytes / m->n_table);
+    char q[4200];
+    snprintf(json, n, "\"packed\": {\"path\": %s, \"bytes\": %lld, \"linear_bits_per_weight\": %.4f, \"bits_per_weight\": %.4f}",
+             json_quote(q, sizeof q, a->export_packed), (long long)bytes, bpw, 8.0 * bytes / m->n_table);
 }
 
 // --histogram L: the histograms of layer L to --histogram-out's prefix; json as above.
@@ -2523,7 +2527,7 @@ int main(int argc, char **argv) {
     const ModelHeader *c = &m.cfg;
 
     // results accumulate into one JSON object, printed last
-    char json[16384] = "", part[8192];
+    char json[16384] = "", part[8192], qpath[4200];  // qpath: a file name quoted for JSON
 #define JSON_ADD(...) do { snprintf(part, sizeof part, __VA_ARGS__); \
         if (json[0]) strncat(json, ", ", sizeof json - strlen(json) - 1); \
         strncat(json, part, sizeof json - strlen(json) - 1); } while (0)
@@ -2580,7 +2584,7 @@ int main(int argc, char **argv) {
                  r.tokens_per_s, distill ? ", \"distill\": true" : "");
         if (r.eval_loss >= 0) JSON_ADD("\"eval_loss\": %.6f", r.eval_loss);
         if (distill) JSON_ADD("\"gamma\": %.6f, \"loss_kind\": \"%s\"", st.gamma, LOSS_NAMES[a.loss_kind]);
-        if (ckpt[0]) JSON_ADD("\"ckpt\": \"%s\"", ckpt);
+        if (ckpt[0]) JSON_ADD("\"ckpt\": %s", json_quote(qpath, sizeof qpath, ckpt));
         free(d.scratch);
         train_data_free(&td);
     }
@@ -2597,7 +2601,7 @@ int main(int argc, char **argv) {
         char out_tok[4096];  // the tokenizer goes along, so that ./train -m OUT needs nothing else
         snprintf(out_tok, sizeof out_tok, "%.4000s.tokenizer", a.out_path);
         if (tok_path && strcmp(tok_path, out_tok)) copy_file_atomic(tok_path, out_tok);
-        JSON_ADD("\"out\": \"%s\"", a.out_path);
+        JSON_ADD("\"out\": %s", json_quote(qpath, sizeof qpath, a.out_path));
     }
     if (a.export_packed) {
         char b[4096 + 256];  // b fits in part (8192)

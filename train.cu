@@ -22,14 +22,15 @@
  *      --clip, --export-packed and --histogram are train.c's own, on the downloaded parameters
  *
  * Precision: parameters (the master weights), gradients and AdamW moments are fp32, and so is the
- * residual stream; matmuls run in bf16 (--matmul bf16, the default), through cuBLAS with TF32
+ * residual stream; matmuls (all through cuBLASLt) run in bf16 (--matmul bf16, the default), with TF32
  * tensor cores (--matmul tf32), or in plain fp32 (--matmul fp32, what the parity test compares
  * against train.c). Under bf16: once per step the quantizer writes each fake-quantized linear
- * straight into the bf16 copy the matmuls read, and the other forward weights (embedding, LM head)
+ * straight into the bf16 copy the matmuls read (with --layered-wq one layer's at a time, remade
+ * from the codes before the layer's forward and backward), and the other forward weights (embedding, LM head)
  * are cast to theirs; an activation that only bf16 readers take (matmuls, the flash kernels,
  * SwiGLU) is kept in bf16 alone, written so by its producer (act_bf16, section 3), the residual
  * gradient gets a bf16 copy from the RMSNorm backward that adds to it, and the others are cast
- * just before their matmul; cuBLAS multiplies bf16 by bf16 with fp32 accumulation, as
+ * just before their matmul; cuBLASLt multiplies bf16 by bf16 with fp32 accumulation, as
  * mixed-precision training does (Micikevicius et al. 2018). Under --matmul bf16 a full-precision
  * teacher is stored in bf16 alone (its norm gains excepted), half the memory. Attention runs as
  * cuBLAS products over a [T,T] score matrix per head (--attention gemm, the default under --matmul
@@ -39,7 +40,7 @@
  * mma.sync on bf16 copies of q, k, v, which are what a layer keeps for the backward; fp32
  * accumulation and softmax, no [T,T] matrix stored).
  */
-#include <cublas_v2.h>
+#include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <float.h>
@@ -59,7 +60,7 @@
 #include "train_cu.h"
 
 // ============================================================================================
-// Errors: every CUDA and cuBLAS call is checked, naming file, line and the library's message.
+// Errors: every CUDA and cuBLASLt call is checked, naming file, line and the library's message.
 
 static void fail(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 static void fail(const char *fmt, ...) {
@@ -76,7 +77,7 @@ static void cuda_check(cudaError_t e, const char *file, int line) {
     if (e != cudaSuccess) fail("CUDA at %s:%d: %s (%s)", file, line, cudaGetErrorString(e), cudaGetErrorName(e));
 }
 static void cublas_check(cublasStatus_t s, const char *file, int line) {
-    if (s != CUBLAS_STATUS_SUCCESS) fail("cuBLAS at %s:%d: %s", file, line, cublasGetStatusString(s));
+    if (s != CUBLAS_STATUS_SUCCESS) fail("cuBLASLt at %s:%d: %s", file, line, cublasLtGetStatusString(s));
 }
 #define cudaCheck(x) cuda_check((x), __FILE__, __LINE__)
 #define cublasCheck(x) cublas_check((x), __FILE__, __LINE__)
@@ -117,6 +118,8 @@ static void note_peak(void) {
     if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess && total_b - free_b > g_mem_peak) g_mem_peak = total_b - free_b;
 }
 
+static int g_layered_wq_flag;  // --layered-wq (section 5), which the out-of-memory error suggests when not given
+
 static void *gpu_malloc(size_t n, const char *what) {
     void *p = NULL;
     cudaError_t e = cudaMalloc(&p, n ? n : 1);
@@ -125,8 +128,8 @@ static void *gpu_malloc(size_t n, const char *what) {
         cudaGetLastError();
         cudaMemGetInfo(&free_b, &total_b);
         fail("out of GPU memory: %s needs %.3f GiB more, %.3f GiB of the GPU's %.3f GiB are free (train_cu has "
-             "allocated %.3f GiB so far); lower --micro-batch or --seq", what, n / 1073741824.0, free_b / 1073741824.0,
-             total_b / 1073741824.0, g_mem_total / 1073741824.0);
+             "allocated %.3f GiB so far); lower --micro-batch or --seq%s", what, n / 1073741824.0, free_b / 1073741824.0,
+             total_b / 1073741824.0, g_mem_total / 1073741824.0, g_layered_wq_flag ? "" : " (or add --layered-wq)");
     }
     cudaCheck(e);
     int i = 0;
@@ -168,7 +171,7 @@ enum {  // activations, as train.c's (without its matmul scratch, which cuBLAS d
     A_RESID, A_XN1, A_RSTD1, A_Q, A_K, A_V,
     A_QB, A_KB, A_VB,  // --attention flash: bf16 q, k, v (after RoPE), what its kernels read
     A_ATT, A_LSE, A_RESID_MID, A_XN2, A_RSTD2,
-    A_GATE, A_UP, A_HMID, A_XNF, A_RSTDF, A_PROJ,
+    A_GATE, A_UP, A_HMID, A_XNF, A_RSTDF,
     A_DELTA,      // [B,H,T]  attention backward: dO_t . O_t per row (train.c recomputes it per row)
     A_SCORES,     // [B,H,T,T] --attention gemm: scores, then probabilities (one layer at a time)
     A_DSCORES,    // [B,H,T,T] --attention gemm, training: dL/dP, then dL/dS
@@ -191,13 +194,18 @@ typedef struct {
     int bf16_stale, bf16_only;
     // quantization (section 5)
     QuantSpec quant;
-    float *wq, *dwq;                         // fp32 W^ (not under bf16), dL/dW^ (sign, onebit only)
+    float *wq, *dwq;                         // fp32 W^ (not under bf16; one layer's when layered), dL/dW^ (sign, onebit only)
     uint8_t *codes;
     int64_t qoff[N_TENSORS];                 // first weight of tensor t in wq, codes (table order)
     float *qstate;
     float *qp0[N_TENSORS], *qp1[N_TENSORS];
     int64_t qn0[N_TENSORS], qn1[N_TENSORS];
     int quant_stale, codes_valid;
+    // layered W^ (--layered-wq, when the run trains; section 5): the linears' W^ of layer wq_at
+    // alone (-1: none yet), in wq (fp32) or wq_bf (bf16), linear t at qlay[t]
+    int wq_layered, wq_at;
+    __nv_bfloat16 *wq_bf;
+    int64_t qlay[N_TENSORS];
     int64_t flips[N_TENSORS], flips_total, n_codes;
     int64_t *flips_layer;                    // host [L]
     unsigned char *fresh;                    // host [N_TENSORS * L]: the layer's gradient slice not yet written this step (grad_beta)
@@ -220,9 +228,9 @@ typedef struct {
     int64_t step;
 } Model;
 
-static cublasHandle_t g_cublas;
 static cublasComputeType_t g_compute = CUBLAS_COMPUTE_32F_FAST_TF32;
 static int g_bf16 = 1;            // --matmul bf16, the default (then g_compute is TF32, for the gemm attention products)
+static int g_wq_layers;           // quantized models set up now keep W^ one layer at a time (section 5)
 static int g_attention_gemm = 1;  // --attention gemm (cuBLAS, [T,T] scores); with g_attention_flash 0 too: fused
                                   // (parse_gpu_flags picks flash under bf16 unless --attention is given)
 static int g_attention_flash;     // --attention flash (bf16 tensor cores, no [T,T]); g_attention_gemm is 0 then
@@ -251,13 +259,15 @@ static int is_norm_tensor(int t) { return t == T_ATTN_NORM || t == T_MLP_NORM ||
 static int is_matmul_weight(const Model *m, int t) { return m->h->offset[t] >= 0 && (m->h->is_linear[t] || t == lm_head_tensor(m)); }
 
 // --matmul bf16: room for the bf16 copies of the matmul weights, in table order.
+// Under layered W^ the linears' copies are its one layer (model_quant_setup), not made here.
+static int in_bf16_copies(const Model *m, int t) { return is_matmul_weight(m, t) && !(m->wq_layered && m->h->is_linear[t]); }
 static void model_bf16_setup(Model *m) {
     int64_t n = 0;
-    for (int t = 0; t < N_TENSORS; t++) n += is_matmul_weight(m, t) ? tensor_numel(m, t) : 0;
+    for (int t = 0; t < N_TENSORS; t++) n += in_bf16_copies(m, t) ? tensor_numel(m, t) : 0;
     m->wbf = (__nv_bfloat16 *)gpu_malloc((size_t)n * sizeof(__nv_bfloat16), "bf16 weights");
     n = 0;
     for (int t = 0; t < N_TENSORS; t++) {
-        if (!is_matmul_weight(m, t)) continue;
+        if (!in_bf16_copies(m, t)) continue;
         m->wbf_t[t] = m->wbf + n;
         n += tensor_numel(m, t);
     }
@@ -268,7 +278,7 @@ static void model_bf16_setup(Model *m) {
 // once per step, after the update and the quantizer.
 static void model_cast_bf16(Model *m) {
     if (!m->wbf) model_bf16_setup(m);
-    for (int t = 0; t < N_TENSORS; t++)  // quantized linears: model_quantize writes their bf16 W^
+    for (int t = 0; t < N_TENSORS; t++)  // quantized linears: the quantizer writes their bf16 W^ (section 5)
         if (m->wbf_t[t] && !(m->quant.method != QUANT_NONE && m->h->is_linear[t]))
             cast_bf16(m->wbf_t[t], m->fwd_t[t], tensor_numel(m, t));
     m->bf16_stale = 0;
@@ -423,7 +433,7 @@ static void model_alloc_acts(Model *m, int B, int T, int training) {
     size[A_K] = BT * Hkv; size[A_V] = BT * Hkv; size[A_ATT] = BT * Hq; size[A_LSE] = B * H * T;
     size[A_XN2] = BT * D; size[A_RSTD2] = BT; size[A_GATE] = BT * F;
     size[A_UP] = BT * F; size[A_HMID] = BT * F; size[A_XNF] = BT * D; size[A_RSTDF] = BT;
-    if (training) { size[A_RESID_MID] = BT * D; size[A_PROJ] = BT * D; }  // else the residual adds are in place (matmul_residual_norm)
+    if (training) size[A_RESID_MID] = BT * D;  // else the residual adds are in place (matmul_residual_norm)
     if (g_attention_flash) { size[A_QB] = BT * Hq; size[A_KB] = BT * Hkv; size[A_VB] = BT * Hkv; }
     if (g_attention_gemm) size[A_SCORES] = B * H * T * T;
     if (training && g_attention_gemm) size[A_DSCORES] = B * H * T * T;
@@ -480,7 +490,7 @@ static void model_alloc_acts(Model *m, int B, int T, int training) {
 
 static void model_free(Model *m) {
     gpu_free(m->params); gpu_free(m->grads); gpu_free(m->adam_m); gpu_free(m->adam_v);
-    gpu_free(m->wbf); gpu_free(m->wq); gpu_free(m->dwq); gpu_free(m->codes); gpu_free(m->qstate);
+    gpu_free(m->wbf); gpu_free(m->wq); gpu_free(m->wq_bf); gpu_free(m->dwq); gpu_free(m->codes); gpu_free(m->qstate);
     gpu_free(m->d_flips); free(m->flips_layer); free(m->fresh);
     gpu_free(m->acts); gpu_free(m->rope_cos); gpu_free(m->rope_sin); gpu_free(m->inputs); gpu_free(m->targets); gpu_free(m->by_token);
     gpu_free(m->rows); gpu_free(m->d_sum); gpu_free(m->d_bad); gpu_free(m->logits);
@@ -692,8 +702,6 @@ static void embedding_backward(float *dE, const float *dx, const int *tok, const
 }
 
 // --- RMSNorm: y[N,C] = x / sqrt(mean(x^2) + eps) * w[C] ------------------------------------
-// With b (not NULL), the residual add before it in the same pass: sum = x + b is written, and
-// normed in place of x (the values of a separate add, y = x + b, and then the norm of y).
 // Thread mapping: one warp per row. When C % 4 == 0 and the pointers are 16 bytes aligned (bf16
 // y: 8), as the activation slots are (then every row is), its lanes take the row as float4s:
 // lane j the float4s j, j + 32, ..., held in registers (NV of them, NV = C / 128 rounded up to a
@@ -702,14 +710,9 @@ static void embedding_backward(float *dE, const float *dx, const int *tok, const
 // half the memory's bandwidth: 40 us for 8192 rows of 2048). Wider rows (NV 0) and the others
 // stride over the row with the same per-lane order of sums, float4s or single floats. y: fp32,
 // or bf16 (Act).
-// Float4 i of the row: x, or with add x + b, also written to sum; its squares added to ss.
-__device__ static inline float4 rms_load4(const float4 *x4, const float4 *b4, float4 *s4, int i, float &ss, bool add) {
+// Float4 i of the row, its squares added to ss.
+__device__ static inline float4 rms_load4(const float4 *x4, int i, float &ss) {
     float4 v = x4[i];
-    if (add) {
-        float4 u = b4[i];
-        v = make_float4(v.x + u.x, v.y + u.y, v.z + u.z, v.w + u.w);
-        s4[i] = v;
-    }
     ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
     return v;
 }
@@ -718,33 +721,27 @@ __device__ static inline void rms_store4(Yt *yr, int i, float4 v, float4 g, floa
     store_w4(yr + 4 * i, make_float4(g.x * (v.x * r), g.y * (v.y * r), g.z * (v.z * r), g.w * (v.w * r)));
 }
 template <int NV, typename Yt>
-__global__ static void rmsnorm_forward_kernel(Yt *y, float *rstd, float *sum, const float *x, const float *b, const float *w,
-                                              int N, int C, float eps, int vec) {
+__global__ static void rmsnorm_forward_kernel(Yt *y, float *rstd, const float *x, const float *w, int N, int C, float eps,
+                                              int vec) {
     int n = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (n >= N) return;
-    const float *xr = x + (int64_t)n * C, *br = b ? b + (int64_t)n * C : NULL;
-    float *sr = b ? sum + (int64_t)n * C : NULL;
+    const float *xr = x + (int64_t)n * C;
     Yt *yr = y + (int64_t)n * C;
-    const float4 *x4 = (const float4 *)xr, *b4 = (const float4 *)br, *w4 = (const float4 *)w;
-    float4 *s4 = (float4 *)sr, v[NV > 0 ? NV : 1];
+    const float4 *x4 = (const float4 *)xr, *w4 = (const float4 *)w;
+    float4 v[NV > 0 ? NV : 1];
     float ss = 0.0f;
     if constexpr (NV > 0) {  // vec
 #pragma unroll
         for (int k = 0; k < NV; k++)
-            if (lane + 32 * k < C / 4) v[k] = rms_load4(x4, b4, s4, lane + 32 * k, ss, b != NULL);
+            if (lane + 32 * k < C / 4) v[k] = rms_load4(x4, lane + 32 * k, ss);
     } else if (vec) {
-        for (int i = lane; i < C / 4; i += 32) rms_load4(x4, b4, s4, i, ss, b != NULL);
+        for (int i = lane; i < C / 4; i += 32) rms_load4(x4, i, ss);
     } else {
-        for (int i = lane; i < C; i += 32) {
-            float v = xr[i];
-            if (b) sr[i] = v = v + br[i];
-            ss += v * v;
-        }
+        for (int i = lane; i < C; i += 32) ss += xr[i] * xr[i];
     }
     ss = warp_sum(ss);
     float r = 1.0f / sqrtf(ss / C + eps);
     if (lane == 0) rstd[n] = r;
-    if (b) x4 = s4, xr = sr;
     if constexpr (NV > 0) {
 #pragma unroll
         for (int k = 0; k < NV; k++)
@@ -763,27 +760,20 @@ static int rms_nv(int C, int vec) {
     return nv <= 4 ? 4 : nv <= 16 ? 16 : 32;
 }
 template <int NV>
-static void rmsnorm_forward_launch(Act y, float *rstd, float *sum, const float *x, const float *b, const float *w, int N,
-                                   int C, float eps, int vec) {
-    if (y.h) rmsnorm_forward_kernel<NV><<<blocks_for(N, 8), 256>>>(y.h, rstd, sum, x, b, w, N, C, eps, vec);
-    else rmsnorm_forward_kernel<NV><<<blocks_for(N, 8), 256>>>(y.f, rstd, sum, x, b, w, N, C, eps, vec);
+static void rmsnorm_forward_launch(Act y, float *rstd, const float *x, const float *w, int N, int C, float eps, int vec) {
+    if (y.h) rmsnorm_forward_kernel<NV><<<blocks_for(N, 8), 256>>>(y.h, rstd, x, w, N, C, eps, vec);
+    else rmsnorm_forward_kernel<NV><<<blocks_for(N, 8), 256>>>(y.f, rstd, x, w, N, C, eps, vec);
     launchCheck();
 }
-// sum, b: NULL, or the residual add (above).
-static void rmsnorm_forward_add(Act y, float *rstd, float *sum, const float *x, const float *b, const float *w, int N, int C,
-                                float eps) {
+static void rmsnorm_forward(Act y, float *rstd, const float *x, const float *w, int N, int C, float eps) {
     PROFILE(PROF_OTHER);
     void *yp = y.h ? (void *)y.h : (void *)y.f;
-    int vec = C % 4 == 0 && ((uintptr_t)x | (uintptr_t)w | (uintptr_t)b | (uintptr_t)sum) % 16 == 0 &&
-              (uintptr_t)yp % (y.h ? 8 : 16) == 0;
+    int vec = C % 4 == 0 && ((uintptr_t)x | (uintptr_t)w) % 16 == 0 && (uintptr_t)yp % (y.h ? 8 : 16) == 0;
     int nv = rms_nv(C, vec);
-    if (nv == 4) rmsnorm_forward_launch<4>(y, rstd, sum, x, b, w, N, C, eps, vec);
-    else if (nv == 16) rmsnorm_forward_launch<16>(y, rstd, sum, x, b, w, N, C, eps, vec);
-    else if (nv == 32) rmsnorm_forward_launch<32>(y, rstd, sum, x, b, w, N, C, eps, vec);
-    else rmsnorm_forward_launch<0>(y, rstd, sum, x, b, w, N, C, eps, vec);
-}
-static void rmsnorm_forward(Act y, float *rstd, const float *x, const float *w, int N, int C, float eps) {
-    rmsnorm_forward_add(y, rstd, NULL, x, NULL, w, N, C, eps);
+    if (nv == 4) rmsnorm_forward_launch<4>(y, rstd, x, w, N, C, eps, vec);
+    else if (nv == 16) rmsnorm_forward_launch<16>(y, rstd, x, w, N, C, eps, vec);
+    else if (nv == 32) rmsnorm_forward_launch<32>(y, rstd, x, w, N, C, eps, vec);
+    else rmsnorm_forward_launch<0>(y, rstd, x, w, N, C, eps, vec);
 }
 
 // With g = dy * w:  dx += r * g - x * r^3 * mean(g * x),   dw += sum_n dy * x * r.
@@ -796,17 +786,19 @@ static void rmsnorm_forward(Act y, float *rstd, const float *x, const float *w, 
 //     aligned; else 1) going down the chunk's rows, updating dx (and dxh) and summing dy * x * r
 //     of its columns, which it stores in parts[chunk][C]. rmsnorm_dw_sum_kernel then adds the
 //     chunks in order, so dw is the same in every run (no float atomics).
-// The second pass reads dy and x again, mostly from cache: the chunk's rows were just read. The
-// dw sums were a kernel of their own, which read dy and x from memory a third time (44 us of the
+// The second pass reads dy and x again; the chunk's rows were just read, but with every chunk in
+// flight at once most of them have left L2 (ncu, the benchmark's step: 419 MB of DRAM traffic a
+// call, where one read of dy and x, dx read and written and dxh written are 302 MB). The dw sums
+// were a kernel of their own, which read dy and x from memory a third time (44 us of the
 // benchmark's 107 + 44 per call, ncu).
 #define RMS_ROWS 16
 template <int W>
 __global__ static void rmsnorm_backward_kernel(float *dx, __nv_bfloat16 *dxh, float *parts, const float *dy, const float *x,
                                                const float *w, const float *rstd, int N, int C) {
-    __shared__ float rs[RMS_ROWS], ks[RMS_ROWS];  // a row's r, and r^3 mean(g * x)
+    __shared__ float rs[RMS_ROWS], ks[RMS_ROWS];  // row j of the chunk's r, and r^3 mean(g * x)
     int n0 = blockIdx.x * RMS_ROWS, rows = min(RMS_ROWS, N - n0), lane = threadIdx.x % 32;
-    for (int r = threadIdx.x / 32; r < rows; r += blockDim.x / 32) {
-        int64_t row = (int64_t)(n0 + r) * C;
+    for (int j = threadIdx.x / 32; j < rows; j += blockDim.x / 32) {
+        int64_t row = (int64_t)(n0 + j) * C;
         float dot = 0.0f;
 #pragma unroll 4
         for (int i = lane * W; i < C; i += 32 * W) {
@@ -818,9 +810,9 @@ __global__ static void rmsnorm_backward_kernel(float *dx, __nv_bfloat16 *dxh, fl
         }
         dot = warp_sum(dot);
         if (lane == 0) {
-            float q = rstd[n0 + r];
-            rs[r] = q;
-            ks[r] = q * q * q * dot / C;
+            float r = rstd[n0 + j];
+            rs[j] = r;
+            ks[j] = r * r * r * dot / C;
         }
     }
     __syncthreads();
@@ -828,15 +820,15 @@ __global__ static void rmsnorm_backward_kernel(float *dx, __nv_bfloat16 *dxh, fl
         float g[W], s[W] = {};
         load_floats<W>(g, w + i);
 #pragma unroll 4
-        for (int r = 0; r < rows; r++) {
-            int64_t at = (int64_t)(n0 + r) * C + i;
+        for (int j = 0; j < rows; j++) {
+            int64_t at = (int64_t)(n0 + j) * C + i;
             float d[W], v[W], o[W];
             load_floats<W>(d, dy + at);
             load_floats<W>(v, x + at);
             load_floats<W>(o, dx + at);
             for (int e = 0; e < W; e++) {
-                o[e] += rs[r] * d[e] * g[e] - ks[r] * v[e];
-                s[e] += d[e] * v[e] * rs[r];
+                o[e] += rs[j] * d[e] * g[e] - ks[j] * v[e];
+                s[e] += d[e] * v[e] * rs[j];
             }
             store_floats<W>(dx + at, o);
             if (dxh) store_floats<W>(dxh + at, o);
@@ -876,26 +868,142 @@ static void rmsnorm_backward(float *dx, __nv_bfloat16 *dxh, float *dw, const flo
     launchCheck();
 }
 
+// --- cuBLASLt: every product of the program -----------------------------------------------
+// One call, lt_matmul:  D = alpha op(A) op(B) + beta C,  column-major as cuBLAS counts (m x n, inner
+// size k; see the matmul section below), or `batch` such products at strides (--attention gemm).
+// A and B are both fp32 or both bf16; C and D share a type, fp32 or bf16 (bf16 only written, beta
+// 0). C is D itself but for the student's residual adds, where C is the residual stream and D its
+// next copy, so the add is the matmul's epilogue and no pass of its own. Accumulation is fp32, on
+// tensor cores for bf16 and under --matmul tf32.
+// cuBLASLt's heuristic picks the kernel for a shape (sizes, leading dimensions, types, and the
+// pointers' alignments, which some kernels need). A shape's first call asks it, and keeps the
+// answer with its descriptors in a table of plans, so that a step's later calls ask nothing. The
+// kernels may use a workspace of LT_WORKSPACE bytes (split-K's partial sums), allocated once.
+typedef struct {
+    cublasOperation_t ta, tb;
+    int m, n, k, lda, ldb, ldc, batch;
+    int64_t sa, sb, sc;     // strides between the products of a batch
+    cudaDataType_t ab, cd;  // the type of A and B; of C and D
+    cublasComputeType_t compute;
+    int align[4];  // A's, B's, C's and D's pointer alignment in bytes, at most 256
+} LtShape;
+typedef struct {
+    LtShape s;
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t a, b, c;  // c: C's and D's
+    cublasLtMatmulAlgo_t algo;
+} LtPlan;
+#define LT_PLANS 128  // when full, the oldest plan gives way
+#define LT_WORKSPACE ((size_t)32 << 20)
+static cublasLtHandle_t g_lt;
+static void *g_lt_workspace;
+static LtPlan g_lt_plans[LT_PLANS];
+static int g_lt_n, g_lt_next;
+
+static int ptr_align(const void *p) {
+    int a = 256;
+    while (a > 1 && (uintptr_t)p % a) a /= 2;
+    return a;
+}
+static cublasLtMatrixLayout_t lt_layout(cudaDataType_t type, int rows, int cols, int ld, int batch, int64_t stride) {
+    cublasLtMatrixLayout_t l;
+    cublasCheck(cublasLtMatrixLayoutCreate(&l, type, rows, cols, ld));
+    if (batch > 1) {
+        cublasCheck(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &batch, sizeof batch));
+        cublasCheck(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof stride));
+    }
+    return l;
+}
+static void lt_plan_free(LtPlan *p) {
+    cublasLtMatrixLayoutDestroy(p->a);
+    cublasLtMatrixLayoutDestroy(p->b);
+    cublasLtMatrixLayoutDestroy(p->c);
+    cublasLtMatmulDescDestroy(p->op);
+}
+static const LtPlan *lt_plan(const LtShape *s) {
+    for (int i = 0; i < g_lt_n; i++)
+        if (!memcmp(&g_lt_plans[i].s, s, sizeof *s)) return &g_lt_plans[i];
+    LtPlan *p;
+    if (g_lt_n < LT_PLANS) {
+        p = &g_lt_plans[g_lt_n++];
+    } else {
+        p = &g_lt_plans[g_lt_next];
+        g_lt_next = (g_lt_next + 1) % LT_PLANS;
+        lt_plan_free(p);
+    }
+    p->s = *s;
+    cublasCheck(cublasLtMatmulDescCreate(&p->op, s->compute, CUDA_R_32F));
+    cublasCheck(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &s->ta, sizeof s->ta));
+    cublasCheck(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &s->tb, sizeof s->tb));
+    int na = s->ta == CUBLAS_OP_N, nb = s->tb == CUBLAS_OP_N;
+    p->a = lt_layout(s->ab, na ? s->m : s->k, na ? s->k : s->m, s->lda, s->batch, s->sa);
+    p->b = lt_layout(s->ab, nb ? s->k : s->n, nb ? s->n : s->k, s->ldb, s->batch, s->sb);
+    p->c = lt_layout(s->cd, s->m, s->n, s->ldc, s->batch, s->sc);
+    cublasLtMatmulPreference_t pref;
+    cublasCheck(cublasLtMatmulPreferenceCreate(&pref));
+    size_t ws = LT_WORKSPACE;
+    cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+    const cublasLtMatmulPreferenceAttributes_t align_attr[4] = {
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+    for (int i = 0; i < 4; i++) {
+        uint32_t v = (uint32_t)s->align[i];
+        cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, align_attr[i], &v, sizeof v));
+    }
+    cublasLtMatmulHeuristicResult_t r;
+    int found = 0;
+    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(g_lt, p->op, p->a, p->b, p->c, p->c, pref, 1, &r, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (st != CUBLAS_STATUS_SUCCESS || found == 0)
+        fail("cuBLASLt has no kernel for a %d x %d x %d matmul (%s operands, batch %d, alignments %d %d %d %d): %s", s->m,
+             s->n, s->k, s->ab == CUDA_R_16BF ? "bf16" : "fp32", s->batch, s->align[0], s->align[1], s->align[2],
+             s->align[3], cublasLtGetStatusString(st));
+    p->algo = r.algo;
+    return p;
+}
+static void lt_matmul(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha, const void *A, int lda,
+                      int64_t sa, const void *B, int ldb, int64_t sb, cudaDataType_t ab, float beta, const void *C, void *D,
+                      int ldc, int64_t sc, cudaDataType_t cd, int batch, cublasComputeType_t compute) {
+    if (m == 0 || n == 0) return;  // D empty
+    LtShape s;
+    memset(&s, 0, sizeof s);  // its padding too: shapes are compared whole
+    s.ta = ta, s.tb = tb, s.m = m, s.n = n, s.k = k, s.lda = lda, s.ldb = ldb, s.ldc = ldc, s.batch = batch;
+    s.sa = sa, s.sb = sb, s.sc = sc, s.ab = ab, s.cd = cd, s.compute = compute;
+    s.align[0] = ptr_align(A), s.align[1] = ptr_align(B), s.align[2] = ptr_align(C), s.align[3] = ptr_align(D);
+    const LtPlan *p = lt_plan(&s);
+    cublasCheck(cublasLtMatmul(g_lt, p->op, &alpha, A, p->a, B, p->b, &beta, C, p->c, D, p->c, &p->algo, g_lt_workspace,
+                               LT_WORKSPACE, 0));
+}
+static void lt_init(void) {
+    cublasCheck(cublasLtCreate(&g_lt));
+    g_lt_workspace = gpu_malloc(LT_WORKSPACE, "cuBLASLt workspace");
+}
+static void lt_free(void) {
+    for (int i = 0; i < g_lt_n; i++) lt_plan_free(&g_lt_plans[i]);
+    g_lt_n = g_lt_next = 0;
+    gpu_free(g_lt_workspace);
+    cublasLtDestroy(g_lt);
+}
+
 // --- matmul: out[N,O] = x[N,I] W[O,I]^T ----------------------------------------------------
-// cuBLAS is column-major: a row-major [R,C] matrix is its column-major transpose [C,R], so
+// cuBLAS(Lt) is column-major: a row-major [R,C] matrix is its column-major transpose [C,R], so
 //   out^T[O,N] = W[O,I] x^T[I,N],   dx^T[I,N] += W^T[I,O] dout^T[O,N],   dW^T[I,O] += x^T[I,N] dout[N,O].
 // Under --matmul bf16 both operands are bf16 (the weight's copy; the other as its producer wrote
 // it, an Act, or cast just before the call) and the products accumulate in fp32 into the output:
 // fp32, C = A B + beta C, or, for the activations kept in bf16 alone (act_bf16), bf16 written once.
+// c_in (the residual adds alone): C = A B + beta c_in instead, out of place.
 static void gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float *A, int lda,
-                 const float *B, int ldb, float beta, float *C, int ldc) {
-    const float alpha = 1.0f;
-    cublasCheck(cublasGemmEx(g_cublas, ta, tb, m, n, k, &alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb, &beta, C,
-                             CUDA_R_32F, ldc, g_compute, CUBLAS_GEMM_DEFAULT));
+                 const float *B, int ldb, float beta, float *C, int ldc, const float *c_in = NULL) {
+    lt_matmul(ta, tb, m, n, k, 1.0f, A, lda, 0, B, ldb, 0, CUDA_R_32F, beta, c_in ? c_in : C, C, ldc, 0, CUDA_R_32F, 1,
+              g_compute);
 }
-// C: an Act, fp32 (C = A B + beta C), or bf16 (C = A B rounded once, beta 0).
+// C: an Act, fp32 (C = A B + beta C, or beta c_in), or bf16 (C = A B rounded once, beta 0).
 static void gemm_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const __nv_bfloat16 *A, int lda,
-                      const __nv_bfloat16 *B, int ldb, float beta, Act C, int ldc) {
-    const float alpha = 1.0f;
+                      const __nv_bfloat16 *B, int ldb, float beta, Act C, int ldc, const float *c_in = NULL) {
     if (C.h && beta != 0.0f) fail("internal: a bf16 matmul output is written, not accumulated");
-    cublasCheck(cublasGemmEx(g_cublas, ta, tb, m, n, k, &alpha, A, CUDA_R_16BF, lda, B, CUDA_R_16BF, ldb, &beta,
-                             C.h ? (void *)C.h : (void *)C.f, C.h ? CUDA_R_16BF : CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
-                             CUBLAS_GEMM_DEFAULT));
+    void *c = C.h ? (void *)C.h : (void *)C.f;
+    lt_matmul(ta, tb, m, n, k, 1.0f, A, lda, 0, B, ldb, 0, CUDA_R_16BF, beta, c_in ? (const void *)c_in : c, c, ldc, 0,
+              C.h ? CUDA_R_16BF : CUDA_R_32F, 1, CUBLAS_COMPUTE_32F);
 }
 
 // The bf16 casts of a matmul's input (x) and of its output gradient (d), reused by every matmul.
@@ -919,10 +1027,13 @@ static const __nv_bfloat16 *bf16_of(__nv_bfloat16 **buf, int64_t *cap, const flo
     return y;
 }
 
-// A matmul's weight [O,I]: fp32 (f), and its bf16 copy (h) under --matmul bf16.
+// A matmul's weight [O,I]: fp32 (f), and its bf16 copy (h) under --matmul bf16. A linear's W^
+// under layered W^ is that of the layer model_layer_weights made last, which must be l.
 typedef struct { const float *f; const __nv_bfloat16 *h; } Weight;
 static Weight weight(const Model *m, int t, int l) {
-    int64_t off = m->h->per_layer[t] ? (int64_t)l * m->slice[t] : 0;
+    int layered = m->wq_layered && m->h->is_linear[t];
+    if (layered && m->wq_at != l) fail("internal: layer %d's W^ asked for while layer %d's is made", l, m->wq_at);
+    int64_t off = m->h->per_layer[t] && !layered ? (int64_t)l * m->slice[t] : 0;
     Weight w = {m->fwd_t[t] ? m->fwd_t[t] + off : NULL, m->wbf_t[t] ? m->wbf_t[t] + off : NULL};
     return w;
 }
@@ -931,13 +1042,17 @@ static Weight weight(const Model *m, int t, int l) {
 static const __nv_bfloat16 *bf16_in(Act x, int64_t n) { return x.h ? x.h : bf16_of(&g_bf_x, &g_bf_x_n, x.f, n); }
 
 // out: an Act, written in bf16 when it is bf16 alone (gate, up).
-// beta 1: out += x W^T (fp32 out), the residual adds of a forward without backward (layer_forward).
-static void matmul_forward_beta(Act out, Act x, Weight w, int N, int I, int O, float beta) {
+static void matmul_forward(Act out, Act x, Weight w, int N, int I, int O) {
     PROFILE(PROF_MATMUL);
-    if (g_bf16) gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, w.h, I, bf16_in(x, (int64_t)N * I), I, beta, out, O);
-    else gemm(CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, w.f, I, x.f, I, beta, out.f, O);
+    if (g_bf16) gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, w.h, I, bf16_in(x, (int64_t)N * I), I, 0.0f, out, O);
+    else gemm(CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, w.f, I, x.f, I, 0.0f, out.f, O);
 }
-static void matmul_forward(Act out, Act x, Weight w, int N, int I, int O) { matmul_forward_beta(out, x, w, N, I, O, 0.0f); }
+// The residual add: y = r + a W^T in the matmul's epilogue (fp32; C = r, D = y, and y may be r).
+static void matmul_forward_add(float *y, const float *r, Act a, Weight w, int N, int I, int O) {
+    PROFILE(PROF_MATMUL);
+    if (g_bf16) gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, w.h, I, bf16_in(a, (int64_t)N * I), I, 1.0f, act_f(y), O, r);
+    else gemm(CUBLAS_OP_T, CUBLAS_OP_N, O, N, I, w.f, I, a.f, I, 1.0f, y, O, r);
+}
 static void matmul_forward(float *out, Act x, Weight w, int N, int I, int O) { matmul_forward(act_f(out), x, w, N, I, O); }
 static void matmul_forward(float *out, const float *x, Weight w, int N, int I, int O) { matmul_forward(act_f(out), act_f(x), w, N, I, O); }
 // dout: an Act too (dgate, dup are written in bf16 by swiglu_backward; the residual gradient comes
@@ -1243,8 +1358,7 @@ static void attention_backward(float *dq, float *dk, float *dv, float *delta, co
 static void gemm_batched(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha,
                          const float *A, int lda, int64_t sa, const float *Bm, int ldb, int64_t sb, float beta,
                          float *C, int ldc, int64_t sc, int batch) {
-    cublasCheck(cublasGemmStridedBatchedEx(g_cublas, ta, tb, m, n, k, &alpha, A, CUDA_R_32F, lda, sa, Bm, CUDA_R_32F, ldb, sb,
-                                           &beta, C, CUDA_R_32F, ldc, sc, batch, g_compute, CUBLAS_GEMM_DEFAULT));
+    lt_matmul(ta, tb, m, n, k, alpha, A, lda, sa, Bm, ldb, sb, CUDA_R_32F, beta, C, C, ldc, sc, CUDA_R_32F, batch, g_compute);
 }
 
 // row-major X[t][j] (+)= alpha sum_i A_t[i] Bm_j[i] for every head: A rows [T, hd] with stride
@@ -2121,21 +2235,14 @@ static void swiglu_backward(Act dg, Act du, Act dh, Act g, Act u, int64_t n) {
 
 
 // --- the residual add after a block, and the RMSNorm that reads its sum -------------------
-// y = x + a W^T, then norm.y = rmsnorm(y) * norm.w (norm.rstd its 1/rms): the next block's input.
-// Without a backward the residual stream is one buffer (y == x: act_l of A_RESID is one slot, and
-// layer_forward passes it as mid too), and the matmul adds into it (beta 1: the epilogue's fp32
-// x + sum) with no pass of its own; the student keeps x and y per layer, so the matmul writes proj
-// and the norm's kernel makes y = x + proj as it reads them (rmsnorm_forward_add), the same sum.
+// y = x + a W^T (the matmul's epilogue: matmul_forward_add), then norm.y = rmsnorm(y) * norm.w
+// (norm.rstd its 1/rms): the next block's input. The student keeps x and y per layer for its
+// backward; without a backward the residual stream is one buffer (y == x: act_l of A_RESID is one
+// slot, and layer_forward passes it as mid too), added to in place.
 typedef struct { Act y; float *rstd; const float *w; } Norm;
-static void matmul_residual_norm(float *y, const float *x, Act a, Weight w, float *proj, int N, int I, int O, Norm norm,
-                                 float eps) {
-    if (y == x) {
-        matmul_forward_beta(act_f(y), a, w, N, I, O, 1.0f);
-        rmsnorm_forward(norm.y, norm.rstd, y, norm.w, N, O, eps);
-        return;
-    }
-    matmul_forward(proj, a, w, N, I, O);
-    rmsnorm_forward_add(norm.y, norm.rstd, y, x, proj, norm.w, N, O, eps);
+static void matmul_residual_norm(float *y, const float *x, Act a, Weight w, int N, int I, int O, Norm norm, float eps) {
+    matmul_forward_add(y, x, a, w, N, I, O);
+    rmsnorm_forward(norm.y, norm.rstd, y, norm.w, N, O, eps);
 }
 // The norm after layer l's MLP block: layer l + 1's attention norm (into xn1), after the last
 // layer the final norm (into xnf, the classifier's input).
@@ -2190,8 +2297,11 @@ static float crossentropy_forward(Model *m, const float *logits, const int *d_ta
 // --attention flash: layer l's bf16 q, k or v (A_QB, A_KB, A_VB), kept for the backward.
 static __nv_bfloat16 *flash_qkv(const Model *m, int a, int l) { return (__nv_bfloat16 *)act_l(m, a, l); }
 
+static void model_layer_weights(Model *m, int l);
+
 static void layer_forward(Model *m, int l, int B, int T) {
     const HostModel *c = m->h;
+    model_layer_weights(m, l);  // under layered W^, this layer's (section 5)
     int N = B * T, D = c->dim, F = c->hidden_dim, H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim;
     int Hq = H * hd, Hkv = KV * hd;
     float *x = act_l(m, A_RESID, l), *q = act_l(m, A_Q, l),
@@ -2199,7 +2309,6 @@ static void layer_forward(Model *m, int l, int B, int T) {
     float *mid = m->training ? act_l(m, A_RESID_MID, l) : x;  // without a backward: x itself (matmul_residual_norm)
     Act xn1 = act_in(m, A_XN1, l), xn2 = act_in(m, A_XN2, l), hmid = act_in(m, A_HMID, l),  // bf16 under --matmul bf16
         att = act_in(m, A_ATT, l), gate = act_in(m, A_GATE, l), up = act_in(m, A_UP, l);
-    float *proj = m->act[A_PROJ];
     // attention block (xn1 = rmsnorm(x) was made with x: by the layer below, or for layer 0 by
     // model_forward_hidden)
     matmul_forward(q, xn1, weight(m, T_WQ, l), N, D, Hq);
@@ -2220,12 +2329,12 @@ static void layer_forward(Model *m, int l, int B, int T) {
         else attention_forward(att.f, act_l(m, A_LSE, l), q, k, v, B, T, H, KV, hd);
     }
     Norm norm2 = {xn2, act_l(m, A_RSTD2, l), layer_tensor(m->fwd_t, m, T_MLP_NORM, l)};
-    matmul_residual_norm(mid, x, att, weight(m, T_WO, l), proj, N, Hq, D, norm2, c->rms_norm_eps);
+    matmul_residual_norm(mid, x, att, weight(m, T_WO, l), N, Hq, D, norm2, c->rms_norm_eps);
     // MLP block
     matmul_forward(gate, xn2, weight(m, T_WGATE, l), N, D, F);
     matmul_forward(up, xn2, weight(m, T_WUP, l), N, D, F);
     swiglu_forward(hmid, gate, up, (int64_t)N * F);
-    matmul_residual_norm(act_l(m, A_RESID, l + 1), mid, hmid, weight(m, T_WDOWN, l), proj, N, F, D, norm_after_layer(m, l),
+    matmul_residual_norm(act_l(m, A_RESID, l + 1), mid, hmid, weight(m, T_WDOWN, l), N, F, D, norm_after_layer(m, l),
                          c->rms_norm_eps);
 }
 
@@ -2383,6 +2492,7 @@ static void model_backward_from_dxnf(Model *m) {
     rmsnorm_backward(dres, dres_a.h, m->dfwd_t[T_FINAL_NORM], dxn, act_l(m, A_RESID, c->n_layers),
                      m->fwd_t[T_FINAL_NORM], m->act[A_RSTDF], N, D);
     for (int l = c->n_layers - 1; l >= 0; l--) {
+        model_layer_weights(m, l);
         float *x = act_l(m, A_RESID, l), *q = act_l(m, A_Q, l),
               *k = act_l(m, A_K, l), *v = act_l(m, A_V, l), *mid = act_l(m, A_RESID_MID, l);
         Act xn1 = act_in(m, A_XN1, l), xn2 = act_in(m, A_XN2, l), hmid = act_in(m, A_HMID, l),
@@ -2461,6 +2571,7 @@ static float model_backward_scaled(Model *m, const int *targets, float loss_scal
 // W^ exists; under the straight-through estimator dL/dW = dL/dW^, so the matmuls' backward adds
 // into the gradients of W themselves and dwq exists only for sign and onebit, whose backward needs
 // dL/dW^ apart. Codes that flip are counted as they are written (no copy of the old codes).
+// --layered-wq keeps W^ for one layer at a time, remade from the codes (model_layer_weights below).
 
 // sign and onebit train their scales (they live in the parameters); the others derive them.
 static int quant_is_learned_method(int method) { return method == QUANT_SIGN || method == QUANT_ONEBIT; }
@@ -2476,7 +2587,16 @@ static void model_quant_setup(Model *m) {
         if (!quant_is_learned_method(q.method)) n_derived += (m->qn0[t] + m->qn1[t]) * L;
     }
     m->n_codes = n_lin;
-    if (!g_bf16) m->wq = (float *)gpu_malloc((size_t)n_lin * sizeof(float), "quantized weights");
+    // layered W^: room for one layer of every linear, in the type the matmuls read, each starting
+    // 256 bytes aligned (the alignment of an operand can change cuBLAS's kernel, so its sums)
+    m->wq_layered = g_wq_layers;
+    m->wq_at = -1;
+    int64_t n_lay = 0;
+    for (int t = 0; t < N_TENSORS; t++)
+        if (m->h->is_linear[t]) m->qlay[t] = n_lay, n_lay += (m->slice[t] + 127) / 128 * 128;
+    if (m->wq_layered && g_bf16) m->wq_bf = (__nv_bfloat16 *)gpu_malloc((size_t)n_lay * sizeof(__nv_bfloat16), "W^, one layer");
+    else if (m->wq_layered) m->wq = (float *)gpu_malloc((size_t)n_lay * sizeof(float), "W^, one layer");
+    else if (!g_bf16) m->wq = (float *)gpu_malloc((size_t)n_lin * sizeof(float), "quantized weights");
     if (quant_is_learned_method(q.method)) {
         m->dwq = (float *)gpu_malloc((size_t)n_lin * sizeof(float), "quantized weight gradients");
         cudaCheck(cudaMemset(m->dwq, 0, (size_t)n_lin * sizeof(float)));
@@ -2491,7 +2611,9 @@ static void model_quant_setup(Model *m) {
     for (int t = 0; t < N_TENSORS; t++) {
         if (!m->h->is_linear[t]) continue;
         m->qoff[t] = off;
-        m->fwd_t[t] = m->wq ? m->wq + off : NULL;     // under bf16, W^ lives in wbf_t alone
+        int64_t at = m->wq_layered ? m->qlay[t] : off;  // where W^ starts
+        m->fwd_t[t] = m->wq ? m->wq + at : NULL;        // under bf16, W^ lives in wbf_t alone
+        if (m->wq_bf) m->wbf_t[t] = m->wq_bf + at;
         m->dfwd_t[t] = m->dwq ? m->dwq + off : NULL;  // NULL: the gradients of W (model_alloc_training)
         off += m->slice[t] * L;
         float **p = quant_is_learned_method(q.method) ? &learned : &derived;
@@ -2502,6 +2624,18 @@ static void model_quant_setup(Model *m) {
 }
 
 // W^ is stored as the matmuls read it: store_w (section 3).
+
+// The value of code c under a quantizer's two scales (int: s, z; nf: s+, s-; sign: alpha_r,
+// beta_r; onebit: h_i, g_j; ternary: gamma, b unused), by quant.h's function for the method. The
+// quantizer kernels and the layered W^'s remake (model_layer_weights) both take values from
+// here, so a W^ remade from its codes and scales is the bits the quantizer wrote.
+__device__ static inline float code_value(int method, int c, float a, float b, int bits) {
+    if (method == QUANT_INT) return int_asym_value(c, a, b);
+    if (method == QUANT_NF3 || method == QUANT_NF4) return nf_asym_value(c, a, b, bits);
+    if (method == QUANT_SIGN) return sign_value(c, a, b);
+    if (method == QUANT_ONEBIT) return onebit_value(c, a, b);
+    return ternary_value(c, a);  // QUANT_TERNARY
+}
 
 // A code written over the previous one: counted in flips[layer] when the old codes are valid.
 __device__ static inline int write_code(uint8_t *c, int q, int count) {
@@ -2523,7 +2657,7 @@ __device__ static inline void group_scales(float *a, float *b, float mn, float m
 }
 __device__ static inline int group_code(float w, float a, float b, int method, int bits, float *value) {
     int q = method == QUANT_INT ? int_asym_code(w, a, b, bits) : nf_asym_code(w, a, b, bits);
-    *value = method == QUANT_INT ? int_asym_value(q, a, b) : nf_asym_value(q, a, b, bits);
+    *value = code_value(method, q, a, b, bits);
     return q;
 }
 __device__ static inline void group_finish(float *p0, float *p1, int *bad, unsigned long long *flips, int64_t k, float a,
@@ -2564,7 +2698,7 @@ __global__ static void quantize_group_kernel(W *wq, uint8_t *codes, unsigned lon
     int f = 0;
     for (int j = lane; j < g; j += 32) {
         f += write_code(&codes[k * g + j], group_code(wk[j], a, b, method, bits, &value), count);
-        store_w(&wq[k * g + j], value);
+        if (wq) store_w(&wq[k * g + j], value);
     }
     group_finish(p0, p1, bad, &flips[k * g / n], k, a, b, ok, f);
 }
@@ -2656,7 +2790,7 @@ quantize_group4_kernel(W *wq, uint8_t *codes, unsigned long long *flips, int cou
                 uint32_t c = group_code4<METHOD>(v[r], a[r], b[r], bits, &value);
                 if (count) f[r] += bytes_differing(old[r], c);  // codes that differ from the previous ones
                 c4[i] = c;
-                store_w4(wq + 4 * i, value);
+                if (wq) store_w4(wq + 4 * i, value);
             }
         }
 #pragma unroll
@@ -2705,7 +2839,7 @@ __global__ static void quantize_binary_kernel(W *wq, uint8_t *codes, unsigned lo
     int64_t row = i / in;                       // over all layers: p0 holds `out` floats per layer
     int64_t col = (i / ((int64_t)out * in)) * in + i % in;  // onebit's g: `in` floats per layer
     if (write_code(&codes[i], c, count)) atomicAdd(&flips[i / ((int64_t)out * in)], 1ull);
-    store_w(&wq[i], method == QUANT_SIGN ? sign_value(c, p0[row], p1[row]) : onebit_value(c, p0[row], p1[col]));
+    if (wq) store_w(&wq[i], code_value(method, c, p0[row], method == QUANT_SIGN ? p1[row] : p1[col], 1));
 }
 
 // ternary: gamma = mean |W| per layer (sums in double), then one thread per weight.
@@ -2729,16 +2863,18 @@ __global__ static void ternary_kernel(W *wq, uint8_t *codes, unsigned long long 
     float gamma = (float)(sums[l] / (double)n), div = gamma + 1e-5f;
     int c = (int)clampf(round_even(w[i] / div), -1.0f, 1.0f) + 1;
     if (write_code(&codes[i], c, count)) atomicAdd(&flips[l], 1ull);
-    store_w(&wq[i], ternary_value(c, gamma));
+    if (wq) store_w(&wq[i], code_value(QUANT_TERNARY, c, gamma, 0.0f, 2));
     if (i % n == 0) gammas[l] = gamma;
 }
 
-// One tensor of every layer: W^ into wq (fp32 or bf16), codes, flips[L].
+// One tensor of every layer: its W^ into wq (fp32 or bf16; NULL: none), codes, scales, flips[L].
 template <typename W>
-static void quantize_tensor(Model *m, int t, W *wq, uint8_t *codes, unsigned long long *flips) {
+static void quantize_tensor(Model *m, int t, W *wq) {
     const QuantSpec q = m->quant;
     int L = m->h->n_layers, out = m->h->rows[t], in = m->h->cols[t], count = m->codes_valid;
     int64_t n = m->slice[t];
+    uint8_t *codes = m->codes + m->qoff[t];
+    unsigned long long *flips = m->d_flips + (int64_t)t * L;
     if (q.method == QUANT_INT || q.method == QUANT_NF3 || q.method == QUANT_NF4) {
         int g = quant_group_len(q, in);
         int64_t groups = n * L / g;
@@ -2761,20 +2897,15 @@ static void quantize_tensor(Model *m, int t, W *wq, uint8_t *codes, unsigned lon
     launchCheck();
 }
 
-static void model_quantize(Model *m) {
-    PROFILE(PROF_QUANT);
-    int L = m->h->n_layers;
+// A quantizer's pass over every layer begins (flags and flip counters cleared) and ends (NaN or
+// Inf is an error; the flips counted by layer and by tensor; the codes now the ones to compare to).
+static void quantize_begin(Model *m) {
     cudaCheck(cudaMemsetAsync(m->d_bad, 0, sizeof(int)));
-    cudaCheck(cudaMemsetAsync(m->d_flips, 0, N_TENSORS * L * sizeof(unsigned long long)));
+    cudaCheck(cudaMemsetAsync(m->d_flips, 0, N_TENSORS * m->h->n_layers * sizeof(unsigned long long)));
     if (g_bf16 && !m->wbf) model_bf16_setup(m);
-    for (int t = 0; t < N_TENSORS; t++) {
-        if (!m->h->is_linear[t]) continue;
-        uint8_t *codes = m->codes + m->qoff[t];
-        unsigned long long *flips = m->d_flips + (int64_t)t * L;
-        if (g_bf16) quantize_tensor(m, t, m->wbf_t[t], codes, flips);
-        else quantize_tensor(m, t, m->wq + m->qoff[t], codes, flips);
-    }
-    int bad = 0;
+}
+static void quantize_finish(Model *m) {
+    int L = m->h->n_layers, bad = 0;
     cudaCheck(cudaMemcpy(&bad, m->d_bad, sizeof(int), cudaMemcpyDeviceToHost));
     if (bad) fail("a linear weight is NaN or Inf: %s", quant_error_string(QUANT_ERR_NONFINITE));
     m->flips_total = 0;
@@ -2792,6 +2923,116 @@ static void model_quantize(Model *m) {
     }
     m->codes_valid = 1;
     m->quant_stale = 0;
+}
+
+// A quantizer's pass, after an update: every layer's codes, scales and flips, and W^ where the
+// matmuls read it; under layered W^ no W^ (model_layer_weights makes a layer's from the codes).
+static void model_quantize(Model *m) {
+    PROFILE(PROF_QUANT);
+    quantize_begin(m);
+    for (int t = 0; t < N_TENSORS; t++) {
+        if (!m->h->is_linear[t]) continue;
+        if (m->wq_layered) quantize_tensor(m, t, (float *)NULL);
+        else if (g_bf16) quantize_tensor(m, t, m->wbf_t[t]);
+        else quantize_tensor(m, t, m->fwd_t[t]);
+    }
+    m->wq_at = -1;
+    quantize_finish(m);
+}
+
+// Layered W^ (--layered-wq): the linears' W^ exist for one layer at a time, which saves all the
+// others' (1.8 GiB of bf16 on the benchmark's TinyLlama; by its memory plan 11.7 GiB on
+// Llama-2-7B). A training step needs each layer's in the forward and again in the backward (and
+// in every micro-batch's): model_layer_weights makes it from what the quantizer's pass kept, the
+// layer's codes and scales, through code_value, as the quantizer did: the same bits. A remake
+// moves 3 bytes a weight (a code read, a bf16 written), twice a step, where the pass (which then
+// writes no W^) moves 2 bytes less. Measured (dev/bench_cuda.sh, one run): 1.0-1.2% of the
+// benchmark's tokens/s, and 5% with two micro-batches (four remakes a step; against the run
+// before), so it is not the default.
+//
+// One launch a layer makes all its linears' W^: the kernel takes the layer's tensors as segments
+// (at most N_TENSORS), of n < 2^31 weights each; vec: n, in and g multiples of 4, codes 4-byte
+// and W^ 4-value aligned, so that 4 codes are read as one word and 4 values stored at once.
+typedef struct {
+    void *wq;
+    const uint8_t *codes;
+    const float *p0, *p1;
+    int64_t first;  // the segment's first unit (of 4 weights) in the launch
+    int n, in, g, vec;
+} DequantSegment;
+typedef struct { DequantSegment s[N_TENSORS]; int count, method, bits; } DequantLayer;
+
+// Weights i .. i + k - 1 (k <= 4, one group or row: the vec case, or k = 1) from their codes c[],
+// with the scales the quantizer stored for them (code_value).
+__device__ static inline void dequant_run(float *v, const DequantSegment *d, int i, const int *c, int k, int method, int bits) {
+    if (method == QUANT_INT || method == QUANT_NF3 || method == QUANT_NF4) {
+        float a = d->p0[i / d->g], b = d->p1[i / d->g];
+        for (int e = 0; e < k; e++) v[e] = code_value(method, c[e], a, b, bits);
+    } else if (method == QUANT_SIGN || method == QUANT_ONEBIT) {
+        int r = i / d->in, col = i - r * d->in;
+        for (int e = 0; e < k; e++) v[e] = code_value(method, c[e], d->p0[r], method == QUANT_SIGN ? d->p1[r] : d->p1[col + e], bits);
+    } else {  // QUANT_TERNARY
+        for (int e = 0; e < k; e++) v[e] = code_value(method, c[e], d->p0[0], 0.0f, bits);
+    }
+}
+// Thread mapping: one thread per unit of 4 consecutive weights of a segment (the units of all
+// segments numbered in a row, a segment's last unit cut at its n); its segment by a scan of the
+// segments' first units. A unit's weights share a group (or row) in the vec case: one division.
+template <typename W>
+__global__ static void dequantize_layer_kernel(DequantLayer d, int64_t units) {
+    int64_t u = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (u >= units) return;
+    int s = 0;
+    while (s + 1 < d.count && u >= d.s[s + 1].first) s++;
+    const DequantSegment *seg = &d.s[s];
+    W *wq = (W *)seg->wq;
+    int i = (int)(u - seg->first) * 4;
+    float v[4];
+    if (seg->vec) {
+        uint32_t w = *(const uint32_t *)(seg->codes + i);
+        int c[4] = {(int)(w & 0xff), (int)(w >> 8 & 0xff), (int)(w >> 16 & 0xff), (int)(w >> 24)};
+        dequant_run(v, seg, i, c, 4, d.method, d.bits);
+        store_w4(wq + i, make_float4(v[0], v[1], v[2], v[3]));
+    } else {
+        for (int j = i; j < i + 4 && j < seg->n; j++) {
+            int c = seg->codes[j];
+            dequant_run(v, seg, j, &c, 1, d.method, d.bits);
+            store_w(&wq[j], v[0]);
+        }
+    }
+}
+
+// Makes layer l's W^ the one the matmuls read (layered W^; nothing otherwise), from the codes
+// and scales of the last quantizer's pass.
+static void model_layer_weights(Model *m, int l) {
+    if (!m->wq_layered || m->wq_at == l) return;
+    PROFILE(PROF_QUANT);
+    if (m->quant_stale) fail("internal: layer %d's W^ asked for before the quantizer's pass", l);
+    DequantLayer d;
+    memset(&d, 0, sizeof d);
+    d.method = m->quant.method;
+    d.bits = m->quant.bits;
+    int64_t units = 0;
+    for (int t = 0; t < N_TENSORS; t++) {
+        if (!m->h->is_linear[t]) continue;
+        if (m->slice[t] > INT32_MAX - 8) fail("internal: a linear of 2^31 weights or more");
+        DequantSegment *g = &d.s[d.count++];
+        g->n = (int)m->slice[t];
+        g->in = m->h->cols[t];
+        g->g = quant_group_len(m->quant, g->in);
+        g->wq = g_bf16 ? (void *)m->wbf_t[t] : (void *)m->fwd_t[t];
+        g->codes = m->codes + m->qoff[t] + (int64_t)l * m->slice[t];
+        g->p0 = m->qp0[t] + l * m->qn0[t];
+        g->p1 = m->qp1[t] + l * m->qn1[t];
+        g->vec = g->n % 4 == 0 && g->in % 4 == 0 && g->g % 4 == 0 && (uintptr_t)g->codes % 4 == 0 &&
+                 (uintptr_t)g->wq % (4 * (g_bf16 ? 2 : 4)) == 0;
+        g->first = units;
+        units += (g->n + 3) / 4;
+    }
+    if (g_bf16) dequantize_layer_kernel<__nv_bfloat16><<<blocks_for(units, 256), 256>>>(d, units);
+    else dequantize_layer_kernel<float><<<blocks_for(units, 256), 256>>>(d, units);
+    launchCheck();
+    m->wq_at = l;
 }
 
 // sign: dalpha[r] += sum_j dwq sign(w), dbeta[r] += sum_j dwq, dw += dwq alpha 1{|w| <= 1}.
@@ -2943,11 +3184,9 @@ template <int W> __device__ static inline void store_last(float *p, const float 
     else for (int e = 0; e < W; e++) __stcs(p + e, f[e]);
 }
 // dz in bf16 (the classifier's backward reads it so under --matmul bf16): rounded to nearest even,
-// the values a cast of the fp32 dz gave, 8 bytes a piece of 4
-template <int W> __device__ static inline void store_last(__nv_bfloat16 *p, const float *f) {
-    if constexpr (W == 4) store_w4(p, make_float4(f[0], f[1], f[2], f[3]));
-    else for (int e = 0; e < W; e++) store_w(p + e, f[e]);
-}
+// the values a cast of the fp32 dz gave, 8 bytes a piece of 4; plain stores, not marked, since
+// the classifier's backward reads them next
+template <int W> __device__ static inline void store_last(__nv_bfloat16 *p, const float *f) { store_floats<W>(p, f); }
 
 // One position's loss and dz = dL/dzs, the sums of loss.h's kl_mix_tempered and ce_add:
 //   KL part (every loss but ce): (1 - g) KL(P_T^tau || P_S^tau) + g KL(P_S^tau || P_T^tau),
@@ -3245,13 +3484,12 @@ typedef struct {
     float lr, beta1, beta2, eps, weight_decay, grad_clip;
 } OptConfig;
 
-// Thread mapping (sum_squares_kernel): threads stride over the elements.
-// The sum of squares reduces per block in double into parts[blockIdx.x], and sum_parts_kernel
-// (one block of SUM_BLOCKS threads, one part each) adds
-// the parts up in a fixed tree: the same norm every run (an atomicAdd of each block's total added
-// them in any order, so the clipping factor and every gradient after it could differ in the last
-// bit between two runs), and the same for a ZeRO-1 shard padded with zeros as for the unpadded
-// gradients (the same threads hold the same elements).
+// Thread mapping (sum_squares_kernel): threads stride over the elements. The sum of squares
+// reduces per block in double into parts[blockIdx.x], and sum_parts_kernel (one block of
+// SUM_BLOCKS threads, one part each) adds the parts up in a fixed tree: the same norm every run
+// (an atomicAdd of each block's total added them in any order, so the clipping factor and every
+// gradient after it could differ in the last bit between two runs), and the same for a ZeRO-1
+// shard padded with zeros as for the unpadded gradients (the same threads hold the same elements).
 #define SUM_BLOCKS 1024
 __global__ static void sum_squares_kernel(double *parts, const float *g, int64_t n) {
     double s = 0.0;
@@ -3515,7 +3753,7 @@ static void model_decode_step(Model *m, KVCache *kv, const int *tokens, int pos)
     for (int b = 0; b < B; b++)
         if (tokens[b] < 0 || tokens[b] >= V) fail("token id %d out of range [0, %d)", tokens[b], V);
     cudaCheck(cudaMemcpy(m->inputs, tokens, (size_t)B * sizeof(int), cudaMemcpyHostToDevice));
-    float *x = m->act[A_RESID], *q = m->act[A_Q], *k = m->act[A_K], *v = m->act[A_V], *proj = m->act[A_PROJ];
+    float *x = m->act[A_RESID], *q = m->act[A_Q], *k = m->act[A_K], *v = m->act[A_V];
     Act xn = act_in(m, A_XN1, 0), hmid = act_in(m, A_HMID, 0), att = act_in(m, A_ATT, 0),
         gate = act_in(m, A_GATE, 0), up = act_in(m, A_UP, 0);
     const float *cosp = kv->cosv + (int64_t)pos * half, *sinp = kv->sinv + (int64_t)pos * half;
@@ -3524,6 +3762,7 @@ static void model_decode_step(Model *m, KVCache *kv, const int *tokens, int pos)
     rmsnorm_forward(xn, m->act[A_RSTD1], x, layer_tensor(m->fwd_t, m, T_ATTN_NORM, 0), B, D, c->rms_norm_eps);
     for (int l = 0; l < c->n_layers; l++) {  // xn = rmsnorm(x) for the attention block, as layer_forward
         float *kc = kv->k + (int64_t)l * B * kv->T * Hkv, *vc = kv->v + (int64_t)l * B * kv->T * Hkv;
+        model_layer_weights(m, l);
         matmul_forward(q, xn, weight(m, T_WQ, l), B, D, Hq);
         matmul_forward(k, xn, weight(m, T_WK, l), B, D, Hkv);
         matmul_forward(v, xn, weight(m, T_WV, l), B, D, Hkv);
@@ -3535,11 +3774,11 @@ static void model_decode_step(Model *m, KVCache *kv, const int *tokens, int pos)
         cudaCheck(cudaMemcpy2DAsync(vc + (int64_t)pos * Hkv, pitch, v, row, row, B, cudaMemcpyDeviceToDevice));
         attention_decode(att, kv->scores, q, kc, vc, B, kv->T, pos, H, KV, hd);
         Norm norm2 = {xn, m->act[A_RSTD2], layer_tensor(m->fwd_t, m, T_MLP_NORM, l)};
-        matmul_residual_norm(x, x, att, weight(m, T_WO, l), proj, B, Hq, D, norm2, c->rms_norm_eps);  // in place, as layer_forward without a backward
+        matmul_residual_norm(x, x, att, weight(m, T_WO, l), B, Hq, D, norm2, c->rms_norm_eps);  // in place, as layer_forward without a backward
         matmul_forward(gate, xn, weight(m, T_WGATE, l), B, D, F);
         matmul_forward(up, xn, weight(m, T_WUP, l), B, D, F);
         swiglu_forward(hmid, gate, up, (int64_t)B * F);
-        matmul_residual_norm(x, x, hmid, weight(m, T_WDOWN, l), proj, B, F, D, norm_after_layer(m, l), c->rms_norm_eps);
+        matmul_residual_norm(x, x, hmid, weight(m, T_WDOWN, l), B, F, D, norm_after_layer(m, l), c->rms_norm_eps);
     }
     matmul_forward(model_logits(m, B), m->act[A_XNF], weight(m, lm_head_tensor(m), 0), B, D, V);
 }
@@ -3964,7 +4203,7 @@ static void gpu_init(void) {
     cudaCheck(cudaGetDeviceProperties(&p, g_dp.local_rank));
     printf("GPU: %s, %.1f GiB, compute capability %d.%d, %d multiprocessors\n", p.name, p.totalGlobalMem / 1073741824.0,
            p.major, p.minor, p.multiProcessorCount);
-    cublasCheck(cublasCreate(&g_cublas));
+    lt_init();
     const char *prof = getenv("TRAIN_CU_PROFILE");
     g_prof_on = prof && *prof && strcmp(prof, "0") != 0;
 }
@@ -4000,9 +4239,13 @@ static void parse_gpu_flags(int *argc, char **argv) {
             g_loss_chunk = (int)v;
             continue;
         }
+        if (!strcmp(argv[i], "--layered-wq")) {
+            g_layered_wq_flag = 1;
+            continue;
+        }
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help"))
             printf("train_cu: the GPU build of ./train. It takes ./train's flags below (--clip runs train.c's\n"
-                   "search on the CPU) and three of its own:\n"
+                   "search on the CPU) and four of its own:\n"
                    "  --matmul fp32|tf32|bf16  matmul precision: tf32 tensor cores, plain fp32, or bf16 operands\n"
                    "                        with fp32 accumulation (fp32 master weights; a bf16 teacher) [bf16]\n"
                    "  --attention gemm|fused|flash  attention through cuBLAS with [T,T] scores per head\n"
@@ -4011,6 +4254,10 @@ static void parse_gpu_flags(int *argc, char **argv) {
                    "                        [flash under --matmul bf16, gemm under tf32 and fp32]\n"
                    "  --loss-chunk ROWS     rows of logits the classifier and loss take at a time (their\n"
                    "                        [B,T,V] logits are never stored); 0: 128 MiB of fp32 a chunk [0]\n"
+                   "  --layered-wq          while training, keep the student's fake-quantized weights W^ for one\n"
+                   "                        layer at a time, remade from its codes before the layer's forward and\n"
+                   "                        backward: the same results in less memory (1.8 GiB on TinyLlama,\n"
+                   "                        11.7 GiB on Llama-2-7B), 1-5%% slower\n"
                    "Several GPUs: one process a GPU, placed by torchrun's, mpirun's or Slurm's variables (RANK,\n"
                    "WORLD_SIZE, LOCAL_RANK; MASTER_ADDR, MASTER_PORT [127.0.0.1:29500]); --batch is the global batch.\n\n");
         argv[o++] = argv[i];
@@ -4038,7 +4285,10 @@ int main(int argc, char **argv) {
     HostTrainState st;
     host_setup(argc, argv, &a, &hs, &ht, &st);
     Model m, teacher_model, *teacher = NULL;
+    g_wq_layers = g_layered_wq_flag && (a.train_tokens || a.data || a.bench);  // --layered-wq (section 5)
     model_setup(&m, &hs, "parameters");
+    g_wq_layers = 0;
+    if (g_layered_wq_flag && !m.wq_layered) printf("--layered-wq: no effect (it applies to a quantized model that trains)\n");
     if (ht.cpu) {
         model_setup_teacher(&teacher_model, &ht);
         teacher = &teacher_model;
@@ -4095,8 +4345,7 @@ int main(int argc, char **argv) {
             host_json_add(part);
         }
         if (a.ckpt[0]) {
-            snprintf(part, sizeof part, "\"ckpt\": \"%s\"", a.ckpt);
-            host_json_add(part);
+            host_json_add_path("ckpt", a.ckpt);
         }
         gpu_free(d.scratch);
         free(d.host_rows);
@@ -4109,8 +4358,7 @@ int main(int argc, char **argv) {
     if (a.out_path && !a.generate_data) {  // with --generate-data, -o is the JSONL it wrote
         model_download(&m, 0);
         if (g_dp.rank == 0) host_write_model(&hs);
-        snprintf(part, sizeof part, "\"out\": \"%s\"", a.out_path);
-        host_json_add(part);
+        host_json_add_path("out", a.out_path);
     }
     if (a.export_packed || a.histogram >= 0) {  // train.c's own writers, on the parameters trained here
         model_download(&m, 0);
@@ -4139,7 +4387,7 @@ int main(int argc, char **argv) {
     model_free(&m);
     dp_finish();
     kv_free(&g_kv);
-    cublasDestroy(g_cublas);
+    lt_free();
     return 0;
 }
 #endif

@@ -90,6 +90,8 @@ void host_log_step(HostModel *m, int64_t step, double loss, double eval_loss, fl
                    double gamma, const int64_t *flips, const int64_t *flips_layer, int64_t flips_total);
 // Appends "key": value text to the JSON result line; host_finish prints it.
 void host_json_add(const char *text);
+// Appends "key": "path", the path quoted for JSON (json_quote).
+void host_json_add_path(const char *key, const char *path);
 // -o: writes m->params as ./train would (atomically, --dtype; the tokenizer beside it).
 void host_write_model(const HostModel *m);
 // train.c's own --clip, --export-packed and --histogram on m->params (downloaded by the caller),

@@ -38,6 +38,12 @@ static void host_view(HostModel *h, Model *m) {
     h->cpu = m;
 }
 
+void host_json_add_path(const char *key, const char *path) {
+    char q[4200], part[4400];
+    snprintf(part, sizeof part, "\"%s\": %s", key, json_quote(q, sizeof q, path));
+    host_json_add(part);
+}
+
 void host_json_add(const char *text) {
     if (g_json[0]) strncat(g_json, ", ", sizeof g_json - strlen(g_json) - 1);
     strncat(g_json, text, sizeof g_json - strlen(g_json) - 1);

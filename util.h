@@ -1,4 +1,5 @@
-// util.h — the few checking wrappers every program here uses.
+// util.h — the few checking wrappers every program here uses (and json_quote, for their
+// JSON result lines).
 //
 // Bad input must end in one line on stderr naming the file and the problem, and exit
 // status 1: never a crash, never silently wrong numbers. These wrappers are how.
@@ -15,6 +16,35 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+
+// s as a JSON string, quotes included, into dst[n] (n >= 3): '"', '\' and control bytes
+// escaped, the other bytes as they are; when dst is too small, cut short before a whole UTF-8
+// character and still closed. For the file names in the programs' JSON result lines (a fixed
+// buffer each); data.c's json_put_string writes the generated text of --generate-data's JSONL into
+// a growing one, and also replaces invalid UTF-8, which a cut response can end in. Returns dst.
+static const char *json_quote(char *dst, size_t n, const char *s) {
+    size_t o = 0;
+    dst[o++] = '"';
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        char e[8] = {(char)c, 0};
+        if (c == '"' || c == '\\') e[0] = '\\', e[1] = (char)c, e[2] = 0;
+        else if (c < 0x20) snprintf(e, sizeof e, "\\u%04x", c);
+        size_t l = strlen(e);
+        if (o + l + 2 > n) {  // no room for it and the closing quote
+            if ((c & 0xC0) == 0x80) {  // inside a character: drop its bytes written so far
+                while (o > 1 && ((unsigned char)dst[o - 1] & 0xC0) == 0x80) o--;
+                if (o > 1 && (unsigned char)dst[o - 1] >= 0xC0) o--;
+            }
+            break;
+        }
+        memcpy(dst + o, e, l);
+        o += l;
+    }
+    dst[o++] = '"';
+    dst[o] = 0;
+    return dst;
+}
 
 // die("%s: not a model file", path) prints "error: <message>" and exits 1.
 // Atomic writers register their temp file, so that dying mid-write leaves nothing behind.

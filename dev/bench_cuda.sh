@@ -7,26 +7,31 @@
 # ATTENTION=fused|gemm|flash its --attention (unset: its default, flash under bf16);
 # TORCH_MODES=eager|compile|eager,compile the reference's modes.
 # MICRO=4|2|1 splits the batch of 8 into micro-batches of that many sequences (gradient
-# accumulation: the same step in less activation memory).
+# accumulation: the same step in less activation memory); LAYERED=1 adds --layered-wq (W^ one
+# layer at a time: the same step in 1.8 GiB less).
 # Then (unless BENCH_GEN=0) teacher data generation: train_cu --generate-data on the bench-100m
 # shape (random weights, bf16), 32 prompts x 64 new tokens, greedy, one batch, against Hugging
 # Face generate on the same shape and prompts (dev/bench_generate.py).
 # Prints tokens/s, MFU (FLOPs/token = 8N + 16 L T d, N the matmul parameters with the LM head;
 # 989 TFLOP/s dense bf16 peak) and peak GPU memory of each.
 #
-# Measured on one H200 (nvidia-h200), 2026-12-02 (fourth session), in one run (STEPS=5,
+# Measured on one H200 (nvidia-h200), 2026-12-02 (fifth session), in one run (STEPS=5,
 # steady-state steps 2-5; MICRO=4 a minute after it, the same build):
-#   train_cu, the defaults         50,784 tok/s   MFU 46.3%   peak 32,671 MiB (cudaMemGetInfo)
-#   train_cu, MICRO=4              48,166 tok/s   MFU 43.9%   peak 27,723 MiB
-#   torch.compile (per layer)      55,585 tok/s   29.6 GiB allocated, 30.7 reserved
-#   PyTorch eager                  30,569 tok/s   42.4 GiB allocated, 44.5 reserved
-#   generation: train_cu 5,077 new tokens/s, HF generate 2,650
-# Runs of one build differ by a few percent (the same build: 50,719 and 50,784).
+#   train_cu, the defaults         52,264 tok/s   MFU 47.6%   peak 32,579 MiB (cudaMemGetInfo)
+#   train_cu, MICRO=4              50,010 tok/s   MFU 45.6%   peak 27,661 MiB
+#   torch.compile (per layer)      55,109 tok/s   29.6 GiB allocated, 30.7 reserved
+#   PyTorch eager                  30,434 tok/s   42.4 GiB allocated, 44.5 reserved
+#   generation: train_cu 4,852 new tokens/s, HF generate 3,161
+# Runs of one build differ by a few percent (the same build: 52,118 and 52,264; 53,058 and 52,350
+# in the sixth session, when --layered-wq ran at 51,824 and 51,708 and 30,815 MiB in the second
+# run, and with MICRO=4 at 47,990 and 25,897 MiB).
+# The fourth session: 50,784 tok/s, MICRO=4 48,166 (torch.compile 55,585, eager 30,569 in its
+# run; generation 5,077 against HF's 2,650).
 # The third session: 49,150 tok/s, MICRO=4 45,315 (torch.compile 55,254, eager 25,642 in its
 # run; generation 5,194 against HF's 1,477).
 # The second session: 46,646 tok/s (torch.compile 55,323 and eager 29,740 in its run), and
 # 46,868-47,507 for its final build.
-# The plan of the default run: activations 9,834 MiB, AdamW m, v 8,393, parameters 4,196,
+# The plan of the default run: activations 9,770 MiB, AdamW m, v 8,393, parameters 4,196,
 # gradients 4,196, the bf16 teacher 2,098, bf16 weights 1,973, codes 924.
 # The first session of 2026-12-02: 38,302 tok/s at 32,783 MiB (torch.compile 53,755 in its run);
 # earlier 35,364 at 37,687 MiB (fp32 gate, up, O), 24,029 at 38,983 (PyTorch eager 30,570 then);
@@ -38,7 +43,7 @@ tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 make -s train_cu || exit 1
 awk 'BEGIN { srand(1); for (i = 0; i < 200000; i++) print int(rand() * 32000) }' > "$tmp/r.ids"
 ./train_cu --init tinyllama-1.1b -q int -b 2 -g 128 --loss cakld --gamma-batches 1 --train-tokens "$tmp/r.ids" \
-    --steps "$STEPS" --batch 8 --micro-batch "${MICRO:-8}" --seq 1024 --lr 1e-5 ${MATMUL:+--matmul $MATMUL} ${ATTENTION:+--attention $ATTENTION} | tee "$tmp/cu.out" || exit 1
+    --steps "$STEPS" --batch 8 --micro-batch "${MICRO:-8}" --seq 1024 --lr 1e-5 ${MATMUL:+--matmul $MATMUL} ${ATTENTION:+--attention $ATTENTION} $([ "${LAYERED:-0}" = 1 ] && echo --layered-wq) | tee "$tmp/cu.out" || exit 1
 # steady state: the mean tok/s of the steps after the first
 tps=$(sed -n 's/^step .* | \([0-9]*\) tok\/s .*/\1/p' "$tmp/cu.out" | tail -n +2 | awk '{ s += $1; n++ } END { printf "%.0f", s / n }')
 peak=$(sed -n 's/^GPU memory: peak \([0-9.]*\) MiB.*/\1/p' "$tmp/cu.out")

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # compute-sanitizer on train_cu (issue 7's GPU item), on a machine with a GPU: a tiny model,
-# 2-bit QAT with CAKLD for 2 steps, through memcheck with both attention paths, and racecheck
-# (shared-memory hazards) on the fused attention and the loss kernels. Prints each tool's
+# 2-bit QAT with CAKLD for 2 steps, through memcheck with each attention path, and racecheck
+# (shared-memory hazards) on the defaults and on the fused attention and the loss kernels. Prints each tool's
 # summary; exit 1 on any error.
 #
-# Measured on one H200, 2026-12-01 (compute-sanitizer of CUDA 13.0): memcheck "ERROR SUMMARY: 0
+# Measured on one H200, 2026-12-02 (fifth session, cuBLASLt matmuls): 6 passed, 0 failed
+# (memcheck "ERROR SUMMARY: 0 errors" on all four runs, racecheck "0 hazards displayed" on both).
+# Earlier, 2026-12-01 (compute-sanitizer of CUDA 13.0): memcheck "ERROR SUMMARY: 0
 # errors" with cuBLAS attention, with fused attention and with --loss wasserstein; racecheck
 # "RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)" on the fused attention run.
 # (That run's script still looked for racecheck's summary under memcheck's wording and so
@@ -26,9 +28,11 @@ check() {
     else echo "  FAIL  $name (exit $rc): ${summary:-$(tail -n 5 "$tmp/out")}"; fails=$((fails + 1)); fi
 }
 cs="compute-sanitizer --error-exitcode 1"
+check "memcheck, the defaults (bf16, flash attention)" $cs --tool memcheck "${run[@]}"
 check "memcheck, cuBLAS attention" $cs --tool memcheck "${run[@]}" --attention gemm
 check "memcheck, fused attention" $cs --tool memcheck "${run[@]}" --attention fused
 check "memcheck, --loss wasserstein" $cs --tool memcheck "${run[@]}" --loss wasserstein
+check "racecheck, the defaults (flash kernels, RMSNorm, losses)" $cs --tool racecheck "${run[@]}"
 check "racecheck, fused attention and losses" $cs --tool racecheck "${run[@]}" --attention fused
-echo "$((4 - fails)) passed, $fails failed"
+echo "$((6 - fails)) passed, $fails failed"
 [ $fails -eq 0 ]

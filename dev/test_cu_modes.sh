@@ -7,6 +7,7 @@
 #    tolerances of dev/test_cu.sh, for distillation from -t, 2-bit QAT with --mask-prompt, plain
 #    cross-entropy, and --matmul bf16; the "data:" lines, steps from --epochs, gamma, the JSON
 #    keys; resume across an epoch boundary; and --train-tokens through the same Batches;
+#  - --layered-wq: the same run as without it, bit for bit;
 #  - --clip: the same clipped model as ./train, byte for byte (train.c's search, on the host);
 #  - --export-packed and --histogram: the same bytes as ./train for the same model, given or
 #    just trained on the GPU;
@@ -101,6 +102,22 @@ e1=$(field eval_loss < "$tmp/r1.out"); e2=$(field eval_loss < "$tmp/r2.out"); ee
 grep -q 'resumed from .* at step 8' "$tmp/r2.out" && within "$e" 1e-4 && within "$ee" 1e-4 \
     && ok "--data: --stop-after 8, --resume to 14 across the epoch boundary: final loss $l2 vs $l1 ($e), eval_loss $e2 vs $e1 ($ee)" \
     || bad "--data resume: loss $l2 vs $l1, eval_loss $e2 vs $e1"
+
+# --layered-wq: W^ made one layer at a time from the codes (micro-batches of 4 in batches of 8, so
+# each layer's W^ is remade four times a step), the same run bit for bit: -o, its checkpoint, and
+# every step's loss and flip rate; under bf16 and fp32 matmuls, with a teacher (-t) and without
+for mm in bf16 fp32; do
+    lw=(-m "$tmp/teacher.bin" -q int -b 2 -g 64 "${data[@]}" --steps 4 --lr 1e-3 --matmul $mm)
+    [ $mm = bf16 ] && lw+=(-t "$tmp/teacher.bin")
+    ./train_cu "${lw[@]}" -o "$tmp/lw1.bin" --log "$tmp/lw1.jsonl" > "$tmp/lw1.out" || bad "--layered-wq $mm: the plain run failed"
+    ./train_cu "${lw[@]}" --layered-wq -o "$tmp/lw2.bin" --log "$tmp/lw2.jsonl" > "$tmp/lw2.out" || bad "--layered-wq $mm: failed"
+    for k in loss flip_rate; do jcol "$tmp/lw1.jsonl" $k; done > "$tmp/lw1.col"
+    for k in loss flip_rate; do jcol "$tmp/lw2.jsonl" $k; done > "$tmp/lw2.col"
+    cmp -s "$tmp/lw1.bin" "$tmp/lw2.bin" && cmp -s "$tmp/lw1.bin.ckpt" "$tmp/lw2.bin.ckpt" && cmp -s "$tmp/lw1.col" "$tmp/lw2.col" \
+        && [ "$(wc -l < "$tmp/lw1.col")" -eq 8 ] && grep -q 'W^, one layer' "$tmp/lw2.out" && ! grep -q 'W^, one layer' "$tmp/lw1.out" \
+        && ok "--layered-wq, --matmul $mm: -o, checkpoint, 4 steps' losses and flip rates identical to the plain run" \
+        || bad "--layered-wq, --matmul $mm: differs from the plain run ($(cmp "$tmp/lw1.bin" "$tmp/lw2.bin" 2>&1 | head -n 1); $(paste -s -d ' ' "$tmp/lw2.col"))"
+done
 
 # --clip: train.c's clip_model on the host, so the same bytes
 cl=(-m "$tmp/teacher.bin" --clip -q int -b 2 -g 64 --calib "$tmp/c/train.ids" --calib-seqs 4 --calib-len 128)

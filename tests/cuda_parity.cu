@@ -5,14 +5,17 @@
 // error it found:
 //   - forward: logits and loss; backward: the gradient of every tensor (plain fp32 matmuls, so
 //     the only differences are summation orders): relative error max|gpu - cpu| / max|cpu|
-//   - every quantizer of quant.h: the fake-quantized weights and the codes, bit for bit
+//   - every quantizer of quant.h: the fake-quantized weights and the codes, bit for bit; the
+//     same made one layer at a time from the codes (layered W^), and training steps with it
 //   - quantized backward (STE; sign's and onebit's learned scales): gradients
 //   - every loss of loss.h through distill_step: loss, dL/dlogits, gradients; the teacher's gamma
 //   - AdamW on identical gradients; TF32 matmuls against fp32
 //   - generation: the decode step through the KV cache against the full forward; the scoring
 //     path's log softmax(z)[target]
-//   - --matmul bf16: the bf16 cast bit for bit against a host rounding; the activations written
-//     in bf16 by their producers (and the matmuls on them) bit for bit against fp32 + cast; then
+//   - --matmul bf16: the bf16 cast bit for bit against a host rounding; the RMSNorm backward (dx,
+//     its bf16 copy, dw) against the formulas in double; the activations written in bf16 by their
+//     producers (and the matmuls on them) bit for bit against fp32 + cast, and the residual add in
+//     the matmul's epilogue against the host's fp32 add; then
 //     the forward, every gradient and every loss against train.c's fp32 at bf16 tolerances (bf16
 //     keeps 8 significant bits: a rounding error of 2^-9 per operand), with the teacher stored in
 //     bf16 alone
@@ -41,6 +44,14 @@ static double rel_err(const float *a, const float *b, int64_t n) {
         if (fabs(b[i]) > s) s = fabs(b[i]);
     }
     return d / (s > 0 ? s : 1.0);
+}
+
+// A finite float rounded to bf16, to nearest even, on the bits: what every bf16 the GPU writes
+// is checked against.
+static uint16_t host_bf16_rne(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
 }
 
 static float *download(const float *d, int64_t n) {
@@ -195,11 +206,7 @@ static void test_quantizer(int q, int bits, int group) {
         for (int t = 0; t < N_TENSORS; t++)
             if (h.is_linear[t])
                 cudaCheck(cudaMemcpy(hb + g.qoff[t], g.wbf_t[t], (size_t)tensor_numel(&g, t) * 2, cudaMemcpyDeviceToHost));
-        for (int64_t i = 0; i < g.n_codes; i++) {
-            uint32_t u;
-            memcpy(&u, &wc[i], 4);
-            wdiff += hb[i] != (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-        }
+        for (int64_t i = 0; i < g.n_codes; i++) wdiff += hb[i] != host_bf16_rne(wc[i]);
         free(hb);
     } else {
         wg = download(g.wq, g.n_codes);
@@ -211,8 +218,68 @@ static void test_quantizer(int q, int bits, int group) {
     check(what, (double)wdiff, 0);
     snprintf(what, sizeof what, "quantizer -q %s -b %d -g %d: codes differing", quant_method_name(q), bits, group);
     check(what, (double)cdiff, 0);
+    // layered W^ (--layered-wq): the same model's quantizer's pass (codes and scales, no W^), then
+    // each layer's W^ made from them (last layer first, as the backward asks, and the last again
+    // after layer 0, over another layer's): bit for bit the whole pass's W^, and its codes
+    g_wq_layers = 1;
+    Model y;
+    model_setup(&y, &h, "parameters");
+    g_wq_layers = 0;
+    model_quantize(&y);
+    int L = h.n_layers;
+    int64_t ldiff = bits_differing(y.codes, g.codes, g.n_codes, 1);
+    for (int i = 0; i <= L; i++) {
+        int l = i < L ? L - 1 - i : L - 1;
+        model_layer_weights(&y, l);
+        for (int t = 0; t < N_TENSORS; t++) {
+            if (!h.is_linear[t]) continue;
+            int64_t at = (int64_t)l * g.slice[t];
+            ldiff += g_bf16 ? bits_differing(y.wbf_t[t], g.wbf_t[t] + at, g.slice[t], 2)
+                            : bits_differing(y.fwd_t[t], g.fwd_t[t] + at, g.slice[t], 4);
+        }
+    }
+    snprintf(what, sizeof what, "quantizer -q %s -b %d -g %d: layered W^ (from codes), codes: bits differing", quant_method_name(q),
+             bits, group);
+    check(what, (double)ldiff, 0);
+    model_free(&y);
     free(wg); free(cg);
     model_free(&g);
+    host_model_free(&h);
+}
+
+// A training step with layered W^ (as a run that trains has) against whole W^ (as the tests above):
+// the same model and tokens, two steps of forward, backward and AdamW: losses, every gradient,
+// every parameter and the flips of the second step's quantizer's pass, bit for bit.
+static void test_layered_training(int q, int bits, int group) {
+    HostModel h;
+    host_model_init(&h, "tiny", 0, 1, 13, q, bits, group);
+    Model w, y;
+    model_setup(&w, &h, "parameters");
+    g_wq_layers = 1;
+    model_setup(&y, &h, "parameters");
+    g_wq_layers = 0;
+    Model *ms[2] = {&w, &y};
+    int B = 2, T = 16, N = B * T;
+    int *inputs = (int *)malloc(N * sizeof(int)), *targets = (int *)malloc(N * sizeof(int));
+    random_tokens(inputs, targets, N, h.vocab_size, 1);
+    OptConfig opt = {1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f};
+    float loss[2][2];
+    for (int s = 0; s < 2; s++)
+        for (int i = 0; i < 2; i++) {
+            Model *m = ms[i];
+            model_alloc_training(m);
+            model_zero_grad(m);
+            loss[s][i] = model_forward(m, inputs, targets, B, T);
+            model_backward_scaled(m, targets, 1.0f);
+            if (s == 0) adamw_update(m, &opt, opt.lr, 1.0f);
+        }
+    char what[160];
+    int64_t d = bits_differing(y.grads, w.grads, w.n_params, 4) + bits_differing(y.params, w.params, w.n_params, 4);
+    snprintf(what, sizeof what, "layered W^ -q %s -b %d: 2 steps' losses, gradients, parameters, flips differing",
+             quant_method_name(q), bits);
+    check(what, (double)(d + (loss[0][0] != loss[0][1]) + (loss[1][0] != loss[1][1]) + (w.flips_total != y.flips_total)), 0);
+    free(inputs); free(targets);
+    model_free(&w); model_free(&y);
     host_model_free(&h);
 }
 
@@ -412,11 +479,7 @@ static void test_distill_kernel(int V, int R, int misalign) {
         int64_t bf_differ = memcmp(rows_h, rows, R * sizeof(double)) != 0;
         for (int r = 0; r < R; r++) {
             if (labels[r] >= V) continue;
-            for (int64_t i = (int64_t)r * V; i < (int64_t)(r + 1) * V; i++) {
-                uint32_t u;
-                memcpy(&u, &dz[i], 4);
-                bf_differ += hh[i] != (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-            }
+            for (int64_t i = (int64_t)r * V; i < (int64_t)(r + 1) * V; i++) bf_differ += hh[i] != host_bf16_rne(dz[i]);
         }
         free(rows_h); free(hh);
         double el = 0.0, lmax = 0.0;
@@ -431,7 +494,7 @@ static void test_distill_kernel(int V, int R, int misalign) {
             if (!(e <= el)) el = e;
             if (fabs(lc[r]) > lmax) lmax = fabs(lc[r]);
         }
-        char what[160], name[96];
+        char what[256], name[96];
         snprintf(name, sizeof name, "loss kernel %s%s V %d, %d rows%s", LOSS_NAMES[dl.kind],
                  dl.kind == LOSS_CAKLD_CE ? (dl.temperature == 1.0f ? " tau 1" : " tau 2") : "", V, R, misalign ? ", unaligned" : "");
         snprintf(what, sizeof what, "%s: losses, relative to the largest", name);
@@ -628,11 +691,6 @@ static void test_fresh_grads(void) {
 // dw += sum_n dy x r (g = dy w, r = 1/rms(x)); its bf16 copy of dx bit for bit against RNE of the
 // fp32 dx it wrote. off: the rows start one float past the aligned start (its scalar path, as is
 // C % 4 != 0). N not a multiple of RMS_ROWS: the last chunk is cut short.
-static uint16_t host_bf16_rne(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
 static void test_rmsnorm_backward(int N, int C, int off) {
     int64_t n = (int64_t)N * C + off;
     float *h = (float *)malloc((size_t)(4 * n + 2 * C + N) * sizeof(float));
@@ -695,7 +753,7 @@ static void test_cast_bf16(void) {
         if (i % 4 == 1) u = (u & 0xFFFF0000u) | 0x8000u;  // exact ties
         if ((u & 0x7F800000u) == 0x7F800000u) u &= 0xBFFFFFFFu;  // no Inf or NaN
         memcpy(&x[i], &u, 4);
-        want[i] = (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+        want[i] = host_bf16_rne(x[i]);
     }
     float *dx = (float *)gpu_malloc((size_t)n * sizeof(float), "scratch");
     __nv_bfloat16 *dy = (__nv_bfloat16 *)gpu_malloc((size_t)n * 2, "scratch");
@@ -766,21 +824,23 @@ static void test_bf16_producers(void) {
     Act xn = act_in(&g, A_XN1, 1);
     rmsnorm_forward(xn, act_l(&g, A_RSTD1, 1), x, wn, N, D, h.rms_norm_eps);
     check_bf16_input("rmsnorm_forward", "q = xn1 Wq^T from the bf16 xn1", xn, y, yb, weight(&g, T_WQ, 1), N, D, Hq, o1, o2);
-    // the residual add in the norm's pass (the student's layers): sum = x + b, the bits of the
-    // host's fp32 add, and its norm the bits of rmsnorm_forward on that sum
-    rmsnorm_forward_add(act_f(y), act_l(&g, A_RSTD1, 1), o1, x, gf, wn, N, D, h.rms_norm_eps);
-    rmsnorm_forward(act_f(o2), g.act[A_RSTD1], o1, wn, N, D, h.rms_norm_eps);
-    float *hs = download(o1, nx);
+    // the residual add in the matmul's epilogue (the student's layers, out of place): y = x + a W^T,
+    // the bits of the host's fp32 add of x and a W^T; and in place (a forward without backward)
+    matmul_forward(o2, xn, weight(&g, T_WO, 1), N, D, D);  // (bench-100m: Hq = D)
+    matmul_forward_add(o1, x, xn, weight(&g, T_WO, 1), N, D, D);
+    float *hp = download(o2, nx), *hs = download(o1, nx);
     int64_t bad = 0;
     for (int64_t i = 0; i < nx; i++) {
-        float want = hx[i] + hx[nx + i];
+        float want = hx[i] + hp[i];
         bad += memcmp(&want, &hs[i], 4) != 0;
     }
-    free(hs);
-    snprintf(what, sizeof what, "rmsnorm_forward_add: sums differing from the host's x + b (of %lld)", (long long)nx);
+    snprintf(what, sizeof what, "matmul_forward_add, out of place: sums differing from the host's x + a W^T (of %lld)", (long long)nx);
     check(what, (double)bad, 0);
-    snprintf(what, sizeof what, "rmsnorm_forward_add: normed bits differing from rmsnorm_forward of the sum (of %lld)", (long long)nx);
-    check(what, (double)bits_differing(y, o2, nx, 4), 0);
+    cudaCheck(cudaMemcpy(o2, x, (size_t)nx * sizeof(float), cudaMemcpyDeviceToDevice));
+    matmul_forward_add(o2, o2, xn, weight(&g, T_WO, 1), N, D, D);
+    snprintf(what, sizeof what, "matmul_forward_add, in place: bits differing from out of place (of %lld)", (long long)nx);
+    check(what, (double)bits_differing(o1, o2, nx, 4), 0);
+    free(hp); free(hs);
     // hmid = silu(gate) * up from the bf16 gate and up, then hmid Wdown^T
     swiglu_forward(act_f(y), act_f(gf), act_f(uf), nf);
     Act hm = act_in(&g, A_HMID, 1);
@@ -883,6 +943,9 @@ int main(void) {
     test_forward_backward("ternary", "tiny", 0, 0, QUANT_TERNARY, 2, 0, 2, 64);
     test_forward_backward("sign", "tiny", 0, 0, QUANT_SIGN, 1, 0, 2, 64);
     test_forward_backward("onebit", "tiny", 0, 0, QUANT_ONEBIT, 1, 0, 2, 64);
+    test_layered_training(QUANT_INT, 2, 32);
+    test_layered_training(QUANT_TERNARY, 2, 0);
+    test_layered_training(QUANT_ONEBIT, 1, 0);
     printf("\ndistillation losses (loss.h), student int2 g32, teacher its fp32 self\n");
     for (int k = 0; k < N_LOSSES; k++) test_distill(k, 0);
     for (int k = 0; k < N_LOSSES; k++) test_distill(k, 7);
@@ -934,6 +997,8 @@ int main(void) {
     test_forward_backward("bf16 bench-100m", "bench-100m", 512, 0, QUANT_NONE, 16, 0, 2, 150);
     test_forward_backward("bf16 int2", "tiny", 0, 0, QUANT_INT, 2, 32, 2, 64);
     test_forward_backward("bf16 sign", "tiny", 0, 0, QUANT_SIGN, 1, 0, 2, 64);
+    test_layered_training(QUANT_INT, 2, 32);
+    test_layered_training(QUANT_SIGN, 1, 0);
     g_attention_gemm = 0;
     test_forward_backward("bf16 int2, fused", "tiny", 0, 0, QUANT_INT, 2, 32, 2, 64);
     g_attention_gemm = 1;

@@ -24,6 +24,12 @@ expect_error() {
 ./train --init tiny -o "$tmp/m.bin" > "$tmp/init.out" || bad "--init tiny"
 tail -n 1 "$tmp/init.out" | grep -q '^{"params": 213568' && ok "--init tiny prints its JSON line" || bad "--init JSON line"
 ./train --help | grep -q -- '--eval-ppl FILE' && ok "--help lists the flags" || bad "--help"
+# a file name with a quote, a backslash and a tab: the JSON line escapes them (json_quote)
+odd="$tmp/a \"b\" c\\d$(printf '\t')e.bin"
+./train --init tiny -o "$odd" > "$tmp/odd.out" 2>&1 && [ -f "$odd" ] || bad "-o to a file name with quotes"
+want='"out": "'"$tmp"'/a \"b\" c\\d\u0009e.bin"}'
+tail -n 1 "$tmp/odd.out" | grep -qF "$want" && ok "a quote, backslash and tab in -o's name are escaped in the JSON line" \
+    || bad "JSON line of an odd file name: $(tail -n 1 "$tmp/odd.out") (wanted ...$want)"
 
 # bad command lines
 expect_error "unknown flag" "unknown flag '--nope'" ./train --init tiny --nope 3
