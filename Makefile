@@ -15,13 +15,16 @@ CFLAGS += $(OPENMP)
 LDLIBS = -lm $(OPENMP)
 NVCC ?= nvcc
 
-HEADERS = $(wildcard *.h)
-TEST_PROGRAMS = $(patsubst %.c,%,$(wildcard test_*.c))
+# the host code that is not the method lives in lib/ (see README's reading order)
+HEADERS = $(wildcard *.h lib/*.h)
+LIB_C = $(wildcard lib/*.c)
+# test_gradcheck.c sits beside train.c; the other test programs are tests/test_*.c, built into build/
+TEST_PROGRAMS = test_gradcheck $(patsubst tests/%.c,build/%,$(wildcard tests/test_*.c))
 TEST_SCRIPTS = $(sort $(wildcard tests/*.sh))
 
 all: train convert tokenize $(TEST_PROGRAMS)
 
-train: train.c tokenizer.c eval.c data.c $(HEADERS)
+train: train.c tokenizer.c $(LIB_C) $(HEADERS)
 	$(CC) $(CFLAGS) -o $@ train.c $(LDLIBS)
 
 convert: convert.c tokenizer.c $(HEADERS)
@@ -30,7 +33,11 @@ convert: convert.c tokenizer.c $(HEADERS)
 tokenize: tokenizer.c $(HEADERS)
 	$(CC) $(CFLAGS) -DTOKENIZER_MAIN -o $@ tokenizer.c $(LDLIBS)
 
-test_%: test_%.c $(HEADERS) $(wildcard train.c convert.c tokenizer.c eval.c data.c)
+test_gradcheck: test_gradcheck.c train.c tokenizer.c $(LIB_C) $(HEADERS)
+	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+build/test_%: tests/test_%.c train.c convert.c tokenizer.c $(LIB_C) $(HEADERS)
+	@mkdir -p build
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
 
 test: train convert tokenize $(TEST_PROGRAMS)
@@ -45,7 +52,7 @@ bench: train
 CUDA_ARCH ?= -gencode=arch=compute_90,code=sm_90 -gencode=arch=compute_90,code=compute_90
 NVCCFLAGS ?= -O3 -std=c++17 $(CUDA_ARCH)
 CU_LDLIBS = -lcublasLt $(if $(OPENMP),-Xcompiler -fopenmp) -lm
-CU_DEPS = train.cu train_cu.h $(HEADERS) build/train_cu_host.o
+CU_DEPS = train.cu $(HEADERS) build/train_cu_host.o
 # NCCL, for data parallelism over several GPUs (train.cu section 10), when nccl.h is in NCCL_HOME/include,
 # CUDA's include folder, /usr/local/include or else Python's nvidia-nccl wheel (PyTorch's, as on the GPU
 # machine); NCCL=0 builds without it (then WORLD_SIZE > 1 is refused).
@@ -64,9 +71,9 @@ NCCL_LIB = $(if $(NCCL_HOME),$(if $(wildcard $(NCCL_HOME)/lib/libnccl.so),-lnccl
 CU_LDLIBS += $(if $(NCCL_HOME),-L$(NCCL_HOME)/lib -Xlinker -rpath=$(NCCL_HOME)/lib) $(NCCL_LIB)
 endif
 
-build/train_cu_host.o: train_cu_host.c train_cu.h train.c tokenizer.c eval.c $(wildcard data.c) $(HEADERS)
+build/train_cu_host.o: train.c tokenizer.c $(LIB_C) $(HEADERS)
 	@mkdir -p build
-	$(CC) $(CFLAGS) -c -o $@ train_cu_host.c
+	$(CC) $(CFLAGS) -c -o $@ lib/train_cu_host.c
 
 train_cu: $(CU_DEPS)
 	$(NVCC) $(NVCCFLAGS) -o $@ train.cu build/train_cu_host.o $(CU_LDLIBS)
@@ -107,7 +114,7 @@ test-asan:
 #   make fuzz-all     every target, one after the other
 FUZZ_CC ?= clang
 FUZZ_TARGETS = $(patsubst fuzz/fuzz_%.c,%,$(wildcard fuzz/fuzz_*.c))
-FUZZ_DEPS = $(wildcard fuzz/*.h) $(HEADERS) $(wildcard *.c)
+FUZZ_DEPS = $(wildcard fuzz/*.h) $(HEADERS) $(wildcard *.c lib/*.c)
 
 build/fuzz/make_seeds: fuzz/make_seeds.c $(FUZZ_DEPS)
 	@mkdir -p build/fuzz

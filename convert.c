@@ -17,8 +17,8 @@
 //   - The .bin keeps 16-bit checkpoints (BF16 or F16 tensors) as bf16, others as f32, unless
 //     --dtype says otherwise. --to-hf writes the .bin's dtype.
 //   - Nothing is written until every input has been validated; outputs are written atomically.
-#include "model.h"
-#include "safetensors.h"
+#include "lib/model.h"
+#include "lib/safetensors.h"
 #include "tokenizer.c"
 
 #define MAX_SHARDS 256

@@ -32,9 +32,9 @@
 #ifndef TOKENIZER_C
 #define TOKENIZER_C
 
-#include "json.h"
-#include "tokenizer_unicode.h"
-#include "util.h"
+#include "lib/json.h"
+#include "lib/tokenizer_unicode.h"
+#include "lib/util.h"
 
 enum { TOK_SPM = 1, TOK_BYTE_BPE = 2 };    // the two families
 enum { TOK_ADD_BOS = 1, TOK_SPECIAL = 2 };  // tokenizer_encode flags

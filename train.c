@@ -27,7 +27,7 @@
 #include <omp.h>
 #endif
 #include "loss.h"
-#include "model.h"
+#include "lib/model.h"
 #include "tokenizer.c"
 
 // ============================================================================================
@@ -1427,11 +1427,11 @@ static void generate(Model *m, int *const *prompts, const int *prompt_len, int B
 
 // Zero-shot multiple-choice evaluation (PIQA, HellaSwag, WinoGrande, ARC) and WikiText-2, scored
 // as lm-evaluation-harness does: eval.c.
-#include "eval.c"
+#include "lib/eval.c"
 
 // The data of a distillation run: JSONL examples (batches with loss masks, the train/eval split)
 // and the teacher's own generated data (BitDistiller's self-generated data): data.c.
-#include "data.c"
+#include "lib/data.c"
 
 // ============================================================================================
 // 11. The training loop, the command line and main

@@ -54,10 +54,10 @@
 #include <nccl.h>
 #endif
 
-#include "dp.h"
+#include "lib/dp.h"
 #include "loss.h"
 #include "quant.h"
-#include "train_cu.h"
+#include "lib/train_cu.h"
 
 // ============================================================================================
 // Errors: every CUDA and cuBLASLt call is checked, naming file, line and the library's message.

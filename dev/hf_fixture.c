@@ -26,7 +26,7 @@
 // The safetensors writer here shares no code with safetensors.h: header text, tensor order
 // (shuffled) and 16-bit encodings are its own. Every weight is k/64 with |k| <= 64, exact in
 // F32, BF16 and F16 alike, so the expected .bin is known exactly whatever the stored dtype.
-#include "../model.h"
+#include "../lib/model.h"
 
 static const char *break_kinds =
     "overlap oob hlen sizemismatch truncate hole trailing dup baddtype badheader notobject "

@@ -20,13 +20,13 @@ QUICK="tests/convert_bad_input.sh tests/convert_roundtrip.sh tests/fuzz_regressi
 mkdir -p "$dir"
 find "$dir" -maxdepth 1 -type l ! -exec test -e {} \; -delete  # links to removed files
 for f in *.c *.h Makefile run.sh; do [ -e "$f" ] && ln -sfn "$root/$f" "$dir/$f"; done
-for d in dev tests fuzz; do ln -sfn "$root/$d" "$dir/$d"; done
+for d in lib dev tests fuzz; do ln -sfn "$root/$d" "$dir/$d"; done
 # the tests find the shared data at ../shared: from build/asan that is build/shared
 if [ -d ../shared ]; then ln -sfn "$(cd ../shared && pwd)" build/shared; else rm -f build/shared; fi
 
 openmp=$(echo 'int main(void){return 0;}' | ${CC:-cc} -fopenmp -x c -o /dev/null - 2>/dev/null && echo -fopenmp)
 flags="$SAN_FLAGS $openmp -Wall -Wno-unused-function -Wno-unused-parameter"
-programs=$(cd "$dir" && ls test_*.c | sed 's/\.c$//')
+programs="test_gradcheck $(cd "$dir" && ls tests/test_*.c | sed 's|^tests/|build/|; s/\.c$//')"
 make -s -C "$dir" -j2 --no-print-directory CFLAGS="$flags" train convert tokenize $programs || exit 1
 
 scripts=()

@@ -4,7 +4,7 @@
 #include "fuzz.h"
 #define TRAIN_NO_MAIN
 #include "../train.c"
-#include "../data.c"
+#include "../lib/data.c"
 
 static Tokenizer tok;
 

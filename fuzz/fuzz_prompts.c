@@ -6,7 +6,7 @@
 #include "fuzz.h"
 #define TRAIN_NO_MAIN
 #include "../train.c"
-#include "../data.c"
+#include "../lib/data.c"
 
 static const char *const KINDS[3] = {"wikitext", "alpaca", "text"};
 

@@ -1,7 +1,7 @@
 // Fuzz target: a safetensors file (safetensors.h st_open, then every tensor read as float or
 // integer). Input: the file.
 #include "fuzz.h"
-#include "../safetensors.h"
+#include "../lib/safetensors.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const char *path = fuzz_write("model.safetensors", data, size);

@@ -4,7 +4,7 @@
 //   variant 0: untied, full precision    3: tied, ternary
 //   variant 1: untied, int 2-bit g8      4: untied, nf3 g8, Llama-3 RoPE scaling
 //   variant 2: tied, onebit (learned)    5: untied, sign (learned)
-#include "../safetensors.h"
+#include "../lib/safetensors.h"
 
 #define MICRO_VARIANTS 6
 

@@ -39,7 +39,7 @@
 #define EVAL_C
 
 #include "json.h"
-#include "tokenizer.c"
+#include "../tokenizer.c"
 
 static int eval_qa_add_bos = 1;  // 1: context and whole text start with BOS (harness >= PR #3347)
 

@@ -12,8 +12,8 @@
 //      split) against the reference, eval_qa end to end (its JSON against the reference
 //      metrics), the first 20 real PIQA items end to end, and the WikiText-2 ids.
 #define TRAIN_NO_MAIN
-#include "train.c"
-#include "eval.c"
+#include "../train.c"
+#include "../lib/eval.c"
 #include <sys/wait.h>
 #include <unistd.h>
 

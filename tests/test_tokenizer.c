@@ -13,7 +13,7 @@
 //      as llama2.c's tokenizer.bin: ids and decoded text identical to sentencepiece's on every
 //      line of the corpus, and on every line of PIQA by hash.
 // Reference files come from dev/make_tokenizer_reference.py (run on the GPU machine).
-#include "tokenizer.c"
+#include "../tokenizer.c"
 
 #define FIX "tests/fixtures/tokenizer/"
 static int failures = 0;

@@ -8,7 +8,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "loss.h"
+#include "../loss.h"
 
 static int g_failures = 0;
 

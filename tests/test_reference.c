@@ -17,8 +17,8 @@
 // must FAIL when the model runs with a configuration field set wrong (rms_norm_eps off by 10x;
 // the Llama-3 RoPE scaling dropped). If a fixture could not tell, it would not be testing it.
 #define TRAIN_NO_MAIN
-#include "train.c"
-#include "safetensors.h"
+#include "../train.c"
+#include "../lib/safetensors.h"
 #include <dirent.h>
 
 #define TOL_LOGITS 1e-5

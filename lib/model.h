@@ -42,7 +42,7 @@
 #ifndef MODEL_H
 #define MODEL_H
 
-#include "quant.h"
+#include "../quant.h"
 #include "util.h"
 
 #define MODEL_MAGIC 0x4d4c4442u  // the bytes "BDLM" read as a little-endian uint32

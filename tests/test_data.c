@@ -13,8 +13,8 @@
 //      the same seed gives the same bytes; the tokenizer's EOS stops sequences; prompts longer
 //      than the context are skipped; SentencePiece responses keep their leading space.
 #define TRAIN_NO_MAIN
-#include "train.c"
-#include "data.c"
+#include "../train.c"
+#include "../lib/data.c"
 #include <fcntl.h>
 #include <sys/wait.h>
 #include <unistd.h>

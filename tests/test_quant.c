@@ -13,8 +13,8 @@
 //   5. packing: bit layouts by hand, round trips at every width, dequantize(pack(quantize(W)))
 //      equal to the fake-quantized W, corrupt input rejected
 //   6. flip-flop counting
-#include "util.h"
-#include "quant.h"
+#include "../lib/util.h"
+#include "../quant.h"
 
 static int g_failed = 0, g_rows = 0;
 

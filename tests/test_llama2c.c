@@ -12,7 +12,7 @@
 // what stories260K lacks (a separate classifier, i.e. a negative vocab_size, and a head_dim
 // different from 8), and it makes the test meaningful on a machine without the shared data.
 #define TRAIN_NO_MAIN
-#include "train.c"
+#include "../train.c"
 
 typedef struct {
     int dim, hidden, layers, heads, kv_heads, vocab, seq, shared;

@@ -7,8 +7,8 @@
 // parsed from a heap copy of exactly its length, with no terminating NUL, so a read past `len`
 // is a real out-of-bounds read (visible under -fsanitize=address). Then every proper prefix of
 // a document, and many random byte mutations of it, must parse or fail cleanly.
-#include "json.h"
-#include "util.h"
+#include "../lib/json.h"
+#include "../lib/util.h"
 
 static int failures = 0, checks = 0;
 

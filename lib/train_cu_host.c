@@ -4,7 +4,7 @@
 // checkpoints, all with train.c's own functions, so that ./train_cu reads and writes exactly
 // what ./train does.
 #define TRAIN_NO_MAIN
-#include "train.c"
+#include "../train.c"
 #include "train_cu.h"
 
 _Static_assert(N_TENSORS == HM_TENSORS, "train_cu.h's tensor table must match model.h's");

@@ -11,7 +11,7 @@
 //   6. the random init: the generator's jump equals that many draws, and the init filled in
 //      parallel chunks equals the one serial stream, value for value.
 #define TRAIN_NO_MAIN
-#include "train.c"
+#include "../train.c"
 #include <unistd.h>  // close
 
 static int failures = 0;

@@ -11,8 +11,8 @@
 //      rank, a missing rank 0 and a disagreeing WORLD_SIZE end in one clear error, within the
 //      timeout.
 #define TRAIN_NO_MAIN
-#include "train.c"
-#include "dp.h"
+#include "../train.c"
+#include "../lib/dp.h"
 #include <sys/wait.h>
 
 static int failures = 0;
