@@ -48,6 +48,10 @@ typedef struct {
 static const NamedShape SHAPES[] = {
     // a byte-level model of ~200k parameters: the demo's teacher and the tests' model
     {"tiny", 64, 192, 4, 8, 4, 8, 256, 256, 1, 10000.0f, 1e-5f, ROPE_NONE, -1, -1},
+    // ~11M and ~42M parameters, Llama-2's vocabulary: with bench-100m, the family of teachers of
+    // growing size that dev/teacher_size.sh pretrains on one corpus
+    {"study-10m", 256, 768, 4, 8, 4, 32, 32000, 1024, 1, 10000.0f, 1e-5f, ROPE_NONE, 1, 2},
+    {"study-40m", 512, 1536, 8, 8, 4, 64, 32000, 1024, 1, 10000.0f, 1e-5f, ROPE_NONE, 1, 2},
     // ~110M parameters: the CPU benchmark's shape
     {"bench-100m", 768, 2048, 12, 12, 4, 64, 32000, 1024, 1, 10000.0f, 1e-5f, ROPE_NONE, 1, 2},
     {"tinyllama-1.1b", 2048, 5632, 22, 32, 4, 64, 32000, 2048, 0, 10000.0f, 1e-5f, ROPE_NONE, 1, 2},
@@ -1476,7 +1480,8 @@ static void usage(void) {
         "Model:\n"
         "  -m FILE               model to load (.bin, see model.h)\n"
         "  --init SHAPE          start from random weights of a named shape:\n"
-        "                        tiny, bench-100m, tinyllama-1.1b, llama-3.2-1b, llama-3.2-3b, llama-2-7b\n"
+        "                        tiny, study-10m, study-40m, bench-100m, tinyllama-1.1b, llama-3.2-1b,\n"
+        "                        llama-3.2-3b, llama-2-7b\n"
         "  --vocab N             with --init: this vocabulary size instead of the shape's\n"
         "  --seed N              seed of initialisation and data sampling [42]\n"
         "  -o FILE               write the resulting model here (atomically) [none]\n"
