@@ -1,17 +1,19 @@
 // data.c — the data of a distillation run: JSONL examples, and teacher-generated data.
 //
-// #included by train.c after section 10 (generation): it uses the Tokenizer (tokenizer.c),
-// json.h, util.h's checking wrappers, and train.c's Model, Rng and generate().
+// #included by train.c after generate.c (its section 10): it uses the Tokenizer (tokenizer.c),
+// json.h, util.h's checking wrappers, train.c's Model, Rng and token streams, and generate().
 //
 // BitDistiller (Du et al. 2024) does not distil on a fixed corpus: the full-precision teacher
 // first writes its own training data, continuing prompts taken from WikiText-2 and Alpaca
 // ("self-generated data", section 3.3 of the paper). The quantized student then learns the
-// teacher's distribution on text the teacher itself finds likely. So this file has two halves:
+// teacher's distribution on text the teacher itself finds likely. So this file has two halves,
+// and the batches training draws from either kind of data:
 //
 //   A. examples: a JSONL file of (prompt, response) pairs -> right-padded token rows, the
 //      train/eval split, and batches with their loss masks;
 //   B. generation: prompt sources (WikiText, Alpaca, text files, mixes) -> the teacher's
-//      continuations -> a JSONL file that A reads.
+//      continuations -> a JSONL file that A reads;
+//   C. batches: micro-batch k of a run, from a token stream or from A's examples.
 #ifndef DATA_C
 #define DATA_C
 
@@ -620,6 +622,47 @@ int generate_text(Model *m, const Tokenizer *tok, const char *text, int max_new,
     buf_put(out, resp, rlen);
     free(resp); free(ids); free(new_ids);
     return n_new;
+}
+
+// ============================================================================================
+// C. Batches
+//
+// Where training batches come from: random windows of a token stream (--train-tokens, for
+// pretraining), or the examples of a JSONL file (--data, as BitDistiller trains), every epoch in
+// a new order. Micro-batch k of a run is a function of k and the sampler's state alone, so a
+// resumed run, knowing how many micro-batches were consumed, sees the same batches.
+
+typedef struct {
+    const TokenStream *stream;  // one of the two
+    const Dataset *examples;
+    int mask_prompt;            // examples: no loss on prompt tokens
+    uint64_t seed;              // examples: the epoch orders' seed
+    int *order, order_epoch;    // examples: the order of epoch order_epoch (-1: none yet)
+    int *idx;                   // [B] the examples of one micro-batch
+} Batches;
+
+static Batches batches_of_stream(const TokenStream *s) { return (Batches){s, NULL, 0, 0, NULL, -1, NULL}; }
+
+static Batches batches_of_examples(const Dataset *d, int mask_prompt, uint64_t seed, int B) {
+    Batches b = {NULL, d, mask_prompt, seed, malloc_or_die((size_t)d->n * sizeof(int), "epoch order"), -1,
+                 malloc_or_die((size_t)B * sizeof(int), "batch")};
+    return b;
+}
+
+static void batches_free(Batches *b) { free(b->order); free(b->idx); }
+
+// Micro-batch k of the run into inputs/targets [B,T]: B windows drawn with rng from a stream;
+// or examples kB .. kB+B-1 of the sequence (epoch 0's order, then epoch 1's, ...).
+static void next_batch(Batches *src, int64_t k, Rng *rng, int *inputs, int *targets, int B, int T) {
+    if (src->stream) { sample_batch(inputs, targets, src->stream, B, T, rng); return; }
+    const Dataset *d = src->examples;
+    for (int b = 0; b < B; b++) {
+        int64_t pos = k * B + b;
+        int epoch = (int)(pos / d->n);
+        if (epoch != src->order_epoch) { dataset_epoch_order(d, src->seed, epoch, src->order); src->order_epoch = epoch; }
+        src->idx[b] = src->order[pos % d->n];
+    }
+    dataset_batch(d, src->idx, B, src->mask_prompt, inputs, targets);
 }
 
 #endif
