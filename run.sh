@@ -134,7 +134,7 @@ demo() {
     echo "{\"random\": $rp, \"fp\": $fp, \"rtn\": {\"3\": ${rtn[3]}, \"2\": ${rtn[2]}, \"1\": ${rtn[1]}, \"ternary\": ${rtn[ternary]}}, \"qat\": {\"3\": ${qat[3]}, \"2\": ${qat[2]}, \"1\": ${qat[1]}, \"ternary\": ${qat[ternary]}}}"
 }
 
-# The real pipeline on a downloaded Hugging Face Llama (TinyLlama-1.1B in the seed study), each
+# The real pipeline on a downloaded Hugging Face Llama (TinyLlama-1.1B, for example), each
 # step skipped when its output exists, so an interrupted run continues where it stopped:
 #   convert -> clipping search -> the teacher generates data (WikiText-2 + Alpaca prompts)
 #   -> QAT with CAKLD -> WikiText-2 perplexity and the five zero-shot tasks -> packed and HF export.

@@ -1,16 +1,10 @@
 #!/usr/bin/env bash
-# compute-sanitizer on train_cu (issue 7's GPU item), on a machine with a GPU: a tiny model,
-# 2-bit QAT with CAKLD for 2 steps, through memcheck with each attention path, and racecheck
-# (shared-memory hazards) on the defaults and on the fused attention and the loss kernels. Prints each tool's
-# summary; exit 1 on any error.
-#
-# Measured on one H200, 2026-12-02 (fifth session, cuBLASLt matmuls): 6 passed, 0 failed
-# (memcheck "ERROR SUMMARY: 0 errors" on all four runs, racecheck "0 hazards displayed" on both).
-# Earlier, 2026-12-01 (compute-sanitizer of CUDA 13.0): memcheck "ERROR SUMMARY: 0
-# errors" with cuBLAS attention, with fused attention and with --loss wasserstein; racecheck
-# "RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)" on the fused attention run.
-# (That run's script still looked for racecheck's summary under memcheck's wording and so
-# counted it as a failure; the line above is what the tool printed.)
+# compute-sanitizer on train_cu, on a machine with a GPU: a tiny model, 2-bit QAT with CAKLD for
+# 2 steps, through memcheck with each attention path and with --loss wasserstein, and racecheck
+# (shared-memory hazards) on the defaults and on the fused attention and the loss kernels.
+# Prints each tool's summary; a run passes on "ERROR SUMMARY: 0 errors" (memcheck) or
+# "RACECHECK SUMMARY: 0 hazards displayed (0 errors" (racecheck, which prints its own summary
+# line). Ends with "N passed, M failed"; exit 1 on any error.
 set -u
 cd "$(dirname "$0")/.."
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
