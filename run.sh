@@ -139,7 +139,7 @@ demo() {
 #   convert -> clipping search -> the teacher generates data (WikiText-2 + Alpaca prompts)
 #   -> QAT with CAKLD -> WikiText-2 perplexity and the five zero-shot tasks -> packed and HF export.
 # DATA_DIR holds wikitext-2-raw/wiki.{train,test}.raw, alpaca_data_cleaned.json and the task
-# folders --eval-qa reads (piqa/, hellaswag/, winogrande/, ARC-Easy/, ARC-Challenge/; see README).
+# folders --eval-qa reads (piqa/, hellaswag/, winogrande/, ARC-Easy/, ARC-Challenge/; see doc/evaluation.md).
 # Environment (defaults are the papers' settings): OUT (out/NAME), GROUP (128), QUANT (int),
 # LR (2e-5), EPOCHS (4), BATCH (16), MICRO_BATCH (4), SEQ (1024), N_WIKI (3000), N_ALPACA (5000),
 # MAX_NEW (1024), GEN_BATCH (16), CALIB_SEQS (128), PPL_T (2048), TASKS (all five), LIMIT (all).

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ./run.sh pipeline end to end on a real Hugging Face folder: the random Llama of the evaluation
 # fixtures (tests/fixtures/eval/hf_model, vocab 32,000) with the real Llama-2 tokenizer, and a
-# data folder laid out as README says, from small files in the original formats. Every step
+# data folder laid out as doc/evaluation.md says, from small files in the original formats. Every step
 # runs (convert, clip, generate, QAT, perplexity, the five tasks, packed and HF export), a
 # second run skips every step whose output exists, and the final JSON line holds both models.
 set -u
