@@ -4,16 +4,19 @@
  *
  * Read it beside train.c: the sections, the names and the argument orders are the same. A
  * layer `rmsnorm_forward` on the CPU is a launcher `rmsnorm_forward` here, whose kernel is
- * `rmsnorm_forward_kernel`. What is not about the model (the command line, loading and saving
+ * `rmsnorm_forward_kernel`; the kernels and their launchers live in cuda/*.cuh, one layer family a
+ * file (the include block below is their table of contents), and this file keeps the model on the
+ * GPU and the program around it. What is not about the model (the command line, loading and saving
  * models, token files, checkpoints, the JSONL log) is train.c's own code, compiled as C in
- * train_cu_host.c and reached through train_cu.h, so both programs read and write the same bytes
- * and take the same flags (plus their own: --matmul fp32|tf32|bf16, --attention gemm|fused|flash).
+ * lib/train_cu_host.c and reached through lib/train_cu.h, so both programs read and write the same
+ * bytes and take the same flags (plus their own: --matmul fp32|tf32|bf16, --attention
+ * gemm|fused|flash, --layered-wq).
  *
  *   2. the Model on the GPU: parameters, gradients, AdamW state, activations
- *   3. layers (kernels and launchers), each forward beside its backward
+ *   3. layers: what ties cuda/'s launchers to the Model (bf16 activations, weights, residual + norm)
  *   4. the model forward and backward
- *   5. quantized linears: quant.h's per-group functions in kernels, straight-through backward
- *   6. distillation: loss.h's losses, one block per position
+ *   5. quantized linears: quant.h's quantizers in kernels once per step, straight-through backward
+ *   6. distillation: the classifier fused with loss.h's losses, in chunks of rows
  *   7. the optimizer: AdamW, gradient clipping
  *   9. evaluation: perplexity
  *  10. generation (a KV cache, the decode step) and zero-shot scoring, for train.c's loops
@@ -22,36 +25,28 @@
  *      --clip, --export-packed and --histogram are train.c's own, on the downloaded parameters
  *
  * Precision: parameters (the master weights), gradients and AdamW moments are fp32, and so is the
- * residual stream; matmuls (all through cuBLASLt) run in bf16 (--matmul bf16, the default), with TF32
- * tensor cores (--matmul tf32), or in plain fp32 (--matmul fp32, what the parity test compares
- * against train.c). Under bf16: once per step the quantizer writes each fake-quantized linear
- * straight into the bf16 copy the matmuls read (with --layered-wq one layer's at a time, remade
- * from the codes before the layer's forward and backward), and the other forward weights (embedding, LM head)
- * are cast to theirs; an activation that only bf16 readers take (matmuls, the flash kernels,
- * SwiGLU) is kept in bf16 alone, written so by its producer (act_bf16, section 3), the residual
- * gradient gets a bf16 copy from the RMSNorm backward that adds to it, and the others are cast
- * just before their matmul; cuBLASLt multiplies bf16 by bf16 with fp32 accumulation, as
- * mixed-precision training does (Micikevicius et al. 2018). Under --matmul bf16 a full-precision
- * teacher is stored in bf16 alone (its norm gains excepted), half the memory. Attention runs as
- * cuBLAS products over a [T,T] score matrix per head (--attention gemm, the default under --matmul
- * tf32 and fp32, on TF32 tensor cores), or as this file's fused kernel (--attention fused: the
- * FlashAttention recurrence, Dao et al. 2022, no [T,T] matrix stored, but CUDA cores only), or as
- * FlashAttention-2 on tensor cores (--attention flash, the default under --matmul bf16; Dao 2023:
- * mma.sync on bf16 copies of q, k, v, which are what a layer keeps for the backward; fp32
- * accumulation and softmax, no [T,T] matrix stored).
+ * residual stream; matmuls (all through cuBLASLt) run in bf16 (--matmul bf16, the default), with
+ * TF32 tensor cores (--matmul tf32), or in plain fp32 (--matmul fp32, what the parity test
+ * compares against train.c). Under bf16 the quantizer writes each fake-quantized linear straight
+ * into the bf16 copy the matmuls read, activations that only bf16 readers take are kept in bf16
+ * alone (act_bf16, section 3), and a full-precision teacher is stored in bf16. Attention runs as
+ * cuBLAS products over a [T,T] score matrix (--attention gemm, the default under tf32 and fp32), as
+ * a fused kernel on CUDA cores (--attention fused), or as FlashAttention-2 on bf16 tensor cores
+ * (--attention flash, the default under bf16). doc/gpu.md explains these choices and the memory
+ * plan; doc/performance.md has the benchmark.
  */
-#include <cublasLt.h>
-#include <cuda_bf16.h>
-#include <cuda_runtime.h>
-#include <float.h>
-#include <stdarg.h>
+#include <cublasLt.h>               // defines: cublasLtMatmul and its descriptors (every product)
+#include <cuda_bf16.h>              // defines: __nv_bfloat16 and its conversions
+#include <cuda_runtime.h>           // defines: cudaMalloc, cudaMemcpy, kernel launches, events
+#include <float.h>                  // defines: FLT_MAX (the loss kernels)
+#include <stdarg.h>                 // defines: va_list (fail)
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+#include <time.h>                   // defines: clock_gettime (now_seconds)
 #ifdef USE_NCCL
-#include <nccl.h>
+#include <nccl.h>                   // defines: ncclAllReduce, ncclReduceScatter, ncclAllGather (data parallel)
 #endif
 
 #include "lib/dp.h"                 // defines: DpEnv, dp_env_read, dp_rendezvous, the ZeRO-1 shard and span arithmetic
@@ -74,7 +69,6 @@
 #include "cuda/loss.cuh"            // defines: crossentropy_forward (rows), distill_loss, distill_loss_wasserstein, gamma_rows
 #include "cuda/adamw.cuh"           // defines: OptConfig, sum_squares, adamw_span
 #include "cuda/data_parallel.cuh"   // defines: g_dp, dp_setup, dp_connect, dp_finish, dp_reduce_scatter, dp_all_gather (NCCL)
-
 
 // ============================================================================================
 // 2. The Model on the GPU
@@ -305,7 +299,6 @@ static void model_upload(Model *m, int with_adam) {
     m->bf16_stale = 1;
 }
 
-
 // Activation recomputation: the normed inputs of the two blocks and the SwiGLU product are not
 // kept per layer for the backward (2D + F of the 6D + 2 Hkv + 3F floats a layer keeps a position,
 // a third for TinyLlama) but remade there from what is kept (x, rstd and the gain; gate and up),
@@ -353,8 +346,8 @@ static void model_alloc_acts(Model *m, int B, int T, int training) {
         size[A_DGATE] = BT * F; size[A_DUP] = BT * F; size[A_DHMID] = BT * F;
     }
     // --matmul bf16: the activations of act_bf16 are stored in bf16 alone, half the floats; every
-    // slot starts 256 bytes aligned, as the cudaMalloc'd casts the matmuls read before did (the
-    // alignment of an operand can change cuBLAS's choice of kernel, so also its sums).
+    // slot starts 256 bytes aligned, as a cudaMalloc'd buffer does (the alignment of an operand
+    // can change cuBLAS's choice of kernel, so also its sums).
     int64_t total = 0, count[N_ACTS], align = g_bf16 || g_attention_flash ? 64 : 1;
     for (int a = 0; a < N_ACTS; a++) size[a] = act_bf16(a) ? (size[a] + 1) / 2 : size[a];
     for (int a = A_QB; a <= A_VB; a++) size[a] = (size[a] + 1) / 2;  // bf16 (flash_qkv)
@@ -411,14 +404,16 @@ static void model_free(Model *m) {
 // ============================================================================================
 // 3. Layers
 //
-// Launchers take train.c's arguments (outputs first, then inputs, then sizes) and, like train.c's
-// layers, ACCUMULATE (+=) into every gradient they write; the model backward zeroes them, or
-// (matmul_backward's betas) has the first matmul into a buffer write it instead.
+// The kernels and their launchers are cuda/*.cuh's (the include block above). Launchers take
+// train.c's arguments (outputs first, then inputs, then sizes) and, like train.c's layers,
+// ACCUMULATE (+=) into every gradient they write; the model backward zeroes them, or
+// (matmul_backward's betas) has the first matmul into a buffer write it instead. What stays here
+// is what ties them to the Model: which activations are kept in bf16, a tensor's weight for a
+// matmul, and the residual add fused with the norm after it.
 
-// An activation [N,C] that a matmul reads or writes: fp32 (f), or, under --matmul bf16, bf16
-// alone (h; f NULL). Under bf16 every activation whose readers are bf16 products (matmuls, the
-// flash kernels) or elementwise kernels that take bf16 is kept in bf16 alone (act_bf16), made so
-// by its producer: one rounding per value instead of a cast before each matmul that reads it,
+// Under --matmul bf16 every activation whose readers are bf16 products (matmuls, the flash
+// kernels) or elementwise kernels that take bf16 is kept in bf16 alone (an Act with h alone), made
+// so by its producer: one rounding per value instead of a cast before each matmul that reads it,
 // and half the bytes stored and moved.
 //   - the normed inputs xn1, xn2 (rmsnorm_forward) and the SwiGLU product hmid (swiglu_forward):
 //     read by matmuls alone (their backward reads x and rstd, gate and up); the values are those
@@ -441,11 +436,8 @@ static Act act_in(const Model *m, int a, int l) {
     return x;
 }
 
-
-
-
-// A matmul's weight [O,I]: fp32 (f), and its bf16 copy (h) under --matmul bf16. A linear's W^
-// under layered W^ is that of the layer model_layer_weights made last, which must be l.
+// The Weight (cuda/matmul.cuh) of tensor t, layer l. A linear's W^ under layered W^ is that of
+// the layer model_layer_weights made last, which must be l.
 static Weight weight(const Model *m, int t, int l) {
     int layered = m->wq_layered && m->h->is_linear[t];
     if (layered && m->wq_at != l) fail("internal: layer %d's W^ asked for while layer %d's is made", l, m->wq_at);
@@ -453,12 +445,6 @@ static Weight weight(const Model *m, int t, int l) {
     Weight w = {m->fwd_t[t] ? m->fwd_t[t] + off : NULL, m->wbf_t[t] ? m->wbf_t[t] + off : NULL};
     return w;
 }
-
-
-
-
-
-
 
 // --- the residual add after a block, and the RMSNorm that reads its sum -------------------
 // y = x + a W^T (the matmul's epilogue: matmul_forward_add), then norm.y = rmsnorm(y) * norm.w
@@ -481,6 +467,7 @@ static Norm norm_after_layer(const Model *m, int l) {
     return n;
 }
 
+// --- cross-entropy of full logits (model_forward): cuda/loss.cuh's rows, averaged here ------
 // Row losses back on the host; the mean over rows with a target (targets: the host's copy).
 static double rows_mean(const Model *m, const int *targets, int N, double *host_rows) {
     cudaCheck(cudaMemcpy(host_rows, m->rows, (size_t)N * sizeof(double), cudaMemcpyDeviceToHost));
@@ -832,7 +819,6 @@ static void model_quant_setup(Model *m) {
     m->quant_stale = 1;
 }
 
-
 // One tensor of every layer: its W^ into wq (fp32 or bf16; NULL: none), codes, scales, flips[L].
 template <typename W>
 static void quantize_tensor(Model *m, int t, W *wq) {
@@ -896,15 +882,12 @@ static void model_quantize(Model *m) {
 }
 
 // Layered W^ (--layered-wq): the linears' W^ exist for one layer at a time, which saves all the
-// others' (1.8 GiB of bf16 on the benchmark's TinyLlama; by its memory plan 11.7 GiB on
-// Llama-2-7B). A training step needs each layer's in the forward and again in the backward (and
-// in every micro-batch's): model_layer_weights makes it from what the quantizer's pass kept, the
-// layer's codes and scales, through code_value, as the quantizer did: the same bits. A remake
-// moves 3 bytes a weight (a code read, a bf16 written), twice a step, where the pass (which then
-// writes no W^) moves 2 bytes less. Measured (dev/bench_cuda.sh, one run): 1.0-1.2% of the
-// benchmark's tokens/s, and 5% with two micro-batches (four remakes a step; against the run
-// before), so it is not the default.
-//
+// others' (doc/gpu.md gives the sizes). A training step needs each layer's in the forward and
+// again in the backward (and in every micro-batch's): model_layer_weights makes it from what the
+// quantizer's pass kept, the layer's codes and scales, through code_value, as the quantizer did:
+// the same bits. A remake moves 3 bytes a weight (a code read, a bf16 written), twice a step,
+// where the pass (which then writes no W^) moves 2 bytes less; it costs a little throughput
+// (doc/performance.md), so it is not the default.
 
 // Makes layer l's W^ the one the matmuls read (layered W^; nothing otherwise), from the codes
 // and scales of the last quantizer's pass.
@@ -982,7 +965,6 @@ static void distiller_init(Distiller *d, DistillLoss loss, int V, int Vt, int N)
 // own logits only). rows[n] gets position n's loss; the caller reduces them on the host.
 static float *g_chunk_zs, *g_chunk_zt, *g_chunk_dz;
 static int64_t g_chunk_zs_n, g_chunk_zt_n, g_chunk_dz_n;
-
 
 // backward 0: the losses alone (evaluation); 1: also dL/dxnf into act[A_DXN] and dW_head.
 // The student's last forward (model_forward_hidden, with targets) and the teacher's (t: NULL
@@ -1083,8 +1065,8 @@ static void gamma_accumulate(double *sum, long long *count, Model *teacher, cons
 
 // Global L2 norm of the gradients; returns it, and in *gscale the factor that brings it down to
 // clip (> 0) when above, else 1. AdamW applies the factor as it reads each gradient (g * gscale,
-// the product a scaling pass over the gradients would store), which spares that pass: 3.3 ms a
-// step, read and write of every gradient, on the benchmark's 1.1 G parameters.
+// the product a scaling pass over the gradients would store), which spares that pass, a read and
+// a write of every gradient.
 static float clip_grad_norm(Model *m, float clip, float *gscale) {
     PROFILE(PROF_OPTIMIZER);
     float norm = (float)sqrt(sum_squares(m->d_sum, m->grads, m->n_params));
@@ -1665,8 +1647,8 @@ static void parse_gpu_flags(int *argc, char **argv) {
     }
     *argc = o;
     argv[o] = NULL;
-    // attention's precision follows the matmuls': bf16 tensor cores (flash) under bf16, measured
-    // 1.17x gemm's tokens/s at 2 GiB less (README, "The GPU build"); exact fp32 products otherwise
+    // attention's precision follows the matmuls': bf16 tensor cores (flash) under bf16, faster than
+    // gemm and without its [T,T] scores (doc/performance.md); exact fp32 products otherwise
     if (!attention_given) { g_attention_flash = g_bf16; g_attention_gemm = !g_bf16; }
 }
 

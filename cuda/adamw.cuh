@@ -1,3 +1,9 @@
+/*
+ * cuda/adamw.cuh: AdamW (Loshchilov & Hutter 2019) on a span of parameters, and the sum of squares
+ * of the gradients (in double, in a fixed order) that the clipping norm takes.
+ * Needs: common.cuh (block_sum_d, blocks_for, gpu_malloc, cudaCheck, launchCheck).
+ */
+
 typedef struct {
     float lr, beta1, beta2, eps, weight_decay, grad_clip;
 } OptConfig;
@@ -5,7 +11,7 @@ typedef struct {
 // Thread mapping (sum_squares_kernel): threads stride over the elements. The sum of squares
 // reduces per block in double into parts[blockIdx.x], and sum_parts_kernel (one block of
 // SUM_BLOCKS threads, one part each) adds the parts up in a fixed tree: the same norm every run
-// (an atomicAdd of each block's total added them in any order, so the clipping factor and every
+// (an atomicAdd of each block's total would add them in any order, so the clipping factor and every
 // gradient after it could differ in the last bit between two runs), and the same for a ZeRO-1
 // shard padded with zeros as for the unpadded gradients (the same threads hold the same elements).
 #define SUM_BLOCKS 1024
@@ -43,7 +49,7 @@ __device__ static inline void adamw_one(float *p, float g, float *m, float *v, f
 // Thread mapping: one thread per W consecutive parameters of the span: W = 4 moves p, g, m, v as
 // float4s (all four 16-byte aligned), W = 1 one float each. The same adamw_one either way. *bad is
 // set when a parameter it writes is NaN or Inf (params_finite reads it: no pass of its own over
-// the parameters, which took 1.0 ms a step on the benchmark's 1.1 G).
+// the parameters).
 template <int W>
 __global__ static void adamw_span_kernel(float *p, const float *g, float *mm, float *vv, int64_t n, float gscale,
                                          float beta1, float beta2, float eps, float lr, float wd, float bc1, float bc2,

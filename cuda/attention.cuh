@@ -1,3 +1,13 @@
+/*
+ * cuda/attention.cuh: causal grouped-query attention on CUDA cores and through cuBLAS:
+ *   - fused (--attention fused): the FlashAttention recurrence in one kernel forward, two backward;
+ *   - gemm (--attention gemm): the [T,T] scores materialised, products by cuBLASLt, the causal
+ *     softmax and its backward as kernels;
+ *   - decode: one position per sequence against a KV cache (generation).
+ * The tensor-core kernels (--attention flash) are flash_attention.cuh's.
+ * Needs: common.cuh (reductions, store_w, Act, PROFILE), matmul.cuh (lt_matmul, g_compute).
+ */
+
 // --- causal grouped-query attention ----------------------------------------------------------
 // q[B,T,H,hd], k,v[B,T,KV,hd] -> out[B,T,H,hd], lse[B,H,T]; query head h reads kv head h/(H/KV).
 //   s_tj = q_t . k_j / sqrt(hd) (j <= t),  p_tj = softmax_j,  out_t = sum_j p_tj v_j.

@@ -1,3 +1,11 @@
+/*
+ * cuda/common.cuh: what train.cu and every other file of cuda/ use. Error checks (fail,
+ * cudaCheck, cublasCheck, launchCheck: file, line and the library's message), timers, the
+ * TRAIN_CU_PROFILE scopes, the memory plan (every device allocation named and counted, printed at
+ * start-up), launch sizes, warp and block reductions, fp32/bf16 loads and stores, the fp32 -> bf16
+ * cast, and Act, an activation held in fp32 or in bf16.
+ * Needs: train.cu's system includes (CUDA runtime, cuda_bf16.h, cublasLt.h, the C library).
+ */
 // ============================================================================================
 // Errors: every CUDA and cuBLASLt call is checked, naming file, line and the library's message.
 
@@ -230,6 +238,8 @@ static int aligned_x8(int64_t n, const void *a, const void *b, const void *c, co
     return n % 8 == 0 && ((uintptr_t)a | (uintptr_t)b | (uintptr_t)c | (uintptr_t)d) % 16 == 0;
 }
 
-
+// An activation [N,C] that a matmul reads or writes: fp32 (f), or, under --matmul bf16, bf16
+// alone (h; f NULL), or both (the residual gradient, with the bf16 copy its rmsnorm backward
+// writes). Which activations are kept in bf16 alone is train.cu's act_bf16.
 typedef struct { float *f; __nv_bfloat16 *h; } Act;
 static Act act_f(const float *x) { Act a = {(float *)x, NULL}; return a; }

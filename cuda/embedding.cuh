@@ -1,3 +1,8 @@
+/*
+ * cuda/embedding.cuh: the token embedding, x[N,D] = E[tok[n], :], and its backward into dE.
+ * Needs: common.cuh (blocks_for, to_float, launchCheck, PROFILE).
+ */
+
 // --- embedding: x[N,D] = E[tok[n], :] -----------------------------------------------------
 // Thread mapping: one thread per element of x. E is fp32, or bf16 for a bf16-only teacher.
 template <typename Et>
@@ -14,8 +19,8 @@ static void embedding_forward(float *x, const int *tok, const Et *E, int N, int 
 
 // dE[tok[n], :] += dx[n, :], in train.c's order: each row of dE takes its positions' rows of dx one
 // after another, n ascending, so the sums are train.c's (serial) bit for bit and the same every run
-// (atomicAdd, with rows that share a token meeting in any order, made the gradients, and a 2-bit
-// student's codes after them, differ between two runs). by_token (model_group_tokens): the
+// (with atomicAdd, rows that share a token would meet in any order, and the gradients, and a 2-bit
+// student's codes after them, would differ between two runs). by_token (model_group_tokens): the
 // positions grouped by token, n ascending in a group, then where each group starts.
 // Thread mapping: blockIdx.x a token of the batch, the block's threads over the D columns.
 __global__ static void embedding_backward_kernel(float *dE, const float *dx, const int *tok, const int *by_token, int N, int D) {

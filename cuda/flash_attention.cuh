@@ -1,3 +1,10 @@
+/*
+ * cuda/flash_attention.cuh: FlashAttention-2 (Dao 2023) on bf16 tensor cores (mma.sync m16n8k16,
+ * ldmatrix, cp.async), forward and backward, for head_dim up to 128 (--attention flash).
+ * Needs: common.cuh (gpu_limits, gpu_grow, aligned_x8, Act, PROFILE), matmul.cuh (bf16_of, the
+ * bf16 scratch), attention.cuh (attention_row_delta, attention_shared).
+ */
+
 // --- the same attention on tensor cores (--attention flash) -----------------------------------
 // FlashAttention-2 (Dao 2023): the online softmax of the fused kernel above, with the products of
 // each tile on tensor cores and no [T,T] matrix in memory. It reads q, k, v (and, backward, dO)
@@ -37,19 +44,16 @@
 // Row tiles of 16 queries a warp of the forward owns, so FLASH_T MT queries a block. Every K and V
 // fragment a warp reads from shared memory (ldmatrix) feeds MT mma, one a row tile: MT = 2
 // (FlashAttention-2's 128 queries a block of 4 warps) halves the shared-memory reads per mma and
-// the K, V tiles staged per query, but its ~240 registers leave 2 blocks (8 warps) an SM. Measured
-// with ncu on an H200 (the benchmark's layer, B 8, T 1024, H 32, hd 64): MT = 2 at 2 blocks 302
-// us a call, MT = 1 at 3 blocks (161 registers, 12 warps) 272 us: here the warps that hide
-// latency count for more than the reads saved, so MT = 1. MT = 2 stays a setting (the kernel
-// takes any MT; cuda_parity passed with both); HDP = 128 cannot take it (its O accumulators alone
-// are HDP / 2 registers a row tile: two would pass 255).
+// the K, V tiles staged per query, but holding two row tiles' S and O fragments leaves room for
+// only 2 blocks (8 warps) an SM, against 3 at MT = 1; on the benchmark's layer the warps that
+// hide latency count for more than the reads saved (doc/performance.md), so MT = 1. MT = 2 stays
+// a setting (the kernel takes any MT); HDP = 128 cannot take it (its O accumulators alone are
+// HDP / 2 registers a row tile: two would pass the limit of 255).
 #define FLASH_FORWARD_MT(HDP) 1
 // Blocks a SM that the kernels of HDP = 64 are compiled for (__launch_bounds__ caps the registers
-// a thread at 64K / (128 threads x blocks)): the forward 3 (161 registers at MT = 1; MT = 2 needs
-// 2: ~240, of which its two row tiles' S and O fragments take 128 and Q 32; 3 x 36 KiB of shared
-// memory), the backward 3 (167 registers, which it fits by computing S^T in halves; 3 x 64 KiB).
-// HDP = 128: the forward with bf16 O 3 (168 registers; with fp32 O 168 would spill, so no
-// minimum: 174, 2 blocks), the backward no minimum (0; 252 registers, 2 blocks).
+// a thread at 64K / (128 threads x blocks)): the forward 3 (3 x 36 KiB of shared memory), the
+// backward 3 (which it fits by computing S^T in halves; 3 x 64 KiB). HDP = 128: the forward with
+// bf16 O 3 (with fp32 O that cap would spill, so no minimum), the backward no minimum (0).
 #define FLASH_FORWARD_BLOCKS 3
 #define FLASH_BACKWARD_BLOCKS 3
 
@@ -181,8 +185,7 @@ __device__ static void flash_stage(__nv_bfloat16 *tile, int ld, int hdp, const _
 // flash_stage where the whole tile is below T, hd = HDP and vec holds (so every copy is a whole
 // 16-byte cp.async): thread i copies dims 8 (i % (HDP / 8)) .. + 7 of rows i / (HDP / 8) + 128 /
 // (HDP / 8) p, the same dims in every row, so its copies lie at fixed strides (row elements a key
-// row) from src, the first of them. flash_stage's division and bounds tests cost ~40 instructions
-// a copy (sm_90 SASS); these ~8, mostly 64-bit addresses.
+// row) from src, the first of them: no division and no bounds test a copy, as flash_stage has.
 template <int HDP>
 __device__ static inline void flash_stage_full(__nv_bfloat16 *tile, const __nv_bfloat16 *src, int64_t row) {
     const int CH = HDP / 8, RP = FLASH_THREADS / CH;  // 16-byte chunks a row, rows a pass
@@ -369,8 +372,8 @@ __global__ static void attention_delta_kernel(float *delta, const Ot *dout, cons
 }
 // bf16 dO and O with rows of 16-byte words, hd / 8 a power of two up to 32 (every real shape):
 // G = hd / 8 lanes a row, each one word of dO and one of O, summed over the G lanes by shuffles
-// (a warp takes 32 / G rows; a lane's 4-byte loads above left the kernel at a fifth of the memory's
-// bandwidth).
+// (a warp takes 32 / G rows): 16-byte loads, where the kernel above loads one element at a
+// time.
 __global__ static void attention_delta_x8_kernel(float *delta, const __nv_bfloat16 *dout, const __nv_bfloat16 *out, int B,
                                                  int T, int H, int hd) {
     int G = hd / 8;
@@ -448,8 +451,8 @@ attention_backward_flash_kernel(float *dq, float *dk, float *dv, const float *de
     cp_async_commit();
     // The walk's place, the head h and first query q0 of the tile in buffer u, is written beside the
     // tile when it is staged and read back after the barriers: not held in registers through the
-    // tile (the kernel is at its cap of 168; two more spill), nor recomputed from the tile count it
-    // as it / nq and it % nq (a division, ~25 instructions, at the top and again for dQ).
+    // tile (the kernel is at its register cap), nor recomputed from the tile count it as it / nq
+    // and it % nq (a 32-bit division, at the top and again for dQ).
     if (threadIdx.x == 0) walk[0] = h0, walk[1] = j0;
     __syncthreads();
     float dkf[HDP / 8][4], dvf[HDP / 8][4];
@@ -506,7 +509,7 @@ attention_backward_flash_kernel(float *dq, float *dk, float *dv, const float *de
             // of column tile n); dS^T also to shared memory as [key][query], a pair one word. The
             // lane's elements of tile n are queries 8n + 2c and the next (e & 1), whose lse and
             // Delta it reads as one pair each. p = exp2(s scale2 - lse2): one FFMA into exp2_ftz,
-            // as in the forward (exp2f's range test and two multiplies were 3 of its 4 instructions).
+            // as in the forward.
 #pragma unroll
             for (int n = 0; n < FLASH_T / 16; n++) {
                 int tt = (n0 + n) * 8 + 2 * c;
@@ -620,8 +623,7 @@ static int64_t g_flash_parts_n;
 // over the blocks the GPU runs at once (`slots`) is B KV (H / KV) tiles (tiles + 1) / 2 / slots. The
 // fewest parts (a divisor of H / KV) that bring the first within the second: splits >=
 // 2 slots / (B KV (tiles + 1)). On the benchmark's step (B 8, KV 4, 16 tiles, 396 slots) that is
-// 2: unsplit, the blocks of key tile 0 have 128 tile steps, against an average of 88 a slot (by
-// the counts above; ncu: 0.73-0.75 ms a call unsplit, 0.65 in 2 parts).
+// 2: unsplit, the blocks of key tile 0 have 128 tile steps, against an average of 88 a slot.
 static int flash_backward_splits(int B, int T, int H, int KV, int slots) {
     int group = H / KV, tiles = (T + FLASH_T - 1) / FLASH_T, s = 1;
     while (s < group && (int64_t)s * B * KV * (tiles + 1) < 2LL * slots) {

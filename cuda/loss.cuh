@@ -1,6 +1,14 @@
+/*
+ * cuda/loss.cuh: the losses on the GPU: cross-entropy rows of full logits (inference), loss.h's
+ * distillation losses with their dL/dlogits on a chunk of rows (one block a row), Wasserstein (one
+ * thread a row), and the teacher's confidence gamma.
+ * Needs: loss.h (DistillLoss, the loss functions, QD), common.cuh (reductions, gpu_limits, Act,
+ * launchCheck).
+ */
+
 // --- cross-entropy over rows with target >= 0, of full logits (model_forward) ----------------
 // rows[n] = log sum_v exp(z_v - max) + max - z[target] (0 for rows without a target); the host
-// averages. Its backward is section 6's fused head_loss, which training uses.
+// averages. Its backward is train.cu's fused head_loss (section 6), which training uses.
 // Thread mapping: one block per row; its threads stride over the V logits.
 __global__ static void crossentropy_forward_kernel(double *rows, const float *logits, const int *targets, int N, int V) {
     int n = blockIdx.x;
@@ -18,7 +26,8 @@ static void crossentropy_forward(double *rows, const float *logits, const int *t
     crossentropy_forward_kernel<<<N, 256>>>(rows, logits, targets, N, V);
     launchCheck();
 }
-//
+
+// --- distillation losses over a chunk of rows: rows[N], dlogits[N,V] from zs[N,V], zt[N,Vt] ---
 // loss.h's losses on a chunk of rows (positions): a block takes one row at a time, reduces the
 // log-sum-exps and the two KL sums over the vocabulary in double, the sums of kl_mix_tempered and
 // ce_add, and writes the gradient in place, in three passes over the row: the log-sum-exps of zs
@@ -26,10 +35,10 @@ static void crossentropy_forward(double *rows, const float *logits, const int *t
 // wasserstein_loss itself, one thread per position, on a scratch row each.
 //
 // Each term's exponential is taken in float (exp_f): the log-probabilities, their differences and
-// the sums stay in double as loss.h's, but double's exp is a long instruction sequence, and six a
-// vocabulary entry made this kernel ~1 ms per 1k-row chunk of a 32k vocabulary (a quarter of
-// that is memory). A term's relative error is then float's (~1e-7), far below the tolerances
-// the parity tests hold the losses and dL/dlogits to (1e-5 and 1e-4).
+// the sums stay in double as loss.h's, but double's exp is a long instruction sequence, six of
+// them a vocabulary entry, which would make the kernel compute-bound. A term's relative error is
+// then float's (~1e-7), far below the tolerances the parity tests hold the losses and dL/dlogits
+// to (1e-5 and 1e-4).
 __device__ static inline double exp_f(double x) { return (double)expf((float)x); }
 
 // Block reductions of K values at once: one round of __syncthreads for all K, every thread gets
@@ -217,9 +226,8 @@ __global__ static void __launch_bounds__(1024) distill_loss_kernel(double *rows,
 
 // The grid: passes 2 and 3 re-read the row pass 1 read, so the rows in flight (one a block), 8V
 // bytes each (4V without a teacher), are kept within half of L2; then DRAM sees each row's zs and
-// zt read once and dz written once, 12V bytes: 0.4 GB a chunk of 1,048 rows of a 32k vocabulary,
-// where six passes of one block a row, all rows at once, moved 1.13 GB (ncu, H200). At most 1024
-// threads an SM (a 1024-thread block at 64 registers fills the register file). Blocks of 128 to
+// zt read once and dz written once, 12V bytes (0.4 GB a chunk of 1,048 rows of a 32k vocabulary).
+// At most 1024 threads an SM (a 1024-thread block at 64 registers fills the register file). Blocks of 128 to
 // 1024 threads, at least 4 pieces a thread, so that a small vocabulary leaves few idle; a row's
 // result depends on the block size alone (so on V), not on the grid. W = 4 when V % 4 == 0 and the
 // rows are 16 bytes aligned (dz: 8 in bf16). dz: an Act, fp32 (may be zs) or bf16.

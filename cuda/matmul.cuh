@@ -1,5 +1,15 @@
+/*
+ * cuda/matmul.cuh: every product of the program goes through cuBLASLt (lt_matmul, with a table of
+ * plans); the linear layers' matmul_forward / matmul_backward on top of it, in fp32, TF32 or bf16
+ * (--matmul), with the bf16 scratch that casts an fp32 operand just before its product.
+ * Needs: common.cuh (cublasCheck, gpu_malloc, cast_bf16, Act, PROFILE).
+ */
+
+// The precision of the products: --matmul bf16 (the default) multiplies bf16 copies on tensor
+// cores; g_compute is the compute type of the fp32 products (TF32 tensor cores, or plain fp32).
 static cublasComputeType_t g_compute = CUBLAS_COMPUTE_32F_FAST_TF32;
 static int g_bf16 = 1;            // --matmul bf16, the default (then g_compute is TF32, for the gemm attention products)
+
 // --- cuBLASLt: every product of the program -----------------------------------------------
 // One call, lt_matmul:  D = alpha op(A) op(B) + beta C,  column-major as cuBLAS counts (m x n, inner
 // size k; see the matmul section below), or `batch` such products at strides (--attention gemm).
@@ -158,7 +168,11 @@ static const __nv_bfloat16 *bf16_of(__nv_bfloat16 **buf, int64_t *cap, const flo
     cast_bf16(y, x, n);
     return y;
 }
+
+// A matmul's weight [O,I]: fp32 (f), and its bf16 copy (h) under --matmul bf16 (train.cu's weight()
+// picks a tensor's, or one layer's slice of it).
 typedef struct { const float *f; const __nv_bfloat16 *h; } Weight;
+
 // x: an Act; under bf16 cast here (into g_bf_x) only when it exists in fp32 alone.
 static const __nv_bfloat16 *bf16_in(Act x, int64_t n) { return x.h ? x.h : bf16_of(&g_bf_x, &g_bf_x_n, x.f, n); }
 

@@ -1,3 +1,12 @@
+/*
+ * cuda/quant.cuh: the quantizers of quant.h in kernels (int and nf per group, sign and onebit per
+ * row, ternary per layer): each writes W^ (fp32, or bf16 straight into the copy the matmuls read),
+ * the codes and the scales, and counts the codes that flip; the remake of one layer's W^ from its
+ * codes (--layered-wq); the backward of sign and onebit into W and their learned scales.
+ * Needs: quant.h (the per-group and per-element functions, QD), common.cuh (reductions, store_w,
+ * store_w4, blocks_for, launchCheck).
+ */
+
 // W^ is stored as the matmuls read it: store_w (section 3).
 
 // The value of code c under a quantizer's two scales (int: s, z; nf: s+, s-; sign: alpha_r,
@@ -96,9 +105,8 @@ __device__ static inline int bytes_differing(uint32_t x, uint32_t y) {
     return ((d & 0xffu) != 0) + ((d & 0xff00u) != 0) + ((d & 0xff0000u) != 0) + ((d & 0xff000000u) != 0);
 }
 // Memory latency, not bandwidth, bounds this kernel: a group's loads, its warp's min and max, then
-// its stores, in a chain. One group at a time a warp, ncu had it at 1.3 ms on a 254M-weight tensor
-// (a third of the bandwidth), and 5.7 ms when flips were counted (the previous codes, read after
-// the min and max, a second trip to memory). So a warp takes its groups QG4_BATCH at a time: the
+// its stores, in a chain, and counting flips adds a second trip to memory (the previous codes,
+// read after the min and max). So a warp takes its groups QG4_BATCH at a time: the
 // lanes load the batch's weights together, prefetch the previous codes into L1 on the way, and
 // the second pass loads the batch's weights (from L1) and codes together before computing any.
 // METHOD (QUANT_INT, QUANT_NF3, QUANT_NF4) is a template argument, so a kernel holds one
@@ -112,7 +120,7 @@ __device__ static inline int bytes_differing(uint32_t x, uint32_t y) {
 #define QG4_RUN 16
 #define QG4_BATCH 4
 template <typename W, int METHOD>
-__global__ static void __launch_bounds__(256, 4)  // 64 registers: 4 blocks an SM, 32 warps
+__global__ static void __launch_bounds__(256, 4)  // at most 64 registers a thread: 4 blocks (32 warps) an SM
 quantize_group4_kernel(W *wq, uint8_t *codes, unsigned long long *flips, int count, float *p0, float *p1, const float *w,
                        int64_t n_groups, int g, int64_t n, int bits, int *bad) {
     __shared__ unsigned long long block_flips;

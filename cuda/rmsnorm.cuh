@@ -1,10 +1,15 @@
+/*
+ * cuda/rmsnorm.cuh: RMSNorm forward (into fp32 or bf16) and backward (dx, its bf16 copy, dw summed
+ * in a fixed order, so the same every run).
+ * Needs: common.cuh (warp_sum, load_floats/store_floats, store_w4, gpu_grow, Act, PROFILE).
+ */
+
 // --- RMSNorm: y[N,C] = x / sqrt(mean(x^2) + eps) * w[C] ------------------------------------
 // Thread mapping: one warp per row. When C % 4 == 0 and the pointers are 16 bytes aligned (bf16
 // y: 8), as the activation slots are (then every row is), its lanes take the row as float4s:
 // lane j the float4s j, j + 32, ..., held in registers (NV of them, NV = C / 128 rounded up to a
 // launched size) from the first pass, where all NV loads are in flight at once, to the second,
-// where they are normed (a lane's loads one at a time and a second read of the row ran at about
-// half the memory's bandwidth: 40 us for 8192 rows of 2048). Wider rows (NV 0) and the others
+// where they are normed, so the row is read from memory once. Wider rows (NV 0) and the others
 // stride over the row with the same per-lane order of sums, float4s or single floats. y: fp32,
 // or bf16 (Act).
 // Float4 i of the row, its squares added to ss.
@@ -83,11 +88,9 @@ static void rmsnorm_forward(Act y, float *rstd, const float *x, const float *w, 
 //     aligned; else 1) going down the chunk's rows, updating dx (and dxh) and summing dy * x * r
 //     of its columns, which it stores in parts[chunk][C]. rmsnorm_dw_sum_kernel then adds the
 //     chunks in order, so dw is the same in every run (no float atomics).
-// The second pass reads dy and x again; the chunk's rows were just read, but with every chunk in
-// flight at once most of them have left L2 (ncu, the benchmark's step: 419 MB of DRAM traffic a
-// call, where one read of dy and x, dx read and written and dxh written are 302 MB). The dw sums
-// were a kernel of their own, which read dy and x from memory a third time (44 us of the
-// benchmark's 107 + 44 per call, ncu).
+// Shared memory: the chunk's r and r^3 mean(g * x), RMS_ROWS floats each. The second pass reads
+// dy and x again (mostly from memory: with every chunk in flight at once, most of a chunk's rows
+// have left L2); summing dw in the same pass spares a third read of them.
 #define RMS_ROWS 16
 template <int W>
 __global__ static void rmsnorm_backward_kernel(float *dx, __nv_bfloat16 *dxh, float *parts, const float *dy, const float *x,

@@ -1,3 +1,9 @@
+/*
+ * cuda/rope.cuh: rotary position embedding (rotate half) and its backward, in place in fp32 or
+ * into a bf16 copy.
+ * Needs: common.cuh (load_floats/store_floats, blocks_for, PROFILE).
+ */
+
 // --- RoPE (rotate half) of x[B,T,NH,hd], into y ------------------------------------------------
 //   y[i] = x[i] cos - x[i+hd/2] sin,   y[i+hd/2] = x[i+hd/2] cos + x[i] sin;  backward: sin -> -sin.
 // In place (y = x, fp32), or into a bf16 y (Act), the values of the fp32 rotation and cast_bf16 in

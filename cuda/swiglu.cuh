@@ -1,3 +1,8 @@
+/*
+ * cuda/swiglu.cuh: the SwiGLU product h = silu(g) * u and its backward, in fp32 or bf16.
+ * Needs: common.cuh (to_float, store_w, bf16x8_load/_store, aligned_x8, Act, PROFILE).
+ */
+
 // --- SwiGLU: h[N,F] = silu(g) * u ----------------------------------------------------------
 // Thread mapping (both): one thread per element. The operands are all fp32, or all bf16
 // (--matmul bf16: act_bf16 keeps h, g, u and backward dh, dg, du alike); the arithmetic is fp32.
@@ -9,8 +14,8 @@ __global__ static void swiglu_forward_kernel(T *h, const T *g, const T *u, int64
     store_w(&h[i], gi / (1.0f + expf(-gi)) * to_float(u[i]));
 }
 // --matmul bf16, all three in bf16 and 16-byte aligned, n % 8 == 0 (every real shape): eight
-// elements a thread, moved as one 16-byte word each (the 2-byte loads of the kernel above ran at
-// a third of the memory's bandwidth), the same arithmetic per element, so the same bits.
+// elements a thread, moved as one 16-byte word each (where the kernel above loads 2 bytes at a
+// time), the same arithmetic per element, so the same bits.
 __global__ static void swiglu_forward_x8_kernel(__nv_bfloat16 *h, const __nv_bfloat16 *g, const __nv_bfloat16 *u, int64_t n8) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n8) return;
