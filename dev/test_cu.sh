@@ -40,7 +40,7 @@ echo "== kernels and layers against train.c (build/cuda_parity)"
 add_counts "$tmp/parity.out"
 
 # the flash attention kernels are tensor-core code: HMMA instructions in the machine code (cuBLAS
-# is a library apart, and nothing else in train.cu uses tensor cores itself)
+# is a library apart, and nothing else in train.cu and cuda/ uses tensor cores itself)
 if command -v cuobjdump > /dev/null; then
     n=$(cuobjdump -sass build/cuda_parity | grep -c HMMA)
     [ "$n" -gt 0 ] && ok "cuobjdump: $n HMMA (tensor-core) instructions in build/cuda_parity" || bad "no HMMA instruction in build/cuda_parity"
@@ -86,8 +86,8 @@ e=$(maxrel "$tmp/j.gpu" "$tmp/j.cpu")
 within "$e" 1e-3 && ok "2-bit QAT, lr 1e-3, steps 1-5 (JSONL losses): max relative difference $e (tolerance 1e-3)" || bad "QAT steps 1-5: $e"
 e=$(rel "$(head -n 1 "$tmp/l.tf32")" "$(head -n 1 "$tmp/l.cpu")")
 within "$e" 1e-2 && ok "2-bit QAT step 1 with tf32 matmuls: relative difference $e (tolerance 1e-2)" || bad "QAT step 1 tf32: $e"
-# (measured on three GPU machines whose demo corpora differed, before run.sh drew its own:
-# 1.9e-3, 7.8e-4, and 1.38e-2, a failure: the margin depends on the teacher trained on the corpus)
+# (the margin depends on the teacher trained on the demo corpus, which run.sh's generator makes
+# the same on every machine: tests/demo.sh checks its md5, and this script prints it)
 e=$(rel "$(head -n 1 "$tmp/l.bf16")" "$(head -n 1 "$tmp/l.cpu")")
 within "$e" 1e-2 && ok "2-bit QAT step 1 with bf16 matmuls: relative difference $e (tolerance 1e-2)" || bad "QAT step 1 bf16: $e"
 mean() { awk '{ s += $1 } END { print s / NR }' "$1"; }

@@ -72,15 +72,9 @@ curve dce "--data: full-precision cross-entropy training (mean over tokens), the
 # bf16 against fp32: the first step's loss (equal weights: the forward's numerics alone) within
 # 1e-2; then the curve within 5e-2. The rounding of the bf16 teacher's and student's activations
 # and gradients (act_bf16, as autocast keeps them) moves AdamW's normalised updates, and a 2-bit
-# student's codes flip on small differences, so the two runs part as training goes on. Measured
-# in three runs on H200s, whose inputs differed (./train's own first loss was 9.88, 16.37 and
-# 14.39: the inputs repeat on one machine and differ between machines, as test_cu_dp.sh's first
-# loss, the same 5.572894 in two runs on one machine and 5.552-5.572 on others, so the host and
-# not the run, perhaps the CPU code -march=native and libm pick; not traced further; the demo
-# corpus now comes from run.sh's own generator, the same on every machine by tests/demo.sh's md5,
-# and dev/test_cu.sh prints it, so the next runs tell whether the corpus was the cause): first step
-# 6.1e-3, 3.9e-3, 3.2e-4; the steps' losses 2.2e-2,
-# 1.1e-2, 7.6e-3; eval_loss after 11 steps 1.6e-3, 4.2e-2, 3.9e-3.
+# student's codes flip on small differences, so the two runs part as training goes on. Over three
+# runs on H200s with different inputs: the first step within 6.1e-3, the steps' losses within
+# 2.2e-2, eval_loss after 11 steps within 4.2e-2.
 cu_matmul=bf16 curve dbf "--data: 2-bit QAT, --matmul bf16 (bf16 teacher), lr 1e-5" 5e-2 -m "$tmp/teacher.bin" -q int -b 2 -g 64 \
     "${data[@]}" --epochs 1 --lr 1e-5 --eval-every 5
 e=$(rel "$(jcol "$tmp/dbf.gpu.jsonl" loss | head -n 1)" "$(jcol "$tmp/dbf.cpu.jsonl" loss | head -n 1)")
@@ -92,7 +86,7 @@ curve tok "--train-tokens through the same Batches: 2-bit QAT, lr 1e-5, 10 steps
 # resume on --data across the epoch boundary (11 steps an epoch: stop after 8, resume to 14), at
 # lr 1e-5 as the curves above: the GPU's sums in atomics differ in their last bits from run to
 # run, and at lr 1e-3 a 2-bit student can turn that into another trajectory once a code flips
-# (at lr 1e-3 this check measured final losses 7% apart: 2.107 resumed, 1.959 straight).
+# (at lr 1e-3 the final losses can come 7% apart).
 rs=(-m "$tmp/teacher.bin" -q int -b 2 -g 64 "${data[@]}" --steps 14 --lr 1e-5 --eval-every 7 --matmul fp32)
 ./train_cu "${rs[@]}" -o "$tmp/r1.bin" > "$tmp/r1.out"
 ./train_cu "${rs[@]}" -o "$tmp/r2.bin" --stop-after 8 > /dev/null
