@@ -22,6 +22,8 @@ __global__ static void sum_squares_kernel(double *parts, const float *g, int64_t
     s = block_sum_d(s);
     if (threadIdx.x == 0) parts[blockIdx.x] = s;
 }
+// *out = sum_i parts[i], i < SUM_BLOCKS. Thread mapping: one block of SUM_BLOCKS threads, thread i
+// holding parts[i]; block_sum_d's fixed tree adds them.
 __global__ static void sum_parts_kernel(double *out, const double *parts) {
     double s = block_sum_d(parts[threadIdx.x]);
     if (threadIdx.x == 0) *out = s;

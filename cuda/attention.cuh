@@ -45,6 +45,9 @@ __device__ static void load_tile(float *tile, const float *x, int b, int j0, int
     }
 }
 
+// out[B,T,H,hd], lse[B,H,T] from q[B,T,H,hd], k, v[B,T,KV,hd], by the recurrence above. Shared
+// memory: the block's ATT_Q queries (hd floats each), then one tile of keys and one of values
+// (ATT_KT rows of hd + 1). Registers: a lane's output dims o[], the running max and sum.
 __global__ static void attention_forward_kernel(float *out, float *lse, const float *q, const float *k, const float *v,
                                                 int B, int T, int H, int KV, int hd) {
     extern __shared__ float sm[];
@@ -161,6 +164,9 @@ __global__ static void attention_backward_dq_kernel(float *dq, float *delta, con
         if (lane + 32 * r < hd) dq[qi + lane + 32 * r] += acc[r];
 }
 
+// dk, dv[B,T,KV,hd] += the sums above over every query t >= j of the kv head's query heads.
+// Shared memory: the block's ATT_Q keys and values (hd floats each), a tile of ATT_KT queries and
+// of their dO (rows of hd + 1), their lse and Delta. Registers: a lane's dims of dk and dv.
 __global__ static void attention_backward_dkv_kernel(float *dk, float *dv, const float *delta, const float *dout,
                                                      const float *q, const float *k, const float *v, const float *lse,
                                                      int B, int T, int H, int KV, int hd) {

@@ -206,6 +206,7 @@ __global__ static void cast_bf16_kernel(__nv_bfloat16 *y, const float *x, int64_
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) y[i] = __float2bfloat16_rn(x[i]);
 }
+// The same, 4 elements a thread: one float4 read, 8 bytes written.
 __global__ static void cast_bf16_x4_kernel(__nv_bfloat16 *y, const float *x, int64_t n4) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n4) store_w4(y + 4 * i, ((const float4 *)x)[i]);

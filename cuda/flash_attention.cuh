@@ -362,7 +362,9 @@ attention_forward_flash_kernel(Ot *out, float *lse, const __nv_bfloat16 *q, cons
 // The backward (FlashAttention-2's split): with p_tj = exp(s_tj - lse_t) recomputed,
 // Delta_t = dO_t . O_t, dP_tj = dO_t . v_j and dS_tj = p_tj (dP_tj - Delta_t),
 //   dq_t += scale sum_j dS_tj k_j,  dk_j += scale sum_t dS_tj q_t,  dv_j += sum_t p_tj dO_t.
-// Delta first (one warp per (b, h, t), lanes over dims); then one kernel over tiles of keys.
+// Delta first, then one kernel over tiles of keys.
+// delta[B,H,T] = dO_t . O_t of dout, out [B,T,H,hd]. Thread mapping: one warp per (b, h, t), its
+// lanes over the dims (attention_row_delta).
 template <typename Ot>
 __global__ static void attention_delta_kernel(float *delta, const Ot *dout, const Ot *out, int B, int T, int H, int hd) {
     int64_t row = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;  // (b, h, t)
@@ -370,8 +372,8 @@ __global__ static void attention_delta_kernel(float *delta, const Ot *dout, cons
     float d = attention_row_delta(dout, out, row, T, H, hd);
     if (threadIdx.x % 32 == 0) delta[row] = d;
 }
-// bf16 dO and O with rows of 16-byte words, hd / 8 a power of two up to 32 (every real shape):
-// G = hd / 8 lanes a row, each one word of dO and one of O, summed over the G lanes by shuffles
+// The same Delta for bf16 dO and O with rows of 16-byte words, hd / 8 a power of two up to 32
+// (every real shape). Thread mapping: G = hd / 8 lanes a row, each one word of dO and one of O, summed over the G lanes by shuffles
 // (a warp takes 32 / G rows): 16-byte loads, where the kernel above loads one element at a
 // time.
 __global__ static void attention_delta_x8_kernel(float *delta, const __nv_bfloat16 *dout, const __nv_bfloat16 *out, int B,

@@ -117,6 +117,9 @@ __device__ static inline int bytes_differing(uint32_t x, uint32_t y) {
 // linears). So here a warp walks QG4_RUN consecutive groups and the block's warps sum their flips
 // in shared memory, one atomicAdd a block (a block's groups lie in one layer but where a layer
 // ends inside it: those groups add their own). Counts are integers: the same totals in any order.
+// Thread mapping: a block of 8 warps, each owning QG4_RUN consecutive groups; in registers a
+// lane's 4-weight pieces of QG4_BATCH groups, their min, max, scales and flip counts; in shared
+// memory the block's flip count.
 #define QG4_RUN 16
 #define QG4_BATCH 4
 template <typename W, int METHOD>
@@ -255,6 +258,9 @@ __global__ static void absmean_sum_kernel(double *sums, const float *w, int64_t 
     s = block_sum_d(s);
     if (threadIdx.x == 0) atomicAdd(&sums[blockIdx.y], s);
 }
+// W^ = gamma clamp(round(W / (gamma + 1e-5)), -1, 1) with gamma = sums[l] / n of the layer
+// (BitNet b1.58, Ma et al. 2024), its code c + 1 in {0, 1, 2}; gammas[l] = gamma.
+// Thread mapping: one thread per weight of every layer (n a layer).
 template <typename W>
 __global__ static void ternary_kernel(W *wq, uint8_t *codes, unsigned long long *flips, int count, float *gammas,
                                       const float *w, const double *sums, int64_t n, int L) {

@@ -22,6 +22,8 @@ template <typename Yt>
 __device__ static inline void rms_store4(Yt *yr, int i, float4 v, float4 g, float r) {
     store_w4(yr + 4 * i, make_float4(g.x * (v.x * r), g.y * (v.y * r), g.z * (v.z * r), g.w * (v.w * r)));
 }
+// y[N,C], rstd[N] = 1 / sqrt(mean(x^2) + eps) from x[N,C], w[C], as above; NV float4s a lane in
+// registers (0: none, the strided loops).
 template <int NV, typename Yt>
 __global__ static void rmsnorm_forward_kernel(Yt *y, float *rstd, const float *x, const float *w, int N, int C, float eps,
                                               int vec) {

@@ -34,7 +34,8 @@ static void swiglu_forward(Act h, Act g, Act u, int64_t n) {
     else swiglu_forward_kernel<<<blocks_for(n, 256), 256>>>(h.f, g.f, u.f, n);
     launchCheck();
 }
-// dg += dh * u * sigmoid(g) * (1 + g * (1 - sigmoid(g))),   du += dh * silu(g).
+// dg += dh * u * sigmoid(g) * (1 + g * (1 - sigmoid(g))),   du += dh * silu(g), all [N,F] fp32.
+// Thread mapping: one thread per element.
 __global__ static void swiglu_backward_kernel(float *dg, float *du, const float *dh, const float *g, const float *u, int64_t n) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
