@@ -65,7 +65,7 @@ static void note_peak(void) {
     if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess && total_b - free_b > g_mem_peak) g_mem_peak = total_b - free_b;
 }
 
-static int g_layered_wq_flag;  // --layered-wq (section 5), which the out-of-memory error suggests when not given
+static int g_layered_wq_flag;  // --layered-wq (train.cu section 5), which the out-of-memory error suggests when not given
 
 static void *gpu_malloc(size_t n, const char *what) {
     void *p = NULL;
@@ -171,7 +171,7 @@ __device__ static inline float to_float(float x) { return x; }
 __device__ static inline float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 
 // A value stored as the matmuls read it: fp32, or bf16 rounded to nearest even (--matmul bf16),
-// the same bits as cast_bf16 of the fp32 value. W^ (section 5) and the activations below.
+// the same bits as cast_bf16 of the fp32 value. W^ (train.cu section 5) and the activations.
 __device__ static inline void store_w(float *p, float x) { *p = x; }
 __device__ static inline void store_w(__nv_bfloat16 *p, float x) { *p = __float2bfloat16_rn(x); }
 // 4 consecutive values at once: 16 bytes fp32, 8 bytes bf16 (p aligned so).

@@ -7,7 +7,7 @@
  * under USE_NCCL.
  */
 
-static DpEnv g_dp = {0, 0, 1, 0, "none", "", 0};  // section 11: this process's place in a data-parallel job (on: through NCCL)
+static DpEnv g_dp = {0, 0, 1, 0, "none", "", 0};  // this process's place in a data-parallel job (on: through NCCL)
 #ifdef USE_NCCL
 static ncclComm_t g_nccl;
 static void nccl_check(ncclResult_t r, const char *file, int line) {

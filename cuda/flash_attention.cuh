@@ -6,7 +6,7 @@
  */
 
 // --- the same attention on tensor cores (--attention flash) -----------------------------------
-// FlashAttention-2 (Dao 2023): the online softmax of the fused kernel above, with the products of
+// FlashAttention-2 (Dao 2023): the online softmax of attention.cuh's fused kernel, with the products of
 // each tile on tensor cores and no [T,T] matrix in memory. It reads q, k, v (and, backward, dO)
 // as bf16 copies [B,T,NH,hd] made once per layer (the forward keeps them for the backward in
 // place of fp32 ones); tiles are staged into shared memory by cp.async (16-byte copies that run

@@ -7,7 +7,7 @@
  * store_w4, blocks_for, launchCheck).
  */
 
-// W^ is stored as the matmuls read it: store_w (section 3).
+// W^ is stored as the matmuls read it: store_w (cuda/common.cuh).
 
 // The value of code c under a quantizer's two scales (int: s, z; nf: s+, s-; sign: alpha_r,
 // beta_r; onebit: h_i, g_j; ternary: gamma, b unused), by quant.h's function for the method. The
