@@ -762,7 +762,8 @@ static float model_backward_scaled(Model *m, const int *targets, float loss_scal
 // (marked QD, so the same code runs here); the backward maps dL/dW^ to W straight through (STE)
 // and exactly to the learned scales of sign and onebit. Layout: wq, dwq, codes in table order.
 //
-// Memory (issue 6's budget): under --matmul bf16 the quantizer writes W^ straight into the bf16
+// The kernels are cuda/quant.cuh's; here, the Model's layout and the per-step pass over it.
+// Memory: under --matmul bf16 the quantizer writes W^ straight into the bf16
 // copy the matmuls read (rounding to nearest even, as a cast of the fp32 W^ would), so no fp32
 // W^ exists; under the straight-through estimator dL/dW = dL/dW^, so the matmuls' backward adds
 // into the gradients of W themselves and dwq exists only for sign and onebit, whose backward needs
@@ -939,6 +940,9 @@ static void model_quant_backward(Model *m) {
 
 // ============================================================================================
 // 6. Distillation
+//
+// The distiller (the loss and its scratch) and the classifier fused with the loss in chunks of
+// rows; the loss kernels (loss.h's losses, one block a row) are cuda/loss.cuh's.
 
 typedef struct {
     DistillLoss loss;
@@ -1062,6 +1066,7 @@ static void gamma_accumulate(double *sum, long long *count, Model *teacher, cons
 // 7. The optimizer: AdamW (Loshchilov & Hutter 2019), as train.c
 //   m = b1 m + (1 - b1) g,  v = b2 v + (1 - b2) g^2,
 //   p -= lr * ( m / (1 - b1^t) / (sqrt(v / (1 - b2^t)) + eps) + wd p ).
+// The kernels (adamw_span, sum_squares) are cuda/adamw.cuh's, with OptConfig.
 
 // Global L2 norm of the gradients; returns it, and in *gscale the factor that brings it down to
 // clip (> 0) when above, else 1. AdamW applies the factor as it reads each gradient (g * gscale,
