@@ -11,7 +11,7 @@
  *   5. quantized linears: fake quantization, straight-through backward, clipping, flip-flops
  *   6. distillation: the teacher, the losses of loss.h, the teacher's confidence gamma
  *   7. the optimizer: AdamW, learning-rate schedule, gradient clipping
- *   8. data: token files
+ *   8. data: random windows of a token stream
  *   9. evaluation: perplexity
  *  10. the program around the method, in lib/: generation, zero-shot tasks, JSONL data and
  *      batches, checkpoints, packed low-bit files, histograms, the command line, --bench
@@ -29,6 +29,8 @@
 #include "lib/model.h"       // defines: ModelHeader, the .bin format and the tensor table; with quant.h
                              //          (the quantizers) and lib/util.h (die, checked I/O, atomic files)
 #include "tokenizer.c"       // defines: Tokenizer (byte-level BPE, SentencePiece), encode, decode; lib/json.h
+#include "lib/rng.h"         // defines: Rng (xorshift64*), rng_seeded, rng_uniform, rng_normal, rng_jump
+#include "lib/tokens.h"      // defines: TokenStream, load_tokens (a .ids file, or text through the tokenizer)
 // lib/'s files that use the Model come after it, in section 10.
 
 // ============================================================================================
@@ -95,43 +97,6 @@ static double now_seconds(void) {
 static void format_eta(char *buf, size_t n, double seconds) {
     int s = (int)(seconds + 0.5);
     snprintf(buf, n, "%d:%02d:%02d", s / 3600, s / 60 % 60, s % 60);
-}
-
-// A small, fast, seedable generator (xorshift64*), so runs are reproducible everywhere.
-typedef struct { uint64_t s; } Rng;
-static uint64_t rng_u64(Rng *r) {
-    r->s ^= r->s >> 12; r->s ^= r->s << 25; r->s ^= r->s >> 27;
-    return r->s * 0x2545F4914F6CDD1DULL;
-}
-static float rng_uniform(Rng *r) { return (float)((rng_u64(r) >> 40) * (1.0 / 16777216.0)); }
-static float rng_normal(Rng *r) {  // Box-Muller
-    float u1 = rng_uniform(r), u2 = rng_uniform(r);
-    if (u1 < 1e-7f) u1 = 1e-7f;
-    return sqrtf(-2.0f * logf(u1)) * cosf(6.2831853f * u2);
-}
-static Rng rng_seeded(uint64_t seed) { Rng r = {seed * 0x9E3779B97F4A7C15ULL + 0x1234567ULL}; rng_u64(&r); return r; }
-
-// The generator n draws on, without drawing: xorshift's update is linear over GF(2), s' = A s
-// for a 64 x 64 bit matrix A (column j, the update of bit j alone), so the state n draws on is
-// A^n s, by squaring (64 squarings of A at most). The output multiply does not touch the state.
-static uint64_t gf2_apply(const uint64_t A[64], uint64_t s) {  // A s: the columns of s's set bits
-    uint64_t r = 0;
-    for (int j = 0; j < 64; j++) if (s >> j & 1) r ^= A[j];
-    return r;
-}
-static Rng rng_jump(Rng r, uint64_t n) {
-    uint64_t A[64], A2[64];
-    for (int j = 0; j < 64; j++) {
-        uint64_t s = 1ULL << j;
-        s ^= s >> 12; s ^= s << 25; s ^= s >> 27;
-        A[j] = s;
-    }
-    for (; n; n >>= 1) {  // A holds the update of 2^k draws at bit k of n
-        if (n & 1) r.s = gf2_apply(A, r.s);
-        for (int j = 0; j < 64; j++) A2[j] = gf2_apply(A, A[j]);
-        memcpy(A, A2, sizeof A);
-    }
-    return r;
 }
 
 // Hugging Face's LlamaPreTrainedModel init: every linear and the embedding ~ N(0, 0.02²),
@@ -1124,68 +1089,11 @@ static void adamw_update(Model *m, const OptConfig *o, float lr) {
 }
 
 // ============================================================================================
-// 8. Data: token files
+// 8. Data: windows of a token stream
 //
-// A `.ids` file is whitespace-separated decimal token ids (any number per line). Training takes
-// random windows of T+1 tokens from the stream: inputs are the first T, targets the last T.
-
-typedef struct {
-    int *ids;
-    int64_t n;
-} TokenStream;
-
-static TokenStream load_ids(const char *path, int vocab_size) {
-    size_t len;
-    char *text = read_file_or_die(path, &len);
-    TokenStream s = {NULL, 0};
-    int64_t cap = 1024;
-    s.ids = malloc_or_die((size_t)cap * sizeof(int), path);
-    const char *p = text;
-    int line = 1;
-    for (;;) {
-        while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') line += *p++ == '\n';
-        if (!*p) break;
-        if (*p < '0' || *p > '9') die("%s: line %d: expected a token id, found '%c'", path, line, *p);
-        long long v = 0;
-        while (*p >= '0' && *p <= '9') {
-            v = v * 10 + (*p++ - '0');
-            if (v > 1000000000LL) die("%s: line %d: token id too large", path, line);
-        }
-        if (*p && *p != ' ' && *p != '\t' && *p != '\n' && *p != '\r')
-            die("%s: line %d: expected a token id, found '%c'", path, line, *p);
-        if (v >= vocab_size) die("%s: line %d: token id %lld out of the model's vocabulary (%d)", path, line, v, vocab_size);
-        if (s.n == cap) { cap *= 2; s.ids = realloc(s.ids, (size_t)cap * sizeof(int)); if (!s.ids) die("%s: out of memory", path); }
-        s.ids[s.n++] = (int)v;
-    }
-    free(text);
-    if (s.n == 0) die("%s: no token ids in the file", path);
-    return s;
-}
-
-static int has_suffix(const char *s, const char *suffix) {
-    size_t n = strlen(s), k = strlen(suffix);
-    return n >= k && strcmp(s + n - k, suffix) == 0;
-}
-
-// A token file: `.ids` as above, or any other file as UTF-8 text, tokenized once with BOS by
-// the model's tokenizer (tok; NULL when the model has none).
-static TokenStream load_tokens(const char *path, const Tokenizer *tok, int vocab_size) {
-    if (has_suffix(path, ".ids")) return load_ids(path, vocab_size);
-    if (!tok) die("%s: a text file needs the model's tokenizer (--tokenizer FILE, or MODEL.tokenizer beside the model); "
-                  "token ids go in a .ids file", path);
-    size_t len;
-    char *text = read_file_or_die(path, &len);
-    TokenStream s;
-    int64_t cap = 3 * (int64_t)len + 2;
-    if (cap > INT32_MAX) die("%s: too large to tokenize at once (%zu bytes)", path, len);
-    s.ids = malloc_or_die((size_t)cap * sizeof(int), path);
-    s.n = tokenizer_encode(tok, text, len, TOK_ADD_BOS, s.ids, (int)cap);
-    free(text);
-    for (int64_t i = 0; i < s.n; i++)
-        if (s.ids[i] >= vocab_size) die("%s: the tokenizer made id %d, outside the model's vocabulary (%d)", path, s.ids[i], vocab_size);
-    printf("tokenized %s: %zu bytes -> %lld tokens\n", path, len, (long long)s.n);
-    return s;
-}
+// A token stream (lib/tokens.h: a `.ids` file, or a text file run through the tokenizer) is
+// pretraining's data. Training takes random windows of T+1 tokens from the stream: inputs are
+// the first T, targets the last T. (Distillation's JSONL examples: lib/data.c.)
 
 // Fills inputs/targets [B,T] with B random windows of the stream.
 static void sample_batch(int *inputs, int *targets, const TokenStream *s, int B, int T, Rng *rng) {

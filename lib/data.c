@@ -1,7 +1,7 @@
 // data.c — the data of a distillation run: JSONL examples, and teacher-generated data.
 //
 // #included by train.c after generate.c (its section 10): it uses the Tokenizer (tokenizer.c),
-// json.h, util.h's checking wrappers, train.c's Model, Rng and token streams, and generate().
+// json.h, util.h's checking wrappers, rng.h, train.c's Model and token streams, and generate().
 //
 // BitDistiller (Du et al. 2024) does not distil on a fixed corpus: the full-precision teacher
 // first writes its own training data, continuing prompts taken from WikiText-2 and Alpaca
