@@ -1237,6 +1237,7 @@ static TrainResult train_loop(Model *m, Model *teacher, Distiller *d, const Args
            (long long)st->step + 1, (int)last, steps, a->batch, T, accum, B, a->opt.lr,
            d ? LOSS_NAMES[d->loss.kind] : "cross-entropy (mean over tokens)");
     for (int64_t step = st->step; step < last; step++) {
+        // the gradient of one step: the mean over `accum` micro-batches, each backward scaled by 1/accum
         double ts = now_seconds();
         if (a->inject_nan == step + 1) m->params_t[T_FINAL_NORM][0] = NAN;  // every logit becomes NaN
         model_zero_grad(m);
@@ -1253,6 +1254,7 @@ static TrainResult train_loop(Model *m, Model *teacher, Distiller *d, const Args
         }
         if (!isfinite(loss))
             die("step %lld: the loss is %f; stopping, the last checkpoint%s is intact", (long long)step + 1, loss, ckpt ? "" : " (none)");
+        // the update: clip the gradient's norm, the schedule's learning rate, AdamW on the latent weights
         float norm = clip_grad_norm(m, a->opt.grad_clip);
         float lr = lr_at(&a->opt, step, steps);
         adamw_update(m, &a->opt, lr);
@@ -1260,9 +1262,11 @@ static TrainResult train_loop(Model *m, Model *teacher, Distiller *d, const Args
             if (!isfinite(m->params[i]))
                 die("step %lld: a weight became NaN or Inf (lower --lr?); stopping, the last checkpoint%s is intact",
                     (long long)step + 1, ckpt ? "" : " (none)");
+        // the run's data position (micro-batches consumed, the sampler's state), which checkpoints save
         st->rng = rng.s;
         st->micro_batches += accum;
         st->step = step + 1;
+        // what the step did: flipped codes, held-out loss, the progress line, the log, a checkpoint
         char flip_s[48] = "", gamma_s[32] = "", eval_s[48] = "";
         if (m->quant.method != QUANT_NONE) {  // quantize now, to log how many codes the update flipped
             model_quantize(m);
@@ -1296,6 +1300,10 @@ static TrainResult train_loop(Model *m, Model *teacher, Distiller *d, const Args
 // ============================================================================================
 // 12. main
 
+// The flags' work, in a fixed order: the model (loaded, or random of a named shape); the teacher,
+// copied before the student changes; the student (--clip-init, -q/-b/-g, --act-bits); then
+// --bench, --generate-data, --generate, training, --clip, -o, --export-packed, --histogram,
+// --eval-ppl and --eval-qa. Each adds its part to the one JSON line printed last.
 #ifndef TRAIN_NO_MAIN
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);  // each line as it is printed, also into a file or a pipe
