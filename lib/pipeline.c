@@ -1,6 +1,6 @@
 // pipeline.c — `./train -m MODEL -b 2`: BitDistiller (Du et al. 2024) end to end, in a run folder.
 //
-// #included by train.c after its command line (section 11): it uses Args, the Model, Dataset
+// #included by train.c after lib/cli.c (the command line): it uses Args, the Model, Dataset
 // (data.c), the Tokenizer, json.h and util.h's checked and atomic I/O.
 //
 // With a quantizer (-q/-b/-g) and no training data or other mode, the program runs the method's
