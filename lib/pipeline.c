@@ -212,6 +212,15 @@ static void argv_addf(Argv *c, const char *flag, const char *fmt, ...) {
     argv_add(c, buf);
 }
 
+// A float flag's value, in the shortest form that reads back as the same float.
+static void argv_addfloat(Argv *c, const char *flag, float x) {
+    char buf[32];
+    snprintf(buf, sizeof buf, "%g", x);
+    if (strtof(buf, NULL) != x) snprintf(buf, sizeof buf, "%.9g", x);
+    argv_add(c, flag);
+    argv_add(c, buf);
+}
+
 static void argv_free(Argv *c) { for (int i = 0; i < c->n; i++) free(c->v[i]); c->n = 0; }
 
 static char g_self[4096];  // the running executable, run again for every stage
@@ -346,6 +355,9 @@ static int pipeline_run(const Args *a, int argc, char **argv) {
     fclose(mf);
     const char *why = h.magic == MODEL_MAGIC ? header_problem(&h) : "not a .bin model (the pipeline starts from one)";
     if (why) die("%s: %s", a->model_path, why);
+    ModelHeader probe = h;  // the quantizer must fit every linear, as model_apply_quant checks
+    probe.quant_method = a->quant.method; probe.quant_bits = a->quant.bits; probe.quant_group = a->quant.group;
+    if (h.quant_method == QUANT_NONE && (why = header_problem(&probe))) die("quantization %s: %s", quant_method_name(a->quant.method), why);
     if (h.quant_method != QUANT_NONE)
         die("%s: the model is already quantized (-q %s -b %d -g %d); the pipeline starts from a full-precision model",
             a->model_path, quant_method_name(h.quant_method), h.quant_bits, h.quant_group);
@@ -390,8 +402,8 @@ static int pipeline_run(const Args *a, int argc, char **argv) {
         if (a->n_prompts || !a->prompts) argv_addf(&c, "--n", "%d", a->n_prompts ? a->n_prompts : DATA_FREE_N);
         argv_addf(&c, "--max-new", "%d", a->max_new);
         argv_addf(&c, "--gen-batch", "%d", a->gen_batch);
-        argv_addf(&c, "--temperature", "%.9g", a->temperature_given ? a->temperature : 0.7f);
-        argv_addf(&c, "--top-p", "%.9g", a->top_p);
+        argv_addfloat(&c, "--temperature", a->temperature_given ? a->temperature : 0.7f);
+        argv_addfloat(&c, "--top-p", a->top_p);
         argv_common(&c, a);
         argv_addf(&c, "-o", "%s", gen);
         run_stage("1/5 the teacher writes the training data", &c, last, sizeof last);
@@ -449,20 +461,20 @@ static int pipeline_run(const Args *a, int argc, char **argv) {
         if (a->steps_given) argv_addf(&c, "--steps", "%d", a->steps);
         argv_addf(&c, "--batch", "%d", a->batch);
         argv_addf(&c, "--micro-batch", "%d", a->micro_batch);
-        argv_addf(&c, "--lr", "%.9g", a->opt.lr);
-        argv_addf(&c, "--min-lr", "%.9g", a->opt.min_lr);
+        argv_addfloat(&c, "--lr", a->opt.lr);
+        argv_addfloat(&c, "--min-lr", a->opt.min_lr);
         argv_addf(&c, "--schedule", "%s", a->opt.schedule == SCHED_COSINE ? "cosine" : "constant");
         argv_addf(&c, "--warmup", "%d", a->opt.warmup);
-        argv_addf(&c, "--weight-decay", "%.9g", a->opt.weight_decay);
-        argv_addf(&c, "--beta1", "%.9g", a->opt.beta1);
-        argv_addf(&c, "--beta2", "%.9g", a->opt.beta2);
-        argv_addf(&c, "--adam-eps", "%.9g", a->opt.eps);
-        argv_addf(&c, "--grad-clip", "%.9g", a->opt.grad_clip);
+        argv_addfloat(&c, "--weight-decay", a->opt.weight_decay);
+        argv_addfloat(&c, "--beta1", a->opt.beta1);
+        argv_addfloat(&c, "--beta2", a->opt.beta2);
+        argv_addfloat(&c, "--adam-eps", a->opt.eps);
+        argv_addfloat(&c, "--grad-clip", a->opt.grad_clip);
         argv_addf(&c, "--loss", "%s", LOSS_NAMES[a->loss_kind]);
-        if (a->gamma >= 0) argv_addf(&c, "--gamma", "%.9g", a->gamma);
+        if (a->gamma >= 0) argv_addfloat(&c, "--gamma", a->gamma);
         argv_addf(&c, "--gamma-batches", "%d", a->gamma_batches);
         if (a->gamma_include_pad) argv_add(&c, "--gamma-include-pad");
-        if (a->temperature_given && a->loss_kind == LOSS_CAKLD_CE) argv_addf(&c, "--temperature", "%.9g", a->temperature);
+        if (a->temperature_given && a->loss_kind == LOSS_CAKLD_CE) argv_addfloat(&c, "--temperature", a->temperature);
         if (a->mask_prompt) argv_add(&c, "--mask-prompt");
         if (a->eval_every) argv_addf(&c, "--eval-every", "%d", a->eval_every);
         argv_addf(&c, "--save-every", "%d", a->save_every ? a->save_every : 50);
