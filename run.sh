@@ -10,6 +10,7 @@
 #   ./run.sh corpus DIR  only the demo corpus (DIR/train.ids, DIR/valid.ids).
 #   ./run.sh tokenizer FILE  only the demo's byte-level tokenizer (token id = byte value).
 #   ./run.sh pipeline HF_DIR [BITS] [DATA_DIR]  the whole method on a downloaded model (below).
+#   ./run.sh study [stories260K.bin]  every quantizer x every distillation loss on stories260K.
 #
 # Environment: DEMO_STEPS (teacher steps, default 400), DEMO_PROMPTS (generated examples, default
 # 320), DEMO_EPOCHS (each student's epochs over them, default 4), OUT (output folder, default
@@ -138,6 +139,7 @@ demo() {
 # step skipped when its output exists, so an interrupted run continues where it stopped:
 #   convert -> clipping search -> the teacher generates data (WikiText-2 + Alpaca prompts)
 #   -> QAT with CAKLD -> WikiText-2 perplexity and the five zero-shot tasks -> packed and HF export.
+# It runs ./train_cu when that is built and a GPU answers (nvidia-smi -L), else ./train, and says which.
 # DATA_DIR holds wikitext-2-raw/wiki.{train,test}.raw, alpaca_data_cleaned.json and the task
 # folders --eval-qa reads (piqa/, hellaswag/, winogrande/, ARC-Easy/, ARC-Challenge/; see doc/evaluation.md).
 # Environment (defaults are the papers' settings): OUT (out/NAME), GROUP (128), QUANT (int),
@@ -149,32 +151,36 @@ pipeline() {
     local quant=(-q "$q" -b "$bits" -g "$g")
     mkdir -p "$out"
     make -s train convert
+    # the GPU build where it is built and a GPU answers, else the CPU one
+    local train=./train
+    if [ -x ./train_cu ] && nvidia-smi -L > /dev/null 2>&1; then train=./train_cu; fi
+    echo "== using $train"
     step() { if [ -s "$1" ]; then echo "== $2: $1 exists, skipped"; return 1; fi; echo "== $2"; }
     local model=$out/model.bin student=$out/student_${q}${bits}_g$g.bin
     if step "$model" "convert $hf"; then ./convert "$hf" "$model"; fi
     if step "$out/clipped_${q}${bits}_g$g.bin" "clipping search (${quant[*]})"; then
-        ./train -m "$model" --clip --calib "$data/wikitext-2-raw/wiki.train.raw" --calib-seqs "${CALIB_SEQS:-128}" \
+        "$train" -m "$model" --clip --calib "$data/wikitext-2-raw/wiki.train.raw" --calib-seqs "${CALIB_SEQS:-128}" \
             "${quant[@]}" -o "$out/clipped_${q}${bits}_g$g.bin"
     fi
     if step "$out/generated.jsonl" "the teacher generates its training data"; then
-        ./train -m "$model" --generate-data --max-new "${MAX_NEW:-1024}" --gen-batch "${GEN_BATCH:-16}" --temperature 0.7 \
+        "$train" -m "$model" --generate-data --max-new "${MAX_NEW:-1024}" --gen-batch "${GEN_BATCH:-16}" --temperature 0.7 \
             --prompts "wikitext:$data/wikitext-2-raw/wiki.train.raw=${N_WIKI:-3000},alpaca:$data/alpaca_data_cleaned.json=${N_ALPACA:-5000}" \
             -o "$out/generated.jsonl"
     fi
     if step "$student" "QAT with CAKLD self-distillation (${quant[*]})"; then
-        ./train -m "$model" --clip-init "$out/clipped_${q}${bits}_g$g.bin" "${quant[@]}" --data "$out/generated.jsonl" \
+        "$train" -m "$model" --clip-init "$out/clipped_${q}${bits}_g$g.bin" "${quant[@]}" --data "$out/generated.jsonl" \
             --epochs "${EPOCHS:-4}" --lr "${LR:-2e-5}" --batch "${BATCH:-16}" --micro-batch "${MICRO_BATCH:-4}" \
             --seq "${SEQ:-1024}" --save-every 50 --log "$out/train.jsonl" -o "$student"
     fi
     local limit=(); [ -n "${LIMIT:-}" ] && limit=(--limit "$LIMIT")
     echo "== evaluation of the full-precision model and the student"
     for m in "$model" "$student"; do
-        ./train -m "$m" --eval-ppl "wikitext2:$data/wikitext-2-raw" -T "${PPL_T:-2048}" | tail -n 1 > "$m.ppl.json"
-        ./train -m "$m" --eval-qa "${TASKS:-piqa,hellaswag,winogrande,arc_easy,arc_challenge}" --data "$data" "${limit[@]}" \
+        "$train" -m "$m" --eval-ppl "wikitext2:$data/wikitext-2-raw" -T "${PPL_T:-2048}" | tail -n 1 > "$m.ppl.json"
+        "$train" -m "$m" --eval-qa "${TASKS:-piqa,hellaswag,winogrande,arc_easy,arc_challenge}" --data "$data" "${limit[@]}" \
             | tee "$m.qa.log" | tail -n 1 > "$m.qa.json"
         grep '^|' "$m.qa.log" || true
     done
-    if step "${student%.bin}.qbin" "packed low-bit export"; then ./train -m "$student" --export-packed "${student%.bin}.qbin" | tail -n 1; fi
+    if step "${student%.bin}.qbin" "packed low-bit export"; then "$train" -m "$student" --export-packed "${student%.bin}.qbin" | tail -n 1; fi
     if step "$out/hf_student/config.json" "Hugging Face export"; then ./convert --to-hf "$student" "$out/hf_student"; fi
     local fp_ppl st_ppl
     fp_ppl=$(sed 's/.*"ppl": \([0-9.e+-]*\).*/\1/' "$model.ppl.json")
@@ -183,11 +189,75 @@ pipeline() {
     echo "{\"fp\": {\"ppl\": $fp_ppl, \"qa\": $(sed 's/.*"qa": \({.*}\)}$/\1/' "$model.qa.json")}, \"student\": {\"path\": \"$student\", \"ppl\": $st_ppl, \"qa\": $(sed 's/.*"qa": \({.*}\)}$/\1/' "$student.qa.json")}}"
 }
 
+# The study (doc/pipeline.md): on stories260K (llama2.c, no tokenizer; converted first), the
+# pipeline (./train -m MODEL -q/-b/-g) for every quantizer and every distillation loss, all on one
+# set of data-free teacher data: each run folder starts with a copy of generated.jsonl, and the
+# runs of one quantizer share its clipped weights and its FP/RTN evaluations, so the pipeline
+# skips those stages. Held-out perplexity (examples starting at BOS) per quantizer and loss, and
+# the flip-flop rate of CAKLD's run (mean over training, and at the last step).
+# Environment: OUT (out/study), STUDY_N (200 sequences), STUDY_MAX_NEW (128), STUDY_EPOCHS (1),
+# STUDY_LR (1e-3), STUDY_LOSSES (all six), STUDY_QUANTS (below), THREADS (1).
+study() {
+    local src=${1:-../shared/data/stories260K/stories260K.bin} out=${OUT:-out/study}
+    [ -f "$src" ] || { echo "error: $src: no such file (give the llama2.c stories260K.bin)" >&2; exit 1; }
+    local losses=${STUDY_LOSSES:-ce fkl rkl cakld cakld_ce wasserstein}
+    # -g 4: the largest group dividing both input dimensions (64 and 172)
+    local quants=${STUDY_QUANTS:-int:4:-1 int:3:-1 int:2:-1 int:4:4 int:3:4 int:2:4 nf3:3:-1 ternary:2:-1 sign:1:-1 onebit:1:-1}
+    mkdir -p "$out"
+    make -s train convert
+    [ -s "$out/s.bin" ] || ./convert --from-llama2c "$src" "$out/s.bin" > /dev/null
+    local sizes=(--n "${STUDY_N:-200}" --max-new "${STUDY_MAX_NEW:-128}" --epochs "${STUDY_EPOCHS:-1}" --batch 8 --micro-batch 8
+                 --lr "${STUDY_LR:-1e-3}" --calib-seqs 32 --threads "${THREADS:-1}")
+    if [ ! -s "$out/generated.jsonl" ]; then
+        echo "== the teacher's data-free data"
+        ./train -m "$out/s.bin" --generate-data "${sizes[@]:0:4}" --threads "${THREADS:-1}" -o "$out/generated.jsonl" | grep -E '^generate: (data-free|wrote)'
+    fi
+    local t0=$SECONDS rows=()
+    for spec in $quants; do
+        IFS=: read -r q b g <<< "$spec"
+        local qf=(-q "$q" -b "$b" -g "$g") first="" line tag="$q$b.g$g" label="$q ${b}b g$g"
+        if [ "$q" != int ] && [ "$q" != nf3 ]; then qf=(-q "$q"); tag=$q; label=$q; fi
+        line="| $(printf '%-12s' "$label")"
+        for loss in $losses; do
+            local name=$out/s.$tag.$loss run=$out/s.$tag.$loss.run
+            mkdir -p "$run"
+            cp -n "$out/generated.jsonl" "$run/"
+            if [ -n "$first" ]; then  # this quantizer's clipping and FP/RTN evaluations, done once
+                for f in calib.ids clipped.bin eval_fp.json eval_rtn.json eval_clip.json; do
+                    [ -e "$first/$f" ] && cp -n "$first/$f" "$run/"
+                done
+            fi
+            echo "== ${qf[*]} --loss $loss"
+            ./train -m "$out/s.bin" "${qf[@]}" --loss "$loss" "${sizes[@]}" -o "$name.bin" > "$run.log" 2>&1 \
+                || { tail -n 5 "$run.log"; echo "error: the run ${qf[*]} --loss $loss failed (log: $run.log)" >&2; exit 1; }
+            local r; r=$(cat "$run/results.json")
+            if [ -z "$first" ]; then
+                first=$run
+                line="$line | $(sed 's/.*"rtn": {"ppl": \([0-9.]*\).*/\1/' <<< "$r" | xargs printf '%9.2f')"
+                if grep -q '"clip"' <<< "$r"; then line="$line | $(sed 's/.*"clip": {"ppl": \([0-9.]*\).*/\1/' <<< "$r" | xargs printf '%9.2f')"
+                else line="$line |         -"; fi
+                fp=$(sed 's/.*"fp": {"ppl": \([0-9.]*\).*/\1/' <<< "$r")
+            fi
+            line="$line | $(sed 's/.*"qat": {"ppl": \([0-9.]*\).*/\1/' <<< "$r" | xargs printf '%9.2f')"
+            if [ "$loss" = cakld ]; then
+                flips=$(sed 's/.*"flip_rate_final": \([0-9.]*\), "flip_rate_mean": \([0-9.]*\).*/\2 \1/' <<< "$r" | awk '{ printf "%.3f%% (%.3f%%)", 100 * $1, 100 * $2 }')
+            fi
+        done
+        rows+=("$line | ${flips:--} |")
+        flips=""
+    done
+    printf '\nstories260K, held-out perplexity of the teacher'"'"'s data-free text (FP teacher %s), %s s\n\n' "$fp" $((SECONDS - t0))
+    printf '| quantizer    |       RTN | clip. RTN |'; for loss in $losses; do printf ' %9s |' "$loss"; done; printf ' flip-flops, cakld: mean (last) |\n'
+    printf '|---|---|---|'; for loss in $losses; do printf -- '---|'; done; printf -- '---|\n'
+    printf '%s\n' "${rows[@]}"
+}
+
 case "${1:-demo}" in
     demo) demo ;;
     corpus) corpus "${2:?usage: ./run.sh corpus DIR}" ;;
     tokenizer) demo_tokenizer "${2:?usage: ./run.sh tokenizer FILE}" ;;
     pipeline) shift; pipeline "$@" ;;
-    -h|--help) sed -n '2,16p' "$0" ;;
+    study) shift; study "$@" ;;
+    -h|--help) sed -n '2,17p' "$0" ;;
     *) echo "error: unknown command '$1' (try ./run.sh --help)" >&2; exit 1 ;;
 esac

@@ -1165,6 +1165,7 @@ static PplResult eval_ppl(Model *m, const TokenStream *s, int T, int B, const ch
 #include "lib/histogram.c"   // defines: write_histogram
 #include "lib/cli.c"         // defines: Args, usage, parse_args, TrainData, the *_from_flags steps of main
 #include "lib/bench.c"       // defines: train_flops_per_token, bench
+#include "lib/pipeline.c"    // defines: the pipeline (-q/-b/-g alone: every stage), eval_heldout, the loss SVG
 
 // ============================================================================================
 // 11. The training loop
@@ -1330,6 +1331,11 @@ int main(int argc, char **argv) {
     const char *tok_path = tokenizer_from_flags(&a, &m, &tokenizer, &tok);
     print_model(&m);
     const ModelHeader *c = &m.cfg;
+    if (pipeline_wanted(&a)) {  // a quantizer and nothing else to do: the whole method
+        if (tok) tokenizer_free(tok);
+        model_free(&m);
+        return pipeline_run(&a, argc, argv);
+    }
 
     // results accumulate into one JSON object, printed last
     char json[16384] = "", part[8192], qpath[4200];  // qpath: a file name quoted for JSON
@@ -1435,6 +1441,11 @@ int main(int argc, char **argv) {
         printf("perplexity of %s: %.4f (%lld windows of %d tokens)\n", a.eval_ppl, r.ppl, (long long)r.windows, Te);
         JSON_ADD("\"ppl\": %.6f, \"loss\": %.6f, \"windows\": %lld, \"T\": %d", r.ppl, r.mean_loss, (long long)r.windows, Te);
         free(s.ids);
+    }
+    if (a.eval_heldout) {
+        char b[1024];
+        eval_heldout_from_flags(&a, &m, tok, T, b, sizeof b);
+        JSON_ADD("%s", b);
     }
     if (a.eval_qa) {
         char qa[4096];

@@ -27,7 +27,7 @@ typedef struct {
     const char *prompts, *generate_prompt;
     float top_p;
     // evaluation
-    const char *eval_ppl, *eval_qa;
+    const char *eval_ppl, *eval_qa, *eval_heldout;
     int limit, qa_no_bos;
     int eval_T, eval_batch;
     // quantization
@@ -76,8 +76,9 @@ static void usage(void) {
         "  --histogram-out P     file prefix for --histogram [histogram_layerL]\n"
         "\n"
         "Training data (one of the two; a quantized model trains its latent weights):\n"
-        "  --data FILE           JSONL examples: [[\"prompt\", \"response\"]], {\"prompt\", \"response\"}\n"
-        "                        or {\"text\"}; right-padded to --seq; the first fifth is held out\n"
+        "  --data FILE           JSONL examples: [[\"prompt\", \"response\"]], {\"prompt\", \"response\"},\n"
+        "                        {\"text\"} or {\"ids\": [...]} (token ids, no tokenizer needed);\n"
+        "                        right-padded to --seq; the first fifth is held out\n"
         "  --train-tokens FILE   a token stream (.ids or text): random windows of --seq tokens\n"
         "  --epochs N            passes over --data's training split [4]\n"
         "  --steps N             optimizer steps [100; with --data: what --epochs takes]\n"
@@ -118,7 +119,8 @@ static void usage(void) {
         "\n"
         "Teacher-generated data and generation (with the -m model, on its tokenizer):\n"
         "  --generate-data       continue --prompts with the model; write [[\"prompt\", \"response\"]]\n"
-        "                        lines to -o (the --data format)\n"
+        "                        lines to -o (the --data format); without --prompts, data-free\n"
+        "                        (LLM-QAT): --n sequences from BOS as {\"ids\": [...]} lines [8000]\n"
         "  --prompts SPEC        prompt sources: wikitext:FILE, alpaca:FILE, text:FILE, or a mix\n"
         "                        \"wikitext:W=600,alpaca:A=400\" (counts optional; see README)\n"
         "  --n N                 prompts in all [every prompt of the sources]\n"
@@ -138,12 +140,21 @@ static void usage(void) {
         "  --data DIR            with --eval-qa: the folder of the task files (see README)\n"
         "  --limit N             at most N items per task [all]\n"
         "  --qa-no-bos           score without BOS (lm-evaluation-harness before v0.4.10)\n"
+        "  --eval-heldout FILE   perplexity on the held-out fifth of a --data file, and with -t the\n"
+        "                        top-1 agreement with the teacher's next-token choice (--seq rows)\n"
         "\n"
         "Other:\n"
         "  --threads N           OpenMP threads [all cores]\n"
         "  --bench               time full training steps on random tokens (--micro-batch x --seq,\n"
         "                        --steps timed) and report tokens/s and GFLOP/s\n"
         "  -h, --help            this text\n"
+        "\n"
+        "The pipeline: with a quantizer (-q/-b/-g) and nothing else to do (no training data, no\n"
+        "mode above), ./train -m MODEL runs BitDistiller end to end into a run folder: the teacher's\n"
+        "data (--prompts, or data-free: --n, --max-new), the clipping search, QAT with CAKLD, the\n"
+        "held-out table (FP, RTN, clipped RTN, QAT), the loss plot. -o names the student\n"
+        "[MODEL.int2-g128.bin beside MODEL, the run folder MODEL.int2-g128.run/]; a stopped run\n"
+        "continues where it stopped when run again (see doc/pipeline.md).\n"
         "\n"
         "The last line of stdout is one JSON object with the results.\n");
 }
@@ -236,6 +247,7 @@ static Args parse_args(int argc, char **argv) {
         else if (!strcmp(f, "-T")) a.eval_T = parse_int(f, v);
         else if (!strcmp(f, "--eval-batch")) a.eval_batch = parse_int(f, v);
         else if (!strcmp(f, "--eval-qa")) a.eval_qa = v;
+        else if (!strcmp(f, "--eval-heldout")) a.eval_heldout = v;
         else if (!strcmp(f, "--data")) a.data = v;
         else if (!strcmp(f, "--limit")) a.limit = parse_int(f, v);
         else if (!strcmp(f, "--threads")) a.threads = parse_int(f, v);
@@ -291,7 +303,7 @@ static Args parse_args(int argc, char **argv) {
     if (a.max_new < 1 || a.gen_batch < 1 || a.n_prompts < 0) die("--max-new and --gen-batch must be at least 1, --n not negative");
     if (!(a.top_p > 0.0f && a.top_p <= 1.0f)) die("--top-p must be in (0, 1]");
     if (a.train_tokens && a.data && !a.eval_qa) die("give one training data source: --data FILE.jsonl or --train-tokens FILE");
-    if (a.generate_data && (!a.prompts || !a.out_path)) die("--generate-data needs --prompts SPEC and -o OUT.jsonl");
+    if (a.generate_data && !a.out_path) die("--generate-data needs -o OUT.jsonl");
     if (a.generate_data && (a.train_tokens || (a.data && !a.eval_qa) || a.clip || a.generate_prompt))
         die("--generate-data writes data: train, clip or --generate in a separate command");
     if (a.prompts && !a.generate_data) die("--prompts is for --generate-data");
@@ -435,12 +447,22 @@ static void print_model(const Model *m) {
 // --generate-data: the teacher continues --prompts into the JSONL -o; json gets the result's part
 // of the JSON line.
 static void generate_data_from_flags(const Args *a, Model *m, const Tokenizer *tok, char *json, size_t n) {
+    char q[4200];
+    if (!a->prompts) {  // data-free
+        int count = a->n_prompts ? a->n_prompts : DATA_FREE_N;
+        double t0 = now_seconds();
+        int64_t n_tok = generate_data_free(m, tok, count, a->gen_batch, a->max_new, a->temperature, a->top_p, a->seed, a->out_path);
+        double el = now_seconds() - t0;
+        snprintf(json, n, "\"generated\": {\"path\": %s, \"sequences\": %d, \"tokens\": %lld, \"tokens_per_s\": %.1f, "
+                 "\"temperature\": %g, \"top_p\": %g, \"data_free\": true}", json_quote(q, sizeof q, a->out_path), count,
+                 (long long)n_tok, n_tok / (el > 0 ? el : 1e-9), a->temperature, a->top_p);
+        return;
+    }
     Prompts p;
     prompts_load(&p, a->prompts, a->n_prompts, a->seed);
     double t0 = now_seconds();
     int64_t n_new = generate_data(m, tok, &p, a->gen_batch, a->max_new, a->temperature, a->top_p, a->seed, a->out_path);
     double el = now_seconds() - t0;
-    char q[4200];
     snprintf(json, n, "\"generated\": {\"path\": %s, \"prompts\": %d, \"new_tokens\": %lld, \"tokens_per_s\": %.1f, "
              "\"temperature\": %g, \"top_p\": %g}", json_quote(q, sizeof q, a->out_path), p.n, (long long)n_new, n_new / (el > 0 ? el : 1e-9),
              a->temperature, a->top_p);

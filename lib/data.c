@@ -25,6 +25,10 @@
 //                                          pairs gives several examples
 //   {"prompt": "...", "response": "..."}
 //   {"text": "..."}                        the prompt is empty
+//   {"ids": [1, 403, 87, ...]}             token ids, taken as the row itself (nothing added);
+//                                          the form of data-free generation (section B), which
+//                                          needs no tokenizer. A "text" beside "ids" is only
+//                                          for reading: the ids are used.
 // Other keys are ignored; blank lines are skipped.
 //
 // An example's tokens are  BOS + tokenize(prompt + response) + EOS  (BOS/EOS only where the
@@ -49,8 +53,9 @@ typedef struct {
     int seq;
 } Dataset;
 
-// The pad id: EOS, since it is already in every vocabulary and its embedding is trained.
-static int data_pad_id(const Tokenizer *tok) { return tok->eos_id >= 0 ? tok->eos_id : 0; }
+// The pad id: EOS, since it is already in every vocabulary and its embedding is trained (0 for
+// ids-only data read without a tokenizer: padding never reaches the loss).
+static int data_pad_id(const Tokenizer *tok) { return tok && tok->eos_id >= 0 ? tok->eos_id : 0; }
 
 // Room for n examples (growing by doubling).
 static void dataset_reserve(Dataset *d, int *cap, int n) {
@@ -70,6 +75,8 @@ typedef struct { Buf text; int *ids; int64_t cap; } ExampleScratch;
 // Tokenizes one (prompt, response) pair into row d->n. Returns 1 when it had to be cut.
 static int dataset_add(Dataset *d, int *cap, ExampleScratch *s, const Tokenizer *tok, int vocab_size,
                        const char *prompt, size_t plen, const char *resp, size_t rlen, const char *path, int line) {
+    if (!tok) die("%s:%d: a text example needs the model's tokenizer (--tokenizer FILE, or MODEL.tokenizer beside the model); "
+                  "a model without one reads {\"ids\": [...]} lines", path, line);
     s->text.n = 0;
     buf_put(&s->text, prompt, plen);
     buf_put(&s->text, resp, rlen);
@@ -94,6 +101,25 @@ static int dataset_add(Dataset *d, int *cap, ExampleScratch *s, const Tokenizer 
     d->n_prompt[d->n] = np < keep ? np : keep;
     d->n++;
     return n > d->seq;
+}
+
+// One {"ids": [...]} example into row d->n: the ids as they are, no prompt. Returns 1 when cut.
+static int dataset_add_ids(Dataset *d, int *cap, const Json *ids, const Tokenizer *tok, int vocab_size, const char *path, int line) {
+    if (ids->type != JSON_ARRAY || ids->n == 0) die("%s:%d: \"ids\" must be a non-empty list of token ids", path, line);
+    dataset_reserve(d, cap, d->n + 1);
+    int keep = ids->n < d->seq ? ids->n : d->seq, pad = data_pad_id(tok);
+    int *row = d->tokens + (int64_t)d->n * d->seq;
+    for (int t = 0; t < ids->n; t++) {
+        const Json *v = &ids->items[t];
+        if (v->type != JSON_NUMBER || v->number != (double)(int64_t)v->number || v->number < 0 || v->number >= vocab_size)
+            die("%s:%d: \"ids\" item %d is not a token id in [0, %d)", path, line, t + 1, vocab_size);
+        if (t < keep) row[t] = (int)v->number;
+    }
+    for (int t = keep; t < d->seq; t++) row[t] = pad;
+    d->n_real[d->n] = keep;
+    d->n_prompt[d->n] = 0;
+    d->n++;
+    return ids->n > d->seq;
 }
 
 static const char *json_type_name(JsonType t) {
@@ -126,6 +152,8 @@ static int dataset_add_line(Dataset *d, int *cap, ExampleScratch *s, const Token
     if (j->type != JSON_OBJECT)
         die("%s:%d: found %s; expected [[\"prompt\", \"response\"]], {\"prompt\", \"response\"} or {\"text\"}",
             path, line, json_type_name(j->type));
+    const Json *ids = json_get(j, "ids");
+    if (ids) return dataset_add_ids(d, cap, ids, tok, vocab_size, path, line);
     const Json *prompt = example_field(j, "prompt", path, line), *resp = example_field(j, "response", path, line);
     const Json *text = example_field(j, "text", path, line);
     if (prompt || resp) {
@@ -136,9 +164,8 @@ static int dataset_add_line(Dataset *d, int *cap, ExampleScratch *s, const Token
     return dataset_add(d, cap, s, tok, vocab_size, "", 0, text->string, text->string_len, path, line);
 }
 
-// Reads a JSONL file of examples into rows of seq tokens.
+// Reads a JSONL file of examples into rows of seq tokens (tok may be NULL for {"ids"} lines).
 void dataset_load(Dataset *d, const char *path, const Tokenizer *tok, int seq, int vocab_size) {
-    if (!tok) die("%s: JSONL data needs the model's tokenizer (--tokenizer FILE, or MODEL.tokenizer beside the model)", path);
     if (seq < 2) die("%s: sequences of %d tokens hold no next-token target (need --seq >= 2)", path, seq);
     size_t len;
     char *text = read_file_or_die(path, &len);
@@ -601,6 +628,113 @@ int64_t generate_data(Model *teacher, const Tokenizer *tok, const Prompts *p, in
     for (int b = 0; b < batch; b++) free(out[b]);
     free(ids); free(len); free(use); free(bp); free(bl); free(out); free(out_len); free(line.s);
     return n_new;
+}
+
+// Data-free generation (LLM-QAT, Liu et al. 2023): with no prompts at all, the teacher writes
+// n sequences from scratch. Each starts at BOS; its first token is drawn from the teacher's own
+// next-token distribution after BOS (temperature 1: p(x1 | BOS) as it is, so that the sequences
+// begin as the teacher's text begins); the rest are sampled at `temperature` (BitDistiller's 0.7)
+// and top_p, up to max_new tokens in all or until EOS. A model without a BOS id starts each
+// sequence at a token drawn uniformly from the vocabulary (LLM-QAT's own start).
+// Each sequence is one line {"ids": [BOS, x1, ..., EOS]} (EOS when the teacher wrote it), the
+// row that --data trains on, so no tokenizer is needed; with one, a "text" field (the decoded
+// ids) is added for reading. Before starting, a short timed probe (8 decoding steps of one
+// batch) gives the estimated time, so that a CPU user knows to shrink n or max_new.
+// Returns the number of tokens written.
+// The default number of sequences: BitDistiller's size (3,000 WikiText-2 and 5,000 Alpaca
+// prompts, up to 1,024 new tokens each: --max-new's default).
+#define DATA_FREE_N 8000
+
+int64_t generate_data_free(Model *teacher, const Tokenizer *tok, int n, int batch, int max_new,
+                           float temperature, float top_p, uint64_t seed, const char *out_path) {
+    if (n < 1 || batch < 1 || max_new < 1) die("%s: n (%d), batch (%d) and max_new (%d) must be at least 1", out_path, n, batch, max_new);
+    int V = teacher->cfg.vocab_size, bos = tok && tok->bos_id >= 0 ? tok->bos_id : teacher->cfg.bos_id;
+    int model_eos = teacher->cfg.eos_id;
+    if (tok && tok->eos_id >= 0) teacher->cfg.eos_id = tok->eos_id;
+    int ctx = teacher->cfg.max_seq_len, start = bos >= 0 ? 2 : 1;  // ids before the sampled rest
+    if (max_new > ctx - start + 1) max_new = ctx - start + 1;  // the whole row fits the context
+    if (max_new < 1) die("%s: the teacher's context (%d) holds no generated token", out_path, ctx);
+    if (batch > n) batch = n;
+    int **prompt = malloc_or_die((size_t)batch * sizeof(int *), "prompts"), *plen = malloc_or_die((size_t)batch * sizeof(int), "prompts");
+    int **out = malloc_or_die((size_t)batch * sizeof(int *), "batch"), *out_len = malloc_or_die((size_t)batch * sizeof(int), "batch");
+    for (int b = 0; b < batch; b++) {
+        prompt[b] = malloc_or_die(2 * sizeof(int), "prompt");
+        out[b] = malloc_or_die((size_t)max_new * sizeof(int), "new tokens");
+    }
+    Rng rng = rng_seeded(seed);
+    // the probe: 8 steps of one batch from BOS, timed (its tokens are not kept)
+    for (int b = 0; b < batch; b++) { prompt[b][0] = bos >= 0 ? bos : 0; plen[b] = 1; }
+    Rng probe_rng = rng_seeded(seed ^ 0x5eedULL);
+    int probe_steps = max_new < 8 ? max_new : 8;
+    double t0 = now_seconds();
+    generate(teacher, prompt, plen, batch, probe_steps, temperature, top_p, &probe_rng, out, out_len);
+    double per_step = (now_seconds() - t0) / probe_steps;
+    char eta[32];
+    format_eta(eta, sizeof eta, per_step * max_new * ((n + batch - 1) / batch));
+    printf("generate: data-free (LLM-QAT): %d sequences of up to %d tokens from %s, %d at a time; "
+           "estimated at most %s (probe: %.1f ms a step); --n and --max-new shrink it\n",
+           n, max_new + start - 1, bos >= 0 ? "BOS" : "a uniform first token", batch, eta, 1e3 * per_step);
+    AtomicFile af;
+    atomic_open(&af, out_path);
+    Buf line = {NULL, 0, 0};
+    int64_t written = 0;
+    t0 = now_seconds();
+    for (int i0 = 0; i0 < n; i0 += batch) {
+        int nb = n - i0 < batch ? n - i0 : batch;
+        // the first token: p(x1 | BOS) at temperature 1, or uniform without a BOS
+        for (int b = 0; b < nb; b++) { prompt[b][0] = bos; plen[b] = 1; }
+        if (bos >= 0) {
+            generate(teacher, prompt, plen, nb, 1, 1.0f, 1.0f, &rng, out, out_len);
+            for (int b = 0; b < nb; b++) if (out_len[b] == 1) prompt[b][plen[b]++] = out[b][0];
+        } else {
+            for (int b = 0; b < nb; b++) prompt[b][0] = (int)(rng_u64(&rng) % (uint64_t)V);
+        }
+        // the rest at the sampling temperature
+        for (int b = 0; b < nb; b++) out_len[b] = 0;
+        int rest = max_new - 1;
+        if (rest > 0) generate(teacher, prompt, plen, nb, rest, temperature, top_p, &rng, out, out_len);
+        for (int b = 0; b < nb; b++) {
+            line.n = 0;
+            buf_put(&line, "{\"ids\": [", 9);
+            int k = 0, ids[2 + max_new];
+            for (int j = 0; j < plen[b]; j++) ids[k++] = prompt[b][j];
+            for (int j = 0; j < out_len[b]; j++) ids[k++] = out[b][j];
+            // EOS where the teacher stopped before its budget (an EOS drawn as the first token is
+            // not kept: that sequence continues from BOS alone)
+            if (teacher->cfg.eos_id >= 0 && out_len[b] < rest) ids[k++] = teacher->cfg.eos_id;
+            for (int j = 0; j < k; j++) {
+                char num[16];
+                int l = snprintf(num, sizeof num, "%s%d", j ? ", " : "", ids[j]);
+                buf_put(&line, num, (size_t)l);
+            }
+            buf_put(&line, "]", 1);
+            if (tok) {  // the decoded text, for reading
+                int *shown = malloc_or_die((size_t)k * sizeof(int), "ids"), ns = 0;
+                for (int j = 0; j < k; j++) if (ids[j] < tok->n_vocab && tok->type[ids[j]] != SP_CONTROL) shown[ns++] = ids[j];
+                size_t tl;
+                char *text = tokenizer_decode(tok, shown, ns, &tl);
+                buf_put(&line, ", \"text\": ", 10);
+                json_put_string(&line, text, tl);
+                free(text); free(shown);
+            }
+            buf_put(&line, "}\n", 2);
+            atomic_write(&af, line.s, line.n);
+            written += k;
+        }
+        double el = now_seconds() - t0, done = i0 + nb;
+        char bar[64];
+        format_bar(bar, 30, done / n);
+        format_eta(eta, sizeof eta, el / done * (n - done));
+        printf("generate: %s %d/%d sequences | %lld tokens | %.0f tok/s | ETA %s\n", bar, (int)done, n,
+               (long long)written, written / (el > 0 ? el : 1e-9), eta);
+        fflush(stdout);
+    }
+    atomic_commit(&af);
+    printf("generate: wrote %d sequences to %s (%.1f tokens each)\n", n, out_path, (double)written / n);
+    teacher->cfg.eos_id = model_eos;
+    for (int b = 0; b < batch; b++) { free(prompt[b]); free(out[b]); }
+    free(prompt); free(plen); free(out); free(out_len); free(line.s);
+    return written;
 }
 
 // --generate TEXT: the model's continuation of one text (BOS + tokenize(text)), appended to

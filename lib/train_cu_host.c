@@ -55,7 +55,7 @@ void host_setup(int argc, char **argv, HostArgs *ha, HostModel *student, HostMod
     g_args = a;
     const char *train_path = a.train_tokens ? a.train_tokens : train_data_path(&a);
     if (!train_path && !a.eval_ppl && !a.out_path && !a.export_packed && a.histogram < 0 && !a.bench &&
-        !a.generate_prompt && !a.eval_qa)
+        !a.generate_prompt && !a.eval_qa && !a.eval_heldout && !pipeline_wanted(&a))
         die("nothing to do: give --train-tokens, --data, --eval-ppl, --generate, --generate-data, --eval-qa, -o, "
             "--export-packed, --histogram or --bench (see --help)");
     static Model m, teacher_model;
@@ -86,6 +86,19 @@ void host_setup(int argc, char **argv, HostArgs *ha, HostModel *student, HostMod
     memset(ha, 0, sizeof *ha);
     int T = a.seq ? a.seq : (c->max_seq_len < 1024 ? c->max_seq_len : 1024);
     if (T > c->max_seq_len) die("--seq %d exceeds the model's context %d", T, c->max_seq_len);
+    if (pipeline_wanted(&a)) {  // the whole method, each stage ./train_cu run again (pipeline.c)
+        if (g_tok) tokenizer_free(g_tok);
+        model_free(&m);
+        exit(pipeline_run(&a, argc, argv));
+    }
+    if (a.eval_heldout) {  // on the CPU, with train.c's eval_heldout (no GPU path yet)
+        char b[1024];
+        printf("held-out evaluation: on the CPU, with train.c's eval_heldout\n");
+        eval_heldout_from_flags(&a, &m, g_tok, T, b, sizeof b);
+        host_json_add(b);
+        host_finish();
+        exit(0);
+    }
     ha->train_tokens = a.train_tokens; ha->eval_ppl = a.eval_ppl; ha->out_path = a.out_path;
     ha->log_path = a.log_path; ha->resume = a.resume; ha->teacher_path = a.teacher_path;
     ha->steps = a.steps; ha->batch = a.batch; ha->micro_batch = a.micro_batch; ha->seq = T;
