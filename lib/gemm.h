@@ -57,7 +57,9 @@
 
 #if !defined(GEMM_PORTABLE) && defined(__AVX512F__)
 #define GEMM_ISA "avx512f"
+#ifndef GEMM_MR
 #define GEMM_MR 14
+#endif
 #define GEMM_NR 32
 #elif !defined(GEMM_PORTABLE) && defined(__AVX2__) && defined(__FMA__)
 #define GEMM_ISA "avx2+fma"
@@ -71,7 +73,7 @@
 // Cache blocks: Ap (MC x KC floats) fits a core's L2 beside the B micro-panels it meets; Bp
 // (KC x NC) is shared by the threads. Multiples of MR and NR.
 #ifndef GEMM_KC
-#define GEMM_KC 256
+#define GEMM_KC 384
 #endif
 #ifndef GEMM_MC
 #define GEMM_MC (GEMM_MR * 12)
