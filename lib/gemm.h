@@ -37,8 +37,8 @@
 // AVX2 + FMA (__AVX2__ && __FMA__, 6 x 16: 12 ymm accumulators, the classic choice), else
 // plain C that the compiler vectorises as it can (4 x 16). GEMM_PORTABLE forces the last.
 //
-// Threads (OpenMP): all pack Bp together, then each computes its own share of C's rows
-// (and, when M is small, of the B panels), packing its own Ap. Every element of C is summed by one thread
+// Threads (OpenMP): each computes its own block of C (a share of the rows; of the columns too
+// when M is small) with its own packed panels, so they never wait for one another. Every element of C is summed by one thread
 // in one fixed order (k ascending), so the result does not depend on the number of threads.
 // For M <= GEMM_SMALL_M with ta = 0, tb = 1 (y = x W^T in batch-1 decoding: a matrix-vector
 // product bound by memory, not by FMAs) packing would only add work: each row of B is read
@@ -70,8 +70,8 @@
 #define GEMM_MR 4
 #define GEMM_NR 16
 #endif
-// Cache blocks: Ap (MC x KC floats) fits a core's L2 beside the B micro-panels it meets; Bp
-// (KC x NC) is shared by the threads. Multiples of MR and NR.
+// Cache blocks: Ap (MC x KC floats) fits a core's L2 beside the B micro-panel it meets (KC x NR),
+// Bp (KC x NC) the shared L3. Multiples of MR and NR.
 #ifndef GEMM_KC
 #define GEMM_KC 384
 #endif
@@ -81,11 +81,12 @@
 #ifndef GEMM_NC
 #define GEMM_NC (GEMM_NR * 64)
 #endif
-#define GEMM_MAX_THREADS 64
+#define GEMM_MAX_THREADS 32
 #define GEMM_SMALL_M 4
 
-// The packed panels: static, so no call allocates (untouched pages cost nothing).
-static float gemm_bp[GEMM_KC * GEMM_NC] __attribute__((aligned(64)));
+// The packed panels, one pair per thread: static, so no call allocates (untouched pages cost
+// nothing).
+static float gemm_bp[GEMM_MAX_THREADS][GEMM_KC * GEMM_NC] __attribute__((aligned(64)));
 static float gemm_ap[GEMM_MAX_THREADS][GEMM_MC * GEMM_KC] __attribute__((aligned(64)));
 
 // --- the micro-kernel: c[MR,NR] (+)= ap[kc,MR]^T bp[kc,NR], c with row stride ldc ----------
@@ -215,27 +216,34 @@ static void gemm_small_m(float *C, const float *A, const float *B, int M, int N,
 }
 
 // --- the five loops --------------------------------------------------------------------------
-// One thread's share of a packed B block: rows [r0, r1) of C (r0 a multiple of MR), in ic blocks
-// of MC rows, against the B micro-panels [p0, p1) of the block that starts at column jc.
-static void gemm_rows(float *C, const float *A, int ta, int M, int N, int K, int pc, int kc,
-                      int jc, int r0, int r1, int p0, int p1, int accumulate, float *ap) {
-    for (int ic = r0; ic < r1; ic += GEMM_MC) {
-        int mc = r1 - ic < GEMM_MC ? r1 - ic : GEMM_MC;
-        for (int i = 0; i < mc; i += GEMM_MR) gemm_pack_a(ap + i * kc, A, ta, M, K, pc, kc, ic + i);
-        for (int p = p0; p < p1; p++) {
-            int j = jc + p * GEMM_NR, nr = N - j < GEMM_NR ? N - j : GEMM_NR;
-            const float *bp = gemm_bp + (int64_t)p * GEMM_NR * kc;
-            for (int i = 0; i < mc; i += GEMM_MR) {
-                int mr = mc - i < GEMM_MR ? mc - i : GEMM_MR;
-                float *c = C + (int64_t)(ic + i) * N + j;
-                if (mr == GEMM_MR && nr == GEMM_NR) {
-                    gemm_kernel(kc, ap + i * kc, bp, c, N, accumulate);
-                } else {  // an edge tile: the full tile into t, its valid part into C
-                    float t[GEMM_MR * GEMM_NR] __attribute__((aligned(64)));
-                    gemm_kernel(kc, ap + i * kc, bp, t, GEMM_NR, 0);
-                    for (int a = 0; a < mr; a++)
-                        for (int b = 0; b < nr; b++)
-                            c[(int64_t)a * N + b] = (accumulate ? c[(int64_t)a * N + b] : 0.0f) + t[a * GEMM_NR + b];
+// The block C[r0:r1, c0:c1] of the product, by one thread (r0 a multiple of MR, c0 of NR),
+// with its own packing buffers bp and ap.
+static void gemm_block(float *C, const float *A, const float *B, int M, int N, int K, int ta, int tb,
+                       int accumulate, int r0, int r1, int c0, int c1, float *bp, float *ap) {
+    for (int jc = c0; jc < c1; jc += GEMM_NC) {
+        int nc = c1 - jc < GEMM_NC ? c1 - jc : GEMM_NC;
+        for (int pc = 0; pc < K; pc += GEMM_KC) {
+            int kc = K - pc < GEMM_KC ? K - pc : GEMM_KC;
+            int acc = accumulate || pc > 0;  // the first K block writes C unless asked to add
+            for (int j = 0; j < nc; j += GEMM_NR) gemm_pack_b(bp + (int64_t)j * kc, B, tb, N, K, pc, kc, jc + j);
+            for (int ic = r0; ic < r1; ic += GEMM_MC) {
+                int mc = r1 - ic < GEMM_MC ? r1 - ic : GEMM_MC;
+                for (int i = 0; i < mc; i += GEMM_MR) gemm_pack_a(ap + i * kc, A, ta, M, K, pc, kc, ic + i);
+                for (int j = 0; j < nc; j += GEMM_NR) {
+                    int nr = N - (jc + j) < GEMM_NR ? N - (jc + j) : GEMM_NR;
+                    for (int i = 0; i < mc; i += GEMM_MR) {
+                        int mr = mc - i < GEMM_MR ? mc - i : GEMM_MR;
+                        float *c = C + (int64_t)(ic + i) * N + jc + j;
+                        if (mr == GEMM_MR && nr == GEMM_NR) {
+                            gemm_kernel(kc, ap + i * kc, bp + (int64_t)j * kc, c, N, acc);
+                        } else {  // an edge tile: the full tile into t, its valid part into C
+                            float t[GEMM_MR * GEMM_NR] __attribute__((aligned(64)));
+                            gemm_kernel(kc, ap + i * kc, bp + (int64_t)j * kc, t, GEMM_NR, 0);
+                            for (int a = 0; a < mr; a++)
+                                for (int b = 0; b < nr; b++)
+                                    c[(int64_t)a * N + b] = (acc ? c[(int64_t)a * N + b] : 0.0f) + t[a * GEMM_NR + b];
+                        }
+                    }
                 }
             }
         }
@@ -255,7 +263,7 @@ static void gemm(float *C, const float *A, const float *B, int M, int N, int K, 
     if (nt > GEMM_MAX_THREADS) nt = GEMM_MAX_THREADS;
     if ((double)M * N * K < 1e5) nt = 1;  // a parallel region costs more than the product
 #endif
-    int m_p = (M + GEMM_MR - 1) / GEMM_MR;  // MR-row panels of C
+    int m_p = (M + GEMM_MR - 1) / GEMM_MR, n_p = (N + GEMM_NR - 1) / GEMM_NR;  // micro-panels of C
 #pragma omp parallel num_threads(nt)
     {
         int tid = 0, nth = 1;
@@ -263,24 +271,18 @@ static void gemm(float *C, const float *A, const float *B, int M, int N, int K, 
         tid = omp_get_thread_num();
         nth = omp_get_num_threads();
 #endif
-        // the threads as a grid tm x tn: tm shares of C's row panels (equal counts, so equal
-        // work), each split tn ways over B's micro-panels when there are fewer rows than threads
-        int tm = m_p < nth ? m_p : nth, tn = nth / tm, ti = tid / tn, tj = tid % tn;
-        int r0 = (int)((int64_t)m_p * ti / tm) * GEMM_MR, r1 = (int)((int64_t)m_p * (ti + 1) / tm) * GEMM_MR;
-        if (r1 > M) r1 = M;
-        if (ti >= tm) r0 = r1 = 0;  // (threads past tm * tn have no share)
-        for (int jc = 0; jc < N; jc += GEMM_NC) {
-            int nc = N - jc < GEMM_NC ? N - jc : GEMM_NC, n_p = (nc + GEMM_NR - 1) / GEMM_NR;
-            int p0 = (int)((int64_t)n_p * tj / tn), p1 = (int)((int64_t)n_p * (tj + 1) / tn);
-            for (int pc = 0; pc < K; pc += GEMM_KC) {
-                int kc = K - pc < GEMM_KC ? K - pc : GEMM_KC;
-#pragma omp for schedule(static)
-                for (int p = 0; p < n_p; p++) gemm_pack_b(gemm_bp + (int64_t)p * GEMM_NR * kc, B, tb, N, K, pc, kc, jc + p * GEMM_NR);
-                // (the for's barrier: Bp is complete before any thread reads it)
-                gemm_rows(C, A, ta, M, N, K, pc, kc, jc, r0, r1, p0, p1, accumulate || pc > 0, gemm_ap[tid]);
-#pragma omp barrier
-                // (no thread packs the next Bp while another still reads this one)
-            }
+        // The threads as a grid tm x tn over C: tm equal shares of the row panels, each split tn
+        // ways over the column panels when there are fewer row panels than threads. A thread
+        // packs what its block needs (B twice over with two threads: K*N copies against
+        // M*N*K/2 multiply-adds), and no thread ever waits for another until the end.
+        int tm = m_p < nth ? m_p : nth, tn = nth / tm;
+        if (tn > n_p) tn = n_p;
+        int ti = tid / tn, tj = tid % tn;
+        if (ti < tm) {  // (threads past tm * tn have no share)
+            int r0 = (int)((int64_t)m_p * ti / tm) * GEMM_MR, r1 = (int)((int64_t)m_p * (ti + 1) / tm) * GEMM_MR;
+            int c0 = (int)((int64_t)n_p * tj / tn) * GEMM_NR, c1 = (int)((int64_t)n_p * (tj + 1) / tn) * GEMM_NR;
+            gemm_block(C, A, B, M, N, K, ta, tb, accumulate, r0, r1 < M ? r1 : M, c0, c1 < N ? c1 : N,
+                       gemm_bp[tid], gemm_ap[tid]);
         }
     }
 }

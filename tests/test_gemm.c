@@ -178,10 +178,12 @@ int main(void) {
     check_shape("micro-tile minus one", MR - 1, NR - 1, 9);
     check_shape("micro-tile plus one", MR + 1, NR + 1, 10);
     check_shape("odd sizes", 37, 53, 71);
-    check_shape("KC - 1, KC, KC + 1", 2 * MR + 3, NR + 5, KC - 1);
+    check_shape("K = KC - 1", 2 * MR + 3, NR + 5, KC - 1);
     check_shape("K = KC", 3 * MR, 2 * NR, KC);
     check_shape("K = 2 KC + 1", MR + 2, NR + 3, 2 * KC + 1);
     check_shape("large K", 5, 7, 6000);
+    check_shape("one row panel, threads split the columns", 3, 5 * NR + 7, 700);
+    check_shape("two row panels, three threads", MR + 1, 3 * NR + 1, 600);
     check_shape("M past MC, all tails", MC + MR + 3, 2 * NR + 7, KC + 9);
     check_shape("N past NC", 2 * MR + 1, NC + NR + 3, 33);
     check_shape("N = 2 NC exactly", MR, 2 * NC, 20);
