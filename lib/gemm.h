@@ -162,13 +162,17 @@ static void gemm_pack_b(float *bp, const float *B, int tb, int N, int K, int pc,
             for (int j = 0; j < nr; j++) d[j] = b[j];
             for (int j = nr; j < GEMM_NR; j++) d[j] = 0.0f;
         }
-    } else {    // B [N,K]: a column of the panel is contiguous
-        for (int j = 0; j < nr; j++) {
-            const float *b = B + (int64_t)(j0 + j) * K + pc;
-            for (int k = 0; k < kc; k++) bp[k * GEMM_NR + j] = b[k];
+    } else {    // B [N,K]: a column of the panel is contiguous; 32 k at a time, so that the
+                // 32 rows of the panel being written stay in L1 while every column visits them
+        for (int k0 = 0; k0 < kc; k0 += 32) {
+            int k1 = kc - k0 < 32 ? kc : k0 + 32;
+            for (int j = 0; j < nr; j++) {
+                const float *b = B + (int64_t)(j0 + j) * K + pc;
+                for (int k = k0; k < k1; k++) bp[k * GEMM_NR + j] = b[k];
+            }
+            for (int j = nr; j < GEMM_NR; j++)
+                for (int k = k0; k < k1; k++) bp[k * GEMM_NR + j] = 0.0f;
         }
-        for (int j = nr; j < GEMM_NR; j++)
-            for (int k = 0; k < kc; k++) bp[k * GEMM_NR + j] = 0.0f;
     }
 }
 
@@ -182,13 +186,16 @@ static void gemm_pack_a(float *ap, const float *A, int ta, int M, int K, int pc,
             for (int i = 0; i < mr; i++) d[i] = a[i];
             for (int i = mr; i < GEMM_MR; i++) d[i] = 0.0f;
         }
-    } else {    // A [M,K]
-        for (int i = 0; i < mr; i++) {
-            const float *a = A + (int64_t)(i0 + i) * K + pc;
-            for (int k = 0; k < kc; k++) ap[k * GEMM_MR + i] = a[k];
+    } else {    // A [M,K]: a column of the panel is contiguous (32 k at a time, as for B)
+        for (int k0 = 0; k0 < kc; k0 += 32) {
+            int k1 = kc - k0 < 32 ? kc : k0 + 32;
+            for (int i = 0; i < mr; i++) {
+                const float *a = A + (int64_t)(i0 + i) * K + pc;
+                for (int k = k0; k < k1; k++) ap[k * GEMM_MR + i] = a[k];
+            }
+            for (int i = mr; i < GEMM_MR; i++)
+                for (int k = k0; k < k1; k++) ap[k * GEMM_MR + i] = 0.0f;
         }
-        for (int i = mr; i < GEMM_MR; i++)
-            for (int k = 0; k < kc; k++) ap[k * GEMM_MR + i] = 0.0f;
     }
 }
 
