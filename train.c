@@ -462,6 +462,8 @@ static void rope_backward(float *dx, const float *cosv, const float *sinv, int B
 // Only lse[B,H,T] = log sum_j exp(s_tj) is stored: the backward recomputes p_tj = exp(s_tj - lse_t)
 // instead of keeping a [T,T] matrix per head (the idea of FlashAttention, Dao et al. 2022).
 // Thread mapping: one (b, h) pair per iteration; scores[B,H,T] gives each its own row.
+// The dot products over hd go through gemm.h's gemm_dot, whose 16 partial sums vectorise (a
+// plain float sum is one chain of dependent additions, which the compiler may not reorder).
 static void attention_forward(float *out, float *lse, float *scores, const float *q, const float *k,
                               const float *v, int B, int T, int H, int KV, int hd) {
     int group = H / KV;
@@ -476,9 +478,7 @@ static void attention_forward(float *out, float *lse, float *scores, const float
                 float mx = -INFINITY;
                 for (int j = 0; j <= t; j++) {
                     const float *kj = k + (((int64_t)b * T + j) * KV + kvh) * hd;
-                    float d = 0.0f;
-                    for (int i = 0; i < hd; i++) d += qt[i] * kj[i];
-                    s[j] = d * scale;
+                    s[j] = gemm_dot(qt, kj, hd) * scale;
                     if (s[j] > mx) mx = s[j];
                 }
                 float sum = 0.0f;
@@ -514,21 +514,16 @@ static void attention_backward(float *dq, float *dk, float *dv, float *scores, c
                     int64_t qi = (((int64_t)b * T + t) * H + h) * hd;
                     const float *qt = q + qi, *dot = dout + qi, *ot = out + qi;
                     float *dqt = dq + qi;
-                    float L = lse[((int64_t)b * H + h) * T + t], delta = 0.0f;
-                    for (int i = 0; i < hd; i++) delta += dot[i] * ot[i];
+                    float L = lse[((int64_t)b * H + h) * T + t], delta = gemm_dot(dot, ot, hd);
                     for (int j = 0; j <= t; j++) {
                         const float *kj = k + (((int64_t)b * T + j) * KV + kvh) * hd;
-                        float d = 0.0f;
-                        for (int i = 0; i < hd; i++) d += qt[i] * kj[i];
-                        p[j] = expf(d * scale - L);
+                        p[j] = expf(gemm_dot(qt, kj, hd) * scale - L);
                     }
                     for (int j = 0; j <= t; j++) {
                         int64_t kvi = (((int64_t)b * T + j) * KV + kvh) * hd;
                         const float *kj = k + kvi, *vj = v + kvi;
                         float *dkj = dk + kvi, *dvj = dv + kvi;
-                        float dp = 0.0f;
-                        for (int i = 0; i < hd; i++) dp += dot[i] * vj[i];
-                        float ds = p[j] * (dp - delta) * scale;
+                        float ds = p[j] * (gemm_dot(dot, vj, hd) - delta) * scale;
                         for (int i = 0; i < hd; i++) {
                             dvj[i] += p[j] * dot[i];
                             dqt[i] += ds * kj[i];

@@ -201,7 +201,7 @@ static void gemm_pack_a(float *ap, const float *A, int ta, int M, int K, int pc,
 
 // --- small M, ta = 0, tb = 1: C[m,n] (+)= dot(A[m,:], B[n,:]) --------------------------------
 // Sixteen partial sums, a vector register's worth, so the compiler vectorises the dot product.
-static float gemm_dot(const float *a, const float *b, int K) {
+static inline __attribute__((always_inline)) float gemm_dot(const float *a, const float *b, int K) {
     float s[16] = {0};
     int k = 0;
     for (; k + 16 <= K; k += 16)

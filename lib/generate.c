@@ -48,9 +48,7 @@ static void attention_decode(float *out, float *scores, const float *q, const fl
             int kvh = h / group;
             for (int j = 0; j <= pos; j++) {
                 const float *kj = kc + (((int64_t)b * T + j) * KV + kvh) * hd;
-                float d = 0.0f;
-                for (int i = 0; i < hd; i++) d += qh[i] * kj[i];
-                s[j] = d * scale;
+                s[j] = gemm_dot(qh, kj, hd) * scale;  // (the sum attention_forward computes)
                 mx = s[j] > mx ? s[j] : mx;
             }
             for (int j = 0; j <= pos; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
