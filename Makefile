@@ -3,7 +3,7 @@
 #   make convert      Hugging Face / llama2.c import and export
 #   make tokenize     ./tokenize TOKENIZER "text": token ids as JSON
 #   make test         every test program and test script; ends with "N passed, M failed"
-#   make bench        CPU training-step throughput (tokens/s, GFLOP/s)
+#   make bench        the matmul against OpenBLAS sgemm, the CPU training step (tokens/s, GFLOP/s)
 #   make train_cu     the GPU build (needs nvcc; multi-GPU through NCCL when nccl.h is found)
 
 CC ?= cc
