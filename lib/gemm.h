@@ -12,9 +12,9 @@
 // Geijn 2015): five loops around a small register-blocked micro-kernel, with both operands
 // copied ("packed") into contiguous panels sized to the caches:
 //
-//   for jc in N by NC:                   B block  [KC x NC]  stays in L2/L3
-//     for pc in K by KC:                 pack op(B)[pc:+KC, jc:+NC] -> Bp   (all threads)
-//       for ic in M by MC:               A block  [MC x KC]  stays in L2    (one per thread)
+//   for jc in N by NC:                   B block  [KC x NC]  stays in L3
+//     for pc in K by KC:                 pack op(B)[pc:+KC, jc:+NC] -> Bp
+//       for ic in M by MC:               A block  [MC x KC]  stays in L2
 //         pack op(A)[ic:+MC, pc:+KC] -> Ap
 //         for jr in NC by NR:            B micro-panel [KC x NR]
 //           for ir in MC by MR:          A micro-panel [MR x KC]
@@ -38,8 +38,9 @@
 // plain C that the compiler vectorises as it can (4 x 16). GEMM_PORTABLE forces the last.
 //
 // Threads (OpenMP): each computes its own block of C (a share of the rows; of the columns too
-// when M is small) with its own packed panels, so they never wait for one another. Every element of C is summed by one thread
-// in one fixed order (k ascending), so the result does not depend on the number of threads.
+// when M is small) with its own packed panels, so they never wait for one another. Every
+// element of C is summed by one thread in one fixed order (k ascending), so the result does not
+// depend on the number of threads.
 // For M <= GEMM_SMALL_M with ta = 0, tb = 1 (y = x W^T in batch-1 decoding: a matrix-vector
 // product bound by memory, not by FMAs) packing would only add work: each row of B is read
 // once and dotted with the M rows of A.
