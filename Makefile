@@ -3,7 +3,7 @@
 #   make convert      Hugging Face / llama2.c import and export
 #   make tokenize     ./tokenize TOKENIZER "text": token ids as JSON
 #   make test         every test program and test script; ends with "N passed, M failed"
-#   make bench        CPU training-step throughput (tokens/s, GFLOP/s)
+#   make bench        the matmul against OpenBLAS sgemm, the CPU training step (tokens/s, GFLOP/s)
 #   make train_cu     the GPU build (needs nvcc; multi-GPU through NCCL when nccl.h is found)
 
 CC ?= cc
@@ -19,7 +19,7 @@ NVCC ?= nvcc
 HEADERS = $(wildcard *.h lib/*.h)
 LIB_C = $(wildcard lib/*.c)
 # test_gradcheck.c sits beside train.c; the other test programs are tests/test_*.c, built into build/
-TEST_PROGRAMS = test_gradcheck $(patsubst tests/%.c,build/%,$(wildcard tests/test_*.c))
+TEST_PROGRAMS = test_gradcheck $(patsubst tests/%.c,build/%,$(wildcard tests/test_*.c)) build/test_gemm_avx2
 TEST_SCRIPTS = $(sort $(wildcard tests/*.sh))
 
 all: train convert tokenize $(TEST_PROGRAMS)
@@ -39,6 +39,11 @@ test_gradcheck: test_gradcheck.c train.c tokenizer.c $(LIB_C) $(HEADERS)
 build/test_%: tests/test_%.c train.c convert.c tokenizer.c $(LIB_C) $(HEADERS)
 	@mkdir -p build
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+# lib/gemm.h's test once more with its AVX2 kernel (the AVX-512 one switched off)
+build/test_gemm_avx2: tests/test_gemm.c $(HEADERS)
+	@mkdir -p build
+	$(CC) $(CFLAGS) -mno-avx512f -o $@ $< $(LDLIBS)
 
 test: train convert tokenize $(TEST_PROGRAMS)
 	@./dev/run_tests.sh $(addprefix ./,$(TEST_PROGRAMS)) $(TEST_SCRIPTS)

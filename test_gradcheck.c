@@ -79,8 +79,8 @@ static double check(Check *c, float eps, int max_elems, double tol, int expect_f
 static void rms_f(Check *c) { rmsnorm_forward(c->y, c->aux[0], c->x[0], c->x[1], c->N, c->C, c->eps_norm); }
 static void rms_b(Check *c) { rmsnorm_backward(c->dx[0], c->dx[1], c->r, c->x[0], c->x[1], c->aux[0], c->N, c->C); }
 
-static void mm_f(Check *c) { matmul_forward(c->y, c->aux[0], c->x[0], c->x[1], c->N, c->I, c->O); }
-static void mm_b(Check *c) { matmul_backward(c->dx[0], c->dx[1], c->aux[0], c->r, c->x[0], c->x[1], c->N, c->I, c->O); }
+static void mm_f(Check *c) { matmul_forward(c->y, c->x[0], c->x[1], c->N, c->I, c->O); }
+static void mm_b(Check *c) { matmul_backward(c->dx[0], c->dx[1], c->r, c->x[0], c->x[1], c->N, c->I, c->O); }
 
 // RoPE works in place: copy x to y, then rotate y.
 static void rope_f(Check *c) {
@@ -272,23 +272,21 @@ int main(void) {
         c.forward = rms_f; c.backward = rms_b;
         check(&c, eps, 1 << 20, tol, 0);
     }
-    { // matmul, with I not a multiple of the kernel's 8 lanes and N, O not multiples of 4
+    { // matmul, all of it in edge tiles (N, O below gemm.h's micro-tile MR x NR)
         int I = 13, O = 7;
         Check c = {.name = "matmul", .n_inputs = 2, .input_names = {"x", "w"}, .N = N, .I = I, .O = O};
         c.x[0] = randn(N * I, 1.0f); c.x[1] = randn(O * I, 1.0f); c.n[0] = N * I; c.n[1] = O * I;
         c.dx[0] = randn(N * I, 0); c.dx[1] = randn(O * I, 0);
         c.y = randn(N * O, 0); c.r = randn(N * O, 1.0f); c.n_y = N * O;
-        c.aux[0] = randn(4096, 0);
         c.forward = mm_f; c.backward = mm_b;
         check(&c, eps, 1 << 20, tol, 0);
     }
-    { // matmul on a larger shape, sampled, with full 4-row blocks
-        int N2 = 9, I = 37, O = 11;
+    { // matmul on a larger shape, sampled: full micro-tiles and edge tiles
+        int N2 = GEMM_MR + 2, I = 37, O = GEMM_NR + 5;
         Check c = {.name = "matmul (tiled)", .n_inputs = 2, .input_names = {"x", "w"}, .N = N2, .I = I, .O = O};
         c.x[0] = randn(N2 * I, 1.0f); c.x[1] = randn(O * I, 1.0f); c.n[0] = N2 * I; c.n[1] = O * I;
         c.dx[0] = randn(N2 * I, 0); c.dx[1] = randn(O * I, 0);
         c.y = randn(N2 * O, 0); c.r = randn(N2 * O, 1.0f); c.n_y = N2 * O;
-        c.aux[0] = randn(4096, 0);
         c.forward = mm_f; c.backward = mm_b;
         check(&c, eps, 200, tol, 0);
     }

@@ -26,6 +26,7 @@
 #include <omp.h>             // defines: omp_set_num_threads (--threads)
 #endif
 #include "loss.h"            // defines: the distillation losses (CE, KL, reverse KL, CAKLD, Wasserstein), gamma
+#include "lib/gemm.h"        // defines: gemm, the blocked matrix product of the linears (section 3's matmul)
 #include "lib/model.h"       // defines: ModelHeader, the .bin format and the tensor table; with quant.h
                              //          (the quantizers) and lib/util.h (die, checked I/O, atomic files)
 #include "tokenizer.c"       // defines: Tokenizer (byte-level BPE, SentencePiece), encode, decode; lib/json.h
@@ -157,7 +158,6 @@ enum {  // activations; shapes for B sequences of T tokens. Per-layer ones are m
     A_LOGITS,     // [B,T,V]
     A_PROJ,       // [B,T,D]         scratch: output of wo and wdown before the residual add
     A_SCORES,     // [B,H,T]         scratch: one row of attention scores per (b, h)
-    A_MMT,        // scratch for matmul's transposes: the largest W^T, or dout^T [O, B*T]
     // gradients of activations (training only)
     A_DRESID,     // [B,T,D]         flows down the residual stream
     A_DXN,        // [B,T,D]
@@ -299,12 +299,6 @@ static void model_alloc_acts(Model *m, int B, int T, int training) {
         [A_UP] = BT * F, [A_HMID] = BT * F, [A_ATTQ] = c->quant_act_bits ? BT * Hq : 0, [A_XNF] = BT * D, [A_RSTDF] = BT,
         [A_LOGITS] = BT * V, [A_PROJ] = BT * D, [A_SCORES] = B * H * T,
     };
-    int64_t widest = V > F ? V : F;  // the widest output of any linear (D and H*hd too)
-    if (D > widest) widest = D;
-    if (Hq > widest) widest = Hq;
-    int64_t largest_w = V * D > F * D ? V * D : F * D;
-    if (Hq * D > largest_w) largest_w = Hq * D;
-    size[A_MMT] = largest_w > BT * widest ? largest_w : BT * widest;
     if (training) {
         size[A_DRESID] = BT * D; size[A_DXN] = BT * D; size[A_DQ] = BT * Hq;
         size[A_DK] = BT * Hkv; size[A_DV] = BT * Hkv; size[A_DATT] = BT * Hq;
@@ -394,52 +388,44 @@ static void rmsnorm_backward(float *dx, float *dw, const float *dy, const float 
 }
 
 // --- matmul: out[N,O] = x[N,I] W[O,I]^T ----------------------------------------------------
-// Every linear layer. All three products of a linear (forward, dx, dW) are computed in one
-// form, a sum of scaled contiguous rows, which compilers turn into vector FMAs reliably:
-//   C[n,:] += sum_k A[n,k] Bm[k,:]          (C[M,J], A[M,K], Bm[K,J])
-// Four rows of C share each row of Bm they read; OpenMP splits the rows of C.
-#define MM_ROWS 4
-static void rows_accumulate(float *C, const float *A, const float *Bm, int M, int K, int J) {
-    #pragma omp parallel for schedule(static)
-    for (int m0 = 0; m0 < M; m0 += MM_ROWS) {
-        int tm = M - m0 < MM_ROWS ? M - m0 : MM_ROWS;
-        for (int k = 0; k < K; k++) {
-            const float *b = Bm + (int64_t)k * J;
-            for (int a = 0; a < tm; a++) {
-                float av = A[(int64_t)(m0 + a) * K + k];
-                float *c = C + (int64_t)(m0 + a) * J;
-                for (int j = 0; j < J; j++) c[j] += av * b[j];
+// Every linear layer. With W [O,I] as Hugging Face stores it, the three products of a linear:
+//   forward   out[n,o]  = sum_i x[n,i] W[o,i]       out[N,O]  = x[N,I] W[O,I]^T
+//   backward  dx[n,i]  += sum_o dout[n,o] W[o,i]    dx[N,I]  += dout[N,O] W[O,I]
+//             dW[o,i]  += sum_n dout[n,o] x[n,i]    dW[O,I]  += dout[N,O]^T x[N,I]
+// The plain loops (matmul_*_reference) are the definition. The layers call lib/gemm.h's
+// blocked product instead, the same sums in another order (so equal up to float rounding),
+// an order of magnitude faster: cache-sized packed panels and a vector micro-kernel that keeps
+// a tile of the output in registers (its header draws the blocking).
+static void matmul_forward_reference(float *out, const float *x, const float *w, int N, int I, int O) {
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < O; o++) {
+            float s = 0.0f;
+            for (int i = 0; i < I; i++) s += x[(int64_t)n * I + i] * w[(int64_t)o * I + i];
+            out[(int64_t)n * O + o] = s;
+        }
+}
+
+static void matmul_backward_reference(float *dx, float *dw, const float *dout, const float *x,
+                                      const float *w, int N, int I, int O) {
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < O; o++) {
+            float g = dout[(int64_t)n * O + o];
+            for (int i = 0; i < I; i++) {
+                if (dx) dx[(int64_t)n * I + i] += g * w[(int64_t)o * I + i];
+                if (dw) dw[(int64_t)o * I + i] += g * x[(int64_t)n * I + i];
             }
         }
-    }
 }
 
-// wt[K,M] = a[M,K]^T, in cache-sized blocks.
-static void transpose(float *wt, const float *a, int M, int K) {
-    #pragma omp parallel for collapse(2) schedule(static)
-    for (int m0 = 0; m0 < M; m0 += 32)
-        for (int k0 = 0; k0 < K; k0 += 32)
-            for (int m = m0; m < m0 + 32 && m < M; m++)
-                for (int k = k0; k < k0 + 32 && k < K; k++) wt[(int64_t)k * M + m] = a[(int64_t)m * K + k];
+// gemm(C, A, B, M, N, K, ta, tb, accumulate): C[M,N] (+)= op(A)[M,K] op(B)[K,N]
+static void matmul_forward(float *out, const float *x, const float *w, int N, int I, int O) {
+    gemm(out, x, w, N, O, I, 0, 1, 0);      // x [N,I] times W [O,I] transposed
 }
 
-// out = x W^T: W is first transposed into scratch wt[I,O] (O*I copies, negligible beside the
-// N*O*I multiply-adds), then out[n,:] = sum_i x[n,i] wt[i,:].
-static void matmul_forward(float *out, float *wt, const float *x, const float *w, int N, int I, int O) {
-    transpose(wt, w, O, I);
-    memset(out, 0, (size_t)N * O * sizeof(float));
-    rows_accumulate(out, x, wt, N, I, O);
-}
-
-// dx[N,I] += dout[N,O] W[O,I];   dW[O,I] += dout[N,O]^T x[N,I] (dout transposed into the
-// scratch dt[O,N] first, so both are rows_accumulate).
-static void matmul_backward(float *dx, float *dw, float *dt, const float *dout, const float *x,
+static void matmul_backward(float *dx, float *dw, const float *dout, const float *x,
                             const float *w, int N, int I, int O) {
-    if (dx) rows_accumulate(dx, dout, w, N, O, I);
-    if (dw) {
-        transpose(dt, dout, N, O);
-        rows_accumulate(dw, dt, x, O, N, I);
-    }
+    if (dx) gemm(dx, dout, w, N, I, O, 0, 0, 1);  // dout [N,O] times W [O,I]
+    if (dw) gemm(dw, dout, x, O, I, N, 1, 0, 1);  // dout [N,O] transposed times x [N,I]
 }
 
 // --- RoPE (Hugging Face "rotate half" layout), in place on x[B,T,NH,hd] ---------------------
@@ -476,6 +462,8 @@ static void rope_backward(float *dx, const float *cosv, const float *sinv, int B
 // Only lse[B,H,T] = log sum_j exp(s_tj) is stored: the backward recomputes p_tj = exp(s_tj - lse_t)
 // instead of keeping a [T,T] matrix per head (the idea of FlashAttention, Dao et al. 2022).
 // Thread mapping: one (b, h) pair per iteration; scores[B,H,T] gives each its own row.
+// The dot products over hd go through gemm.h's gemm_dot, whose 16 partial sums vectorise (a
+// plain float sum is one chain of dependent additions, which the compiler may not reorder).
 static void attention_forward(float *out, float *lse, float *scores, const float *q, const float *k,
                               const float *v, int B, int T, int H, int KV, int hd) {
     int group = H / KV;
@@ -490,9 +478,7 @@ static void attention_forward(float *out, float *lse, float *scores, const float
                 float mx = -INFINITY;
                 for (int j = 0; j <= t; j++) {
                     const float *kj = k + (((int64_t)b * T + j) * KV + kvh) * hd;
-                    float d = 0.0f;
-                    for (int i = 0; i < hd; i++) d += qt[i] * kj[i];
-                    s[j] = d * scale;
+                    s[j] = gemm_dot(qt, kj, hd) * scale;
                     if (s[j] > mx) mx = s[j];
                 }
                 float sum = 0.0f;
@@ -528,21 +514,16 @@ static void attention_backward(float *dq, float *dk, float *dv, float *scores, c
                     int64_t qi = (((int64_t)b * T + t) * H + h) * hd;
                     const float *qt = q + qi, *dot = dout + qi, *ot = out + qi;
                     float *dqt = dq + qi;
-                    float L = lse[((int64_t)b * H + h) * T + t], delta = 0.0f;
-                    for (int i = 0; i < hd; i++) delta += dot[i] * ot[i];
+                    float L = lse[((int64_t)b * H + h) * T + t], delta = gemm_dot(dot, ot, hd);
                     for (int j = 0; j <= t; j++) {
                         const float *kj = k + (((int64_t)b * T + j) * KV + kvh) * hd;
-                        float d = 0.0f;
-                        for (int i = 0; i < hd; i++) d += qt[i] * kj[i];
-                        p[j] = expf(d * scale - L);
+                        p[j] = expf(gemm_dot(qt, kj, hd) * scale - L);
                     }
                     for (int j = 0; j <= t; j++) {
                         int64_t kvi = (((int64_t)b * T + j) * KV + kvh) * hd;
                         const float *kj = k + kvi, *vj = v + kvi;
                         float *dkj = dk + kvi, *dvj = dv + kvi;
-                        float dp = 0.0f;
-                        for (int i = 0; i < hd; i++) dp += dot[i] * vj[i];
-                        float ds = p[j] * (dp - delta) * scale;
+                        float ds = p[j] * (gemm_dot(dot, vj, hd) - delta) * scale;
                         for (int i = 0; i < hd; i++) {
                             dvj[i] += p[j] * dot[i];
                             dqt[i] += ds * kj[i];
@@ -645,23 +626,23 @@ static void layer_forward(Model *m, int l, int B, int T) {
     // attention block
     rmsnorm_forward(xn1, act_l(m, A_RSTD1, l), x, layer_tensor(m->fwd_t, m, T_ATTN_NORM, l), N, D, c->rms_norm_eps);
     act_quant(m, xn1, xn1, N, D);  // in place: rmsnorm_backward reads x, not xn1
-    matmul_forward(q, m->act[A_MMT], xn1, layer_tensor(m->fwd_t, m, T_WQ, l), N, D, Hq);
-    matmul_forward(k, m->act[A_MMT], xn1, layer_tensor(m->fwd_t, m, T_WK, l), N, D, Hkv);
-    matmul_forward(v, m->act[A_MMT], xn1, layer_tensor(m->fwd_t, m, T_WV, l), N, D, Hkv);
+    matmul_forward(q, xn1, layer_tensor(m->fwd_t, m, T_WQ, l), N, D, Hq);
+    matmul_forward(k, xn1, layer_tensor(m->fwd_t, m, T_WK, l), N, D, Hkv);
+    matmul_forward(v, xn1, layer_tensor(m->fwd_t, m, T_WV, l), N, D, Hkv);
     rope_forward(q, m->rope_cos, m->rope_sin, B, T, H, hd);
     rope_forward(k, m->rope_cos, m->rope_sin, B, T, KV, hd);
     attention_forward(att, act_l(m, A_LSE, l), m->act[A_SCORES], q, k, v, B, T, H, KV, hd);
     const float *att_in = act_quant(m, act_l(m, A_ATTQ, l), att, N, Hq);  // attention_backward reads att
-    matmul_forward(proj, m->act[A_MMT], att_in, layer_tensor(m->fwd_t, m, T_WO, l), N, Hq, D);
+    matmul_forward(proj, att_in, layer_tensor(m->fwd_t, m, T_WO, l), N, Hq, D);
     residual_forward(mid, x, proj, (int64_t)N * D);
     // MLP block
     rmsnorm_forward(xn2, act_l(m, A_RSTD2, l), mid, layer_tensor(m->fwd_t, m, T_MLP_NORM, l), N, D, c->rms_norm_eps);
     act_quant(m, xn2, xn2, N, D);
-    matmul_forward(gate, m->act[A_MMT], xn2, layer_tensor(m->fwd_t, m, T_WGATE, l), N, D, F);
-    matmul_forward(up, m->act[A_MMT], xn2, layer_tensor(m->fwd_t, m, T_WUP, l), N, D, F);
+    matmul_forward(gate, xn2, layer_tensor(m->fwd_t, m, T_WGATE, l), N, D, F);
+    matmul_forward(up, xn2, layer_tensor(m->fwd_t, m, T_WUP, l), N, D, F);
     swiglu_forward(hmid, gate, up, (int64_t)N * F);
     act_quant(m, hmid, hmid, N, F);  // swiglu_backward reads gate and up
-    matmul_forward(proj, m->act[A_MMT], hmid, layer_tensor(m->fwd_t, m, T_WDOWN, l), N, F, D);
+    matmul_forward(proj, hmid, layer_tensor(m->fwd_t, m, T_WDOWN, l), N, F, D);
     residual_forward(act_l(m, A_RESID, l + 1), mid, proj, (int64_t)N * D);
 }
 
@@ -684,7 +665,7 @@ static float model_forward(Model *m, const int *inputs, const int *targets, int 
     embedding_forward(act_l(m, A_RESID, 0), inputs, m->fwd_t[T_EMBED], N, D);
     for (int l = 0; l < c->n_layers; l++) layer_forward(m, l, B, T);
     rmsnorm_forward(m->act[A_XNF], m->act[A_RSTDF], act_l(m, A_RESID, c->n_layers), m->fwd_t[T_FINAL_NORM], N, D, c->rms_norm_eps);
-    matmul_forward(m->logits, m->act[A_MMT], m->act[A_XNF], m->fwd_t[lm_head_tensor(m)], N, D, V);
+    matmul_forward(m->logits, m->act[A_XNF], m->fwd_t[lm_head_tensor(m)], N, D, V);
     m->loss = targets ? crossentropy_forward(m->logits, targets, N, V) : 0.0f;
     return m->loss;
 }
@@ -707,7 +688,7 @@ static void model_backward_from_dlogits(Model *m) {
     int head = lm_head_tensor(m);
     // head and final norm
     zero_act(m, A_DXN, (int64_t)N * D);
-    matmul_backward(dxn, m->dfwd_t[head], m->act[A_MMT], m->act[A_DLOGITS], m->act[A_XNF], m->fwd_t[head], N, D, V);
+    matmul_backward(dxn, m->dfwd_t[head], m->act[A_DLOGITS], m->act[A_XNF], m->fwd_t[head], N, D, V);
     zero_act(m, A_DRESID, (int64_t)N * D);
     rmsnorm_backward(dres, m->dfwd_t[T_FINAL_NORM], dxn, act_l(m, A_RESID, c->n_layers),
                      m->fwd_t[T_FINAL_NORM], m->act[A_RSTDF], N, D);
@@ -718,21 +699,21 @@ static void model_backward_from_dlogits(Model *m) {
               *gate = act_l(m, A_GATE, l), *up = act_l(m, A_UP, l), *hmid = act_l(m, A_HMID, l);
         // MLP block: dres holds dL/dx'; the residual passes it to h unchanged
         zero_act(m, A_DHMID, (int64_t)N * F);
-        matmul_backward(m->act[A_DHMID], layer_tensor(m->dfwd_t, m, T_WDOWN, l), m->act[A_MMT], dres, hmid,
+        matmul_backward(m->act[A_DHMID], layer_tensor(m->dfwd_t, m, T_WDOWN, l), dres, hmid,
                         layer_tensor(m->fwd_t, m, T_WDOWN, l), N, F, D);
         zero_act(m, A_DGATE, (int64_t)N * F);
         zero_act(m, A_DUP, (int64_t)N * F);
         swiglu_backward(m->act[A_DGATE], m->act[A_DUP], m->act[A_DHMID], gate, up, (int64_t)N * F);
         zero_act(m, A_DXN, (int64_t)N * D);
-        matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WGATE, l), m->act[A_MMT], m->act[A_DGATE], xn2,
+        matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WGATE, l), m->act[A_DGATE], xn2,
                         layer_tensor(m->fwd_t, m, T_WGATE, l), N, D, F);
-        matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WUP, l), m->act[A_MMT], m->act[A_DUP], xn2,
+        matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WUP, l), m->act[A_DUP], xn2,
                         layer_tensor(m->fwd_t, m, T_WUP, l), N, D, F);
         rmsnorm_backward(dres, layer_tensor(m->dfwd_t, m, T_MLP_NORM, l), dxn, mid,
                          layer_tensor(m->fwd_t, m, T_MLP_NORM, l), act_l(m, A_RSTD2, l), N, D);
         // attention block: dres now holds dL/dh, which the residual passes to x
         zero_act(m, A_DATT, (int64_t)N * Hq);
-        matmul_backward(m->act[A_DATT], layer_tensor(m->dfwd_t, m, T_WO, l), m->act[A_MMT], dres,
+        matmul_backward(m->act[A_DATT], layer_tensor(m->dfwd_t, m, T_WO, l), dres,
                         c->quant_act_bits ? act_l(m, A_ATTQ, l) : att, layer_tensor(m->fwd_t, m, T_WO, l), N, Hq, D);
         zero_act(m, A_DQ, (int64_t)N * Hq);
         zero_act(m, A_DK, (int64_t)N * Hkv);
@@ -742,11 +723,11 @@ static void model_backward_from_dlogits(Model *m) {
         rope_backward(m->act[A_DQ], m->rope_cos, m->rope_sin, B, T, H, hd);
         rope_backward(m->act[A_DK], m->rope_cos, m->rope_sin, B, T, KV, hd);
         zero_act(m, A_DXN, (int64_t)N * D);
-        matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WQ, l), m->act[A_MMT], m->act[A_DQ], xn1,
+        matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WQ, l), m->act[A_DQ], xn1,
                         layer_tensor(m->fwd_t, m, T_WQ, l), N, D, Hq);
-        matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WK, l), m->act[A_MMT], m->act[A_DK], xn1,
+        matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WK, l), m->act[A_DK], xn1,
                         layer_tensor(m->fwd_t, m, T_WK, l), N, D, Hkv);
-        matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WV, l), m->act[A_MMT], m->act[A_DV], xn1,
+        matmul_backward(dxn, layer_tensor(m->dfwd_t, m, T_WV, l), m->act[A_DV], xn1,
                         layer_tensor(m->fwd_t, m, T_WV, l), N, D, Hkv);
         rmsnorm_backward(dres, layer_tensor(m->dfwd_t, m, T_ATTN_NORM, l), dxn, x,
                          layer_tensor(m->fwd_t, m, T_ATTN_NORM, l), act_l(m, A_RSTD1, l), N, D);

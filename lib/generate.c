@@ -48,9 +48,7 @@ static void attention_decode(float *out, float *scores, const float *q, const fl
             int kvh = h / group;
             for (int j = 0; j <= pos; j++) {
                 const float *kj = kc + (((int64_t)b * T + j) * KV + kvh) * hd;
-                float d = 0.0f;
-                for (int i = 0; i < hd; i++) d += qh[i] * kj[i];
-                s[j] = d * scale;
+                s[j] = gemm_dot(qh, kj, hd) * scale;  // (the sum attention_forward computes)
                 mx = s[j] > mx ? s[j] : mx;
             }
             for (int j = 0; j <= pos; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
@@ -77,16 +75,16 @@ static void model_decode_step(Model *m, KVCache *kv, const int *tokens, int pos)
         if (tokens[b] < 0 || tokens[b] >= V) die("token id %d out of range [0, %d)", tokens[b], V);
     float *x = m->act[A_RESID], *xn = m->act[A_XN1], *q = m->act[A_Q], *k = m->act[A_K],
           *v = m->act[A_V], *att = m->act[A_ATT], *mid = m->act[A_RESID_MID], *proj = m->act[A_PROJ],
-          *gate = m->act[A_GATE], *up = m->act[A_UP], *hmid = m->act[A_HMID], *mmt = m->act[A_MMT];
+          *gate = m->act[A_GATE], *up = m->act[A_UP], *hmid = m->act[A_HMID];
     const float *cosp = kv->cosv + (int64_t)pos * half, *sinp = kv->sinv + (int64_t)pos * half;
     embedding_forward(x, tokens, m->fwd_t[T_EMBED], B, D);
     for (int l = 0; l < c->n_layers; l++) {
         float *kc = kv->k + (int64_t)l * B * kv->T * Hkv, *vc = kv->v + (int64_t)l * B * kv->T * Hkv;
         rmsnorm_forward(xn, m->act[A_RSTD1], x, layer_tensor(m->fwd_t, m, T_ATTN_NORM, l), B, D, c->rms_norm_eps);
         act_quant(m, xn, xn, B, D);  // the linears' inputs, as layer_forward quantizes them (in place: no backward)
-        matmul_forward(q, mmt, xn, layer_tensor(m->fwd_t, m, T_WQ, l), B, D, Hq);
-        matmul_forward(k, mmt, xn, layer_tensor(m->fwd_t, m, T_WK, l), B, D, Hkv);
-        matmul_forward(v, mmt, xn, layer_tensor(m->fwd_t, m, T_WV, l), B, D, Hkv);
+        matmul_forward(q, xn, layer_tensor(m->fwd_t, m, T_WQ, l), B, D, Hq);
+        matmul_forward(k, xn, layer_tensor(m->fwd_t, m, T_WK, l), B, D, Hkv);
+        matmul_forward(v, xn, layer_tensor(m->fwd_t, m, T_WV, l), B, D, Hkv);
         rope_forward(q, cosp, sinp, B, 1, H, hd);
         rope_forward(k, cosp, sinp, B, 1, KV, hd);
         for (int b = 0; b < B; b++) {
@@ -95,19 +93,19 @@ static void model_decode_step(Model *m, KVCache *kv, const int *tokens, int pos)
         }
         attention_decode(att, kv->scores, q, kc, vc, B, kv->T, pos, H, KV, hd);
         act_quant(m, att, att, B, Hq);
-        matmul_forward(proj, mmt, att, layer_tensor(m->fwd_t, m, T_WO, l), B, Hq, D);
+        matmul_forward(proj, att, layer_tensor(m->fwd_t, m, T_WO, l), B, Hq, D);
         residual_forward(mid, x, proj, (int64_t)B * D);
         rmsnorm_forward(xn, m->act[A_RSTD2], mid, layer_tensor(m->fwd_t, m, T_MLP_NORM, l), B, D, c->rms_norm_eps);
         act_quant(m, xn, xn, B, D);
-        matmul_forward(gate, mmt, xn, layer_tensor(m->fwd_t, m, T_WGATE, l), B, D, F);
-        matmul_forward(up, mmt, xn, layer_tensor(m->fwd_t, m, T_WUP, l), B, D, F);
+        matmul_forward(gate, xn, layer_tensor(m->fwd_t, m, T_WGATE, l), B, D, F);
+        matmul_forward(up, xn, layer_tensor(m->fwd_t, m, T_WUP, l), B, D, F);
         swiglu_forward(hmid, gate, up, (int64_t)B * F);
         act_quant(m, hmid, hmid, B, F);
-        matmul_forward(proj, mmt, hmid, layer_tensor(m->fwd_t, m, T_WDOWN, l), B, F, D);
+        matmul_forward(proj, hmid, layer_tensor(m->fwd_t, m, T_WDOWN, l), B, F, D);
         residual_forward(x, mid, proj, (int64_t)B * D);
     }
     rmsnorm_forward(m->act[A_XNF], m->act[A_RSTDF], x, m->fwd_t[T_FINAL_NORM], B, D, c->rms_norm_eps);
-    matmul_forward(m->logits, mmt, m->act[A_XNF], m->fwd_t[lm_head_tensor(m)], B, D, V);
+    matmul_forward(m->logits, m->act[A_XNF], m->fwd_t[lm_head_tensor(m)], B, D, V);
 }
 
 // Where generate() and eval.c's scoring get the model's numbers when the model does not run
