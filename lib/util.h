@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 // s as a JSON string, quotes included, into dst[n] (n >= 3): '"', '\' and control bytes
 // escaped, the other bytes as they are; when dst is too small, cut short before a whole UTF-8
