@@ -94,9 +94,15 @@ static void *calloc_or_die(size_t count, size_t size, const char *what) {
     return p;
 }
 
+// (A folder opens for reading too, and then reads as an error or an endless file: refused.)
 static FILE *fopen_or_die(const char *path, const char *mode) {
     FILE *f = fopen(path, mode);
     if (!f) die("%s: cannot open (%s)", path, strerror(errno));
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) {
+        fclose(f);
+        die("%s: a folder, not a file", path);
+    }
     return f;
 }
 

@@ -66,6 +66,13 @@ $train "${run[@]}" --inject-nan 2 -o "$tmp/keep.bin" > /dev/null 2>&1
 cmp -s "$tmp/m.bin" "$tmp/keep.bin" && [ ! -e "$tmp/keep.bin.tmp" ] && ok "a run stopped by NaN leaves the existing -o file intact" \
     || bad "the existing -o file changed"
 
+echo "a folder where a file is read"
+expect_refused "-m a folder" "dir: a folder, not a file" $train -m "$tmp/dir"
+expect_refused "--train-tokens a folder" "dir: a folder, not a file" $train -m "$tmp/m.bin" --train-tokens "$tmp/dir"
+expect_refused "--resume a folder" "dir: a folder, not a file" $train "${run[@]}" --resume "$tmp/dir"
+expect_refused "tokenize a folder" "dir: a folder, not a file" ./tokenize "$tmp/dir" "hello"
+expect_refused "convert --from-llama2c a folder" "dir: a folder, not a file" ./convert --from-llama2c "$tmp/dir" "$tmp/out.bin"
+
 echo "write errors"
 if [ -w /dev/full ]; then
     expect_error "--log /dev/full" "/dev/full: write failed" $train "${run[@]}" --log /dev/full
