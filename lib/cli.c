@@ -229,6 +229,19 @@ static void args_check_outputs(const Args *a) {
     for (int i = 0; i < n; i++)
         for (int j = 0; j < i; j++)
             if (!strcmp(paths[i], paths[j])) die("%s: both %s and %s would be written there", paths[i], flags[j], flags[i]);
+    // nor may an output replace an input, but for the model trained in place (-m X -o X), the
+    // checkpoint resumed and written again, and the tokenizer already beside -o
+    const char *ins[9] = {a->model_path, a->teacher_path, a->clip_init, a->tokenizer_path, a->train_tokens,
+                          train_data_path(a), a->eval_ppl, a->calib, a->resume};
+    const char *in_flags[9] = {"-m", "-t", "--clip-init", "--tokenizer", "--train-tokens", "--data", "--eval-ppl", "--calib", "--resume"};
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < 9; j++) {
+            if (!ins[j] || strcmp(paths[i], ins[j])) continue;
+            int ckpt = !strcmp(flags[i], "--ckpt") || !strcmp(flags[i], "-o's checkpoint");
+            int fine = (j == 0 && !strcmp(flags[i], "-o") && !a->generate_data) || (j == 8 && ckpt) ||
+                       (j == 3 && !strcmp(flags[i], "-o's tokenizer"));
+            if (!fine) die("%s: %s would replace the %s input", paths[i], flags[i], in_flags[j]);
+        }
 }
 
 static Args parse_args(int argc, char **argv) {

@@ -59,6 +59,12 @@ expect_refused "convert --to-hf into a file" "m.bin: not a folder" ./convert --t
 expect_refused "-o and --log on one path" "both -o and --log would be written there" $train "${run[@]}" -o "$tmp/same" --log "$tmp/same"
 expect_refused "--export-packed onto -o's checkpoint" "both -o's checkpoint and --export-packed" \
     $train "${run[@]}" -b 2 -g 64 -o "$tmp/same" --export-packed "$tmp/same.ckpt"
+cp "$tmp/m.bin" "$tmp/in.bin"
+expect_refused "--generate-data -o onto -m" "in.bin: -o would replace the -m input" \
+    $train -m "$tmp/in.bin" --generate-data --prompts "text:$tmp/c.ids" --n 2 --max-new 2 -o "$tmp/in.bin"
+expect_refused "--log onto --train-tokens" "c.ids: --log would replace the --train-tokens input" $train "${run[@]}" --log "$tmp/c.ids"
+expect_refused "--export-packed onto -m" "in.bin: --export-packed would replace the -m input" $train -m "$tmp/in.bin" -b 2 -g 64 --export-packed "$tmp/in.bin"
+cmp -s "$tmp/m.bin" "$tmp/in.bin" && ok "the inputs are intact" || bad "an input was changed"
 [ -p "$tmp/fifo" ] && [ -p "$tmp/fifo.csv" ] && [ -d "$tmp/dir" ] && ok "FIFOs and folders untouched" || bad "a FIFO or folder was replaced"
 # a failed run leaves the existing -o file as it was
 cp "$tmp/m.bin" "$tmp/keep.bin"
