@@ -368,7 +368,7 @@ static Args parse_args(int argc, char **argv) {
     if (a.seq < 0 || a.eval_T < 0 || a.eval_batch < 1 || a.save_every < 0) die("--seq, -T, --eval-batch and --save-every must be positive");
     if (!(a.opt.lr >= 0) || !(a.opt.beta1 >= 0 && a.opt.beta1 < 1) || !(a.opt.beta2 >= 0 && a.opt.beta2 < 1) || !(a.opt.eps > 0))
         die("--lr must be >= 0, betas in [0, 1), --adam-eps > 0");
-    if (a.threads < 0) die("--threads must be positive");
+    if (a.threads < 0 || a.threads > 4096) die("--threads must be between 1 and 4096 (0 or left out: all cores), got %d", a.threads);
     if (a.gamma != -1.0f && !(a.gamma >= 0.0f && a.gamma <= 1.0f)) die("--gamma must be in [0, 1]");
     if (a.temperature_given && !(a.temperature >= 0)) die("--temperature must not be negative");
     if (!a.temperature_given && (a.generate_data || a.generate_prompt)) a.temperature = 0.7f;  // BitDistiller's sampling

@@ -128,6 +128,7 @@ expect_refused "--min-lr -1" "--min-lr must not be negative" $train "${run[@]}" 
 expect_refused "--weight-decay -0.1" "--weight-decay must not be negative" $train "${run[@]}" --weight-decay -0.1
 expect_refused "--grad-clip -1" "--grad-clip must not be negative" $train "${run[@]}" --grad-clip -1
 expect_refused "--seed -1" "--seed must not be negative" $train "${run[@]}" --seed -1
+expect_refused "--threads 1000000" "--threads must be between 1 and 4096" $train "${run[@]}" --threads 1000000
 expect_refused "--steps 99999999999" "expected an integer" $train "${run[@]}" --steps 99999999999
 expect_refused "--steps 3x" "expected an integer" $train "${run[@]}" --steps 3x
 expect_refused "--lr nan" "expected a number" $train "${run[@]}" --lr nan
