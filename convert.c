@@ -45,9 +45,9 @@ static int config_int(const Json *cfg, const char *key, int dflt, const char *pa
         if (required) die("%s: missing \"%s\"", path, key);
         return dflt;
     }
-    if (v->type != JSON_NUMBER || !(v->number >= -2147483648.0 && v->number <= 2147483647.0) ||
-        v->number != (double)(int)v->number)
-        die("%s: \"%s\" must be an integer", path, key);
+    if (v->type != JSON_NUMBER || v->number != floor(v->number)) die("%s: \"%s\" must be an integer", path, key);
+    if (!(v->number >= -2147483648.0 && v->number <= 2147483647.0))
+        die("%s: \"%s\" is %.17g, out of range (a 32-bit integer)", path, key, v->number);
     return (int)v->number;
 }
 
@@ -521,14 +521,41 @@ static void import_llama2c(const char *in, const char *out) {
 }
 
 #ifndef CONVERT_NO_MAIN  // the fuzz targets include this file for its readers
+// The outputs, checked before any input is read (util.h's output_check): OUT.bin and
+// OUT.bin.tokenizer, or OUT_DIR (a folder, or nothing yet) with its two files.
+static void outputs_check(const char *out, int mode) {
+    char path[4096];
+    if (mode != 1) {
+        output_check(out, 0);
+        if (mode == 0) {
+            if ((size_t)snprintf(path, sizeof path, "%s.tokenizer", out) >= sizeof path) die("%s: path too long", out);
+            output_check(path, 0);
+        }
+        return;
+    }
+    struct stat st;
+    if (stat(out, &st) != 0) {  // created by export_hf; its parent must exist
+        output_check(out, 0);
+        return;
+    }
+    if (!S_ISDIR(st.st_mode)) die("%s: not a folder (--to-hf writes a folder)", out);
+    join_path(path, sizeof path, out, "model.safetensors");
+    output_check(path, 0);
+    join_path(path, sizeof path, out, "config.json");
+    output_check(path, 0);
+}
+
 int main(int argc, char **argv) {
     const char *pos[3];
     int npos = 0, dtype = -1, mode = 0;  // mode 0: HF import, 1: --to-hf, 2: --from-llama2c
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(); return 0; }
-        else if (!strcmp(a, "--to-hf")) mode = 1;
-        else if (!strcmp(a, "--from-llama2c")) mode = 2;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(); stdout_check(); return 0; }
+        else if (!strcmp(a, "--to-hf") || !strcmp(a, "--from-llama2c")) {
+            int m = !strcmp(a, "--to-hf") ? 1 : 2;
+            if (mode && mode != m) die("give one of --to-hf and --from-llama2c");
+            mode = m;
+        }
         else if (!strcmp(a, "--dtype")) {
             if (i + 1 >= argc) die("--dtype: needs a value (f32 or bf16)");
             const char *v = argv[++i];
@@ -541,9 +568,11 @@ int main(int argc, char **argv) {
     }
     if (npos != 2) die("expected two paths, got %d (see ./convert --help)", npos);
     if (dtype >= 0 && mode != 0) die("--dtype applies to Hugging Face imports only");
+    outputs_check(pos[1], mode);
     if (mode == 1) export_hf(pos[0], pos[1]);
     else if (mode == 2) import_llama2c(pos[0], pos[1]);
     else import_hf(pos[0], pos[1], dtype);
+    stdout_check();
     return 0;
 }
 #endif

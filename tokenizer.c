@@ -1109,8 +1109,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[a], "--special")) flags |= TOK_SPECIAL;
         else if (!strcmp(argv[a], "--decode")) decode = 1;
         else if (!strcmp(argv[a], "--bench")) bench = 1;
-        else if (!strcmp(argv[a], "-f") && a + 1 < argc) textfile = argv[++a];
-        else if (!strcmp(argv[a], "--help")) { usage(stdout); return 0; }
+        else if (!strcmp(argv[a], "-f")) {
+            if (a + 1 >= argc) die("-f: missing value (the text file)");
+            textfile = argv[++a];
+        }
+        else if (!strcmp(argv[a], "--help")) { usage(stdout); stdout_check(); return 0; }
         else die("unknown flag '%s' (tokenize --help lists them)", argv[a]);
     }
     if (a >= argc) die(USAGE_LINE);
@@ -1142,6 +1145,7 @@ int main(int argc, char **argv) {
             text = malloc_or_die(len + 1, "text");
             memcpy(text, argv[a], len + 1);
         }
+        if (len > (INT32_MAX - 2) / 3) die("%s: %zu bytes; tokenize takes at most %d bytes at once", textfile ? textfile : "text", len, (INT32_MAX - 2) / 3);
         int max = (int)(3 * len + 2), *ids = malloc_or_die((size_t)max * sizeof(int), "ids");
         int n = tokenizer_encode(&t, text, len, flags, ids, max);
         if (bench) {  // the text as one string, as the reference tokenizers are timed (dev/bench_tokenizer.sh)
@@ -1157,6 +1161,7 @@ int main(int argc, char **argv) {
             printf("{\"bytes\": %zu, \"tokens\": %d, \"seconds\": %.6f, \"mb_per_s\": %.3f}\n", len, n, best, len / 1e6 / best);
             free(ids), free(text);
             tokenizer_free(&t);
+            stdout_check();
             return 0;
         }
         putchar('[');
@@ -1165,6 +1170,7 @@ int main(int argc, char **argv) {
         free(ids), free(text);
     }
     tokenizer_free(&t);
+    stdout_check();
     return 0;
 }
 #endif

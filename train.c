@@ -326,8 +326,10 @@ static void model_alloc_acts(Model *m, int B, int T, int training) {
     m->targets = malloc_or_die((size_t)BT * sizeof(int), "targets");
 }
 
-// Activation a of layer l.
-static float *act_l(const Model *m, int a, int l) { return m->act[a] + (int64_t)l * m->act_layer_stride[a]; }
+// Activation a of layer l (NULL for one this run did not allocate: arithmetic on NULL is undefined).
+static float *act_l(const Model *m, int a, int l) {
+    return m->act[a] ? m->act[a] + (int64_t)l * m->act_layer_stride[a] : NULL;
+}
 
 // ============================================================================================
 // 3. Layers
@@ -1208,7 +1210,12 @@ static double eval_split_loss(Model *m, Model *teacher, const Distiller *d, cons
 static TrainResult train_loop(Model *m, Model *teacher, Distiller *d, const Args *a, Batches *data, const Dataset *ev,
                               int steps, int T, TrainState *st, const char *ckpt) {
     model_alloc_training(m);
-    FILE *log = a->log_path ? fopen_or_die(a->log_path, st->step ? "a" : "w") : NULL;
+    StepLog log = {0};
+    if (a->log_path) steplog_open(&log, a->log_path, st->step);
+    // the checkpoint a stop leaves: the one resumed from, then each one written
+    const char *saved = st->step ? a->resume : NULL;
+    int64_t saved_step = st->step;
+    char intact[4400];
     int B = a->micro_batch, accum = a->batch / a->micro_batch;
     int *inputs = malloc_or_die((size_t)B * T * sizeof(int), "inputs");
     int *targets = malloc_or_die((size_t)B * T * sizeof(int), "targets");
@@ -1234,16 +1241,15 @@ static TrainResult train_loop(Model *m, Model *teacher, Distiller *d, const Args
                 model_backward_scaled(m, 1.0f / accum);
             }
         }
-        if (!isfinite(loss))
-            die("step %lld: the loss is %f; stopping, the last checkpoint%s is intact", (long long)step + 1, loss, ckpt ? "" : " (none)");
+        checkpoint_note(intact, sizeof intact, saved, saved_step);
+        if (!isfinite(loss)) die("step %lld: the loss is %f; stopping; %s", (long long)step + 1, loss, intact);
         // the update: clip the gradient's norm, the schedule's learning rate, AdamW on the latent weights
         float norm = clip_grad_norm(m, a->opt.grad_clip);
         float lr = lr_at(&a->opt, step, steps);
         adamw_update(m, &a->opt, lr);
         for (int64_t i = 0; i < m->n_params; i++)  // nothing non-finite may reach a checkpoint
             if (!isfinite(m->params[i]))
-                die("step %lld: a weight became NaN or Inf (lower --lr?); stopping, the last checkpoint%s is intact",
-                    (long long)step + 1, ckpt ? "" : " (none)");
+                die("step %lld: a weight became NaN or Inf (lower --lr?); stopping; %s", (long long)step + 1, intact);
         // the run's data position (micro-batches consumed, the sampler's state), which checkpoints save
         st->rng = rng.s;
         st->micro_batches += accum;
@@ -1269,12 +1275,15 @@ static TrainResult train_loop(Model *m, Model *teacher, Distiller *d, const Args
         printf("step %4lld/%d %s | loss %.4f%s%s | lr %.3g | grad norm %.3f%s | %.0f tok/s | ETA %s\n",
                (long long)step + 1, steps, bar, loss, eval_s, gamma_s, lr, norm, flip_s, tps, eta);
         fflush(stdout);
-        if (log) log_step(log, m, step + 1, loss, eval_loss, lr, norm, tps, d ? st->gamma : -1.0);
-        if (ckpt && ((a->save_every && st->step % a->save_every == 0) || st->step == last)) checkpoint_save(ckpt, m, st);
+        if (log.f) log_step(&log, m, step + 1, loss, eval_loss, lr, norm, tps, d ? st->gamma : -1.0);
+        if (ckpt && ((a->save_every && st->step % a->save_every == 0) || st->step == last)) {
+            checkpoint_save(ckpt, m, st);
+            saved = ckpt, saved_step = st->step;
+        }
         r.final_loss = (float)loss;
     }
     r.tokens_per_s = (float)((double)(last - first) * a->batch * T / (now_seconds() - t0));
-    if (log) fclose(log);
+    steplog_close(&log);
     free(inputs); free(targets);
     return r;
 }
@@ -1435,6 +1444,7 @@ int main(int argc, char **argv) {
         strncat(json, qa, sizeof json - strlen(json) - 1);
     }
     printf("{%s}\n", json);
+    stdout_check();
     if (tok) tokenizer_free(tok);
     if (teacher) model_free(teacher);
     model_free(&m);

@@ -1479,15 +1479,15 @@ static TrainResult train_loop(Model *m, Model *teacher, Distiller *d, const Host
             }
         }
         if (g_dp.on) loss = dp_reduce_gradients(m, loss);
-        if (!isfinite(loss))
-            fail("step %lld: the loss is %f; stopping, the last checkpoint%s is intact", (long long)step + 1, loss, ckpt ? "" : " (none)");
+        char intact[4400];  // the checkpoint a stop leaves
+        host_checkpoint_note(intact, sizeof intact);
+        if (!isfinite(loss)) fail("step %lld: the loss is %f; stopping; %s", (long long)step + 1, loss, intact);
         float gscale, norm = g_dp.on ? dp_clip_grad_norm(m, opt->grad_clip, &gscale) : clip_grad_norm(m, opt->grad_clip, &gscale);
         float lr = host_lr_at(step);
         if (g_dp.on) dp_adamw_update(m, opt, lr, gscale);
         else adamw_update(m, opt, lr, gscale);
         if (!params_finite(m))
-            fail("step %lld: a weight became NaN or Inf (lower --lr?); stopping, the last checkpoint%s is intact",
-                 (long long)step + 1, ckpt ? "" : " (none)");
+            fail("step %lld: a weight became NaN or Inf (lower --lr?); stopping; %s", (long long)step + 1, intact);
         st->rng = rng;
         st->micro_batches += accum;
         st->step = step + 1;

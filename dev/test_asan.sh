@@ -15,7 +15,7 @@ SAN_FLAGS=${SAN_FLAGS:--O1 -g -fno-omit-frame-pointer -fsanitize=address,undefin
 # the quick CLI scripts; the others train for minutes (their code is the same as the quick
 # ones', and tests/faults.sh's and distill.sh's training loop is test_model's), or need nvcc
 QUICK="tests/convert_bad_input.sh tests/convert_roundtrip.sh tests/fuzz_regressions.sh tests/text.sh
-       tests/tokenizer_cli.sh tests/train_cli.sh tests/bitdistill_pipeline.sh"
+       tests/tokenizer_cli.sh tests/train_cli.sh tests/bitdistill_pipeline.sh tests/hardening.sh"
 
 mkdir -p "$dir"
 find "$dir" -maxdepth 1 -type l ! -exec test -e {} \; -delete  # links to removed files

@@ -12,17 +12,18 @@ runs=${FUZZ_RUNS:-1000000}
 secs=${FUZZ_SECONDS:-600}
 bin=build/fuzz/$name
 [ -x "$bin" ] || { echo "error: $bin is not built (make fuzz-$name)" >&2; exit 1; }
-rm -rf build/fuzz/seeds && build/fuzz/make_seeds build/fuzz/seeds > /dev/null
+# the generated seeds go into the target's own folder, so that two targets can run at once
+work=build/fuzz/work-$name  # -jobs writes its job's log (fuzz-0.log) into the current folder
+rm -rf "$work" && mkdir -p "$work"
+build/fuzz/make_seeds "$work/seeds" > /dev/null
 corpus=build/fuzz/corpus/$name
 mkdir -p "$corpus"
 seeds=()
-[ -d "build/fuzz/seeds/$name" ] && seeds+=("build/fuzz/seeds/$name")
+[ -d "$work/seeds/$name" ] && seeds+=("$work/seeds/$name")
 [ -d "fuzz/seeds/$name" ] && seeds+=("fuzz/seeds/$name")
 [ -d "fuzz/regressions/$name" ] && seeds+=("fuzz/regressions/$name")
 log=build/fuzz/$name.log
 root=$PWD
-work=build/fuzz/work-$name  # -jobs writes its job's log (fuzz-0.log) into the current folder
-rm -rf "$work" && mkdir -p "$work"
 start=$(date +%s)
 set +e
 dirs=("$root/$corpus")

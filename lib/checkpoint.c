@@ -78,9 +78,71 @@ static void checkpoint_load(const char *path, Model *m, TrainState *st) {
     if (m->quant.method != QUANT_NONE) m->quant_stale = 1;
 }
 
+// What a run stopped by a NaN leaves to resume from: the checkpoint last written or resumed
+// from (path, step), or none.
+static void checkpoint_note(char *dst, size_t n, const char *path, int64_t step) {
+    if (path) snprintf(dst, n, "the checkpoint %.4000s of step %lld is intact", path, (long long)step);
+    else snprintf(dst, n, "no checkpoint was written");
+}
+
+// The JSONL log (--log FILE): one line per step, flushed as it is written. A failed write (a
+// full disk) stops the run, the file cut back to its last whole line. A resumed run continues
+// the log of the run it resumes, but first drops the lines of the steps after its checkpoint
+// (that run went on past it before it stopped, and this one does those steps again) and a line
+// cut short by a kill, so that each step is logged once. A log that is not a regular file (a
+// FIFO, /dev/stdout) is only written to.
+typedef struct {
+    FILE *f;
+    const char *path;
+    int64_t line_start;  // the file's size before the line being written; -1: not a regular file
+} StepLog;
+
+static void steplog_open(StepLog *l, const char *path, int64_t resumed_step) {
+    memset(l, 0, sizeof *l);
+    l->path = path;
+    struct stat st;
+    if (resumed_step > 0 && stat(path, &st) == 0 && S_ISREG(st.st_mode)) {
+        size_t len, keep = 0;
+        char *text = read_file_or_die(path, &len);
+        while (keep < len) {  // the whole lines {"step": N, ... with N <= resumed_step
+            const char *line = text + keep, *eol = memchr(line, '\n', len - keep);
+            if (!eol || strncmp(line, "{\"step\": ", 9) || line[9] < '0' || line[9] > '9' ||
+                strtoll(line + 9, NULL, 10) > resumed_step) break;
+            keep = (size_t)(eol - text) + 1;
+        }
+        free(text);
+        if (keep < len && truncate(path, (off_t)keep) != 0)
+            die("%s: cannot drop the lines after step %lld (%s)", path, (long long)resumed_step, strerror(errno));
+    }
+    l->f = fopen(path, resumed_step > 0 ? "a" : "w");
+    if (!l->f) die("%s: cannot open (%s)", path, strerror(errno));
+}
+
+// Before a line: where the file ends now.
+static void steplog_begin(StepLog *l) {
+    struct stat st;
+    l->line_start = fstat(fileno(l->f), &st) == 0 && S_ISREG(st.st_mode) ? (int64_t)st.st_size : -1;
+}
+
+// After it: the line is on disk, or the run stops with the file as it was before the line.
+static void steplog_end(StepLog *l) {
+    int err = fflush(l->f) != 0 ? errno : 0;
+    if (!ferror(l->f)) return;
+    if (l->line_start >= 0 && ftruncate(fileno(l->f), (off_t)l->line_start) != 0) { /* the write error is the news */ }
+    die("%s: write failed%s%s%s", l->path, err ? " (" : "", err ? strerror(err) : "", err ? ")" : "");
+}
+
+static void steplog_close(StepLog *l) {
+    if (!l->f) return;
+    if (fclose(l->f) != 0) die("%s: close failed (%s)", l->path, strerror(errno));
+    l->f = NULL;
+}
+
 // One line of the JSONL log: the step's numbers and, for a student, its flip-flops.
-static void log_step(FILE *log, const Model *m, int64_t step, double loss, double eval_loss, float lr, float norm, float tps,
+static void log_step(StepLog *sl, const Model *m, int64_t step, double loss, double eval_loss, float lr, float norm, float tps,
                      double gamma) {
+    FILE *log = sl->f;
+    steplog_begin(sl);
     fprintf(log, "{\"step\": %lld, \"loss\": %.6f, \"lr\": %g, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f",
             (long long)step, loss, lr, norm, tps);
     if (eval_loss >= 0) fprintf(log, ", \"eval_loss\": %.6f", eval_loss);
@@ -95,7 +157,7 @@ static void log_step(FILE *log, const Model *m, int64_t step, double loss, doubl
         fprintf(log, "]");
     }
     fprintf(log, "}\n");
-    fflush(log);
+    steplog_end(sl);
 }
 
 #endif

@@ -159,7 +159,16 @@ static void usage(void) {
         "The last line of stdout is one JSON object with the results.\n");
 }
 
+// The value of a flag given last on the line: a known flag then has "missing value", an
+// unknown one is still an "unknown flag" (parse_args checks the flag's name first).
+static const char NO_VALUE[] = "";
+static const char *value_of(const char *flag, const char *v) {
+    if (v == NO_VALUE) die("%s: missing value (see ./train --help)", flag);
+    return v;
+}
+
 static int parse_int(const char *flag, const char *v) {
+    v = value_of(flag, v);
     char *end;
     errno = 0;
     long x = strtol(v, &end, 10);
@@ -168,10 +177,26 @@ static int parse_int(const char *flag, const char *v) {
 }
 
 static float parse_float(const char *flag, const char *v) {
+    v = value_of(flag, v);
     char *end;
     errno = 0;
     float x = strtof(v, &end);
     if (errno || *end || end == v || !isfinite(x)) die("%s: expected a number, got '%s'", flag, v);
+    return x;
+}
+
+// A size that must be given as a positive number when it is given at all (0 in Args means
+// "the default").
+static int parse_positive(const char *flag, const char *v) {
+    int x = parse_int(flag, v);
+    if (x < 1) die("%s must be positive, got %d", flag, x);
+    return x;
+}
+
+// A value that must not be negative.
+static float parse_nonnegative(const char *flag, const char *v) {
+    float x = parse_float(flag, v);
+    if (x < 0) die("%s must not be negative, got %g", flag, x);
     return x;
 }
 
@@ -182,6 +207,53 @@ static int is_directory(const char *path) {
 
 // --data names the training examples, or with --eval-qa the folder of the task files.
 static const char *train_data_path(const Args *a) { return a->data && !a->eval_qa ? a->data : NULL; }
+
+// Every file the run will write, checked before any work (util.h's output_check): -o (and
+// OUT.ckpt, OUT.tokenizer beside it), --ckpt, --log, --export-packed, --histogram's CSV and SVG.
+// Two outputs on one path would overwrite each other.
+static void args_check_outputs(const Args *a) {
+    char paths[7][4200];
+    const char *flags[7];
+    int n = 0;
+    int trains = a->train_tokens || train_data_path(a);
+    if (a->out_path) {
+        snprintf(paths[n], sizeof paths[n], "%.4000s", a->out_path), flags[n++] = "-o";
+        if (!a->generate_data) snprintf(paths[n], sizeof paths[n], "%.4000s.tokenizer", a->out_path), flags[n++] = "-o's tokenizer";
+    }
+    if (trains && (a->ckpt || a->out_path)) {
+        if (a->ckpt) snprintf(paths[n], sizeof paths[n], "%.4000s", a->ckpt), flags[n++] = "--ckpt";
+        else snprintf(paths[n], sizeof paths[n], "%.4000s.ckpt", a->out_path), flags[n++] = "-o's checkpoint";
+    }
+    if (a->export_packed) snprintf(paths[n], sizeof paths[n], "%.4000s", a->export_packed), flags[n++] = "--export-packed";
+    if (a->histogram >= 0) {
+        char prefix[4000];
+        if (a->histogram_out) snprintf(prefix, sizeof prefix, "%s", a->histogram_out);
+        else snprintf(prefix, sizeof prefix, "histogram_layer%d", a->histogram);
+        snprintf(paths[n], sizeof paths[n], "%s.csv", prefix), flags[n++] = "--histogram's CSV";
+        snprintf(paths[n], sizeof paths[n], "%s.svg", prefix), flags[n++] = "--histogram's SVG";
+    }
+    for (int i = 0; i < n; i++) output_check(paths[i], 0);
+    if (a->log_path) {
+        output_check(a->log_path, 1);
+        snprintf(paths[n], sizeof paths[n], "%.4000s", a->log_path), flags[n++] = "--log";
+    }
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < i; j++)
+            if (!strcmp(paths[i], paths[j])) die("%s: both %s and %s would be written there", paths[i], flags[j], flags[i]);
+    // nor may an output replace an input, but for the model trained in place (-m X -o X), the
+    // checkpoint resumed and written again, and the tokenizer already beside -o
+    const char *ins[9] = {a->model_path, a->teacher_path, a->clip_init, a->tokenizer_path, a->train_tokens,
+                          train_data_path(a), a->eval_ppl, a->calib, a->resume};
+    const char *in_flags[9] = {"-m", "-t", "--clip-init", "--tokenizer", "--train-tokens", "--data", "--eval-ppl", "--calib", "--resume"};
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < 9; j++) {
+            if (!ins[j] || strcmp(paths[i], ins[j])) continue;
+            int ckpt = !strcmp(flags[i], "--ckpt") || !strcmp(flags[i], "-o's checkpoint");
+            int fine = (j == 0 && !strcmp(flags[i], "-o") && !a->generate_data) || (j == 8 && ckpt) ||
+                       (j == 3 && !strcmp(flags[i], "-o's tokenizer"));
+            if (!fine) die("%s: %s would replace the %s input", paths[i], flags[i], in_flags[j]);
+        }
+}
 
 static Args parse_args(int argc, char **argv) {
     Args a;
@@ -195,23 +267,26 @@ static Args parse_args(int argc, char **argv) {
                         .weight_decay = 0.0f, .grad_clip = 1.0f, .warmup = 0, .schedule = SCHED_CONSTANT};
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
-        if (!strcmp(f, "-h") || !strcmp(f, "--help")) { usage(); exit(0); }
+        if (!strcmp(f, "-h") || !strcmp(f, "--help")) { usage(); stdout_check(); exit(0); }
         if (!strcmp(f, "--bench")) { a.bench = 1; continue; }
         if (!strcmp(f, "--clip")) { a.clip = 1; continue; }
         if (!strcmp(f, "--gamma-include-pad")) { a.gamma_include_pad = 1; continue; }
         if (!strcmp(f, "--qa-no-bos")) { a.qa_no_bos = 1; continue; }
         if (!strcmp(f, "--mask-prompt")) { a.mask_prompt = 1; continue; }
         if (!strcmp(f, "--generate-data")) { a.generate_data = 1; continue; }
-        if (i + 1 >= argc) die("%s: missing value (see ./train --help)", f);
-        const char *v = argv[++i];
+        const char *v = i + 1 < argc ? argv[++i] : NO_VALUE;
         if (!strcmp(f, "-m")) a.model_path = v;
         else if (!strcmp(f, "--init")) a.init_shape = v;
         else if (!strcmp(f, "--vocab")) a.init_vocab = parse_int(f, v);
-        else if (!strcmp(f, "--seed")) a.seed = (uint64_t)parse_int(f, v);
+        else if (!strcmp(f, "--seed")) {
+            int seed = parse_int(f, v);
+            if (seed < 0) die("--seed must not be negative, got %d", seed);
+            a.seed = (uint64_t)seed;
+        }
         else if (!strcmp(f, "-o")) a.out_path = v;
         else if (!strcmp(f, "--tokenizer")) a.tokenizer_path = v;
         else if (!strcmp(f, "--dtype")) {
-            if (!strcmp(v, "f32")) a.out_dtype = DTYPE_F32;
+            if (!strcmp(value_of(f, v), "f32")) a.out_dtype = DTYPE_F32;
             else if (!strcmp(v, "bf16")) a.out_dtype = DTYPE_BF16;
             else die("--dtype: expected f32 or bf16, got '%s'", v);
         }
@@ -227,24 +302,27 @@ static Args parse_args(int argc, char **argv) {
         else if (!strcmp(f, "--generate")) a.generate_prompt = v;
         else if (!strcmp(f, "--batch")) a.batch = parse_int(f, v);
         else if (!strcmp(f, "--micro-batch")) a.micro_batch = parse_int(f, v);
-        else if (!strcmp(f, "--seq")) a.seq = parse_int(f, v);
+        else if (!strcmp(f, "--seq")) a.seq = parse_positive(f, v);
         else if (!strcmp(f, "--lr")) a.opt.lr = parse_float(f, v);
-        else if (!strcmp(f, "--min-lr")) a.opt.min_lr = parse_float(f, v);
+        else if (!strcmp(f, "--min-lr")) a.opt.min_lr = parse_nonnegative(f, v);
         else if (!strcmp(f, "--schedule")) {
-            if (!strcmp(v, "constant")) a.opt.schedule = SCHED_CONSTANT;
+            if (!strcmp(value_of(f, v), "constant")) a.opt.schedule = SCHED_CONSTANT;
             else if (!strcmp(v, "cosine")) a.opt.schedule = SCHED_COSINE;
             else die("--schedule: expected constant or cosine, got '%s'", v);
         }
-        else if (!strcmp(f, "--warmup")) a.opt.warmup = parse_int(f, v);
-        else if (!strcmp(f, "--weight-decay")) a.opt.weight_decay = parse_float(f, v);
+        else if (!strcmp(f, "--warmup")) {
+            a.opt.warmup = parse_int(f, v);
+            if (a.opt.warmup < 0) die("--warmup must not be negative, got %d", a.opt.warmup);
+        }
+        else if (!strcmp(f, "--weight-decay")) a.opt.weight_decay = parse_nonnegative(f, v);
         else if (!strcmp(f, "--beta1")) a.opt.beta1 = parse_float(f, v);
         else if (!strcmp(f, "--beta2")) a.opt.beta2 = parse_float(f, v);
         else if (!strcmp(f, "--adam-eps")) a.opt.eps = parse_float(f, v);
-        else if (!strcmp(f, "--grad-clip")) a.opt.grad_clip = parse_float(f, v);
+        else if (!strcmp(f, "--grad-clip")) a.opt.grad_clip = parse_nonnegative(f, v);
         else if (!strcmp(f, "--save-every")) a.save_every = parse_int(f, v);
         else if (!strcmp(f, "--log")) a.log_path = v;
         else if (!strcmp(f, "--eval-ppl")) a.eval_ppl = v;
-        else if (!strcmp(f, "-T")) a.eval_T = parse_int(f, v);
+        else if (!strcmp(f, "-T")) a.eval_T = parse_positive(f, v);
         else if (!strcmp(f, "--eval-batch")) a.eval_batch = parse_int(f, v);
         else if (!strcmp(f, "--eval-qa")) a.eval_qa = v;
         else if (!strcmp(f, "--eval-heldout")) a.eval_heldout = v;
@@ -255,7 +333,7 @@ static Args parse_args(int argc, char **argv) {
         else if (!strcmp(f, "-t")) a.teacher_path = v;
         else if (!strcmp(f, "--clip-init")) a.clip_init = v;
         else if (!strcmp(f, "--loss")) {
-            a.loss_kind = loss_from_name(v);
+            a.loss_kind = loss_from_name(value_of(f, v));
             if (a.loss_kind < 0) die("--loss: unknown loss '%s' (ce, fkl, rkl, cakld, cakld_ce, wasserstein)", v);
             a.loss_given = 1;
         }
@@ -267,23 +345,31 @@ static Args parse_args(int argc, char **argv) {
         else if (!strcmp(f, "--stop-after")) a.stop_after = parse_int(f, v);
         else if (!strcmp(f, "--inject-nan")) a.inject_nan = parse_int(f, v);
         else if (!strcmp(f, "--export-packed")) a.export_packed = v;
-        else if (!strcmp(f, "--histogram")) a.histogram = parse_int(f, v);
+        else if (!strcmp(f, "--histogram")) {
+            a.histogram = parse_int(f, v);
+            if (a.histogram < 0) die("--histogram: layer %d out of range (layers count from 0)", a.histogram);
+        }
         else if (!strcmp(f, "--histogram-out")) a.histogram_out = v;
         else if (!strcmp(f, "--calib-seqs")) a.calib_seqs = parse_int(f, v);
-        else if (!strcmp(f, "--calib-len")) a.calib_len = parse_int(f, v);
+        else if (!strcmp(f, "--calib-len")) a.calib_len = parse_positive(f, v);
         else if (!strcmp(f, "--clip-tokens")) a.clip_tokens = parse_int(f, v);
-        else if (!strcmp(f, "-b")) { a.quant.bits = parse_int(f, v); a.quant_given = 1; }
+        else if (!strcmp(f, "-b")) {
+            a.quant.bits = parse_int(f, v);
+            if (a.quant.bits < 1 || a.quant.bits > 16) die("-b: bits must be 1, 2, 3, 4 or 8, or 16 for full precision; got %d", a.quant.bits);
+            a.quant_given = 1;
+        }
         else if (!strcmp(f, "--act-bits")) {
             a.act_bits = parse_int(f, v);
             if (a.act_bits != 0 && a.act_bits != 8) die("--act-bits: 0 or 8 (BitNet's 8-bit activations), got %d", a.act_bits);
         }
         else if (!strcmp(f, "-g")) { a.quant.group = parse_int(f, v); a.quant_given = 1; }
         else if (!strcmp(f, "-q")) {
-            a.quant.method = quant_method_from_name(v);
+            a.quant.method = quant_method_from_name(value_of(f, v));
             if (a.quant.method < 0) die("-q: unknown quantizer '%s' (int, nf3, nf4, sign, onebit, ternary)", v);
             a.quant_given = 1;
         }
         else die("unknown flag '%s' (see ./train --help)", f);
+        value_of(f, v);
     }
     if (!a.model_path == !a.init_shape) die("give exactly one of -m FILE or --init SHAPE (see ./train --help)");
     if (a.init_vocab && (!a.init_shape || a.init_vocab < 2 || a.init_vocab > (1 << 22)))
@@ -294,7 +380,7 @@ static Args parse_args(int argc, char **argv) {
     if (a.seq < 0 || a.eval_T < 0 || a.eval_batch < 1 || a.save_every < 0) die("--seq, -T, --eval-batch and --save-every must be positive");
     if (!(a.opt.lr >= 0) || !(a.opt.beta1 >= 0 && a.opt.beta1 < 1) || !(a.opt.beta2 >= 0 && a.opt.beta2 < 1) || !(a.opt.eps > 0))
         die("--lr must be >= 0, betas in [0, 1), --adam-eps > 0");
-    if (a.threads < 0) die("--threads must be positive");
+    if (a.threads < 0 || a.threads > 4096) die("--threads must be between 1 and 4096 (0 or left out: all cores), got %d", a.threads);
     if (a.gamma != -1.0f && !(a.gamma >= 0.0f && a.gamma <= 1.0f)) die("--gamma must be in [0, 1]");
     if (a.temperature_given && !(a.temperature >= 0)) die("--temperature must not be negative");
     if (!a.temperature_given && (a.generate_data || a.generate_prompt)) a.temperature = 0.7f;  // BitDistiller's sampling
@@ -323,6 +409,7 @@ static Args parse_args(int argc, char **argv) {
         const char *why = quant_spec_check(&a.quant, 0);
         if (why) die("-q %s -b %d: %s", quant_method_name(a.quant.method), a.quant.bits, why);
     }
+    args_check_outputs(&a);
     return a;
 }
 
@@ -350,10 +437,18 @@ static void train_data_from_flags(TrainData *td, const Args *a, const char *path
     dataset_split(&all, &td->train, &td->eval);
     dataset_free(&all);
     if (td->train.n == 0) die("%s: no training examples", path);
+    if (dataset_targets(&td->train, a->mask_prompt) == 0)
+        die("%s: the training examples hold no token to predict (each needs two tokens or more%s)", path,
+            a->mask_prompt ? ", and a response with --mask-prompt" : "");
     printf("data: %d training and %d held-out examples (BitDistiller's split: the first fifth is held out)%s\n",
            td->train.n, td->eval.n, a->mask_prompt ? "; no loss on prompt tokens" : "");
     td->batches = batches_of_examples(&td->train, a->mask_prompt, a->seed, a->micro_batch);
-    if (!a->steps_given) td->steps = (int)(((int64_t)a->epochs * td->train.n + a->batch - 1) / a->batch);
+    if (!a->steps_given) {
+        int64_t steps = ((int64_t)a->epochs * td->train.n + a->batch - 1) / a->batch;
+        if (steps > INT32_MAX) die("--epochs %d of %d examples in batches of %d: %lld steps, more than 2^31 - 1", a->epochs,
+                                   td->train.n, a->batch, (long long)steps);
+        td->steps = (int)steps;
+    }
     printf("data: %d epochs of %d examples in batches of %d: %d steps\n", a->epochs, td->train.n, a->batch, td->steps);
 }
 

@@ -237,6 +237,16 @@ void dataset_batch(const Dataset *d, const int *idx, int B, int mask_prompt, int
     }
 }
 
+// The positions dataset_batch gives a target: what a run on d can learn from.
+int64_t dataset_targets(const Dataset *d, int mask_prompt) {
+    int64_t n = 0;
+    for (int i = 0; i < d->n; i++) {
+        int first = mask_prompt ? d->n_prompt[i] : 1;
+        for (int t = 0; t + 1 < d->n_real[i]; t++) n += t + 1 >= first;
+    }
+    return n;
+}
+
 // The order of the examples in epoch `epoch`: a permutation of 0..n-1 that depends only on
 // (seed, epoch), as a data sampler reshuffling every epoch does. A resumed run recomputes it
 // from the saved data position instead of saving it.

@@ -184,15 +184,22 @@ static int64_t quant_learned_floats(const ModelHeader *c) {
 // Returns NULL when valid, else a short description of the first problem.
 
 static const char *header_problem(const ModelHeader *c) {
+    static char msg[256];  // the messages that name a field and its value
     if (c->magic != MODEL_MAGIC) return "not a bitdistill model file (bad magic)";
     if (c->version != MODEL_VERSION) return "unsupported model file version";
-    if (c->dim <= 0 || c->hidden_dim <= 0 || c->n_layers <= 0 || c->n_heads <= 0 ||
-        c->n_kv_heads <= 0 || c->head_dim <= 0 || c->vocab_size <= 0 || c->max_seq_len <= 0)
-        return "a size in the header is zero or negative";
-    if (c->dim > (1 << 16) || c->hidden_dim > (1 << 18) || c->n_layers > 1024 ||
-        c->n_heads > 1024 || c->head_dim > 1024 || c->vocab_size > (1 << 22) ||
-        c->max_seq_len > (1 << 22))
-        return "a size in the header is implausibly large";
+    const char *names[8] = {"dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "vocab_size", "max_seq_len"};
+    const int sizes[8] = {c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim, c->vocab_size, c->max_seq_len};
+    const int limits[8] = {1 << 16, 1 << 18, 1024, 1024, 1024, 1024, 1 << 22, 1 << 22};
+    for (int i = 0; i < 8; i++) {
+        if (sizes[i] <= 0) {
+            snprintf(msg, sizeof msg, "a size in the header is zero or negative (%s = %d)", names[i], sizes[i]);
+            return msg;
+        }
+        if (sizes[i] > limits[i]) {
+            snprintf(msg, sizeof msg, "a size in the header is implausibly large (%s = %d, at most %d)", names[i], sizes[i], limits[i]);
+            return msg;
+        }
+    }
     if (c->n_heads % c->n_kv_heads != 0) return "n_kv_heads does not divide n_heads";
     if (c->head_dim % 2 != 0) return "head_dim must be even (RoPE rotates pairs)";
     if (c->tied != 0 && c->tied != 1) return "tied must be 0 or 1";
@@ -211,9 +218,15 @@ static const char *header_problem(const ModelHeader *c) {
     if (c->quant_method != QUANT_NONE) {
         QuantSpec q = header_quant(c);
         int ins[3] = {c->dim, c->n_heads * c->head_dim, c->hidden_dim};  // every linear's input width
+        const char *readers[3] = {"dim: q, k, v, gate and up", "n_heads x head_dim: o", "hidden_dim: down"};
         for (int i = 0; i < 3; i++) {
             QuantSpec t = q;
             const char *why = quant_spec_check(&t, ins[i]);
+            if (why && q.group > 0 && ins[i] % q.group != 0) {  // name the group and the dimension
+                snprintf(msg, sizeof msg, "group size %d does not divide the input dimension %d of a linear (%s)",
+                         q.group, ins[i], readers[i]);
+                return msg;
+            }
             if (why) return why;
             if (t.method != q.method || t.bits != q.bits) return "inconsistent quantization fields";
         }

@@ -84,6 +84,9 @@ void host_alloc_training(HostModel *m);
 // Resumes from --resume into m->params, adam_m, adam_v and *st (train.c's checkpoint_load).
 void host_resume(HostModel *m, HostTrainState *st);
 void host_checkpoint_save(const HostModel *m, const HostTrainState *st);
+// What a run stopped by a NaN leaves into dst: "the checkpoint PATH of step N is intact" (the
+// last one written or resumed from) or "no checkpoint was written" (train.c's checkpoint_note).
+void host_checkpoint_note(char *dst, size_t n);
 // The JSONL log line of a step (train.c's log_step; eval_loss < 0: none); flips [N_TENSORS],
 // flips_layer [L].
 void host_log_step(HostModel *m, int64_t step, double loss, double eval_loss, float lr, float norm, float tps,

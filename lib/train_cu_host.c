@@ -161,6 +161,9 @@ static TrainState host_full_state(const HostModel *h, const HostTrainState *hs, 
     return st;
 }
 
+static char g_saved[4096];  // the checkpoint a stop leaves (host_checkpoint_note), "" for none
+static int64_t g_saved_step, g_resumed_step;
+
 void host_resume(HostModel *h, HostTrainState *hs) {
     Model *m = (Model *)h->cpu;
     TrainState st = host_full_state(h, hs, distill_from_flags(&g_args, (const Model *)h->cpu));
@@ -169,6 +172,8 @@ void host_resume(HostModel *h, HostTrainState *hs) {
     hs->step = st.step; hs->micro_batches = st.micro_batches; hs->rng = st.rng; hs->gamma = st.gamma;
     h->params = m->params; h->adam_m = m->adam_m; h->adam_v = m->adam_v;
     printf("resumed from %s at step %lld\n", g_args.resume, (long long)st.step);
+    snprintf(g_saved, sizeof g_saved, "%s", g_args.resume);
+    g_saved_step = g_resumed_step = st.step;
 }
 
 void host_checkpoint_save(const HostModel *h, const HostTrainState *hs) {
@@ -176,10 +181,15 @@ void host_checkpoint_save(const HostModel *h, const HostTrainState *hs) {
     char ckpt[4096] = "";
     if (g_args.ckpt) snprintf(ckpt, sizeof ckpt, "%s", g_args.ckpt);
     else if (g_args.out_path) snprintf(ckpt, sizeof ckpt, "%.4000s.ckpt", g_args.out_path);
-    if (ckpt[0]) checkpoint_save(ckpt, (const Model *)h->cpu, &st);
+    if (!ckpt[0]) return;
+    checkpoint_save(ckpt, (const Model *)h->cpu, &st);
+    snprintf(g_saved, sizeof g_saved, "%s", ckpt);
+    g_saved_step = st.step;
 }
 
-static FILE *g_log;
+void host_checkpoint_note(char *dst, size_t n) { checkpoint_note(dst, n, g_saved[0] ? g_saved : NULL, g_saved_step); }
+
+static StepLog g_log;
 
 // One line of the JSONL log, in train.c's log_step format (written here rather than by calling
 // log_step, whose arguments change as train.c grows): the step's numbers and the flip-flops.
@@ -187,24 +197,26 @@ void host_log_step(HostModel *h, int64_t step, double loss, double eval_loss, fl
                    const int64_t *flips, const int64_t *flips_layer, int64_t flips_total) {
     if (!g_args.log_path) return;
     Model *m = (Model *)h->cpu;
-    if (!g_log) g_log = fopen_or_die(g_args.log_path, g_args.resume ? "a" : "w");
-    fprintf(g_log, "{\"step\": %lld, \"loss\": %.6f, \"lr\": %g, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f",
+    if (!g_log.f) steplog_open(&g_log, g_args.log_path, g_resumed_step);
+    FILE *log = g_log.f;
+    steplog_begin(&g_log);
+    fprintf(log, "{\"step\": %lld, \"loss\": %.6f, \"lr\": %g, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f",
             (long long)step, loss, lr, norm, tps);
-    if (eval_loss >= 0) fprintf(g_log, ", \"eval_loss\": %.6f", eval_loss);
-    if (gamma >= 0) fprintf(g_log, ", \"gamma\": %.6f", gamma);
+    if (eval_loss >= 0) fprintf(log, ", \"eval_loss\": %.6f", eval_loss);
+    if (gamma >= 0) fprintf(log, ", \"gamma\": %.6f", gamma);
     if (m->quant.method != QUANT_NONE) {
         int64_t n_codes = 0;
         for (int t = 0; t < N_TENSORS; t++) if (tensor_is_linear(t)) n_codes += m->slice[t] * m->cfg.n_layers;
-        fprintf(g_log, ", \"flip_rate\": %.8f", (double)flips_total / n_codes);
+        fprintf(log, ", \"flip_rate\": %.8f", (double)flips_total / n_codes);
         for (int t = 0; t < N_TENSORS; t++)
-            if (tensor_is_linear(t)) fprintf(g_log, ", \"flips_%s\": %lld", TENSOR_NAMES[t], (long long)flips[t]);
-        fprintf(g_log, ", \"flip_rate_layer\": [");
+            if (tensor_is_linear(t)) fprintf(log, ", \"flips_%s\": %lld", TENSOR_NAMES[t], (long long)flips[t]);
+        fprintf(log, ", \"flip_rate_layer\": [");
         int64_t per_layer = n_codes / m->cfg.n_layers;
-        for (int l = 0; l < m->cfg.n_layers; l++) fprintf(g_log, "%s%.8f", l ? ", " : "", (double)flips_layer[l] / per_layer);
-        fprintf(g_log, "]");
+        for (int l = 0; l < m->cfg.n_layers; l++) fprintf(log, "%s%.8f", l ? ", " : "", (double)flips_layer[l] / per_layer);
+        fprintf(log, "]");
     }
-    fprintf(g_log, "}\n");
-    fflush(g_log);
+    fprintf(log, "}\n");
+    steplog_end(&g_log);
 }
 
 void host_write_model(const HostModel *h) {
@@ -269,9 +281,9 @@ int *host_load_eval_tokens(const HostModel *h, int64_t *n) {
 void host_free(void *p) { free(p); }
 
 void host_finish(void) {
-    if (g_log) fclose(g_log);
+    steplog_close(&g_log);
     printf("{%s}\n", g_json);
-    fflush(stdout);
+    stdout_check();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 // s as a JSON string, quotes included, into dst[n] (n >= 3): '"', '\' and control bytes
 // escaped, the other bytes as they are; when dst is too small, cut short before a whole UTF-8
@@ -93,9 +94,15 @@ static void *calloc_or_die(size_t count, size_t size, const char *what) {
     return p;
 }
 
+// (A folder opens for reading too, and then reads as an error or an endless file: refused.)
 static FILE *fopen_or_die(const char *path, const char *mode) {
     FILE *f = fopen(path, mode);
     if (!f) die("%s: cannot open (%s)", path, strerror(errno));
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) {
+        fclose(f);
+        die("%s: a folder, not a file", path);
+    }
     return f;
 }
 
@@ -135,6 +142,40 @@ static int file_exists(const char *path) {
 }
 
 // ----------------------------------------------------------------------------
+// Outputs. A program checks every path it will write before it starts its work, so that a
+// slip on the command line costs nothing: the path must be a regular file or not exist yet
+// (the rename of an atomic write would replace a device, a FIFO or a socket by a regular file,
+// and opening a FIFO for writing blocks until a reader comes), its temp file likewise, and its
+// folder must exist. A path of a stream (--log) may also be a device or a FIFO (stream = 1).
+static void output_check(const char *path, int stream) {
+    struct stat st;
+    if (!path[0]) die("an output path is empty");
+    if (stat(path, &st) == 0) {
+        if (S_ISDIR(st.st_mode)) die("%s: a folder, not a file to write", path);
+        if (!S_ISREG(st.st_mode) && !stream) die("%s: not a regular file (a device, FIFO or socket); give a file to write", path);
+    }
+    char tmp[4096 + 8];
+    if (strlen(path) > 4096) die("%s: path too long", path);
+    if (!stream) {
+        snprintf(tmp, sizeof tmp, "%s.tmp", path);
+        if (lstat(tmp, &st) == 0 && !S_ISREG(st.st_mode)) die("%s: not a regular file, and it is where %s is written first", tmp, path);
+    }
+    snprintf(tmp, sizeof tmp, "%s", path);  // the folder: everything before the last '/'
+    char *slash = strrchr(tmp, '/');
+    if (!slash) return;
+    if (slash == tmp) slash[1] = 0;
+    else *slash = 0;
+    if (stat(tmp, &st) != 0 || !S_ISDIR(st.st_mode)) die("%s: the folder %s does not exist", path, tmp);
+}
+
+// The last thing a program does: its results went to stdout, and a failed write (a full disk,
+// a closed pipe) must not pass for success.
+static void stdout_check(void) {
+    int err = fflush(stdout) != 0 ? errno : 0;
+    if (ferror(stdout)) die("stdout: write failed%s%s%s", err ? " (" : "", err ? strerror(err) : "", err ? ")" : "");
+}
+
+// ----------------------------------------------------------------------------
 // Atomic file writing: open "path.tmp", write, then commit = flush + fsync-free close +
 // rename. Any die() in between removes the temp file.
 
@@ -148,6 +189,7 @@ static void atomic_open(AtomicFile *a, const char *path) {
     if (strlen(path) + 5 > sizeof a->path) die("%s: path too long", path);
     snprintf(a->path, sizeof a->path, "%s", path);
     snprintf(a->tmp, sizeof a->tmp, "%s.tmp", path);
+    output_check(path, 0);
     a->f = fopen(a->tmp, "wb");
     if (!a->f) die("%s: cannot create (%s)", a->tmp, strerror(errno));
     snprintf(g_tmp_to_remove, sizeof g_tmp_to_remove, "%s", a->tmp);

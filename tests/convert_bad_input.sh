@@ -65,7 +65,13 @@ expect_error "heads do not divide dim" "hdiv/config.json: hidden_size 32 is not 
 variant zero 's/"num_hidden_layers": 2/"num_hidden_layers": 0/'
 expect_error "zero layers" "zero/config.json: a size in the header is zero or negative" cv "$tmp/zero"
 variant huge 's/"vocab_size": 72/"vocab_size": 1e12/'
-expect_error "vocab_size out of int range" 'huge/config.json: "vocab_size" must be an integer' cv "$tmp/huge"
+expect_error "vocab_size out of int range" 'huge/config.json: "vocab_size" is 1000000000000, out of range' cv "$tmp/huge"
+variant bigdim 's/"hidden_size": 32/"hidden_size": 3000000000/'
+expect_error "hidden_size out of int range" 'bigdim/config.json: "hidden_size" is 3000000000, out of range' cv "$tmp/bigdim"
+variant largedim 's/"hidden_size": 32/"hidden_size": 131072/'
+expect_error "hidden_size implausible" 'largedim/config.json: .*implausibly large \(dim = 131072, at most 65536\)' cv "$tmp/largedim"
+variant fracdim 's/"hidden_size": 32/"hidden_size": 32.5/'
+expect_error "hidden_size a fraction" 'fracdim/config.json: "hidden_size" must be an integer' cv "$tmp/fracdim"
 variant strdim 's/"hidden_size": 32/"hidden_size": "32"/'
 expect_error "hidden_size a string" 'strdim/config.json: "hidden_size" must be an integer' cv "$tmp/strdim"
 variant nodim '/"hidden_size"/d'
@@ -148,7 +154,7 @@ expect_error "heads do not divide dim" "hd.l2c: llama2.c header: dim 18 is not a
 "$tmp/fx" --llama2c "$tmp/neg.l2c" 16 24 -2 4 2 32 8
 expect_error "negative layers" "neg.l2c: llama2.c header: n_layers = -2, must be positive" l2c "$tmp/neg.l2c"
 "$tmp/fx" --llama2c "$tmp/big.l2c" 16 24 100000 4 2 32 8
-expect_error "implausible layers" "big.l2c: a size in the header is implausibly large" l2c "$tmp/big.l2c"
+expect_error "implausible layers" "big.l2c: a size in the header is implausibly large \(n_layers = 100000, at most 1024\)" l2c "$tmp/big.l2c"
 "$tmp/fx" --llama2c "$tmp/intmin.l2c" 16 24 2 4 2 -2147483648 8
 expect_error "vocab INT_MIN" "intmin.l2c: .*(zero or negative|must be positive)" l2c "$tmp/intmin.l2c"
 
@@ -161,7 +167,7 @@ head -c 2000 "$tmp/good.bin" > "$tmp/trunc.bin"
 expect_error "truncated model" "trunc.bin: truncated file \([0-9]+ bytes, the header implies [0-9]+\)" hf "$tmp/trunc.bin"
 cp "$tmp/good.bin" "$tmp/long.bin"; printf 'xxxx' >> "$tmp/long.bin"
 expect_error "model with trailing bytes" "long.bin: 4 trailing bytes" hf "$tmp/long.bin"
-expect_error "no parent folder" "outdir/sub: cannot create folder" ./convert --to-hf "$tmp/good.bin" "$tmp/outdir/sub"
+expect_error "no parent folder" "outdir/sub: the folder .*outdir does not exist" ./convert --to-hf "$tmp/good.bin" "$tmp/outdir/sub"
 
 echo "command line"
 expect_error "one argument" "expected two paths, got 1" ./convert "$tmp/good"
