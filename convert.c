@@ -523,7 +523,7 @@ static int gguf_linear_type(QuantSpec q, int forced, int in, int stored_dtype) {
 
 // How far the stored tensors are from what the student computes, per tensor of the table
 // (summed over layers).
-typedef struct { int type; double max_err, sq_err, sq_ref; int64_t n, bytes; } GgufStat;
+typedef struct { int type, exact; double max_err, sq_err, sq_ref; int64_t n, bytes; } GgufStat;
 
 static void gguf_stat_row(GgufStat *s, const float *ref, const float *got, int64_t n) {
     for (int64_t j = 0; j < n; j++) {
@@ -783,6 +783,7 @@ static void export_gguf(const char *in, const char *out, const char *tok_path, i
             int rc = quant_forward(wq, codes, p0, p1, w, q, (int)rows, (int)cols);
             if (rc) die("%s: %s of layer %d: %s", in, TENSOR_NAMES[t], l, quant_error_string(rc));
             int exact = gguf_exact(q, type, (int)cols);
+            stat[t].exact = exact;
             gguf_write_rows(&g, &stat[t], type, wq, t == T_WQ || t == T_WK ? perm : NULL, (int)rows, (int)cols,
                             exact ? codes : NULL, exact ? p0 : NULL, exact && q.method == QUANT_INT ? p1 : NULL,
                             quant_group_len(q, (int)cols));
@@ -793,32 +794,32 @@ static void export_gguf(const char *in, const char *out, const char *tok_path, i
 
     // report: per tensor of the table, its type, size and distance from what the student computes
     printf("wrote %s: GGUF v3, llama, %s tokenizer%s\n", out, tok_kind, rope_factor ? ", llama3 rope_freqs" : "");
-    printf("%-11s %-6s %12s %7s %12s %12s %10s\n", "tensor", "type", "bytes", "bits/w", "max|err|", "rms err", "rel rms");
+    printf("%-11s %-6s %-8s %12s %7s %12s %12s %10s\n", "tensor", "type", "how", "bytes", "bits/w", "max|err|", "rms err", "rel rms");
     int64_t n_lin = 0, lin_bytes = 0, n_all = 0;
     double lin_max = 0, lin_sq = 0, lin_ref = 0;
-    int all_exact = q.method != QUANT_NONE || forced_type >= 0;
+    int all_exact = 1;
     for (int t = 0; t < N_TENSORS; t++) {
         GgufStat *s = &stat[t];
         if (!s->n) continue;
-        printf("%-11s %-6s %12lld %7.3f %12.3e %12.3e %10.3e\n", TENSOR_NAMES[t], ggml_type(s->type)->name, (long long)s->bytes,
+        const char *how = s->exact ? "exact" : !tensor_is_linear(t) || (q.method == QUANT_NONE && forced_type < 0) ? "stored" : "rounded";
+        printf("%-11s %-6s %-8s %12lld %7.3f %12.3e %12.3e %10.3e\n", TENSOR_NAMES[t], ggml_type(s->type)->name, how, (long long)s->bytes,
                8.0 * s->bytes / s->n, s->max_err, sqrt(s->sq_err / s->n), s->sq_ref > 0 ? sqrt(s->sq_err / s->sq_ref) : 0.0);
         n_all += s->n;
         if (!tensor_is_linear(t)) continue;
-        int64_t rows, cols;
-        tensor_slice_shape(&c, t, &rows, &cols);
-        all_exact &= gguf_exact(q, s->type, (int)cols);
+        all_exact &= s->exact;
         n_lin += s->n; lin_bytes += s->bytes;
         lin_max = fmax(lin_max, s->max_err); lin_sq += s->sq_err; lin_ref += s->sq_ref;
     }
     const char *lin_name = ggml_type(lin_type[T_WQ])->name;
-    printf("linears: %s (%s), %.3f bits per weight; whole file %.3f bits per parameter (%llu bytes)\n", lin_name,
-           all_exact ? "exact up to fp16 scales" : q.method == QUANT_NONE && forced_type < 0 ? "the weights as stored" : "round to nearest",
-           8.0 * lin_bytes / n_lin, 8.0 * bytes / n_all, (unsigned long long)bytes);
+    // exact: W^ = q d with d the fp16 of the quantizer's scale; rounded: W^ rounded into the type
+    printf("linears: %.3f bits per weight, %s; whole file %.3f bits per parameter (%llu bytes)\n", 8.0 * lin_bytes / n_lin,
+           all_exact ? "all exact up to fp16 scales" : q.method == QUANT_NONE && forced_type < 0 ? "as stored" : "not all exact (see 'how')",
+           8.0 * bytes / n_all, (unsigned long long)bytes);
     char qo[4200];
     printf("{\"out\": %s, \"bytes\": %llu, \"bits_per_param\": %.4f, \"linear_type\": \"%s\", \"linear_bits\": %.4f, "
-           "\"linear_max_err\": %.6g, \"linear_rel_rms_err\": %.6g, \"tokenizer\": \"%s\"}\n",
+           "\"linear_exact\": %s, \"linear_max_err\": %.6g, \"linear_rel_rms_err\": %.6g, \"tokenizer\": \"%s\"}\n",
            json_quote(qo, sizeof qo, out), (unsigned long long)bytes, 8.0 * bytes / n_all, lin_name, 8.0 * lin_bytes / n_lin,
-           lin_max, lin_ref > 0 ? sqrt(lin_sq / lin_ref) : 0.0, tok_kind);
+           all_exact && q.method != QUANT_NONE ? "true" : "false", lin_max, lin_ref > 0 ? sqrt(lin_sq / lin_ref) : 0.0, tok_kind);
     free(wq); free(codes); free(perm); free(rope_factor); free(params);
     if (tok) tokenizer_free(tok);
 }

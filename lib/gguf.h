@@ -172,8 +172,9 @@ static void ggml_dequantize_row(float *y, int type, const uint8_t *x, int64_t n)
             float d = fp16_to_f32(get_u16(p));
             uint32_t qh = (uint32_t)p[2] | (uint32_t)p[3] << 8 | (uint32_t)p[4] << 16 | (uint32_t)p[5] << 24;
             for (int i = 0; i < 16; i++) {
-                w[i] = (float)(((p[6 + i] & 15) | ((qh >> i) & 1) << 4) - 16) * d;
-                w[i + 16] = (float)(((p[6 + i] >> 4) | ((qh >> (i + 16)) & 1) << 4) - 16) * d;
+                int lo = (p[6 + i] & 15) | (int)((qh >> i) & 1) << 4, hi = (p[6 + i] >> 4) | (int)((qh >> (i + 16)) & 1) << 4;
+                w[i] = (float)(lo - 16) * d;
+                w[i + 16] = (float)(hi - 16) * d;
             }
             break;
         }

@@ -1,19 +1,24 @@
 """Checks a GGUF file written by `./convert --to-gguf` with the `gguf` package (llama.cpp's own
 Python reader and dequantizer), against an independent dump of what the student computes:
 
-    python3 tests/check_gguf.py OUT.gguf HF_DIR [--spm tokenizer.model] [--exact-types Q4_0,...]
+    python3 tests/check_gguf.py OUT.gguf HF_DIR [--spm FILE | --tiktoken FILE] [--rounded]
 
 HF_DIR is `./convert --to-hf` of the same .bin: config.json and model.safetensors holding each
 linear's fake-quantized W^ (F32 or BF16). Compared:
   - every tensor, dequantized by gguf.quants.dequantize, against the safetensors tensor, with the
     rows of attn_q / attn_k permuted from Hugging Face's rotate-half order to interleaved pairs;
     a quantized type must match within the fp16 rounding of its scale (|err| <= 2^-11 |w| plus
-    fp16's subnormal step; plus 2^-8 |w| when the dump is BF16), F32 and BF16 exactly;
+    fp16's subnormal step; plus 2^-8 |w| when the dump is BF16), F32 and BF16 exactly; with
+    --rounded (W^ rounded to nearest into the type: nf, sign, onebit, int8) within half a step
+    of the block's grid;
   - the llama.* metadata against config.json, and rope_freqs against the Llama-3 formula;
   - with --spm: tokens, scores and token types against the SentencePiece protobuf, read here
-    with a few lines of protobuf decoding (not the project's tokenizer.c).
+    with a few lines of protobuf decoding (not the project's tokenizer.c); with --tiktoken:
+    the byte-level tokens against the tiktoken file's base64 ranks in GPT-2's alphabet, and
+    that every merge joins two tokens into one, in rank order.
 Prints each comparison and its error; exits 1 on the first mismatch beyond tolerance.
 """
+import base64
 import json
 import math
 import struct
@@ -113,10 +118,17 @@ def field(reader, key):
 
 def main():
     args = sys.argv[1:]
-    spm = None
+    spm = tiktoken = None
+    rounded = "--rounded" in args
+    if rounded:
+        args.remove("--rounded")
     if "--spm" in args:
         i = args.index("--spm")
         spm = args[i + 1]
+        del args[i:i + 2]
+    if "--tiktoken" in args:
+        i = args.index("--tiktoken")
+        tiktoken = args[i + 1]
         del args[i:i + 2]
     gguf_path, hf_dir = args
     r = GGUFReader(gguf_path)
@@ -177,6 +189,15 @@ def main():
         typ = t.tensor_type.name
         if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.BF16):
             tol = np.zeros_like(err)
+        elif rounded and t.tensor_type == GGMLQuantizationType.F16:
+            tol = np.abs(ref) * 2.0 ** -11 * 1.0001 + 2.0 ** -25
+        elif rounded:  # round to nearest: half a step of the block's grid, plus the fp16 rounding of d and m
+            blk = 256 if typ == "TQ2_0" else 32
+            b = ref.reshape(-1, blk)
+            levels = {"Q4_0": 7, "Q5_0": 15, "Q8_0": 127, "TQ2_0": 1}
+            span = b.max(1) - b.min(1) if typ == "Q4_1" else np.abs(b).max(1)
+            step = span / (15 if typ == "Q4_1" else levels[typ])
+            tol = np.repeat(step / 2 * 1.001 + np.abs(b).max(1) * 2.0 ** -10 + 2.0 ** -24, blk).reshape(ref.shape)
         else:  # w = q * fp16(s): off by at most |q| s 2^-11 = |w| 2^-11, or |q| * 2^-25 for subnormal s;
             # a bf16 student's --to-hf dump holds W^ rounded to bf16 (up to 2^-8 relative) on top of that
             rel = 2.0 ** -11 + (2.0 ** -8 if hf[hf_name + ":bf16"] else 0.0)
@@ -201,6 +222,27 @@ def main():
               f"{len(pieces)} SentencePiece pieces, scores and types equal the protobuf's (first mismatch: {bad[:1]})")
         check(field(r, "tokenizer.ggml.bos_token_id") == 1 and field(r, "tokenizer.ggml.eos_token_id") == 2,
               f"bos {field(r, 'tokenizer.ggml.bos_token_id')}, eos {field(r, 'tokenizer.ggml.eos_token_id')}")
+    if tiktoken:
+        # GPT-2's byte -> character table, built here from its definition
+        printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+        chars = {b: chr(b) for b in printable}
+        chars.update({b: chr(256 + k) for k, b in enumerate(b for b in range(256) if b not in chars)})
+        ranks = {}
+        for line in open(tiktoken, "rb").read().split(b"\n"):
+            if line:
+                tok, rank = line.split()
+                ranks[int(rank)] = base64.b64decode(tok)
+        text = lambda b: "".join(chars[x] for x in b)
+        bad = [r for r, b in ranks.items() if tokens[r] != text(b)]
+        check(field(r, "tokenizer.ggml.model") == "gpt2" and field(r, "tokenizer.ggml.pre") == "llama-bpe" and not bad,
+              f"{len(ranks)} byte-level tokens equal the tiktoken file's in GPT-2's alphabet (first mismatch: {bad[:1]})")
+        merges = field(r, "tokenizer.ggml.merges")
+        index = {t: i for i, t in enumerate(tokens)}
+        merged = [index.get(m.replace(" ", "", 1), -1) for m in merges]
+        check(all(i >= 0 for i in merged) and merged == sorted(merged),
+              f"{len(merges)} merges, each joining two tokens into a token, in the order of the merged token's rank")
+        check(tokens[128000] == "<|begin_of_text|>" and field(r, "tokenizer.ggml.bos_token_id") == 128000,
+              f"special tokens after the ranks, bos {field(r, 'tokenizer.ggml.bos_token_id')}")
     print(f"{fails} failed")
     sys.exit(1 if fails else 0)
 

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# ./convert --to-gguf: students of the tiny demo shape (2-bit INT-Asym g64 -> Q4_0, ternary ->
-# Q4_0, full precision -> F32), a ternary bf16 model with rows of 256 and Llama-3 RoPE scaling
-# (-> TQ2_0, BF16, rope_freqs, untied output) and a vocab-32000 model with the Llama-2 tokenizer
-# are exported, read back with the `gguf` package (llama.cpp's reader and dequantizer) and
-# compared by tests/check_gguf.py with --to-hf's dump of W^, config.json and the SentencePiece
-# protobuf. Skips when python3 or the gguf package is missing.
+# ./convert --to-gguf: students of the tiny demo shape (2-bit INT-Asym g64 and ternary after a
+# few QAT steps -> Q4_0, full precision -> F32, 4-bit -> Q5_0, sign -> Q4_1, nf4 -> Q8_0,
+# --type f16), a ternary bf16 model with rows of 256 and Llama-3 RoPE scaling (-> TQ2_0, BF16,
+# rope_freqs, untied output), and models with the Llama-2 and Llama-3 tokenizers are exported,
+# read back with the `gguf` package (llama.cpp's reader and dequantizer) and compared by
+# tests/check_gguf.py with --to-hf's dump of W^, config.json and the tokenizer files.
+# Skips when python3 or the gguf package is missing.
 set -u
 cd "$(dirname "$0")/.."
 command -v python3 >/dev/null || { echo "skipped: no python3"; exit 0; }
@@ -21,9 +22,11 @@ check() {
     grep -q "\"linear_type\": \"$want\"" "$tmp/$m.log" && ok "$m: linears exported as $want" \
         || { tail -n 3 "$tmp/$m.log"; bad "$m: linears not exported as $want"; }
     ./convert --to-hf "$tmp/$m.bin" "$tmp/$m.hf" > /dev/null || { bad "$m: --to-hf failed"; return; }
-    local spm=()
-    [ -f "$tmp/$m.bin.tokenizer" ] && spm=(--spm "$tmp/$m.bin.tokenizer")
-    python3 tests/check_gguf.py "$tmp/$m.gguf" "$tmp/$m.hf" "${spm[@]}" > "$tmp/$m.check" 2>&1 \
+    local opt=()
+    [ -f "$tmp/$m.bin.tokenizer" ] && opt=(--spm "$tmp/$m.bin.tokenizer")
+    [ -n "${TIKTOKEN:-}" ] && opt=(--tiktoken "$TIKTOKEN")
+    grep -q '"linear_exact": false' "$tmp/$m.log" && opt+=(--rounded)
+    python3 tests/check_gguf.py "$tmp/$m.gguf" "$tmp/$m.hf" "${opt[@]}" > "$tmp/$m.check" 2>&1 \
         && ok "$m: $(grep -c '^  ok' "$tmp/$m.check") checks against W^, config.json and the vocabulary" \
         || { cat "$tmp/$m.check"; bad "$m: check_gguf.py"; }
     grep -E '^  ok    (attn_q|ffn_down) ' "$tmp/$m.check" | sed "s/^  ok  /    $m:/"
@@ -38,6 +41,14 @@ qat -q ternary -o "$tmp/ternary.bin" || bad "QAT ternary"
 check fp F32
 check int2 Q4_0
 check ternary Q4_0
+# round-to-nearest students of the other quantizers: exact (int4), rounded into the nearest type
+for spec in "int4:-q int -b 4 -g 32:Q5_0" "sign:-q sign:Q4_1" "nf4:-q nf4 -g 64:Q8_0"; do
+    IFS=: read -r m args want <<< "$spec"
+    ./train -m "$tmp/fp.bin" $args -o "$tmp/$m.bin" > /dev/null || bad "train $args"
+    check "$m" "$want"
+done
+cp "$tmp/int2.bin" "$tmp/int2f16.bin"
+check int2f16 F16 --type f16
 
 # ternary with 256-wide rows -> TQ2_0; bf16 storage; Llama-3 RoPE; untied LM head (model.h's format)
 python3 - "$tmp/tq.bin" <<'EOF'
@@ -67,6 +78,15 @@ if [ -f "$spm" ]; then
     grep -q '"tokenizer": "llama"' "$tmp/spm.log" && ok "spm: SentencePiece vocabulary written" || bad "spm: tokenizer not written as llama"
 else
     echo "skipped: $spm is absent (Llama-2 vocabulary check)"
+fi
+# the Llama-3 tokenizer (tiktoken ranks): a byte-level BPE vocabulary with merges
+l3=../shared/data/llama3-tokenizer/tokenizer.model
+if [ -f "$l3" ]; then
+    ./train --init tiny --vocab 128256 -o "$tmp/l3.bin" > /dev/null || bad "train --init tiny --vocab 128256"
+    TIKTOKEN=$l3 check l3 F32 --tokenizer "$l3"
+    grep -q '"tokenizer": "gpt2"' "$tmp/l3.log" && ok "l3: byte-level BPE vocabulary written" || bad "l3: tokenizer not written as gpt2"
+else
+    echo "skipped: $l3 is absent (Llama-3 vocabulary check)"
 fi
 
 # a bad --type is refused before anything is written
