@@ -3,8 +3,8 @@
 #   1. perplexity of llama.cpp equals ./train --eval-ppl on the same token file, for the
 #      full-precision stories260K (llama2.c's trained 260K model), its 2-bit INT-Asym and ternary
 #      round-to-nearest students, and a ternary bf16 model with 256-wide rows (TQ2_0, Llama-3
-#      RoPE scaling through rope_freqs, untied LM head); the token file is sampled from the
-#      full-precision model by llama.cpp;
+#      RoPE scaling through rope_freqs, untied LM head); the token file is sequences sampled
+#      from the full-precision model by llama.cpp;
 #   2. greedy generation of a Llama-2-vocabulary model agrees with ./train --generate, and
 #      llama.cpp's tokenization of WikiText-2 text equals ./tokenize's for the Llama-2 and
 #      Llama-3 tokenizers (SentencePiece and byte-level BPE vocabularies in the GGUF);
@@ -47,7 +47,7 @@ T=256
 ./train -m "$tmp/fp.bin" -q int -b 2 -g -1 -o "$tmp/int2.bin" > /dev/null
 ./train -m "$tmp/fp.bin" -q ternary -o "$tmp/ternary.bin" > /dev/null
 ./convert --to-gguf "$tmp/fp.bin" "$tmp/fp.gguf" > /dev/null
-$LCPP sample "$tmp/fp.gguf" $((8 * T)) 1 > "$tmp/stream.ids"
+$LCPP sample "$tmp/fp.gguf" $((8 * T)) 1 $T > "$tmp/stream.ids"
 python3 - "$tmp/tq.bin" <<'EOF'
 import struct, sys
 import numpy as np
@@ -65,14 +65,18 @@ open(sys.argv[1], "wb").write(head + bf16.tobytes())
 EOF
 echo "perplexity on $(wc -w < "$tmp/stream.ids") tokens sampled from stories260K by llama.cpp, windows of $T:"
 printf '  %-9s %-6s %12s %12s %10s\n' model type "./train" llama.cpp "rel diff"
-for m in fp int2 ternary tq; do
-    ./convert --to-gguf "$tmp/$m.bin" "$tmp/$m.gguf" > "$tmp/$m.log"
+# int2f32 is the 2-bit student's W^ in F32: llama.cpp then multiplies in fp32 as ./train does,
+# while for Q4_0 / TQ2_0 weights it quantizes the activations to 8 bits per block (Q8_0 / Q8_K)
+cp "$tmp/int2.bin" "$tmp/int2f32.bin"
+for m in fp int2 int2f32 ternary tq; do
+    extra=(); [ $m = int2f32 ] && extra=(--type f32)
+    ./convert --to-gguf "$tmp/$m.bin" "$tmp/$m.gguf" "${extra[@]}" > "$tmp/$m.log"
     ours=$(./train -m "$tmp/$m.bin" --eval-ppl "$tmp/stream.ids" -T $T | json ppl)
     theirs=$($LCPP ppl "$tmp/$m.gguf" "$tmp/stream.ids" $T | json ppl)
-    type=$(json linear_type < "$tmp/$m.log")
+    ty=$(json linear_type < "$tmp/$m.log")
     rel=$(python3 -c "print(f'{abs($theirs - $ours) / $ours:.2e}')")
-    printf '  %-9s %-6s %12.6f %12.6f %10s\n' $m "$type" "$ours" "$theirs" "$rel"
-    results+=("\"ppl_$m\": {\"type\": \"$type\", \"train\": $ours, \"llama_cpp\": $theirs}")
+    printf '  %-9s %-6s %12.6f %12.6f %10s\n' $m "$ty" "$ours" "$theirs" "$rel"
+    results+=("\"ppl_$m\": {\"type\": \"$ty\", \"train\": $ours, \"llama_cpp\": $theirs}")
 done
 
 # --- 2. greedy generation and tokenization ----------------------------------------------
