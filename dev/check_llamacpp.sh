@@ -20,7 +20,7 @@ ROOT=$PWD
 CACHE=${LLAMA_CPP_CACHE:-$HOME/.cache/bitdistill-llamacpp}
 VERSION=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}
 DATA=../shared/data
-THREADS=${THREADS:-2}
+export THREADS=${THREADS:-1}  # llama.cpp threads; its workers spin, so on a busy machine 1 is fastest
 
 # --- llama.cpp: download and build (once) -------------------------------------------------
 SRC=$CACHE/llama_cpp_python-$VERSION
@@ -111,7 +111,7 @@ done
 ./convert --to-gguf "$tmp/b2.bin" "$tmp/b_q4_0.gguf" > /dev/null
 ./convert --to-gguf "$tmp/bt.bin" "$tmp/b_tq2_0.gguf" > /dev/null
 echo "llama-bench, bench-100m shape (110M parameters), $THREADS threads:"
-$BENCH -m "$tmp/b_f16.gguf" -m "$tmp/b_q4_0.gguf" -m "$tmp/b_tq2_0.gguf" -p 128 -n 32 -t "$THREADS" -r 2 -o json > "$tmp/bench.json" 2> /dev/null
+$BENCH -m "$tmp/b_f16.gguf" -m "$tmp/b_q4_0.gguf" -m "$tmp/b_tq2_0.gguf" -p 64 -n 16 -t "$THREADS" -r 2 -o json > "$tmp/bench.json" 2> /dev/null
 speeds=$(python3 - "$tmp/bench.json" <<'EOF'
 import json, os, sys
 out = []
