@@ -110,7 +110,7 @@ done
 ./convert --to-gguf "$tmp/b2.bin" "$tmp/b_f16.gguf" --type f16 > /dev/null
 ./convert --to-gguf "$tmp/b2.bin" "$tmp/b_q4_0.gguf" > /dev/null
 ./convert --to-gguf "$tmp/bt.bin" "$tmp/b_tq2_0.gguf" > /dev/null
-echo "llama-bench, bench-100m shape (110M parameters), $THREADS threads:"
+echo "llama-bench, bench-100m shape (100M parameters), $THREADS threads:"
 $BENCH -m "$tmp/b_f16.gguf" -m "$tmp/b_q4_0.gguf" -m "$tmp/b_tq2_0.gguf" -p 64 -n 16 -t "$THREADS" -r 2 -o json > "$tmp/bench.json" 2> /dev/null
 speeds=$(python3 - "$tmp/bench.json" <<'EOF'
 import json, os, sys
