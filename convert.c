@@ -3,6 +3,7 @@
 //   ./convert HF_DIR OUT.bin [--dtype f32|bf16]    Hugging Face LlamaForCausalLM -> .bin
 //   ./convert --to-hf IN.bin OUT_DIR                .bin -> config.json + model.safetensors
 //   ./convert --from-llama2c IN.bin OUT.bin         llama2.c legacy checkpoint -> .bin
+//   ./convert --to-gguf IN.bin OUT.gguf             .bin -> GGUF for llama.cpp (lib/gguf.h)
 //
 // Hugging Face folders: config.json, and model.safetensors or model.safetensors.index.json with
 // its shards; tensors F32, BF16 or F16. config.json may be in the classic form (rope_theta,
@@ -19,6 +20,7 @@
 //   - Nothing is written until every input has been validated; outputs are written atomically.
 #include "lib/model.h"
 #include "lib/safetensors.h"
+#include "lib/gguf.h"  // defines: Gguf, gguf_kv_*, gguf_add_tensor, ggml block encoders
 #include "tokenizer.c"
 
 #define MAX_SHARDS 256
@@ -28,7 +30,11 @@ static void usage(void) {
            "  ./convert HF_DIR OUT.bin [--dtype f32|bf16]   import a Hugging Face Llama (default dtype:\n"
            "                                               bf16 if the checkpoint is 16-bit, else f32)\n"
            "  ./convert --to-hf IN.bin OUT_DIR              export config.json + model.safetensors\n"
-           "  ./convert --from-llama2c IN.bin OUT.bin       import a llama2.c checkpoint\n");
+           "  ./convert --from-llama2c IN.bin OUT.bin       import a llama2.c checkpoint\n"
+           "  ./convert --to-gguf IN.bin OUT.gguf           export for llama.cpp: each linear's W^ in the ggml\n"
+           "      [--tokenizer FILE] [--type T]             type that holds it (doc/gguf.md); tokenizer default\n"
+           "                                               IN.bin.tokenizer; T: f32 f16 bf16 q4_0 q4_1 q5_0 q8_0\n"
+           "                                               tq2_0 (default: chosen from the quantizer)\n");
 }
 
 static void join_path(char *out, size_t n, const char *dir, const char *name) {
@@ -445,6 +451,380 @@ static void export_hf(const char *in, const char *dir) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// .bin -> GGUF, the model format of llama.cpp (lib/gguf.h writes the file)
+//
+// The student leaves as what it computes, a `llama` model whose seven linears are each layer's
+// fake-quantized W^ = Q(W) (bake_quantized_weights' quant_forward), stored in the ggml block
+// type that holds W^ most closely:
+//   int, 1-3 bits  Q4_0: W^ = (code - z) s, and q = code - z lies in [-7, 7]; when a group of
+//                  the quantizer is a whole number of 32-weight blocks, each block takes d = s
+//                  and n = q + 8, so W^ is exact but for s rounded to fp16. (1 bit: TQ2_0 when
+//                  the groups are whole 256-weight blocks.)
+//   int, 4 bits    Q5_0 in the same way (q in [-15, 15], n = q + 16).
+//   ternary        TQ2_0 (d = gamma, n = q + 1) when every row is whole 256-weight blocks,
+//                  else Q4_0 (d = gamma, n = q + 8): exact but for gamma rounded to fp16.
+//   sign           Q4_1 by round to nearest: a row holds two values beta -/+ alpha, so each
+//                  block is m = beta - alpha, d = 2 alpha / 15, n in {0, 15}: exact but for fp16.
+//   nf3, nf4, onebit, int 8, groups not whole blocks: Q8_0 by round to nearest (not exact:
+//                  the error is printed). Rows that are not whole 32-weight blocks: F16.
+// --type T overrides the choice (f32, f16, bf16, q4_0, q4_1, q5_0, q8_0, tq2_0); an exact
+// encoding is still used when T can hold W^ as above, else round to nearest.
+// Embeddings and the LM head keep the .bin's dtype (F32 or BF16), norms are F32.
+//
+// llama.cpp's `llama` rotates interleaved pairs (2i, 2i+1) of each head (Meta's RoPE); the .bin
+// is in Hugging Face's rotate-half order, so the rows of wq and wk are permuted per head:
+// GGUF row 2i <- HF row i, GGUF row 2i+1 <- HF row i + hd/2 (the inverse of --from-llama2c's).
+// Llama-3 RoPE scaling goes in as the tensor rope_freqs.weight [hd/2]: the factor each
+// frequency is divided by, 1 / ((1 - s) / factor + s) in the blend band (rope_tables in train.c).
+
+static const char *const TENSOR_GGUF_NAMES[N_TENSORS] = {
+    "token_embd.weight", "blk.%d.attn_norm.weight", "blk.%d.attn_q.weight", "blk.%d.attn_k.weight",
+    "blk.%d.attn_v.weight", "blk.%d.attn_output.weight", "blk.%d.ffn_norm.weight",
+    "blk.%d.ffn_gate.weight", "blk.%d.ffn_up.weight", "blk.%d.ffn_down.weight",
+    "output_norm.weight", "output.weight",
+};
+
+// ggml type -> llama.cpp's general.file_type (llama.h, LLAMA_FTYPE_*)
+static int gguf_file_type(int type) {
+    switch (type) {
+    case GGML_F32: return 0;
+    case GGML_F16: return 1;
+    case GGML_Q4_0: return 2;
+    case GGML_Q4_1: return 3;
+    case GGML_Q8_0: return 7;
+    case GGML_Q5_0: return 8;
+    case GGML_BF16: return 32;
+    case GGML_TQ2_0: return 37;
+    }
+    return 0;
+}
+
+// Can `type` hold W^ of this quantizer exactly (up to fp16 d) for a linear with `in` columns?
+// Needed: W^ = q s with integer q in the type's range, one s per block.
+static int gguf_exact(QuantSpec q, int type, int in) {
+    const GgmlType *ty = ggml_type(type);
+    if (ty->qmax == 0 || in % ty->block) return 0;
+    if (q.method == QUANT_TERNARY) return 1;
+    return q.method == QUANT_INT && (1 << q.bits) - 1 <= ty->qmax && quant_group_len(q, in) % ty->block == 0;
+}
+
+static int gguf_linear_type(QuantSpec q, int forced, int in, int stored_dtype) {
+    if (forced >= 0) return forced;
+    if (q.method == QUANT_NONE) return stored_dtype == DTYPE_BF16 ? GGML_BF16 : GGML_F32;
+    int want = GGML_Q8_0;
+    if (q.method == QUANT_TERNARY || (q.method == QUANT_INT && q.bits == 1)) want = GGML_TQ2_0;
+    if (q.method == QUANT_INT && q.bits >= 2 && q.bits <= 3) want = GGML_Q4_0;
+    if (q.method == QUANT_INT && q.bits == 4) want = GGML_Q5_0;
+    if (q.method == QUANT_SIGN) want = GGML_Q4_1;
+    if (want == GGML_TQ2_0 && !gguf_exact(q, want, in)) want = GGML_Q4_0;
+    if (want != GGML_Q4_1 && !gguf_exact(q, want, in)) want = GGML_Q8_0;
+    return in % 32 ? GGML_F16 : want;
+}
+
+// How far the stored tensors are from what the student computes, per tensor of the table
+// (summed over layers).
+typedef struct { int type, exact; double max_err, sq_err, sq_ref; int64_t n, bytes; } GgufStat;
+
+static void gguf_stat_row(GgufStat *s, const float *ref, const float *got, int64_t n) {
+    for (int64_t j = 0; j < n; j++) {
+        double e = fabs((double)got[j] - ref[j]);
+        if (e > s->max_err) s->max_err = e;
+        s->sq_err += e * e;
+        s->sq_ref += (double)ref[j] * ref[j];
+    }
+    s->n += n;
+}
+
+// Encodes the rows x[rows, cols] into `type` (rows permuted by `perm`, NULL for none), writes
+// them, and adds the difference between what was written and x to *s. codes/scale/zero: the
+// quantizer's codes and per-group s and z (z = NULL: the ternary z = 1 and one s) for the exact
+// encoding of gguf_exact; NULL otherwise.
+static void gguf_write_rows(Gguf *g, GgufStat *s, int type, const float *x, const int *perm, int rows, int cols,
+                            const uint8_t *codes, const float *scale, const float *zero, int group) {
+    int64_t rb = ggml_row_bytes(type, cols);
+    const GgmlType *ty = ggml_type(type);
+    uint8_t *buf = malloc_or_die((size_t)rb, "GGUF row");
+    float *back = malloc_or_die((size_t)cols * sizeof(float), "GGUF row");
+    int *q = malloc_or_die(256 * sizeof(int), "GGUF block");
+    for (int r = 0; r < rows; r++) {
+        int64_t hr = perm ? perm[r] : r;
+        const float *xr = x + hr * cols;
+        if (codes) {
+            for (int b = 0; b < cols / ty->block; b++) {
+                int j0 = b * ty->block;
+                int64_t k = zero ? hr * (cols / group) + j0 / group : 0;
+                float z = zero ? zero[k] : 1.0f;
+                for (int j = 0; j < ty->block; j++) q[j] = (int)codes[hr * cols + j0 + j] - (int)z;
+                ggml_block_from_ints(buf + (int64_t)b * ty->bytes, type, scale[k], q);
+            }
+        } else {
+            ggml_quantize_row(buf, type, xr, cols);
+        }
+        ggml_dequantize_row(back, type, buf, cols);
+        gguf_stat_row(s, xr, back, cols);
+        gguf_write_data(g, buf, (size_t)rb);
+    }
+    s->type = type;
+    s->bytes += rb * rows;
+    free(buf); free(back); free(q);
+}
+
+// GPT-2's byte -> character table (the alphabet of byte-level BPE vocabularies): printable bytes
+// stand for themselves, the other 68 for U+0100 onwards in byte order. Appends the UTF-8.
+static size_t gpt2_bytes_to_text(char *out, const char *s, size_t n) {
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        int b = (unsigned char)s[i];
+        uint32_t cp = (uint32_t)b;
+        if (!((b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || b >= 0xae)) {
+            cp = 256;
+            for (int x = 0; x < b; x++) cp += !((x >= 0x21 && x <= 0x7e) || (x >= 0xa1 && x <= 0xac) || x >= 0xae);
+        }
+        if (cp < 0x80) out[m++] = (char)cp;
+        else { out[m++] = (char)(0xc0 | cp >> 6); out[m++] = (char)(0x80 | (cp & 0x3f)); }
+    }
+    return m;
+}
+
+typedef struct { int rank, left, right; } GgufMerge;
+static int merge_cmp(const void *a, const void *b) {
+    const GgufMerge *x = a, *y = b;
+    if (x->rank != y->rank) return x->rank < y->rank ? -1 : 1;
+    if (x->left != y->left) return x->left < y->left ? -1 : 1;
+    return (x->right > y->right) - (x->right < y->right);
+}
+
+// The vocabulary, as llama.cpp reads it: tokenizer.ggml.* (token types are SentencePiece's
+// numbering, which llama.cpp shares). Ids past the tokenizer's up to the model's vocabulary are
+// "[PAD<id>]" pieces of type UNUSED. Returns the tokenizer kind written.
+static const char *gguf_tokenizer(Gguf *g, const Tokenizer *tok, const ModelHeader *c) {
+    int V = c->vocab_size, n_tok = tok ? tok->n_vocab : 0;
+    char *text = malloc_or_die(4096, "token text");
+    const char *kind = !tok ? "placeholder" : tok->kind == TOK_SPM ? "llama" : "gpt2";
+    gguf_kv_str(g, "tokenizer.ggml.model", tok && tok->kind == TOK_BYTE_BPE ? "gpt2" : "llama");
+    if (tok && tok->kind == TOK_BYTE_BPE) gguf_kv_str(g, "tokenizer.ggml.pre", "llama-bpe");
+    gguf_kv_array(g, "tokenizer.ggml.tokens", GGUF_STRING, (uint64_t)V);
+    for (int id = 0; id < V; id++) {
+        size_t n;
+        if (id >= n_tok && (tok || id >= 256)) n = (size_t)snprintf(text, 4096, tok ? "[PAD%d]" : "<%d>", id);
+        else if (!tok) n = (size_t)snprintf(text, 4096, "<0x%02X>", id);
+        else if (tok->piece_len[id] > 1000) die("token %d is longer than 1000 bytes", id);
+        else if (tok->kind == TOK_BYTE_BPE && tok->type[id] == SP_NORMAL)
+            n = gpt2_bytes_to_text(text, piece_of(tok, id), tok->piece_len[id]);
+        else { n = tok->piece_len[id]; memcpy(text, piece_of(tok, id), n); }
+        gguf_put_str(g, text, n);
+    }
+    if (!tok || tok->kind == TOK_SPM) {
+        gguf_kv_array(g, "tokenizer.ggml.scores", GGUF_F32, (uint64_t)V);
+        for (int id = 0; id < V; id++) gguf_put_f32(g, id < n_tok ? tok->score[id] : 0.0f);
+    }
+    gguf_kv_array(g, "tokenizer.ggml.token_type", GGUF_I32, (uint64_t)V);
+    for (int id = 0; id < V; id++)
+        gguf_put_u32(g, id < n_tok ? (tok->type[id] ? tok->type[id] : SP_UNUSED) : !tok && id < 256 ? SP_BYTE : tok ? SP_UNUSED : SP_NORMAL);
+    if (tok && tok->kind == TOK_BYTE_BPE) {
+        // the merges in rank order, "left right" in the byte-level alphabet
+        int n = 0;
+        GgufMerge *m = malloc_or_die(((size_t)tok->pair_mask + 1) * sizeof *m, "merges");
+        for (uint32_t i = 0; i <= tok->pair_mask; i++)
+            if (tok->pair_key[i]) {
+                uint64_t key = tok->pair_key[i] - 1;
+                m[n++] = (GgufMerge){tok->pair_rank[i], (int)(key >> 32), (int)(key & 0xffffffffu)};
+            }
+        qsort(m, (size_t)n, sizeof *m, merge_cmp);
+        gguf_kv_array(g, "tokenizer.ggml.merges", GGUF_STRING, (uint64_t)n);
+        for (int i = 0; i < n; i++) {
+            size_t a = gpt2_bytes_to_text(text, piece_of(tok, m[i].left), tok->piece_len[m[i].left]);
+            text[a++] = ' ';
+            a += gpt2_bytes_to_text(text + a, piece_of(tok, m[i].right), tok->piece_len[m[i].right]);
+            gguf_put_str(g, text, a);
+        }
+        free(m);
+    }
+    int bos = c->bos_id >= 0 ? c->bos_id : tok ? tok->bos_id : -1, eos = c->eos_id >= 0 ? c->eos_id : tok ? tok->eos_id : -1;
+    if (bos >= 0) gguf_kv_u32(g, "tokenizer.ggml.bos_token_id", (uint32_t)bos);
+    if (eos >= 0) gguf_kv_u32(g, "tokenizer.ggml.eos_token_id", (uint32_t)eos);
+    if (tok && tok->kind == TOK_SPM) gguf_kv_u32(g, "tokenizer.ggml.unknown_token_id", (uint32_t)tok->unk_id);
+    gguf_kv_bool(g, "tokenizer.ggml.add_bos_token", tok != NULL);
+    gguf_kv_bool(g, "tokenizer.ggml.add_eos_token", 0);
+    if (!tok || tok->kind == TOK_SPM) gguf_kv_bool(g, "tokenizer.ggml.add_space_prefix", tok ? tok->add_dummy_prefix : 0);
+    free(text);
+    return kind;
+}
+
+static void export_gguf(const char *in, const char *out, const char *tok_path, int forced_type) {
+    FILE *f = fopen_or_die(in, "rb");
+    ModelHeader stored;
+    if (fread(&stored, sizeof stored, 1, f) != 1) die("%s: truncated file (smaller than the header)", in);
+    fclose(f);
+    ModelHeader c;
+    float *params = model_load(in, &c);
+    QuantSpec q = header_quant(&c);
+    // the tokenizer: --tokenizer, else IN.tokenizer (where ./train finds it), else a placeholder
+    char sibling[4096];
+    if ((size_t)snprintf(sibling, sizeof sibling, "%s.tokenizer", in) >= sizeof sibling) die("%s: path too long", in);
+    if (!tok_path && file_exists(sibling)) tok_path = sibling;
+    Tokenizer tokenizer, *tok = NULL;
+    if (tok_path) {
+        tokenizer_load(&tokenizer, tok_path);
+        if (tokenizer.n_vocab > c.vocab_size)
+            die("%s: the tokenizer has %d tokens, the model's vocabulary only %d", tok_path, tokenizer.n_vocab, c.vocab_size);
+        tok = &tokenizer;
+        printf("tokenizer: %s (%d tokens, %s)\n", tok_path, tok->n_vocab, tok->kind == TOK_SPM ? "SentencePiece" : "byte-level BPE");
+    } else {
+        printf("tokenizer: none beside the model (%s) and no --tokenizer: writing a placeholder vocabulary of %d pieces\n"
+               "  (<0xXX> byte pieces for ids < 256, \"<id>\" above). llama.cpp runs it on token ids; text maps to bytes.\n",
+               sibling, c.vocab_size);
+    }
+    if (c.quant_act_bits)
+        printf("note: the student was trained with %d-bit per-token activations (--act-bits); llama.cpp quantizes\n"
+               "  activations its own way (per 32- or 256-value block for quantized weights), not per token\n", c.quant_act_bits);
+
+    // metadata
+    Gguf g;
+    memset(&g, 0, sizeof g);
+    int D = c.dim, F = c.hidden_dim, L = c.n_layers, hd = c.head_dim, V = c.vocab_size;
+    int lin_type[N_TENSORS] = {0};
+    for (int t = 0; t < N_TENSORS; t++) {
+        if (!tensor_is_linear(t)) continue;
+        int64_t rows, cols;
+        tensor_slice_shape(&c, t, &rows, &cols);
+        if (forced_type >= 0 && cols % ggml_type(forced_type)->block)
+            die("--type %s: %s has %lld columns, not whole %d-weight blocks", ggml_type(forced_type)->name, TENSOR_NAMES[t],
+                (long long)cols, ggml_type(forced_type)->block);
+        lin_type[t] = gguf_linear_type(q, forced_type, (int)cols, stored.dtype);
+    }
+    gguf_kv_str(&g, "general.architecture", "llama");
+    gguf_kv_str(&g, "general.name", "bitdistill student");
+    gguf_kv_u32(&g, "general.file_type", (uint32_t)gguf_file_type(lin_type[T_WQ]));
+    gguf_kv_u32(&g, "general.quantization_version", 2);
+    gguf_kv_u32(&g, "llama.context_length", (uint32_t)c.max_seq_len);
+    gguf_kv_u32(&g, "llama.embedding_length", (uint32_t)D);
+    gguf_kv_u32(&g, "llama.block_count", (uint32_t)L);
+    gguf_kv_u32(&g, "llama.feed_forward_length", (uint32_t)F);
+    gguf_kv_u32(&g, "llama.attention.head_count", (uint32_t)c.n_heads);
+    gguf_kv_u32(&g, "llama.attention.head_count_kv", (uint32_t)c.n_kv_heads);
+    gguf_kv_u32(&g, "llama.attention.key_length", (uint32_t)hd);
+    gguf_kv_u32(&g, "llama.attention.value_length", (uint32_t)hd);
+    gguf_kv_f32(&g, "llama.rope.freq_base", c.rope_theta);
+    gguf_kv_u32(&g, "llama.rope.dimension_count", (uint32_t)hd);
+    gguf_kv_f32(&g, "llama.attention.layer_norm_rms_epsilon", c.rms_norm_eps);
+    gguf_kv_u32(&g, "llama.vocab_size", (uint32_t)V);
+    const char *tok_kind = gguf_tokenizer(&g, tok, &c);
+
+    // tensor infos, in table order (per layer: the layer's slice of each stacked tensor)
+    int64_t ne[2];
+    for (int l = 0; l < L; l++)
+        for (int t = 0; t < N_TENSORS; t++) {
+            if ((!tensor_is_per_layer(t) && l > 0) || (t == T_LM_HEAD && c.tied)) continue;
+            int64_t rows, cols;
+            tensor_slice_shape(&c, t, &rows, &cols);
+            char name[64];
+            snprintf(name, sizeof name, TENSOR_GGUF_NAMES[t], l);
+            ne[0] = cols; ne[1] = rows;
+            int type = tensor_is_linear(t) ? lin_type[t] : rows == 1 ? GGML_F32 : stored.dtype == DTYPE_BF16 ? GGML_BF16 : GGML_F32;
+            gguf_add_tensor(&g, name, rows == 1 ? 1 : 2, ne, type);
+        }
+    float *rope_factor = NULL;
+    if (c.rope_scaling == ROPE_LLAMA3) {
+        rope_factor = malloc_or_die((size_t)hd / 2 * sizeof(float), "rope factors");
+        for (int i = 0; i < hd / 2; i++) {
+            float inv = 1.0f / powf(c.rope_theta, (float)(2 * i) / (float)hd), wavelen = 2.0f * (float)M_PI / inv;
+            float orig = (float)c.rope_original_max_pos, lo = c.rope_low_freq_factor, hi = c.rope_high_freq_factor;
+            float s = (orig / wavelen - lo) / (hi - lo);
+            rope_factor[i] = wavelen < orig / hi ? 1.0f : wavelen > orig / lo ? c.rope_factor : 1.0f / ((1.0f - s) / c.rope_factor + s);
+        }
+        ne[0] = hd / 2;
+        gguf_add_tensor(&g, "rope_freqs.weight", 1, ne, GGML_F32);
+    }
+    gguf_begin_data(&g, out);
+
+    // data: the linears' W^ (and codes, scales) computed one layer slice at a time
+    float *ptrs[N_TENSORS];
+    tensor_carve(&c, params, ptrs);
+    int64_t sizes[N_TENSORS];
+    float *learned[N_TENSORS] = {0}, *next_learned = params + tensor_sizes(&c, sizes);
+    int64_t big = 0;
+    for (int t = 0; t < N_TENSORS; t++) {
+        if (!tensor_is_linear(t)) continue;
+        int64_t rows, cols, n0, n1;
+        tensor_slice_shape(&c, t, &rows, &cols);
+        quant_param_sizes(&n0, &n1, q, (int)rows, (int)cols);
+        if (rows * cols > big) big = rows * cols;
+        learned[t] = next_learned;
+        if (quant_is_learned(q.method)) next_learned += (int64_t)L * (n0 + n1);
+    }
+    float *wq = malloc_or_die((size_t)big * sizeof(float), "quantized weights");
+    uint8_t *codes = malloc_or_die((size_t)big, "codes");
+    int *perm = malloc_or_die((size_t)(c.n_heads > c.n_kv_heads ? c.n_heads : c.n_kv_heads) * hd * sizeof(int), "permutation");
+    GgufStat stat[N_TENSORS];
+    memset(stat, 0, sizeof stat);
+    for (int l = 0; l < L; l++)
+        for (int t = 0; t < N_TENSORS; t++) {
+            if ((!tensor_is_per_layer(t) && l > 0) || (t == T_LM_HEAD && c.tied)) continue;
+            int64_t rows, cols;
+            tensor_slice_shape(&c, t, &rows, &cols);
+            const float *w = ptrs[t] + (tensor_is_per_layer(t) ? (int64_t)l * rows * cols : 0);
+            int type = g.t[g.next].type;
+            if (!tensor_is_linear(t)) {
+                gguf_write_rows(&g, &stat[t], type, w, NULL, (int)rows, (int)cols, NULL, NULL, NULL, 0);
+                continue;
+            }
+            if (t == T_WQ || t == T_WK)  // rotate-half rows -> interleaved rows, per head
+                for (int r = 0; r < rows; r++) {
+                    int h = r / hd, i = (r % hd) / 2, half = r % 2;
+                    perm[r] = h * hd + half * hd / 2 + i;
+                }
+            int64_t n0, n1;
+            quant_param_sizes(&n0, &n1, q, (int)rows, (int)cols);
+            float *s0 = malloc_or_die((size_t)(n0 + 1) * sizeof(float), "scales"), *s1 = malloc_or_die((size_t)(n1 + 1) * sizeof(float), "scales");
+            // learned scales (sign, onebit) follow the table: per linear tensor, p0 of every layer, then p1 of every layer
+            float *p0 = quant_is_learned(q.method) ? learned[t] + (int64_t)l * n0 : s0;
+            float *p1 = quant_is_learned(q.method) ? learned[t] + (int64_t)L * n0 + (int64_t)l * n1 : s1;
+            int rc = quant_forward(wq, codes, p0, p1, w, q, (int)rows, (int)cols);
+            if (rc) die("%s: %s of layer %d: %s", in, TENSOR_NAMES[t], l, quant_error_string(rc));
+            int exact = gguf_exact(q, type, (int)cols);
+            stat[t].exact = exact;
+            gguf_write_rows(&g, &stat[t], type, wq, t == T_WQ || t == T_WK ? perm : NULL, (int)rows, (int)cols,
+                            exact ? codes : NULL, exact ? p0 : NULL, exact && q.method == QUANT_INT ? p1 : NULL,
+                            quant_group_len(q, (int)cols));
+            free(s0); free(s1);
+        }
+    if (rope_factor) gguf_write_data(&g, rope_factor, (size_t)hd / 2 * sizeof(float));
+    uint64_t bytes = gguf_finish(&g);
+
+    // report: per tensor of the table, its type, size and distance from what the student computes
+    printf("wrote %s: GGUF v3, llama, %s tokenizer%s\n", out, tok_kind, rope_factor ? ", llama3 rope_freqs" : "");
+    printf("%-11s %-6s %-8s %12s %7s %12s %12s %10s\n", "tensor", "type", "how", "bytes", "bits/w", "max|err|", "rms err", "rel rms");
+    int64_t n_lin = 0, lin_bytes = 0, n_all = 0;
+    double lin_max = 0, lin_sq = 0, lin_ref = 0;
+    int all_exact = 1;
+    for (int t = 0; t < N_TENSORS; t++) {
+        GgufStat *s = &stat[t];
+        if (!s->n) continue;
+        const char *how = s->exact ? "exact" : !tensor_is_linear(t) || (q.method == QUANT_NONE && forced_type < 0) ? "stored" : "rounded";
+        printf("%-11s %-6s %-8s %12lld %7.3f %12.3e %12.3e %10.3e\n", TENSOR_NAMES[t], ggml_type(s->type)->name, how, (long long)s->bytes,
+               8.0 * s->bytes / s->n, s->max_err, sqrt(s->sq_err / s->n), s->sq_ref > 0 ? sqrt(s->sq_err / s->sq_ref) : 0.0);
+        n_all += s->n;
+        if (!tensor_is_linear(t)) continue;
+        all_exact &= s->exact;
+        n_lin += s->n; lin_bytes += s->bytes;
+        lin_max = fmax(lin_max, s->max_err); lin_sq += s->sq_err; lin_ref += s->sq_ref;
+    }
+    const char *lin_name = ggml_type(lin_type[T_WQ])->name;
+    // exact: W^ = q d with d the fp16 of the quantizer's scale; rounded: W^ rounded into the type
+    printf("linears: %.3f bits per weight, %s; whole file %.3f bits per parameter (%llu bytes)\n", 8.0 * lin_bytes / n_lin,
+           all_exact ? "all exact up to fp16 scales" : q.method == QUANT_NONE && forced_type < 0 ? "as stored" : "not all exact (see 'how')",
+           8.0 * bytes / n_all, (unsigned long long)bytes);
+    char qo[4200];
+    printf("{\"out\": %s, \"bytes\": %llu, \"bits_per_param\": %.4f, \"linear_type\": \"%s\", \"linear_bits\": %.4f, "
+           "\"linear_exact\": %s, \"linear_max_err\": %.6g, \"linear_rel_rms_err\": %.6g, \"tokenizer\": \"%s\"}\n",
+           json_quote(qo, sizeof qo, out), (unsigned long long)bytes, 8.0 * bytes / n_all, lin_name, 8.0 * lin_bytes / n_lin,
+           all_exact && q.method != QUANT_NONE ? "true" : "false", lin_max, lin_ref > 0 ? sqrt(lin_sq / lin_ref) : 0.0, tok_kind);
+    free(wq); free(codes); free(perm); free(rope_factor); free(params);
+    if (tok) tokenizer_free(tok);
+}
+
+// ---------------------------------------------------------------------------------------------
 // llama2.c legacy checkpoints
 //
 // Header: 7 int32 (dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len); a
@@ -547,14 +927,22 @@ static void outputs_check(const char *out, int mode) {
 
 int main(int argc, char **argv) {
     const char *pos[3];
-    int npos = 0, dtype = -1, mode = 0;  // mode 0: HF import, 1: --to-hf, 2: --from-llama2c
+    int npos = 0, dtype = -1, mode = 0, type = -1;  // mode 0: HF import, 1: --to-hf, 2: --from-llama2c, 3: --to-gguf
+    const char *tok_path = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(); stdout_check(); return 0; }
-        else if (!strcmp(a, "--to-hf") || !strcmp(a, "--from-llama2c")) {
-            int m = !strcmp(a, "--to-hf") ? 1 : 2;
-            if (mode && mode != m) die("give one of --to-hf and --from-llama2c");
+        else if (!strcmp(a, "--to-hf") || !strcmp(a, "--from-llama2c") || !strcmp(a, "--to-gguf")) {
+            int m = !strcmp(a, "--to-hf") ? 1 : !strcmp(a, "--from-llama2c") ? 2 : 3;
+            if (mode && mode != m) die("give one of --to-hf, --from-llama2c and --to-gguf");
             mode = m;
+        } else if (!strcmp(a, "--tokenizer")) {
+            if (i + 1 >= argc) die("--tokenizer: needs a file");
+            tok_path = argv[++i];
+        } else if (!strcmp(a, "--type")) {
+            if (i + 1 >= argc) die("--type: needs a ggml type (f32 f16 bf16 q4_0 q4_1 q5_0 q8_0 tq2_0)");
+            if ((type = ggml_type_from_name(argv[++i])) < 0)
+                die("--type: expected f32 f16 bf16 q4_0 q4_1 q5_0 q8_0 or tq2_0, got '%s'", argv[i]);
         }
         else if (!strcmp(a, "--dtype")) {
             if (i + 1 >= argc) die("--dtype: needs a value (f32 or bf16)");
@@ -568,8 +956,10 @@ int main(int argc, char **argv) {
     }
     if (npos != 2) die("expected two paths, got %d (see ./convert --help)", npos);
     if (dtype >= 0 && mode != 0) die("--dtype applies to Hugging Face imports only");
+    if ((tok_path || type >= 0) && mode != 3) die("--tokenizer and --type apply to --to-gguf only");
     outputs_check(pos[1], mode);
     if (mode == 1) export_hf(pos[0], pos[1]);
+    else if (mode == 3) export_gguf(pos[0], pos[1], tok_path, type);
     else if (mode == 2) import_llama2c(pos[0], pos[1]);
     else import_hf(pos[0], pos[1], dtype);
     stdout_check();
