@@ -168,7 +168,8 @@ QD static inline int group_minmax(float *mn_out, float *mx_out, const float *w, 
 //   - an all-positive group cannot lift its grid off 0 (z = 0): [1,2,3,4] at b = 2 (s = 1)
 //     becomes [1,2,3,3]; an all-negative one likewise ends at 0 from below.
 // At b = 1 this is the 1-bit threshold quantizer: each weight becomes one of {-z s, (1-z) s}.
-// Backward: straight-through, dL/dw = dL/dŵ (BitDistiller).
+// Backward: BitDistiller's, through the rounding and through s (int_asym_group_backward), or
+// plain straight-through, dL/dw = dL/dŵ (ste_backward); see "Backward rules" below.
 
 QD static inline void int_asym_params(float *s_out, float *z_out, float mn, float mx, int bits) {
     float qmax = (float)((1 << bits) - 1);
@@ -230,7 +231,8 @@ static int int_asym_quantize(float *wq, uint8_t *codes, float *scale, float *zer
 // represented exactly (x = 1), so is c < 0 (x = -1).
 // The 8 NF3 levels (3 negative, 0, 4 positive) and their thresholds are BitDistiller's; the 16
 // NF4 levels are QLoRA's table, its 15 thresholds the midpoints of neighbouring levels.
-// Backward: straight-through, dL/dw = dL/dŵ.
+// Backward: BitDistiller's, through the rounding and through s+ and s- (nf_asym_group_backward),
+// or plain straight-through, dL/dw = dL/dŵ (ste_backward); see "Backward rules" below.
 
 QD static inline float nf_level(int bits, int code) {
     const float nf3[8] = {-1.0f, -0.5350227355957031f, -0.2469314038753510f, 0.0f,
@@ -311,12 +313,98 @@ static int nf4_asym_quantize(float *wq, uint8_t *codes, float *scale_pos, float 
 }
 
 // ---------------------------------------------------------------------------------------------
-// Straight-through backward of int, nf3, nf4 and ternary (and of the activation quantizer):
-// the rounding has zero derivative almost everywhere, so the forward is treated as the
-// identity: dw[n] += dŵ[n].
+// Backward rules of int, nf3, nf4 and ternary. The rounding has zero derivative almost
+// everywhere, so training needs a rule that lets gradient through it. Two are here:
+//   plain          dw = dŵ for every weight (ste_backward): the forward is treated as the
+//                  identity (Bengio et al. 2013). Ternary and the activation quantizer use it.
+//   bitdistiller   what autograd computes from BitDistiller's training quantizers (Du et al.
+//                  2024, quantization/quantizer.py: SteInt2AsymQuantizer, SteN2F3Quantizer):
+//                  only the rounding is straight-through; the group's scale is computed from
+//                  its max and min WITHOUT detaching it, so gradient also flows through the
+//                  scale into the weights that are the group's max and min. The default for
+//                  int, nf3 and nf4 (train's --ste).
+enum { QUANT_STE_PLAIN, QUANT_STE_BITDISTILLER };
+
+// Plain straight-through: dw[n] += dŵ[n].
 static void ste_backward(float *dw, const float *dwq, int64_t n) {
 #pragma omp parallel for
     for (int64_t i = 0; i < n; i++) dw[i] += dwq[i];
+}
+
+// Where a group's scale gradient ds goes: the scale is a function of the group's max (and/or
+// min), and torch's amax/amin send their gradient to every weight equal to the extreme, split
+// evenly among ties: dw[j] += dmx / #{w = mx} for w[j] = mx, and likewise dmn for the min.
+QD static inline void minmax_backward(float *dw, const float *w, float dmx, float dmn, float mn, float mx, int g) {
+    int n_mx = 0, n_mn = 0;
+    for (int j = 0; j < g; j++) { n_mx += w[j] == mx; n_mn += w[j] == mn; }
+    for (int j = 0; j < g; j++) {
+        if (w[j] == mx) dw[j] += dmx / (float)n_mx;
+        if (w[j] == mn) dw[j] += dmn / (float)n_mn;
+    }
+}
+
+// BitDistiller's backward of INT-Asym, one group of g weights with the forward's s and z.
+// Their forward is ŵ = (clamp(R(w/s) + z, 0, qmax) - z) s with R = round_away made straight-
+// through (dR/du = 1), torch's clamp (gradient 1 inside [0, qmax], ends included, 0 outside),
+// z = clamp(-round(mn/s)) (torch.round has gradient 0: z carries none) and
+// s = max(mx - mn, 1e-5) / qmax. With u_j = R(w_j/s) + z and q_j = clamp(u_j) (the code):
+//   inside, 0 <= u_j <= qmax:  dŵ_j/dw_j = 1,  dŵ_j/ds = q_j - z - w_j/s
+//   clamped:                   dŵ_j/dw_j = 0,  dŵ_j/ds = q_j - z
+// so  dw_j += dŵ_j [inside],  ds = Σ_j dŵ_j dŵ_j/ds,  and, when mx - mn >= 1e-5,
+//   dmx = +ds/qmax, dmn = -ds/qmax (minmax_backward). A constant group passes nothing to s.
+// A weight is clamped only at ties of the two roundings (round_away of w/s, round_even of
+// mn/s) and in groups that do not straddle 0 (z clamped to 0 or qmax).
+QD static inline void int_asym_group_backward(float *dw, const float *dwq, const float *w, float s, float z,
+                                              int g, int bits) {
+    float qmax = (float)((1 << bits) - 1), mn, mx, ds = 0.0f;
+    group_minmax(&mn, &mx, w, g);
+    for (int j = 0; j < g; j++) {
+        float x = w[j] / s, u = round_away(x) + z;
+        if (u >= 0.0f && u <= qmax) {
+            dw[j] += dwq[j];
+            ds += dwq[j] * (u - z - x);
+        } else {
+            ds += dwq[j] * (clampf(u, 0.0f, qmax) - z);
+        }
+    }
+    if (mx - mn >= 1e-5f) minmax_backward(dw, w, ds / qmax, -ds / qmax, mn, mx, g);
+}
+
+// BitDistiller's backward of NF-Asym (their SteN2F3Quantizer; nf4 by the same rule), one group
+// with the forward's s+ = |mx| and s- = |mn|. Their forward: x = w/s± on each side of 0,
+// ŵ = L(x) s± with the level L made straight-through by (L(x) - x).detach() + x, which passes
+// every weight (no clamp). With s_j the scale of w_j's side and L_j its level:
+//   dŵ_j/dw_j = 1,  dŵ_j/ds_j = L_j - w_j/s_j
+// so  dw_j += dŵ_j,  ds+ = Σ_{w_j >= 0} dŵ_j (L_j - w_j/s+),  ds- = Σ_{w_j < 0} dŵ_j (L_j - w_j/s-),
+//   dmx = ds+ sign(mx),  dmn = ds- sign(mn)  (d|m|/dm = sign(m), 0 at 0), to the max and min
+// weights (minmax_backward). A zero scale (their 0/0 = NaN; here x = 0) passes nothing.
+QD static inline void nf_asym_group_backward(float *dw, const float *dwq, const float *w, float sp, float sn,
+                                             int g, int bits) {
+    float mn, mx, dsp = 0.0f, dsn = 0.0f;
+    group_minmax(&mn, &mx, w, g);
+    for (int j = 0; j < g; j++) {
+        dw[j] += dwq[j];
+        float s = w[j] >= 0.0f ? sp : sn;
+        if (s == 0.0f) continue;
+        float level = nf_level(bits, nf_asym_code(w[j], sp, sn, bits));
+        float d = dwq[j] * (level - w[j] / s);
+        if (w[j] >= 0.0f) dsp += d; else dsn += d;
+    }
+    float sgn_mx = (float)((mx > 0.0f) - (mx < 0.0f)), sgn_mn = (float)((mn > 0.0f) - (mn < 0.0f));
+    minmax_backward(dw, w, dsp * sgn_mx, dsn * sgn_mn, mn, mx, g);
+}
+
+// BitDistiller's backward over a whole int, nf3 or nf4 matrix: dw[out,in] += from dwq[out,in];
+// p0, p1 the forward's per-group scales (the table at the top of this file); group g or -1.
+static void ste_bitdistiller_backward(float *dw, const float *dwq, const float *w, const float *p0,
+                                      const float *p1, QuantSpec s, int out, int in) {
+    int g = quant_group_len(s, in);
+    int64_t n_groups = (int64_t)out * (in / g);
+#pragma omp parallel for
+    for (int64_t k = 0; k < n_groups; k++) {
+        if (s.method == QUANT_INT) int_asym_group_backward(dw + k * g, dwq + k * g, w + k * g, p0[k], p1[k], g, s.bits);
+        else nf_asym_group_backward(dw + k * g, dwq + k * g, w + k * g, p0[k], p1[k], g, s.bits);
+    }
 }
 
 // sign(w) with sign(0) = +1, as the binarizers below use it; code 1 for +1, 0 for -1.
@@ -590,11 +678,15 @@ static int quant_forward(float *wq, uint8_t *codes, float *p0, float *p1, const 
     }
 }
 
-// Accumulates dw (and dp0, dp1 for the learned scales of sign and onebit) from dwq.
+// Accumulates dw (and dp0, dp1 for the learned scales of sign and onebit) from dwq. ste: the
+// backward rule of int, nf3 and nf4 (QUANT_STE_PLAIN or QUANT_STE_BITDISTILLER); ternary is
+// always plain straight-through.
 static void quant_backward(float *dw, float *dp0, float *dp1, const float *dwq, const float *w,
-                           const float *p0, const float *p1, QuantSpec s, int out, int in) {
+                           const float *p0, const float *p1, QuantSpec s, int ste, int out, int in) {
+    int grouped = s.method == QUANT_INT || s.method == QUANT_NF3 || s.method == QUANT_NF4;
     if (s.method == QUANT_SIGN) sign_backward(dw, dp0, dp1, dwq, w, p0, out, in);
     else if (s.method == QUANT_ONEBIT) onebit_backward(dw, dp0, dp1, dwq, w, p0, p1, out, in);
+    else if (grouped && ste == QUANT_STE_BITDISTILLER) ste_bitdistiller_backward(dw, dwq, w, p0, p1, s, out, in);
     else ste_backward(dw, dwq, (int64_t)out * in);
 }
 

@@ -208,14 +208,17 @@ static void check_learned_scales(const char *name, int method, int B, int T) {
 
 // The straight-through rule, checked directly: a quantized model's gradient of its latent
 // linear weights must be what quant.h's backward makes of dL/dW^, where dL/dW^ is the gradient
-// of a full-precision model whose weights ARE W^. For int and ternary that is dL/dW^ itself;
-// for sign it is dL/dW^ * alpha_row on |w| <= 1 and 0 elsewhere (quant.h's hardtanh STE).
-static void check_ste(const char *name, QuantSpec q) {
+// of a full-precision model whose weights ARE W^. For int (--ste plain) and ternary that is
+// dL/dW^ itself; for sign it is dL/dW^ * alpha_row on |w| <= 1 and 0 elsewhere (quant.h's
+// hardtanh STE); for int and nf3 under --ste bitdistiller, what quant.h's
+// ste_bitdistiller_backward makes of dL/dW^ (test_quant checks that function on its own).
+static void check_ste(const char *name, QuantSpec q, int ste) {
     ModelHeader cfg = small_config(0, 2, 0);
     int B = 2, T = 6;
     random_model_params(&cfg, B, T);
     for (int64_t i = 0; i < g_model.n_params; i++) g_model.params[i] *= 4.0f;  // some |w| > 1
     model_apply_quant(&g_model, q);
+    g_model.ste = ste;
     model_alloc_training(&g_model);
     model_zero_grad(&g_model);
     model_forward(&g_model, g_inputs, g_targets, B, T);
@@ -237,8 +240,17 @@ static void check_ste(const char *name, QuantSpec q) {
         int64_t n = g_model.slice[t] * (tensor_is_per_layer(t) ? cfg.n_layers : 1);
         int64_t rows, cols;
         tensor_slice_shape(&cfg, t, &rows, &cols);
+        float *bd = NULL;  // --ste bitdistiller: quant.h's backward of the full-precision dL/dW^
+        if (tensor_is_linear(t) && ste == QUANT_STE_BITDISTILLER && q.method != QUANT_SIGN && q.method != QUANT_TERNARY) {
+            bd = calloc_or_die((size_t)n, sizeof(float), "bd");
+            for (int l = 0; l < cfg.n_layers; l++) {
+                int64_t o = l * g_model.slice[t];
+                quant_backward(bd + o, NULL, NULL, fp.grads_t[t] + o, g_model.params_t[t] + o, g_model.qp0[t] + l * g_model.qn0[t],
+                               g_model.qp1[t] + l * g_model.qn1[t], q, ste, (int)rows, (int)cols);
+            }
+        }
         for (int64_t i = 0; i < n; i++) {
-            double want = fp.grads_t[t][i];
+            double want = bd ? bd[i] : fp.grads_t[t][i];
             if (tensor_is_linear(t) && q.method == QUANT_SIGN) {
                 int64_t row = i / cols;  // rows of all layers are consecutive: row index over layers
                 int l = (int)(row / rows);
@@ -248,6 +260,7 @@ static void check_ste(const char *name, QuantSpec q) {
             worst = fmax(worst, fabs(g_model.grads_t[t][i] - want));
             mx = fmax(mx, fabs(want));
         }
+        free(bd);
     }
     int bad = worst > 1e-6 * mx;
     printf("  %-22s %-10s %8s  %.2e  %s\n", name, "latent W", "all", worst / mx, bad ? "FAIL" : "ok");
@@ -364,9 +377,11 @@ int main(void) {
     // quantized models: learned scales by finite differences, the STE rule directly
     check_learned_scales("model, sign scales", QUANT_SIGN, 2, 6);
     check_learned_scales("model, onebit scales", QUANT_ONEBIT, 2, 6);
-    check_ste("STE, int 2-bit g=8", (QuantSpec){QUANT_INT, 2, 8});
-    check_ste("STE, ternary", (QuantSpec){QUANT_TERNARY, 2, -1});
-    check_ste("STE, sign (hardtanh)", (QuantSpec){QUANT_SIGN, 1, -1});
+    check_ste("STE, int 2-bit g=8", (QuantSpec){QUANT_INT, 2, 8}, QUANT_STE_PLAIN);
+    check_ste("bitdistiller, int2 g=8", (QuantSpec){QUANT_INT, 2, 8}, QUANT_STE_BITDISTILLER);
+    check_ste("bitdistiller, nf3 row", (QuantSpec){QUANT_NF3, 3, -1}, QUANT_STE_BITDISTILLER);
+    check_ste("STE, ternary", (QuantSpec){QUANT_TERNARY, 2, -1}, QUANT_STE_PLAIN);
+    check_ste("STE, sign (hardtanh)", (QuantSpec){QUANT_SIGN, 1, -1}, QUANT_STE_PLAIN);
 
     printf("%s: %d check(s) beyond tolerance %.0e\n", g_failures ? "FAILED" : "passed", g_failures, tol);
     return g_failures ? 1 : 0;

@@ -186,6 +186,7 @@ typedef struct Model {
     float *qp0[N_TENSORS], *qp1[N_TENSORS];  // per tensor: layer 0's p0, p1 (quant.h's table)
     int64_t qn0[N_TENSORS], qn1[N_TENSORS];  // their sizes per layer
     int quant_stale;                   // the latent weights changed since the last quantization
+    int ste;                           // backward rule of int/nf3/nf4: QUANT_STE_PLAIN or _BITDISTILLER
     int codes_valid;                   // codes_prev holds a previous quantization's codes
     int64_t flips[N_TENSORS], flips_total, n_codes;  // codes changed by the last quantization
     int64_t *flips_layer;              // the same per layer [L]
@@ -758,10 +759,12 @@ static void model_backward(Model *m) { model_backward_scaled(m, 1.0f); }
 // Before a forward, each of the seven linears of every layer is replaced by its fake-quantized
 // copy W^ = Q(W) (quant.h: INT-Asym, NF3/NF4, sign, OneBit, ternary); the forward and backward
 // above run on W^ unchanged, through the fwd_t / dfwd_t tables. The backward's dL/dW^ is then
-// mapped back by quant_backward: straight through to W (the straight-through estimator,
-// Bengio et al. 2013, as BitDistiller trains), and exactly to the learned scales of sign
-// (FBI-LLM, Ma et al. 2024) and OneBit (Xu et al. 2024). Embeddings, norms and the LM head stay
-// full precision.
+// mapped back by quant_backward: for int, nf3 and nf4 as BitDistiller trains (--ste
+// bitdistiller: straight through the rounding and exactly through each group's scale into its
+// max and min weights) or plain straight through to W (--ste plain, the straight-through
+// estimator, Bengio et al. 2013); straight through for ternary; exactly to the learned scales of
+// sign (FBI-LLM, Ma et al. 2024) and OneBit (Xu et al. 2024). Embeddings, norms and the LM head
+// stay full precision.
 
 // Rows and columns of one layer's slice of linear tensor t.
 static void linear_shape(const Model *m, int t, int *out, int *in) {
@@ -876,7 +879,7 @@ static void model_quant_backward(Model *m) {
             float *p0 = m->qp0[t] + l * m->qn0[t], *p1 = m->qp1[t] + l * m->qn1[t];
             float *dp0 = learned ? m->grads + (p0 - m->params) : NULL, *dp1 = learned ? m->grads + (p1 - m->params) : NULL;
             quant_backward(layer_tensor(m->grads_t, m, t, l), dp0, dp1, layer_tensor(m->dfwd_t, m, t, l),
-                           layer_tensor(m->params_t, m, t, l), p0, p1, m->quant, out, in);
+                           layer_tensor(m->params_t, m, t, l), p0, p1, m->quant, m->ste, out, in);
         }
     }
     memset(m->dwq, 0, (size_t)m->n_codes * sizeof(float));
@@ -1225,6 +1228,10 @@ static TrainResult train_loop(Model *m, Model *teacher, Distiller *d, const Args
     printf("training: steps %lld..%d of %d, %d sequences x %d tokens (%d micro-batches of %d), lr %g, %s\n",
            (long long)st->step + 1, (int)last, steps, a->batch, T, accum, B, a->opt.lr,
            d ? LOSS_NAMES[d->loss.kind] : "cross-entropy (mean over tokens)");
+    int q = m->quant.method;
+    if (q == QUANT_INT || q == QUANT_NF3 || q == QUANT_NF4)
+        printf("quantizer backward: %s\n", m->ste == QUANT_STE_BITDISTILLER
+               ? "bitdistiller (straight through the rounding, exact through the groups' scales)" : "plain straight-through");
     for (int64_t step = st->step; step < last; step++) {
         // the gradient of one step: the mean over `accum` micro-batches, each backward scaled by 1/accum
         double ts = now_seconds();

@@ -32,7 +32,7 @@ typedef struct {
     int eval_T, eval_batch;
     // quantization
     QuantSpec quant;
-    int quant_given, act_bits;
+    int quant_given, act_bits, ste;
     int clip, calib_seqs, calib_len, clip_tokens;
     const char *calib, *export_packed, *histogram_out;
     int histogram;
@@ -61,6 +61,9 @@ static void usage(void) {
         "  -g GROUP              weights per group along the input dimension, -1 = whole row [128]\n"
         "  -q METHOD             int | nf3 | nf4 | sign | onebit | ternary [int]; nf3, nf4, sign,\n"
         "                        onebit and ternary imply their bit width\n"
+        "  --ste RULE            backward of int, nf3, nf4: bitdistiller (straight through the\n"
+        "                        rounding and through each group's scale, as BitDistiller trains)\n"
+        "                        | plain (straight through: dW = dW^) [bitdistiller]\n"
         "  --act-bits 0|8        8: also quantize the inputs of those linears per token (BitNet\n"
         "                        b1.58's absmax, straight-through backward) [0]\n"
         "  --clip                asymmetric clipping search (BitDistiller): write to -o the full-\n"
@@ -261,6 +264,7 @@ static Args parse_args(int argc, char **argv) {
     a.seed = 42; a.steps = 100; a.epochs = 4; a.batch = 16; a.micro_batch = 4; a.eval_batch = 1;
     a.max_new = 1024; a.top_p = 1.0f; a.gen_batch = 16;
     a.quant = (QuantSpec){QUANT_INT, 0, 128};
+    a.ste = QUANT_STE_BITDISTILLER;
     a.calib_seqs = 128; a.clip_tokens = 512; a.histogram = -1;
     a.loss_kind = LOSS_CAKLD; a.gamma = -1.0f; a.gamma_batches = 20; a.temperature = 20.0f;
     a.opt = (OptConfig){.lr = 2e-5f, .min_lr = 0.0f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f,
@@ -361,6 +365,11 @@ static Args parse_args(int argc, char **argv) {
         else if (!strcmp(f, "--act-bits")) {
             a.act_bits = parse_int(f, v);
             if (a.act_bits != 0 && a.act_bits != 8) die("--act-bits: 0 or 8 (BitNet's 8-bit activations), got %d", a.act_bits);
+        }
+        else if (!strcmp(f, "--ste")) {
+            if (!strcmp(v, "bitdistiller")) a.ste = QUANT_STE_BITDISTILLER;
+            else if (!strcmp(v, "plain")) a.ste = QUANT_STE_PLAIN;
+            else die("--ste: expected bitdistiller or plain, got '%s'", v);
         }
         else if (!strcmp(f, "-g")) { a.quant.group = parse_int(f, v); a.quant_given = 1; }
         else if (!strcmp(f, "-q")) {
@@ -505,6 +514,7 @@ static void student_from_flags(const Args *a, Model *m) {
             die("%s: the model is already quantized (-q %s -b %d -g %d); drop the quantization flags",
                 a->model_path, quant_method_name(have.method), have.bits, have.group);
     }
+    m->ste = a->ste;
     if (a->act_bits) {  // the student's activations; a self-distillation teacher was copied before, as it was
         if (a->clip) die("--act-bits: the clipping search runs on full-precision activations; give it to the QAT run");
         m->cfg.quant_act_bits = a->act_bits;

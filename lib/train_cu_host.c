@@ -74,6 +74,11 @@ void host_setup(int argc, char **argv, HostArgs *ha, HostModel *student, HostMod
     memset(teacher, 0, sizeof *teacher);
     if (teacher_from_flags(&a, &m, &teacher_model)) host_view(teacher, &teacher_model);
     student_from_flags(&a, &m);
+    int q = m.quant.method;
+    if (m.ste == QUANT_STE_BITDISTILLER && (q == QUANT_INT || q == QUANT_NF3 || q == QUANT_NF4)) {
+        printf("train_cu: the quantizer's backward is plain straight-through (--ste bitdistiller runs in ./train only)\n");
+        m.ste = QUANT_STE_PLAIN;
+    }
     g_tok_path = tokenizer_from_flags(&a, &m, &g_tokenizer, &g_tok);
     const ModelHeader *c = &m.cfg;
     if (c->quant_act_bits) die("train_cu does not quantize activations yet (--act-bits): use ./train");

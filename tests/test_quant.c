@@ -7,13 +7,17 @@
 //      g = -1, bits 1..8), NaN/Inf rejected
 //   3. gradients: finite differences of the learned scales (sign: alpha, beta; onebit: h, g),
 //      the straight-through rules checked element by element, and a self-test showing that a
-//      deliberately wrong gradient is caught
+//      deliberately wrong gradient is caught; BitDistiller's backward of int and nf against
+//      hand-computed groups (ties, a clamped weight), finite differences of the forward with its
+//      rounding frozen, and PyTorch autograd of BitDistiller's quantizers
+//      (tests/fixtures/ste/reference.json, made by dev/make_ste_reference.py)
 //   4. clipping search: brute force agreement, never worse than no clipping, better on
 //      heavy-tailed random weights
 //   5. packing: bit layouts by hand, round trips at every width, dequantize(pack(quantize(W)))
 //      equal to the fake-quantized W, corrupt input rejected
 //   6. flip-flop counting
-#include "../lib/util.h"
+#include "../lib/util.h"  // defines: die, malloc_or_die, read_file_or_die, file_exists
+#include "../lib/json.h"  // defines: json_parse, json_get, json_at
 #include "../quant.h"
 
 static int g_failed = 0, g_rows = 0;
@@ -354,7 +358,7 @@ static void test_gradients(void) {
     float *da = calloc_or_die(out, 4, "t"), *db = calloc_or_die(out, 4, "t");
     sign_init(c.p0, c.p1, c.w, out, in);
     for (int64_t i = 0; i < n; i++) dw[i] = 0.5f;
-    quant_backward(dw, da, db, c.r, c.w, c.p0, c.p1, c.s, out, in);
+    quant_backward(dw, da, db, c.r, c.w, c.p0, c.p1, c.s, QUANT_STE_PLAIN, out, in);
     report("sign dalpha vs finite differences", fd_check(&c, c.p0, da, out, 1e-2f), 1e-3);
     report("sign dbeta vs finite differences", fd_check(&c, c.p1, db, out, 1e-2f), 1e-3);
     for (int64_t i = 0; i < n; i++) want[i] = 0.5f + (fabsf(c.w[i]) <= 1.0f ? c.r[i] * c.p0[i / in] : 0.0f);
@@ -378,7 +382,7 @@ static void test_gradients(void) {
     float *dh = calloc_or_die(out, 4, "t"), *dg = calloc_or_die(in, 4, "t");
     onebit_init(c.p0, c.p1, c.w, out, in, 50);
     for (int64_t i = 0; i < n; i++) dw[i] = 0.5f;
-    quant_backward(dw, dh, dg, c.r, c.w, c.p0, c.p1, c.s, out, in);
+    quant_backward(dw, dh, dg, c.r, c.w, c.p0, c.p1, c.s, QUANT_STE_PLAIN, out, in);
     report("onebit dh vs finite differences", fd_check(&c, c.p0, dh, out, 1e-2f), 1e-3);
     report("onebit dg vs finite differences", fd_check(&c, c.p1, dg, in, 1e-2f), 1e-3);
     for (int64_t i = 0; i < n; i++)
@@ -389,12 +393,197 @@ static void test_gradients(void) {
     QuantSpec ste[4] = {{QUANT_INT, 2, 8}, {QUANT_NF3, 3, 8}, {QUANT_NF4, 4, -1}, {QUANT_TERNARY, 2, -1}};
     for (int m = 0; m < 4; m++) {
         for (int64_t i = 0; i < n; i++) dw[i] = 0.5f, want[i] = 0.5f + c.r[i];
-        quant_backward(dw, NULL, NULL, c.r, c.w, NULL, NULL, ste[m], out, in);
+        quant_backward(dw, NULL, NULL, c.r, c.w, NULL, NULL, ste[m], QUANT_STE_PLAIN, out, in);
         snprintf(what, sizeof what, "%s straight-through dw = 0.5 + dŵ", quant_method_name(ste[m].method));
         report(what, max_abs_diff(dw, want, n), 0);
     }
     free(c.w), free(c.r), free(c.wq), free(c.p0), free(c.p1), free(dw), free(want);
     free(da), free(db), free(da_wrong), free(dh), free(dg);
+}
+
+// --- BitDistiller's backward (quant.h: int_asym_group_backward, nf_asym_group_backward) -----
+
+// One group by hand, dw starting at 0, dŵ = 1..8. int 2-bit, w = [-1.5, 1.5, .2, -1.5, 1.5, .7, -.3, 1]:
+// s = 3/3 = 1, z = -round_even(-1.5) = 2; the two 1.5s give R(1.5) + 2 = 4 > 3 (clamped, no
+// straight-through, dŵ/ds = q - z = 1); the -1.5s give -2 + 2 = 0 (inside, the end included).
+// dŵ_j/ds = q - z - w/s for the inside ones: -.5, -.2, .3, .3, 0, so
+// ds = -.5 + 2 - .6 - 2 + 5 + 1.8 + 2.1 + 0 = 7.8, dmx = 7.8/3 = 2.6 split over the two maxima,
+// dmn = -2.6 over the two minima.
+// nf3, w = [2, -.5, .3, 2, -.5, 0, 1.1, -.1]: s+ = 2, s- = .5, x = w/s±, levels L(x);
+// ds+ = 3 (L(.15) - .15) + 7 (L(.55) - .55), ds- = 8 (L(-.2) + .2) (the extremes have L = x,
+// 0 has L = 0); dmx = ds+ (mx > 0) over the two 2s, dmn = -ds- (mn < 0) over the two -.5s.
+static void test_bitdistiller_hand(void) {
+    const float w_int[8] = {-1.5f, 1.5f, 0.2f, -1.5f, 1.5f, 0.7f, -0.3f, 1.0f};
+    const float w_nf[8] = {2.0f, -0.5f, 0.3f, 2.0f, -0.5f, 0.0f, 1.1f, -0.1f};
+    float dwq[8], dw[8], wq[8], s, z;
+    for (int j = 0; j < 8; j++) dwq[j] = (float)(j + 1);
+    int_asym_group(wq, NULL, &s, &z, w_int, 8, 2);
+    memset(dw, 0, sizeof dw);
+    int_asym_group_backward(dw, dwq, w_int, s, z, 8, 2);
+    const double want_int[8] = {1 - 1.3, 1.3, 3, 4 - 1.3, 1.3, 6, 7, 8};
+    double err = 0;
+    for (int j = 0; j < 8; j++) err = fmax(err, fabs(dw[j] - want_int[j]));
+    report("bd int2 by hand: 2 clamped, tied max and min", err, 1e-6);
+
+    const double L1 = 0.1833375245332718, L2 = 0.6229856610298157, L3 = -0.2469314038753510;
+    double dsp = 3 * (L1 - 0.3f / 2.0f) + 7 * (L2 - 1.1f / 2.0f), dsn = 8 * (L3 + 0.1f / 0.5f);
+    const double want_nf[8] = {1 + dsp / 2, 2 - dsn / 2, 3, 4 + dsp / 2, 5 - dsn / 2, 6, 7, 8};
+    nf_asym_group(wq, NULL, &s, &z, w_nf, 8, 3);
+    memset(dw, 0, sizeof dw);
+    nf_asym_group_backward(dw, dwq, w_nf, s, z, 8, 3);
+    err = 0;
+    for (int j = 0; j < 8; j++) err = fmax(err, fabs(dw[j] - want_nf[j]));
+    report("bd nf3 by hand: tied max and min, a zero", err, 1e-6);
+}
+
+// The function autograd differentiates: BitDistiller's forward with each weight's rounding
+// offset R(u) - u (int) or level L - x (nf), and int's clamped-or-not, frozen at w0, in double.
+// Smooth in w away from ties of the max or min, so central differences of Σ r ŵ must give the
+// backward's dw. fz: the frozen choices, filled (fill = 1) at w0.
+typedef struct { double off[64]; int inside[64]; double z; } Frozen;
+
+static double frozen_objective(const double *w, const float *r, int g, QuantSpec q, Frozen *fz, int fill) {
+    double mn = w[0], mx = w[0], L = 0;
+    for (int j = 1; j < g; j++) { mn = fmin(mn, w[j]); mx = fmax(mx, w[j]); }
+    if (q.method == QUANT_INT) {
+        double qmax = (1 << q.bits) - 1, s = fmax(mx - mn, 1e-5) / qmax;
+        if (fill) fz->z = fmin(fmax(-rint(mn / s), 0), qmax);
+        for (int j = 0; j < g; j++) {
+            double x = w[j] / s;
+            if (fill) {
+                double u = copysign(floor(fabs(x) + 0.5), x) + fz->z;
+                fz->inside[j] = u >= 0 && u <= qmax;
+                fz->off[j] = fz->inside[j] ? u - fz->z - x : fmin(fmax(u, 0), qmax) - fz->z;
+            }
+            double v = fz->inside[j] ? x + fz->off[j] : fz->off[j];  // (q - z), straight-through or constant
+            L += r[j] * v * s;
+        }
+        return L;
+    }
+    double sp = fabs(mx), sn = fabs(mn);
+    for (int j = 0; j < g; j++) {
+        double s = w[j] >= 0 ? sp : sn, x = w[j] / s;
+        if (fill) fz->off[j] = nf_level(q.bits, nf_asym_code((float)w[j], (float)sp, (float)sn, q.bits)) - x;
+        L += r[j] * (x + fz->off[j]) * s;
+    }
+    return L;
+}
+
+static double frozen_fd_check(const float *w, QuantSpec q, int g) {
+    float r[64], dw[64] = {0}, wq[64], s = 0, z = 0;
+    double wd[64] = {0}, worst = 0, top = 0;
+    Frozen fz;
+    for (int j = 0; j < g; j++) { r[j] = rng_normal(); wd[j] = w[j]; }
+    frozen_objective(wd, r, g, q, &fz, 1);
+    if (q.method == QUANT_INT) {
+        int_asym_group(wq, NULL, &s, &z, w, g, q.bits);
+        int_asym_group_backward(dw, r, w, s, z, g, q.bits);
+    } else {
+        nf_asym_group(wq, NULL, &s, &z, w, g, q.bits);
+        nf_asym_group_backward(dw, r, w, s, z, g, q.bits);
+    }
+    for (int j = 0; j < g; j++) {
+        double h = 1e-6 * fmax(fabs(wd[j]), 1e-3), keep = wd[j];
+        wd[j] = keep + h;
+        double lp = frozen_objective(wd, r, g, q, &fz, 0);
+        wd[j] = keep - h;
+        double lm = frozen_objective(wd, r, g, q, &fz, 0);
+        wd[j] = keep;
+        double fd = (lp - lm) / (2 * h);
+        worst = fmax(worst, fabs(fd - dw[j]));
+        top = fmax(top, fabs(fd));
+    }
+    return worst / fmax(top, 1e-12);
+}
+
+static void test_bitdistiller_fd(void) {
+    struct { QuantSpec q; int g; float lo, hi; const char *what; } cases[] = {
+        {{QUANT_INT, 2, 8}, 8, 0, 0, "int2 g8"},
+        {{QUANT_INT, 3, 16}, 16, 0, 0, "int3 g16"},
+        {{QUANT_INT, 4, -1}, 48, 0, 0, "int4 per row of 48"},
+        {{QUANT_INT, 2, 8}, 8, 1.0f, 2.0f, "int2 g8 in [1,2]"},
+        {{QUANT_INT, 2, 8}, 8, -2.0f, -1.0f, "int2 g8 in [-2,-1]"},
+        {{QUANT_NF3, 3, 8}, 8, 0, 0, "nf3 g8"},
+        {{QUANT_NF4, 4, 16}, 16, 0, 0, "nf4 g16"},
+        {{QUANT_NF3, 3, 8}, 8, -2.0f, -1.0f, "nf3 g8 in [-2,-1]"},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        double worst = 0;
+        int clamped = 0;
+        for (int rep = 0; rep < 20; rep++) {
+            float w[64] = {0};
+            for (int j = 0; j < cases[c].g; j++)
+                w[j] = cases[c].lo == cases[c].hi ? rng_normal() : cases[c].lo + (cases[c].hi - cases[c].lo) * rng_uniform();
+            if (cases[c].q.method == QUANT_INT) {
+                float wq[64], s = 0, z = 0, qmax = (float)((1 << cases[c].q.bits) - 1);
+                int_asym_group(wq, NULL, &s, &z, w, cases[c].g, cases[c].q.bits);
+                for (int j = 0; j < cases[c].g; j++) {
+                    float u = round_away(w[j] / s) + z;
+                    clamped += u < 0 || u > qmax;
+                }
+            }
+            worst = fmax(worst, frozen_fd_check(w, cases[c].q, cases[c].g));
+        }
+        char what[120];
+        snprintf(what, sizeof what, "bd %s: FD, rounding frozen (%d clamped)", cases[c].what, clamped);
+        report(what, worst, 1e-4);
+    }
+}
+
+// The fixture: per case, w, dŵ, PyTorch's ŵ and autograd's dL/dw of BitDistiller's quantizer
+// classes re-implemented by dev/make_ste_reference.py.
+static void json_floats(float *dst, const Json *arr, int n, const char *what) {
+    if (!arr || arr->type != JSON_ARRAY || arr->n != n) die("tests/fixtures/ste/reference.json: '%s' is not an array of %d numbers", what, n);
+    for (int i = 0; i < n; i++) dst[i] = (float)arr->items[i].number;
+}
+
+static void test_bitdistiller_fixture(void) {
+    const char *path = "tests/fixtures/ste/reference.json";
+    if (!file_exists(path)) {
+        printf("  skipped: %s absent (make it with dev/make_ste_reference.py)\n", path);
+        return;
+    }
+    size_t len;
+    char *text = read_file_or_die(path, &len), err[256];
+    Json *root = json_parse(text, len, err, sizeof err);
+    if (!root) die("%s: malformed JSON: %s", path, err);
+    const Json *cases = json_get(root, "cases");
+    if (!cases || cases->type != JSON_ARRAY || cases->n == 0) die("%s: no \"cases\" array", path);
+    printf("  (%s: %d cases from PyTorch %s)\n", path, cases->n, json_get_string(root, "torch") ? json_get_string(root, "torch") : "?");
+    for (int k = 0; k < cases->n; k++) {
+        const Json *c = &cases->items[k];
+        const char *name = json_get_string(c, "name"), *method = json_get_string(c, "method");
+        QuantSpec q = {method ? quant_method_from_name(method) : -1, (int)json_get_number(c, "bits", 0), (int)json_get_number(c, "group", 0)};
+        int out = (int)json_get_number(c, "out", 0), in = (int)json_get_number(c, "in", 0);
+        if (!name || (q.method != QUANT_INT && q.method != QUANT_NF3) || out < 1 || in < 1 || quant_spec_check(&q, in))
+            die("%s: case %d: bad name, method, bits, group or shape", path, k);
+        int64_t n = (int64_t)out * in, ng = (int64_t)out * (in / quant_group_len(q, in));
+        float *w = malloc_or_die(n * 4, "t"), *dwq = malloc_or_die(n * 4, "t"), *wq_ref = malloc_or_die(n * 4, "t");
+        float *dw_ref = malloc_or_die(n * 4, "t"), *wq = malloc_or_die(n * 4, "t"), *dw = calloc_or_die(n, 4, "t");
+        float *p0 = malloc_or_die(ng * 4, "t"), *p1 = malloc_or_die(ng * 4, "t");
+        json_floats(w, json_get(c, "w"), (int)n, "w");
+        json_floats(dwq, json_get(c, "dwq"), (int)n, "dwq");
+        json_floats(wq_ref, json_get(c, "wq"), (int)n, "wq");
+        json_floats(dw_ref, json_get(c, "dw"), (int)n, "dw");
+        if (quant_forward(wq, NULL, p0, p1, w, q, out, in)) die("%s: case %d: non-finite weights", path, k);
+        char what[120];
+        snprintf(what, sizeof what, "forward ŵ vs PyTorch, %s", name);
+        report(what, max_abs_diff(wq, wq_ref, n) / fmax(max_abs(wq_ref, n), 1e-30), 1e-6);
+        quant_backward(dw, NULL, NULL, dwq, w, p0, p1, q, QUANT_STE_BITDISTILLER, out, in);
+        snprintf(what, sizeof what, "bd dw vs autograd, %s", name);
+        report(what, max_abs_diff(dw, dw_ref, n) / fmax(max_abs(dw_ref, n), 1e-30), 1e-5);
+        free(w), free(dwq), free(wq_ref), free(dw_ref), free(wq), free(dw), free(p0), free(p1);
+    }
+    json_free(root);
+    free(text);
+}
+
+static void test_bitdistiller(void) {
+    printf("\n3b. BitDistiller's backward (bd, --ste bitdistiller): straight through the rounding, exact\n"
+           "    through each group's scale into its max and min weights (L = Σ r ŵ, dw from 0)\n");
+    test_bitdistiller_hand();
+    test_bitdistiller_fd();
+    test_bitdistiller_fixture();
 }
 
 // =============================================================================================
@@ -669,6 +858,7 @@ int main(void) {
     test_binary_ternary_hand();
     test_nonfinite();
     test_gradients();
+    test_bitdistiller();
     test_clip();
     test_pack_layout();
     test_pack_roundtrip();

@@ -38,6 +38,7 @@ expect_error "bad integer" "expected an integer" ./train --init tiny --steps x -
 expect_error "no model" "exactly one of" ./train --steps 3
 expect_error "unknown shape" "unknown shape 'huge'" ./train --init huge
 expect_error "batch not multiple" "multiple of --micro-batch" ./train --init tiny --batch 6 --micro-batch 4
+expect_error "unknown --ste" "--ste: expected bitdistiller or plain" ./train --init tiny --ste straight
 
 # bad model files
 expect_error "missing file" "$tmp/none.bin: cannot open" ./train -m "$tmp/none.bin" -o "$tmp/out.bin"
