@@ -57,7 +57,7 @@ expect_error "not a checkpoint" "not a checkpoint" \
 cp "$tmp/part.bin.ckpt" "$tmp/nan.ckpt"
 ./train "${common[@]}" --ckpt "$tmp/nan.ckpt" --resume "$tmp/part.bin.ckpt" --inject-nan 8 > /dev/null 2> "$tmp/stderr"
 rc=$?
-[ $rc -eq 1 ] && grep -q "^error: step 8: the loss is nan; stopping; the checkpoint .*part.bin.ckpt of step 7 is intact" "$tmp/stderr" \
+[ $rc -eq 1 ] && grep -q "^error: step 8: the loss is nan; stopping; the checkpoint .*nan.ckpt of step 7 is intact" "$tmp/stderr" \
     && ok "a NaN loss stops the run: $(cat "$tmp/stderr")" || bad "NaN loss: exit $rc, $(cat "$tmp/stderr")"
 ./train "${common[@]}" --resume "$tmp/nan.ckpt" -o "$tmp/from_nan.bin" > "$tmp/from_nan.out" 2>&1 \
     && grep -q 'resumed from .* at step 7' "$tmp/from_nan.out" && cmp -s "$tmp/from_nan.bin" "$tmp/straight.bin" \

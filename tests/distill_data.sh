@@ -88,7 +88,8 @@ expect_error "JSONL without a tokenizer" "needs the model's tokenizer" ./train -
 expect_error "two data sources" "give one training data source" ./train "${common[@]}" --train-tokens "$tmp/v.ids"
 expect_error "--mask-prompt without --data" "--mask-prompt needs --data" ./train -m "$tmp/teacher.bin" --train-tokens "$tmp/v.ids" --mask-prompt
 expect_error "--eval-qa with a data file" "reads its task files from a folder" ./train -m "$tmp/teacher.bin" --eval-qa piqa --data "$tmp/gen.jsonl"
-expect_error "--generate-data without prompts" "needs --prompts SPEC and -o" ./train -m "$tmp/teacher.bin" --generate-data -o "$tmp/x.jsonl"
+expect_error "--generate-data without -o" "--generate-data needs -o OUT.jsonl" ./train -m "$tmp/teacher.bin" --generate-data
+expect_error "--prompts without --generate-data" "--prompts is for --generate-data" ./train -m "$tmp/teacher.bin" --prompts "text:$tmp/p1.txt" -o "$tmp/x.jsonl"
 expect_error "an unknown prompt source" "unknown prompt source 'books'" ./train -m "$tmp/teacher.bin" --generate-data --prompts "books:$tmp/p1.txt" -o "$tmp/x.jsonl"
 expect_error "--act-bits 4" "--act-bits: 0 or 8" ./train -m "$tmp/teacher.bin" -q ternary --act-bits 4
 [ -e "$tmp/x.jsonl" ] && bad "a failed --generate-data left $tmp/x.jsonl" || ok "no output left by failed runs"

@@ -152,7 +152,7 @@ static void test_bad_input(Model *m) {
     g.top_p = 1.0f; g.path = "no tokenizer"; expect_death(run_generate, g, "needs the teacher's tokenizer");
     g.path = NULL; g.p = &plong; expect_death(run_generate, g, "every prompt is longer than the teacher's context (40 tokens)");
     g.p = &p1; g.path = NULL;
-    expect_death(run_generate, g, "/dev/null/never.jsonl.tmp: cannot create");
+    expect_death(run_generate, g, "/dev/null/never.jsonl: the folder /dev/null does not exist");
 }
 
 // ---------------------------------------------------------------------------------------------
