@@ -387,12 +387,18 @@ static void bake_quantized_weights(const ModelHeader *c, float *params, const ch
     }
 }
 
-static void export_hf(const char *in, const char *dir) {
-    // the stored dtype decides the safetensors dtype; model_load validates the whole file first
+// The header as the file stores it (model_load converts to f32; the exports keep the stored dtype).
+static ModelHeader stored_header(const char *in) {
     FILE *f = fopen_or_die(in, "rb");
     ModelHeader stored;
     if (fread(&stored, sizeof stored, 1, f) != 1) die("%s: truncated file (smaller than the header)", in);
     fclose(f);
+    return stored;
+}
+
+static void export_hf(const char *in, const char *dir) {
+    // the stored dtype decides the safetensors dtype; model_load validates the whole file first
+    ModelHeader stored = stored_header(in);
     ModelHeader c;
     float *params = model_load(in, &c);
     if (c.quant_method != QUANT_NONE) {
@@ -652,10 +658,7 @@ static const char *gguf_tokenizer(Gguf *g, const Tokenizer *tok, const ModelHead
 }
 
 static void export_gguf(const char *in, const char *out, const char *tok_path, int forced_type) {
-    FILE *f = fopen_or_die(in, "rb");
-    ModelHeader stored;
-    if (fread(&stored, sizeof stored, 1, f) != 1) die("%s: truncated file (smaller than the header)", in);
-    fclose(f);
+    ModelHeader stored = stored_header(in);
     ModelHeader c;
     float *params = model_load(in, &c);
     QuantSpec q = header_quant(&c);

@@ -44,8 +44,8 @@ results=()
 # --- 1. perplexity ----------------------------------------------------------------------
 T=256
 ./convert --from-llama2c $DATA/stories260K/stories260K.bin "$tmp/fp.bin" > /dev/null
-./train -m "$tmp/fp.bin" -q int -b 2 -g -1 -o "$tmp/int2.bin" > /dev/null
-./train -m "$tmp/fp.bin" -q ternary -o "$tmp/ternary.bin" > /dev/null
+./train -m "$tmp/fp.bin" -q int -b 2 -g -1 --clip-init "$tmp/fp.bin" -o "$tmp/int2.bin" > /dev/null
+./train -m "$tmp/fp.bin" -q ternary --clip-init "$tmp/fp.bin" -o "$tmp/ternary.bin" > /dev/null
 ./convert --to-gguf "$tmp/fp.bin" "$tmp/fp.gguf" > /dev/null
 $LCPP sample "$tmp/fp.gguf" $((8 * T)) 1 $T > "$tmp/stream.ids"
 python3 - "$tmp/tq.bin" <<'EOF'

@@ -44,7 +44,7 @@ check ternary Q4_0
 # round-to-nearest students of the other quantizers: exact (int4), rounded into the nearest type
 for spec in "int4:-q int -b 4 -g 32:Q5_0" "sign:-q sign:Q4_1" "nf4:-q nf4 -g 64:Q8_0"; do
     IFS=: read -r m args want <<< "$spec"
-    ./train -m "$tmp/fp.bin" $args -o "$tmp/$m.bin" > /dev/null || bad "train $args"
+    ./train -m "$tmp/fp.bin" $args --clip-init "$tmp/fp.bin" -o "$tmp/$m.bin" > /dev/null || bad "train $args"
     check "$m" "$want"
 done
 cp "$tmp/int2.bin" "$tmp/int2f16.bin"
