@@ -416,7 +416,7 @@ QD static inline float sign_pm1(int code) { return code ? 1.0f : -1.0f; }
 //   ŵ[r,j] = alpha[r] * sign(w[r,j]) + beta[r],  sign(0) = +1
 // FBI-LLM binarizes sign(W) and learns a full-precision scale alpha and shift beta; we keep one
 // pair per output row, so y_r = alpha_r * Σ_j x_j sign(w_rj) + beta_r * Σ_j x_j.
-// Initialisation (sign_init), as issue 3 prescribes, following FBI-LLM:
+// Initialisation (sign_init), following FBI-LLM:
 //   beta[r] = mean_j w[r,j],  alpha[r] = mean_j |w[r,j] - beta[r]|
 // Backward, with L the loss and dŵ = dL/dŵ:
 //   dalpha[r] = Σ_j dŵ[r,j] sign(w[r,j])     exact
@@ -888,8 +888,9 @@ static int unpack_codes(uint8_t *codes, const uint8_t *src, int64_t n, int width
 }
 
 // ---------------------------------------------------------------------------------------------
-// Flip-flop (seed study 001): how many codes changed between two snapshots of a tensor, e.g.
-// before and after an optimizer step. The rate is count / n.
+// Flip-flops (QAT's stability measure, as Leszko & Mateńko 2025 track it): how many codes
+// changed between two snapshots of a tensor, e.g. before and after an optimizer step. The rate
+// is count / n.
 static int64_t count_flips(const uint8_t *before, const uint8_t *after, int64_t n) {
     int64_t flips = 0;
 #pragma omp parallel for reduction(+ : flips)

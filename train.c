@@ -839,7 +839,7 @@ static void model_apply_quant(Model *m, QuantSpec q) {
 }
 
 // W^ = Q(W) for every linear; counts the codes that changed since the last call (flip-flops,
-// the instability of QAT the seed study monitors).
+// the instability of QAT that Leszko & Mateńko 2025 monitor).
 static void model_quantize(Model *m) {
     uint8_t *tmp = m->codes_prev; m->codes_prev = m->codes; m->codes = tmp;
     m->flips_total = 0;

@@ -367,6 +367,7 @@ static Args parse_args(int argc, char **argv) {
             if (a.act_bits != 0 && a.act_bits != 8) die("--act-bits: 0 or 8 (BitNet's 8-bit activations), got %d", a.act_bits);
         }
         else if (!strcmp(f, "--ste")) {
+            v = value_of(f, v);
             if (!strcmp(v, "bitdistiller")) a.ste = QUANT_STE_BITDISTILLER;
             else if (!strcmp(v, "plain")) a.ste = QUANT_STE_PLAIN;
             else die("--ste: expected bitdistiller or plain, got '%s'", v);

@@ -149,7 +149,7 @@ done
 expect_refused "an unknown flag last" "unknown flag '--frobnicate'" $train -m "$tmp/m.bin" --frobnicate
 expect_refused "a known flag last" "--steps: missing value" $train -m "$tmp/m.bin" --steps
 expect_refused "tokenize -f last" "-f: missing value" ./tokenize -f
-expect_refused "convert --to-hf and --from-llama2c" "one of --to-hf and --from-llama2c" ./convert --to-hf --from-llama2c "$tmp/m.bin" "$tmp/o"
+expect_refused "convert --to-hf and --from-llama2c" "one of --to-hf, --from-llama2c and --to-gguf" ./convert --to-hf --from-llama2c "$tmp/m.bin" "$tmp/o"
 expect_refused "-g 7" "group size 7 does not divide .*64" $train "${run[@]}" -b 2 -g 7
 
 echo "a NaN stop names its checkpoint"
