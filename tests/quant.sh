@@ -101,7 +101,7 @@ expect_error "histogram layer out of range" "layer 9 out of range" ./train -m "$
 expect_error "int at 5 bits" "int supports 1, 2, 3, 4 or 8 bits" ./train -m "$tmp/teacher.bin" -q int -b 5
 expect_error "nf3 at 2 bits" "nf3 is a 3-bit quantizer" ./train -m "$tmp/teacher.bin" -q nf3 -b 2
 expect_error "unknown quantizer" "unknown quantizer 'int9'" ./train -m "$tmp/teacher.bin" -q int9 -b 2
-expect_error "group not dividing" "group size does not divide" ./train -m "$tmp/teacher.bin" -q int -b 2 -g 48
+expect_error "group not dividing" "group size 48 does not divide the input dimension 64" ./train -m "$tmp/teacher.bin" -q int -b 2 -g 48
 expect_error "quantizing a quantized model" "s2.bin: the model is already quantized" ./train -m "$tmp/s2.bin" -q int -b 3
 
 echo "quant: $fails failure(s)"
