@@ -48,21 +48,7 @@ T=256
 ./train -m "$tmp/fp.bin" -q ternary --clip-init "$tmp/fp.bin" -o "$tmp/ternary.bin" > /dev/null
 ./convert --to-gguf "$tmp/fp.bin" "$tmp/fp.gguf" > /dev/null
 $LCPP sample "$tmp/fp.gguf" $((8 * T)) 1 $T > "$tmp/stream.ids"
-python3 - "$tmp/tq.bin" <<'EOF'
-import struct, sys
-import numpy as np
-D, F, L, H, KV, hd, V, T = 256, 512, 2, 4, 2, 64, 512, 256
-head = struct.pack("<4sI8i", b"BDLM", 1, D, F, L, H, KV, hd, V, T) + struct.pack("<2i2fi3f", 0, 1, 500000.0, 1e-5, 1, 8.0, 1.0, 4.0)
-head += struct.pack("<7i", 8192, 1, 2, 6, 2, 128, 0)
-head += b"\0" * (1024 - len(head))
-rng = np.random.default_rng(3)
-shapes = [(V, D), (L, D), (L, H * hd, D), (L, KV * hd, D), (L, KV * hd, D), (L, D, H * hd), (L, D),
-          (L, F, D), (L, F, D), (L, D, F), (D,), (V, D)]
-w = [np.ones(s) if i in (1, 6, 10) else rng.normal(0, 0.05 if i in (0, 11) else 0.1, s) for i, s in enumerate(shapes)]
-flat = np.concatenate([x.ravel() for x in w]).astype(np.float32)
-bf16 = ((flat.view(np.uint32) + 0x7FFF + ((flat.view(np.uint32) >> 16) & 1)) >> 16).astype(np.uint16)
-open(sys.argv[1], "wb").write(head + bf16.tobytes())
-EOF
+python3 tests/make_wide_model.py "$tmp/tq.bin" 2 512 256 0.05 0.1
 echo "perplexity on $(wc -w < "$tmp/stream.ids") tokens sampled from stories260K by llama.cpp, windows of $T:"
 printf '  %-9s %-6s %12s %12s %10s\n' model type "./train" llama.cpp "rel diff"
 # int2f32 is the 2-bit student's W^ in F32: llama.cpp then multiplies in fp32 as ./train does,

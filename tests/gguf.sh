@@ -51,21 +51,7 @@ cp "$tmp/int2.bin" "$tmp/int2f16.bin"
 check int2f16 F16 --type f16
 
 # ternary with 256-wide rows -> TQ2_0; bf16 storage; Llama-3 RoPE; untied LM head (model.h's format)
-python3 - "$tmp/tq.bin" <<'EOF'
-import struct, sys
-import numpy as np
-D, F, L, H, KV, hd, V, T = 256, 512, 1, 4, 2, 64, 256, 128
-head = struct.pack("<4sI8i", b"BDLM", 1, D, F, L, H, KV, hd, V, T) + struct.pack("<2i2fi3f", 0, 1, 500000.0, 1e-5, 1, 8.0, 1.0, 4.0)
-head += struct.pack("<7i", 8192, 1, 2, 6, 2, 128, 0)
-head += b"\0" * (1024 - len(head))
-rng = np.random.default_rng(3)
-shapes = [(V, D), (L, D), (L, H * hd, D), (L, KV * hd, D), (L, KV * hd, D), (L, D, H * hd), (L, D),
-          (L, F, D), (L, F, D), (L, D, F), (D,), (V, D)]
-w = [np.ones(s) if i in (1, 6, 10) else rng.normal(0, 0.02, s) for i, s in enumerate(shapes)]  # norms 1
-flat = np.concatenate([x.ravel() for x in w]).astype(np.float32)
-bf16 = ((flat.view(np.uint32) + 0x7FFF + ((flat.view(np.uint32) >> 16) & 1)) >> 16).astype(np.uint16)
-open(sys.argv[1], "wb").write(head + bf16.tobytes())
-EOF
+python3 tests/make_wide_model.py "$tmp/tq.bin" 1 256 128 0.02 0.02
 check tq TQ2_0
 grep -q 'rope_freqs.weight against the Llama-3 formula' "$tmp/tq.check" && ok "tq: rope_freqs checked" || bad "tq: no rope_freqs tensor"
 
