@@ -397,7 +397,7 @@ static void rmsnorm_backward(float *dx, float *dw, const float *dy, const float 
 //             dW[o,i]  += sum_n dout[n,o] x[n,i]    dW[O,I]  += dout[N,O]^T x[N,I]
 // The plain loops (matmul_*_reference) are the definition. The layers call lib/gemm.h's
 // blocked product instead, the same sums in another order (so equal up to float rounding),
-// an order of magnitude faster: cache-sized packed panels and a vector micro-kernel that keeps
+// much faster: cache-sized packed panels and a vector micro-kernel that keeps
 // a tile of the output in registers (its header draws the blocking).
 static void matmul_forward_reference(float *out, const float *x, const float *w, int N, int I, int O) {
     for (int n = 0; n < N; n++)

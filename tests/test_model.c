@@ -286,8 +286,46 @@ static void test_init_parallel(void) {
     free(serial); free(par);
 }
 
+// The layers' matmul (lib/gemm.h) against train.c's plain loops, matmul_*_reference, which
+// define it: forward, and the backward accumulating into non-zero dx and dW, on shapes that are
+// not multiples of the micro-tile and on a single row. The error is relative to the largest
+// |value| of the reference (the two sum in different orders, so float rounding differs).
+static double max_rel(const float *a, const float *b, int64_t n) {
+    double e = 0.0, m = 1e-30;
+    for (int64_t i = 0; i < n; i++) { e = fmax(e, fabs((double)a[i] - b[i])); m = fmax(m, fabs((double)b[i])); }
+    return e / m;
+}
+static void test_matmul_reference(int N, int I, int O) {
+    float *x = malloc_or_die((size_t)N * I * sizeof(float), "x"), *w = malloc_or_die((size_t)O * I * sizeof(float), "w");
+    float *d = malloc_or_die((size_t)N * O * sizeof(float), "dout");
+    float *y[2], *dx[2], *dw[2];
+    Rng r = rng_seeded(7);
+    for (int64_t i = 0; i < (int64_t)N * I; i++) x[i] = rng_uniform(&r) * 2 - 1;
+    for (int64_t i = 0; i < (int64_t)O * I; i++) w[i] = rng_uniform(&r) * 2 - 1;
+    for (int64_t i = 0; i < (int64_t)N * O; i++) d[i] = rng_uniform(&r) * 2 - 1;
+    for (int k = 0; k < 2; k++) {
+        y[k] = malloc_or_die((size_t)N * O * sizeof(float), "y");
+        dx[k] = malloc_or_die((size_t)N * I * sizeof(float), "dx");
+        dw[k] = malloc_or_die((size_t)O * I * sizeof(float), "dw");
+        for (int64_t i = 0; i < (int64_t)N * I; i++) dx[k][i] = 0.5f;  // the backward adds to these
+        for (int64_t i = 0; i < (int64_t)O * I; i++) dw[k][i] = -0.25f;
+    }
+    matmul_forward(y[0], x, w, N, I, O);
+    matmul_forward_reference(y[1], x, w, N, I, O);
+    matmul_backward(dx[0], dw[0], d, x, w, N, I, O);
+    matmul_backward_reference(dx[1], dw[1], d, x, w, N, I, O);
+    char what[96];
+    snprintf(what, sizeof what, "matmul [%d,%d]x[%d,%d]^T vs reference: out, dx, dW", N, I, O, I);
+    double e = fmax(max_rel(y[0], y[1], (int64_t)N * O), fmax(max_rel(dx[0], dx[1], (int64_t)N * I), max_rel(dw[0], dw[1], (int64_t)O * I)));
+    expect(e < 1e-5, what, e);
+    for (int k = 0; k < 2; k++) { free(y[k]); free(dx[k]); free(dw[k]); }
+    free(x); free(w); free(d);
+}
+
 int main(void) {
     printf("model behaviours:\n");
+    test_matmul_reference(37, 70, 45);
+    test_matmul_reference(1, 64, 33);
     test_act_quant();
     test_init_parallel();
     test_kv_cache(4, 0);
