@@ -184,7 +184,7 @@ static int64_t quant_learned_floats(const ModelHeader *c) {
 // Returns NULL when valid, else a short description of the first problem.
 
 static const char *header_problem(const ModelHeader *c) {
-    static char msg[256];  // the messages that name a field and its value
+    static char msg[512];  // the messages that name a field and its value
     if (c->magic != MODEL_MAGIC) return "not a bitdistill model file (bad magic)";
     if (c->version != MODEL_VERSION) return "unsupported model file version";
     const char *names[8] = {"dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "vocab_size", "max_seq_len"};
@@ -222,9 +222,16 @@ static const char *header_problem(const ModelHeader *c) {
         for (int i = 0; i < 3; i++) {
             QuantSpec t = q;
             const char *why = quant_spec_check(&t, ins[i]);
-            if (why && q.group > 0 && ins[i] % q.group != 0) {  // name the group and the dimension
-                snprintf(msg, sizeof msg, "group size %d does not divide the input dimension %d of a linear (%s)",
-                         q.group, ins[i], readers[i]);
+            if (why && q.group > 0 && ins[i] % q.group != 0) {  // name the group, the dimension, what would do
+                int g = ins[0];  // the greatest common divisor of the three widths: its divisors divide all
+                for (int k = 1; k < 3; k++)
+                    for (int a = g, b = ins[k]; b; ) { int r = a % b; a = b; b = r; g = a; }
+                char fits[160] = "";
+                for (int d = 1, n = 0; d <= g && n < (int)sizeof fits - 16; d++)
+                    if (g % d == 0) n += snprintf(fits + n, sizeof fits - n, "%d, ", d);
+                snprintf(msg, sizeof msg, "group size %d does not divide the input dimension %d of a linear (%s); "
+                         "-g that would work (dividing %d, %d and %d): %sor -1 (whole rows)",
+                         q.group, ins[i], readers[i], ins[0], ins[1], ins[2], fits);
                 return msg;
             }
             if (why) return why;

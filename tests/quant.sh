@@ -102,6 +102,8 @@ expect_error "int at 5 bits" "int supports 1, 2, 3, 4 or 8 bits" ./train -m "$tm
 expect_error "nf3 at 2 bits" "nf3 is a 3-bit quantizer" ./train -m "$tmp/teacher.bin" -q nf3 -b 2
 expect_error "unknown quantizer" "unknown quantizer 'int9'" ./train -m "$tmp/teacher.bin" -q int9 -b 2
 expect_error "group not dividing" "group size 48 does not divide the input dimension 64" ./train -m "$tmp/teacher.bin" -q int -b 2 -g 48
+expect_error "group not dividing: the sizes that would" "that would work (dividing 64, 64 and 192): 1, 2, 4, 8, 16, 32, 64, or -1 (whole rows)" \
+    ./train -m "$tmp/teacher.bin" -q int -b 2 -g 48
 expect_error "quantizing a quantized model" "s2.bin: the model is already quantized" ./train -m "$tmp/s2.bin" -q int -b 3
 
 echo "quant: $fails failure(s)"
