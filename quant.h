@@ -354,19 +354,22 @@ QD static inline void minmax_backward(float *dw, const float *w, float dmx, floa
 //   dmx = +ds/qmax, dmn = -ds/qmax (minmax_backward). A constant group passes nothing to s.
 // A weight is clamped only at ties of the two roundings (round_away of w/s, round_even of
 // mn/s) and in groups that do not straddle 0 (z clamped to 0 or qmax).
+// One weight's part of it: returns dŵ_j/dw_j · dŵ_j (the straight-through term) and adds
+// dŵ_j · dŵ_j/ds to *ds.
+QD static inline float int_asym_weight_backward(float *ds, float dwq, float w, float s, float z, float qmax) {
+    float x = w / s, u = round_away(x) + z;
+    if (u >= 0.0f && u <= qmax) {
+        *ds += dwq * (u - z - x);
+        return dwq;
+    }
+    *ds += dwq * (clampf(u, 0.0f, qmax) - z);
+    return 0.0f;
+}
 QD static inline void int_asym_group_backward(float *dw, const float *dwq, const float *w, float s, float z,
                                               int g, int bits) {
     float qmax = (float)((1 << bits) - 1), mn, mx, ds = 0.0f;
     group_minmax(&mn, &mx, w, g);
-    for (int j = 0; j < g; j++) {
-        float x = w[j] / s, u = round_away(x) + z;
-        if (u >= 0.0f && u <= qmax) {
-            dw[j] += dwq[j];
-            ds += dwq[j] * (u - z - x);
-        } else {
-            ds += dwq[j] * (clampf(u, 0.0f, qmax) - z);
-        }
-    }
+    for (int j = 0; j < g; j++) dw[j] += int_asym_weight_backward(&ds, dwq[j], w[j], s, z, qmax);
     if (mx - mn >= 1e-5f) minmax_backward(dw, w, ds / qmax, -ds / qmax, mn, mx, g);
 }
 
@@ -378,20 +381,23 @@ QD static inline void int_asym_group_backward(float *dw, const float *dwq, const
 // so  dw_j += dŵ_j,  ds+ = Σ_{w_j >= 0} dŵ_j (L_j - w_j/s+),  ds- = Σ_{w_j < 0} dŵ_j (L_j - w_j/s-),
 //   dmx = ds+ sign(mx),  dmn = ds- sign(mn)  (d|m|/dm = sign(m), 0 at 0), to the max and min
 // weights (minmax_backward). A zero scale (their 0/0 = NaN; here x = 0) passes nothing.
+// One weight's part of it: returns the straight-through term dŵ_j and adds dŵ_j · dŵ_j/ds_j to
+// *dsp or *dsn (the side of 0 that w_j lies on).
+QD static inline float nf_asym_weight_backward(float *dsp, float *dsn, float dwq, float w, float sp, float sn, int bits) {
+    float s = w >= 0.0f ? sp : sn;
+    if (s == 0.0f) return dwq;
+    float d = dwq * (nf_level(bits, nf_asym_code(w, sp, sn, bits)) - w / s);
+    if (w >= 0.0f) *dsp += d; else *dsn += d;
+    return dwq;
+}
+// d|m|/dm = sign(m), 0 at 0: what the scales' gradients bring to the max and the min.
+QD static inline float sign_of(float m) { return (float)((m > 0.0f) - (m < 0.0f)); }
 QD static inline void nf_asym_group_backward(float *dw, const float *dwq, const float *w, float sp, float sn,
                                              int g, int bits) {
     float mn, mx, dsp = 0.0f, dsn = 0.0f;
     group_minmax(&mn, &mx, w, g);
-    for (int j = 0; j < g; j++) {
-        dw[j] += dwq[j];
-        float s = w[j] >= 0.0f ? sp : sn;
-        if (s == 0.0f) continue;
-        float level = nf_level(bits, nf_asym_code(w[j], sp, sn, bits));
-        float d = dwq[j] * (level - w[j] / s);
-        if (w[j] >= 0.0f) dsp += d; else dsn += d;
-    }
-    float sgn_mx = (float)((mx > 0.0f) - (mx < 0.0f)), sgn_mn = (float)((mn > 0.0f) - (mn < 0.0f));
-    minmax_backward(dw, w, dsp * sgn_mx, dsn * sgn_mn, mn, mx, g);
+    for (int j = 0; j < g; j++) dw[j] += nf_asym_weight_backward(&dsp, &dsn, dwq[j], w[j], sp, sn, bits);
+    minmax_backward(dw, w, dsp * sign_of(mx), dsn * sign_of(mn), mn, mx, g);
 }
 
 // BitDistiller's backward over a whole int, nf3 or nf4 matrix: dw[out,in] += from dwq[out,in];

@@ -15,7 +15,7 @@
  *   2. the Model on the GPU: parameters, gradients, AdamW state, activations
  *   3. layers: what ties cuda/'s launchers to the Model (bf16 activations, weights, residual + norm)
  *   4. the model forward and backward
- *   5. quantized linears: quant.h's quantizers in kernels once per step, straight-through backward
+ *   5. quantized linears: quant.h's quantizers in kernels once per step, BitDistiller's or plain straight-through backward
  *   6. distillation: the classifier fused with loss.h's losses, in chunks of rows
  *   7. the optimizer: AdamW, gradient clipping
  *   9. evaluation: perplexity
@@ -65,7 +65,7 @@
 #include "cuda/flash_attention.cuh" // defines: attention_forward_flash, attention_backward_flash (mma.sync, bf16)
 #include "cuda/swiglu.cuh"          // defines: swiglu_forward, swiglu_backward
 #include "cuda/quant.cuh"           // defines: quantize_group, quantize_binary, quantize_ternary, dequantize_layer,
-                                    //   quant_backward_binary: quant.h's quantizers in kernels, and their STE backward
+                                    //   quant_backward_binary, ste_bitdistiller: quant.h's quantizers in kernels, and their backward
 #include "cuda/loss.cuh"            // defines: crossentropy_forward (rows), distill_loss, distill_loss_wasserstein, gamma_rows
 #include "cuda/adamw.cuh"           // defines: OptConfig, sum_squares, adamw_span
 #include "cuda/data_parallel.cuh"   // defines: g_dp, dp_setup, dp_connect, dp_finish, dp_reduce_scatter, dp_all_gather (NCCL)
@@ -103,6 +103,7 @@ typedef struct {
     int bf16_stale, bf16_only;
     // quantization (section 5)
     QuantSpec quant;
+    int ste;                                 // backward rule of int, nf3, nf4: QUANT_STE_PLAIN or _BITDISTILLER
     float *wq, *dwq;                         // fp32 W^ (not under bf16; one layer's when layered), dL/dW^ (sign, onebit only)
     uint8_t *codes;
     int64_t qoff[N_TENSORS];                 // first weight of tensor t in wq, codes (table order)
@@ -201,6 +202,7 @@ static void model_setup(Model *m, HostModel *h, const char *what) {
     carve(m, m->params, m->params_t);
     memcpy(m->fwd_t, m->params_t, sizeof m->fwd_t);
     m->quant.method = h->quant_method; m->quant.bits = h->quant_bits; m->quant.group = h->quant_group;
+    m->ste = h->quant_ste;
     m->rows = NULL;
     m->d_sum = (double *)gpu_malloc(64 * sizeof(double), "scratch");
     m->d_bad = (int *)gpu_malloc(sizeof(int), "scratch");
@@ -759,15 +761,16 @@ static float model_backward_scaled(Model *m, const int *targets, float loss_scal
 //
 // As train.c: before a forward, each of the seven linears of every layer is replaced by its
 // fake-quantized copy W^ = Q(W), computed by quant.h's own per-group and per-element functions
-// (marked QD, so the same code runs here); the backward maps dL/dW^ to W straight through (STE)
+// (marked QD, so the same code runs here); the backward maps dL/dW^ to W straight through the
+// rounding (STE), for int and nf also through each group's scale as BitDistiller trains (--ste),
 // and exactly to the learned scales of sign and onebit. Layout: wq, dwq, codes in table order.
 //
 // The kernels are cuda/quant.cuh's; here, the Model's layout and the per-step pass over it.
 // Memory: under --matmul bf16 the quantizer writes W^ straight into the bf16
 // copy the matmuls read (rounding to nearest even, as a cast of the fp32 W^ would), so no fp32
-// W^ exists; under the straight-through estimator dL/dW = dL/dW^, so the matmuls' backward adds
-// into the gradients of W themselves and dwq exists only for sign and onebit, whose backward needs
-// dL/dW^ apart. Codes that flip are counted as they are written (no copy of the old codes).
+// W^ exists; the matmuls' backward adds dL/dW^ into the gradients of W themselves (the
+// straight-through estimator, dL/dW = dL/dW^; BitDistiller's rule then maps them in place),
+// and dwq exists only for sign and onebit, whose backward needs dL/dW^ apart. Codes that flip are counted as they are written (no copy of the old codes).
 // --layered-wq keeps W^ for one layer at a time, remade from the codes (model_layer_weights below).
 
 // sign and onebit train their scales (they live in the parameters); the others derive them.
@@ -936,6 +939,23 @@ static void model_quant_backward(Model *m) {
         }
     }
     cudaCheck(cudaMemsetAsync(m->dwq, 0, (size_t)m->n_codes * sizeof(float)));
+}
+
+// BitDistiller's backward of int and nf (--ste bitdistiller, the default): once a step, after
+// the micro-batches' backwards have summed dL/dW^ into the gradients of W, each group's sum is
+// mapped to dL/dW in place (cuda/quant.cuh's ste_bitdistiller; the map is linear, so once on the
+// sum is the sum of it per micro-batch, as train.c applies it). The forward's scales are still
+// W's: no update came between.
+static void model_ste_backward(Model *m) {
+    int method = m->quant.method;
+    if (m->ste != QUANT_STE_BITDISTILLER || (method != QUANT_INT && method != QUANT_NF3 && method != QUANT_NF4)) return;
+    PROFILE(PROF_QUANT);
+    int L = m->h->n_layers;
+    for (int t = 0; t < N_TENSORS; t++) {
+        if (!m->h->is_linear[t]) continue;
+        int g = quant_group_len(m->quant, m->h->cols[t]);
+        ste_bitdistiller(m->grads_t[t], m->params_t[t], m->qp0[t], m->qp1[t], m->slice[t] * L / g, g, method, m->quant.bits);
+    }
 }
 
 // ============================================================================================
@@ -1478,6 +1498,7 @@ static TrainResult train_loop(Model *m, Model *teacher, Distiller *d, const Host
                 loss += model_backward_scaled(m, targets, 1.0f / accum) / accum;
             }
         }
+        model_ste_backward(m);
         if (g_dp.on) loss = dp_reduce_gradients(m, loss);
         char intact[4400];  // the checkpoint a stop leaves
         host_checkpoint_note(intact, sizeof intact);
@@ -1548,6 +1569,7 @@ static void bench(Model *m, const HostArgs *a, int T, char *json, size_t n) {
         model_zero_grad(m);
         model_forward_hidden(m, inputs, targets, B, T);  // the training step's path: the classifier fused with the loss
         model_backward_scaled(m, targets, 1.0f);
+        model_ste_backward(m);
         adamw_update(m, &opt, a->lr, 1.0f);
         cudaCheck(cudaDeviceSynchronize());
         double dt = now_seconds() - t0;

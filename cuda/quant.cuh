@@ -342,6 +342,63 @@ static void dequantize_layer(const DequantLayer &d, int64_t units) {
     launchCheck();
 }
 
+// BitDistiller's backward of int and nf (--ste bitdistiller; quant.h's int_asym_group_backward
+// and nf_asym_group_backward): dL/dW^ of a group becomes dL/dW, straight through the rounding
+// and through the group's scale to its max and min weight,
+//   int:  dw_j = dŵ_j [0 <= u_j <= qmax] + (ds/qmax) [w_j = mx]/#mx - (ds/qmax) [w_j = mn]/#mn,
+//         ds = Σ_j dŵ_j dŵ_j/ds                                (when mx - mn >= 1e-5)
+//   nf:   dw_j = dŵ_j + ds+ sign(mx) [w_j = mx]/#mx + ds- sign(mn) [w_j = mn]/#mn,
+// each weight's part through quant.h's int_asym_weight_backward / nf_asym_weight_backward.
+// In place: g holds Σ over the step's micro-batches of dL/dW^ and is replaced by dL/dW; the
+// map is linear in dL/dW^, so applying it once to the sum equals summing it per micro-batch.
+// Thread mapping: one warp per group (groups tile memory across layers, as the quantizer's);
+// its lanes stride over the weights three times (min and max; the scale's gradient and the
+// ties; then each lane rewrites the weights it read), with warp reductions between.
+__device__ static inline float warp_min(float x) { return -warp_max(-x); }
+__global__ static void ste_bitdistiller_kernel(float *grad, const float *w, const float *p0, const float *p1,
+                                               int64_t n_groups, int g, int method, int bits) {
+    int64_t k = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (k >= n_groups) return;
+    const float *wk = w + k * g;
+    float *gk = grad + k * g;
+    float mn = INFINITY, mx = -INFINITY;
+    for (int j = lane; j < g; j += 32) { mn = fminf(mn, wk[j]); mx = fmaxf(mx, wk[j]); }
+    mn = warp_min(mn);
+    mx = warp_max(mx);
+    float a = p0[k], b = p1[k], qmax = (float)((1 << bits) - 1), ds0 = 0.0f, ds1 = 0.0f, n_mx = 0.0f, n_mn = 0.0f;
+    for (int j = lane; j < g; j += 32) {
+        if (method == QUANT_INT) int_asym_weight_backward(&ds0, gk[j], wk[j], a, b, qmax);
+        else nf_asym_weight_backward(&ds0, &ds1, gk[j], wk[j], a, b, bits);
+        n_mx += wk[j] == mx;
+        n_mn += wk[j] == mn;
+    }
+    ds0 = warp_sum(ds0); ds1 = warp_sum(ds1); n_mx = warp_sum(n_mx); n_mn = warp_sum(n_mn);
+    float dmx, dmn;
+    if (method == QUANT_INT) {
+        int moves = mx - mn >= 1e-5f;
+        dmx = moves ? ds0 / qmax : 0.0f;
+        dmn = moves ? -ds0 / qmax : 0.0f;
+    } else {
+        dmx = ds0 * sign_of(mx);  // ds0 = ds+, ds1 = ds-
+        dmn = ds1 * sign_of(mn);
+    }
+    for (int j = lane; j < g; j += 32) {
+        float unused0 = 0.0f, unused1 = 0.0f;
+        float d = method == QUANT_INT ? int_asym_weight_backward(&unused0, gk[j], wk[j], a, b, qmax)
+                                      : nf_asym_weight_backward(&unused0, &unused1, gk[j], wk[j], a, b, bits);
+        if (wk[j] == mx) d += dmx / n_mx;
+        if (wk[j] == mn) d += dmn / n_mn;
+        gk[j] = d;
+    }
+}
+// One tensor of every layer (n weights a layer, L layers, groups of g): its gradient in place.
+static void ste_bitdistiller(float *grad, const float *w, const float *p0, const float *p1, int64_t n_groups, int g,
+                             int method, int bits) {
+    ste_bitdistiller_kernel<<<blocks_for(n_groups * 32, 256), 256>>>(grad, w, p0, p1, n_groups, g, method, bits);
+    launchCheck();
+}
+
 // sign: dalpha[r] += sum_j dwq sign(w), dbeta[r] += sum_j dwq, dw += dwq alpha 1{|w| <= 1}.
 // onebit's row part: dh[r] += sum_j dwq sign(w) g[j], dw += dwq h g 1{|w| <= 1}.
 // Thread mapping: one block per row (of every layer); threads stride over its `in` weights.

@@ -28,6 +28,7 @@ typedef struct {
     int dim, hidden_dim, n_layers, n_heads, n_kv_heads, head_dim, vocab_size, max_seq_len, tied;
     float rms_norm_eps;
     int quant_method, quant_bits, quant_group;   // quant.h's QuantSpec
+    int quant_ste;                               // backward rule of int, nf3, nf4 (QUANT_STE_*)
     int64_t n_params, n_table;                   // all floats; the table's tensors alone
     int64_t offset[HM_TENSORS];                  // first float of each tensor (-1: absent)
     int64_t slice[HM_TENSORS];                   // floats of one layer's slice
@@ -130,6 +131,7 @@ void host_eval_qa(HostModel *m, const HostInference *gpu);
 // quantized (q_method QUANT_NONE: not), with training buffers.
 void host_model_init(HostModel *m, const char *shape, int vocab, int untied, uint64_t seed, int q_method, int q_bits,
                      int q_group);
+void host_set_ste(HostModel *m, int ste);  // the backward rule of int, nf3, nf4, on both sides
 float host_cpu_forward(HostModel *m, const int *inputs, const int *targets, int B, int T);
 const float *host_cpu_logits(const HostModel *m);
 const float *host_cpu_grads(const HostModel *m);

@@ -23,6 +23,7 @@ static void host_view(HostModel *h, Model *m) {
     h->n_kv_heads = c->n_kv_heads; h->head_dim = c->head_dim; h->vocab_size = c->vocab_size;
     h->max_seq_len = c->max_seq_len; h->tied = c->tied; h->rms_norm_eps = c->rms_norm_eps;
     h->quant_method = m->quant.method; h->quant_bits = m->quant.bits; h->quant_group = m->quant.group;
+    h->quant_ste = m->ste;
     h->n_params = m->n_params; h->n_table = m->n_table;
     for (int t = 0; t < N_TENSORS; t++) {
         int64_t r, k;
@@ -74,11 +75,6 @@ void host_setup(int argc, char **argv, HostArgs *ha, HostModel *student, HostMod
     memset(teacher, 0, sizeof *teacher);
     if (teacher_from_flags(&a, &m, &teacher_model)) host_view(teacher, &teacher_model);
     student_from_flags(&a, &m);
-    int q = m.quant.method;
-    if (m.ste == QUANT_STE_BITDISTILLER && (q == QUANT_INT || q == QUANT_NF3 || q == QUANT_NF4)) {
-        printf("train_cu: the quantizer's backward is plain straight-through (--ste bitdistiller runs in ./train only)\n");
-        m.ste = QUANT_STE_PLAIN;
-    }
     g_tok_path = tokenizer_from_flags(&a, &m, &g_tokenizer, &g_tok);
     const ModelHeader *c = &m.cfg;
     if (c->quant_act_bits) die("train_cu does not quantize activations yet (--act-bits): use ./train");
@@ -351,6 +347,11 @@ void host_model_init(HostModel *h, const char *shape, int vocab, int untied, uin
     }
     model_alloc_training(m);
     host_view(h, m);
+}
+
+void host_set_ste(HostModel *h, int ste) {
+    ((Model *)h->cpu)->ste = ste;
+    h->quant_ste = ste;
 }
 
 float host_cpu_forward(HostModel *h, const int *inputs, const int *targets, int B, int T) {

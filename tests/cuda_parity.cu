@@ -7,7 +7,8 @@
 //     the only differences are summation orders): relative error max|gpu - cpu| / max|cpu|
 //   - every quantizer of quant.h: the fake-quantized weights and the codes, bit for bit; the
 //     same made one layer at a time from the codes (layered W^), and training steps with it
-//   - quantized backward (STE; sign's and onebit's learned scales): gradients
+//   - quantized backward (STE; sign's and onebit's learned scales; BitDistiller's through the
+//     group scales, --ste bitdistiller): gradients
 //   - every loss of loss.h through distill_step: loss, dL/dlogits, gradients; the teacher's gamma
 //   - AdamW on identical gradients; TF32 matmuls against fp32
 //   - generation: the decode step through the KV cache against the full forward; the scoring
@@ -118,6 +119,30 @@ static void test_forward_backward(const char *label, const char *shape, int voca
     model_backward_scaled(&g, targets, 1.0f);
     compare_grads(label, &h, &g, g_tol.grads);
     free(zg); free(inputs); free(targets);
+    model_free(&g);
+    host_model_free(&h);
+}
+
+// BitDistiller's backward (--ste bitdistiller): the CE backward of a quantized model, the GPU's
+// dL/dW^ mapped in place by model_ste_backward, against train.c's quant_backward under the same rule.
+static void test_ste_bitdistiller(const char *label, int q, int bits, int group) {
+    HostModel h;
+    host_model_init(&h, "tiny", 0, 0, 7, q, bits, group);
+    host_set_ste(&h, QUANT_STE_BITDISTILLER);
+    Model g;
+    model_setup(&g, &h, "parameters");
+    model_alloc_training(&g);
+    int B = 2, T = 64, N = B * T;
+    int *inputs = (int *)malloc(N * sizeof(int)), *targets = (int *)malloc(N * sizeof(int));
+    random_tokens(inputs, targets, N, h.vocab_size, 5);
+    host_cpu_forward(&h, inputs, targets, B, T);
+    host_cpu_backward(&h);
+    model_zero_grad(&g);
+    model_forward(&g, inputs, targets, B, T);
+    model_backward_scaled(&g, targets, 1.0f);
+    model_ste_backward(&g);
+    compare_grads(label, &h, &g, g_tol.grads);
+    free(inputs); free(targets);
     model_free(&g);
     host_model_free(&h);
 }
@@ -943,6 +968,9 @@ int main(void) {
     test_forward_backward("ternary", "tiny", 0, 0, QUANT_TERNARY, 2, 0, 2, 64);
     test_forward_backward("sign", "tiny", 0, 0, QUANT_SIGN, 1, 0, 2, 64);
     test_forward_backward("onebit", "tiny", 0, 0, QUANT_ONEBIT, 1, 0, 2, 64);
+    test_ste_bitdistiller("int2, --ste bitdistiller", QUANT_INT, 2, 32);
+    test_ste_bitdistiller("int3 per row, --ste bitdistiller", QUANT_INT, 3, -1);
+    test_ste_bitdistiller("nf3, --ste bitdistiller", QUANT_NF3, 3, 32);
     test_layered_training(QUANT_INT, 2, 32);
     test_layered_training(QUANT_TERNARY, 2, 0);
     test_layered_training(QUANT_ONEBIT, 1, 0);
