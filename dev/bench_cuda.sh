@@ -5,7 +5,10 @@
 # PyTorch + transformers reference of the same step (dev/bench_torch.py, eager and torch.compile)
 # unless BENCH_TORCH=0; MATMUL=tf32|fp32 picks train_cu's --matmul (unset: its default, bf16),
 # ATTENTION=fused|gemm|flash its --attention (unset: its default, flash under bf16);
-# TORCH_MODES=eager|compile|eager,compile the reference's modes.
+# TORCH_MODES (eager,compile,eager-ckpt) the reference's modes, eager-ckpt being eager with
+# gradient checkpointing, as BitDistiller trains; STE=plain|bitdistiller the quantizer's backward
+# of both (unset: train_cu's default, bitdistiller). Each reference's tokens/s is printed with
+# train_cu's ratio to it.
 # MICRO=4|2|1 splits the batch of 8 into micro-batches of that many sequences (gradient
 # accumulation: the same step in less activation memory); LAYERED=1 adds --layered-wq (W^ one
 # layer at a time: the same step in less memory).
@@ -22,7 +25,7 @@ tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 make -s train_cu || exit 1
 awk 'BEGIN { srand(1); for (i = 0; i < 200000; i++) print int(rand() * 32000) }' > "$tmp/r.ids"
 ./train_cu --init tinyllama-1.1b -q int -b 2 -g 128 --loss cakld --gamma-batches 1 --train-tokens "$tmp/r.ids" \
-    --steps "$STEPS" --batch 8 --micro-batch "${MICRO:-8}" --seq 1024 --lr 1e-5 ${MATMUL:+--matmul $MATMUL} ${ATTENTION:+--attention $ATTENTION} $([ "${LAYERED:-0}" = 1 ] && echo --layered-wq) | tee "$tmp/cu.out" || exit 1
+    --steps "$STEPS" --batch 8 --micro-batch "${MICRO:-8}" --seq 1024 --lr 1e-5 ${MATMUL:+--matmul $MATMUL} ${ATTENTION:+--attention $ATTENTION} ${STE:+--ste $STE} $([ "${LAYERED:-0}" = 1 ] && echo --layered-wq) | tee "$tmp/cu.out" || exit 1
 # steady state: the mean tok/s of the steps after the first
 tps=$(sed -n 's/^step .* | \([0-9]*\) tok\/s .*/\1/p' "$tmp/cu.out" | tail -n +2 | awk '{ s += $1; n++ } END { printf "%.0f", s / n }')
 peak=$(sed -n 's/^GPU memory: peak \([0-9.]*\) MiB.*/\1/p' "$tmp/cu.out")
@@ -32,7 +35,11 @@ mfu=$(awk -v t="$tps" 'BEGIN { D = 2048; F = 5632; L = 22; V = 32000; T = 1024;
     printf "%.1f%% (%.2f GFLOP/token)", 100 * t * f / 989e12, f / 1e9 }')
 echo "train_cu: ${tps} tokens/s, MFU ${mfu}, peak GPU memory ${peak} MiB"
 if [ "${BENCH_TORCH:-1}" != 0 ]; then
-    PYTHONUNBUFFERED=1 python3 dev/bench_torch.py --steps "$STEPS" --modes "${TORCH_MODES:-eager,compile}" || echo "bench_torch.py failed"
+    PYTHONUNBUFFERED=1 python3 dev/bench_torch.py --steps "$STEPS" --modes "${TORCH_MODES:-eager,compile,eager-ckpt}" \
+        --ste "${STE:-bitdistiller}" | tee "$tmp/torch.out" || echo "bench_torch.py failed"
+    sed -n 's/^torch \([a-z-]*\): \([0-9]*\) tokens\/s.*/\1 \2/p' "$tmp/torch.out" | while read -r mode t; do
+        awk -v c="$tps" -v t="$t" -v m="$mode" 'BEGIN { printf "train_cu / torch %s: %.3f\n", m, c / t }'
+    done
 fi
 if [ "${BENCH_GEN:-1}" != 0 ]; then
     ./run.sh tokenizer "$tmp/byte.tokenizer" || exit 1

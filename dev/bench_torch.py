@@ -1,11 +1,13 @@
 """dev/bench_torch.py — the PyTorch + transformers reference of dev/bench_cuda.sh's step.
 
 tinyllama-1.1b shape with random weights; the student's seven linears of every layer fake-quantized
-INT-Asym 2-bit, group 128, straight-through (the formula of quant.h's int_asym_*, BitDistiller
-Du et al. 2024), fp32 master weights under bf16 autocast; a bf16 copy as teacher; CAKLD (gamma 0.5)
-summed over positions, mean over sequences; fused AdamW; batch 8 x 1024. Eager, then torch.compile
-(of each decoder layer, fake quantizer included, and of the loss; compiling the whole step took
-longer than a 250 s run).
+INT-Asym 2-bit, group 128 (the formula of quant.h's int_asym_*, BitDistiller Du et al. 2024), with
+BitDistiller's backward (--ste bitdistiller: straight through the rounding, the scale not detached)
+or the plain one (--ste plain: dL/dW = dL/dW^); fp32 master weights under bf16 autocast; a bf16 copy
+as teacher; CAKLD (gamma 0.5) summed over positions, mean over sequences; fused AdamW; batch 8 x
+1024. Modes: eager; compile (torch.compile of each decoder layer, fake quantizer included, and of
+the loss; compiling the whole step took longer than a 250 s run); eager-ckpt (eager with
+transformers' gradient checkpointing of every decoder layer, as BitDistiller trains).
 Prints tokens/s and peak GPU memory of each.
 """
 import argparse
@@ -19,7 +21,8 @@ p = argparse.ArgumentParser()
 p.add_argument("--steps", type=int, default=6)
 p.add_argument("--batch", type=int, default=8)
 p.add_argument("--seq", type=int, default=1024)
-p.add_argument("--modes", default="eager,compile")
+p.add_argument("--modes", default="eager,compile,eager-ckpt")
+p.add_argument("--ste", default="bitdistiller", choices=["bitdistiller", "plain"])
 args = p.parse_args()
 
 
@@ -29,9 +32,13 @@ def fake_quant(w, bits=2, g=128):
     qmax = 2**bits - 1
     s = (mx - mn).clamp(min=1e-5) / qmax
     z = (-torch.round(mn / s)).clamp(0, qmax)
+    if args.ste == "plain":
+        s = s.detach()
     r = x / s
-    q = (torch.sign(r) * torch.floor(r.abs() + 0.5) + z).clamp(0, qmax)  # ties away from zero
-    return w + (((q - z) * s).reshape(w.shape) - w).detach()  # straight-through
+    rr = torch.sign(r) * torch.floor(r.abs() + 0.5)  # ties away from zero
+    q = ((rr - r).detach() + r + z.detach()).clamp(0, qmax)  # straight through the rounding
+    wq = ((q - z.detach()) * s).reshape(w.shape)
+    return wq if args.ste == "bitdistiller" else w + (wq - w).detach()
 
 
 class QLinear(torch.nn.Linear):
@@ -59,6 +66,8 @@ def run(mode):
         if isinstance(m, torch.nn.Linear) and ".layers." in name:
             m.__class__ = QLinear
     opt = torch.optim.AdamW(student.parameters(), lr=1e-5, fused=True)
+    if mode == "eager-ckpt":
+        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def step(ids):
         with torch.no_grad():

@@ -6,9 +6,11 @@
 # skips every stage and rewrites the same results.json; a QAT stage stopped by --stop-after
 # resumes from its checkpoint to the bit-identical student of an uninterrupted run; ternary
 # skips clipping; ids-only data errors. Then stories260K (../shared/data) when present.
+# TRAIN=./train_cu runs the pipeline through the GPU build; STORIES=FILE names stories260K.bin.
 set -u
 cd "$(dirname "$0")/.."
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+train=${TRAIN:-./train}
 fails=0
 ok() { printf '  ok    %s\n' "$1"; }
 bad() { printf '  FAIL  %s\n' "$1"; fails=$((fails + 1)); }
@@ -17,7 +19,7 @@ bad() { printf '  FAIL  %s\n' "$1"; fails=$((fails + 1)); }
 small=(--n 15 --max-new 20 --gen-batch 8 --epochs 1 --batch 4 --micro-batch 4 --lr 1e-3 --calib-seqs 4 --clip-tokens 64 --threads 1)
 
 # 1. a fresh run with the default names
-./train -m "$tmp/tiny.bin" -b 2 -g 32 "${small[@]}" > "$tmp/log1" 2>&1 || { tail -n 20 "$tmp/log1"; bad "the pipeline failed"; }
+"$train" -m "$tmp/tiny.bin" -b 2 -g 32 "${small[@]}" > "$tmp/log1" 2>&1 || { tail -n 20 "$tmp/log1"; bad "the pipeline failed"; }
 run=$tmp/tiny.int2-g32.run
 for f in tiny.int2-g32.bin tiny.int2-g32.run/{generated.jsonl,calib.ids,clipped.bin,train.jsonl,loss.svg,results.json,eval_fp.json,eval_rtn.json,eval_clip.json,eval_qat.json}; do
     [ -s "$tmp/$f" ] || bad "missing output $f"
@@ -50,7 +52,7 @@ awk -v r="$rtn" 'BEGIN { exit !(r < 1) }' && ok "round-to-nearest agrees less: $
 
 # 3. a second run skips every stage and rewrites the same results
 cp "$run/results.json" "$tmp/results1.json"
-./train -m "$tmp/tiny.bin" -b 2 -g 32 "${small[@]}" > "$tmp/log2" 2>&1 || bad "the second run failed"
+"$train" -m "$tmp/tiny.bin" -b 2 -g 32 "${small[@]}" > "$tmp/log2" 2>&1 || bad "the second run failed"
 n=$(grep -c 'exists, skipped' "$tmp/log2")
 [ "$n" -eq 8 ] && ok "a second run skips all 8 stage outputs" || bad "second run skipped $n: $(grep '^==' "$tmp/log2" | tr '\n' ' ')"
 cmp -s "$run/results.json" "$tmp/results1.json" && ok "results.json is rewritten the same" || bad "results.json changed"
@@ -58,32 +60,32 @@ cmp -s "$run/results.json" "$tmp/results1.json" && ok "results.json is rewritten
 # 4. QAT stopped after step 2, then resumed: the student of an uninterrupted run, bit for bit
 mkdir -p "$tmp/r" "$tmp/u"
 more=(--n 25 --epochs 2)  # 20 training examples, 2 epochs, batches of 4: 10 steps
-./train -m "$tmp/tiny.bin" -b 2 -g 32 "${small[@]}" "${more[@]}" --save-every 2 -o "$tmp/u/st.bin" > "$tmp/logu" 2>&1 || bad "the uninterrupted run failed"
-./train -m "$tmp/tiny.bin" -b 2 -g 32 "${small[@]}" "${more[@]}" --save-every 2 --stop-after 3 -o "$tmp/r/st.bin" > "$tmp/logr1" 2>&1 || bad "the stopped run failed"
+"$train" -m "$tmp/tiny.bin" -b 2 -g 32 "${small[@]}" "${more[@]}" --save-every 2 -o "$tmp/u/st.bin" > "$tmp/logu" 2>&1 || bad "the uninterrupted run failed"
+"$train" -m "$tmp/tiny.bin" -b 2 -g 32 "${small[@]}" "${more[@]}" --save-every 2 --stop-after 3 -o "$tmp/r/st.bin" > "$tmp/logr1" 2>&1 || bad "the stopped run failed"
 [ ! -e "$tmp/r/st.bin" ] && [ -s "$tmp/r/st.run/qat.ckpt" ] && ok "stopped after step 3: a checkpoint, no student yet" || bad "after --stop-after: $(ls "$tmp/r" "$tmp/r/st.run" | tr '\n' ' ')"
-./train -m "$tmp/tiny.bin" -b 2 -g 32 "${small[@]}" "${more[@]}" --save-every 2 -o "$tmp/r/st.bin" > "$tmp/logr2" 2>&1 || bad "the resumed run failed"
+"$train" -m "$tmp/tiny.bin" -b 2 -g 32 "${small[@]}" "${more[@]}" --save-every 2 -o "$tmp/r/st.bin" > "$tmp/logr2" 2>&1 || bad "the resumed run failed"
 grep -q '^resumed from .*qat.ckpt at step 3' "$tmp/logr2" && ok "the second run resumes QAT at step 3" || bad "no resume line: $(grep -m1 resum "$tmp/logr2")"
 grep -q 'generated.jsonl exists, skipped' "$tmp/logr2" && ok "and skips the finished stages" || bad "stages rerun"
 cmp -s "$tmp/r/st.bin" "$tmp/u/st.bin" && ok "the resumed student equals the uninterrupted one, bit for bit" || bad "the resumed student differs"
 
 # 5. ternary: no clipping stage, its own default names
-./train -m "$tmp/tiny.bin" -q ternary "${small[@]}" > "$tmp/logt" 2>&1 || { tail -n 20 "$tmp/logt"; bad "the ternary pipeline failed"; }
+"$train" -m "$tmp/tiny.bin" -q ternary "${small[@]}" > "$tmp/logt" 2>&1 || { tail -n 20 "$tmp/logt"; bad "the ternary pipeline failed"; }
 grep -q '^== 2/5 clipping: -q ternary has no per-group range to clip, skipped' "$tmp/logt" && [ -s "$tmp/tiny.ternary.bin" ] \
     && [ ! -e "$tmp/tiny.ternary.run/eval_clip.json" ] && ok "ternary: clipping skipped, tiny.ternary.bin" || bad "ternary run"
 
 # 6. ids-only data: errors name the line
 printf '{"ids": [1, 2, 300]}\n' > "$tmp/bad.jsonl"
-./train -m "$tmp/tiny.bin" --data "$tmp/bad.jsonl" --steps 1 > /dev/null 2> "$tmp/err" && bad "an id beyond the vocabulary was accepted"
+"$train" -m "$tmp/tiny.bin" --data "$tmp/bad.jsonl" --steps 1 > /dev/null 2> "$tmp/err" && bad "an id beyond the vocabulary was accepted"
 grep -q 'bad.jsonl:1: "ids" item 3 is not a token id in \[0, 256)' "$tmp/err" && ok "an id beyond the vocabulary: $(cat "$tmp/err")" || bad "error: $(cat "$tmp/err")"
 printf '{"text": "hello"}\n' > "$tmp/text.jsonl"
-./train -m "$tmp/tiny.bin" --data "$tmp/text.jsonl" --steps 1 > /dev/null 2> "$tmp/err" && bad "text without a tokenizer was accepted"
+"$train" -m "$tmp/tiny.bin" --data "$tmp/text.jsonl" --steps 1 > /dev/null 2> "$tmp/err" && bad "text without a tokenizer was accepted"
 grep -q "text.jsonl:1: a text example needs the model's tokenizer" "$tmp/err" && ok "text data without a tokenizer is refused by line" || bad "error: $(cat "$tmp/err")"
 
 # 7. the real model, stories260K (llama2.c, no tokenizer), 2-bit per row, at a small size
-S=../shared/data/stories260K/stories260K.bin
+S=${STORIES:-../shared/data/stories260K/stories260K.bin}
 if [ -f "$S" ]; then
     ./convert --from-llama2c "$S" "$tmp/s.bin" > /dev/null
-    ./train -m "$tmp/s.bin" -b 2 -g -1 --n 20 --max-new 40 --gen-batch 10 --epochs 1 --batch 4 --micro-batch 4 --lr 1e-3 \
+    "$train" -m "$tmp/s.bin" -b 2 -g -1 --n 20 --max-new 40 --gen-batch 10 --epochs 1 --batch 4 --micro-batch 4 --lr 1e-3 \
         --calib-seqs 4 --clip-tokens 64 --threads 1 > "$tmp/logs" 2>&1 || { tail -n 20 "$tmp/logs"; bad "stories260K pipeline failed"; }
     head -n 1 "$tmp/s.int2-row.run/generated.jsonl" | grep -q '^{"ids": \[1, ' && ok "stories260K: sequences start at BOS (id 1)" || bad "stories260K data"
     r=$(sed 's/.*"rtn": {"ppl": \([0-9.]*\).*/\1/' "$tmp/s.int2-row.run/results.json")
