@@ -40,7 +40,14 @@ run() {
     local steps=${STEPS:-2000} qsteps=${QAT_STEPS:-600} batch=${BATCH:-32} seq=${SEQ:-512}
     local out=$dir/out tok=$dir/tokenizer.model
     mkdir -p "$out"
-    local data=(--train-tokens "$dir/train.txt" --tokenizer "$tok" --batch "$batch" --micro-batch "$batch" --seq "$seq")
+    # the training text tokenized once (BOS first, as the trainers tokenize a text file) for every run
+    if [ ! -s "$dir/train.ids" ]; then
+        make -s tokenize
+        ./tokenize -f "$dir/train.txt" "$tok" | tr -d '[] ' | tr ',' '\n' > "$dir/train.ids.tmp"
+        mv "$dir/train.ids.tmp" "$dir/train.ids"
+        echo "tokenized $dir/train.txt: $(wc -l < "$dir/train.ids") tokens"
+    fi
+    local data=(--train-tokens "$dir/train.ids" --tokenizer "$tok" --batch "$batch" --micro-batch "$batch" --seq "$seq")
     ppl() { "$train" -m "$1" --tokenizer "$tok" --eval-ppl "$dir/valid.txt" -T "$seq" --eval-batch 16 "${@:2}" \
             | tail -n 1 | sed 's/.*"ppl": \([0-9.e+-]*\).*/\1/'; }
     local shapes=(study-10m study-40m bench-100m) lrs=(1e-3 8e-4 6e-4) min_lrs=(1e-5 8e-6 6e-6)
@@ -58,7 +65,7 @@ run() {
         echo "teacher $s: held-out ppl ${tppl[$s]}"
     done
     local st=$out/teacher-study-10m.bin q=(-b 2 -g 128 -q int)
-    [ -s "$out/clipped.bin" ] || "$train" -m "$st" --tokenizer "$tok" --clip --calib "$dir/train.txt" "${q[@]}" \
+    [ -s "$out/clipped.bin" ] || "$train" -m "$st" --tokenizer "$tok" --clip --calib "$dir/train.ids" "${q[@]}" \
         --calib-seqs 64 --calib-len "$seq" -o "$out/clipped.bin" | tail -n 1
     local rtn clip
     rtn=$(ppl "$st" "${q[@]}")
