@@ -55,14 +55,13 @@ void host_setup(int argc, char **argv, HostArgs *ha, HostModel *student, HostMod
     Args a = parse_args(argc, argv);
     g_args = a;
     const char *train_path = a.train_tokens ? a.train_tokens : train_data_path(&a);
+    static Model m, teacher_model;
+    if (a.model_path) model_open(&m, a.model_path);  // a bad -m is named first, as ./train does
     if (!train_path && !a.eval_ppl && !a.out_path && !a.export_packed && a.histogram < 0 && !a.bench &&
         !a.generate_prompt && !a.eval_qa && !a.eval_heldout && !pipeline_wanted(&a))
         die("nothing to do: give --train-tokens, --data, --eval-ppl, --generate, --generate-data, --eval-qa, -o, "
             "--export-packed, --histogram or --bench (see --help)");
-    static Model m, teacher_model;
-    if (a.model_path) {
-        model_open(&m, a.model_path);
-    } else {
+    if (!a.model_path) {
         if (!a.init_shape) die("give a model: -m FILE or --init SHAPE");
         ModelHeader c = shape_header(a.init_shape);
         if (a.init_vocab) c.vocab_size = a.init_vocab;
