@@ -14,7 +14,7 @@
 #                                     itself included, on the same text; prints the perplexities on
 #                                     DIR/valid.txt as a table and one JSON line
 #
-# Environment: STEPS (teacher steps, 2000), QAT_STEPS (each student's, 600), BATCH (32), SEQ (512),
+# Environment: STEPS (teacher steps, 1500), QAT_STEPS (each student's, 500), BATCH (32), SEQ (512),
 # TRAIN (the trainer, ./train_cu; ./train runs the same on a CPU, for days at these sizes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +37,7 @@ corpus() {
 
 run() {
     local dir=$1 train=${TRAIN:-./train_cu}
-    local steps=${STEPS:-2000} qsteps=${QAT_STEPS:-600} batch=${BATCH:-32} seq=${SEQ:-512}
+    local steps=${STEPS:-1500} qsteps=${QAT_STEPS:-500} batch=${BATCH:-32} seq=${SEQ:-512}
     local out=$dir/out tok=$dir/tokenizer.model
     mkdir -p "$out"
     # the training text tokenized once (BOS first, as the trainers tokenize a text file) for every run
