@@ -2,7 +2,7 @@
  * train.c — train, quantize and evaluate a Llama in plain C.
  *
  * This file is the model and the training program, in the order the data flows:
- *   1. named shapes (--init) and random initialisation
+ *   1. random initialisation (--init, of lib/shapes.h's named shapes)
  *   2. the Model: parameters, gradients, AdamW state and activations, each one contiguous
  *      buffer carved by a table
  *   3. layers, each forward beside its backward: embedding, RMSNorm, matmul, RoPE,
@@ -29,64 +29,17 @@
 #include "lib/gemm.h"        // defines: gemm, the blocked matrix product of the linears (section 3's matmul)
 #include "lib/model.h"       // defines: ModelHeader, the .bin format and the tensor table; with quant.h
                              //          (the quantizers) and lib/util.h (die, checked I/O, atomic files)
+#include "lib/shapes.h"      // defines: shape_header, the named shapes of --init (tiny ... llama-2-7b)
 #include "tokenizer.c"       // defines: Tokenizer (byte-level BPE, SentencePiece), encode, decode; lib/json.h
 #include "lib/rng.h"         // defines: Rng (xorshift64*), rng_seeded, rng_uniform, rng_normal, rng_jump
 #include "lib/tokens.h"      // defines: TokenStream, load_tokens (a .ids file, or text through the tokenizer)
 // lib/'s files that use the Model come after it, in section 10.
 
 // ============================================================================================
-// 1. Named shapes and random initialisation
+// 1. Random initialisation
 //
-// `./train --init NAME -o random.bin` writes a randomly initialised model of a known shape:
-// the "random baseline" of the papers, and what the benchmarks run on (real weights cannot be
-// downloaded on the test machines).
-
-typedef struct {
-    const char *name;
-    int dim, hidden_dim, n_layers, n_heads, n_kv_heads, head_dim, vocab_size, max_seq_len, tied;
-    float rope_theta, rms_norm_eps;
-    int rope_scaling;  // ROPE_LLAMA3 shapes scale by factor 32, low 1, high 4, original 8192
-    int bos_id, eos_id;
-} NamedShape;
-
-static const NamedShape SHAPES[] = {
-    // a byte-level model of ~200k parameters: the demo's teacher and the tests' model
-    {"tiny", 64, 192, 4, 8, 4, 8, 256, 256, 1, 10000.0f, 1e-5f, ROPE_NONE, -1, -1},
-    // ~11M and ~42M parameters, Llama-2's vocabulary: with bench-100m, the family of teachers of
-    // growing size that dev/teacher_size.sh pretrains on one corpus
-    {"study-10m", 256, 768, 4, 8, 4, 32, 32000, 1024, 1, 10000.0f, 1e-5f, ROPE_NONE, 1, 2},
-    {"study-40m", 512, 1536, 8, 8, 4, 64, 32000, 1024, 1, 10000.0f, 1e-5f, ROPE_NONE, 1, 2},
-    // ~110M parameters: the CPU benchmark's shape
-    {"bench-100m", 768, 2048, 12, 12, 4, 64, 32000, 1024, 1, 10000.0f, 1e-5f, ROPE_NONE, 1, 2},
-    {"tinyllama-1.1b", 2048, 5632, 22, 32, 4, 64, 32000, 2048, 0, 10000.0f, 1e-5f, ROPE_NONE, 1, 2},
-    {"llama-3.2-1b", 2048, 8192, 16, 32, 8, 64, 128256, 131072, 1, 500000.0f, 1e-5f, ROPE_LLAMA3, 128000, 128001},
-    {"llama-3.2-3b", 3072, 8192, 28, 24, 8, 128, 128256, 131072, 1, 500000.0f, 1e-5f, ROPE_LLAMA3, 128000, 128001},
-    {"llama-2-7b", 4096, 11008, 32, 32, 32, 128, 32000, 4096, 0, 10000.0f, 1e-5f, ROPE_NONE, 1, 2},
-};
-#define N_SHAPES ((int)(sizeof SHAPES / sizeof SHAPES[0]))
-
-static ModelHeader shape_header(const char *name) {
-    for (int i = 0; i < N_SHAPES; i++) {
-        const NamedShape *s = &SHAPES[i];
-        if (strcmp(s->name, name) != 0) continue;
-        ModelHeader c = header_defaults();
-        c.dim = s->dim; c.hidden_dim = s->hidden_dim; c.n_layers = s->n_layers;
-        c.n_heads = s->n_heads; c.n_kv_heads = s->n_kv_heads; c.head_dim = s->head_dim;
-        c.vocab_size = s->vocab_size; c.max_seq_len = s->max_seq_len; c.tied = s->tied;
-        c.rope_theta = s->rope_theta; c.rms_norm_eps = s->rms_norm_eps;
-        c.bos_id = s->bos_id; c.eos_id = s->eos_id;
-        if (s->rope_scaling == ROPE_LLAMA3) {
-            c.rope_scaling = ROPE_LLAMA3; c.rope_factor = 32.0f;
-            c.rope_low_freq_factor = 1.0f; c.rope_high_freq_factor = 4.0f;
-            c.rope_original_max_pos = 8192;
-        }
-        return c;
-    }
-    fprintf(stderr, "error: unknown shape '%s'; known:", name);
-    for (int i = 0; i < N_SHAPES; i++) fprintf(stderr, " %s", SHAPES[i].name);
-    fputc('\n', stderr);
-    exit(1);
-}
+// `./train --init NAME -o random.bin` writes a randomly initialised model of a named shape
+// (lib/shapes.h): the "random baseline" of the papers, and what the benchmarks run on.
 
 // Wall-clock seconds, for progress lines and ETAs.
 static double now_seconds(void) {
