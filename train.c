@@ -1262,17 +1262,8 @@ int main(int argc, char **argv) {
 #ifdef _OPENMP
     if (a.threads) omp_set_num_threads(a.threads);
 #endif
-    // the model: loaded, or random of a named shape
     Model m;
-    if (a.model_path) {
-        model_open(&m, a.model_path);
-    } else {
-        ModelHeader c = shape_header(a.init_shape);
-        if (a.init_vocab) c.vocab_size = a.init_vocab;
-        float *p = malloc_or_die((size_t)tensor_sizes(&c, (int64_t[N_TENSORS]){0}) * sizeof(float), "parameters");
-        init_params(&c, p, a.seed);
-        model_setup(&m, &c, p);
-    }
+    model_from_flags(&a, &m);  // loaded, or random of a named shape
     const char *train_path = a.train_tokens ? a.train_tokens : train_data_path(&a);
     int distill = distill_from_flags(&a, &m);
     Model teacher_model, *teacher = teacher_from_flags(&a, &m, &teacher_model);
@@ -1318,14 +1309,9 @@ int main(int argc, char **argv) {
         int steps = td.steps;
         TrainState st = {0, 0, rng_seeded(a.seed + 1).s, -1.0, a.batch, a.micro_batch, T, distill ? a.loss_kind : -1};
         Distiller d = {{LOSS_CE, 0, 1}, NULL, 1};
-        char ckpt[4096] = "";
-        if (a.ckpt) snprintf(ckpt, sizeof ckpt, "%s", a.ckpt);
-        else if (a.out_path) snprintf(ckpt, sizeof ckpt, "%.4000s.ckpt", a.out_path);
-        if (a.resume) {
-            checkpoint_load(a.resume, &m, &st);
-            if (st.step > steps) die("%s: saved at step %lld, beyond the run's %d steps", a.resume, (long long)st.step, steps);
-            printf("resumed from %s at step %lld\n", a.resume, (long long)st.step);
-        }
+        char ckpt[4096];
+        ckpt_path_from_flags(&a, ckpt, sizeof ckpt);
+        if (a.resume) resume_from_flags(&a, &m, &st, steps);
         if (distill) {
             if (st.gamma < 0) {  // measured once; a resumed run keeps the saved value
                 int uses_gamma = a.loss_kind == LOSS_CAKLD || a.loss_kind == LOSS_CAKLD_CE;
@@ -1355,13 +1341,7 @@ int main(int argc, char **argv) {
         JSON_ADD("%s", b);
     }
     if (a.out_path && !a.generate_data) {  // written before evaluation, so a long evaluation cannot lose the training
-        ModelHeader out = m.cfg;
-        out.dtype = a.out_dtype;
-        model_save(a.out_path, &out, m.params);
-        printf("wrote %s\n", a.out_path);
-        char out_tok[4096];  // the tokenizer goes along, so that ./train -m OUT needs nothing else
-        snprintf(out_tok, sizeof out_tok, "%.4000s.tokenizer", a.out_path);
-        if (tok_path && strcmp(tok_path, out_tok)) copy_file_atomic(tok_path, out_tok);
+        write_model_from_flags(&a, &m, tok_path);
         JSON_ADD("\"out\": %s", json_quote(qpath, sizeof qpath, a.out_path));
     }
     if (a.export_packed) {
@@ -1375,22 +1355,9 @@ int main(int argc, char **argv) {
         JSON_ADD("%s", b);
     }
     if (a.eval_ppl) {
-        int Te = a.eval_T ? a.eval_T : (c->max_seq_len < 2048 ? c->max_seq_len : 2048);
-        if (Te > c->max_seq_len) die("-T %d exceeds the model's context %d", Te, c->max_seq_len);
-        if (Te < 2) die("-T must be at least 2");
-        TokenStream s;
-        if (!strncmp(a.eval_ppl, "wikitext2:", 10)) {
-            if (!tok) die("%s: WikiText-2 needs the model's tokenizer (--tokenizer FILE)", a.eval_ppl);
-            s.ids = wikitext2_tokens(tok, a.eval_ppl + 10, &s.n);
-            for (int64_t i = 0; i < s.n; i++)
-                if (s.ids[i] >= c->vocab_size) die("%s: token id %d outside the model's vocabulary", a.eval_ppl, s.ids[i]);
-        } else {
-            s = load_tokens(a.eval_ppl, tok, c->vocab_size);
-        }
-        PplResult r = eval_ppl(&m, &s, Te, a.eval_batch, a.eval_ppl);
-        printf("perplexity of %s: %.4f (%lld windows of %d tokens)\n", a.eval_ppl, r.ppl, (long long)r.windows, Te);
-        JSON_ADD("\"ppl\": %.6f, \"loss\": %.6f, \"windows\": %lld, \"T\": %d", r.ppl, r.mean_loss, (long long)r.windows, Te);
-        free(s.ids);
+        char b[1024];
+        eval_ppl_from_flags(&a, &m, tok, b, sizeof b);
+        JSON_ADD("%s", b);
     }
     if (a.eval_heldout) {
         char b[1024];
