@@ -13,8 +13,9 @@
  *   7. the optimizer: AdamW, learning-rate schedule, gradient clipping
  *   8. data: random windows of a token stream
  *   9. evaluation: perplexity
- *  10. the program around the method, in lib/: generation, zero-shot tasks, JSONL data and
- *      batches, checkpoints, packed low-bit files, histograms, the command line, --bench
+ *  10. the program around the method, in lib/: generation, zero-shot tasks, JSONL data,
+ *      batches and the held-out loss, checkpoints, packed low-bit files, histograms, the
+ *      command line and main's steps (the model, -o, --eval-ppl...), --bench, the pipeline
  *  11. the training loop
  *  12. main
  *
@@ -1092,13 +1093,14 @@ static PplResult eval_ppl(Model *m, const TokenStream *s, int T, int B, const ch
 // ============================================================================================
 // 10. The program around the method (lib/)
 //
-// What ./train does besides training the model: generation, evaluation tasks, JSONL data,
-// checkpoints, packed files, histograms, the command line, the benchmark. These files read the
+// What ./train does besides training the model: generation, evaluation tasks, JSONL data and
+// their held-out loss, checkpoints, packed files, histograms, the command line and the steps of
+// main it names, the benchmark, the pipeline. These files read the
 // Model's fields and call the functions above, and C needs a struct's definition before code that
 // reads it, so they are included here, after the model, rather than in the block at the top.
 #include "lib/generate.c"    // defines: KVCache, model_decode_step, InferenceBackend, sample_token, generate
 #include "lib/eval.c"        // defines: eval_qa (zero-shot tasks), wikitext2_tokens
-#include "lib/data.c"        // defines: Dataset (JSONL examples), Prompts, generate_data, Batches, next_batch
+#include "lib/data.c"        // defines: Dataset (JSONL examples), eval_split_loss, generate_data, Batches, next_batch
 #include "lib/checkpoint.c"  // defines: TrainState, checkpoint_save, checkpoint_load, log_step
 #include "lib/packed.c"      // defines: export_packed, load_packed, model_open
 #include "lib/histogram.c"   // defines: write_histogram
@@ -1127,35 +1129,6 @@ static double measure_gamma(Model *teacher, Batches *data, TrainState st, int B,
     }
     free(inputs); free(targets);
     return count ? sum / count : 0.0;
-}
-
-// The training loss on the held-out examples, without gradients: d's loss (summed over a
-// sequence's positions, averaged over sequences), or without d the cross-entropy averaged over
-// tokens, the reductions train_loop uses.
-static double eval_split_loss(Model *m, Model *teacher, const Distiller *d, const Dataset *ev, int B, int *inputs, int *targets) {
-    int T = ev->seq, *idx = malloc_or_die((size_t)B * sizeof(int), "eval batch");
-    double sum = 0.0;
-    int64_t tokens = 0;
-    for (int i0 = 0; i0 < ev->n; i0 += B) {
-        int nb = ev->n - i0 < B ? ev->n - i0 : B;
-        for (int b = 0; b < nb; b++) idx[b] = i0 + b;
-        dataset_batch(ev, idx, nb, 0, inputs, targets);
-        if (d) {
-            const float *zt = NULL;
-            int Vt = m->cfg.vocab_size;
-            if (d->loss.kind != LOSS_CE) { model_forward(teacher, inputs, NULL, nb, T); zt = teacher->logits; Vt = teacher->cfg.vocab_size; }
-            model_forward(m, inputs, NULL, nb, T);
-            sum += nb * distill_loss_batch(m->act[A_DLOGITS], d->scratch, d->scratch_rows, m->logits, zt, targets, nb, T,
-                                           m->cfg.vocab_size, Vt, d->loss);
-        } else {
-            int64_t n = 0;
-            for (int i = 0; i < nb * T; i++) n += targets[i] >= 0;
-            if (n) sum += (double)model_forward(m, inputs, targets, nb, T) * n;
-            tokens += n;
-        }
-    }
-    free(idx);
-    return d ? sum / ev->n : sum / (tokens ? tokens : 1);
 }
 
 // Trains m from st->step to steps (or --stop-after): with d, distillation from the teacher
