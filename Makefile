@@ -59,7 +59,7 @@ CUDA_ARCH ?= -gencode=arch=compute_90,code=sm_90 -gencode=arch=compute_90,code=c
 NVCCFLAGS ?= -O3 -std=c++17 $(CUDA_ARCH)
 CU_LDLIBS = -lcublasLt $(if $(OPENMP),-Xcompiler -fopenmp) -lm
 CU_DEPS = train.cu $(wildcard cuda/*.cuh cuda/*.cu) $(HEADERS) build/train_cu_host.o
-# NCCL, for data parallelism over several GPUs (cuda/data_parallel.cuh, train.cu section 11), when nccl.h is in NCCL_HOME/include,
+# NCCL, for data parallelism over several GPUs (cuda/data_parallel.cuh, cuda/zero1.cu), when nccl.h is in NCCL_HOME/include,
 # CUDA's include folder, /usr/local/include or else Python's nvidia-nccl wheel (PyTorch's, as on the GPU
 # machine); NCCL=0 builds without it (then WORLD_SIZE > 1 is refused).
 CUDA_HOME ?= $(patsubst %/bin/,%,$(dir $(realpath $(shell command -v $(NVCC) 2>/dev/null))))

@@ -6,7 +6,7 @@
  * layer `rmsnorm_forward` on the CPU is a launcher `rmsnorm_forward` here, whose kernel is
  * `rmsnorm_forward_kernel`; the kernels and their launchers live in cuda/*.cuh, one layer family a
  * file (the include block below is their table of contents), and this file keeps the model on the
- * GPU and the program around it; its host code that reads the Model (generation) is cuda/*.cu,
+ * GPU and the program around it; its host code that reads the Model (generation, data parallelism) is cuda/*.cu,
  * included after the Model (section 10) as train.c includes lib/*.c. What is not about the model
  * (the command line, loading and saving
  * models, token files, checkpoints, the JSONL log) is train.c's own code, compiled as C in
@@ -22,9 +22,9 @@
  *   7. the optimizer: AdamW, gradient clipping
  *   9. evaluation: perplexity
  *  10. the program around the model, in cuda/*.cu: generation (a KV cache, the decode step) and
- *      zero-shot scoring for train.c's loops
- *  11. data parallelism: one process per GPU over NCCL, ZeRO-1 optimizer state
- *  12. the training loop (--train-tokens or --data with its held-out loss), --bench, and main;
+ *      zero-shot scoring for train.c's loops, data parallelism over NCCL with ZeRO-1 optimizer
+ *      state
+ *  11. the training loop (--train-tokens or --data with its held-out loss), --bench, and main;
  *      --clip, --export-packed and --histogram are train.c's own, on the downloaded parameters
  *
  * Precision: parameters (the master weights), gradients and AdamW moments are fp32, and so is the
@@ -199,7 +199,7 @@ static void model_setup(Model *m, HostModel *h, const char *what) {
     m->n_params = h->n_params;
     m->n_table = h->n_table;
     for (int t = 0; t < N_TENSORS; t++) m->slice[t] = h->slice[t];
-    m->params = (float *)gpu_malloc((size_t)dp_padded(m->n_params) * sizeof(float), what);  // section 11's shards
+    m->params = (float *)gpu_malloc((size_t)dp_padded(m->n_params) * sizeof(float), what);  // ZeRO-1's shards (cuda/zero1.cu)
     cudaCheck(cudaMemset(m->params + m->n_params, 0, (size_t)(dp_padded(m->n_params) - m->n_params) * sizeof(float)));
     cudaCheck(cudaMemcpy(m->params, h->params, (size_t)m->n_params * sizeof(float), cudaMemcpyHostToDevice));
     carve(m, m->params, m->params_t);
@@ -259,7 +259,7 @@ static void model_setup_teacher(Model *m, HostModel *h) {
 
 static void model_alloc_training(Model *m) {
     if (m->grads) return;
-    // under ZeRO-1 (section 11): gradients over the padded buffer (the padding stays zero), AdamW
+    // under ZeRO-1 (cuda/zero1.cu): gradients over the padded buffer (the padding stays zero), AdamW
     // m and v of this rank's shard alone, not carved by the table (a shard cuts across tensors)
     size_t ng = (size_t)dp_padded(m->n_params) * sizeof(float), ns = (size_t)(g_dp.on ? dp_shard(m) : m->n_params) * sizeof(float);
     const char *mv = g_dp.on ? "AdamW m, v (ZeRO-1 shard)" : "AdamW m, v";
@@ -1182,123 +1182,16 @@ static PplResult eval_ppl(Model *m, const int *ids, int64_t n_ids, int T, int B,
 // 10. The program around the model (cuda/*.cu)
 //
 // What train_cu does besides the model's own steps: generation and zero-shot scoring for train.c's
-// loops. These files read the Model's fields
+// loops, data parallelism (ZeRO-1). These files read the Model's fields
 // and call the functions above, so they are included here, after the model, as train.c includes
 // lib/*.c after its Model; the kernels (cuda/*.cuh) are the block at the top.
 #include "cuda/generate.cu"         // defines: KVCache, model_decode_step, target_logprobs, GPU_INFERENCE (train.c's
                                     //   InferenceBackend on the GPU), g_infer, g_kv
+#include "cuda/zero1.cu"            // defines: dp_reduce_gradients, dp_clip_grad_norm, dp_adamw_update, dp_broadcast,
+                                    //   dp_checkpoint_save, dp_resume: a step over several GPUs, ZeRO-1
 
 // ============================================================================================
-// 11. Data parallelism: one process per GPU over NCCL, ZeRO-1 (Rajbhandari et al. 2020)
-//
-// The launcher's variables (dp.h: torchrun's, Open MPI's or Slurm's) place this process: rank r of
-// W, on GPU local_rank. Rank 0 makes NCCL's id and hands it to the others over TCP at
-// MASTER_ADDR:MASTER_PORT. The same global batch as one GPU: a step's accum micro-batches are dealt
-// round-robin (rank r computes micro-batches r, r + W, ...), every rank draws all of them from the
-// data RNG so that the RNG stays in step, and each loss keeps its scale 1/accum, so the gradients
-// summed over the ranks are one GPU's. ZeRO-1: the parameter, gradient and moment buffers are split
-// into W equal shards (padded, dp.h); gradients are reduce-scattered (summed), rank r keeps AdamW m
-// and v of its shard alone, the clipping norm is the all-reduced sum of the shards' squares, each
-// rank updates its shard of the fp32 master weights (train.c's weight decay per tensor) and the
-// shards are all-gathered into every rank's full copy. WORLD_SIZE=1 takes this path too and writes
-// the bytes of a plain run. Only rank 0 prints and writes files; every rank ends on the same numbers.
-
-static int64_t dp_shard(const Model *m) { return dp_shard_floats(m->n_params, g_dp.world); }
-static double dp_all_reduce(Model *m, double x) {
-    cudaCheck(cudaMemcpy(m->d_sum, &x, sizeof x, cudaMemcpyHostToDevice));
-    DP_COLLECTIVE(ncclAllReduce(m->d_sum, m->d_sum, 1, ncclDouble, ncclSum, g_nccl, 0));
-    cudaCheck(cudaMemcpy(&x, m->d_sum, sizeof x, cudaMemcpyDeviceToHost));
-    return x;
-}
-static double dp_broadcast(Model *m, double x) {
-    cudaCheck(cudaMemcpy(m->d_sum, &x, sizeof x, cudaMemcpyHostToDevice));
-    DP_COLLECTIVE(ncclBroadcast(m->d_sum, m->d_sum, 1, ncclDouble, 0, g_nccl, 0));
-    cudaCheck(cudaMemcpy(&x, m->d_sum, sizeof x, cudaMemcpyDeviceToHost));
-    return x;
-}
-
-// What model_alloc_training gave this rank under ZeRO-1.
-static void dp_report_shard(const Model *m) {
-    size_t ns = (size_t)dp_shard(m) * sizeof(float);
-    printf("ZeRO-1: rank %d of %d owns floats [%lld, %lld) of %lld (padded to %lld); AdamW m, v %.1f MiB a rank "
-           "(%.1f MiB unsharded)\n", g_dp.rank, g_dp.world, (long long)(g_dp.rank * dp_shard(m)),
-           (long long)((g_dp.rank + 1) * dp_shard(m)), (long long)m->n_params, (long long)dp_padded(m->n_params),
-           2.0 * ns / 1048576.0, 2.0 * m->n_params * sizeof(float) / 1048576.0);
-}
-
-// After the micro-batches: this rank's shard of the summed gradients; the step's loss over all ranks.
-static double dp_reduce_gradients(Model *m, double loss) {
-    PROFILE(PROF_OPTIMIZER);
-    dp_reduce_scatter(m->grads, dp_shard(m));
-    return dp_all_reduce(m, loss);
-}
-
-// clip_grad_norm over the shards: |g|^2 = sum over ranks of the shard's squares.
-static float dp_clip_grad_norm(Model *m, float clip, float *gscale) {
-    PROFILE(PROF_OPTIMIZER);
-    int64_t shard = dp_shard(m);
-    float *g = m->grads + g_dp.rank * shard;
-    float norm = (float)sqrt(dp_all_reduce(m, sum_squares(m->d_sum, g, shard)));
-    *gscale = clip > 0 && norm > clip ? clip / norm : 1.0f;
-    return norm;
-}
-
-// adamw_update on this rank's shard [lo, lo + shard): adamw_update's spans (dp.h) cut to the
-// shard, m and v indexed from lo; then every rank gets every shard of the new parameters.
-static void dp_adamw_update(Model *m, const OptConfig *o, float lr, float gscale) {
-    PROFILE(PROF_OPTIMIZER);
-    m->step++;
-    cudaCheck(cudaMemsetAsync(m->d_bad, 0, sizeof(int)));  // the kernels' non-finite flag (params_finite)
-    float bc1 = 1.0f - powf(o->beta1, (float)m->step), bc2 = 1.0f - powf(o->beta2, (float)m->step);
-    int64_t offset[N_TENSORS], numel[N_TENSORS], shard = dp_shard(m), lo = g_dp.rank * shard;
-    for (int t = 0; t < N_TENSORS; t++) { offset[t] = m->h->offset[t]; numel[t] = tensor_numel(m, t); }
-    DpSpan spans[N_TENSORS + 1], mine[N_TENSORS + 1];
-    int n = dp_param_spans(spans, offset, numel, m->h->rows, N_TENSORS, m->n_table, m->n_params, o->weight_decay);
-    n = dp_clip_spans(mine, spans, n, lo, lo + shard);
-    for (int i = 0; i < n; i++) {
-        int64_t b = mine[i].begin;
-        adamw_span(m->params + b, m->grads + b, m->adam_m + (b - lo), m->adam_v + (b - lo), mine[i].n, gscale, o, lr, mine[i].wd,
-                   bc1, bc2, m->d_bad);
-    }
-    dp_all_gather(m->params, shard);
-    if (m->quant.method != QUANT_NONE) m->quant_stale = 1;
-    m->bf16_stale = 1;
-}
-
-// checkpoint_save under ZeRO-1: m and v gathered (through the gradient buffer, free after the
-// update) into the host's full copies; rank 0 writes the file.
-static void dp_checkpoint_save(Model *m, const HostTrainState *st) {
-    int64_t shard = dp_shard(m);
-    size_t n = (size_t)m->n_params * sizeof(float);
-    if (g_dp.rank == 0) {
-        cudaCheck(cudaMemcpy(m->h->params, m->params, n, cudaMemcpyDeviceToHost));
-        host_alloc_training(m->h);
-    }
-    for (int k = 0; k < 2; k++) {
-        cudaCheck(cudaMemcpy(m->grads + g_dp.rank * shard, k ? m->adam_v : m->adam_m, (size_t)shard * sizeof(float),
-                             cudaMemcpyDeviceToDevice));
-        dp_all_gather(m->grads, shard);
-        if (g_dp.rank == 0) cudaCheck(cudaMemcpy(k ? m->h->adam_v : m->h->adam_m, m->grads, n, cudaMemcpyDeviceToHost));
-    }
-    cudaCheck(cudaMemset(m->grads, 0, (size_t)dp_padded(m->n_params) * sizeof(float)));
-    if (g_dp.rank == 0) host_checkpoint_save(m->h, st);
-}
-
-// --resume under ZeRO-1: every rank reads the checkpoint (train.c's checkpoint_load, which checks
-// it) and keeps its shard of m and v.
-static void dp_resume(Model *m, HostTrainState *st) {
-    host_resume(m->h, st);
-    model_upload(m, 0);
-    model_alloc_training(m);
-    int64_t shard = dp_shard(m), lo = g_dp.rank * shard, k = m->n_params - lo < shard ? m->n_params - lo : shard;
-    if (k > 0) {
-        cudaCheck(cudaMemcpy(m->adam_m, m->h->adam_m + lo, (size_t)k * sizeof(float), cudaMemcpyHostToDevice));
-        cudaCheck(cudaMemcpy(m->adam_v, m->h->adam_v + lo, (size_t)k * sizeof(float), cudaMemcpyHostToDevice));
-    }
-}
-
-// ============================================================================================
-// 12. The training loop and main
+// 11. The training loop and main
 
 typedef struct { float final_loss, tokens_per_s, eval_loss; } TrainResult;  // eval_loss -1: none
 
@@ -1382,7 +1275,7 @@ static TrainResult train_loop(Model *m, Model *teacher, Distiller *d, const Host
         uint64_t rng = st->rng;
         for (int micro = 0; micro < accum; micro++) {
             host_next_batch(st->micro_batches + micro, &rng, inputs, targets, B, T);
-            if (micro % g_dp.world != g_dp.rank) continue;  // another rank's micro-batch (section 11)
+            if (micro % g_dp.world != g_dp.rank) continue;  // another rank's micro-batch (cuda/zero1.cu)
             if (d) {
                 loss += distill_step(m, teacher, d, inputs, targets, B, T, 1.0f / accum) / accum;
             } else {
