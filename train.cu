@@ -6,9 +6,9 @@
  * layer `rmsnorm_forward` on the CPU is a launcher `rmsnorm_forward` here, whose kernel is
  * `rmsnorm_forward_kernel`; the kernels and their launchers live in cuda/*.cuh, one layer family a
  * file (the include block below is their table of contents), and this file keeps the model on the
- * GPU and the program around it; its host code that reads the Model (generation, data parallelism, --bench) is cuda/*.cu,
- * included after the Model (section 10) as train.c includes lib/*.c. What is not about the model
- * (the command line, loading and saving
+ * GPU, its training loop and main. Its own host code around the model (generation, data
+ * parallelism, --bench, its flags) is cuda/*.cu, included after the Model (section 10) as train.c
+ * includes lib/*.c. What is not about the model (the command line, loading and saving
  * models, token files, checkpoints, the JSONL log) is train.c's own code, compiled as C in
  * lib/train_cu_host.c and reached through lib/train_cu.h, so both programs read and write the same
  * bytes and take the same flags (plus their own: --matmul fp32|tf32|bf16, --attention
@@ -23,9 +23,9 @@
  *   9. evaluation: perplexity
  *  10. the program around the model, in cuda/*.cu: generation (a KV cache, the decode step) and
  *      zero-shot scoring for train.c's loops, data parallelism over NCCL with ZeRO-1 optimizer
- *      state, --bench
- *  11. the training loop (--train-tokens or --data with its held-out loss), and main;
- *      --clip, --export-packed and --histogram are train.c's own, on the downloaded parameters
+ *      state, --bench, train_cu's own flags
+ *  11. the training loop (--train-tokens or --data with its held-out loss)
+ *  12. main; --clip, --export-packed and --histogram are train.c's own, on the downloaded parameters
  *
  * Precision: parameters (the master weights), gradients and AdamW moments are fp32, and so is the
  * residual stream; matmuls (all through cuBLASLt) run in bf16 (--matmul bf16, the default), with
@@ -1182,7 +1182,7 @@ static PplResult eval_ppl(Model *m, const int *ids, int64_t n_ids, int T, int B,
 // 10. The program around the model (cuda/*.cu)
 //
 // What train_cu does besides the model's own steps: generation and zero-shot scoring for train.c's
-// loops, data parallelism (ZeRO-1), --bench. These files read the Model's fields
+// loops, data parallelism (ZeRO-1), --bench, its own flags. These files read the Model's fields
 // and call the functions above, so they are included here, after the model, as train.c includes
 // lib/*.c after its Model; the kernels (cuda/*.cuh) are the block at the top.
 #include "cuda/generate.cu"         // defines: KVCache, model_decode_step, target_logprobs, GPU_INFERENCE (train.c's
@@ -1190,9 +1190,10 @@ static PplResult eval_ppl(Model *m, const int *ids, int64_t n_ids, int T, int B,
 #include "cuda/zero1.cu"            // defines: dp_reduce_gradients, dp_clip_grad_norm, dp_adamw_update, dp_broadcast,
                                     //   dp_checkpoint_save, dp_resume: a step over several GPUs, ZeRO-1
 #include "cuda/bench.cu"            // defines: bench (--bench)
+#include "cuda/cli.cu"              // defines: parse_gpu_flags (--matmul, --attention, --loss-chunk, --layered-wq), gpu_init
 
 // ============================================================================================
-// 11. The training loop and main
+// 11. The training loop
 
 typedef struct { float final_loss, tokens_per_s, eval_loss; } TrainResult;  // eval_loss -1: none
 
@@ -1335,84 +1336,8 @@ static TrainResult train_loop(Model *m, Model *teacher, Distiller *d, const Host
     return r;
 }
 
-// No GPU: one clear line and exit 1 (before any model is loaded).
-static void gpu_init(void) {
-    int n = 0;
-    cudaError_t e = cudaGetDeviceCount(&n);
-    if (e != cudaSuccess || n == 0)
-        fail("no CUDA GPU is available (%s); train_cu needs an NVIDIA GPU and driver; ./train runs on the CPU",
-             e != cudaSuccess ? cudaGetErrorString(e) : "no devices");
-    if (g_dp.local_rank >= n) fail("%s's local rank %d, but this machine has %d GPU%s", g_dp.source, g_dp.local_rank, n, n > 1 ? "s" : "");
-    cudaCheck(cudaSetDevice(g_dp.local_rank));
-    cudaDeviceProp p;
-    cudaCheck(cudaGetDeviceProperties(&p, g_dp.local_rank));
-    printf("GPU: %s, %.1f GiB, compute capability %d.%d, %d multiprocessors\n", p.name, p.totalGlobalMem / 1073741824.0,
-           p.major, p.minor, p.multiProcessorCount);
-    lt_init();
-    const char *prof = getenv("TRAIN_CU_PROFILE");
-    g_prof_on = prof && *prof && strcmp(prof, "0") != 0;
-}
-
-// train_cu's flags of its own, taken out before train.c's parser sees the rest.
-static void parse_gpu_flags(int *argc, char **argv) {
-    int o = 1, attention_given = 0;
-    for (int i = 1; i < *argc; i++) {
-        if (!strcmp(argv[i], "--matmul")) {
-            if (i + 1 >= *argc) fail("--matmul: missing value (fp32, tf32 or bf16)");
-            const char *v = argv[++i];
-            g_bf16 = !strcmp(v, "bf16");
-            if (!strcmp(v, "fp32")) g_compute = CUBLAS_COMPUTE_32F;
-            else if (!strcmp(v, "tf32") || g_bf16) g_compute = CUBLAS_COMPUTE_32F_FAST_TF32;
-            else fail("--matmul: expected fp32, tf32 or bf16, got '%s'", v);
-            continue;
-        }
-        if (!strcmp(argv[i], "--attention")) {
-            if (i + 1 >= *argc) fail("--attention: missing value (gemm, fused or flash)");
-            const char *v = argv[++i];
-            attention_given = 1;
-            g_attention_gemm = !strcmp(v, "gemm");
-            g_attention_flash = !strcmp(v, "flash");
-            if (!g_attention_gemm && !g_attention_flash && strcmp(v, "fused") != 0)
-                fail("--attention: expected gemm, fused or flash, got '%s'", v);
-            continue;
-        }
-        if (!strcmp(argv[i], "--loss-chunk")) {
-            if (i + 1 >= *argc) fail("--loss-chunk: missing value (rows, or 0 for automatic)");
-            char *end;
-            long v = strtol(argv[++i], &end, 10);
-            if (*end || end == argv[i] || v < 0 || v > (1L << 30)) fail("--loss-chunk: expected rows >= 0, got '%s'", argv[i]);
-            g_loss_chunk = (int)v;
-            continue;
-        }
-        if (!strcmp(argv[i], "--layered-wq")) {
-            g_layered_wq_flag = 1;
-            continue;
-        }
-        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help"))
-            printf("train_cu: the GPU build of ./train. It takes ./train's flags below (--clip runs train.c's\n"
-                   "search on the CPU) and four of its own:\n"
-                   "  --matmul fp32|tf32|bf16  matmul precision: tf32 tensor cores, plain fp32, or bf16 operands\n"
-                   "                        with fp32 accumulation (fp32 master weights; a bf16 teacher) [bf16]\n"
-                   "  --attention gemm|fused|flash  attention through cuBLAS with [T,T] scores per head\n"
-                   "                        (TF32), the fused fp32 kernel (no [T,T] memory, CUDA cores), or the\n"
-                   "                        FlashAttention-2 kernel (bf16 tensor cores, no [T,T]; head_dim <= 128)\n"
-                   "                        [flash under --matmul bf16, gemm under tf32 and fp32]\n"
-                   "  --loss-chunk ROWS     rows of logits the classifier and loss take at a time (their\n"
-                   "                        [B,T,V] logits are never stored); 0: 128 MiB of fp32 a chunk [0]\n"
-                   "  --layered-wq          while training, keep the student's fake-quantized weights W^ for one\n"
-                   "                        layer at a time, remade from its codes before the layer's forward and\n"
-                   "                        backward: the same results in less memory (1.8 GiB on TinyLlama,\n"
-                   "                        11.7 GiB on Llama-2-7B), 1-5%% slower\n"
-                   "Several GPUs: one process a GPU, placed by torchrun's, mpirun's or Slurm's variables (RANK,\n"
-                   "WORLD_SIZE, LOCAL_RANK; MASTER_ADDR, MASTER_PORT [127.0.0.1:29500]); --batch is the global batch.\n\n");
-        argv[o++] = argv[i];
-    }
-    *argc = o;
-    argv[o] = NULL;
-    // attention's precision follows the matmuls': bf16 tensor cores (flash) under bf16, faster than
-    // gemm and without its [T,T] scores (doc/performance.md); exact fp32 products otherwise
-    if (!attention_given) { g_attention_flash = g_bf16; g_attention_gemm = !g_bf16; }
-}
+// ============================================================================================
+// 12. main
 
 #ifndef TRAIN_CU_NO_MAIN
 int main(int argc, char **argv) {
