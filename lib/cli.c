@@ -4,7 +4,7 @@
 // generation, -o, export, histograms and --eval-ppl.
 //
 // #included by train.c after the model (section 10), and after the lib files whose functions the
-// steps call (generate.c, eval.c, data.c, packed.c, histogram.c).
+// steps call (generate.c, eval.c, data.c, checkpoint.c, packed.c, histogram.c).
 #ifndef CLI_C
 #define CLI_C
 
