@@ -51,14 +51,15 @@ test: train convert tokenize $(TEST_PROGRAMS)
 bench: train
 	./dev/bench_cpu.sh
 
-# The GPU build: train.cu (C++/CUDA, its kernels in cuda/*.cuh) with train.c's host code compiled as C (train_cu_host.c).
+# The GPU build: train.cu (C++/CUDA, its kernels in cuda/*.cuh, its own host code around the model in
+# cuda/*.cu) with train.c's host code compiled as C (train_cu_host.c).
 # An explicit architecture, so that it builds where no GPU is (CI): sm_90 machine code for
 # Hopper (H100, H200) plus compute_90 PTX that newer GPUs' drivers compile at start.
 CUDA_ARCH ?= -gencode=arch=compute_90,code=sm_90 -gencode=arch=compute_90,code=compute_90
 NVCCFLAGS ?= -O3 -std=c++17 $(CUDA_ARCH)
 CU_LDLIBS = -lcublasLt $(if $(OPENMP),-Xcompiler -fopenmp) -lm
-CU_DEPS = train.cu $(wildcard cuda/*.cuh) $(HEADERS) build/train_cu_host.o
-# NCCL, for data parallelism over several GPUs (cuda/data_parallel.cuh, train.cu section 11), when nccl.h is in NCCL_HOME/include,
+CU_DEPS = train.cu $(wildcard cuda/*.cuh cuda/*.cu) $(HEADERS) build/train_cu_host.o
+# NCCL, for data parallelism over several GPUs (cuda/data_parallel.cuh, cuda/zero1.cu), when nccl.h is in NCCL_HOME/include,
 # CUDA's include folder, /usr/local/include or else Python's nvidia-nccl wheel (PyTorch's, as on the GPU
 # machine); NCCL=0 builds without it (then WORLD_SIZE > 1 is refused).
 CUDA_HOME ?= $(patsubst %/bin/,%,$(dir $(realpath $(shell command -v $(NVCC) 2>/dev/null))))

@@ -2,7 +2,7 @@
  * train.c — train, quantize and evaluate a Llama in plain C.
  *
  * This file is the model and the training program, in the order the data flows:
- *   1. named shapes (--init) and random initialisation
+ *   1. random initialisation (--init, of lib/shapes.h's named shapes)
  *   2. the Model: parameters, gradients, AdamW state and activations, each one contiguous
  *      buffer carved by a table
  *   3. layers, each forward beside its backward: embedding, RMSNorm, matmul, RoPE,
@@ -13,8 +13,9 @@
  *   7. the optimizer: AdamW, learning-rate schedule, gradient clipping
  *   8. data: random windows of a token stream
  *   9. evaluation: perplexity
- *  10. the program around the method, in lib/: generation, zero-shot tasks, JSONL data and
- *      batches, checkpoints, packed low-bit files, histograms, the command line, --bench
+ *  10. the program around the method, in lib/: generation, zero-shot tasks, JSONL data,
+ *      batches and the held-out loss, checkpoints, packed low-bit files, histograms, the
+ *      command line and main's steps (the model, -o, --eval-ppl...), --bench, the pipeline
  *  11. the training loop
  *  12. main
  *
@@ -29,64 +30,17 @@
 #include "lib/gemm.h"        // defines: gemm, the blocked matrix product of the linears (section 3's matmul)
 #include "lib/model.h"       // defines: ModelHeader, the .bin format and the tensor table; with quant.h
                              //          (the quantizers) and lib/util.h (die, checked I/O, atomic files)
+#include "lib/shapes.h"      // defines: shape_header, the named shapes of --init (tiny ... llama-2-7b)
 #include "tokenizer.c"       // defines: Tokenizer (byte-level BPE, SentencePiece), encode, decode; lib/json.h
 #include "lib/rng.h"         // defines: Rng (xorshift64*), rng_seeded, rng_uniform, rng_normal, rng_jump
 #include "lib/tokens.h"      // defines: TokenStream, load_tokens (a .ids file, or text through the tokenizer)
 // lib/'s files that use the Model come after it, in section 10.
 
 // ============================================================================================
-// 1. Named shapes and random initialisation
+// 1. Random initialisation
 //
-// `./train --init NAME -o random.bin` writes a randomly initialised model of a known shape:
-// the "random baseline" of the papers, and what the benchmarks run on (real weights cannot be
-// downloaded on the test machines).
-
-typedef struct {
-    const char *name;
-    int dim, hidden_dim, n_layers, n_heads, n_kv_heads, head_dim, vocab_size, max_seq_len, tied;
-    float rope_theta, rms_norm_eps;
-    int rope_scaling;  // ROPE_LLAMA3 shapes scale by factor 32, low 1, high 4, original 8192
-    int bos_id, eos_id;
-} NamedShape;
-
-static const NamedShape SHAPES[] = {
-    // a byte-level model of ~200k parameters: the demo's teacher and the tests' model
-    {"tiny", 64, 192, 4, 8, 4, 8, 256, 256, 1, 10000.0f, 1e-5f, ROPE_NONE, -1, -1},
-    // ~11M and ~42M parameters, Llama-2's vocabulary: with bench-100m, the family of teachers of
-    // growing size that dev/teacher_size.sh pretrains on one corpus
-    {"study-10m", 256, 768, 4, 8, 4, 32, 32000, 1024, 1, 10000.0f, 1e-5f, ROPE_NONE, 1, 2},
-    {"study-40m", 512, 1536, 8, 8, 4, 64, 32000, 1024, 1, 10000.0f, 1e-5f, ROPE_NONE, 1, 2},
-    // ~110M parameters: the CPU benchmark's shape
-    {"bench-100m", 768, 2048, 12, 12, 4, 64, 32000, 1024, 1, 10000.0f, 1e-5f, ROPE_NONE, 1, 2},
-    {"tinyllama-1.1b", 2048, 5632, 22, 32, 4, 64, 32000, 2048, 0, 10000.0f, 1e-5f, ROPE_NONE, 1, 2},
-    {"llama-3.2-1b", 2048, 8192, 16, 32, 8, 64, 128256, 131072, 1, 500000.0f, 1e-5f, ROPE_LLAMA3, 128000, 128001},
-    {"llama-3.2-3b", 3072, 8192, 28, 24, 8, 128, 128256, 131072, 1, 500000.0f, 1e-5f, ROPE_LLAMA3, 128000, 128001},
-    {"llama-2-7b", 4096, 11008, 32, 32, 32, 128, 32000, 4096, 0, 10000.0f, 1e-5f, ROPE_NONE, 1, 2},
-};
-#define N_SHAPES ((int)(sizeof SHAPES / sizeof SHAPES[0]))
-
-static ModelHeader shape_header(const char *name) {
-    for (int i = 0; i < N_SHAPES; i++) {
-        const NamedShape *s = &SHAPES[i];
-        if (strcmp(s->name, name) != 0) continue;
-        ModelHeader c = header_defaults();
-        c.dim = s->dim; c.hidden_dim = s->hidden_dim; c.n_layers = s->n_layers;
-        c.n_heads = s->n_heads; c.n_kv_heads = s->n_kv_heads; c.head_dim = s->head_dim;
-        c.vocab_size = s->vocab_size; c.max_seq_len = s->max_seq_len; c.tied = s->tied;
-        c.rope_theta = s->rope_theta; c.rms_norm_eps = s->rms_norm_eps;
-        c.bos_id = s->bos_id; c.eos_id = s->eos_id;
-        if (s->rope_scaling == ROPE_LLAMA3) {
-            c.rope_scaling = ROPE_LLAMA3; c.rope_factor = 32.0f;
-            c.rope_low_freq_factor = 1.0f; c.rope_high_freq_factor = 4.0f;
-            c.rope_original_max_pos = 8192;
-        }
-        return c;
-    }
-    fprintf(stderr, "error: unknown shape '%s'; known:", name);
-    for (int i = 0; i < N_SHAPES; i++) fprintf(stderr, " %s", SHAPES[i].name);
-    fputc('\n', stderr);
-    exit(1);
-}
+// `./train --init NAME -o random.bin` writes a randomly initialised model of a named shape
+// (lib/shapes.h): the "random baseline" of the papers, and what the benchmarks run on.
 
 // Wall-clock seconds, for progress lines and ETAs.
 static double now_seconds(void) {
@@ -1139,13 +1093,14 @@ static PplResult eval_ppl(Model *m, const TokenStream *s, int T, int B, const ch
 // ============================================================================================
 // 10. The program around the method (lib/)
 //
-// What ./train does besides training the model: generation, evaluation tasks, JSONL data,
-// checkpoints, packed files, histograms, the command line, the benchmark. These files read the
+// What ./train does besides training the model: generation, evaluation tasks, JSONL data and
+// their held-out loss, checkpoints, packed files, histograms, the command line and the steps of
+// main it names, the benchmark, the pipeline. These files read the
 // Model's fields and call the functions above, and C needs a struct's definition before code that
 // reads it, so they are included here, after the model, rather than in the block at the top.
 #include "lib/generate.c"    // defines: KVCache, model_decode_step, InferenceBackend, sample_token, generate
 #include "lib/eval.c"        // defines: eval_qa (zero-shot tasks), wikitext2_tokens
-#include "lib/data.c"        // defines: Dataset (JSONL examples), Prompts, generate_data, Batches, next_batch
+#include "lib/data.c"        // defines: Dataset (JSONL examples), eval_split_loss, generate_data, Batches, next_batch
 #include "lib/checkpoint.c"  // defines: TrainState, checkpoint_save, checkpoint_load, log_step
 #include "lib/packed.c"      // defines: export_packed, load_packed, model_open
 #include "lib/histogram.c"   // defines: write_histogram
@@ -1174,35 +1129,6 @@ static double measure_gamma(Model *teacher, Batches *data, TrainState st, int B,
     }
     free(inputs); free(targets);
     return count ? sum / count : 0.0;
-}
-
-// The training loss on the held-out examples, without gradients: d's loss (summed over a
-// sequence's positions, averaged over sequences), or without d the cross-entropy averaged over
-// tokens, the reductions train_loop uses.
-static double eval_split_loss(Model *m, Model *teacher, const Distiller *d, const Dataset *ev, int B, int *inputs, int *targets) {
-    int T = ev->seq, *idx = malloc_or_die((size_t)B * sizeof(int), "eval batch");
-    double sum = 0.0;
-    int64_t tokens = 0;
-    for (int i0 = 0; i0 < ev->n; i0 += B) {
-        int nb = ev->n - i0 < B ? ev->n - i0 : B;
-        for (int b = 0; b < nb; b++) idx[b] = i0 + b;
-        dataset_batch(ev, idx, nb, 0, inputs, targets);
-        if (d) {
-            const float *zt = NULL;
-            int Vt = m->cfg.vocab_size;
-            if (d->loss.kind != LOSS_CE) { model_forward(teacher, inputs, NULL, nb, T); zt = teacher->logits; Vt = teacher->cfg.vocab_size; }
-            model_forward(m, inputs, NULL, nb, T);
-            sum += nb * distill_loss_batch(m->act[A_DLOGITS], d->scratch, d->scratch_rows, m->logits, zt, targets, nb, T,
-                                           m->cfg.vocab_size, Vt, d->loss);
-        } else {
-            int64_t n = 0;
-            for (int i = 0; i < nb * T; i++) n += targets[i] >= 0;
-            if (n) sum += (double)model_forward(m, inputs, targets, nb, T) * n;
-            tokens += n;
-        }
-    }
-    free(idx);
-    return d ? sum / ev->n : sum / (tokens ? tokens : 1);
 }
 
 // Trains m from st->step to steps (or --stop-after): with d, distillation from the teacher
@@ -1309,17 +1235,8 @@ int main(int argc, char **argv) {
 #ifdef _OPENMP
     if (a.threads) omp_set_num_threads(a.threads);
 #endif
-    // the model: loaded, or random of a named shape
     Model m;
-    if (a.model_path) {
-        model_open(&m, a.model_path);
-    } else {
-        ModelHeader c = shape_header(a.init_shape);
-        if (a.init_vocab) c.vocab_size = a.init_vocab;
-        float *p = malloc_or_die((size_t)tensor_sizes(&c, (int64_t[N_TENSORS]){0}) * sizeof(float), "parameters");
-        init_params(&c, p, a.seed);
-        model_setup(&m, &c, p);
-    }
+    model_from_flags(&a, &m);  // loaded, or random of a named shape
     const char *train_path = a.train_tokens ? a.train_tokens : train_data_path(&a);
     int distill = distill_from_flags(&a, &m);
     Model teacher_model, *teacher = teacher_from_flags(&a, &m, &teacher_model);
@@ -1365,14 +1282,9 @@ int main(int argc, char **argv) {
         int steps = td.steps;
         TrainState st = {0, 0, rng_seeded(a.seed + 1).s, -1.0, a.batch, a.micro_batch, T, distill ? a.loss_kind : -1};
         Distiller d = {{LOSS_CE, 0, 1}, NULL, 1};
-        char ckpt[4096] = "";
-        if (a.ckpt) snprintf(ckpt, sizeof ckpt, "%s", a.ckpt);
-        else if (a.out_path) snprintf(ckpt, sizeof ckpt, "%.4000s.ckpt", a.out_path);
-        if (a.resume) {
-            checkpoint_load(a.resume, &m, &st);
-            if (st.step > steps) die("%s: saved at step %lld, beyond the run's %d steps", a.resume, (long long)st.step, steps);
-            printf("resumed from %s at step %lld\n", a.resume, (long long)st.step);
-        }
+        char ckpt[4096];
+        ckpt_path_from_flags(&a, ckpt, sizeof ckpt);
+        if (a.resume) resume_from_flags(&a, &m, &st, steps);
         if (distill) {
             if (st.gamma < 0) {  // measured once; a resumed run keeps the saved value
                 int uses_gamma = a.loss_kind == LOSS_CAKLD || a.loss_kind == LOSS_CAKLD_CE;
@@ -1402,13 +1314,7 @@ int main(int argc, char **argv) {
         JSON_ADD("%s", b);
     }
     if (a.out_path && !a.generate_data) {  // written before evaluation, so a long evaluation cannot lose the training
-        ModelHeader out = m.cfg;
-        out.dtype = a.out_dtype;
-        model_save(a.out_path, &out, m.params);
-        printf("wrote %s\n", a.out_path);
-        char out_tok[4096];  // the tokenizer goes along, so that ./train -m OUT needs nothing else
-        snprintf(out_tok, sizeof out_tok, "%.4000s.tokenizer", a.out_path);
-        if (tok_path && strcmp(tok_path, out_tok)) copy_file_atomic(tok_path, out_tok);
+        write_model_from_flags(&a, &m, tok_path);
         JSON_ADD("\"out\": %s", json_quote(qpath, sizeof qpath, a.out_path));
     }
     if (a.export_packed) {
@@ -1422,22 +1328,9 @@ int main(int argc, char **argv) {
         JSON_ADD("%s", b);
     }
     if (a.eval_ppl) {
-        int Te = a.eval_T ? a.eval_T : (c->max_seq_len < 2048 ? c->max_seq_len : 2048);
-        if (Te > c->max_seq_len) die("-T %d exceeds the model's context %d", Te, c->max_seq_len);
-        if (Te < 2) die("-T must be at least 2");
-        TokenStream s;
-        if (!strncmp(a.eval_ppl, "wikitext2:", 10)) {
-            if (!tok) die("%s: WikiText-2 needs the model's tokenizer (--tokenizer FILE)", a.eval_ppl);
-            s.ids = wikitext2_tokens(tok, a.eval_ppl + 10, &s.n);
-            for (int64_t i = 0; i < s.n; i++)
-                if (s.ids[i] >= c->vocab_size) die("%s: token id %d outside the model's vocabulary", a.eval_ppl, s.ids[i]);
-        } else {
-            s = load_tokens(a.eval_ppl, tok, c->vocab_size);
-        }
-        PplResult r = eval_ppl(&m, &s, Te, a.eval_batch, a.eval_ppl);
-        printf("perplexity of %s: %.4f (%lld windows of %d tokens)\n", a.eval_ppl, r.ppl, (long long)r.windows, Te);
-        JSON_ADD("\"ppl\": %.6f, \"loss\": %.6f, \"windows\": %lld, \"T\": %d", r.ppl, r.mean_loss, (long long)r.windows, Te);
-        free(s.ids);
+        char b[1024];
+        eval_ppl_from_flags(&a, &m, tok, b, sizeof b);
+        JSON_ADD("%s", b);
     }
     if (a.eval_heldout) {
         char b[1024];

@@ -6,7 +6,9 @@
  * layer `rmsnorm_forward` on the CPU is a launcher `rmsnorm_forward` here, whose kernel is
  * `rmsnorm_forward_kernel`; the kernels and their launchers live in cuda/*.cuh, one layer family a
  * file (the include block below is their table of contents), and this file keeps the model on the
- * GPU and the program around it. What is not about the model (the command line, loading and saving
+ * GPU, its training loop and main. Its own host code around the model (generation, data
+ * parallelism, --bench, its flags) is cuda/*.cu, included after the Model (section 10) as train.c
+ * includes lib/*.c. What is not about the model (the command line, loading and saving
  * models, token files, checkpoints, the JSONL log) is train.c's own code, compiled as C in
  * lib/train_cu_host.c and reached through lib/train_cu.h, so both programs read and write the same
  * bytes and take the same flags (plus their own: --matmul fp32|tf32|bf16, --attention
@@ -19,10 +21,11 @@
  *   6. distillation: the classifier fused with loss.h's losses, in chunks of rows
  *   7. the optimizer: AdamW, gradient clipping
  *   9. evaluation: perplexity
- *  10. generation (a KV cache, the decode step) and zero-shot scoring, for train.c's loops
- *  11. data parallelism: one process per GPU over NCCL, ZeRO-1 optimizer state
- *  12. the training loop (--train-tokens or --data with its held-out loss), --bench, and main;
- *      --clip, --export-packed and --histogram are train.c's own, on the downloaded parameters
+ *  10. the program around the model, in cuda/*.cu: generation (a KV cache, the decode step) and
+ *      zero-shot scoring for train.c's loops, data parallelism over NCCL with ZeRO-1 optimizer
+ *      state, --bench, train_cu's own flags
+ *  11. the training loop (--train-tokens or --data with its held-out loss)
+ *  12. main; --clip, --export-packed and --histogram are train.c's own, on the downloaded parameters
  *
  * Precision: parameters (the master weights), gradients and AdamW moments are fp32, and so is the
  * residual stream; matmuls (all through cuBLASLt) run in bf16 (--matmul bf16, the default), with
@@ -196,7 +199,7 @@ static void model_setup(Model *m, HostModel *h, const char *what) {
     m->n_params = h->n_params;
     m->n_table = h->n_table;
     for (int t = 0; t < N_TENSORS; t++) m->slice[t] = h->slice[t];
-    m->params = (float *)gpu_malloc((size_t)dp_padded(m->n_params) * sizeof(float), what);  // section 11's shards
+    m->params = (float *)gpu_malloc((size_t)dp_padded(m->n_params) * sizeof(float), what);  // ZeRO-1's shards (cuda/zero1.cu)
     cudaCheck(cudaMemset(m->params + m->n_params, 0, (size_t)(dp_padded(m->n_params) - m->n_params) * sizeof(float)));
     cudaCheck(cudaMemcpy(m->params, h->params, (size_t)m->n_params * sizeof(float), cudaMemcpyHostToDevice));
     carve(m, m->params, m->params_t);
@@ -256,7 +259,7 @@ static void model_setup_teacher(Model *m, HostModel *h) {
 
 static void model_alloc_training(Model *m) {
     if (m->grads) return;
-    // under ZeRO-1 (section 11): gradients over the padded buffer (the padding stays zero), AdamW
+    // under ZeRO-1 (cuda/zero1.cu): gradients over the padded buffer (the padding stays zero), AdamW
     // m and v of this rank's shard alone, not carved by the table (a shard cuts across tensors)
     size_t ng = (size_t)dp_padded(m->n_params) * sizeof(float), ns = (size_t)(g_dp.on ? dp_shard(m) : m->n_params) * sizeof(float);
     const char *mv = g_dp.on ? "AdamW m, v (ZeRO-1 shard)" : "AdamW m, v";
@@ -1176,237 +1179,21 @@ static PplResult eval_ppl(Model *m, const int *ids, int64_t n_ids, int T, int B,
 }
 
 // ============================================================================================
-// 10. Generation and zero-shot scoring: a KV cache, the decode step, log-likelihoods
+// 10. The program around the model (cuda/*.cu)
 //
-// train.c's generate() and eval.c's qa_score stay on the host (prompts, tokenization, sampling
-// and its RNG, tasks, metrics, files) and ask train.c's InferenceBackend for the model's numbers;
-// train_cu_host.c points that at GPU_INFERENCE below. As in train.c, each decode step runs the
-// model on one position per sequence (N = B rows), and only attention reads the cache.
-
-typedef struct {
-    int B, T;             // sequences, positions the cache holds now
-    float *k, *v;         // [L, B, T, KV*hd] each, one allocation
-    float *cosv, *sinv;   // RoPE tables for positions 0..T-1, [T, hd/2] each, one allocation
-    float *scores;        // [B, H, T] attention scratch
-    float *logits;        // host (pinned) [B, V]: the decode step's answer
-    int64_t cap_kv, cap_rope, cap_scores, cap_logits;  // floats allocated at k, cosv, scores, logits
-} KVCache;
-
-// Sizes the cache for B sequences of T positions. generate_data calls this once per batch of
-// prompts, so the buffers are kept and only grow.
-static void kv_alloc(KVCache *kv, const Model *m, int B, int T) {
-    const HostModel *c = m->h;
-    int64_t n = (int64_t)c->n_layers * B * T * c->n_kv_heads * c->head_dim, half = (int64_t)T * c->head_dim / 2;
-    kv->B = B; kv->T = T;
-    gpu_grow(&kv->k, &kv->cap_kv, 2 * n, "KV cache");  // k, then v
-    kv->v = kv->k + n;
-    gpu_grow(&kv->cosv, &kv->cap_rope, 2 * half, "KV cache");
-    kv->sinv = kv->cosv + half;
-    gpu_grow(&kv->scores, &kv->cap_scores, (int64_t)B * c->n_heads * T, "KV cache");
-    if ((int64_t)B * c->vocab_size > kv->cap_logits) {
-        if (kv->logits) cudaCheck(cudaFreeHost(kv->logits));
-        kv->cap_logits = (int64_t)B * c->vocab_size;
-        cudaCheck(cudaMallocHost((void **)&kv->logits, (size_t)kv->cap_logits * sizeof(float)));
-    }
-    float *cs = (float *)malloc((size_t)(2 * half) * sizeof(float));
-    if (!cs) fail("out of host memory for the RoPE tables");
-    host_rope_tables(cs, cs + half, c, T);
-    cudaCheck(cudaMemcpy(kv->cosv, cs, (size_t)half * sizeof(float), cudaMemcpyHostToDevice));
-    cudaCheck(cudaMemcpy(kv->sinv, cs + half, (size_t)half * sizeof(float), cudaMemcpyHostToDevice));
-    free(cs);
-}
-
-static void kv_free(KVCache *kv) {
-    gpu_free(kv->k); gpu_free(kv->cosv); gpu_free(kv->scores);
-    if (kv->logits) cudaCheck(cudaFreeHost(kv->logits));
-    memset(kv, 0, sizeof *kv);
-}
-
-// Runs tokens[B] (host) at position pos, every sequence at the same position, appending their
-// keys and values to the cache; the next-token logits [B,V] land in m->logits (train.c's
-// model_decode_step, launcher for function).
-static void model_decode_step(Model *m, KVCache *kv, const int *tokens, int pos) {
-    const HostModel *c = m->h;
-    int B = kv->B, D = c->dim, F = c->hidden_dim, V = c->vocab_size, H = c->n_heads,
-        KV = c->n_kv_heads, hd = c->head_dim, Hq = H * hd, Hkv = KV * hd, half = hd / 2;
-    if (pos >= kv->T) fail("generation: position %d beyond the cache (%d)", pos, kv->T);
-    if (m->quant_stale) model_quantize(m);
-    if (g_bf16 && (m->bf16_stale || !m->wbf)) model_cast_bf16(m);
-    if (!g_bf16 && m->bf16_only) fail("internal: a bf16-only model run without --matmul bf16");
-    model_alloc_acts(m, B, 1, 0);  // inference activations for B rows of one position
-    for (int b = 0; b < B; b++)
-        if (tokens[b] < 0 || tokens[b] >= V) fail("token id %d out of range [0, %d)", tokens[b], V);
-    cudaCheck(cudaMemcpy(m->inputs, tokens, (size_t)B * sizeof(int), cudaMemcpyHostToDevice));
-    float *x = m->act[A_RESID], *q = m->act[A_Q], *k = m->act[A_K], *v = m->act[A_V];
-    Act xn = act_in(m, A_XN1, 0), hmid = act_in(m, A_HMID, 0), att = act_in(m, A_ATT, 0),
-        gate = act_in(m, A_GATE, 0), up = act_in(m, A_UP, 0);
-    const float *cosp = kv->cosv + (int64_t)pos * half, *sinp = kv->sinv + (int64_t)pos * half;
-    if (m->fwd_t[T_EMBED]) embedding_forward(x, m->inputs, m->fwd_t[T_EMBED], B, D);
-    else embedding_forward(x, m->inputs, m->wbf_t[T_EMBED], B, D);  // a bf16-only model
-    rmsnorm_forward(xn, m->act[A_RSTD1], x, layer_tensor(m->fwd_t, m, T_ATTN_NORM, 0), B, D, c->rms_norm_eps);
-    for (int l = 0; l < c->n_layers; l++) {  // xn = rmsnorm(x) for the attention block, as layer_forward
-        float *kc = kv->k + (int64_t)l * B * kv->T * Hkv, *vc = kv->v + (int64_t)l * B * kv->T * Hkv;
-        model_layer_weights(m, l);
-        matmul_forward(q, xn, weight(m, T_WQ, l), B, D, Hq);
-        matmul_forward(k, xn, weight(m, T_WK, l), B, D, Hkv);
-        matmul_forward(v, xn, weight(m, T_WV, l), B, D, Hkv);
-        rope_forward(q, cosp, sinp, B, 1, H, hd);
-        rope_forward(k, cosp, sinp, B, 1, KV, hd);
-        // row b of k and v to cache row (b, pos): B rows of Hkv floats, strided by T * Hkv
-        size_t row = (size_t)Hkv * sizeof(float), pitch = (size_t)kv->T * row;
-        cudaCheck(cudaMemcpy2DAsync(kc + (int64_t)pos * Hkv, pitch, k, row, row, B, cudaMemcpyDeviceToDevice));
-        cudaCheck(cudaMemcpy2DAsync(vc + (int64_t)pos * Hkv, pitch, v, row, row, B, cudaMemcpyDeviceToDevice));
-        attention_decode(att, kv->scores, q, kc, vc, B, kv->T, pos, H, KV, hd);
-        Norm norm2 = {xn, m->act[A_RSTD2], layer_tensor(m->fwd_t, m, T_MLP_NORM, l)};
-        matmul_residual_norm(x, x, att, weight(m, T_WO, l), B, Hq, D, norm2, c->rms_norm_eps);  // in place, as layer_forward without a backward
-        matmul_forward(gate, xn, weight(m, T_WGATE, l), B, D, F);
-        matmul_forward(up, xn, weight(m, T_WUP, l), B, D, F);
-        swiglu_forward(hmid, gate, up, (int64_t)B * F);
-        matmul_residual_norm(x, x, hmid, weight(m, T_WDOWN, l), B, F, D, norm_after_layer(m, l), c->rms_norm_eps);
-    }
-    matmul_forward(model_logits(m, B), m->act[A_XNF], weight(m, lm_head_tensor(m), 0), B, D, V);
-}
-
-// lp[n] = log softmax(z_n)[target_n] for the positions of inputs[B,T] with a target: the
-// forward, then crossentropy_forward_kernel's rows (-lp[n]; rows without a target get 0), so
-// that only B*T numbers, never the B*T*V logits, come back to the host.
-static void target_logprobs(Model *m, const int *inputs, const int *targets, int B, int T, double *lp) {
-    int N = B * T;
-    model_forward(m, inputs, NULL, B, T);
-    cudaCheck(cudaMemcpy(m->targets, targets, (size_t)N * sizeof(int), cudaMemcpyHostToDevice));
-    crossentropy_forward(m->rows, m->logits, m->targets, N, m->h->vocab_size);
-    cudaCheck(cudaMemcpy(lp, m->rows, (size_t)N * sizeof(double), cudaMemcpyDeviceToHost));
-    for (int n = 0; n < N; n++) lp[n] = -lp[n];
-}
-
-// What train.c's generation and scoring call (train_cu.h's HostInference), on the model g_infer.
-static Model *g_infer;
-static KVCache g_kv;
-
-static void gpu_decode_begin(int B, int T) { kv_alloc(&g_kv, g_infer, B, T); }
-static const float *gpu_decode_step(const int *tokens, int pos) {
-    model_decode_step(g_infer, &g_kv, tokens, pos);
-    cudaCheck(cudaMemcpy(g_kv.logits, g_infer->logits, (size_t)g_kv.B * g_infer->h->vocab_size * sizeof(float),
-                         cudaMemcpyDeviceToHost));
-    return g_kv.logits;
-}
-static void gpu_decode_end(void) {}  // the cache is kept for the next batch of prompts
-static void gpu_target_logprobs(const int *inputs, const int *targets, int B, int T, double *lp) {
-    target_logprobs(g_infer, inputs, targets, B, T, lp);
-}
-static const HostInference GPU_INFERENCE = {gpu_decode_begin, gpu_decode_step, gpu_decode_end, gpu_target_logprobs};
+// What train_cu does besides the model's own steps: generation and zero-shot scoring for train.c's
+// loops, data parallelism (ZeRO-1), --bench, its own flags. These files read the Model's fields
+// and call the functions above, so they are included here, after the model, as train.c includes
+// lib/*.c after its Model; the kernels (cuda/*.cuh) are the block at the top.
+#include "cuda/generate.cu"         // defines: KVCache, model_decode_step, target_logprobs, GPU_INFERENCE (train.c's
+                                    //   InferenceBackend on the GPU), g_infer, g_kv
+#include "cuda/zero1.cu"            // defines: dp_reduce_gradients, dp_clip_grad_norm, dp_adamw_update, dp_broadcast,
+                                    //   dp_checkpoint_save, dp_resume: a step over several GPUs, ZeRO-1
+#include "cuda/bench.cu"            // defines: bench (--bench)
+#include "cuda/cli.cu"              // defines: parse_gpu_flags (--matmul, --attention, --loss-chunk, --layered-wq), gpu_init
 
 // ============================================================================================
-// 11. Data parallelism: one process per GPU over NCCL, ZeRO-1 (Rajbhandari et al. 2020)
-//
-// The launcher's variables (dp.h: torchrun's, Open MPI's or Slurm's) place this process: rank r of
-// W, on GPU local_rank. Rank 0 makes NCCL's id and hands it to the others over TCP at
-// MASTER_ADDR:MASTER_PORT. The same global batch as one GPU: a step's accum micro-batches are dealt
-// round-robin (rank r computes micro-batches r, r + W, ...), every rank draws all of them from the
-// data RNG so that the RNG stays in step, and each loss keeps its scale 1/accum, so the gradients
-// summed over the ranks are one GPU's. ZeRO-1: the parameter, gradient and moment buffers are split
-// into W equal shards (padded, dp.h); gradients are reduce-scattered (summed), rank r keeps AdamW m
-// and v of its shard alone, the clipping norm is the all-reduced sum of the shards' squares, each
-// rank updates its shard of the fp32 master weights (train.c's weight decay per tensor) and the
-// shards are all-gathered into every rank's full copy. WORLD_SIZE=1 takes this path too and writes
-// the bytes of a plain run. Only rank 0 prints and writes files; every rank ends on the same numbers.
-
-static int64_t dp_shard(const Model *m) { return dp_shard_floats(m->n_params, g_dp.world); }
-static double dp_all_reduce(Model *m, double x) {
-    cudaCheck(cudaMemcpy(m->d_sum, &x, sizeof x, cudaMemcpyHostToDevice));
-    DP_COLLECTIVE(ncclAllReduce(m->d_sum, m->d_sum, 1, ncclDouble, ncclSum, g_nccl, 0));
-    cudaCheck(cudaMemcpy(&x, m->d_sum, sizeof x, cudaMemcpyDeviceToHost));
-    return x;
-}
-static double dp_broadcast(Model *m, double x) {
-    cudaCheck(cudaMemcpy(m->d_sum, &x, sizeof x, cudaMemcpyHostToDevice));
-    DP_COLLECTIVE(ncclBroadcast(m->d_sum, m->d_sum, 1, ncclDouble, 0, g_nccl, 0));
-    cudaCheck(cudaMemcpy(&x, m->d_sum, sizeof x, cudaMemcpyDeviceToHost));
-    return x;
-}
-
-// What model_alloc_training gave this rank under ZeRO-1.
-static void dp_report_shard(const Model *m) {
-    size_t ns = (size_t)dp_shard(m) * sizeof(float);
-    printf("ZeRO-1: rank %d of %d owns floats [%lld, %lld) of %lld (padded to %lld); AdamW m, v %.1f MiB a rank "
-           "(%.1f MiB unsharded)\n", g_dp.rank, g_dp.world, (long long)(g_dp.rank * dp_shard(m)),
-           (long long)((g_dp.rank + 1) * dp_shard(m)), (long long)m->n_params, (long long)dp_padded(m->n_params),
-           2.0 * ns / 1048576.0, 2.0 * m->n_params * sizeof(float) / 1048576.0);
-}
-
-// After the micro-batches: this rank's shard of the summed gradients; the step's loss over all ranks.
-static double dp_reduce_gradients(Model *m, double loss) {
-    PROFILE(PROF_OPTIMIZER);
-    dp_reduce_scatter(m->grads, dp_shard(m));
-    return dp_all_reduce(m, loss);
-}
-
-// clip_grad_norm over the shards: |g|^2 = sum over ranks of the shard's squares.
-static float dp_clip_grad_norm(Model *m, float clip, float *gscale) {
-    PROFILE(PROF_OPTIMIZER);
-    int64_t shard = dp_shard(m);
-    float *g = m->grads + g_dp.rank * shard;
-    float norm = (float)sqrt(dp_all_reduce(m, sum_squares(m->d_sum, g, shard)));
-    *gscale = clip > 0 && norm > clip ? clip / norm : 1.0f;
-    return norm;
-}
-
-// adamw_update on this rank's shard [lo, lo + shard): adamw_update's spans (dp.h) cut to the
-// shard, m and v indexed from lo; then every rank gets every shard of the new parameters.
-static void dp_adamw_update(Model *m, const OptConfig *o, float lr, float gscale) {
-    PROFILE(PROF_OPTIMIZER);
-    m->step++;
-    cudaCheck(cudaMemsetAsync(m->d_bad, 0, sizeof(int)));  // the kernels' non-finite flag (params_finite)
-    float bc1 = 1.0f - powf(o->beta1, (float)m->step), bc2 = 1.0f - powf(o->beta2, (float)m->step);
-    int64_t offset[N_TENSORS], numel[N_TENSORS], shard = dp_shard(m), lo = g_dp.rank * shard;
-    for (int t = 0; t < N_TENSORS; t++) { offset[t] = m->h->offset[t]; numel[t] = tensor_numel(m, t); }
-    DpSpan spans[N_TENSORS + 1], mine[N_TENSORS + 1];
-    int n = dp_param_spans(spans, offset, numel, m->h->rows, N_TENSORS, m->n_table, m->n_params, o->weight_decay);
-    n = dp_clip_spans(mine, spans, n, lo, lo + shard);
-    for (int i = 0; i < n; i++) {
-        int64_t b = mine[i].begin;
-        adamw_span(m->params + b, m->grads + b, m->adam_m + (b - lo), m->adam_v + (b - lo), mine[i].n, gscale, o, lr, mine[i].wd,
-                   bc1, bc2, m->d_bad);
-    }
-    dp_all_gather(m->params, shard);
-    if (m->quant.method != QUANT_NONE) m->quant_stale = 1;
-    m->bf16_stale = 1;
-}
-
-// checkpoint_save under ZeRO-1: m and v gathered (through the gradient buffer, free after the
-// update) into the host's full copies; rank 0 writes the file.
-static void dp_checkpoint_save(Model *m, const HostTrainState *st) {
-    int64_t shard = dp_shard(m);
-    size_t n = (size_t)m->n_params * sizeof(float);
-    if (g_dp.rank == 0) {
-        cudaCheck(cudaMemcpy(m->h->params, m->params, n, cudaMemcpyDeviceToHost));
-        host_alloc_training(m->h);
-    }
-    for (int k = 0; k < 2; k++) {
-        cudaCheck(cudaMemcpy(m->grads + g_dp.rank * shard, k ? m->adam_v : m->adam_m, (size_t)shard * sizeof(float),
-                             cudaMemcpyDeviceToDevice));
-        dp_all_gather(m->grads, shard);
-        if (g_dp.rank == 0) cudaCheck(cudaMemcpy(k ? m->h->adam_v : m->h->adam_m, m->grads, n, cudaMemcpyDeviceToHost));
-    }
-    cudaCheck(cudaMemset(m->grads, 0, (size_t)dp_padded(m->n_params) * sizeof(float)));
-    if (g_dp.rank == 0) host_checkpoint_save(m->h, st);
-}
-
-// --resume under ZeRO-1: every rank reads the checkpoint (train.c's checkpoint_load, which checks
-// it) and keeps its shard of m and v.
-static void dp_resume(Model *m, HostTrainState *st) {
-    host_resume(m->h, st);
-    model_upload(m, 0);
-    model_alloc_training(m);
-    int64_t shard = dp_shard(m), lo = g_dp.rank * shard, k = m->n_params - lo < shard ? m->n_params - lo : shard;
-    if (k > 0) {
-        cudaCheck(cudaMemcpy(m->adam_m, m->h->adam_m + lo, (size_t)k * sizeof(float), cudaMemcpyHostToDevice));
-        cudaCheck(cudaMemcpy(m->adam_v, m->h->adam_v + lo, (size_t)k * sizeof(float), cudaMemcpyHostToDevice));
-    }
-}
-
-// ============================================================================================
-// 12. The training loop and main
+// 11. The training loop
 
 typedef struct { float final_loss, tokens_per_s, eval_loss; } TrainResult;  // eval_loss -1: none
 
@@ -1490,7 +1277,7 @@ static TrainResult train_loop(Model *m, Model *teacher, Distiller *d, const Host
         uint64_t rng = st->rng;
         for (int micro = 0; micro < accum; micro++) {
             host_next_batch(st->micro_batches + micro, &rng, inputs, targets, B, T);
-            if (micro % g_dp.world != g_dp.rank) continue;  // another rank's micro-batch (section 11)
+            if (micro % g_dp.world != g_dp.rank) continue;  // another rank's micro-batch (cuda/zero1.cu)
             if (d) {
                 loss += distill_step(m, teacher, d, inputs, targets, B, T, 1.0f / accum) / accum;
             } else {
@@ -1549,135 +1336,8 @@ static TrainResult train_loop(Model *m, Model *teacher, Distiller *d, const Host
     return r;
 }
 
-// --bench: train.c's bench on the GPU, with its JSON keys. Full training steps (forward, backward,
-// AdamW) of --micro-batch x --seq random tokens, each timed from its first launch to
-// cudaDeviceSynchronize; the best of --steps after one warm-up step (cuBLAS's heuristics, the
-// first allocations). The reference, measured in the same run: the bare matmul of the MLP's up
-// projection, [B*T, D] x [D, F], through the same cuBLAS call and --matmul precision the model
-// uses, best of three.
-static void bench(Model *m, const HostArgs *a, int T, char *json, size_t n) {
-    model_alloc_training(m);
-    int B = a->micro_batch, V = m->h->vocab_size;
-    int *inputs = (int *)malloc((size_t)B * T * sizeof(int)), *targets = (int *)malloc((size_t)B * T * sizeof(int));
-    if (!inputs || !targets) fail("out of host memory");
-    host_bench_tokens(inputs, targets, B * T, V);
-    OptConfig opt = {a->lr, a->beta1, a->beta2, a->eps, a->weight_decay, a->grad_clip};
-    double best = 1e30;
-    for (int s = 0; s <= a->bench; s++) {
-        cudaCheck(cudaDeviceSynchronize());
-        double t0 = now_seconds();
-        model_zero_grad(m);
-        model_forward_hidden(m, inputs, targets, B, T);  // the training step's path: the classifier fused with the loss
-        model_backward_scaled(m, targets, 1.0f);
-        model_ste_backward(m);
-        adamw_update(m, &opt, a->lr, 1.0f);
-        cudaCheck(cudaDeviceSynchronize());
-        double dt = now_seconds() - t0;
-        if (s > 0 && dt < best) best = dt;
-        printf("bench step %d/%d: %.4f s%s\n", s, a->bench, dt, s == 0 ? " (warm-up)" : "");
-        fflush(stdout);
-    }
-    double tps = B * T / best, gflops = tps * host_train_flops_per_token(m->h, T) / 1e9;
-    int N = B * T, D = m->h->dim, F = m->h->hidden_dim;
-    double kbest = 1e30;
-    for (int r = 0; r < 3; r++) {
-        cudaCheck(cudaDeviceSynchronize());
-        double t0 = now_seconds();
-        matmul_forward(act_in(m, A_UP, 0), act_in(m, A_XN2, 0), weight(m, T_WUP, 0), N, D, F);
-        cudaCheck(cudaDeviceSynchronize());
-        double dt = now_seconds() - t0;
-        kbest = dt < kbest ? dt : kbest;
-    }
-    double kernel = 2.0 * N * D * F / kbest / 1e9;
-    note_peak();
-    printf("bench: %lld params, %d x %d tokens per step, best %.4f s: %.0f tokens/s, %.1f GFLOP/s "
-           "(%.0f%% of the cuBLAS matmul's %.1f GFLOP/s on [%d,%d]x[%d,%d] in this run; --matmul %s)\n",
-           (long long)m->n_params, B, T, best, tps, gflops, 100.0 * gflops / kernel, kernel, N, D, D, F,
-           g_bf16 ? "bf16" : g_compute == CUBLAS_COMPUTE_32F ? "fp32" : "tf32");
-    snprintf(json, n, "\"bench\": {\"params\": %lld, \"batch\": %d, \"seq\": %d, \"step_s\": %.4f, \"tokens_per_s\": %.1f, "
-             "\"gflops\": %.2f, \"matmul_gflops\": %.2f, \"fraction_of_matmul\": %.3f}",
-             (long long)m->n_params, B, T, best, tps, gflops, kernel, gflops / kernel);
-    free(inputs); free(targets);
-}
-
-// No GPU: one clear line and exit 1 (before any model is loaded).
-static void gpu_init(void) {
-    int n = 0;
-    cudaError_t e = cudaGetDeviceCount(&n);
-    if (e != cudaSuccess || n == 0)
-        fail("no CUDA GPU is available (%s); train_cu needs an NVIDIA GPU and driver; ./train runs on the CPU",
-             e != cudaSuccess ? cudaGetErrorString(e) : "no devices");
-    if (g_dp.local_rank >= n) fail("%s's local rank %d, but this machine has %d GPU%s", g_dp.source, g_dp.local_rank, n, n > 1 ? "s" : "");
-    cudaCheck(cudaSetDevice(g_dp.local_rank));
-    cudaDeviceProp p;
-    cudaCheck(cudaGetDeviceProperties(&p, g_dp.local_rank));
-    printf("GPU: %s, %.1f GiB, compute capability %d.%d, %d multiprocessors\n", p.name, p.totalGlobalMem / 1073741824.0,
-           p.major, p.minor, p.multiProcessorCount);
-    lt_init();
-    const char *prof = getenv("TRAIN_CU_PROFILE");
-    g_prof_on = prof && *prof && strcmp(prof, "0") != 0;
-}
-
-// train_cu's flags of its own, taken out before train.c's parser sees the rest.
-static void parse_gpu_flags(int *argc, char **argv) {
-    int o = 1, attention_given = 0;
-    for (int i = 1; i < *argc; i++) {
-        if (!strcmp(argv[i], "--matmul")) {
-            if (i + 1 >= *argc) fail("--matmul: missing value (fp32, tf32 or bf16)");
-            const char *v = argv[++i];
-            g_bf16 = !strcmp(v, "bf16");
-            if (!strcmp(v, "fp32")) g_compute = CUBLAS_COMPUTE_32F;
-            else if (!strcmp(v, "tf32") || g_bf16) g_compute = CUBLAS_COMPUTE_32F_FAST_TF32;
-            else fail("--matmul: expected fp32, tf32 or bf16, got '%s'", v);
-            continue;
-        }
-        if (!strcmp(argv[i], "--attention")) {
-            if (i + 1 >= *argc) fail("--attention: missing value (gemm, fused or flash)");
-            const char *v = argv[++i];
-            attention_given = 1;
-            g_attention_gemm = !strcmp(v, "gemm");
-            g_attention_flash = !strcmp(v, "flash");
-            if (!g_attention_gemm && !g_attention_flash && strcmp(v, "fused") != 0)
-                fail("--attention: expected gemm, fused or flash, got '%s'", v);
-            continue;
-        }
-        if (!strcmp(argv[i], "--loss-chunk")) {
-            if (i + 1 >= *argc) fail("--loss-chunk: missing value (rows, or 0 for automatic)");
-            char *end;
-            long v = strtol(argv[++i], &end, 10);
-            if (*end || end == argv[i] || v < 0 || v > (1L << 30)) fail("--loss-chunk: expected rows >= 0, got '%s'", argv[i]);
-            g_loss_chunk = (int)v;
-            continue;
-        }
-        if (!strcmp(argv[i], "--layered-wq")) {
-            g_layered_wq_flag = 1;
-            continue;
-        }
-        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help"))
-            printf("train_cu: the GPU build of ./train. It takes ./train's flags below (--clip runs train.c's\n"
-                   "search on the CPU) and four of its own:\n"
-                   "  --matmul fp32|tf32|bf16  matmul precision: tf32 tensor cores, plain fp32, or bf16 operands\n"
-                   "                        with fp32 accumulation (fp32 master weights; a bf16 teacher) [bf16]\n"
-                   "  --attention gemm|fused|flash  attention through cuBLAS with [T,T] scores per head\n"
-                   "                        (TF32), the fused fp32 kernel (no [T,T] memory, CUDA cores), or the\n"
-                   "                        FlashAttention-2 kernel (bf16 tensor cores, no [T,T]; head_dim <= 128)\n"
-                   "                        [flash under --matmul bf16, gemm under tf32 and fp32]\n"
-                   "  --loss-chunk ROWS     rows of logits the classifier and loss take at a time (their\n"
-                   "                        [B,T,V] logits are never stored); 0: 128 MiB of fp32 a chunk [0]\n"
-                   "  --layered-wq          while training, keep the student's fake-quantized weights W^ for one\n"
-                   "                        layer at a time, remade from its codes before the layer's forward and\n"
-                   "                        backward: the same results in less memory (1.8 GiB on TinyLlama,\n"
-                   "                        11.7 GiB on Llama-2-7B), 1-5%% slower\n"
-                   "Several GPUs: one process a GPU, placed by torchrun's, mpirun's or Slurm's variables (RANK,\n"
-                   "WORLD_SIZE, LOCAL_RANK; MASTER_ADDR, MASTER_PORT [127.0.0.1:29500]); --batch is the global batch.\n\n");
-        argv[o++] = argv[i];
-    }
-    *argc = o;
-    argv[o] = NULL;
-    // attention's precision follows the matmuls': bf16 tensor cores (flash) under bf16, faster than
-    // gemm and without its [T,T] scores (doc/performance.md); exact fp32 products otherwise
-    if (!attention_given) { g_attention_flash = g_bf16; g_attention_gemm = !g_bf16; }
-}
+// ============================================================================================
+// 12. main
 
 #ifndef TRAIN_CU_NO_MAIN
 int main(int argc, char **argv) {

@@ -1,7 +1,7 @@
 /*
  * cuda/data_parallel.cuh: this process's place in a data-parallel job (g_dp, from the launcher's
  * variables: lib/dp.h), and, built with NCCL (USE_NCCL), the rendezvous, the communicator and the
- * collectives ZeRO-1 uses (train.cu section 11). Without NCCL a world of one runs, a larger one
+ * collectives ZeRO-1 uses (cuda/zero1.cu). Without NCCL a world of one runs, a larger one
  * is refused.
  * Needs: lib/dp.h (DpEnv, dp_env_read, dp_rendezvous, dp_padded_floats), common.cuh (fail), <nccl.h>
  * under USE_NCCL.

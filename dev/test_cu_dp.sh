@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # dev/test_cu_dp.sh — part of `make test_cu` (dev/test_cu.sh runs it), on a machine with a GPU:
-# data parallelism (train.cu section 11) with one process. WORLD_SIZE=1 RANK=0 takes the whole
+# data parallelism (cuda/zero1.cu) with one process. WORLD_SIZE=1 RANK=0 takes the whole
 # multi-GPU path (the rendezvous, NCCL, micro-batches dealt to ranks, gradients reduce-scattered,
 # AdamW on the rank's ZeRO-1 shard, parameters all-gathered, checkpoints gathered and resumed)
 # and must give the plain run's losses, -o bytes and checkpoint bytes: bit for bit wherever the

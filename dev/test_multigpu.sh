@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # dev/test_multigpu.sh — `make test_multigpu`, on a machine with 2 or more GPUs: train_cu's data
-# parallelism (train.cu section 11) across W processes, one per GPU, started as torchrun starts
+# parallelism (cuda/zero1.cu) across W processes, one per GPU, started as torchrun starts
 # them (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT; launch() below), against one
 # process with the same global batch:
 #  1. loss curves of W = 2 (4, 8 where present) against the plain one-GPU run: fp32 pretraining

@@ -1,9 +1,10 @@
 // cli.c — the command line of ./train (and ./train_cu, through train_cu_host.c): Args, usage(),
-// parse_args(), and the steps main() runs for the flags (*_from_flags): the teacher and the
-// student, the tokenizer, the training data, clipping, generation, export and histograms.
+// parse_args(), and the steps main() runs for the flags (*_from_flags): the model, the teacher and
+// the student, the tokenizer, the training data, its checkpoint and --resume, clipping,
+// generation, -o, export, histograms and --eval-ppl.
 //
 // #included by train.c after the model (section 10), and after the lib files whose functions the
-// steps call (generate.c, eval.c, data.c, packed.c, histogram.c).
+// steps call (generate.c, eval.c, data.c, checkpoint.c, packed.c, histogram.c).
 #ifndef CLI_C
 #define CLI_C
 
@@ -469,6 +470,19 @@ static void train_data_free(TrainData *td) {
     dataset_free(&td->eval);
 }
 
+// The model the flags name: -m's file, or random weights of --init's shape (--vocab, --seed).
+static void model_from_flags(const Args *a, Model *m) {
+    if (a->model_path) {
+        model_open(m, a->model_path);
+        return;
+    }
+    ModelHeader c = shape_header(a->init_shape);
+    if (a->init_vocab) c.vocab_size = a->init_vocab;
+    float *p = malloc_or_die((size_t)tensor_sizes(&c, (int64_t[N_TENSORS]){0}) * sizeof(float), "parameters");
+    init_params(&c, p, a->seed);
+    model_setup(m, &c, p);
+}
+
 // Distillation: whenever training a quantized student, or a teacher or loss is named. The same
 // answer before student_from_flags quantizes m as after it.
 static int distill_from_flags(const Args *a, const Model *m) {
@@ -550,6 +564,20 @@ static void print_model(const Model *m) {
            c->max_seq_len, c->tied ? "tied" : "untied", (long long)m->n_params);
 }
 
+// The checkpoint a training run writes: --ckpt, or OUT.ckpt beside -o; "" for none.
+static void ckpt_path_from_flags(const Args *a, char *path, size_t n) {
+    path[0] = '\0';
+    if (a->ckpt) snprintf(path, n, "%s", a->ckpt);
+    else if (a->out_path) snprintf(path, n, "%.4000s.ckpt", a->out_path);
+}
+
+// --resume: the weights, AdamW moments and run state saved at a step of a run of `steps`.
+static void resume_from_flags(const Args *a, Model *m, TrainState *st, int steps) {
+    checkpoint_load(a->resume, m, st);
+    if (st->step > steps) die("%s: saved at step %lld, beyond the run's %d steps", a->resume, (long long)st->step, steps);
+    printf("resumed from %s at step %lld\n", a->resume, (long long)st->step);
+}
+
 // --generate-data: the teacher continues --prompts into the JSONL -o; json gets the result's part
 // of the JSON line.
 static void generate_data_from_flags(const Args *a, Model *m, const Tokenizer *tok, char *json, size_t n) {
@@ -617,6 +645,17 @@ static void clip_from_flags(const Args *a, Model *m, const Tokenizer *tok, char 
     free(s.ids);
 }
 
+// -o: the model (in --dtype), and the tokenizer beside it, so that ./train -m OUT needs nothing else.
+static void write_model_from_flags(const Args *a, const Model *m, const char *tok_path) {
+    ModelHeader out = m->cfg;
+    out.dtype = a->out_dtype;
+    model_save(a->out_path, &out, m->params);
+    printf("wrote %s\n", a->out_path);
+    char out_tok[4096];
+    snprintf(out_tok, sizeof out_tok, "%.4000s.tokenizer", a->out_path);
+    if (tok_path && strcmp(tok_path, out_tok)) copy_file_atomic(tok_path, out_tok);
+}
+
 // --export-packed: the packed model and its size in bits per weight; json as above.
 static void export_from_flags(const Args *a, Model *m, char *json, size_t n) {
     int64_t bytes = export_packed(m, a->export_packed, a->out_dtype);
@@ -637,6 +676,33 @@ static void histogram_from_flags(const Args *a, Model *m, char *json, size_t n) 
     if (a->histogram_out) snprintf(prefix, sizeof prefix, "%s", a->histogram_out);
     else snprintf(prefix, sizeof prefix, "histogram_layer%d", a->histogram);
     write_histogram(m, a->histogram, prefix, json, n);
+}
+
+// --eval-ppl's tokens: "wikitext2:DIR", WikiText-2's test text through the tokenizer, or a token file.
+static TokenStream eval_tokens_from_flags(const Args *a, const Tokenizer *tok, int V) {
+    TokenStream s;
+    if (!strncmp(a->eval_ppl, "wikitext2:", 10)) {
+        if (!tok) die("%s: WikiText-2 needs the model's tokenizer (--tokenizer FILE)", a->eval_ppl);
+        s.ids = wikitext2_tokens(tok, a->eval_ppl + 10, &s.n);
+        for (int64_t i = 0; i < s.n; i++)
+            if (s.ids[i] >= V) die("%s: token id %d outside the model's vocabulary", a->eval_ppl, s.ids[i]);
+    } else {
+        s = load_tokens(a->eval_ppl, tok, V);
+    }
+    return s;
+}
+
+// --eval-ppl: the perplexity of windows of -T tokens (eval_ppl); json as above.
+static void eval_ppl_from_flags(const Args *a, Model *m, const Tokenizer *tok, char *json, size_t n) {
+    const ModelHeader *c = &m->cfg;
+    int Te = a->eval_T ? a->eval_T : (c->max_seq_len < 2048 ? c->max_seq_len : 2048);
+    if (Te > c->max_seq_len) die("-T %d exceeds the model's context %d", Te, c->max_seq_len);
+    if (Te < 2) die("-T must be at least 2");
+    TokenStream s = eval_tokens_from_flags(a, tok, c->vocab_size);
+    PplResult r = eval_ppl(m, &s, Te, a->eval_batch, a->eval_ppl);
+    printf("perplexity of %s: %.4f (%lld windows of %d tokens)\n", a->eval_ppl, r.ppl, (long long)r.windows, Te);
+    snprintf(json, n, "\"ppl\": %.6f, \"loss\": %.6f, \"windows\": %lld, \"T\": %d", r.ppl, r.mean_loss, (long long)r.windows, Te);
+    free(s.ids);
 }
 
 #endif

@@ -1,7 +1,8 @@
 // data.c — the data of a distillation run: JSONL examples, and teacher-generated data.
 //
 // #included by train.c after generate.c (its section 10): it uses the Tokenizer (tokenizer.c),
-// json.h, util.h's checking wrappers, rng.h, train.c's Model and token streams, and generate().
+// json.h, util.h's checking wrappers, rng.h, train.c's Model, Distiller and token streams, and
+// generate().
 //
 // BitDistiller (Du et al. 2024) does not distil on a fixed corpus: the full-precision teacher
 // first writes its own training data, continuing prompts taken from WikiText-2 and Alpaca
@@ -10,7 +11,7 @@
 // and the batches training draws from either kind of data:
 //
 //   A. examples: a JSONL file of (prompt, response) pairs -> right-padded token rows, the
-//      train/eval split, and batches with their loss masks;
+//      train/eval split, batches with their loss masks, and the held-out split's loss;
 //   B. generation: prompt sources (WikiText, Alpaca, text files, mixes) -> the teacher's
 //      continuations -> a JSONL file that A reads;
 //   C. batches: micro-batch k of a run, from a token stream or from A's examples.
@@ -263,6 +264,35 @@ void dataset_epoch_order(const Dataset *d, uint64_t seed, int epoch, int *idx) {
 void dataset_free(Dataset *d) {
     free(d->tokens); free(d->n_real); free(d->n_prompt);
     memset(d, 0, sizeof *d);
+}
+
+// The training loss on the held-out examples, without gradients: d's loss (summed over a
+// sequence's positions, averaged over sequences), or without d the cross-entropy averaged over
+// tokens, the reductions train.c's train_loop uses (which reports it every --eval-every steps).
+static double eval_split_loss(Model *m, Model *teacher, const Distiller *d, const Dataset *ev, int B, int *inputs, int *targets) {
+    int T = ev->seq, *idx = malloc_or_die((size_t)B * sizeof(int), "eval batch");
+    double sum = 0.0;
+    int64_t tokens = 0;
+    for (int i0 = 0; i0 < ev->n; i0 += B) {
+        int nb = ev->n - i0 < B ? ev->n - i0 : B;
+        for (int b = 0; b < nb; b++) idx[b] = i0 + b;
+        dataset_batch(ev, idx, nb, 0, inputs, targets);
+        if (d) {
+            const float *zt = NULL;
+            int Vt = m->cfg.vocab_size;
+            if (d->loss.kind != LOSS_CE) { model_forward(teacher, inputs, NULL, nb, T); zt = teacher->logits; Vt = teacher->cfg.vocab_size; }
+            model_forward(m, inputs, NULL, nb, T);
+            sum += nb * distill_loss_batch(m->act[A_DLOGITS], d->scratch, d->scratch_rows, m->logits, zt, targets, nb, T,
+                                           m->cfg.vocab_size, Vt, d->loss);
+        } else {
+            int64_t n = 0;
+            for (int i = 0; i < nb * T; i++) n += targets[i] >= 0;
+            if (n) sum += (double)model_forward(m, inputs, targets, nb, T) * n;
+            tokens += n;
+        }
+    }
+    free(idx);
+    return d ? sum / ev->n : sum / (tokens ? tokens : 1);
 }
 
 // ============================================================================================

@@ -1,4 +1,4 @@
-// dp.h — data parallelism's host side, for train.cu (section 11) and test_dp.c: where a process
+// dp.h — data parallelism's host side, for train.cu (cuda/zero1.cu) and test_dp.c: where a process
 // is in the job (rank, world size, GPU), how the flat parameter buffer is split into ZeRO-1
 // shards, which AdamW spans (with their weight decay) fall into a shard, and the TCP rendezvous
 // that hands NCCL's unique id from rank 0 to the others. Plain C and POSIX sockets, no CUDA, so

@@ -110,8 +110,8 @@ static void model_decode_step(Model *m, KVCache *kv, const int *tokens, int pos)
 
 // Where generate() and eval.c's scoring get the model's numbers when the model does not run
 // here: NULL in ./train, which runs this file's CPU code; train_cu points it at its GPU KV cache,
-// decode step and scoring kernels (train.cu, section 10), so that prompts, tokenization,
-// sampling and its RNG, tasks, metrics and the files written stay this file's alone.
+// decode step and scoring kernels (cuda/generate.cu, train.cu's section 10), so that prompts,
+// tokenization, sampling and its RNG, tasks, metrics and the files written stay this file's alone.
 typedef struct {
     void (*decode_begin)(Model *m, int B, int T);   // an empty KV cache: B sequences, T positions
     // tokens[B] at position pos, their keys and values appended: the next-token logits [B,V]

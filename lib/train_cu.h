@@ -112,7 +112,8 @@ void host_free(void *p);
 void host_finish(void);
 
 // The model's numbers for train.c's generation and zero-shot scoring, computed by the GPU
-// (train.cu, section 10); train_cu_host.c hands them to train.c as its InferenceBackend.
+// (cuda/generate.cu, train.cu's section 10); train_cu_host.c hands them to train.c as its
+// InferenceBackend.
 typedef struct {
     void (*decode_begin)(int B, int T);                        // an empty KV cache: B sequences, T positions
     const float *(*decode_step)(const int *tokens, int pos);   // tokens[B] at pos -> logits [B,V], host memory

@@ -63,12 +63,7 @@ void host_setup(int argc, char **argv, HostArgs *ha, HostModel *student, HostMod
             "--export-packed, --histogram or --bench (see --help)");
     if (!a.model_path) {
         if (!a.init_shape) die("give a model: -m FILE or --init SHAPE");
-        ModelHeader c = shape_header(a.init_shape);
-        if (a.init_vocab) c.vocab_size = a.init_vocab;
-        int64_t sizes[N_TENSORS];
-        float *p = malloc_or_die((size_t)tensor_sizes(&c, sizes) * sizeof(float), "parameters");
-        init_params(&c, p, a.seed);
-        model_setup(&m, &c, p);
+        model_from_flags(&a, &m);
     }
     int distill = distill_from_flags(&a, &m);
     memset(teacher, 0, sizeof *teacher);
@@ -113,8 +108,7 @@ void host_setup(int argc, char **argv, HostArgs *ha, HostModel *student, HostMod
     ha->data = train_data_path(&a); ha->eval_every = a.eval_every;
     ha->bench = a.bench ? a.steps : 0; ha->clip = a.clip; ha->export_packed = a.export_packed; ha->histogram = a.histogram;
     if (train_path) {
-        if (a.ckpt) snprintf(ha->ckpt, sizeof ha->ckpt, "%s", a.ckpt);
-        else if (a.out_path) snprintf(ha->ckpt, sizeof ha->ckpt, "%.4000s.ckpt", a.out_path);
+        ckpt_path_from_flags(&a, ha->ckpt, sizeof ha->ckpt);
         train_data_from_flags(&g_data, &a, train_path, g_tok, T, c->vocab_size);
         ha->steps = g_data.steps;
         ha->n_eval = g_data.eval.n;
@@ -167,20 +161,17 @@ static int64_t g_saved_step, g_resumed_step;
 void host_resume(HostModel *h, HostTrainState *hs) {
     Model *m = (Model *)h->cpu;
     TrainState st = host_full_state(h, hs, distill_from_flags(&g_args, (const Model *)h->cpu));
-    checkpoint_load(g_args.resume, m, &st);
-    if (st.step > g_data.steps) die("%s: saved at step %lld, beyond the run's %d steps", g_args.resume, (long long)st.step, g_data.steps);
+    resume_from_flags(&g_args, m, &st, g_data.steps);
     hs->step = st.step; hs->micro_batches = st.micro_batches; hs->rng = st.rng; hs->gamma = st.gamma;
     h->params = m->params; h->adam_m = m->adam_m; h->adam_v = m->adam_v;
-    printf("resumed from %s at step %lld\n", g_args.resume, (long long)st.step);
     snprintf(g_saved, sizeof g_saved, "%s", g_args.resume);
     g_saved_step = g_resumed_step = st.step;
 }
 
 void host_checkpoint_save(const HostModel *h, const HostTrainState *hs) {
     TrainState st = host_full_state(h, hs, distill_from_flags(&g_args, (const Model *)h->cpu));
-    char ckpt[4096] = "";
-    if (g_args.ckpt) snprintf(ckpt, sizeof ckpt, "%s", g_args.ckpt);
-    else if (g_args.out_path) snprintf(ckpt, sizeof ckpt, "%.4000s.ckpt", g_args.out_path);
+    char ckpt[4096];
+    ckpt_path_from_flags(&g_args, ckpt, sizeof ckpt);
     if (!ckpt[0]) return;
     checkpoint_save(ckpt, (const Model *)h->cpu, &st);
     snprintf(g_saved, sizeof g_saved, "%s", ckpt);
@@ -219,16 +210,7 @@ void host_log_step(HostModel *h, int64_t step, double loss, double eval_loss, fl
     steplog_end(&g_log);
 }
 
-void host_write_model(const HostModel *h) {
-    const Model *m = (const Model *)h->cpu;
-    ModelHeader out = m->cfg;
-    out.dtype = g_args.out_dtype;
-    model_save(g_args.out_path, &out, m->params);
-    printf("wrote %s\n", g_args.out_path);
-    char out_tok[4096];  // the tokenizer goes along, as ./train writes it
-    snprintf(out_tok, sizeof out_tok, "%.4000s.tokenizer", g_args.out_path);
-    if (g_tok_path && strcmp(g_tok_path, out_tok)) copy_file_atomic(g_tok_path, out_tok);
-}
+void host_write_model(const HostModel *h) { write_model_from_flags(&g_args, (const Model *)h->cpu, g_tok_path); }
 
 // The host's parameters were just downloaded from the GPU: its codes and scales are stale.
 static Model *host_fresh(HostModel *h) {
@@ -264,16 +246,7 @@ void host_bench_tokens(int *inputs, int *targets, int n, int V) {
 }
 
 int *host_load_eval_tokens(const HostModel *h, int64_t *n) {
-    TokenStream s;
-    int V = ((const Model *)h->cpu)->cfg.vocab_size;
-    if (!strncmp(g_args.eval_ppl, "wikitext2:", 10)) {
-        if (!g_tok) die("%s: WikiText-2 needs the model's tokenizer (--tokenizer FILE)", g_args.eval_ppl);
-        s.ids = wikitext2_tokens(g_tok, g_args.eval_ppl + 10, &s.n);
-        for (int64_t i = 0; i < s.n; i++)
-            if (s.ids[i] >= V) die("%s: token id %d outside the model's vocabulary", g_args.eval_ppl, s.ids[i]);
-    } else {
-        s = load_tokens(g_args.eval_ppl, g_tok, V);
-    }
+    TokenStream s = eval_tokens_from_flags(&g_args, g_tok, ((const Model *)h->cpu)->cfg.vocab_size);
     *n = s.n;
     return s.ids;
 }
