@@ -12,7 +12,7 @@
  * models, token files, checkpoints, the JSONL log) is train.c's own code, compiled as C in
  * lib/train_cu_host.c and reached through lib/train_cu.h, so both programs read and write the same
  * bytes and take the same flags (plus their own: --matmul fp32|tf32|bf16, --attention
- * gemm|fused|flash, --layered-wq).
+ * gemm|fused|flash, --layered-wq, --recompute).
  *
  *   2. the Model on the GPU: parameters, gradients, AdamW state, activations
  *   3. layers: what ties cuda/'s launchers to the Model (bf16 activations, weights, residual + norm)
@@ -125,6 +125,7 @@ typedef struct {
     unsigned long long *d_flips;             // device [N_TENSORS * L]
     // activations
     int B, T, training, attention;           // what the activations are sized for (attention: attention_mode)
+    int recompute;                           // sized under --recompute: gate and up remade in the backward
     float *acts, *act[N_ACTS];
     int64_t act_layer_stride[N_ACTS];
     float *rope_cos, *rope_sin;
@@ -145,6 +146,7 @@ static int g_wq_layers;           // quantized models set up now keep W^ one lay
 static int g_attention_gemm = 1;  // --attention gemm (cuBLAS, [T,T] scores); with g_attention_flash 0 too: fused
                                   // (parse_gpu_flags picks flash under bf16 unless --attention is given)
 static int g_attention_flash;     // --attention flash (bf16 tensor cores, no [T,T]); g_attention_gemm is 0 then
+static int g_recompute;           // --recompute: the MLP's gate and up projections remade in the backward
 
 static float *layer_tensor(float *const ptrs[N_TENSORS], const Model *m, int t, int l) {
     return ptrs[t] + (m->h->per_layer[t] ? (int64_t)l * m->slice[t] : 0);
@@ -313,8 +315,14 @@ static void model_upload(Model *m, int with_adam) {
 // Under --attention flash the fp32 q, k, v are not kept either: the flash kernels read only their
 // bf16 copies (A_QB, A_KB, A_VB), which are kept per layer instead, half the bytes.
 static int act_bf16(int a);  // kept in bf16 alone (section 3, Act)
+//
+// --recompute goes further, for memory: the MLP's gate and up projections are not kept either but
+// remade in the backward by their two matmuls, the forward's own on the same operands (xn2,
+// remade first, and the layer's W^), so the same bits. It saves 2F values a position a layer
+// (3.8 GiB on TinyLlama at 8 x 1024 tokens) for two matmuls of the seven a layer's forward runs.
 static int act_recomputed(int a) {
-    return a == A_XN1 || a == A_XN2 || a == A_HMID || (g_attention_flash && (a == A_Q || a == A_K || a == A_V));
+    return a == A_XN1 || a == A_XN2 || a == A_HMID || (g_attention_flash && (a == A_Q || a == A_K || a == A_V)) ||
+           (g_recompute && (a == A_GATE || a == A_UP));
 }
 
 // Rows of a loss chunk (section 6): --loss-chunk ROWS, or as many as keep one chunk's logits
@@ -331,7 +339,9 @@ static int attention_mode(void) { return g_attention_gemm + 2 * g_attention_flas
 
 // Sizes the activations for B x T (as train.c: per layer when training, one shared slot otherwise).
 static void model_alloc_acts(Model *m, int B, int T, int training) {
-    if (m->acts && B == m->B && T == m->T && training == m->training && m->attention == attention_mode()) return;
+    if (m->acts && B == m->B && T == m->T && training == m->training && m->attention == attention_mode() &&
+        m->recompute == g_recompute)
+        return;
     const HostModel *c = m->h;
     int64_t BT = (int64_t)B * T, D = c->dim, F = c->hidden_dim, V = c->vocab_size, L = c->n_layers;
     int64_t Hq = (int64_t)c->n_heads * c->head_dim, Hkv = (int64_t)c->n_kv_heads * c->head_dim, H = c->n_heads;
@@ -368,7 +378,7 @@ static void model_alloc_acts(Model *m, int B, int T, int training) {
     m->acts = (float *)gpu_malloc((size_t)total * sizeof(float), "activations");
     float *p = m->acts;
     for (int a = 0; a < N_ACTS; a++) { m->act[a] = size[a] ? p : NULL; p += count[a] * size[a]; }
-    m->B = B; m->T = T; m->training = training; m->attention = attention_mode();
+    m->B = B; m->T = T; m->training = training; m->attention = attention_mode(); m->recompute = g_recompute;
     size_t half = (size_t)T * c->head_dim / 2;
     float *cs = (float *)malloc(2 * half * sizeof(float));
     if (!cs) fail("out of host memory for the RoPE tables");
@@ -698,8 +708,13 @@ static void model_backward_from_dxnf(Model *m) {
               *k = act_l(m, A_K, l), *v = act_l(m, A_V, l), *mid = act_l(m, A_RESID_MID, l);
         Act xn1 = act_in(m, A_XN1, l), xn2 = act_in(m, A_XN2, l), hmid = act_in(m, A_HMID, l),
             att = act_in(m, A_ATT, l), gate = act_in(m, A_GATE, l), up = act_in(m, A_UP, l);
-        // recomputed (act_recomputed): xn2 = rmsnorm(mid), hmid = swiglu(gate, up) of this layer
+        // recomputed (act_recomputed): xn2 = rmsnorm(mid), under --recompute gate and up from xn2,
+        // then hmid = swiglu(gate, up) of this layer
         rmsnorm_forward(xn2, act_l(m, A_RSTD2, l), mid, layer_tensor(m->fwd_t, m, T_MLP_NORM, l), N, D, c->rms_norm_eps);
+        if (m->recompute) {
+            matmul_forward(gate, xn2, weight(m, T_WGATE, l), N, D, F);
+            matmul_forward(up, xn2, weight(m, T_WUP, l), N, D, F);
+        }
         swiglu_forward(hmid, gate, up, (int64_t)N * F);
         // MLP block: dres holds dL/dx'. Under bf16 dhmid, dgate, dup are written, not accumulated (Act).
         // (the first matmul into each of dhmid, dxn, datt writes it: beta 0, no clearing first)
@@ -1190,7 +1205,8 @@ static PplResult eval_ppl(Model *m, const int *ids, int64_t n_ids, int T, int B,
 #include "cuda/zero1.cu"            // defines: dp_reduce_gradients, dp_clip_grad_norm, dp_adamw_update, dp_broadcast,
                                     //   dp_checkpoint_save, dp_resume: a step over several GPUs, ZeRO-1
 #include "cuda/bench.cu"            // defines: bench (--bench)
-#include "cuda/cli.cu"              // defines: parse_gpu_flags (--matmul, --attention, --loss-chunk, --layered-wq), gpu_init
+#include "cuda/cli.cu"              // defines: parse_gpu_flags (--matmul, --attention, --loss-chunk, --layered-wq,
+                                    //   --recompute), gpu_init
 
 // ============================================================================================
 // 11. The training loop

@@ -1,10 +1,10 @@
 /*
  * cuda/cli.cu: train_cu's own command line and start-up: the flags train.c's parser does not know
- * (--matmul, --attention, --loss-chunk, --layered-wq, and their --help lines), taken out before it
- * sees the rest, and the GPU this process runs on.
+ * (--matmul, --attention, --loss-chunk, --layered-wq, --recompute, and their --help lines), taken
+ * out before it sees the rest, and the GPU this process runs on.
  * #included by train.cu after its Model (section 10). Needs: matmul.cuh (g_bf16, g_compute,
  * lt_init), data_parallel.cuh (g_dp), common.cuh (g_prof_on, g_layered_wq_flag), train.cu's
- * g_attention_gemm, g_attention_flash and g_loss_chunk (section 2).
+ * g_attention_gemm, g_attention_flash, g_recompute and g_loss_chunk (section 2).
  */
 
 // No GPU: one clear line and exit 1 (before any model is loaded).
@@ -60,9 +60,13 @@ static void parse_gpu_flags(int *argc, char **argv) {
             g_layered_wq_flag = 1;
             continue;
         }
+        if (!strcmp(argv[i], "--recompute")) {
+            g_recompute = 1;
+            continue;
+        }
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help"))
             printf("train_cu: the GPU build of ./train. It takes ./train's flags below (--clip runs train.c's\n"
-                   "search on the CPU) and four of its own:\n"
+                   "search on the CPU) and five of its own:\n"
                    "  --matmul fp32|tf32|bf16  matmul precision: tf32 tensor cores, plain fp32, or bf16 operands\n"
                    "                        with fp32 accumulation (fp32 master weights; a bf16 teacher) [bf16]\n"
                    "  --attention gemm|fused|flash  attention through cuBLAS with [T,T] scores per head\n"
@@ -75,6 +79,9 @@ static void parse_gpu_flags(int *argc, char **argv) {
                    "                        layer at a time, remade from its codes before the layer's forward and\n"
                    "                        backward: the same results in less memory (1.8 GiB on TinyLlama,\n"
                    "                        11.7 GiB on Llama-2-7B), 1-5%% slower\n"
+                   "  --recompute           while training, remake the MLP's gate and up projections in the\n"
+                   "                        backward instead of keeping them: the same results in less memory\n"
+                   "                        (3.8 GiB on TinyLlama at 8 x 1024 tokens), two more matmuls a layer\n"
                    "Several GPUs: one process a GPU, placed by torchrun's, mpirun's or Slurm's variables (RANK,\n"
                    "WORLD_SIZE, LOCAL_RANK; MASTER_ADDR, MASTER_PORT [127.0.0.1:29500]); --batch is the global batch.\n\n");
         argv[o++] = argv[i];

@@ -11,7 +11,8 @@
 # train_cu's ratio to it.
 # MICRO=4|2|1 splits the batch of 8 into micro-batches of that many sequences (gradient
 # accumulation: the same step in less activation memory); LAYERED=1 adds --layered-wq (W^ one
-# layer at a time: the same step in less memory).
+# layer at a time: the same step in less memory); RECOMPUTE=1 adds --recompute (gate and up remade
+# in the backward: the same step in less memory, two more matmuls a layer).
 # Then (unless BENCH_GEN=0) teacher data generation: train_cu --generate-data on the bench-100m
 # shape (random weights, bf16), 32 prompts x 64 new tokens, greedy, one batch, against Hugging
 # Face generate on the same shape and prompts (dev/bench_generate.py).
@@ -25,7 +26,7 @@ tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 make -s train_cu || exit 1
 awk 'BEGIN { srand(1); for (i = 0; i < 200000; i++) print int(rand() * 32000) }' > "$tmp/r.ids"
 ./train_cu --init tinyllama-1.1b -q int -b 2 -g 128 --loss cakld --gamma-batches 1 --train-tokens "$tmp/r.ids" \
-    --steps "$STEPS" --batch 8 --micro-batch "${MICRO:-8}" --seq 1024 --lr 1e-5 ${MATMUL:+--matmul $MATMUL} ${ATTENTION:+--attention $ATTENTION} ${STE:+--ste $STE} $([ "${LAYERED:-0}" = 1 ] && echo --layered-wq) | tee "$tmp/cu.out" || exit 1
+    --steps "$STEPS" --batch 8 --micro-batch "${MICRO:-8}" --seq 1024 --lr 1e-5 ${MATMUL:+--matmul $MATMUL} ${ATTENTION:+--attention $ATTENTION} ${STE:+--ste $STE} $([ "${LAYERED:-0}" = 1 ] && echo --layered-wq) $([ "${RECOMPUTE:-0}" = 1 ] && echo --recompute) | tee "$tmp/cu.out" || exit 1
 # steady state: the mean tok/s of the steps after the first
 tps=$(sed -n 's/^step .* | \([0-9]*\) tok\/s .*/\1/p' "$tmp/cu.out" | tail -n +2 | awk '{ s += $1; n++ } END { printf "%.0f", s / n }')
 peak=$(sed -n 's/^GPU memory: peak \([0-9.]*\) MiB.*/\1/p' "$tmp/cu.out")

@@ -308,6 +308,46 @@ static void test_layered_training(int q, int bits, int group) {
     host_model_free(&h);
 }
 
+// --recompute (gate and up remade in the backward) against keeping them: two training steps of
+// the same quantized model, losses, gradients and parameters bit for bit, and fewer bytes of
+// activations kept per layer.
+static void test_recompute(void) {
+    HostModel h;
+    host_model_init(&h, "tiny", 0, 1, 17, QUANT_INT, 2, 32);
+    Model w, y;
+    model_setup(&w, &h, "parameters");
+    model_setup(&y, &h, "parameters");
+    Model *ms[2] = {&w, &y};
+    int B = 2, T = 32, N = B * T;
+    int *inputs = (int *)malloc(N * sizeof(int)), *targets = (int *)malloc(N * sizeof(int));
+    random_tokens(inputs, targets, N, h.vocab_size, 3);
+    OptConfig opt = {1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f};
+    float loss[2][2];
+    for (int s = 0; s < 2; s++)
+        for (int i = 0; i < 2; i++) {
+            Model *m = ms[i];
+            g_recompute = i;
+            model_alloc_training(m);
+            model_zero_grad(m);
+            loss[s][i] = model_forward(m, inputs, targets, B, T);
+            model_backward_scaled(m, targets, 1.0f);
+            if (s == 0) adamw_update(m, &opt, opt.lr, 1.0f);
+        }
+    g_recompute = 0;
+    char what[160];
+    int64_t d = bits_differing(y.grads, w.grads, w.n_params, 4) + bits_differing(y.params, w.params, w.n_params, 4);
+    snprintf(what, sizeof what, "--recompute%s: 2 steps' losses, gradients, parameters differing", g_bf16 ? " (bf16)" : "");
+    check(what, (double)(d + (loss[0][0] != loss[0][1]) + (loss[1][0] != loss[1][1])), 0);
+    int kept = (y.act_layer_stride[A_GATE] != 0) + (y.act_layer_stride[A_UP] != 0) + (w.act_layer_stride[A_GATE] == 0) +
+               (w.act_layer_stride[A_UP] == 0);
+    snprintf(what, sizeof what, "--recompute%s: gate and up kept per layer without it, not with it (wrong of 4)",
+             g_bf16 ? " (bf16)" : "");
+    check(what, (double)kept, 0);
+    free(inputs); free(targets);
+    model_free(&w); model_free(&y);
+    host_model_free(&h);
+}
+
 // quantize_group4_kernel (a lane owns 4 weights, vector loads and stores) against the scalar
 // quantize_group_kernel on the same random weights and previous codes, for W^ in fp32 and bf16:
 // W^, codes, scales and flip counts must be the same bits. 3 layers of 8192 weights: at g 128 a
@@ -972,6 +1012,7 @@ int main(void) {
     test_ste_bitdistiller("int3 per row, --ste bitdistiller", QUANT_INT, 3, -1);
     test_ste_bitdistiller("nf3, --ste bitdistiller", QUANT_NF3, 3, 32);
     test_layered_training(QUANT_INT, 2, 32);
+    test_recompute();
     test_layered_training(QUANT_TERNARY, 2, 0);
     test_layered_training(QUANT_ONEBIT, 1, 0);
     printf("\ndistillation losses (loss.h), student int2 g32, teacher its fp32 self\n");
@@ -1037,6 +1078,7 @@ int main(void) {
     test_forward_backward("bf16 tiny untied, flash", "tiny", 0, 1, QUANT_NONE, 16, 0, 3, 77);
     test_forward_backward("bf16 bench-100m, flash", "bench-100m", 512, 0, QUANT_NONE, 16, 0, 2, 150);
     test_forward_backward("bf16 int2, flash", "tiny", 0, 0, QUANT_INT, 2, 32, 2, 64);
+    test_recompute();
     g_bf16 = 0;
     g_compute = CUBLAS_COMPUTE_32F;
     test_forward_backward("fp32 matmuls, flash attention: bench-100m", "bench-100m", 512, 0, QUANT_NONE, 16, 0, 2, 150);
