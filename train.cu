@@ -319,7 +319,7 @@ static int act_bf16(int a);  // kept in bf16 alone (section 3, Act)
 // --recompute goes further, for memory: the MLP's gate and up projections are not kept either but
 // remade in the backward by their two matmuls, the forward's own on the same operands (xn2,
 // remade first, and the layer's W^), so the same bits. It saves 2F values a position a layer
-// (3.8 GiB on TinyLlama at 8 x 1024 tokens) for two matmuls of the seven a layer's forward runs.
+// (3.6 GiB on TinyLlama at 8 x 1024 tokens) for two matmuls of the seven a layer's forward runs.
 static int act_recomputed(int a) {
     return a == A_XN1 || a == A_XN2 || a == A_HMID || (g_attention_flash && (a == A_Q || a == A_K || a == A_V)) ||
            (g_recompute && (a == A_GATE || a == A_UP));
