@@ -455,6 +455,7 @@ static int pipeline_run(const Args *a, int argc, char **argv) {
         if (a->teacher_path) argv_addf(&c, "-t", "%s", a->teacher_path);
         if (clip) argv_addf(&c, "--clip-init", "%s", clipped);
         argv_quant(&c, a);
+        argv_addf(&c, "--ste", "%s", a->ste == QUANT_STE_PLAIN ? "plain" : "bitdistiller");
         argv_addf(&c, "--data", "%s", gen);
         argv_addf(&c, "--seq", "%d", T);
         argv_addf(&c, "--epochs", "%d", a->epochs);
