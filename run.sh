@@ -194,13 +194,15 @@ pipeline() {
 # set of data-free teacher data: each run folder starts with a copy of generated.jsonl, and the
 # runs of one quantizer share its clipped weights and its FP/RTN evaluations, so the pipeline
 # skips those stages. Held-out perplexity (examples starting at BOS) per quantizer and loss, and
-# the flip-flop rate of CAKLD's run (mean over training, and at the last step).
+# the flip-flop rate of CAKLD's run (mean over training, and at the last step). The loss
+# cakld_plain is CAKLD under the plain straight-through backward (--ste plain) instead of
+# BitDistiller's, for the quantizers that have both (int, nf3; '-' for the others).
 # Environment: OUT (out/study), STUDY_N (200 sequences), STUDY_MAX_NEW (128), STUDY_EPOCHS (1),
-# STUDY_LR (1e-3), STUDY_LOSSES (all six), STUDY_QUANTS (below), THREADS (1).
+# STUDY_LR (1e-3), STUDY_LOSSES (all six and cakld_plain), STUDY_QUANTS (below), THREADS (1).
 study() {
     local src=${1:-../shared/data/stories260K/stories260K.bin} out=${OUT:-out/study}
     [ -f "$src" ] || { echo "error: $src: no such file (give the llama2.c stories260K.bin)" >&2; exit 1; }
-    local losses=${STUDY_LOSSES:-ce fkl rkl cakld cakld_ce wasserstein}
+    local losses=${STUDY_LOSSES:-ce fkl rkl cakld cakld_ce wasserstein cakld_plain}
     # -g 4: the largest group dividing both input dimensions (64 and 172)
     local quants=${STUDY_QUANTS:-int:4:-1 int:3:-1 int:2:-1 int:4:4 int:3:4 int:2:4 nf3:3:-1 ternary:2:-1 sign:1:-1 onebit:1:-1}
     mkdir -p "$out"
@@ -219,7 +221,11 @@ study() {
         if [ "$q" != int ] && [ "$q" != nf3 ]; then qf=(-q "$q"); tag=$q; label=$q; fi
         line="| $(printf '%-12s' "$label")"
         for loss in $losses; do
-            local name=$out/s.$tag.$loss run=$out/s.$tag.$loss.run
+            local lf=(--loss "$loss") name=$out/s.$tag.$loss run=$out/s.$tag.$loss.run
+            if [ "$loss" = cakld_plain ]; then
+                if [ "$q" != int ] && [ "$q" != nf3 ]; then line="$line |         -"; continue; fi
+                lf=(--loss cakld --ste plain)
+            fi
             mkdir -p "$run"
             cp -n "$out/generated.jsonl" "$run/"
             if [ -n "$first" ]; then  # this quantizer's clipping and FP/RTN evaluations, done once
@@ -227,9 +233,9 @@ study() {
                     [ -e "$first/$f" ] && cp -n "$first/$f" "$run/"
                 done
             fi
-            echo "== ${qf[*]} --loss $loss"
-            ./train -m "$out/s.bin" "${qf[@]}" --loss "$loss" "${sizes[@]}" -o "$name.bin" > "$run.log" 2>&1 \
-                || { tail -n 5 "$run.log"; echo "error: the run ${qf[*]} --loss $loss failed (log: $run.log)" >&2; exit 1; }
+            echo "== ${qf[*]} ${lf[*]}"
+            ./train -m "$out/s.bin" "${qf[@]}" "${lf[@]}" "${sizes[@]}" -o "$name.bin" > "$run.log" 2>&1 \
+                || { tail -n 5 "$run.log"; echo "error: the run ${qf[*]} ${lf[*]} failed (log: $run.log)" >&2; exit 1; }
             local r; r=$(cat "$run/results.json")
             if [ -z "$first" ]; then
                 first=$run
