@@ -8,6 +8,9 @@
 #   2. full training steps (forward, backward, AdamW) of bench-100m, random weights and tokens:
 #      tokens/s and GFLOP/s, and that as a fraction of OpenBLAS's GFLOP/s on the step's matmuls.
 #   3. PyTorch CPU eager fp32, the same step (dev/bench_torch_cpu.py), where torch imports.
+#   4. batch-1 decoding of bench-100m (data-free generation, one sequence at a time): each new
+#      token reads every fp32 weight once, so its bytes a second against the machine's copy
+#      bandwidth (dev/bench_copy.c, read + write) say how near the memory's limit it runs.
 # Environment: BENCH_BATCH (4), BENCH_SEQ (256), BENCH_STEPS (2), BENCH_THREADS (all cores),
 # BENCH_REPEAT (3), BENCH_SHAPES (all; small: bench-100m's alone).
 set -euo pipefail
@@ -57,3 +60,14 @@ if python3 -c 'import torch' 2>/dev/null; then
 else
     echo "skipped: torch is not installed (pip install torch)"
 fi
+
+echo; echo "== 4. batch-1 decoding against the copy bandwidth"
+cc "${flags[@]}" -o build/bench_copy dev/bench_copy.c
+OMP_NUM_THREADS=$threads ./build/bench_copy | tee build/bench_copy.out
+copy=$(tail -n 1 build/bench_copy.out | sed -n 's/.*"copy_gbs": \([0-9.]*\).*/\1/p')
+gen=$(./train --init bench-100m --generate-data --n 2 --gen-batch 1 --max-new "${BENCH_NEW:-64}" --temperature 0 \
+      -o build/bench_decode.jsonl --threads "$threads" | tail -n 1)
+params=$(echo "$gen" | sed -n 's/.*"params": \([0-9]*\).*/\1/p')
+dtps=$(echo "$gen" | sed -n 's/.*"tokens_per_s": \([0-9.]*\).*/\1/p')
+awk -v t="$dtps" -v p="$params" -v c="$copy" 'BEGIN { g = t * p * 4 / 1e9
+    printf "decode: %.1f new tokens/s x %.0f MB of fp32 weights = %.1f GB/s read, %.2f of the copy bandwidth (%.1f GB/s)\n", t, p * 4 / 1e6, g, g / c, c }'
