@@ -28,6 +28,7 @@
 #endif
 #include "loss.h"            // defines: the distillation losses (CE, KL, reverse KL, CAKLD, Wasserstein), gamma
 #include "lib/gemm.h"        // defines: gemm, the blocked matrix product of the linears (section 3's matmul)
+#include "lib/attention.h"   // defines: attention_forward/_backward, section 3's attention by blocks through gemm
 #include "lib/model.h"       // defines: ModelHeader, the .bin format and the tensor table; with quant.h
                              //          (the quantizers) and lib/util.h (die, checked I/O, atomic files)
 #include "lib/shapes.h"      // defines: shape_header, the named shapes of --init (tiny ... llama-2-7b)
@@ -111,7 +112,6 @@ enum {  // activations; shapes for B sequences of T tokens. Per-layer ones are m
     A_RSTDF,      // [B,T]
     A_LOGITS,     // [B,T,V]
     A_PROJ,       // [B,T,D]         scratch: output of wo and wdown before the residual add
-    A_SCORES,     // [B,H,T]         scratch: one row of attention scores per (b, h)
     // gradients of activations (training only)
     A_DRESID,     // [B,T,D]         flows down the residual stream
     A_DXN,        // [B,T,D]
@@ -252,7 +252,7 @@ static void model_alloc_acts(Model *m, int B, int T, int training) {
         [A_K] = BT * Hkv, [A_V] = BT * Hkv, [A_ATT] = BT * Hq, [A_LSE] = B * H * T,
         [A_RESID_MID] = BT * D, [A_XN2] = BT * D, [A_RSTD2] = BT, [A_GATE] = BT * F,
         [A_UP] = BT * F, [A_HMID] = BT * F, [A_ATTQ] = c->quant_act_bits ? BT * Hq : 0, [A_XNF] = BT * D, [A_RSTDF] = BT,
-        [A_LOGITS] = BT * V, [A_PROJ] = BT * D, [A_SCORES] = B * H * T,
+        [A_LOGITS] = BT * V, [A_PROJ] = BT * D,
     };
     if (training) {
         size[A_DRESID] = BT * D; size[A_DXN] = BT * D; size[A_DQ] = BT * Hq;
@@ -418,6 +418,8 @@ static void rope_backward(float *dx, const float *cosv, const float *sinv, int B
 //   s_tj = q_t . k_j / sqrt(hd)  for j <= t,   p_tj = softmax_j(s_tj),   out_t = sum_j p_tj v_j.
 // Only lse[B,H,T] = log sum_j exp(s_tj) is stored: the backward recomputes p_tj = exp(s_tj - lse_t)
 // instead of keeping a [T,T] matrix per head (the idea of FlashAttention, Dao et al. 2022).
+// These are the definition, one query row at a time; the layers call lib/attention.h, the same
+// function a block of queries at a time through gemm (tests/test_model.c compares the two).
 // Thread mapping: one (b, h) pair per iteration; scores[B,H,T] gives each its own row.
 // The dot products over hd go through gemm.h's gemm_dot, whose 16 partial sums vectorise (a
 // plain float sum is one chain of dependent additions, which the compiler may not reorder).
@@ -427,8 +429,8 @@ static inline void axpy(float *restrict y, float a, const float *restrict x, int
     for (int i = 0; i < n; i++) y[i] += a * x[i];
 }
 
-static void attention_forward(float *out, float *lse, float *scores, const float *q, const float *k,
-                              const float *v, int B, int T, int H, int KV, int hd) {
+static void attention_forward_reference(float *out, float *lse, float *scores, const float *q, const float *k,
+                                        const float *v, int B, int T, int H, int KV, int hd) {
     int group = H / KV;
     float scale = 1.0f / sqrtf((float)hd);
     #pragma omp parallel for collapse(2)
@@ -462,9 +464,9 @@ static void attention_forward(float *out, float *lse, float *scores, const float
 //   dq_t += scale sum_j ds_tj k_j,   dk_j += scale sum_t ds_tj q_t.
 // Thread mapping: one (b, kv head) per iteration, so that the dk and dv rows a thread adds to
 // belong to it alone; it loops over the query heads of its group.
-static void attention_backward(float *dq, float *dk, float *dv, float *scores, const float *dout,
-                               const float *q, const float *k, const float *v, const float *out,
-                               const float *lse, int B, int T, int H, int KV, int hd) {
+static void attention_backward_reference(float *dq, float *dk, float *dv, float *scores, const float *dout,
+                                         const float *q, const float *k, const float *v, const float *out,
+                                         const float *lse, int B, int T, int H, int KV, int hd) {
     int group = H / KV;
     float scale = 1.0f / sqrtf((float)hd);
     #pragma omp parallel for collapse(2)
@@ -596,7 +598,7 @@ static void layer_forward(Model *m, int l, int B, int T) {
     matmul_forward(v, xn1, layer_tensor(m->fwd_t, m, T_WV, l), N, D, Hkv);
     rope_forward(q, m->rope_cos, m->rope_sin, B, T, H, hd);
     rope_forward(k, m->rope_cos, m->rope_sin, B, T, KV, hd);
-    attention_forward(att, act_l(m, A_LSE, l), m->act[A_SCORES], q, k, v, B, T, H, KV, hd);
+    attention_forward(att, act_l(m, A_LSE, l), q, k, v, B, T, H, KV, hd);
     const float *att_in = act_quant(m, act_l(m, A_ATTQ, l), att, N, Hq);  // attention_backward reads att
     matmul_forward(proj, att_in, layer_tensor(m->fwd_t, m, T_WO, l), N, Hq, D);
     residual_forward(mid, x, proj, (int64_t)N * D);
@@ -683,8 +685,8 @@ static void model_backward_from_dlogits(Model *m) {
         zero_act(m, A_DQ, (int64_t)N * Hq);
         zero_act(m, A_DK, (int64_t)N * Hkv);
         zero_act(m, A_DV, (int64_t)N * Hkv);
-        attention_backward(m->act[A_DQ], m->act[A_DK], m->act[A_DV], m->act[A_SCORES], m->act[A_DATT],
-                           q, k, v, att, act_l(m, A_LSE, l), B, T, H, KV, hd);
+        attention_backward(m->act[A_DQ], m->act[A_DK], m->act[A_DV], m->act[A_DATT], q, k, v, att,
+                           act_l(m, A_LSE, l), B, T, H, KV, hd);
         rope_backward(m->act[A_DQ], m->rope_cos, m->rope_sin, B, T, H, hd);
         rope_backward(m->act[A_DK], m->rope_cos, m->rope_sin, B, T, KV, hd);
         zero_act(m, A_DXN, (int64_t)N * D);

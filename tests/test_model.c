@@ -322,8 +322,45 @@ static void test_matmul_reference(int N, int I, int O) {
     free(x); free(w); free(d);
 }
 
+// The layers' attention (lib/attention.h, blocks of queries through gemm) against train.c's
+// attention_*_reference, one query row at a time: out and lse, then dq, dk, dv added to non-zero
+// buffers, for grouped-query heads, a T that is not a multiple of the block, T below a block, one
+// position, and head dims of 8 and 64. Relative to the largest |value| of the reference.
+static void test_attention_reference(int B, int T, int H, int KV, int hd) {
+    int64_t nq = (int64_t)B * T * H * hd, nk = (int64_t)B * T * KV * hd, nl = (int64_t)B * H * T;
+    float *q = malloc_or_die((size_t)nq * sizeof(float), "q"), *k = malloc_or_die((size_t)nk * sizeof(float), "k");
+    float *v = malloc_or_die((size_t)nk * sizeof(float), "v"), *dout = malloc_or_die((size_t)nq * sizeof(float), "dout");
+    float *scores = malloc_or_die((size_t)nl * sizeof(float), "scores");
+    float *out[2], *lse[2], *dq[2], *dk[2], *dv[2];
+    Rng r = rng_seeded(11);
+    for (int64_t i = 0; i < nq; i++) { q[i] = rng_uniform(&r) * 4 - 2; dout[i] = rng_uniform(&r) * 2 - 1; }
+    for (int64_t i = 0; i < nk; i++) { k[i] = rng_uniform(&r) * 4 - 2; v[i] = rng_uniform(&r) * 2 - 1; }
+    for (int c = 0; c < 2; c++) {
+        out[c] = malloc_or_die((size_t)nq * sizeof(float), "out"); lse[c] = malloc_or_die((size_t)nl * sizeof(float), "lse");
+        dq[c] = malloc_or_die((size_t)nq * sizeof(float), "dq");
+        dk[c] = malloc_or_die((size_t)nk * sizeof(float), "dk"); dv[c] = malloc_or_die((size_t)nk * sizeof(float), "dv");
+        for (int64_t i = 0; i < nq; i++) dq[c][i] = 0.5f;  // the backward adds to these
+        for (int64_t i = 0; i < nk; i++) { dk[c][i] = -0.25f; dv[c][i] = 0.125f; }
+    }
+    attention_forward(out[0], lse[0], q, k, v, B, T, H, KV, hd);
+    attention_forward_reference(out[1], lse[1], scores, q, k, v, B, T, H, KV, hd);
+    attention_backward(dq[0], dk[0], dv[0], dout, q, k, v, out[0], lse[0], B, T, H, KV, hd);
+    attention_backward_reference(dq[1], dk[1], dv[1], scores, dout, q, k, v, out[1], lse[1], B, T, H, KV, hd);
+    char what[112];
+    snprintf(what, sizeof what, "attention B %d T %d H %d/%d hd %d vs reference: out, lse, dq, dk, dv", B, T, H, KV, hd);
+    double e = fmax(fmax(max_rel(out[0], out[1], nq), max_rel(lse[0], lse[1], nl)),
+                    fmax(max_rel(dq[0], dq[1], nq), fmax(max_rel(dk[0], dk[1], nk), max_rel(dv[0], dv[1], nk))));
+    expect(e < 1e-5, what, e);
+    for (int c = 0; c < 2; c++) { free(out[c]); free(lse[c]); free(dq[c]); free(dk[c]); free(dv[c]); }
+    free(q); free(k); free(v); free(dout); free(scores);
+}
+
 int main(void) {
     printf("model behaviours:\n");
+    test_attention_reference(2, 150, 4, 2, 8);
+    test_attention_reference(1, 37, 6, 6, 64);
+    test_attention_reference(3, 1, 4, 1, 16);
+    test_attention_reference(1, 128, 2, 1, 64);
     test_matmul_reference(37, 70, 45);
     test_matmul_reference(1, 64, 33);
     test_act_quant();
