@@ -105,7 +105,7 @@ clean:
 
 .PHONY: all test bench clean test_cu test_multigpu
 
-# Robustness (README "Robustness"):
+# Robustness (doc/robustness.md):
 #   make test-asan    the test programs and the quick CLI scripts built with AddressSanitizer
 #                     and UndefinedBehaviorSanitizer (any report is fatal), in build/asan/
 SAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
