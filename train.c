@@ -423,6 +423,7 @@ static void rope_backward(float *dx, const float *cosv, const float *sinv, int B
 // Thread mapping: one (b, h) pair per iteration; scores[B,H,T] gives each its own row.
 // The dot products over hd go through gemm.h's gemm_dot, whose 16 partial sums vectorise (a
 // plain float sum is one chain of dependent additions, which the compiler may not reorder).
+
 // y += a x over n floats; restrict tells the compiler the rows do not overlap, so it vectorises
 // the loop without a run-time check (the rows of q, k, v and their gradients never do).
 static inline void axpy(float *restrict y, float a, const float *restrict x, int n) {
