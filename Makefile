@@ -4,7 +4,9 @@
 #   make tokenize     ./tokenize TOKENIZER "text": token ids as JSON
 #   make test         every test program and test script; ends with "N passed, M failed"
 #   make bench        the matmul against OpenBLAS sgemm, the CPU training step (tokens/s, GFLOP/s)
-#   make train_cu     the GPU build (needs nvcc; multi-GPU through NCCL when nccl.h is found)
+#   make train_cu     the GPU build (needs nvcc; multi-GPU through NCCL when nccl.h is found;
+#                     --attention cudnn when cuDNN and cudnn-frontend are found)
+#   make cudnn-frontend  download cudnn-frontend's headers into build/cudnn-frontend (pip)
 
 CC ?= cc
 # -march=native where the compiler takes it, a portable -O3 otherwise.
@@ -77,6 +79,43 @@ NCCL_LIB = $(if $(NCCL_HOME),$(if $(wildcard $(NCCL_HOME)/lib/libnccl.so),-lnccl
 CU_LDLIBS += $(if $(NCCL_HOME),-L$(NCCL_HOME)/lib -Xlinker -rpath=$(NCCL_HOME)/lib) $(NCCL_LIB)
 endif
 
+# cuDNN's fused attention (--attention cudnn, cuda/cudnn_attention.cuh) when cuDNN's include/cudnn.h
+# and lib/ (or lib64/) libcudnn.so* are in CUDNN_HOME, in CUDA_HOME or else in Python's nvidia-cudnn
+# wheel (PyTorch's, as on the GPU machine), and the header-only cudnn-frontend's cudnn_frontend.h is
+# in CUDNN_FRONTEND/include (make cudnn-frontend puts it in build/cudnn-frontend); CUDNN=0 builds
+# without it (then --attention cudnn is refused).
+CUDNN_FRONTEND ?= build/cudnn-frontend
+CUDNN_FRONTEND_VERSION ?= 1.32.0
+cudnn_libdir = $(firstword $(foreach l,lib lib64,$(if $(wildcard $(1)/$(l)/libcudnn.so*),$(1)/$(l))))
+cudnn_home = $(firstword $(foreach d,$(CUDNN_HOME) $(CUDA_HOME),$(if $(and $(wildcard $(d)/include/cudnn.h),$(call cudnn_libdir,$(d))),$(d))))
+ifneq ($(CUDNN),0)
+CUDNN_AT := $(cudnn_home)
+ifeq ($(CUDNN_AT),)
+CUDNN_HOME := $(shell python3 -c 'import nvidia.cudnn as n; print(list(n.__path__)[0])' 2>/dev/null)
+CUDNN_AT := $(cudnn_home)
+endif
+endif
+CUDNN ?= $(if $(and $(CUDNN_AT),$(wildcard $(CUDNN_FRONTEND)/include/cudnn_frontend.h)),1,0)
+ifeq ($(CUDNN),1)
+CUDNN_LIBDIR := $(call cudnn_libdir,$(CUDNN_AT))
+# (first, so that this cudnn.h is read before any other in NCCL's or CUDA's include folder)
+NVCCFLAGS := -DUSE_CUDNN -I$(CUDNN_AT)/include -I$(CUDNN_FRONTEND)/include $(NVCCFLAGS)
+# (pip's nvidia-cudnn wheels ship libcudnn.so.9 alone, without the libcudnn.so that -lcudnn looks for;
+# cudnn-frontend also calls CUDA's NVRTC, for an engine of its own)
+CU_LDLIBS += -L$(CUDNN_LIBDIR) -Xlinker -rpath=$(CUDNN_LIBDIR) $(if $(wildcard $(CUDNN_LIBDIR)/libcudnn.so),-lcudnn,-l:libcudnn.so.9) -lnvrtc
+endif
+
+# cudnn-frontend is headers only, shipped in PyPI's nvidia-cudnn-frontend wheel (include/ beside its
+# Python module): downloaded here, so that build/cudnn-frontend can be carried to a machine without
+# a network.
+cudnn-frontend:
+	rm -rf build/cudnn-frontend build/cudnn-frontend-wheel
+	mkdir -p build/cudnn-frontend-wheel
+	python3 -m pip download --no-deps -d build/cudnn-frontend-wheel nvidia-cudnn-frontend==$(CUDNN_FRONTEND_VERSION)
+	unzip -q build/cudnn-frontend-wheel/nvidia_cudnn_frontend-*.whl 'include/*' -d build/cudnn-frontend
+	rm -rf build/cudnn-frontend-wheel
+	@echo "cudnn-frontend $(CUDNN_FRONTEND_VERSION) in build/cudnn-frontend/include"
+
 build/train_cu_host.o: train.c tokenizer.c $(LIB_C) $(HEADERS)
 	@mkdir -p build
 	$(CC) $(CFLAGS) -c -o $@ lib/train_cu_host.c
@@ -103,7 +142,7 @@ test_multigpu: train train_cu
 clean:
 	rm -f train convert tokenize train_cu $(TEST_PROGRAMS)
 
-.PHONY: all test bench clean test_cu test_multigpu
+.PHONY: all test bench clean test_cu test_multigpu cudnn-frontend
 
 # Robustness (doc/robustness.md):
 #   make test-asan    the test programs and the quick CLI scripts built with AddressSanitizer

@@ -12,7 +12,7 @@
  * models, token files, checkpoints, the JSONL log) is train.c's own code, compiled as C in
  * lib/train_cu_host.c and reached through lib/train_cu.h, so both programs read and write the same
  * bytes and take the same flags (plus their own: --matmul fp32|tf32|bf16, --attention
- * gemm|fused|flash, --layered-wq, --recompute).
+ * gemm|fused|flash|cudnn, --layered-wq, --recompute).
  *
  *   2. the Model on the GPU: parameters, gradients, AdamW state, activations
  *   3. layers: what ties cuda/'s launchers to the Model (bf16 activations, weights, residual + norm)
@@ -35,8 +35,9 @@
  * alone (act_bf16, section 3), and a full-precision teacher is stored in bf16. Attention runs as
  * cuBLAS products over a [T,T] score matrix (--attention gemm, the default under tf32 and fp32), as
  * a fused kernel on CUDA cores (--attention fused), or as FlashAttention-2 on bf16 tensor cores
- * (--attention flash, the default under bf16). doc/gpu.md explains these choices and the memory
- * plan; doc/performance.md has the benchmark.
+ * (--attention flash, the default under bf16), or, in a build with cuDNN, as cuDNN's fused
+ * attention with the flash path's inputs and outputs (--attention cudnn). doc/gpu.md explains
+ * these choices and the memory plan; doc/performance.md has the benchmark.
  */
 #include <cublasLt.h>               // defines: cublasLtMatmul and its descriptors (every product)
 #include <cuda_bf16.h>              // defines: __nv_bfloat16 and its conversions
@@ -50,6 +51,15 @@
 #include <time.h>                   // defines: clock_gettime (now_seconds)
 #ifdef USE_NCCL
 #include <nccl.h>                   // defines: ncclAllReduce, ncclReduceScatter, ncclAllGather (data parallel)
+#endif
+#ifdef USE_CUDNN
+#include <array>
+#include <map>
+#include <unordered_map>
+#pragma nv_diagnostic push
+#pragma nv_diag_suppress 128, 2810  // (cudnn-frontend's own: a loop after a return, a nodiscard result assigned)
+#include <cudnn_frontend.h>         // defines: cudnn_frontend::graph::Graph, its sdpa and sdpa_backward (--attention cudnn)
+#pragma nv_diagnostic pop
 #endif
 
 #include "lib/dp.h"                 // defines: DpEnv, dp_env_read, dp_rendezvous, the ZeRO-1 shard and span arithmetic
@@ -66,6 +76,13 @@
 #include "cuda/attention.cuh"       // defines: attention_forward/_backward (fused), attention_forward_gemm/_backward_gemm,
                                     //   attention_decode (one position against a KV cache)
 #include "cuda/flash_attention.cuh" // defines: attention_forward_flash, attention_backward_flash (mma.sync, bf16)
+#ifdef USE_CUDNN
+#include "cuda/cudnn_attention.cuh" // defines: attention_forward_cudnn, attention_backward_cudnn (cuDNN's fused attention,
+                                    //   the flash kernels' arguments and results; they run what cuDNN does not take)
+#else                               // (without cuDNN, --attention cudnn is refused: cli.cu; these are never reached)
+#define attention_forward_cudnn attention_forward_flash
+#define attention_backward_cudnn attention_backward_flash
+#endif
 #include "cuda/swiglu.cuh"          // defines: swiglu_forward, swiglu_backward
 #include "cuda/quant.cuh"           // defines: quantize_group, quantize_binary, quantize_ternary, dequantize_layer,
                                     //   quant_backward_binary, ste_bitdistiller: quant.h's quantizers in kernels, and their backward
@@ -146,6 +163,8 @@ static int g_wq_layers;           // quantized models set up now keep W^ one lay
 static int g_attention_gemm = 1;  // --attention gemm (cuBLAS, [T,T] scores); with g_attention_flash 0 too: fused
                                   // (parse_gpu_flags picks flash under bf16 unless --attention is given)
 static int g_attention_flash;     // --attention flash (bf16 tensor cores, no [T,T]); g_attention_gemm is 0 then
+static int g_attention_cudnn;     // --attention cudnn: cuDNN's fused attention in the flash path's place (and its
+                                  // activations: g_attention_flash is 1 too)
 static int g_recompute;           // --recompute: the MLP's gate and up projections remade in the backward
 
 static float *layer_tensor(float *const ptrs[N_TENSORS], const Model *m, int t, int l) {
@@ -531,7 +550,8 @@ static void layer_forward(Model *m, int l, int B, int T) {
         if (!g_bf16) cast_bf16(vb, v, (int64_t)N * Hkv);
         rope_forward_bf16(qb, q, m->rope_cos, m->rope_sin, B, T, H, hd);
         rope_forward_bf16(kb, k, m->rope_cos, m->rope_sin, B, T, KV, hd);
-        attention_forward_flash(att, act_l(m, A_LSE, l), qb, kb, vb, B, T, H, KV, hd);
+        if (g_attention_cudnn) attention_forward_cudnn(att, act_l(m, A_LSE, l), qb, kb, vb, B, T, H, KV, hd);
+        else attention_forward_flash(att, act_l(m, A_LSE, l), qb, kb, vb, B, T, H, KV, hd);
     } else {
         matmul_forward(v, xn1, weight(m, T_WV, l), N, D, Hkv);
         rope_forward(q, m->rope_cos, m->rope_sin, B, T, H, hd);
@@ -741,9 +761,9 @@ static void model_backward_from_dxnf(Model *m) {
             attention_backward_gemm(m->act[A_DQ], m->act[A_DK], m->act[A_DV], m->act[A_SCORES], m->act[A_DSCORES],
                                     datt.f, q, k, v, att.f, act_l(m, A_LSE, l), B, T, H, KV, hd);
         else if (g_attention_flash)
-            attention_backward_flash(m->act[A_DQ], m->act[A_DK], m->act[A_DV], m->act[A_DELTA], datt,
-                                     flash_qkv(m, A_QB, l), flash_qkv(m, A_KB, l), flash_qkv(m, A_VB, l), att,
-                                     act_l(m, A_LSE, l), B, T, H, KV, hd);
+            (g_attention_cudnn ? attention_backward_cudnn : attention_backward_flash)(
+                m->act[A_DQ], m->act[A_DK], m->act[A_DV], m->act[A_DELTA], datt, flash_qkv(m, A_QB, l),
+                flash_qkv(m, A_KB, l), flash_qkv(m, A_VB, l), att, act_l(m, A_LSE, l), B, T, H, KV, hd);
         else
             attention_backward(m->act[A_DQ], m->act[A_DK], m->act[A_DV], m->act[A_DELTA], datt.f,
                                q, k, v, att.f, act_l(m, A_LSE, l), B, T, H, KV, hd);

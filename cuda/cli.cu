@@ -4,7 +4,7 @@
  * out before it sees the rest, and the GPU this process runs on.
  * #included by train.cu after its Model (section 10). Needs: matmul.cuh (g_bf16, g_compute,
  * lt_init), data_parallel.cuh (g_dp), common.cuh (g_prof_on, g_layered_wq_flag), train.cu's
- * g_attention_gemm, g_attention_flash, g_recompute and g_loss_chunk (section 2).
+ * g_attention_gemm, g_attention_flash, g_attention_cudnn, g_recompute and g_loss_chunk (section 2).
  */
 
 // No GPU: one clear line and exit 1 (before any model is loaded).
@@ -39,13 +39,19 @@ static void parse_gpu_flags(int *argc, char **argv) {
             continue;
         }
         if (!strcmp(argv[i], "--attention")) {
-            if (i + 1 >= *argc) fail("--attention: missing value (gemm, fused or flash)");
+            if (i + 1 >= *argc) fail("--attention: missing value (gemm, fused, flash or cudnn)");
             const char *v = argv[++i];
             attention_given = 1;
             g_attention_gemm = !strcmp(v, "gemm");
-            g_attention_flash = !strcmp(v, "flash");
+            g_attention_cudnn = !strcmp(v, "cudnn");  // the flash path's activations, cuDNN's kernels
+            g_attention_flash = !strcmp(v, "flash") || g_attention_cudnn;
             if (!g_attention_gemm && !g_attention_flash && strcmp(v, "fused") != 0)
-                fail("--attention: expected gemm, fused or flash, got '%s'", v);
+                fail("--attention: expected gemm, fused, flash or cudnn, got '%s'", v);
+#ifndef USE_CUDNN
+            if (g_attention_cudnn)
+                fail("--attention cudnn: this train_cu was built without cuDNN (make found no cudnn.h, libcudnn or "
+                     "cudnn_frontend.h; make cudnn-frontend, then make train_cu: doc/gpu.md)");
+#endif
             continue;
         }
         if (!strcmp(argv[i], "--loss-chunk")) {
@@ -69,9 +75,10 @@ static void parse_gpu_flags(int *argc, char **argv) {
                    "search on the CPU) and five of its own:\n"
                    "  --matmul fp32|tf32|bf16  matmul precision: tf32 tensor cores, plain fp32, or bf16 operands\n"
                    "                        with fp32 accumulation (fp32 master weights; a bf16 teacher) [bf16]\n"
-                   "  --attention gemm|fused|flash  attention through cuBLAS with [T,T] scores per head\n"
-                   "                        (TF32), the fused fp32 kernel (no [T,T] memory, CUDA cores), or the\n"
-                   "                        FlashAttention-2 kernel (bf16 tensor cores, no [T,T]; head_dim <= 128)\n"
+                   "  --attention gemm|fused|flash|cudnn  attention through cuBLAS with [T,T] scores per head\n"
+                   "                        (TF32), the fused fp32 kernel (no [T,T] memory, CUDA cores), the\n"
+                   "                        FlashAttention-2 kernel (bf16 tensor cores, no [T,T]; head_dim <= 128),\n"
+                   "                        or cuDNN's fused attention (bf16, as flash; builds with cuDNN only)\n"
                    "                        [flash under --matmul bf16, gemm under tf32 and fp32]\n"
                    "  --loss-chunk ROWS     rows of logits the classifier and loss take at a time (their\n"
                    "                        [B,T,V] logits are never stored); 0: 128 MiB of fp32 a chunk [0]\n"

@@ -4,7 +4,8 @@
 # every layer, its full-precision self as teacher, CAKLD, AdamW, batch 8 x 1024 tokens; then the
 # PyTorch + transformers reference of the same step (dev/bench_torch.py, eager and torch.compile)
 # unless BENCH_TORCH=0; MATMUL=tf32|fp32 picks train_cu's --matmul (unset: its default, bf16),
-# ATTENTION=fused|gemm|flash its --attention (unset: its default, flash under bf16);
+# ATTENTION=fused|gemm|flash|cudnn its --attention (unset: its default, flash under bf16; cudnn
+# needs a train_cu built with cuDNN, doc/gpu.md);
 # TORCH_MODES (eager,compile,eager-ckpt) the reference's modes, eager-ckpt being eager with
 # gradient checkpointing, as BitDistiller trains; STE=plain|bitdistiller the quantizer's backward
 # of both (unset: train_cu's default, bitdistiller). Each reference's tokens/s is printed with

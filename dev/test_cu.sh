@@ -7,7 +7,8 @@
 #     after the run), perplexity of the result, every loss and quantizer for a few steps, resume,
 #     and the faults (no GPU, out of GPU memory); then --matmul bf16 (bf16 operands, fp32
 #     accumulation and master weights, a bf16 teacher) against ./train at bf16 tolerances, and
-#     --attention flash (bf16 tensor-core attention) likewise;
+#     --attention flash (bf16 tensor-core attention) likewise, and --attention cudnn in a build
+#     with cuDNN;
 #  3. dev/test_cu_dp.sh: data parallelism with one process (WORLD_SIZE=1 through NCCL and ZeRO-1)
 #     against the plain run, and ZeRO-1 checkpoints (dev/test_multigpu.sh runs several GPUs).
 #  4. generation (--generate, --generate-data) and --eval-qa against ./train: dev/test_cu_gen.sh.
@@ -168,6 +169,17 @@ cu_matmul=bf16 curve qatbf "2-bit QAT self-distillation, --matmul bf16 (bf16 tea
 # --attention flash (bf16 tensor-core attention, no [T,T] scores) on top: the same tolerance
 cu_matmul=bf16 cu_attention=flash curve qatfl "2-bit QAT self-distillation, --matmul bf16 --attention flash, lr 1e-5, 10 steps" 2e-2 \
     -m "$tmp/teacher.bin" -q int -b 2 -g 64 --train-tokens "$tmp/c/train.ids" --steps 10 --batch 8 --micro-batch 4 --seq 128 --lr 1e-5
+# --attention cudnn (cuDNN's fused attention), where train_cu was built with cuDNN: the same
+# tolerance, and perplexity as flash's
+if ./train_cu --attention cudnn --help > /dev/null 2>&1; then
+    cu_matmul=bf16 cu_attention=cudnn curve qatcd "2-bit QAT self-distillation, --matmul bf16 --attention cudnn, lr 1e-5, 10 steps" 2e-2 \
+        -m "$tmp/teacher.bin" -q int -b 2 -g 64 --train-tokens "$tmp/c/train.ids" --steps 10 --batch 8 --micro-batch 4 --seq 128 --lr 1e-5
+    pd=$(./train_cu --matmul bf16 --attention cudnn -m "$tmp/cpu.bin" --eval-ppl "$tmp/v.ids" -T 128 --eval-batch 8 | field ppl)
+    e=$(rel "$pd" "$pc")
+    within "$e" 1e-2 && ok "--eval-ppl --matmul bf16 --attention cudnn: train $pc, train_cu $pd (relative $e, tolerance 1e-2)" || bad "ppl cudnn $pc vs $pd"
+else
+    echo "  skipped: --attention cudnn (train_cu built without cuDNN: make cudnn-frontend, doc/gpu.md)"
+fi
 cu_matmul=bf16 curve kdbf "full-precision distillation from -t, cakld, --matmul bf16, 10 steps" 1e-2 --init tiny --seed 4 \
     -t "$tmp/teacher.bin" --loss cakld --train-tokens "$tmp/c/train.ids" --steps 10 --batch 8 --micro-batch 4 --seq 128 --lr 1e-3
 cu_matmul=bf16 curve prebf "fp32-master pretraining, --matmul bf16, 15 steps" 1e-2 \

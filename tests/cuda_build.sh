@@ -2,7 +2,8 @@
 # The GPU build in CI: `make train_cu` must compile wherever nvcc is (no GPU needed: the
 # Makefile names the architecture), and without a GPU train_cu must say so and exit 1. Built both
 # ways when this machine has NCCL (with it, and build/train_cu_nonccl without): the launcher's
-# variables are checked before the GPU, and a build without NCCL refuses WORLD_SIZE > 1.
+# variables are checked before the GPU, and a build without NCCL refuses WORLD_SIZE > 1; a build
+# without cuDNN refuses --attention cudnn.
 # GPU runs are `make test_cu` (dev/test_cu.sh) on a machine with a GPU; they are skipped here.
 set -u
 cd "$(dirname "$0")/.."
@@ -36,6 +37,13 @@ else
 fi
 ./train_cu --help | grep -q -- "--matmul fp32|tf32" && ./train_cu --help | grep -q -- "--train-tokens" \
     && ok "train_cu --help lists train's flags and --matmul" || bad "train_cu --help"
+# cuDNN's attention is in the build where make finds cuDNN and cudnn-frontend (doc/gpu.md); a
+# build without it refuses --attention cudnn before looking for a GPU
+if ./train_cu --attention cudnn --help > /dev/null 2>&1; then
+    ok "train_cu built with cuDNN's attention (--attention cudnn)"
+else
+    expect_exit1 "without cuDNN, --attention cudnn" "built without cuDNN" ./train_cu --attention cudnn --init tiny
+fi
 if command -v nvidia-smi > /dev/null && nvidia-smi -L 2>/dev/null | grep -q GPU; then
     echo "skipped: GPU runs (a GPU is present: run make test_cu)"
 else

@@ -22,6 +22,8 @@
 //     bf16 alone
 //   - --attention flash (bf16 tensor cores): its kernels against the fp32 fused kernels on random
 //     inputs of many shapes; the model's forward and gradients against train.c at bf16 tolerances
+//   - --attention cudnn (built with cuDNN): cuDNN's fused attention against the flash kernels on
+//     random inputs; the model's forward and gradients against train.c at bf16 tolerances
 // Ends with "N passed, M failed"; exit 1 on any failure. Needs a GPU.
 #define TRAIN_CU_NO_MAIN
 #include "../train.cu"
@@ -679,6 +681,104 @@ static void test_flash_kernels(int B, int T, int H, int KV, int hd, int misalign
     for (int a = 0; a < 7; a++) free(h[a]);
 }
 
+#ifdef USE_CUDNN
+// --attention cudnn against the flash kernels (themselves checked against the fused fp32 kernels
+// above), on random inputs drawn as test_flash_kernels draws them: out and lse of the forward, and
+// what the backward adds to dq, dk, dv (from random starting values: overwriting instead of
+// accumulating fails), with O and dO in fp32 and, as training under --matmul bf16 keeps them, in
+// bf16. Both read the same bf16 q, k, v and round P to bf16, each in its own order, and cuDNN's
+// gradients are rounded once more (to bf16) before they are added: each is off by a few 1e-3 of
+// the largest magnitude from the exact result (test_flash_kernels), so 2e-2 here as there (an
+// index, mask, scale or layout error is off by order 1); lse 2e-2 absolute. The bf16 O must be
+// the fp32 run's O rounded, bit for bit (cuDNN writes bf16, which the fp32 run widens).
+// A shape cuDNN has no engine for runs through the flash kernels, the same numbers: reported as
+// skipped, or failed where `must` (shapes every cuDNN 9 on Hopper takes).
+static void test_cudnn_kernels(int B, int T, int H, int KV, int hd, int must) {
+    char what[160], shape[96];
+    snprintf(shape, sizeof shape, "cudnn B %d T %d H %d/%d hd %d", B, T, H, KV, hd);
+    if (!cudnn_attention_supported(B, T, H, KV, hd)) {
+        snprintf(what, sizeof what, "%s: cuDNN takes the shape (1: it does not)", shape);
+        if (must) check(what, 1.0, 0.0);
+        else printf("  skipped: %s: cuDNN takes no engine for it (the flash kernels run it)\n", shape);
+        return;
+    }
+    int64_t nq = (int64_t)B * T * H * hd, nk = (int64_t)B * T * KV * hd, nl = (int64_t)B * H * T;
+    int64_t n[7] = {nq, nk, nk, nq, nq, nk, nk};  // q, k, v, dO, and the starting dq, dk, dv
+    float *h[7];
+    for (int a = 0; a < 7; a++) {
+        h[a] = (float *)malloc((size_t)n[a] * sizeof(float));
+        if (!h[a]) fail("out of host memory");
+        for (int64_t i = 0; i < n[a]; i++)  // uniform in [-1, 1); q, k times sqrt(3): variance 1
+            h[a][i] = ((float)((next_u64() >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f) * (a < 2 ? 1.7320508f : 1.0f);
+    }
+    float *base[32];  // 29 buffers: q, k, v, dO, 3 runs x 6, bf16 q, k, v, dO, O, O rounded
+    int nb = 0;
+    float *q = flash_buf(&base[nb++], h[0], nq, 0), *k = flash_buf(&base[nb++], h[1], nk, 0),
+          *v = flash_buf(&base[nb++], h[2], nk, 0), *dout = flash_buf(&base[nb++], h[3], nq, 0);
+    float *out[3], *lse[3], *delta[3], *g[3][3];  // [0] flash, [1] cuDNN, [2] cuDNN on bf16 O and dO
+    for (int p = 0; p < 3; p++) {
+        out[p] = flash_buf(&base[nb++], NULL, nq, 0);
+        lse[p] = flash_buf(&base[nb++], NULL, nl, 0);
+        delta[p] = flash_buf(&base[nb++], NULL, nl, 0);
+        for (int a = 0; a < 3; a++) g[p][a] = flash_buf(&base[nb++], h[4 + a], n[4 + a], 0);
+    }
+    __nv_bfloat16 *qb = flash_bf16(&base[nb++], q, nq, 0), *kb = flash_bf16(&base[nb++], k, nk, 0),
+                  *vb = flash_bf16(&base[nb++], v, nk, 0);
+    attention_forward_flash(act_f(out[0]), lse[0], qb, kb, vb, B, T, H, KV, hd);
+    attention_backward_flash(g[0][0], g[0][1], g[0][2], delta[0], act_f(dout), qb, kb, vb, act_f(out[0]), lse[0], B, T, H, KV, hd);
+    attention_forward_cudnn(act_f(out[1]), lse[1], qb, kb, vb, B, T, H, KV, hd);
+    attention_backward_cudnn(g[1][0], g[1][1], g[1][2], delta[1], act_f(dout), qb, kb, vb, act_f(out[1]), lse[1], B, T, H, KV, hd);
+    __nv_bfloat16 *db = flash_bf16(&base[nb++], dout, nq, 0), *ob = flash_bf16(&base[nb++], out[2], nq, 0),
+                  *oc = flash_bf16(&base[nb++], out[1], nq, 0);  // ob: NaNs until written
+    Act obf = {NULL, ob}, dbf = {NULL, db};
+    attention_forward_cudnn(obf, lse[2], qb, kb, vb, B, T, H, KV, hd);
+    attention_backward_cudnn(g[2][0], g[2][1], g[2][2], delta[2], dbf, qb, kb, vb, obf, lse[2], B, T, H, KV, hd);
+    cudaCheck(cudaDeviceSynchronize());
+    snprintf(what, sizeof what, "%s: bf16 out against the fp32 out rounded: bits differing (of %lld)", shape, (long long)nq);
+    check(what, (double)bits_differing(ob, oc, nq, 2), 0);
+    float *r = download(out[0], nq), *f = download(out[1], nq);
+    snprintf(what, sizeof what, "%s: out", shape);
+    check(what, rel_err(f, r, nq), 2e-2);
+    free(r); free(f);
+    r = download(lse[0], nl);
+    for (int p = 1; p < 3; p++) {
+        f = download(lse[p], nl);
+        double e = 0.0;
+        for (int64_t i = 0; i < nl; i++) { double d = fabs((double)f[i] - r[i]); if (!(d <= e)) e = d; }
+        snprintf(what, sizeof what, "%s: lse, absolute%s", shape, p == 2 ? " (bf16 O)" : "");
+        check(what, e, 2e-2);
+        free(f);
+    }
+    free(r);
+    // What each backward added, relative to the largest of the three gradients flash added.
+    const char *names[3] = {"dq", "dk", "dv"};
+    float *ra[3];
+    double scale = 0.0;
+    for (int a = 0; a < 3; a++) {
+        ra[a] = download(g[0][a], n[4 + a]);
+        for (int64_t i = 0; i < n[4 + a]; i++) {
+            ra[a][i] -= h[4 + a][i];
+            if (fabs(ra[a][i]) > scale) scale = fabs(ra[a][i]);
+        }
+    }
+    for (int p = 1; p < 3; p++)
+        for (int a = 0; a < 3; a++) {
+            float *fa = download(g[p][a], n[4 + a]);
+            double d = 0.0;
+            for (int64_t i = 0; i < n[4 + a]; i++) {
+                double x = fabs((double)fa[i] - h[4 + a][i] - ra[a][i]);
+                if (!(x <= d)) d = x;
+            }
+            snprintf(what, sizeof what, "%s: %s added%s", shape, names[a], p == 2 ? " (bf16 O, dO)" : "");
+            check(what, d / (scale > 0 ? scale : 1.0), 2e-2);
+            free(fa);
+        }
+    for (int a = 0; a < 3; a++) free(ra[a]);
+    for (int i = 0; i < nb; i++) gpu_free(base[i]);
+    for (int a = 0; a < 7; a++) free(h[a]);
+}
+#endif
+
 // AdamW on identical gradients: the CPU's gradients are copied to the GPU first.
 static void test_adamw(void) {
     HostModel h;
@@ -992,6 +1092,14 @@ int main(void) {
                    {8, 1024, 32, 4, 64, 0}, {4, 1024, 32, 4, 64, 0}};
     for (size_t i = 0; i < sizeof fl / sizeof fl[0]; i++)
         test_flash_kernels(fl[i][0], fl[i][1], fl[i][2], fl[i][3], fl[i][4], fl[i][5]);
+#ifdef USE_CUDNN
+    printf("\n--attention cudnn (cuDNN's fused attention) against the flash kernels, random inputs\n");
+    // (required: GQA at head_dim 64 and 128, the benchmark's shape among them; the others, a
+    // single query, a partial last tile, head_dim 8, run where this cuDNN has an engine for them)
+    int cd[][6] = {{1, 1024, 8, 2, 64, 1}, {1, 256, 16, 4, 128, 1}, {8, 1024, 32, 4, 64, 1}, {1, 1, 4, 4, 64, 0},
+                   {2, 77, 4, 4, 128, 0}, {2, 200, 8, 2, 64, 0}, {2, 77, 8, 4, 8, 0}, {2, 129, 4, 2, 64, 0}};
+    for (size_t i = 0; i < sizeof cd / sizeof cd[0]; i++) test_cudnn_kernels(cd[i][0], cd[i][1], cd[i][2], cd[i][3], cd[i][4], cd[i][5]);
+#endif
     printf("\nquantizers: W^ = Q(W) of the same latent weights\n");
     int specs[][3] = {{QUANT_INT, 1, 32}, {QUANT_INT, 2, 32}, {QUANT_INT, 3, 64}, {QUANT_INT, 4, -1}, {QUANT_INT, 8, 32},
                       {QUANT_NF3, 3, 32}, {QUANT_NF4, 4, 64}, {QUANT_SIGN, 1, 0}, {QUANT_ONEBIT, 1, 0}, {QUANT_TERNARY, 2, 0}};
@@ -1078,6 +1186,15 @@ int main(void) {
     test_forward_backward("bf16 tiny untied, flash", "tiny", 0, 1, QUANT_NONE, 16, 0, 3, 77);
     test_forward_backward("bf16 bench-100m, flash", "bench-100m", 512, 0, QUANT_NONE, 16, 0, 2, 150);
     test_forward_backward("bf16 int2, flash", "tiny", 0, 0, QUANT_INT, 2, 32, 2, 64);
+#ifdef USE_CUDNN
+    // --attention cudnn: the same model tests through cuDNN's attention (tiny's head of 8 dims
+    // through cuDNN where it has an engine for it, else the flash kernels)
+    g_attention_cudnn = 1;
+    test_forward_backward("bf16 tiny untied, cudnn", "tiny", 0, 1, QUANT_NONE, 16, 0, 3, 77);
+    test_forward_backward("bf16 bench-100m, cudnn", "bench-100m", 512, 0, QUANT_NONE, 16, 0, 2, 150);
+    test_forward_backward("bf16 int2, cudnn", "tiny", 0, 0, QUANT_INT, 2, 32, 2, 64);
+    g_attention_cudnn = 0;
+#endif
     test_recompute();
     g_bf16 = 0;
     g_compute = CUBLAS_COMPUTE_32F;
