@@ -142,7 +142,7 @@ typedef struct {
     unsigned long long *d_flips;             // device [N_TENSORS * L]
     // activations
     int B, T, training, attention;           // what the activations are sized for (attention: attention_mode)
-    int recompute;                           // sized under --recompute: gate and up remade in the backward
+    int recompute;                           // sized under --recompute: mid, gate and up remade in the backward
     float *acts, *act[N_ACTS];
     int64_t act_layer_stride[N_ACTS];
     float *rope_cos, *rope_sin;
@@ -165,7 +165,7 @@ static int g_attention_gemm = 1;  // --attention gemm (cuBLAS, [T,T] scores); wi
 static int g_attention_flash;     // --attention flash (bf16 tensor cores, no [T,T]); g_attention_gemm is 0 then
 static int g_attention_cudnn;     // --attention cudnn: cuDNN's fused attention in the flash path's place (and its
                                   // activations: g_attention_flash is 1 too)
-static int g_recompute;           // --recompute: the MLP's gate and up projections remade in the backward
+static int g_recompute;           // --recompute: mid and the MLP's gate and up remade in the backward
 
 static float *layer_tensor(float *const ptrs[N_TENSORS], const Model *m, int t, int l) {
     return ptrs[t] + (m->h->per_layer[t] ? (int64_t)l * m->slice[t] : 0);
@@ -335,21 +335,24 @@ static void model_upload(Model *m, int with_adam) {
 // bf16 copies (A_QB, A_KB, A_VB), which are kept per layer instead, half the bytes.
 static int act_bf16(int a);  // kept in bf16 alone (section 3, Act)
 //
-// --recompute goes further, for memory: the MLP's gate and up projections are not kept either but
-// remade in the backward by their two matmuls, the forward's own on the same operands (xn2,
-// remade first, and the layer's W^), so the same bits. It saves 2F values a position a layer
-// (3.6 GiB on TinyLlama at 8 x 1024 tokens) for two matmuls of the seven a layer's forward runs.
+// --recompute goes further, for memory: the residual stream between the two blocks (mid = x +
+// att Wo^T) and the MLP's gate and up projections are not kept either but remade in the backward
+// by their matmuls, the forward's own on the same operands (x and att, kept; xn2, remade from mid;
+// the layer's W^), so the same bits. It saves D fp32 and 2F bf16 values a position a layer (4.9
+// GiB on TinyLlama at 8 x 1024 tokens) for three matmuls of the seven a layer's forward runs.
 static int act_recomputed(int a) {
     return a == A_XN1 || a == A_XN2 || a == A_HMID || (g_attention_flash && (a == A_Q || a == A_K || a == A_V)) ||
-           (g_recompute && (a == A_GATE || a == A_UP));
+           (g_recompute && (a == A_RESID_MID || a == A_GATE || a == A_UP));
 }
 
 // Rows of a loss chunk (section 6): --loss-chunk ROWS, or as many as keep one chunk's logits
-// within HEAD_CHUNK_FLOATS (128 MiB of fp32).
+// within HEAD_CHUNK_FLOATS (128 MiB of fp32), a multiple of 128 where that is more than 128 (the
+// classifier's matmuls then split into whole tiles of rows).
 #define HEAD_CHUNK_FLOATS ((int64_t)1 << 25)
 static int g_loss_chunk;
 static int head_chunk_rows(int N, int V) {
     int64_t r = g_loss_chunk > 0 ? g_loss_chunk : HEAD_CHUNK_FLOATS / (V > 0 ? V : 1);
+    if (g_loss_chunk <= 0 && r > 128) r -= r % 128;
     return (int)(r < 1 ? 1 : r > N ? N : r);
 }
 
@@ -728,8 +731,9 @@ static void model_backward_from_dxnf(Model *m) {
               *k = act_l(m, A_K, l), *v = act_l(m, A_V, l), *mid = act_l(m, A_RESID_MID, l);
         Act xn1 = act_in(m, A_XN1, l), xn2 = act_in(m, A_XN2, l), hmid = act_in(m, A_HMID, l),
             att = act_in(m, A_ATT, l), gate = act_in(m, A_GATE, l), up = act_in(m, A_UP, l);
-        // recomputed (act_recomputed): xn2 = rmsnorm(mid), under --recompute gate and up from xn2,
-        // then hmid = swiglu(gate, up) of this layer
+        // recomputed (act_recomputed): under --recompute mid = x + att Wo^T; xn2 = rmsnorm(mid);
+        // under --recompute gate and up from xn2; then hmid = swiglu(gate, up) of this layer
+        if (m->recompute) matmul_forward_add(mid, x, att, weight(m, T_WO, l), N, Hq, D);
         rmsnorm_forward(xn2, act_l(m, A_RSTD2, l), mid, layer_tensor(m->fwd_t, m, T_MLP_NORM, l), N, D, c->rms_norm_eps);
         if (m->recompute) {
             matmul_forward(gate, xn2, weight(m, T_WGATE, l), N, D, F);

@@ -310,7 +310,7 @@ static void test_layered_training(int q, int bits, int group) {
     host_model_free(&h);
 }
 
-// --recompute (gate and up remade in the backward) against keeping them: two training steps of
+// --recompute (mid, gate and up remade in the backward) against keeping them: two training steps of
 // the same quantized model, losses, gradients and parameters bit for bit, and fewer bytes of
 // activations kept per layer.
 static void test_recompute(void) {
@@ -340,9 +340,9 @@ static void test_recompute(void) {
     int64_t d = bits_differing(y.grads, w.grads, w.n_params, 4) + bits_differing(y.params, w.params, w.n_params, 4);
     snprintf(what, sizeof what, "--recompute%s: 2 steps' losses, gradients, parameters differing", g_bf16 ? " (bf16)" : "");
     check(what, (double)(d + (loss[0][0] != loss[0][1]) + (loss[1][0] != loss[1][1])), 0);
-    int kept = (y.act_layer_stride[A_GATE] != 0) + (y.act_layer_stride[A_UP] != 0) + (w.act_layer_stride[A_GATE] == 0) +
-               (w.act_layer_stride[A_UP] == 0);
-    snprintf(what, sizeof what, "--recompute%s: gate and up kept per layer without it, not with it (wrong of 4)",
+    int kept = 0, remade[3] = {A_RESID_MID, A_GATE, A_UP};
+    for (int i = 0; i < 3; i++) kept += (y.act_layer_stride[remade[i]] != 0) + (w.act_layer_stride[remade[i]] == 0);
+    snprintf(what, sizeof what, "--recompute%s: mid, gate and up kept per layer without it, not with it (wrong of 6)",
              g_bf16 ? " (bf16)" : "");
     check(what, (double)kept, 0);
     free(inputs); free(targets);
