@@ -79,23 +79,32 @@ static void parse_gpu_flags(int *argc, char **argv) {
                    "                        (TF32), the fused fp32 kernel (no [T,T] memory, CUDA cores), the\n"
                    "                        FlashAttention-2 kernel (bf16 tensor cores, no [T,T]; head_dim <= 128),\n"
                    "                        or cuDNN's fused attention (bf16, as flash; builds with cuDNN only)\n"
-                   "                        [flash under --matmul bf16, gemm under tf32 and fp32]\n"
+                   "                        [under --matmul bf16 cudnn in a build with cuDNN, else flash; gemm\n"
+                   "                        under tf32 and fp32]\n"
                    "  --loss-chunk ROWS     rows of logits the classifier and loss take at a time (their\n"
                    "                        [B,T,V] logits are never stored); 0: 128 MiB of fp32 a chunk [0]\n"
                    "  --layered-wq          while training, keep the student's fake-quantized weights W^ for one\n"
                    "                        layer at a time, remade from its codes before the layer's forward and\n"
                    "                        backward: the same results in less memory (1.8 GiB on TinyLlama,\n"
                    "                        11.7 GiB on Llama-2-7B), 1-5%% slower\n"
-                   "  --recompute           while training, remake the MLP's gate and up projections in the\n"
-                   "                        backward instead of keeping them: the same results in less memory\n"
-                   "                        (3.6 GiB on TinyLlama at 8 x 1024 tokens), about 6%% slower\n"
+                   "  --recompute           while training, remake the residual stream between each layer's two\n"
+                   "                        blocks and its MLP's gate and up projections in the backward instead\n"
+                   "                        of keeping them: the same results in less memory (4.9 GiB on\n"
+                   "                        TinyLlama at 8 x 1024 tokens), about 8%% slower\n"
                    "Several GPUs: one process a GPU, placed by torchrun's, mpirun's or Slurm's variables (RANK,\n"
                    "WORLD_SIZE, LOCAL_RANK; MASTER_ADDR, MASTER_PORT [127.0.0.1:29500]); --batch is the global batch.\n\n");
         argv[o++] = argv[i];
     }
     *argc = o;
     argv[o] = NULL;
-    // attention's precision follows the matmuls': bf16 tensor cores (flash) under bf16, faster than
-    // gemm and without its [T,T] scores (doc/performance.md); exact fp32 products otherwise
-    if (!attention_given) { g_attention_flash = g_bf16; g_attention_gemm = !g_bf16; }
+    // attention's precision follows the matmuls': bf16 tensor cores under bf16 (cuDNN's kernels in
+    // a build with cuDNN, else flash's), faster than gemm and without its [T,T] scores
+    // (doc/performance.md); exact fp32 products otherwise
+    if (!attention_given) {
+        g_attention_flash = g_bf16;
+        g_attention_gemm = !g_bf16;
+#ifdef USE_CUDNN
+        g_attention_cudnn = g_bf16;
+#endif
+    }
 }

@@ -4,16 +4,16 @@
 # every layer, its full-precision self as teacher, CAKLD, AdamW, batch 8 x 1024 tokens; then the
 # PyTorch + transformers reference of the same step (dev/bench_torch.py, eager and torch.compile)
 # unless BENCH_TORCH=0; MATMUL=tf32|fp32 picks train_cu's --matmul (unset: its default, bf16),
-# ATTENTION=fused|gemm|flash|cudnn its --attention (unset: its default, flash under bf16; cudnn
-# needs a train_cu built with cuDNN, doc/gpu.md);
+# ATTENTION=fused|gemm|flash|cudnn its --attention (unset: its default under bf16, cudnn in a
+# train_cu built with cuDNN, doc/gpu.md, else flash);
 # TORCH_MODES (eager,compile,eager-ckpt) the reference's modes, eager-ckpt being eager with
 # gradient checkpointing, as BitDistiller trains; STE=plain|bitdistiller the quantizer's backward
 # of both (unset: train_cu's default, bitdistiller). Each reference's tokens/s is printed with
 # train_cu's ratio to it.
 # MICRO=4|2|1 splits the batch of 8 into micro-batches of that many sequences (gradient
 # accumulation: the same step in less activation memory); LAYERED=1 adds --layered-wq (W^ one
-# layer at a time: the same step in less memory); RECOMPUTE=1 adds --recompute (gate and up remade
-# in the backward: the same step in less memory, two more matmuls a layer).
+# layer at a time: the same step in less memory); RECOMPUTE=1 adds --recompute (mid, gate and up
+# remade in the backward: the same step in less memory, three more matmuls a layer).
 # Then (unless BENCH_GEN=0) teacher data generation: train_cu --generate-data on the bench-100m
 # shape (random weights, bf16), 32 prompts x 64 new tokens, greedy, one batch, against Hugging
 # Face generate on the same shape and prompts (dev/bench_generate.py).
