@@ -4,7 +4,8 @@
  * out before it sees the rest, and the GPU this process runs on.
  * #included by train.cu after its Model (section 10). Needs: matmul.cuh (g_bf16, g_compute,
  * lt_init), data_parallel.cuh (g_dp), common.cuh (g_prof_on, g_layered_wq_flag), train.cu's
- * g_attention_gemm, g_attention_flash, g_attention_cudnn, g_recompute and g_loss_chunk (section 2).
+ * g_attention_gemm, g_attention_flash, g_attention_cudnn, g_recompute and g_loss_chunk (section 2),
+ * lib/train_cu.h (host_stage_flag: the pipeline's stages get these flags too).
  */
 
 // No GPU: one clear line and exit 1 (before any model is loaded).
@@ -25,13 +26,21 @@ static void gpu_init(void) {
     g_prof_on = prof && *prof && strcmp(prof, "0") != 0;
 }
 
-// train_cu's flags of its own, taken out before train.c's parser sees the rest.
+// A flag with its value (argv[i - 1], argv[i]), for the pipeline's stages too (pipeline.c).
+static void stage_flag(char **argv, int i) {
+    host_stage_flag(argv[i - 1]);
+    host_stage_flag(argv[i]);
+}
+
+// train_cu's flags of its own, taken out before train.c's parser sees the rest; each also goes to
+// the stages of the pipeline (./train_cu -m MODEL -b 2 runs ./train_cu again for every stage).
 static void parse_gpu_flags(int *argc, char **argv) {
     int o = 1, attention_given = 0;
     for (int i = 1; i < *argc; i++) {
         if (!strcmp(argv[i], "--matmul")) {
             if (i + 1 >= *argc) fail("--matmul: missing value (fp32, tf32 or bf16)");
             const char *v = argv[++i];
+            stage_flag(argv, i);
             g_bf16 = !strcmp(v, "bf16");
             if (!strcmp(v, "fp32")) g_compute = CUBLAS_COMPUTE_32F;
             else if (!strcmp(v, "tf32") || g_bf16) g_compute = CUBLAS_COMPUTE_32F_FAST_TF32;
@@ -41,6 +50,7 @@ static void parse_gpu_flags(int *argc, char **argv) {
         if (!strcmp(argv[i], "--attention")) {
             if (i + 1 >= *argc) fail("--attention: missing value (gemm, fused, flash or cudnn)");
             const char *v = argv[++i];
+            stage_flag(argv, i);
             attention_given = 1;
             g_attention_gemm = !strcmp(v, "gemm");
             g_attention_cudnn = !strcmp(v, "cudnn");  // the flash path's activations, cuDNN's kernels
@@ -58,16 +68,19 @@ static void parse_gpu_flags(int *argc, char **argv) {
             if (i + 1 >= *argc) fail("--loss-chunk: missing value (rows, or 0 for automatic)");
             char *end;
             long v = strtol(argv[++i], &end, 10);
+            stage_flag(argv, i);
             if (*end || end == argv[i] || v < 0 || v > (1L << 30)) fail("--loss-chunk: expected rows >= 0, got '%s'", argv[i]);
             g_loss_chunk = (int)v;
             continue;
         }
         if (!strcmp(argv[i], "--layered-wq")) {
             g_layered_wq_flag = 1;
+            host_stage_flag(argv[i]);
             continue;
         }
         if (!strcmp(argv[i], "--recompute")) {
             g_recompute = 1;
+            host_stage_flag(argv[i]);
             continue;
         }
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help"))

@@ -288,11 +288,18 @@ static void quant_tag(char *buf, size_t n, QuantSpec q) {
     }
 }
 
-// The flags every stage shares: the seed, the threads, the tokenizer.
+// Arguments of the running program that Args does not hold but every stage must get: train_cu's
+// own flags (--matmul, --attention, --recompute, ...), which its parser takes out of argv before
+// train.c's sees the rest, and hands here one argument at a time (host_stage_flag).
+static const char *g_stage_flags[16];
+static int g_stage_flags_n;
+
+// The flags every stage shares: the seed, the threads, the tokenizer, the program's own.
 static void argv_common(Argv *c, const Args *a) {
     argv_addf(c, "--seed", "%llu", (unsigned long long)a->seed);
     if (a->threads) argv_addf(c, "--threads", "%d", a->threads);
     if (a->tokenizer_path) argv_addf(c, "--tokenizer", "%s", a->tokenizer_path);
+    for (int i = 0; i < g_stage_flags_n; i++) argv_add(c, g_stage_flags[i]);
 }
 
 static void argv_quant(Argv *c, const Args *a) {

@@ -45,6 +45,12 @@ void host_json_add_path(const char *key, const char *path) {
     host_json_add(part);
 }
 
+void host_stage_flag(const char *arg) {
+    if (g_stage_flags_n == (int)(sizeof g_stage_flags / sizeof g_stage_flags[0]))
+        die("too many train_cu flags for the pipeline's stages");
+    g_stage_flags[g_stage_flags_n++] = arg;
+}
+
 void host_json_add(const char *text) {
     if (g_json[0]) strncat(g_json, ", ", sizeof g_json - strlen(g_json) - 1);
     strncat(g_json, text, sizeof g_json - strlen(g_json) - 1);

@@ -6,7 +6,8 @@
 # skips every stage and rewrites the same results.json; a QAT stage stopped by --stop-after
 # resumes from its checkpoint to the bit-identical student of an uninterrupted run; ternary
 # skips clipping; ids-only data errors. Then stories260K (../shared/data) when present.
-# TRAIN=./train_cu runs the pipeline through the GPU build; STORIES=FILE names stories260K.bin.
+# TRAIN=./train_cu runs the pipeline through the GPU build (and checks that train_cu's own flags
+# reach every stage); STORIES=FILE names stories260K.bin.
 set -u
 cd "$(dirname "$0")/.."
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
@@ -81,7 +82,17 @@ printf '{"text": "hello"}\n' > "$tmp/text.jsonl"
 "$train" -m "$tmp/tiny.bin" --data "$tmp/text.jsonl" --steps 1 > /dev/null 2> "$tmp/err" && bad "text without a tokenizer was accepted"
 grep -q "text.jsonl:1: a text example needs the model's tokenizer" "$tmp/err" && ok "text data without a tokenizer is refused by line" || bad "error: $(cat "$tmp/err")"
 
-# 7. the real model, stories260K (llama2.c, no tokenizer), 2-bit per row, at a small size
+# 7. through train_cu, its own flags (train.c's parser never sees them) reach every stage
+if [ "$(basename "$train")" = train_cu ]; then
+    mkdir "$tmp/g" && cp "$tmp/tiny.bin" "$tmp/g/"
+    "$train" -m "$tmp/g/tiny.bin" -b 2 -g 32 "${small[@]}" --recompute --attention flash --loss-chunk 64 > "$tmp/logg" 2>&1 \
+        || { tail -n 20 "$tmp/logg"; bad "the pipeline with train_cu's flags failed"; }
+    n=$(grep -c '^\$ ' "$tmp/logg"); k=$(grep '^\$ ' "$tmp/logg" | grep -c -- '--recompute --attention flash --loss-chunk 64')
+    [ "$n" -ge 4 ] && [ "$k" -eq "$n" ] && ok "train_cu's --recompute --attention flash --loss-chunk 64 reach all $n stages" \
+        || bad "train_cu's flags reach $k of $n stages"
+fi
+
+# 8. the real model, stories260K (llama2.c, no tokenizer), 2-bit per row, at a small size
 S=${STORIES:-../shared/data/stories260K/stories260K.bin}
 if [ -f "$S" ]; then
     ./convert --from-llama2c "$S" "$tmp/s.bin" > /dev/null
