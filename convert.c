@@ -396,6 +396,19 @@ static ModelHeader stored_header(const char *in) {
     return stored;
 }
 
+// The folder --to-hf made itself, while the export is not complete: removed again at exit, with
+// the two files the export writes into it, so a failed export (a full disk) leaves nothing behind.
+static char g_new_dir[4096];
+static void remove_new_dir(void) {
+    if (!g_new_dir[0]) return;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/model.safetensors", g_new_dir);
+    remove(path);
+    snprintf(path, sizeof path, "%s/config.json", g_new_dir);
+    remove(path);
+    rmdir(g_new_dir);
+}
+
 static void export_hf(const char *in, const char *dir) {
     // the stored dtype decides the safetensors dtype; model_load validates the whole file first
     ModelHeader stored = stored_header(in);
@@ -410,7 +423,12 @@ static void export_hf(const char *in, const char *dir) {
     if (c.quant_act_bits)  // transformers has no such layer: say what the export leaves out
         printf("%s: note: trained with %d-bit activations (--act-bits); LlamaForCausalLM will run them in full precision\n",
                in, c.quant_act_bits);
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST) die("%s: cannot create folder (%s)", dir, strerror(errno));
+    if (mkdir(dir, 0755) == 0) {
+        snprintf(g_new_dir, sizeof g_new_dir, "%s", dir);
+        atexit(remove_new_dir);
+    } else if (errno != EEXIST) {
+        die("%s: cannot create folder (%s)", dir, strerror(errno));
+    }
 
     // one safetensors entry per table tensor and layer, under its Hugging Face name
     float *ptrs[N_TENSORS];
@@ -448,6 +466,7 @@ static void export_hf(const char *in, const char *dir) {
     atomic_open(&a, path);
     atomic_write(&a, cfg, (size_t)n);
     atomic_commit(&a);
+    g_new_dir[0] = 0;  // complete: kept
     printf("wrote %s/model.safetensors (%d tensors, %s) and %s/config.json\n", dir, count,
            stored.dtype == DTYPE_BF16 ? "BF16" : "F32", dir);
     char q[4200];

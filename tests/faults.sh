@@ -105,6 +105,9 @@ expect_full "packed model (--export-packed)" "$tmp/full.qbin" 20 ./train -m "$tm
 ./train -m "$tmp/teacher.bin" -o "$tmp/fp.bin" > /dev/null
 ./convert --to-hf "$tmp/fp.bin" "$tmp/hf" > /dev/null || bad "convert --to-hf"
 expect_full "Hugging Face export (convert --to-hf)" "$tmp/hf/model.safetensors" 100 ./convert --to-hf "$tmp/fp.bin" "$tmp/hf"
+( trap '' XFSZ; ulimit -f 100; exec ./convert --to-hf "$tmp/fp.bin" "$tmp/hfnew" ) > /dev/null 2> "$tmp/stderr" && bad "--to-hf onto a full disk succeeded"
+[ ! -e "$tmp/hfnew" ] && ok "full disk, --to-hf into a new folder: $(cat "$tmp/stderr"); the folder it made is gone" \
+    || bad "full disk, --to-hf into a new folder left $(ls "$tmp/hfnew" | tr '\n' ' ')"
 
 # checkpoints that must be refused
 ./train --init tiny --vocab 300 --seed 1 -o "$tmp/other.bin" > /dev/null
