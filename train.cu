@@ -35,8 +35,9 @@
  * alone (act_bf16, section 3), and a full-precision teacher is stored in bf16. Attention runs as
  * cuBLAS products over a [T,T] score matrix (--attention gemm, the default under tf32 and fp32), as
  * a fused kernel on CUDA cores (--attention fused), or as FlashAttention-2 on bf16 tensor cores
- * (--attention flash, the default under bf16), or, in a build with cuDNN, as cuDNN's fused
- * attention with the flash path's inputs and outputs (--attention cudnn). doc/gpu.md explains
+ * (--attention flash, the default under bf16 without cuDNN), or, in a build with cuDNN, as cuDNN's
+ * fused attention with the flash path's inputs and outputs (--attention cudnn, the default under
+ * bf16 there). doc/gpu.md explains
  * these choices and the memory plan; doc/performance.md has the benchmark.
  */
 #include <cublasLt.h>               // defines: cublasLtMatmul and its descriptors (every product)
@@ -161,7 +162,7 @@ typedef struct {
 
 static int g_wq_layers;           // quantized models set up now keep W^ one layer at a time (section 5)
 static int g_attention_gemm = 1;  // --attention gemm (cuBLAS, [T,T] scores); with g_attention_flash 0 too: fused
-                                  // (parse_gpu_flags picks flash under bf16 unless --attention is given)
+                                  // (parse_gpu_flags picks cudnn or flash under bf16 unless --attention is given)
 static int g_attention_flash;     // --attention flash (bf16 tensor cores, no [T,T]); g_attention_gemm is 0 then
 static int g_attention_cudnn;     // --attention cudnn: cuDNN's fused attention in the flash path's place (and its
                                   // activations: g_attention_flash is 1 too)
