@@ -126,6 +126,11 @@ train_cu: $(CU_DEPS)
 build/cuda_parity: tests/cuda_parity.cu $(CU_DEPS)
 	$(NVCC) $(NVCCFLAGS) -o $@ tests/cuda_parity.cu build/train_cu_host.o $(CU_LDLIBS)
 
+# The products of a train_cu step timed alone through cuda/matmul.cuh (doc/performance.md)
+build/bench_gemm_cu: dev/bench_gemm_cu.cu cuda/common.cuh cuda/matmul.cuh
+	@mkdir -p build
+	$(NVCC) $(NVCCFLAGS) -o $@ dev/bench_gemm_cu.cu -lcublasLt
+
 # train_cu without NCCL, whatever this machine has (tests/cuda_build.sh checks that it refuses WORLD_SIZE > 1)
 build/train_cu_nonccl: $(CU_DEPS)
 	$(NVCC) $(filter-out -DUSE_NCCL -I$(NCCL_INC),$(NVCCFLAGS)) -o $@ train.cu build/train_cu_host.o \

@@ -14,6 +14,7 @@
 # accumulation: the same step in less activation memory); LAYERED=1 adds --layered-wq (W^ one
 # layer at a time: the same step in less memory); RECOMPUTE=1 adds --recompute (mid, gate and up
 # remade in the backward: the same step in less memory, three more matmuls a layer).
+# Then (unless BENCH_GEMM=0) the step's products timed alone (dev/bench_gemm_cu.cu: its last line).
 # Then (unless BENCH_GEN=0) teacher data generation: train_cu --generate-data on the bench-100m
 # shape (random weights, bf16), 32 prompts x 64 new tokens, greedy, one batch, against Hugging
 # Face generate on the same shape and prompts (dev/bench_generate.py).
@@ -36,6 +37,10 @@ mfu=$(awk -v t="$tps" 'BEGIN { D = 2048; F = 5632; L = 22; V = 32000; T = 1024;
     N = L * (D * 2048 + 2 * D * 256 + 2048 * D + 3 * D * F) + V * D; f = 8 * N + 16 * L * T * D;
     printf "%.1f%% (%.2f GFLOP/token)", 100 * t * f / 989e12, f / 1e9 }')
 echo "train_cu: ${tps} tokens/s, MFU ${mfu}, peak GPU memory ${peak} MiB"
+# where the products' share of the step goes: each kind timed alone (dev/bench_gemm_cu.cu)
+if [ "${BENCH_GEMM:-1}" != 0 ]; then
+    make -s build/bench_gemm_cu && ./build/bench_gemm_cu | tail -n 1 || echo "bench_gemm_cu failed"
+fi
 if [ "${BENCH_TORCH:-1}" != 0 ]; then
     PYTHONUNBUFFERED=1 python3 dev/bench_torch.py --steps "$STEPS" --modes "${TORCH_MODES:-eager,compile,eager-ckpt}" \
         --ste "${STE:-bitdistiller}" | tee "$tmp/torch.out" || echo "bench_torch.py failed"

@@ -35,6 +35,7 @@ else
     echo "skipped: the build without NCCL is the only one (no nccl.h here)"
     expect_exit1 "without NCCL, WORLD_SIZE=2" "built without NCCL" RANK=0 WORLD_SIZE=2 ./train_cu --init tiny
 fi
+make -s build/bench_gemm_cu NVCC="$NVCC" > /dev/null 2>&1 && ok "make build/bench_gemm_cu (dev/bench_gemm_cu.cu)" || bad "make build/bench_gemm_cu"
 ./train_cu --help | grep -q -- "--matmul fp32|tf32" && ./train_cu --help | grep -q -- "--train-tokens" \
     && ok "train_cu --help lists train's flags and --matmul" || bad "train_cu --help"
 # cuDNN's attention is in the build where make finds cuDNN and cudnn-frontend (doc/gpu.md); a
