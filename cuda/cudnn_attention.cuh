@@ -85,13 +85,19 @@ static fe::graph::Tensor_attributes cudnn_stats(int B, int T, int H) {
         .set_data_type(fe::DataType_t::FLOAT);
 }
 
-// The forward graph: O and Stats of causal SDPA on Q, K, V (Stats always: the flash forward writes
-// lse whether or not a backward follows, and it costs one float a row).
-static std::shared_ptr<fe::graph::Graph> cudnn_forward_graph(int B, int T, int H, int KV, int hd) {
+// An empty graph of bf16 tensors, computed and kept between its operations in fp32.
+static std::shared_ptr<fe::graph::Graph> cudnn_graph(void) {
     auto g = std::make_shared<fe::graph::Graph>();
     g->set_io_data_type(fe::DataType_t::BFLOAT16)
         .set_intermediate_data_type(fe::DataType_t::FLOAT)
         .set_compute_data_type(fe::DataType_t::FLOAT);
+    return g;
+}
+
+// The forward graph: O and Stats of causal SDPA on Q, K, V (Stats always: the flash forward writes
+// lse whether or not a backward follows, and it costs one float a row).
+static std::shared_ptr<fe::graph::Graph> cudnn_forward_graph(int B, int T, int H, int KV, int hd) {
+    auto g = cudnn_graph();
     auto Q = g->tensor(cudnn_bthd("Q", CUDNN_Q, B, T, H, hd));
     auto K = g->tensor(cudnn_bthd("K", CUDNN_K, B, T, KV, hd));
     auto V = g->tensor(cudnn_bthd("V", CUDNN_V, B, T, KV, hd));
@@ -108,10 +114,7 @@ static std::shared_ptr<fe::graph::Graph> cudnn_forward_graph(int B, int T, int H
 }
 // The backward graph: dQ, dK, dV of causal SDPA from Q, K, V, O, dO and the forward's Stats.
 static std::shared_ptr<fe::graph::Graph> cudnn_backward_graph(int B, int T, int H, int KV, int hd) {
-    auto g = std::make_shared<fe::graph::Graph>();
-    g->set_io_data_type(fe::DataType_t::BFLOAT16)
-        .set_intermediate_data_type(fe::DataType_t::FLOAT)
-        .set_compute_data_type(fe::DataType_t::FLOAT);
+    auto g = cudnn_graph();
     auto Q = g->tensor(cudnn_bthd("Q", CUDNN_Q, B, T, H, hd));
     auto K = g->tensor(cudnn_bthd("K", CUDNN_K, B, T, KV, hd));
     auto V = g->tensor(cudnn_bthd("V", CUDNN_V, B, T, KV, hd));

@@ -603,16 +603,50 @@ static __nv_bfloat16 *flash_bf16(float **base, const float *x, int64_t n, int o)
     cast_bf16(y, x, n);
     return y;
 }
+// The host values of an attention test: q, k, v, dO and the starting dq, dk, dv (n[a] each),
+// uniform in [-1, 1), q and k times sqrt(3) (variance 1).
+static void attention_test_inputs(float *h[7], const int64_t n[7]) {
+    for (int a = 0; a < 7; a++) {
+        h[a] = (float *)malloc((size_t)n[a] * sizeof(float));
+        if (!h[a]) fail("out of host memory");
+        for (int64_t i = 0; i < n[a]; i++)
+            h[a][i] = ((float)((next_u64() >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f) * (a < 2 ? 1.7320508f : 1.0f);
+    }
+}
+// What each of runs 1 and 2 of an attention backward added to dq, dk, dv (g[p][0..2], started
+// from h[4..6]) against what run 0 added, relative to the largest of run 0's three: 2e-2.
+static void check_added_gradients(const char *shape, float *const g[3][3], float *const h[7], const int64_t n[7]) {
+    char what[160];
+    const char *names[3] = {"dq", "dk", "dv"};
+    float *ra[3];
+    double scale = 0.0;
+    for (int a = 0; a < 3; a++) {
+        ra[a] = download(g[0][a], n[4 + a]);
+        for (int64_t i = 0; i < n[4 + a]; i++) {
+            ra[a][i] -= h[4 + a][i];
+            if (fabs(ra[a][i]) > scale) scale = fabs(ra[a][i]);
+        }
+    }
+    for (int p = 1; p < 3; p++)
+        for (int a = 0; a < 3; a++) {
+            float *fa = download(g[p][a], n[4 + a]);
+            double d = 0.0;
+            for (int64_t i = 0; i < n[4 + a]; i++) {
+                double x = fabs((double)fa[i] - h[4 + a][i] - ra[a][i]);
+                if (!(x <= d)) d = x;
+            }
+            snprintf(what, sizeof what, "%s: %s added%s", shape, names[a], p == 2 ? " (bf16 O, dO)" : "");
+            check(what, d / (scale > 0 ? scale : 1.0), 2e-2);
+            free(fa);
+        }
+    for (int a = 0; a < 3; a++) free(ra[a]);
+}
+
 static void test_flash_kernels(int B, int T, int H, int KV, int hd, int misalign) {
     int64_t nq = (int64_t)B * T * H * hd, nk = (int64_t)B * T * KV * hd, nl = (int64_t)B * H * T;
     int64_t n[7] = {nq, nk, nk, nq, nq, nk, nk};  // q, k, v, dO, and the starting dq, dk, dv
     float *h[7];
-    for (int a = 0; a < 7; a++) {
-        h[a] = (float *)malloc((size_t)n[a] * sizeof(float));
-        if (!h[a]) fail("out of host memory");
-        for (int64_t i = 0; i < n[a]; i++)  // uniform in [-1, 1); q, k times sqrt(3): variance 1
-            h[a][i] = ((float)((next_u64() >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f) * (a < 2 ? 1.7320508f : 1.0f);
-    }
+    attention_test_inputs(h, n);
     float *base[32];  // 28 buffers: q, k, v, dO, 3 runs x 6, bf16 q, k, v, dO, O, O rounded
     int o = misalign, nb = 0;
     float *q = flash_buf(&base[nb++], h[0], nq, o), *k = flash_buf(&base[nb++], h[1], nk, o),
@@ -654,29 +688,7 @@ static void test_flash_kernels(int B, int T, int H, int KV, int hd, int misalign
     // What each backward added, its error relative to the largest of the three gradients the
     // fp32 kernels added: at T = 1 the exact dq and dk are zero (a softmax over one key has no
     // gradient in its score) while bf16's dP - Delta leaves noise of order 2^-9 |dO||V| in them.
-    const char *names[3] = {"dq", "dk", "dv"};
-    float *ra[3];
-    double scale = 0.0;
-    for (int a = 0; a < 3; a++) {
-        ra[a] = download(g[0][a], n[4 + a]);
-        for (int64_t i = 0; i < n[4 + a]; i++) {
-            ra[a][i] -= h[4 + a][i];
-            if (fabs(ra[a][i]) > scale) scale = fabs(ra[a][i]);
-        }
-    }
-    for (int p = 1; p < 3; p++)
-        for (int a = 0; a < 3; a++) {
-            float *fa = download(g[p][a], n[4 + a]);
-            double d = 0.0;
-            for (int64_t i = 0; i < n[4 + a]; i++) {
-                double x = fabs((double)fa[i] - h[4 + a][i] - ra[a][i]);
-                if (!(x <= d)) d = x;
-            }
-            snprintf(what, sizeof what, "%s: %s added%s", shape, names[a], p == 2 ? " (bf16 O, dO)" : "");
-            check(what, d / (scale > 0 ? scale : 1.0), 2e-2);
-            free(fa);
-        }
-    for (int a = 0; a < 3; a++) free(ra[a]);
+    check_added_gradients(shape, g, h, n);
     for (int i = 0; i < nb; i++) gpu_free(base[i]);
     for (int a = 0; a < 7; a++) free(h[a]);
 }
@@ -705,12 +717,7 @@ static void test_cudnn_kernels(int B, int T, int H, int KV, int hd, int must) {
     int64_t nq = (int64_t)B * T * H * hd, nk = (int64_t)B * T * KV * hd, nl = (int64_t)B * H * T;
     int64_t n[7] = {nq, nk, nk, nq, nq, nk, nk};  // q, k, v, dO, and the starting dq, dk, dv
     float *h[7];
-    for (int a = 0; a < 7; a++) {
-        h[a] = (float *)malloc((size_t)n[a] * sizeof(float));
-        if (!h[a]) fail("out of host memory");
-        for (int64_t i = 0; i < n[a]; i++)  // uniform in [-1, 1); q, k times sqrt(3): variance 1
-            h[a][i] = ((float)((next_u64() >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f) * (a < 2 ? 1.7320508f : 1.0f);
-    }
+    attention_test_inputs(h, n);
     float *base[32];  // 29 buffers: q, k, v, dO, 3 runs x 6, bf16 q, k, v, dO, O, O rounded
     int nb = 0;
     float *q = flash_buf(&base[nb++], h[0], nq, 0), *k = flash_buf(&base[nb++], h[1], nk, 0),
@@ -750,30 +757,7 @@ static void test_cudnn_kernels(int B, int T, int H, int KV, int hd, int must) {
         free(f);
     }
     free(r);
-    // What each backward added, relative to the largest of the three gradients flash added.
-    const char *names[3] = {"dq", "dk", "dv"};
-    float *ra[3];
-    double scale = 0.0;
-    for (int a = 0; a < 3; a++) {
-        ra[a] = download(g[0][a], n[4 + a]);
-        for (int64_t i = 0; i < n[4 + a]; i++) {
-            ra[a][i] -= h[4 + a][i];
-            if (fabs(ra[a][i]) > scale) scale = fabs(ra[a][i]);
-        }
-    }
-    for (int p = 1; p < 3; p++)
-        for (int a = 0; a < 3; a++) {
-            float *fa = download(g[p][a], n[4 + a]);
-            double d = 0.0;
-            for (int64_t i = 0; i < n[4 + a]; i++) {
-                double x = fabs((double)fa[i] - h[4 + a][i] - ra[a][i]);
-                if (!(x <= d)) d = x;
-            }
-            snprintf(what, sizeof what, "%s: %s added%s", shape, names[a], p == 2 ? " (bf16 O, dO)" : "");
-            check(what, d / (scale > 0 ? scale : 1.0), 2e-2);
-            free(fa);
-        }
-    for (int a = 0; a < 3; a++) free(ra[a]);
+    check_added_gradients(shape, g, h, n);
     for (int i = 0; i < nb; i++) gpu_free(base[i]);
     for (int a = 0; a < 7; a++) free(h[a]);
 }
