@@ -103,7 +103,7 @@ static void parse_gpu_flags(int *argc, char **argv) {
                    "  --recompute           while training, remake the residual stream between each layer's two\n"
                    "                        blocks and its MLP's gate and up projections in the backward instead\n"
                    "                        of keeping them: the same results in less memory (4.9 GiB on\n"
-                   "                        TinyLlama at 8 x 1024 tokens), about 8%% slower\n"
+                   "                        TinyLlama at 8 x 1024 tokens), about 9%% slower\n"
                    "Several GPUs: one process a GPU, placed by torchrun's, mpirun's or Slurm's variables (RANK,\n"
                    "WORLD_SIZE, LOCAL_RANK; MASTER_ADDR, MASTER_PORT [127.0.0.1:29500]); --batch is the global batch.\n\n");
         argv[o++] = argv[i];
