@@ -37,8 +37,8 @@
  * a fused kernel on CUDA cores (--attention fused), or as FlashAttention-2 on bf16 tensor cores
  * (--attention flash, the default under bf16 without cuDNN), or, in a build with cuDNN, as cuDNN's
  * fused attention with the flash path's inputs and outputs (--attention cudnn, the default under
- * bf16 there). doc/gpu.md explains
- * these choices and the memory plan; doc/performance.md has the benchmark.
+ * bf16 there). doc/gpu.md explains these choices and the memory plan; doc/performance.md has the
+ * benchmark.
  */
 #include <cublasLt.h>               // defines: cublasLtMatmul and its descriptors (every product)
 #include <cuda_bf16.h>              // defines: __nv_bfloat16 and its conversions
