@@ -351,10 +351,32 @@ static void dequantize_layer(const DequantLayer &d, int64_t units) {
 // each weight's part through quant.h's int_asym_weight_backward / nf_asym_weight_backward.
 // In place: g holds Σ over the step's micro-batches of dL/dW^ and is replaced by dL/dW; the
 // map is linear in dL/dW^, so applying it once to the sum equals summing it per micro-batch.
-// Thread mapping: one warp per group (groups tile memory across layers, as the quantizer's);
-// its lanes stride over the weights three times (min and max; the scale's gradient and the
-// ties; then each lane rewrites the weights it read), with warp reductions between.
+// Thread mapping: one warp per group (groups tile memory across layers, as the quantizer's).
+// When g is 128 R (R = 1, 2 or 4: groups of 128, 256, 512), each lane loads its 4R weights and
+// gradients once, as float4s, and keeps them in registers for the three steps (min and max; the
+// scale's gradient and the ties; the rewrite), with warp reductions between; for other g
+// (R = 0) its lanes stride over the group, reading it again for each step.
 __device__ static inline float warp_min(float x) { return -warp_max(-x); }
+// What the group's scale gradient brings to its max and min weights (shared by their #mx, #mn
+// ties): int through s = (mx - mn) / qmax, nf through s+ = |mx| and s- = |mn| (ds0 = ds+, ds1 = ds-).
+__device__ static inline void ste_minmax_parts(float *dmx, float *dmn, float ds0, float ds1, float mn, float mx, int method,
+                                               float qmax) {
+    if (method == QUANT_INT) {
+        int moves = mx - mn >= 1e-5f;
+        *dmx = moves ? ds0 / qmax : 0.0f;
+        *dmn = moves ? -ds0 / qmax : 0.0f;
+    } else {
+        *dmx = ds0 * sign_of(mx);
+        *dmn = ds1 * sign_of(mn);
+    }
+}
+// One weight's straight-through part, adding its share of the scale gradient to *ds0 (*ds1).
+__device__ static inline float ste_weight(float *ds0, float *ds1, float dwq, float w, float a, float b, int method,
+                                          float qmax, int bits) {
+    return method == QUANT_INT ? int_asym_weight_backward(ds0, dwq, w, a, b, qmax)
+                               : nf_asym_weight_backward(ds0, ds1, dwq, w, a, b, bits);
+}
+template <int R>
 __global__ static void ste_bitdistiller_kernel(float *grad, const float *w, const float *p0, const float *p1,
                                                int64_t n_groups, int g, int method, int bits) {
     int64_t k = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
@@ -362,40 +384,64 @@ __global__ static void ste_bitdistiller_kernel(float *grad, const float *w, cons
     if (k >= n_groups) return;
     const float *wk = w + k * g;
     float *gk = grad + k * g;
-    float mn = INFINITY, mx = -INFINITY;
-    for (int j = lane; j < g; j += 32) { mn = fminf(mn, wk[j]); mx = fmaxf(mx, wk[j]); }
-    mn = warp_min(mn);
-    mx = warp_max(mx);
     float a = p0[k], b = p1[k], qmax = (float)((1 << bits) - 1), ds0 = 0.0f, ds1 = 0.0f, n_mx = 0.0f, n_mn = 0.0f;
-    for (int j = lane; j < g; j += 32) {
-        if (method == QUANT_INT) int_asym_weight_backward(&ds0, gk[j], wk[j], a, b, qmax);
-        else nf_asym_weight_backward(&ds0, &ds1, gk[j], wk[j], a, b, bits);
-        n_mx += wk[j] == mx;
-        n_mn += wk[j] == mn;
-    }
-    ds0 = warp_sum(ds0); ds1 = warp_sum(ds1); n_mx = warp_sum(n_mx); n_mn = warp_sum(n_mn);
-    float dmx, dmn;
-    if (method == QUANT_INT) {
-        int moves = mx - mn >= 1e-5f;
-        dmx = moves ? ds0 / qmax : 0.0f;
-        dmn = moves ? -ds0 / qmax : 0.0f;
+    float mn = INFINITY, mx = -INFINITY, dmx, dmn;
+    if constexpr (R > 0) {
+        float wr[4 * R], d[4 * R];  // lane's weights lane*4 + 128 r + e, and their new gradients
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            float4 w4 = *(const float4 *)(wk + 128 * r + 4 * lane), g4 = *(const float4 *)(gk + 128 * r + 4 * lane);
+            wr[4 * r] = w4.x, wr[4 * r + 1] = w4.y, wr[4 * r + 2] = w4.z, wr[4 * r + 3] = w4.w;
+            d[4 * r] = g4.x, d[4 * r + 1] = g4.y, d[4 * r + 2] = g4.z, d[4 * r + 3] = g4.w;
+        }
+#pragma unroll
+        for (int j = 0; j < 4 * R; j++) mn = fminf(mn, wr[j]), mx = fmaxf(mx, wr[j]);
+        mn = warp_min(mn);
+        mx = warp_max(mx);
+#pragma unroll
+        for (int j = 0; j < 4 * R; j++) {
+            d[j] = ste_weight(&ds0, &ds1, d[j], wr[j], a, b, method, qmax, bits);
+            n_mx += wr[j] == mx;
+            n_mn += wr[j] == mn;
+        }
+        ds0 = warp_sum(ds0); ds1 = warp_sum(ds1); n_mx = warp_sum(n_mx); n_mn = warp_sum(n_mn);
+        ste_minmax_parts(&dmx, &dmn, ds0, ds1, mn, mx, method, qmax);
+#pragma unroll
+        for (int j = 0; j < 4 * R; j++) {
+            if (wr[j] == mx) d[j] += dmx / n_mx;
+            if (wr[j] == mn) d[j] += dmn / n_mn;
+        }
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            *(float4 *)(gk + 128 * r + 4 * lane) = make_float4(d[4 * r], d[4 * r + 1], d[4 * r + 2], d[4 * r + 3]);
     } else {
-        dmx = ds0 * sign_of(mx);  // ds0 = ds+, ds1 = ds-
-        dmn = ds1 * sign_of(mn);
-    }
-    for (int j = lane; j < g; j += 32) {
-        float unused0 = 0.0f, unused1 = 0.0f;
-        float d = method == QUANT_INT ? int_asym_weight_backward(&unused0, gk[j], wk[j], a, b, qmax)
-                                      : nf_asym_weight_backward(&unused0, &unused1, gk[j], wk[j], a, b, bits);
-        if (wk[j] == mx) d += dmx / n_mx;
-        if (wk[j] == mn) d += dmn / n_mn;
-        gk[j] = d;
+        for (int j = lane; j < g; j += 32) { mn = fminf(mn, wk[j]); mx = fmaxf(mx, wk[j]); }
+        mn = warp_min(mn);
+        mx = warp_max(mx);
+        for (int j = lane; j < g; j += 32) {
+            ste_weight(&ds0, &ds1, gk[j], wk[j], a, b, method, qmax, bits);
+            n_mx += wk[j] == mx;
+            n_mn += wk[j] == mn;
+        }
+        ds0 = warp_sum(ds0); ds1 = warp_sum(ds1); n_mx = warp_sum(n_mx); n_mn = warp_sum(n_mn);
+        ste_minmax_parts(&dmx, &dmn, ds0, ds1, mn, mx, method, qmax);
+        for (int j = lane; j < g; j += 32) {
+            float unused0 = 0.0f, unused1 = 0.0f;
+            float d = ste_weight(&unused0, &unused1, gk[j], wk[j], a, b, method, qmax, bits);
+            if (wk[j] == mx) d += dmx / n_mx;
+            if (wk[j] == mn) d += dmn / n_mn;
+            gk[j] = d;
+        }
     }
 }
 // One tensor of every layer (n weights a layer, L layers, groups of g): its gradient in place.
 static void ste_bitdistiller(float *grad, const float *w, const float *p0, const float *p1, int64_t n_groups, int g,
                              int method, int bits) {
-    ste_bitdistiller_kernel<<<blocks_for(n_groups * 32, 256), 256>>>(grad, w, p0, p1, n_groups, g, method, bits);
+    int blocks = blocks_for(n_groups * 32, 256), R = g % 128 == 0 && ((uintptr_t)grad | (uintptr_t)w) % 16 == 0 ? g / 128 : 0;
+    if (R == 1) ste_bitdistiller_kernel<1><<<blocks, 256>>>(grad, w, p0, p1, n_groups, g, method, bits);
+    else if (R == 2) ste_bitdistiller_kernel<2><<<blocks, 256>>>(grad, w, p0, p1, n_groups, g, method, bits);
+    else if (R == 4) ste_bitdistiller_kernel<4><<<blocks, 256>>>(grad, w, p0, p1, n_groups, g, method, bits);
+    else ste_bitdistiller_kernel<0><<<blocks, 256>>>(grad, w, p0, p1, n_groups, g, method, bits);
     launchCheck();
 }
 

@@ -384,6 +384,44 @@ static void test_group4_kernel(int method, int bits, int g) {
     free(hw); free(hc);
 }
 
+// ste_bitdistiller alone on a matrix of 6 x 2048 weights in groups of g (g of 128, 256 or 512:
+// the kernel that keeps a group in registers; others: the one that strides), against quant.h's
+// ste_bitdistiller_backward from zero; scales from quant.h's quantizer. Every group's max and
+// min are tied twice (#mx, #mn of 2), and a weight in 97 is 0.
+static void test_ste_kernel(int method, int bits, int g) {
+    int out = 6, in = 2048, n = out * in;
+    QuantSpec spec = {method, bits, g};
+    int64_t n0, n1;
+    quant_param_sizes(&n0, &n1, spec, out, in);
+    float *hw = (float *)malloc((size_t)n * sizeof(float)), *hd = (float *)malloc((size_t)n * sizeof(float)),
+          *hq = (float *)malloc((size_t)n * sizeof(float)), *ref = (float *)calloc((size_t)n, sizeof(float)),
+          *hp = (float *)malloc((size_t)(n0 + n1) * sizeof(float));
+    uint8_t *hc = (uint8_t *)malloc((size_t)n);
+    for (int i = 0; i < n; i++) {
+        hw[i] = (float)((int64_t)(next_u64() % 2000001) - 1000000) * 1e-7f;
+        hd[i] = (float)((int64_t)(next_u64() % 2000001) - 1000000) * 1e-6f;
+        if (i % 97 == 5) hw[i] = 0.0f;
+    }
+    for (int k = 0; k < n / g; k++) {  // ties: two weights at 0.2 and two at -0.2 a group
+        hw[k * g + 1] = hw[k * g + g - 3] = 0.2f;
+        hw[k * g + 2] = hw[k * g + g / 2] = -0.2f;
+    }
+    if (quant_forward(hq, hc, hp, hp + n0, hw, spec, out, in) != QUANT_OK) fail("ste kernel test: quantizer failed");
+    ste_bitdistiller_backward(ref, hd, hw, hp, hp + n0, spec, out, in);
+    float *w = (float *)gpu_malloc((size_t)n * sizeof(float), "scratch"), *d = (float *)gpu_malloc((size_t)n * sizeof(float), "scratch"),
+          *par = (float *)gpu_malloc((size_t)(n0 + n1) * sizeof(float), "scratch");
+    cudaCheck(cudaMemcpy(w, hw, (size_t)n * sizeof(float), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(d, hd, (size_t)n * sizeof(float), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(par, hp, (size_t)(n0 + n1) * sizeof(float), cudaMemcpyHostToDevice));
+    ste_bitdistiller(d, w, par, par + n0, n / g, g, method, bits);
+    float *got = download(d, n);
+    char what[160];
+    snprintf(what, sizeof what, "ste_bitdistiller kernel -q %s -b %d -g %d: dL/dW", quant_method_name(method), bits, g);
+    check(what, rel_err(got, ref, n), 1e-5);
+    gpu_free(w); gpu_free(d); gpu_free(par);
+    free(hw); free(hd); free(hq); free(ref); free(hp); free(hc); free(got);
+}
+
 // distill_step with every loss: student int 2-bit, teacher its full-precision self. chunk: the
 // rows of a loss chunk (head_loss); the whole batch in one chunk leaves every row's dL/dlogits in
 // the chunk buffer, where the test reads it; fewer rows (uneven chunks) must give the same loss
@@ -1097,6 +1135,9 @@ int main(void) {
     test_ste_bitdistiller("int2, --ste bitdistiller", QUANT_INT, 2, 32);
     test_ste_bitdistiller("int3 per row, --ste bitdistiller", QUANT_INT, 3, -1);
     test_ste_bitdistiller("nf3, --ste bitdistiller", QUANT_NF3, 3, 32);
+    int ste[][3] = {{QUANT_INT, 2, 128}, {QUANT_NF3, 3, 256}, {QUANT_INT, 3, 512}, {QUANT_NF4, 4, 128}, {QUANT_INT, 2, 64},
+                    {QUANT_INT, 4, 1024}};  // the last two: the striding kernel
+    for (size_t i = 0; i < sizeof ste / sizeof ste[0]; i++) test_ste_kernel(ste[i][0], ste[i][1], ste[i][2]);
     test_layered_training(QUANT_INT, 2, 32);
     test_recompute();
     test_layered_training(QUANT_TERNARY, 2, 0);
