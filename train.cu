@@ -70,19 +70,21 @@
 #include "cuda/common.cuh"          // defines: fail, cudaCheck, cublasCheck, launchCheck, PROFILE, gpu_malloc (the memory
                                     //   plan), blocks_for, warp/block reductions, bf16 stores, cast_bf16, Act
 #include "cuda/matmul.cuh"          // defines: g_bf16, g_compute, lt_matmul (cuBLASLt plans), bf16 scratch, Weight,
-                                    //   matmul_forward, matmul_forward_add, matmul_backward
+                                    //   matmul_forward, matmul_forward_add, matmul_backward, matmul_backward_stacked
 #include "cuda/embedding.cuh"       // defines: embedding_forward, embedding_backward
 #include "cuda/rmsnorm.cuh"         // defines: rmsnorm_forward, rmsnorm_backward
-#include "cuda/rope.cuh"            // defines: rope_forward, rope_backward (fp32 in place, or into bf16)
+#include "cuda/rope.cuh"            // defines: rope_forward, rope_backward (fp32 in place, or into bf16, rows at strides)
 #include "cuda/attention.cuh"       // defines: attention_forward/_backward (fused), attention_forward_gemm/_backward_gemm,
                                     //   attention_decode (one position against a KV cache)
 #include "cuda/flash_attention.cuh" // defines: attention_forward_flash, attention_backward_flash (mma.sync, bf16)
 #ifdef USE_CUDNN
 #include "cuda/cudnn_attention.cuh" // defines: attention_forward_cudnn, attention_backward_cudnn (cuDNN's fused attention,
-                                    //   the flash kernels' arguments and results; they run what cuDNN does not take)
+                                    //   the flash kernels' arguments and results; they run what cuDNN does not take),
+                                    //   attention_backward_cudnn_bf16 (dq, dk, dv in bf16 at strides)
 #else                               // (without cuDNN, --attention cudnn is refused: cli.cu; these are never reached)
 #define attention_forward_cudnn attention_forward_flash
 #define attention_backward_cudnn attention_backward_flash
+#define attention_backward_cudnn_bf16(...) 0
 #endif
 #include "cuda/swiglu.cuh"          // defines: swiglu_forward, swiglu_backward
 #include "cuda/quant.cuh"           // defines: quantize_group, quantize_binary, quantize_ternary, dequantize_layer,
@@ -420,10 +422,10 @@ static void model_alloc_acts(Model *m, int B, int T, int training) {
     if (!m->staged_read) cudaCheck(cudaEventCreateWithFlags(&m->staged_read, cudaEventDisableTiming));
     if (g_bf16) {  // the bf16 casts of a matmul's input [BT, I] and output gradient [BT, O], or [R, V] of a loss chunk;
                    // the inputs cast are xnf and, but under flash, the attention output (the others are stored in bf16),
-                   // so I = max(D, Hq); the output gradients, dv and the loss chunk's dz cast, the rotated dq, dk
-                   // (rope_backward_operand) and the residual gradient's copy (rmsnorm_backward) written there
+                   // so I = max(D, Hq); the output gradients, the loss chunk's dz cast, dq|dk|dv [BT, Hq + 2 Hkv]
+                   // (qkv_gradients) and the residual gradient's copy (rmsnorm_backward) written there
         int64_t O = D > F ? D : F, R = head_chunk_rows((int)BT, (int)V);
-        O = BT * (O > Hq ? O : Hq);
+        O = BT * (O > Hq + 2 * Hkv ? O : Hq + 2 * Hkv);
         bf16_scratch_reserve(BT * (D > Hq ? D : Hq), training ? (O > R * V ? O : R * V) : 0);
     }
 }
@@ -696,18 +698,62 @@ static void zero_act(Model *m, int a, int64_t n) { cudaCheck(cudaMemsetAsync(m->
 
 static void model_quant_backward(Model *m);
 
-// dq or dk (activation a, NH heads of the batch) rotated back by RoPE, as the output gradient its
-// matmul reads: in place in fp32, or under bf16 straight into the bf16 cast scratch g_bf_d, the
-// values of rope_backward and the cast matmul_backward would make, in one pass.
-static Act rope_backward_operand(Model *m, int a, int NH) {
-    int hd = m->h->head_dim;
-    if (!g_bf16) {
-        rope_backward(m->act[a], m->rope_cos, m->rope_sin, m->B, m->T, NH, hd);
-        return act_f(m->act[a]);
+// The bf16 W^ of layer l's q, k and v stacked [Hq + 2 Hkv, D], as their one dx product reads
+// them: where the three lie so already (one layer's W^ under --layered-wq), in place; else
+// copied into a scratch.
+static const __nv_bfloat16 *qkv_weights(const Model *m, int l) {
+    const __nv_bfloat16 *wq = weight(m, T_WQ, l).h, *wk = weight(m, T_WK, l).h, *wv = weight(m, T_WV, l).h;
+    int64_t nq = m->slice[T_WQ], nk = m->slice[T_WK];
+    if (wk == wq + nq && wv == wk + nk) return wq;
+    static __nv_bfloat16 *buf;
+    static int64_t cap;
+    __nv_bfloat16 *w = bf16_scratch(&buf, &cap, nq + 2 * nk);
+    cudaCheck(cudaMemcpyAsync(w, wq, (size_t)nq * sizeof(__nv_bfloat16), cudaMemcpyDeviceToDevice));
+    cudaCheck(cudaMemcpyAsync(w + nq, wk, (size_t)nk * sizeof(__nv_bfloat16), cudaMemcpyDeviceToDevice));
+    cudaCheck(cudaMemcpyAsync(w + nq + nk, wv, (size_t)nk * sizeof(__nv_bfloat16), cudaMemcpyDeviceToDevice));
+    return w;
+}
+
+// The attention's backward, from dO (datt) to dq, dk, dv and on through RoPE: the gradients the
+// q, k and v matmuls' backward reads. Under bf16 they are written side by side in the rows of
+// one bf16 buffer, dqkv [N, Hq + 2 Hkv] (g_bf_d): cuDNN writes them there itself, the other
+// kernels into the fp32 dq, dk, dv, rotated and cast into it; dq and dk are rotated back in place.
+// Under fp32 they stay in dq, dk, dv, rotated in place. Returns dqkv (bf16), or NULL (fp32).
+static __nv_bfloat16 *qkv_gradients(Model *m, int l, Act datt, Act att) {
+    const HostModel *c = m->h;
+    int B = m->B, T = m->T, N = B * T, H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim, Hq = H * hd, Hkv = KV * hd;
+    int C = Hq + 2 * Hkv;
+    float *dq = m->act[A_DQ], *dk = m->act[A_DK], *dv = m->act[A_DV], *lse = act_l(m, A_LSE, l);
+    __nv_bfloat16 *dqkv = g_bf16 ? bf16_scratch(&g_bf_d, &g_bf_d_n, (int64_t)N * C) : NULL;
+    if (dqkv && g_attention_cudnn &&
+        attention_backward_cudnn_bf16(dqkv, dqkv + Hq, dqkv + Hq + Hkv, C, C, datt, flash_qkv(m, A_QB, l),
+                                      flash_qkv(m, A_KB, l), flash_qkv(m, A_VB, l), att, lse, B, T, H, KV, hd)) {
+        rope_backward_bf16(dqkv, C, dqkv, C, m->rope_cos, m->rope_sin, B, T, H, hd);
+        rope_backward_bf16(dqkv + Hq, C, dqkv + Hq, C, m->rope_cos, m->rope_sin, B, T, KV, hd);
+        return dqkv;
     }
-    Act d = {NULL, bf16_scratch(&g_bf_d, &g_bf_d_n, (int64_t)m->B * m->T * NH * hd)};
-    rope_backward_bf16(d.h, m->act[a], m->rope_cos, m->rope_sin, m->B, m->T, NH, hd);
-    return d;
+    zero_act(m, A_DQ, (int64_t)N * Hq);
+    zero_act(m, A_DK, (int64_t)N * Hkv);
+    zero_act(m, A_DV, (int64_t)N * Hkv);
+    if (g_attention_gemm)
+        attention_backward_gemm(dq, dk, dv, m->act[A_SCORES], m->act[A_DSCORES], datt.f, act_l(m, A_Q, l),
+                                act_l(m, A_K, l), act_l(m, A_V, l), att.f, lse, B, T, H, KV, hd);
+    else if (g_attention_flash)
+        (g_attention_cudnn ? attention_backward_cudnn : attention_backward_flash)(
+            dq, dk, dv, m->act[A_DELTA], datt, flash_qkv(m, A_QB, l), flash_qkv(m, A_KB, l), flash_qkv(m, A_VB, l), att,
+            lse, B, T, H, KV, hd);
+    else
+        attention_backward(dq, dk, dv, m->act[A_DELTA], datt.f, act_l(m, A_Q, l), act_l(m, A_K, l), act_l(m, A_V, l),
+                           att.f, lse, B, T, H, KV, hd);
+    if (!dqkv) {
+        rope_backward(dq, m->rope_cos, m->rope_sin, B, T, H, hd);
+        rope_backward(dk, m->rope_cos, m->rope_sin, B, T, KV, hd);
+        return NULL;
+    }
+    rope_backward_bf16(dqkv, C, dq, Hq, m->rope_cos, m->rope_sin, B, T, H, hd);
+    rope_backward_bf16(dqkv + Hq, C, dk, Hkv, m->rope_cos, m->rope_sin, B, T, KV, hd);
+    cast_bf16_rows(dqkv + Hq + Hkv, C, dv, Hkv, N, Hkv);
+    return dqkv;
 }
 
 // Backward of the last forward below the classifier, given dL/dxnf in act[A_DXN] (head_loss
@@ -728,8 +774,7 @@ static void model_backward_from_dxnf(Model *m) {
                      m->fwd_t[T_FINAL_NORM], m->act[A_RSTDF], N, D);
     for (int l = c->n_layers - 1; l >= 0; l--) {
         model_layer_weights(m, l);
-        float *x = act_l(m, A_RESID, l), *q = act_l(m, A_Q, l),
-              *k = act_l(m, A_K, l), *v = act_l(m, A_V, l), *mid = act_l(m, A_RESID_MID, l);
+        float *x = act_l(m, A_RESID, l), *mid = act_l(m, A_RESID_MID, l);
         Act xn1 = act_in(m, A_XN1, l), xn2 = act_in(m, A_XN2, l), hmid = act_in(m, A_HMID, l),
             att = act_in(m, A_ATT, l), gate = act_in(m, A_GATE, l), up = act_in(m, A_UP, l);
         // recomputed (act_recomputed): under --recompute mid = x + att Wo^T; xn2 = rmsnorm(mid);
@@ -759,28 +804,20 @@ static void model_backward_from_dxnf(Model *m) {
         Act datt = act_in(m, A_DATT, 0);
         matmul_backward(datt, layer_tensor(m->dfwd_t, m, T_WO, l), dres_a, att,
                         weight(m, T_WO, l), N, Hq, D, 0.0f, grad_beta(m, T_WO, l));
-        zero_act(m, A_DQ, (int64_t)N * Hq);
-        zero_act(m, A_DK, (int64_t)N * Hkv);
-        zero_act(m, A_DV, (int64_t)N * Hkv);
-        if (g_attention_gemm)
-            attention_backward_gemm(m->act[A_DQ], m->act[A_DK], m->act[A_DV], m->act[A_SCORES], m->act[A_DSCORES],
-                                    datt.f, q, k, v, att.f, act_l(m, A_LSE, l), B, T, H, KV, hd);
-        else if (g_attention_flash)
-            (g_attention_cudnn ? attention_backward_cudnn : attention_backward_flash)(
-                m->act[A_DQ], m->act[A_DK], m->act[A_DV], m->act[A_DELTA], datt, flash_qkv(m, A_QB, l),
-                flash_qkv(m, A_KB, l), flash_qkv(m, A_VB, l), att, act_l(m, A_LSE, l), B, T, H, KV, hd);
-        else
-            attention_backward(m->act[A_DQ], m->act[A_DK], m->act[A_DV], m->act[A_DELTA], datt.f,
-                               q, k, v, att.f, act_l(m, A_LSE, l), B, T, H, KV, hd);
+        __nv_bfloat16 *dqkv = qkv_gradients(m, l, datt, att);
         rmsnorm_forward(xn1, act_l(m, A_RSTD1, l), x, layer_tensor(m->fwd_t, m, T_ATTN_NORM, l), N, D, c->rms_norm_eps);
-        // dq, then dk, rotated back as their matmuls' operand (both through g_bf_d under bf16:
-        // stream order puts dk's rotation after dq's matmuls)
-        matmul_backward(act_f(dxn), layer_tensor(m->dfwd_t, m, T_WQ, l), rope_backward_operand(m, A_DQ, H), xn1,
-                        weight(m, T_WQ, l), N, D, Hq, 0.0f, grad_beta(m, T_WQ, l));
-        matmul_backward(act_f(dxn), layer_tensor(m->dfwd_t, m, T_WK, l), rope_backward_operand(m, A_DK, KV), xn1,
-                        weight(m, T_WK, l), N, D, Hkv, 1.0f, grad_beta(m, T_WK, l));
-        matmul_backward(act_f(dxn), layer_tensor(m->dfwd_t, m, T_WV, l), act_f(m->act[A_DV]), xn1,
-                        weight(m, T_WV, l), N, D, Hkv, 1.0f, grad_beta(m, T_WV, l));
+        float *dwq = layer_tensor(m->dfwd_t, m, T_WQ, l), *dwk = layer_tensor(m->dfwd_t, m, T_WK, l),
+              *dwv = layer_tensor(m->dfwd_t, m, T_WV, l);
+        if (dqkv) {  // one dx product over the three (inner size Hq + 2 Hkv), a dW product each
+            float *dw[3] = {dwq, dwk, dwv};
+            float dw_beta[3] = {grad_beta(m, T_WQ, l), grad_beta(m, T_WK, l), grad_beta(m, T_WV, l)};
+            int widths[3] = {Hq, Hkv, Hkv};
+            matmul_backward_stacked(dxn, dw, dw_beta, dqkv, xn1, qkv_weights(m, l), widths, 3, N, D, 0.0f);
+        } else {
+            matmul_backward(act_f(dxn), dwq, act_f(m->act[A_DQ]), xn1, weight(m, T_WQ, l), N, D, Hq, 0.0f, grad_beta(m, T_WQ, l));
+            matmul_backward(act_f(dxn), dwk, act_f(m->act[A_DK]), xn1, weight(m, T_WK, l), N, D, Hkv, 1.0f, grad_beta(m, T_WK, l));
+            matmul_backward(act_f(dxn), dwv, act_f(m->act[A_DV]), xn1, weight(m, T_WV, l), N, D, Hkv, 1.0f, grad_beta(m, T_WV, l));
+        }
         rmsnorm_backward(dres, dres_a.h, layer_tensor(m->dfwd_t, m, T_ATTN_NORM, l), dxn, x,
                          layer_tensor(m->fwd_t, m, T_ATTN_NORM, l), act_l(m, A_RSTD1, l), N, D);
     }

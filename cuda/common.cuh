@@ -193,6 +193,17 @@ __device__ static inline void load_floats(float *f, const float *p) {
         for (int e = 0; e < W; e++) f[e] = p[e];
     }
 }
+// W consecutive bf16 as floats: 8 bytes at once when W = 4 (p aligned so).
+template <int W>
+__device__ static inline void load_floats(float *f, const __nv_bfloat16 *p) {
+    if constexpr (W == 4) {
+        uint2 u = *(const uint2 *)p;
+        const __nv_bfloat16 *e = (const __nv_bfloat16 *)&u;
+        for (int i = 0; i < 4; i++) f[i] = __bfloat162float(e[i]);
+    } else {
+        for (int i = 0; i < W; i++) f[i] = __bfloat162float(p[i]);
+    }
+}
 template <int W, typename Yt>
 __device__ static inline void store_floats(Yt *p, const float *f) {
     if constexpr (W == 4) store_w4(p, make_float4(f[0], f[1], f[2], f[3]));
@@ -215,6 +226,21 @@ static void cast_bf16(__nv_bfloat16 *y, const float *x, int64_t n) {
     if (n <= 0) return;
     if (n % 4 == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)y % 8 == 0) cast_bf16_x4_kernel<<<blocks_for(n / 4, 256), 256>>>(y, x, n / 4);
     else cast_bf16_kernel<<<blocks_for(n, 256), 256>>>(y, x, n);
+    launchCheck();
+}
+
+// y[r, c] = bf16(x[r, c]), c < cols, r < rows; x's rows ldx apart, y's ldy: a matrix cast into
+// some columns of a wider one. Thread mapping: one thread per element.
+__global__ static void cast_bf16_rows_kernel(__nv_bfloat16 *y, int64_t ldy, const float *x, int64_t ldx, int64_t rows, int cols) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= rows * cols) return;
+    int64_t r = i / cols;
+    int c = (int)(i - r * cols);
+    y[r * ldy + c] = __float2bfloat16_rn(x[r * ldx + c]);
+}
+static void cast_bf16_rows(__nv_bfloat16 *y, int64_t ldy, const float *x, int64_t ldx, int64_t rows, int cols) {
+    if (rows * cols <= 0) return;
+    cast_bf16_rows_kernel<<<blocks_for(rows * cols, 256), 256>>>(y, ldy, x, ldx, rows, cols);
     launchCheck();
 }
 

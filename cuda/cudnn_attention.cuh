@@ -26,7 +26,10 @@
 //   dq [B,T,H,hd], dk, dv [B,T,KV,hd] fp32, accumulated (+=, the caller zeroes them), as the flash
 //     backward's: cuDNN writes dQ, dK, dV in bf16 (summed in fp32 inside, rounded once at the
 //     end) into a scratch, and cudnn_add_bf16 adds them to the fp32 buffers. So its gradients
-//     carry one bf16 rounding (2^-9 relative) that flash's fp32 ones do not.
+//     carry one bf16 rounding (2^-9 relative) that flash's fp32 ones do not. Or, for a caller
+//     that reads them in bf16 (train.cu under --matmul bf16: their matmuls' operand),
+//     attention_backward_cudnn_bf16 writes dQ, dK, dV straight into its bf16 buffers, rows at the
+//     strides it gives (dQ, dK and dV may share the rows of one buffer), and nothing else.
 //   delta [B,H,T]: not written; cuDNN's backward computes dO_t . O_t itself, in its workspace.
 // The causal mask is cuDNN's top-left diagonal with right bound 0 (key j <= query t), which with
 // as many keys as queries is ours. Its backward is cuDNN's default, non-deterministic algorithm
@@ -112,8 +115,9 @@ static std::shared_ptr<fe::graph::Graph> cudnn_forward_graph(int B, int T, int H
         .set_stride({(int64_t)H * T, T, 1, 1});
     return g;
 }
-// The backward graph: dQ, dK, dV of causal SDPA from Q, K, V, O, dO and the forward's Stats.
-static std::shared_ptr<fe::graph::Graph> cudnn_backward_graph(int B, int T, int H, int KV, int hd) {
+// The backward graph: dQ, dK, dV of causal SDPA from Q, K, V, O, dO and the forward's Stats; a
+// position's dQ heads start ldq values after the last position's, its dK and dV heads ldkv.
+static std::shared_ptr<fe::graph::Graph> cudnn_backward_graph(int B, int T, int H, int KV, int hd, int ldq, int ldkv) {
     auto g = cudnn_graph();
     auto Q = g->tensor(cudnn_bthd("Q", CUDNN_Q, B, T, H, hd));
     auto K = g->tensor(cudnn_bthd("K", CUDNN_K, B, T, KV, hd));
@@ -126,9 +130,9 @@ static std::shared_ptr<fe::graph::Graph> cudnn_backward_graph(int B, int T, int 
                    .set_causal_mask(true)
                    .set_attn_scale(1.0f / sqrtf((float)hd));
     auto [dQ, dK, dV] = g->sdpa_backward(Q, K, V, O, dO, S, opt);
-    dQ->set_output(true).set_uid(CUDNN_DQ).set_dim({B, H, T, hd}).set_stride({(int64_t)T * H * hd, hd, (int64_t)H * hd, 1});
-    dK->set_output(true).set_uid(CUDNN_DK).set_dim({B, KV, T, hd}).set_stride({(int64_t)T * KV * hd, hd, (int64_t)KV * hd, 1});
-    dV->set_output(true).set_uid(CUDNN_DV).set_dim({B, KV, T, hd}).set_stride({(int64_t)T * KV * hd, hd, (int64_t)KV * hd, 1});
+    dQ->set_output(true).set_uid(CUDNN_DQ).set_dim({B, H, T, hd}).set_stride({(int64_t)T * ldq, hd, ldq, 1});
+    dK->set_output(true).set_uid(CUDNN_DK).set_dim({B, KV, T, hd}).set_stride({(int64_t)T * ldkv, hd, ldkv, 1});
+    dV->set_output(true).set_uid(CUDNN_DV).set_dim({B, KV, T, hd}).set_stride({(int64_t)T * ldkv, hd, ldkv, 1});
     return g;
 }
 
@@ -160,12 +164,14 @@ static std::shared_ptr<fe::graph::Graph> cudnn_build(std::shared_ptr<fe::graph::
 
 // The graph of a shape, built on its first use and kept (building one takes cuDNN's heuristics and
 // plan compilation: up to seconds; a run sees one or two shapes, training's and evaluation's).
-static fe::graph::Graph *cudnn_graph(int backward, int B, int T, int H, int KV, int hd) {
-    static std::map<std::array<int, 6>, std::shared_ptr<fe::graph::Graph>> cache;
-    std::array<int, 6> key = {backward, B, T, H, KV, hd};
+// ldq, ldkv: the backward's output strides (0: H hd and KV hd, each gradient in a buffer of its own).
+static fe::graph::Graph *cudnn_graph(int backward, int B, int T, int H, int KV, int hd, int ldq = 0, int ldkv = 0) {
+    static std::map<std::array<int, 8>, std::shared_ptr<fe::graph::Graph>> cache;
+    if (backward && !ldq) ldq = H * hd, ldkv = KV * hd;
+    std::array<int, 8> key = {backward, B, T, H, KV, hd, ldq, ldkv};
     auto it = cache.find(key);
     if (it == cache.end()) {
-        auto g = backward ? cudnn_backward_graph(B, T, H, KV, hd) : cudnn_forward_graph(B, T, H, KV, hd);
+        auto g = backward ? cudnn_backward_graph(B, T, H, KV, hd, ldq, ldkv) : cudnn_forward_graph(B, T, H, KV, hd);
         it = cache.emplace(key, cudnn_build(g, backward ? "attention backward" : "attention forward", B, T, H, KV, hd)).first;
     }
     return it->second.get();
@@ -213,27 +219,46 @@ static void attention_forward_cudnn(Act out, float *lse, const __nv_bfloat16 *q,
     if (!out.h) cudnn_add_bf16(out.f, o, nq, 0);
 }
 
+// dQ, dK, dV in bf16 into dq, dk, dv, a position's rows ldq and ldkv values apart (16-byte
+// aligned); dout and out bf16 (Act.h). Returns 0, having written nothing, where cuDNN takes no
+// such shape or alignment: the caller then runs attention_backward_flash (or another backward).
+static int attention_backward_cudnn_bf16(__nv_bfloat16 *dq, __nv_bfloat16 *dk, __nv_bfloat16 *dv, int ldq, int ldkv,
+                                         Act dout, const __nv_bfloat16 *q, const __nv_bfloat16 *k,
+                                         const __nv_bfloat16 *v, Act out, const float *lse, int B, int T, int H, int KV,
+                                         int hd) {
+    if (!dout.h || !out.h || ldq % 8 || ldkv % 8 || !aligned_x8(hd, q, k, v, lse) || !aligned_x8(hd, dq, dk, dv, dout.h) ||
+        !aligned16(out.h))
+        return 0;
+    fe::graph::Graph *g = cudnn_graph(1, B, T, H, KV, hd, ldq, ldkv);
+    if (!g) return 0;
+    PROFILE(PROF_ATTENTION);
+    std::unordered_map<int64_t, void *> pack = {
+        {CUDNN_Q, (void *)q},   {CUDNN_K, (void *)k},  {CUDNN_V, (void *)v},  {CUDNN_O, out.h},  {CUDNN_DO, dout.h},
+        {CUDNN_STATS, (void *)lse}, {CUDNN_DQ, dq}, {CUDNN_DK, dk}, {CUDNN_DV, dv}};
+    cudnnFeCheck(g->execute(cudnn_handle(), pack, g_cudnn_ws));
+    return 1;
+}
+
+// The flash backward's arguments and results: dq, dk, dv fp32, added to. cuDNN's bf16 dQ, dK, dV
+// go through a scratch (with O's bf16 copy when out is fp32, and dO's when dout is).
 static void attention_backward_cudnn(float *dq, float *dk, float *dv, float *delta, Act dout,
                                      const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v,
                                      Act out, const float *lse, int B, int T, int H, int KV, int hd) {
     if (!dout.h != !out.h) fail("internal: the cuDNN backward's dO and O in different precisions");
-    fe::graph::Graph *g = cudnn_graph(1, B, T, H, KV, hd);
-    if (!g || !aligned_x8(hd, q, k, v, lse) || !aligned_x8(hd, dq, dk, dv, dout.h) || !aligned16(dout.f) ||
-        !aligned16(out.f) || !aligned16(out.h)) {
+    int64_t nq = (int64_t)B * T * H * hd, nk = (int64_t)B * T * KV * hd;
+    __nv_bfloat16 *s = bf16_scratch(&g_cudnn_bf, &g_cudnn_bf_n, 2 * nq + 2 * nk);  // dQ, dK, dV, then O's copy
+    __nv_bfloat16 *gq = s, *gk = s + nq, *gv = gk + nk;
+    Act ob = out, db = dout;
+    if (!out.h && aligned16(out.f) && aligned16(dout.f)) {
+        ob.h = gv + nk;
+        cast_bf16(ob.h, out.f, nq);  // out.f is cuDNN's bf16 O widened: this gives back the same bits
+        db.h = (__nv_bfloat16 *)bf16_of(&g_bf_d, &g_bf_d_n, dout.f, nq);
+    }
+    if (!aligned16(dq) || !aligned16(dk) || !aligned16(dv) ||
+        !attention_backward_cudnn_bf16(gq, gk, gv, H * hd, KV * hd, db, q, k, v, ob, lse, B, T, H, KV, hd)) {
         attention_backward_flash(dq, dk, dv, delta, dout, q, k, v, out, lse, B, T, H, KV, hd);
         return;
     }
-    PROFILE(PROF_ATTENTION);
-    int64_t nq = (int64_t)B * T * H * hd, nk = (int64_t)B * T * KV * hd;
-    __nv_bfloat16 *s = bf16_scratch(&g_cudnn_bf, &g_cudnn_bf_n, 2 * nq + 2 * nk);  // dQ, dK, dV, then O's copy
-    __nv_bfloat16 *gq = s, *gk = s + nq, *gv = gk + nk, *ob = gv + nk;
-    if (out.h) ob = out.h;
-    else cast_bf16(ob, out.f, nq);  // out.f is cuDNN's bf16 O widened: this gives back the same bits
-    const __nv_bfloat16 *db = dout.h ? dout.h : bf16_of(&g_bf_d, &g_bf_d_n, dout.f, nq);
-    std::unordered_map<int64_t, void *> pack = {
-        {CUDNN_Q, (void *)q},   {CUDNN_K, (void *)k},  {CUDNN_V, (void *)v},  {CUDNN_O, ob},  {CUDNN_DO, (void *)db},
-        {CUDNN_STATS, (void *)lse}, {CUDNN_DQ, gq}, {CUDNN_DK, gk}, {CUDNN_DV, gv}};
-    cudnnFeCheck(g->execute(cudnn_handle(), pack, g_cudnn_ws));
     cudnn_add_bf16(dq, gq, nq, 1);
     cudnn_add_bf16(dk, gk, nk, 1);
     cudnn_add_bf16(dv, gv, nk, 1);

@@ -209,3 +209,20 @@ static void matmul_backward(Act dx, float *dw, Act dout, Act x, Weight w, int N,
     if (dx.f) gemm(CUBLAS_OP_N, CUBLAS_OP_N, I, N, O, w.f, I, dout.f, O, dx_beta, dx.f, I);
     if (dw) gemm(CUBLAS_OP_N, CUBLAS_OP_T, I, O, N, x.f, I, dout.f, O, dw_beta, dw, I);
 }
+
+// The backward of n linears that read the same x [N,I] (a layer's q, k and v), their output
+// gradients side by side in the rows of one bf16 dout [N,C] (C the sum of their widths O[i]):
+//   dx = dout W, W the n weights stacked [C,I] in one bf16 buffer: one product of inner size C
+//     instead of n narrower ones each adding to dx (written with dx_beta 0, else added);
+//   dW_i += dout_i^T x (or written, dw_beta[i] 0), dout_i linear i's columns of dout (rows C apart).
+// --matmul bf16 alone.
+static void matmul_backward_stacked(float *dx, float *const dw[], const float dw_beta[], const __nv_bfloat16 *dout, Act x,
+                                    const __nv_bfloat16 *w, const int O[], int n, int N, int I, float dx_beta) {
+    PROFILE(PROF_MATMUL);
+    int C = 0;
+    for (int i = 0; i < n; i++) C += O[i];
+    gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, I, N, C, w, I, dout, C, dx_beta, act_f(dx), I);
+    const __nv_bfloat16 *xb = bf16_in(x, (int64_t)N * I);
+    for (int i = 0, off = 0; i < n; off += O[i++])
+        gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_T, I, O[i], N, xb, I, dout + off, C, dw_beta[i], act_f(dw[i]), I);
+}

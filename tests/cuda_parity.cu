@@ -646,8 +646,10 @@ static void attention_test_inputs(float *h[7], const int64_t n[7]) {
     }
 }
 // What each of runs 1 and 2 of an attention backward added to dq, dk, dv (g[p][0..2], started
-// from h[4..6]) against what run 0 added, relative to the largest of run 0's three: 2e-2.
-static void check_added_gradients(const char *shape, float *const g[3][3], float *const h[7], const int64_t n[7]) {
+// from h[4..6]) against what run 0 added, relative to the largest of run 0's three: 2e-2. packed
+// (or NULL): the same gradients written in bf16 side by side in rows of width[0..2] each.
+static void check_added_gradients(const char *shape, float *const g[3][3], float *const h[7], const int64_t n[7],
+                                  const __nv_bfloat16 *packed = NULL, const int width[3] = NULL) {
     char what[160];
     const char *names[3] = {"dq", "dk", "dv"};
     float *ra[3];
@@ -671,6 +673,26 @@ static void check_added_gradients(const char *shape, float *const g[3][3], float
             check(what, d / (scale > 0 ? scale : 1.0), 2e-2);
             free(fa);
         }
+    if (packed) {
+        int C = width[0] + width[1] + width[2], off = 0;
+        int64_t rows = n[4] / width[0];
+        uint16_t *hp = (uint16_t *)malloc((size_t)(rows * C) * sizeof(uint16_t));
+        cudaCheck(cudaMemcpy(hp, packed, (size_t)(rows * C) * sizeof(uint16_t), cudaMemcpyDeviceToHost));
+        for (int a = 0; a < 3; off += width[a++]) {
+            double d = 0.0;
+            for (int64_t r = 0; r < rows; r++)
+                for (int c = 0; c < width[a]; c++) {
+                    uint32_t bits = (uint32_t)hp[r * C + off + c] << 16;
+                    float x;
+                    memcpy(&x, &bits, sizeof x);
+                    double e = fabs((double)x - ra[a][r * width[a] + c]);
+                    if (!(e <= d)) d = e;
+                }
+            snprintf(what, sizeof what, "%s: %s written in bf16, rows of %d shared with the others", shape, names[a], C);
+            check(what, d / (scale > 0 ? scale : 1.0), 2e-2);
+        }
+        free(hp);
+    }
     for (int a = 0; a < 3; a++) free(ra[a]);
 }
 
@@ -750,7 +772,7 @@ static void test_cudnn_kernels(int B, int T, int H, int KV, int hd, int must) {
     int64_t n[7] = {nq, nk, nk, nq, nq, nk, nk};  // q, k, v, dO, and the starting dq, dk, dv
     float *h[7];
     attention_test_inputs(h, n);
-    float *base[32];  // 29 buffers: q, k, v, dO, 3 runs x 6, bf16 q, k, v, dO, O, O rounded
+    float *base[32];  // 30 buffers: q, k, v, dO, 3 runs x 6, bf16 q, k, v, dO, O, O rounded, dq|dk|dv
     int nb = 0;
     float *q = flash_buf(&base[nb++], h[0], nq, 0), *k = flash_buf(&base[nb++], h[1], nk, 0),
           *v = flash_buf(&base[nb++], h[2], nk, 0), *dout = flash_buf(&base[nb++], h[3], nq, 0);
@@ -772,6 +794,13 @@ static void test_cudnn_kernels(int B, int T, int H, int KV, int hd, int must) {
     Act obf = {NULL, ob}, dbf = {NULL, db};
     attention_forward_cudnn(obf, lse[2], qb, kb, vb, B, T, H, KV, hd);
     attention_backward_cudnn(g[2][0], g[2][1], g[2][2], delta[2], dbf, qb, kb, vb, obf, lse[2], B, T, H, KV, hd);
+    // and as train.cu's bf16 backward takes them: dQ, dK, dV side by side in the rows of one buffer
+    int width[3] = {H * hd, KV * hd, KV * hd}, C = width[0] + width[1] + width[2];
+    __nv_bfloat16 *pk = (__nv_bfloat16 *)flash_buf(&base[nb++], NULL, (int64_t)B * T * C / 2 + 1, 0);
+    int ran = attention_backward_cudnn_bf16(pk, pk + width[0], pk + width[0] + width[1], C, C, dbf, qb, kb, vb, obf, lse[2],
+                                            B, T, H, KV, hd);
+    snprintf(what, sizeof what, "%s: cuDNN writes dQ, dK, dV in shared rows (1: it declined)", shape);
+    check(what, !ran, 0);
     cudaCheck(cudaDeviceSynchronize());
     snprintf(what, sizeof what, "%s: bf16 out against the fp32 out rounded: bits differing (of %lld)", shape, (long long)nq);
     check(what, (double)bits_differing(ob, oc, nq, 2), 0);
@@ -789,7 +818,7 @@ static void test_cudnn_kernels(int B, int T, int H, int KV, int hd, int must) {
         free(f);
     }
     free(r);
-    check_added_gradients(shape, g, h, n);
+    check_added_gradients(shape, g, h, n, ran ? pk : NULL, width);
     for (int i = 0; i < nb; i++) gpu_free(base[i]);
     for (int a = 0; a < 7; a++) free(h[a]);
 }
