@@ -27,10 +27,7 @@ static void gpu_init(void) {
 }
 
 // A flag with its value (argv[i - 1], argv[i]), for the pipeline's stages too (pipeline.c).
-static void stage_flag(char **argv, int i) {
-    host_stage_flag(argv[i - 1]);
-    host_stage_flag(argv[i]);
-}
+static void stage_flag(char **argv, int i) { host_stage_flag(argv[i - 1], argv[i]); }
 
 // train_cu's flags of its own, taken out before train.c's parser sees the rest; each also goes to
 // the stages of the pipeline (./train_cu -m MODEL -b 2 runs ./train_cu again for every stage).
@@ -75,12 +72,12 @@ static void parse_gpu_flags(int *argc, char **argv) {
         }
         if (!strcmp(argv[i], "--layered-wq")) {
             g_layered_wq_flag = 1;
-            host_stage_flag(argv[i]);
+            host_stage_flag(argv[i], NULL);
             continue;
         }
         if (!strcmp(argv[i], "--recompute")) {
             g_recompute = 1;
-            host_stage_flag(argv[i]);
+            host_stage_flag(argv[i], NULL);
             continue;
         }
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help"))

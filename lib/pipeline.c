@@ -290,8 +290,10 @@ static void quant_tag(char *buf, size_t n, QuantSpec q) {
 
 // Arguments of the running program that Args does not hold but every stage must get: train_cu's
 // own flags (--matmul, --attention, --recompute, ...), which its parser takes out of argv before
-// train.c's sees the rest, and hands here one argument at a time (host_stage_flag).
-static const char *g_stage_flags[16];
+// train.c's sees the rest, and hands here a flag at a time with its value (host_stage_flag). A
+// flag given twice keeps one entry, its last value (the one train_cu itself goes by), so the
+// table holds at most one entry a flag.
+static struct { const char *flag, *value; } g_stage_flags[8];
 static int g_stage_flags_n;
 
 // The flags every stage shares: the seed, the threads, the tokenizer, the program's own.
@@ -299,7 +301,10 @@ static void argv_common(Argv *c, const Args *a) {
     argv_addf(c, "--seed", "%llu", (unsigned long long)a->seed);
     if (a->threads) argv_addf(c, "--threads", "%d", a->threads);
     if (a->tokenizer_path) argv_addf(c, "--tokenizer", "%s", a->tokenizer_path);
-    for (int i = 0; i < g_stage_flags_n; i++) argv_add(c, g_stage_flags[i]);
+    for (int i = 0; i < g_stage_flags_n; i++) {
+        argv_add(c, g_stage_flags[i].flag);
+        if (g_stage_flags[i].value) argv_add(c, g_stage_flags[i].value);
+    }
 }
 
 static void argv_quant(Argv *c, const Args *a) {

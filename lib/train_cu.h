@@ -92,8 +92,9 @@ void host_checkpoint_note(char *dst, size_t n);
 // flips_layer [L].
 void host_log_step(HostModel *m, int64_t step, double loss, double eval_loss, float lr, float norm, float tps,
                    double gamma, const int64_t *flips, const int64_t *flips_layer, int64_t flips_total);
-// One argument of train_cu's own flags (kept, not copied), which the pipeline's stages get too.
-void host_stage_flag(const char *arg);
+// One of train_cu's own flags with its value (NULL: none; both kept, not copied), which the
+// pipeline's stages get too; given again, the flag's later value replaces the earlier one.
+void host_stage_flag(const char *flag, const char *value);
 // Appends "key": value text to the JSON result line; host_finish prints it.
 void host_json_add(const char *text);
 // Appends "key": "path", the path quoted for JSON (json_quote).

@@ -45,10 +45,12 @@ void host_json_add_path(const char *key, const char *path) {
     host_json_add(part);
 }
 
-void host_stage_flag(const char *arg) {
-    if (g_stage_flags_n == (int)(sizeof g_stage_flags / sizeof g_stage_flags[0]))
-        die("too many train_cu flags for the pipeline's stages");
-    g_stage_flags[g_stage_flags_n++] = arg;
+void host_stage_flag(const char *flag, const char *value) {
+    int i = 0;
+    while (i < g_stage_flags_n && strcmp(g_stage_flags[i].flag, flag) != 0) i++;
+    if (i == (int)(sizeof g_stage_flags / sizeof g_stage_flags[0])) die("internal: more train_cu flags than the stages' table");
+    if (i == g_stage_flags_n) g_stage_flags[g_stage_flags_n++].flag = flag;
+    g_stage_flags[i].value = value;
 }
 
 void host_json_add(const char *text) {

@@ -85,8 +85,9 @@ grep -q "text.jsonl:1: a text example needs the model's tokenizer" "$tmp/err" &&
 # 7. through train_cu, its own flags (train.c's parser never sees them) reach every stage
 if [ "$(basename "$train")" = train_cu ]; then
     mkdir "$tmp/g" && cp "$tmp/tiny.bin" "$tmp/g/"
-    "$train" -m "$tmp/g/tiny.bin" -b 2 -g 32 "${small[@]}" --recompute --attention flash --loss-chunk 64 > "$tmp/logg" 2>&1 \
-        || { tail -n 20 "$tmp/logg"; bad "the pipeline with train_cu's flags failed"; }
+    # given twice, a flag reaches the stages once, with its later value
+    "$train" -m "$tmp/g/tiny.bin" -b 2 -g 32 "${small[@]}" --recompute --attention fused --loss-chunk 32 --recompute \
+        --attention flash --loss-chunk 64 > "$tmp/logg" 2>&1 || { tail -n 20 "$tmp/logg"; bad "the pipeline with train_cu's flags failed"; }
     n=$(grep -c '^\$ ' "$tmp/logg"); k=$(grep '^\$ ' "$tmp/logg" | grep -c -- '--recompute --attention flash --loss-chunk 64')
     [ "$n" -ge 4 ] && [ "$k" -eq "$n" ] && ok "train_cu's --recompute --attention flash --loss-chunk 64 reach all $n stages" \
         || bad "train_cu's flags reach $k of $n stages"

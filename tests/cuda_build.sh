@@ -38,6 +38,11 @@ fi
 make -s build/bench_gemm_cu NVCC="$NVCC" > /dev/null 2>&1 && ok "make build/bench_gemm_cu (dev/bench_gemm_cu.cu)" || bad "make build/bench_gemm_cu"
 ./train_cu --help | grep -q -- "--matmul fp32|tf32" && ./train_cu --help | grep -q -- "--train-tokens" \
     && ok "train_cu --help lists train's flags and --matmul" || bad "train_cu --help"
+# train_cu's own flags, however often repeated (the last value counts), are taken before any GPU
+many=(); for i in $(seq 12); do many+=(--recompute --matmul bf16 --loss-chunk "$i" --layered-wq); done
+out=$(./train_cu "${many[@]}" --help 2>&1); rc=$?
+[ $rc -eq 0 ] && grep -q -- "--matmul fp32|tf32" <<< "$out" && ok "train_cu's own flags repeated 12 times each: taken" \
+    || bad "train_cu's own flags repeated: rc $rc, '$(tail -n 1 <<< "$out")'"
 # cuDNN's attention is in the build where make finds cuDNN and cudnn-frontend (doc/gpu.md); a
 # build without it refuses --attention cudnn before looking for a GPU
 if ./train_cu --attention cudnn --help > /dev/null 2>&1; then
