@@ -645,6 +645,17 @@ static void attention_test_inputs(float *h[7], const int64_t n[7]) {
             h[a][i] = ((float)((next_u64() >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f) * (a < 2 ? 1.7320508f : 1.0f);
     }
 }
+// The forward's outputs of an attention test: run 2's bf16 O (ob) must be run 1's fp32 O rounded
+// (oc), bit for bit; run 1's O (out[1]) within 2e-2 of run 0's (out[0]), relative to its largest.
+static void check_outputs(const char *shape, const __nv_bfloat16 *ob, const __nv_bfloat16 *oc, float *const out[3], int64_t nq) {
+    char what[160];
+    snprintf(what, sizeof what, "%s: bf16 out against the fp32 out rounded: bits differing (of %lld)", shape, (long long)nq);
+    check(what, (double)bits_differing(ob, oc, nq, 2), 0);
+    float *r = download(out[0], nq), *f = download(out[1], nq);
+    snprintf(what, sizeof what, "%s: out", shape);
+    check(what, rel_err(f, r, nq), 2e-2);
+    free(r); free(f);
+}
 // What each of runs 1 and 2 of an attention backward added to dq, dk, dv (g[p][0..2], started
 // from h[4..6]) against what run 0 added, relative to the largest of run 0's three: 2e-2. packed
 // (or NULL): the same gradients written in bf16 side by side in rows of width[0..2] each.
@@ -727,13 +738,8 @@ static void test_flash_kernels(int B, int T, int H, int KV, int hd, int misalign
     char what[160], shape[96];
     snprintf(shape, sizeof shape, "flash B %d T %d H %d/%d hd %d%s (backward in %d parts)", B, T, H, KV, hd,
              misalign ? " (unaligned)" : "", flash_backward_parts(B, T, H, KV, hd));
-    snprintf(what, sizeof what, "%s: bf16 out against the fp32 out rounded: bits differing (of %lld)", shape, (long long)nq);
-    check(what, (double)bits_differing(ob, oc, nq, 2), 0);
-    float *r = download(out[0], nq), *f = download(out[1], nq);
-    snprintf(what, sizeof what, "%s: out", shape);
-    check(what, rel_err(f, r, nq), 2e-2);
-    free(r); free(f);
-    r = download(lse[0], nl); f = download(lse[1], nl);
+    check_outputs(shape, ob, oc, out, nq);
+    float *r = download(lse[0], nl), *f = download(lse[1], nl);
     double e = 0.0;
     for (int64_t i = 0; i < nl; i++) { double d = fabs((double)f[i] - r[i]); if (!(d <= e)) e = d; }
     snprintf(what, sizeof what, "%s: lse, absolute", shape);
@@ -802,15 +808,10 @@ static void test_cudnn_kernels(int B, int T, int H, int KV, int hd, int must) {
     snprintf(what, sizeof what, "%s: cuDNN writes dQ, dK, dV in shared rows (1: it declined)", shape);
     check(what, !ran, 0);
     cudaCheck(cudaDeviceSynchronize());
-    snprintf(what, sizeof what, "%s: bf16 out against the fp32 out rounded: bits differing (of %lld)", shape, (long long)nq);
-    check(what, (double)bits_differing(ob, oc, nq, 2), 0);
-    float *r = download(out[0], nq), *f = download(out[1], nq);
-    snprintf(what, sizeof what, "%s: out", shape);
-    check(what, rel_err(f, r, nq), 2e-2);
-    free(r); free(f);
-    r = download(lse[0], nl);
+    check_outputs(shape, ob, oc, out, nq);
+    float *r = download(lse[0], nl);
     for (int p = 1; p < 3; p++) {
-        f = download(lse[p], nl);
+        float *f = download(lse[p], nl);
         double e = 0.0;
         for (int64_t i = 0; i < nl; i++) { double d = fabs((double)f[i] - r[i]); if (!(d <= e)) e = d; }
         snprintf(what, sizeof what, "%s: lse, absolute%s", shape, p == 2 ? " (bf16 O)" : "");
