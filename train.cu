@@ -766,7 +766,8 @@ static void model_backward_from_dxnf(Model *m) {
     // dres: the residual gradient, and under bf16 its bf16 copy in g_bf_d, which each rmsnorm
     // backward writes as it adds to dres and the next matmul backward reads as its output
     // gradient (the down projection's, then the output projection's) before anything else
-    // writes g_bf_d (the rotated dq, dk below)
+    // writes g_bf_d (qkv_gradients' dq|dk|dv; model_alloc_acts reserved g_bf_d for the larger of
+    // the two, so that neither moves it)
     Act dres_a = {dres, g_bf16 ? bf16_scratch(&g_bf_d, &g_bf_d_n, (int64_t)N * D) : NULL};
     // final norm
     zero_act(m, A_DRESID, (int64_t)N * D);
