@@ -68,7 +68,7 @@
 #include "quant.h"                  // defines: QuantSpec, the quantizers' per-group functions (QD: run inside kernels)
 #include "lib/train_cu.h"           // defines: HostModel, HostArgs, host_*: train.c's host code, compiled as C
 #include "cuda/common.cuh"          // defines: fail, cudaCheck, cublasCheck, launchCheck, PROFILE, gpu_malloc (the memory
-                                    //   plan), blocks_for, warp/block reductions, bf16 stores, cast_bf16, Act
+                                    //   plan), blocks_for, warp/block reductions, bf16 stores, cast_bf16, cast_bf16_rows, Act
 #include "cuda/matmul.cuh"          // defines: g_bf16, g_compute, lt_matmul (cuBLASLt plans), bf16 scratch, Weight,
                                     //   matmul_forward, matmul_forward_add, matmul_backward, matmul_backward_stacked
 #include "cuda/embedding.cuh"       // defines: embedding_forward, embedding_backward

@@ -1,6 +1,6 @@
 /*
  * cuda/rope.cuh: rotary position embedding (rotate half) and its backward, in place in fp32 or
- * into a bf16 copy.
+ * into a bf16 copy (from fp32 or bf16, rows at strides).
  * Needs: common.cuh (load_floats/store_floats, blocks_for, PROFILE).
  */
 
