@@ -420,9 +420,6 @@ static void rope_backward(float *dx, const float *cosv, const float *sinv, int B
 // instead of keeping a [T,T] matrix per head (the idea of FlashAttention, Dao et al. 2022).
 // These are the definition, one query row at a time; the layers call lib/attention.h, the same
 // function a block of queries at a time through gemm (tests/test_model.c compares the two).
-// Thread mapping: one (b, h) pair per iteration; scores[B,H,T] gives each its own row.
-// The dot products over hd go through gemm.h's gemm_dot, whose 16 partial sums vectorise (a
-// plain float sum is one chain of dependent additions, which the compiler may not reorder).
 
 // y += a x over n floats; restrict tells the compiler the rows do not overlap, so it vectorises
 // the loop without a run-time check (the rows of q, k, v and their gradients never do).
@@ -430,6 +427,9 @@ static inline void axpy(float *restrict y, float a, const float *restrict x, int
     for (int i = 0; i < n; i++) y[i] += a * x[i];
 }
 
+// Thread mapping: one (b, h) pair per iteration; scores[B,H,T] gives each its own row.
+// The dot products over hd go through gemm.h's gemm_dot, whose 16 partial sums vectorise (a
+// plain float sum is one chain of dependent additions, which the compiler may not reorder).
 static void attention_forward_reference(float *out, float *lse, float *scores, const float *q, const float *k,
                                         const float *v, int B, int T, int H, int KV, int hd) {
     int group = H / KV;
