@@ -1180,22 +1180,28 @@ static float clip_grad_norm(Model *m, float clip, float *gscale) {
     return norm;
 }
 
-// The table's tensors (matrices decayed, norm weights not), then the learned quantizer scales;
-// gscale: clip_grad_norm's factor.
+// The table's tensors (matrices decayed, norm weights not), then the learned quantizer scales: the
+// spans of the parameter buffer in train.c's order (lib/dp.h's dp_param_spans); gscale:
+// clip_grad_norm's factor. Under ZeRO-1 (cuda/zero1.cu) this rank updates the parts of the spans in
+// its shard [lo, lo + shard) alone, whose m and v it alone holds (indexed from lo), and then every
+// rank gathers every shard of the new parameters; one GPU's shard is the whole buffer.
 static void adamw_update(Model *m, const OptConfig *o, float lr, float gscale) {
     PROFILE(PROF_OPTIMIZER);
     m->step++;
     cudaCheck(cudaMemsetAsync(m->d_bad, 0, sizeof(int)));  // the kernels' non-finite flag (params_finite)
     float bc1 = 1.0f - powf(o->beta1, (float)m->step), bc2 = 1.0f - powf(o->beta2, (float)m->step);
-    for (int t = 0; t < N_TENSORS; t++) {
-        if (!m->params_t[t]) continue;
-        int64_t n = m->slice[t] * (m->h->per_layer[t] ? m->h->n_layers : 1);
-        adamw_span(m->params_t[t], m->grads_t[t], m->m_t[t], m->v_t[t], n, gscale, o, lr,
-                   m->h->rows[t] > 1 ? o->weight_decay : 0.0f, bc1, bc2, m->d_bad);
+    int64_t offset[N_TENSORS], numel[N_TENSORS];
+    for (int t = 0; t < N_TENSORS; t++) { offset[t] = m->h->offset[t]; numel[t] = tensor_numel(m, t); }
+    DpSpan spans[N_TENSORS + 1], mine[N_TENSORS + 1];
+    int n = dp_param_spans(spans, offset, numel, m->h->rows, N_TENSORS, m->n_table, m->n_params, o->weight_decay);
+    int64_t shard = g_dp.on ? dp_shard_floats(m->n_params, g_dp.world) : m->n_params, lo = g_dp.on ? g_dp.rank * shard : 0;
+    n = dp_clip_spans(mine, spans, n, lo, lo + shard);
+    for (int i = 0; i < n; i++) {
+        int64_t b = mine[i].begin;
+        adamw_span(m->params + b, m->grads + b, m->adam_m + (b - lo), m->adam_v + (b - lo), mine[i].n, gscale, o, lr, mine[i].wd,
+                   bc1, bc2, m->d_bad);
     }
-    int64_t tail = m->n_table;
-    adamw_span(m->params + tail, m->grads + tail, m->adam_m + tail, m->adam_v + tail, m->n_params - tail, gscale, o, lr, 0.0f,
-               bc1, bc2, m->d_bad);
+    if (g_dp.on) dp_all_gather(m->params, shard);
     if (m->quant.method != QUANT_NONE) m->quant_stale = 1;
     m->bf16_stale = 1;
 }
@@ -1265,7 +1271,7 @@ static PplResult eval_ppl(Model *m, const int *ids, int64_t n_ids, int T, int B,
 // lib/*.c after its Model; the kernels (cuda/*.cuh) are the block at the top.
 #include "cuda/generate.cu"         // defines: KVCache, model_decode_step, target_logprobs, GPU_INFERENCE (train.c's
                                     //   InferenceBackend on the GPU), g_infer, g_kv
-#include "cuda/zero1.cu"            // defines: dp_reduce_gradients, dp_clip_grad_norm, dp_adamw_update, dp_broadcast,
+#include "cuda/zero1.cu"            // defines: dp_reduce_gradients, dp_clip_grad_norm, dp_broadcast,
                                     //   dp_checkpoint_save, dp_resume: a step over several GPUs, ZeRO-1
 #include "cuda/bench.cu"            // defines: bench (--bench)
 #include "cuda/cli.cu"              // defines: parse_gpu_flags (--matmul, --attention, --loss-chunk, --layered-wq,
@@ -1371,8 +1377,7 @@ static TrainResult train_loop(Model *m, Model *teacher, Distiller *d, const Host
         if (!isfinite(loss)) fail("step %lld: the loss is %f; stopping; %s", (long long)step + 1, loss, intact);
         float gscale, norm = g_dp.on ? dp_clip_grad_norm(m, opt->grad_clip, &gscale) : clip_grad_norm(m, opt->grad_clip, &gscale);
         float lr = host_lr_at(step);
-        if (g_dp.on) dp_adamw_update(m, opt, lr, gscale);
-        else adamw_update(m, opt, lr, gscale);
+        adamw_update(m, opt, lr, gscale);
         if (!params_finite(m))
             fail("step %lld: a weight became NaN or Inf (lower --lr?); stopping; %s", (long long)step + 1, intact);
         st->rng = rng;

@@ -10,13 +10,14 @@
  * summed over the ranks are one GPU's. ZeRO-1: the parameter, gradient and moment buffers are split
  * into W equal shards (padded, dp.h); gradients are reduce-scattered (summed), rank r keeps AdamW m
  * and v of its shard alone, the clipping norm is the all-reduced sum of the shards' squares, each
- * rank updates its shard of the fp32 master weights (train.c's weight decay per tensor) and the
- * shards are all-gathered into every rank's full copy. WORLD_SIZE=1 takes this path too and writes
- * the bytes of a plain run. Only rank 0 prints and writes files; every rank ends on the same numbers.
+ * rank updates its shard of the fp32 master weights (train.cu's adamw_update, train.c's weight
+ * decay per tensor) and the shards are all-gathered into every rank's full copy. WORLD_SIZE=1
+ * takes this path too and writes the bytes of a plain run. Only rank 0 prints and writes files;
+ * every rank ends on the same numbers.
  *
  * #included by train.cu after its Model (section 10). Needs: data_parallel.cuh (g_dp, g_nccl,
  * DP_COLLECTIVE, dp_reduce_scatter, dp_all_gather), lib/dp.h (the shard and span arithmetic),
- * adamw.cuh (adamw_span, sum_squares), train.cu's Model, model_upload and model_alloc_training.
+ * adamw.cuh (sum_squares), train.cu's Model, model_upload and model_alloc_training.
  */
 
 static int64_t dp_shard(const Model *m) { return dp_shard_floats(m->n_params, g_dp.world); }
@@ -57,28 +58,6 @@ static float dp_clip_grad_norm(Model *m, float clip, float *gscale) {
     float norm = (float)sqrt(dp_all_reduce(m, sum_squares(m->d_sum, g, shard)));
     *gscale = clip > 0 && norm > clip ? clip / norm : 1.0f;
     return norm;
-}
-
-// adamw_update on this rank's shard [lo, lo + shard): adamw_update's spans (dp.h) cut to the
-// shard, m and v indexed from lo; then every rank gets every shard of the new parameters.
-static void dp_adamw_update(Model *m, const OptConfig *o, float lr, float gscale) {
-    PROFILE(PROF_OPTIMIZER);
-    m->step++;
-    cudaCheck(cudaMemsetAsync(m->d_bad, 0, sizeof(int)));  // the kernels' non-finite flag (params_finite)
-    float bc1 = 1.0f - powf(o->beta1, (float)m->step), bc2 = 1.0f - powf(o->beta2, (float)m->step);
-    int64_t offset[N_TENSORS], numel[N_TENSORS], shard = dp_shard(m), lo = g_dp.rank * shard;
-    for (int t = 0; t < N_TENSORS; t++) { offset[t] = m->h->offset[t]; numel[t] = tensor_numel(m, t); }
-    DpSpan spans[N_TENSORS + 1], mine[N_TENSORS + 1];
-    int n = dp_param_spans(spans, offset, numel, m->h->rows, N_TENSORS, m->n_table, m->n_params, o->weight_decay);
-    n = dp_clip_spans(mine, spans, n, lo, lo + shard);
-    for (int i = 0; i < n; i++) {
-        int64_t b = mine[i].begin;
-        adamw_span(m->params + b, m->grads + b, m->adam_m + (b - lo), m->adam_v + (b - lo), mine[i].n, gscale, o, lr, mine[i].wd,
-                   bc1, bc2, m->d_bad);
-    }
-    dp_all_gather(m->params, shard);
-    if (m->quant.method != QUANT_NONE) m->quant_stale = 1;
-    m->bf16_stale = 1;
 }
 
 // checkpoint_save under ZeRO-1: m and v gathered (through the gradient buffer, free after the
