@@ -118,7 +118,7 @@ typedef struct {
     HostModel *h;               // shape and table, as train.c set them up
     int64_t n_params, n_table, slice[N_TENSORS];
     float *params, *grads, *adam_m, *adam_v;
-    float *params_t[N_TENSORS], *grads_t[N_TENSORS], *m_t[N_TENSORS], *v_t[N_TENSORS];
+    float *params_t[N_TENSORS], *grads_t[N_TENSORS];
     float *fwd_t[N_TENSORS], *dfwd_t[N_TENSORS];
     // --matmul bf16: bf16 copies of the matmul weights (fwd_t's linears and LM head), remade from
     // fwd_t when bf16_stale; a bf16-only teacher has these alone (fwd_t NULL but for the norms)
@@ -283,8 +283,9 @@ static void model_setup_teacher(Model *m, HostModel *h) {
 
 static void model_alloc_training(Model *m) {
     if (m->grads) return;
-    // under ZeRO-1 (cuda/zero1.cu): gradients over the padded buffer (the padding stays zero), AdamW
-    // m and v of this rank's shard alone, not carved by the table (a shard cuts across tensors)
+    // AdamW m and v are not carved by the table: adamw_update indexes them by its spans. Under
+    // ZeRO-1 (cuda/zero1.cu): gradients over the padded buffer (the padding stays zero), m and v of
+    // this rank's shard alone
     size_t ng = (size_t)dp_padded(m->n_params) * sizeof(float), ns = (size_t)(g_dp.on ? dp_shard(m) : m->n_params) * sizeof(float);
     const char *mv = g_dp.on ? "AdamW m, v (ZeRO-1 shard)" : "AdamW m, v";
     m->grads = (float *)gpu_malloc(ng, "gradients");
@@ -293,12 +294,7 @@ static void model_alloc_training(Model *m) {
     cudaCheck(cudaMemset(m->grads, 0, ng));
     cudaCheck(cudaMemset(m->adam_m, 0, ns));
     cudaCheck(cudaMemset(m->adam_v, 0, ns));
-    if (g_dp.on) {
-        dp_report_shard(m);
-    } else {
-        carve(m, m->adam_m, m->m_t);
-        carve(m, m->adam_v, m->v_t);
-    }
+    if (g_dp.on) dp_report_shard(m);
     carve(m, m->grads, m->grads_t);
     for (int t = 0; t < N_TENSORS; t++) m->dfwd_t[t] = m->h->is_linear[t] && m->dwq ? m->dfwd_t[t] : m->grads_t[t];
     m->fresh = (unsigned char *)calloc((size_t)N_TENSORS * m->h->n_layers, 1);
@@ -1194,7 +1190,7 @@ static void adamw_update(Model *m, const OptConfig *o, float lr, float gscale) {
     for (int t = 0; t < N_TENSORS; t++) { offset[t] = m->h->offset[t]; numel[t] = tensor_numel(m, t); }
     DpSpan spans[N_TENSORS + 1], mine[N_TENSORS + 1];
     int n = dp_param_spans(spans, offset, numel, m->h->rows, N_TENSORS, m->n_table, m->n_params, o->weight_decay);
-    int64_t shard = g_dp.on ? dp_shard_floats(m->n_params, g_dp.world) : m->n_params, lo = g_dp.on ? g_dp.rank * shard : 0;
+    int64_t shard = g_dp.on ? dp_shard(m) : m->n_params, lo = g_dp.on ? g_dp.rank * shard : 0;
     n = dp_clip_spans(mine, spans, n, lo, lo + shard);
     for (int i = 0; i < n; i++) {
         int64_t b = mine[i].begin;
